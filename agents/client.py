@@ -1,0 +1,204 @@
+"""OCPP 2.0.1 shell of a virtual station, built on the ``ocpp`` library.
+
+The station logic (:class:`~evtwin.agents.station.VirtualStation`) holds the
+state; this class sends what it queued and applies what the CSMS asks. The
+runner calls :meth:`StationClient.flush` once per step and awaits it: every
+call waits for its CALLRESULT, so after the gather the step's OCPP exchanges
+are all answered (the barrier that keeps virtual time honest).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from ocpp.routing import on
+from ocpp.v201 import ChargePoint as _ChargePoint
+from ocpp.v201 import call, call_result
+
+from .exceptions import ProfileRejected
+from .station import NOMINAL_VOLTAGE_V, Evse, Profile, VirtualStation
+
+log = logging.getLogger("evtwin.agents.client")
+
+ENERGY = "Energy.Active.Import.Register"
+
+
+def _iso(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+
+
+def _parse(ts: str) -> datetime:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
+
+
+class StationClient(_ChargePoint):  # type: ignore[misc]
+    """A virtual station's OCPP 2.0.1 connection to a CSMS.
+
+    ``to_datetime`` maps simulated seconds to aware datetimes and
+    ``to_seconds`` maps back; every timestamp sent is simulated time.
+    """
+
+    def __init__(self, station: VirtualStation, connection: Any, *,
+                 to_datetime: Callable[[float], datetime],
+                 to_seconds: Callable[[datetime], float],
+                 now_s: Callable[[], float], response_timeout: float = 30.0) -> None:
+        super().__init__(station.station_id, connection, response_timeout=response_timeout)
+        self.station = station
+        self.to_datetime = to_datetime
+        self.to_seconds = to_seconds
+        self.now_s = now_s
+        self.calls_sent = 0
+        self.heartbeat_interval_s = 3600.0
+        self.profiles_received = 0
+
+    async def _call(self, payload: Any) -> Any:
+        self.calls_sent += 1
+        return await self.call(payload, suppress=False)
+
+    def _ts(self, at_s: float) -> str:
+        return _iso(self.to_datetime(at_s))
+
+    # -- station-initiated ----------------------------------------------------
+    async def boot(self) -> None:
+        """BootNotification, then the status of every EVSE."""
+        r = await self._call(call.BootNotification(
+            charging_station={"model": "evtwin-virtual", "vendor_name": "evtwin"},
+            reason="PowerUp"))
+        if r.status != "Accepted":
+            raise ConnectionRefusedError(f"{self.id}: BootNotification {r.status}")
+        self.heartbeat_interval_s = float(r.interval)
+        now = self.now_s()
+        for evse in self.station.evses.values():
+            await self._status(evse.evse_id, evse.status, now)
+
+    async def _status(self, evse_id: int, status: str, at_s: float) -> None:
+        await self._call(call.StatusNotification(
+            timestamp=self._ts(at_s), connector_status=status, evse_id=evse_id, connector_id=1))
+
+    def _samples(self, evse: Evse, context: str, *, full: bool) -> list[dict[str, Any]]:
+        values: list[dict[str, Any]] = [{
+            "value": round(evse.register_wh, 3), "context": context, "measurand": ENERGY,
+            "unit_of_measure": {"unit": "Wh"}}]
+        if full:
+            values.append({"value": round(evse.power_w, 1), "context": context,
+                           "measurand": "Power.Active.Import", "unit_of_measure": {"unit": "W"}})
+            if evse.ev is not None:
+                values.append({"value": round(evse.ev.soc * 100.0, 2), "context": context,
+                               "measurand": "SoC", "location": "EV",
+                               "unit_of_measure": {"unit": "Percent"}})
+        values.append({"value": round(self.station.voltage_v, 2), "context": context,
+                       "measurand": "Voltage", "unit_of_measure": {"unit": "V"}})
+        return values
+
+    async def flush(self, now_s: float, *, sample: bool, aligned: bool, heartbeat: bool) -> None:
+        """Send everything due at ``now_s`` and wait for every answer."""
+        st = self.station
+        while st.events:
+            event = st.events.popleft()
+            if event.kind == "plug":
+                await self._on_plug(event.evse_id, event.at_s, event.payload, now_s)
+            else:
+                await self._on_unplug(event.evse_id, event.at_s, event.payload)
+        if sample:
+            for evse in st.evses.values():
+                if evse.transaction_id is not None and evse.transaction_id not in st.rejected:
+                    await self._call(call.TransactionEvent(
+                        event_type="Updated", timestamp=self._ts(now_s),
+                        trigger_reason="MeterValuePeriodic",
+                        seq_no=st.next_seq_no(evse.evse_id),
+                        transaction_info={"transaction_id": evse.transaction_id,
+                                          "charging_state": "Charging" if evse.power_w > 0
+                                          else "SuspendedEV"},
+                        meter_value=[{"timestamp": self._ts(now_s),
+                                      "sampled_value": self._samples(evse, "Sample.Periodic",
+                                                                     full=True)}]))
+        if aligned:
+            for evse in st.evses.values():
+                if evse.transaction_id is None:
+                    await self._call(call.MeterValues(evse_id=evse.evse_id, meter_value=[{
+                        "timestamp": self._ts(now_s),
+                        "sampled_value": self._samples(evse, "Sample.Clock", full=False)}]))
+        if heartbeat:
+            await self._call(call.Heartbeat())
+
+    async def _on_plug(self, evse_id: int, at_s: float, info: dict[str, Any], now_s: float) -> None:
+        st = self.station
+        tx_id = info["transaction_id"]
+        await self._status(evse_id, "Occupied", at_s)
+        token = {"id_token": info["id_token"], "type": "ISO14443"}
+        auth = await self._call(call.Authorize(id_token=token))
+        if auth.id_token_info["status"] != "Accepted":
+            st.rejected.add(tx_id)
+            return
+        r = await self._call(call.TransactionEvent(
+            event_type="Started", timestamp=self._ts(at_s), trigger_reason="Authorized",
+            seq_no=0, transaction_info={"transaction_id": tx_id, "charging_state": "EVConnected"},
+            evse={"id": evse_id, "connector_id": 1}, id_token=token,
+            meter_value=[{"timestamp": self._ts(at_s), "sampled_value": [{
+                "value": round(info["register_wh"], 3), "context": "Transaction.Begin",
+                "measurand": ENERGY, "unit_of_measure": {"unit": "Wh"}}]}]))
+        status = (r.id_token_info or {}).get("status", "Accepted")
+        if status == "Accepted":
+            st.begin_charging(evse_id, tx_id, now_s)
+        else:
+            st.rejected.add(tx_id)
+
+    async def _on_unplug(self, evse_id: int, at_s: float, info: dict[str, Any]) -> None:
+        st = self.station
+        tx_id = info["transaction_id"]
+        if tx_id is not None and tx_id not in st.rejected:
+            await self._call(call.TransactionEvent(
+                event_type="Ended", timestamp=self._ts(at_s), trigger_reason="EVDeparted",
+                seq_no=info["seq_no"],
+                transaction_info={"transaction_id": tx_id, "charging_state": "Idle",
+                                  "stopped_reason": "EVDisconnected"},
+                evse={"id": evse_id, "connector_id": 1},
+                meter_value=[{"timestamp": self._ts(at_s), "sampled_value": [{
+                    "value": round(info["register_wh"], 3), "context": "Transaction.End",
+                    "measurand": ENERGY, "unit_of_measure": {"unit": "Wh"}}]}]))
+        await self._status(evse_id, "Available", at_s)
+
+    # -- CSMS-initiated ---------------------------------------------------------
+    def _profile(self, cp: dict[str, Any]) -> Profile:
+        schedule = cp["charging_schedule"][0]
+        start = schedule.get("start_schedule")
+        periods = [(float(p["start_period"]), float(p["limit"]), p.get("number_phases"))
+                   for p in schedule["charging_schedule_period"]]
+        vf, vt = cp.get("valid_from"), cp.get("valid_to")
+        return Profile(
+            profile_id=int(cp["id"]), purpose=cp["charging_profile_purpose"],
+            stack_level=int(cp["stack_level"]), kind=cp["charging_profile_kind"],
+            unit=schedule["charging_rate_unit"], periods=periods,
+            start_s=self.to_seconds(_parse(start)) if start else None,
+            duration_s=schedule.get("duration"), transaction_id=cp.get("transaction_id"),
+            valid_from_s=self.to_seconds(_parse(vf)) if vf else None,
+            valid_to_s=self.to_seconds(_parse(vt)) if vt else None,
+        )
+
+    @on("SetChargingProfile")
+    def on_set_charging_profile(self, evse_id: int, charging_profile: dict[str, Any],
+                                **_: Any) -> Any:
+        self.profiles_received += 1
+        try:
+            self.station.set_profile(evse_id, self._profile(charging_profile))
+        except ProfileRejected as exc:
+            return call_result.SetChargingProfile(
+                status="Rejected", status_info={"reason_code": "InvalidValue",
+                                                "additional_info": exc.reason[:512]})
+        return call_result.SetChargingProfile(status="Accepted")
+
+    @on("ClearChargingProfile")
+    def on_clear_charging_profile(self, charging_profile_id: int | None = None,
+                                  charging_profile_criteria: dict[str, Any] | None = None,
+                                  **_: Any) -> Any:
+        crit = charging_profile_criteria or {}
+        removed = self.station.clear_profiles(
+            profile_id=charging_profile_id, evse_id=crit.get("evse_id"),
+            purpose=crit.get("charging_profile_purpose"), stack_level=crit.get("stack_level"))
+        return call_result.ClearChargingProfile(status="Accepted" if removed else "Unknown")
+
+
+__all__ = ["NOMINAL_VOLTAGE_V", "StationClient"]

@@ -1,0 +1,74 @@
+"""EV/driver agents."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import mesa
+
+from .behaviour import Vehicle, Visit
+
+
+@dataclass(slots=True)
+class VisitRecord:
+    """What happened on one visit; one row of the sessions table."""
+
+    ev_id: str
+    site: str
+    arrival_s: float
+    departure_s: float
+    soc_initial: float
+    target_soc: float
+    energy_wanted_kwh: float
+    outcome: str = "pending"  # pending|waiting|plugged|served|open|turned_away|rejected
+    station_id: str | None = None
+    evse_id: int | None = None
+    transaction_id: str | None = None
+    plugged_s: float | None = None
+    unplugged_s: float | None = None
+    soc_final: float | None = None
+    energy_battery_kwh: float = 0.0
+    energy_grid_kwh: float = 0.0
+
+
+class EV(mesa.Agent):  # type: ignore[misc]
+    """An EV and its driver: a vehicle, a home site, and visits to charge."""
+
+    def __init__(self, model: mesa.Model, ev_id: str, site: str, vehicle: Vehicle,
+                 visits: list[Visit], id_token: str) -> None:
+        super().__init__(model)
+        self.ev_id = ev_id
+        self.site = site
+        self.vehicle = vehicle
+        self.visits = visits
+        self.id_token = id_token
+        self.soc = visits[0].soc_initial if visits else 0.5
+        self.target_soc = self.soc
+        self.energy_battery_kwh = 0.0
+        self.energy_grid_kwh = 0.0
+        self.records: list[VisitRecord] = []
+        self.current: VisitRecord | None = None
+
+    def begin_visit(self, visit: Visit) -> VisitRecord:
+        """Reset the per-visit state at arrival and open its record."""
+        self.soc = visit.soc_initial
+        self.target_soc = visit.target_soc
+        self.energy_battery_kwh = 0.0
+        self.energy_grid_kwh = 0.0
+        wanted = (visit.target_soc - visit.soc_initial) * self.vehicle.capacity_kwh
+        self.current = VisitRecord(self.ev_id, self.site, visit.arrival_s, visit.departure_s,
+                                   visit.soc_initial, visit.target_soc, wanted)
+        self.records.append(self.current)
+        return self.current
+
+    def end_visit(self, outcome: str, at_s: float | None = None) -> None:
+        """Close the current visit's record with its energies and final SoC."""
+        rec = self.current
+        if rec is None:
+            return
+        rec.outcome = outcome
+        rec.unplugged_s = at_s
+        rec.soc_final = self.soc
+        rec.energy_battery_kwh = self.energy_battery_kwh
+        rec.energy_grid_kwh = self.energy_grid_kwh
+        self.current = None

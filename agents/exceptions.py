@@ -1,0 +1,15 @@
+"""Exceptions of the agents package."""
+
+from __future__ import annotations
+
+
+class AgentsError(Exception):
+    """Base class of every error evtwin.agents raises on purpose."""
+
+
+class ProfileRejected(AgentsError):
+    """A charging profile the station cannot accept; ``reason`` says why."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

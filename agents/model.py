@@ -1,0 +1,68 @@
+"""The mesa model of the charging network: EVs, stations, sites.
+
+simpy owns time: the runner's processes call :meth:`ChargingModel.plug_in`
+and friends at event times and :meth:`ChargingModel.step` once per control
+step. The model's own seeded generator (``model.rng``) makes every draw.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import mesa
+import numpy as np
+
+from .behaviour import Behaviour, draw_vehicle, draw_visit
+from .ev import EV
+from .station import VirtualStation
+
+
+@dataclass(frozen=True, slots=True)
+class SiteConfig:
+    """One site: its kind, stations and EVSE sizes, and how its drivers behave."""
+
+    name: str
+    kind: str
+    stations: int
+    evses_per_station: int
+    evse_max_kw: float
+    phases: int
+    behaviour: Behaviour
+    ev_count: int
+
+
+class ChargingModel(mesa.Model):  # type: ignore[misc]
+    """EV agents and virtual stations at one or more sites."""
+
+    def __init__(self, sites: Sequence[SiteConfig], *, seed: int, duration_s: float,
+                 start_hour: float) -> None:
+        super().__init__(rng=np.random.default_rng(seed))
+        self.sites = {s.name: s for s in sites}
+        self.stations: list[VirtualStation] = []
+        self.evs: list[EV] = []
+        for site in sites:
+            for k in range(site.stations):
+                st = VirtualStation(self, f"{site.name}-{k + 1:03d}", site.name,
+                                    [site.evse_max_kw * 1000.0] * site.evses_per_station,
+                                    site.phases)
+                self.stations.append(st)
+        days = max(1, int(np.ceil(duration_s / 86400.0)))
+        n = 0
+        for site in sites:
+            for _ in range(site.ev_count):
+                n += 1
+                vehicle = draw_vehicle(self.rng)
+                visits = [draw_visit(self.rng, site.behaviour, vehicle, d * 86400.0, start_hour)
+                          for d in range(days)]
+                visits = [v for v in visits if v.arrival_s < duration_s]
+                self.evs.append(EV(self, f"EV{n:04d}", site.name, vehicle, visits,
+                                   id_token=f"TOKEN{n:04d}"))
+
+    def stations_at(self, site: str) -> list[VirtualStation]:
+        """The stations of one site, in id order."""
+        return [s for s in self.stations if s.site == site]
+
+    def step(self, now_s: float = 0.0, step_s: float = 60.0) -> None:  # type: ignore[override]
+        """Advance every station's EVs over the step ending at ``now_s``."""
+        self.agents_by_type[VirtualStation].do("advance", now_s, step_s)

@@ -1,0 +1,265 @@
+"""Virtual charging stations: EVSE state, meters and charging profiles, no I/O.
+
+The OCPP shell (:mod:`evtwin.agents.client`) feeds this logic the messages it
+receives and sends what it queues. Everything here runs on simulated
+seconds; the shell turns them into OCPP timestamps.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import mesa
+
+from .battery import charge
+from .exceptions import ProfileRejected
+
+if TYPE_CHECKING:
+    from .ev import EV
+
+NOMINAL_VOLTAGE_V = 230.0
+
+
+@dataclass(slots=True)
+class Profile:
+    """A charging profile as the station stores it (from SetChargingProfile)."""
+
+    profile_id: int
+    purpose: str
+    stack_level: int
+    kind: str
+    unit: str
+    periods: list[tuple[float, float, int | None]]  # (start_s, limit, number_phases)
+    start_s: float | None  # schedule start in simulated seconds (Absolute)
+    duration_s: float | None
+    transaction_id: str | None
+    valid_from_s: float | None = None
+    valid_to_s: float | None = None
+
+    def limit_w(self, now_s: float, tx_start_s: float | None, phases: int) -> float | None:
+        """The limit this profile sets at ``now_s`` in W, or None if not active."""
+        if self.valid_from_s is not None and now_s < self.valid_from_s:
+            return None
+        if self.valid_to_s is not None and now_s >= self.valid_to_s:
+            return None
+        origin = tx_start_s if self.kind == "Relative" else self.start_s
+        if origin is None:
+            origin = now_s
+        elapsed = now_s - origin
+        if elapsed < 0 or (self.duration_s is not None and elapsed >= self.duration_s):
+            return None
+        current: tuple[float, float, int | None] | None = None
+        for period in self.periods:
+            if period[0] <= elapsed:
+                current = period
+        if current is None:
+            return None
+        _, limit, n_phases = current
+        if self.unit == "A":
+            return limit * NOMINAL_VOLTAGE_V * (n_phases or phases)
+        return limit
+
+
+@dataclass(slots=True)
+class Evse:
+    """One EVSE (with one connector) of a virtual station."""
+
+    evse_id: int
+    max_power_w: float
+    phases: int = 3
+    status: str = "Available"
+    ev: EV | None = None
+    transaction_id: str | None = None
+    tx_started_s: float | None = None
+    charging: bool = False
+    seq_no: int = 0
+    register_wh: float = 0.0
+    power_w: float = 0.0
+    step_wh: float = 0.0
+    last_update_s: float = 0.0
+    profiles: list[Profile] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something the station must tell the CSMS about, in order."""
+
+    kind: str  # "plug" | "unplug"
+    evse_id: int
+    at_s: float
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+class VirtualStation(mesa.Agent):  # type: ignore[misc]
+    """A charging station with one or more EVSEs at a site and a feeder bus."""
+
+    def __init__(self, model: mesa.Model, station_id: str, site: str, evse_max_w: list[float],
+                 phases: int = 3) -> None:
+        super().__init__(model)
+        self.station_id = station_id
+        self.site = site
+        self.evses = {i + 1: Evse(i + 1, p, phases) for i, p in enumerate(evse_max_w)}
+        self.station_profiles: list[Profile] = []  # evse 0: TxDefault / max profiles
+        self.events: deque[Event] = deque()
+        self.voltage_v = NOMINAL_VOLTAGE_V
+        self._tx_counter = 0
+        self.rejected: set[str] = set()
+
+    # -- physical events (from the simulator) -------------------------------
+    def plug(self, evse_id: int, ev: EV, at_s: float) -> str:
+        """An EV plugs in; returns the transaction id the station opens for it.
+
+        Power flows only after the CSMS has authorized the token and accepted
+        the transaction (see :meth:`begin_charging`).
+        """
+        evse = self.evses[evse_id]
+        self.advance_evse(evse, at_s)
+        self._tx_counter += 1
+        evse.ev = ev
+        evse.status = "Occupied"
+        evse.transaction_id = f"{self.station_id}-{evse_id}-{self._tx_counter}"
+        evse.tx_started_s = at_s
+        evse.seq_no = 0
+        self.events.append(Event("plug", evse_id, at_s, {
+            "transaction_id": evse.transaction_id, "register_wh": evse.register_wh,
+            "id_token": ev.id_token, "soc": ev.soc,
+        }))
+        return evse.transaction_id
+
+    def unplug(self, evse_id: int, at_s: float) -> None:
+        """The EV leaves: integrate up to ``at_s`` and end the transaction."""
+        evse = self.evses[evse_id]
+        self.advance_evse(evse, at_s)
+        ev = evse.ev
+        evse.ev = None
+        evse.charging = False
+        evse.status = "Available"
+        self.events.append(Event("unplug", evse_id, at_s, {
+            "transaction_id": evse.transaction_id, "register_wh": evse.register_wh,
+            "seq_no": evse.seq_no + 1, "soc": ev.soc if ev else None,
+        }))
+        evse.transaction_id = None
+        evse.tx_started_s = None
+        evse.profiles = [p for p in evse.profiles if p.purpose != "TxProfile"]
+
+    def begin_charging(self, evse_id: int, transaction_id: str, now_s: float) -> None:
+        """Close the power path: from ``now_s`` the EV draws power.
+
+        Does nothing if that transaction is no longer on the EVSE (the EV
+        left before the CSMS answered).
+        """
+        evse = self.evses[evse_id]
+        if evse.ev is not None and evse.transaction_id == transaction_id:
+            evse.charging = True
+            evse.last_update_s = now_s
+
+    def next_seq_no(self, evse_id: int) -> int:
+        """The seqNo for the next TransactionEvent of this EVSE's transaction."""
+        evse = self.evses[evse_id]
+        evse.seq_no += 1
+        return evse.seq_no
+
+    # -- physics ------------------------------------------------------------
+    def limit_w(self, evse: Evse, now_s: float) -> float:
+        """The effective limit on an EVSE at ``now_s``: hardware, then profiles.
+
+        A TxProfile for the running transaction overrides TxDefaultProfiles;
+        within a purpose the highest stack level that is active wins; a
+        ChargingStationMaxProfile caps the whole station's EVSEs.
+        """
+        limit = evse.max_power_w
+        chosen: float | None = None
+        for purpose in ("TxProfile", "TxDefaultProfile"):
+            candidates = [p for p in evse.profiles if p.purpose == purpose]
+            if purpose == "TxDefaultProfile":
+                candidates += [p for p in self.station_profiles if p.purpose == purpose]
+            if purpose == "TxProfile":
+                candidates = [p for p in candidates if p.transaction_id == evse.transaction_id]
+            for p in sorted(candidates, key=lambda p: -p.stack_level):
+                value = p.limit_w(now_s, evse.tx_started_s, evse.phases)
+                if value is not None:
+                    chosen = value
+                    break
+            if chosen is not None:
+                break
+        if chosen is not None:
+            limit = min(limit, chosen)
+        for p in self.station_profiles:
+            if p.purpose == "ChargingStationMaxProfile":
+                cap = p.limit_w(now_s, None, evse.phases)
+                if cap is not None:
+                    limit = min(limit, cap)
+        return max(limit, 0.0)
+
+    def advance_evse(self, evse: Evse, now_s: float) -> None:
+        """Integrate the EVSE's EV from its last update to ``now_s``."""
+        dt_s = now_s - evse.last_update_s
+        evse.last_update_s = now_s
+        if dt_s <= 0 or not evse.charging or evse.ev is None:
+            return
+        ev = evse.ev
+        v = ev.vehicle
+        result = charge(
+            soc=ev.soc, target_soc=ev.target_soc, capacity_kwh=v.capacity_kwh,
+            limit_kw=self.limit_w(evse, now_s - dt_s) / 1000.0, ev_max_kw=v.max_power_kw,
+            efficiency=v.efficiency, taper_soc=v.taper_soc, duration_h=dt_s / 3600.0,
+        )
+        ev.soc = result.soc_end
+        ev.energy_battery_kwh += result.battery_kwh
+        ev.energy_grid_kwh += result.grid_kwh
+        evse.register_wh += result.grid_kwh * 1000.0
+        evse.step_wh += result.grid_kwh * 1000.0
+
+    def advance(self, now_s: float, step_s: float) -> float:
+        """Advance every EVSE to ``now_s``; returns the station's mean power (W) over the step."""
+        total_wh = 0.0
+        for evse in self.evses.values():
+            self.advance_evse(evse, now_s)
+            evse.power_w = evse.step_wh * 3600.0 / step_s
+            total_wh += evse.step_wh
+            evse.step_wh = 0.0
+        return total_wh * 3600.0 / step_s
+
+    # -- smart charging (from the CSMS) ---------------------------------------
+    def set_profile(self, evse_id: int, profile: Profile) -> None:
+        """Install a profile, replacing one with the same id or purpose+stack level."""
+        if profile.purpose == "TxProfile":
+            if evse_id == 0:
+                raise ProfileRejected("TxProfile needs an EVSE id > 0")
+            evse = self.evses.get(evse_id)
+            if evse is None:
+                raise ProfileRejected(f"no EVSE {evse_id}")
+            if evse.transaction_id is None or profile.transaction_id != evse.transaction_id:
+                raise ProfileRejected("no such transaction on this EVSE")
+        if profile.purpose == "ChargingStationMaxProfile" and evse_id != 0:
+            raise ProfileRejected("ChargingStationMaxProfile must target EVSE 0")
+        if evse_id != 0 and evse_id not in self.evses:
+            raise ProfileRejected(f"no EVSE {evse_id}")
+        if profile.purpose not in ("TxProfile", "TxDefaultProfile", "ChargingStationMaxProfile"):
+            raise ProfileRejected(f"purpose {profile.purpose} not supported")
+        target = self.station_profiles if evse_id == 0 else self.evses[evse_id].profiles
+        target[:] = [p for p in target if p.profile_id != profile.profile_id and not (
+            p.purpose == profile.purpose and p.stack_level == profile.stack_level)]
+        target.append(profile)
+
+    def clear_profiles(self, *, profile_id: int | None = None, evse_id: int | None = None,
+                       purpose: str | None = None, stack_level: int | None = None) -> int:
+        """Remove matching profiles; returns how many were removed."""
+        removed = 0
+        holders: list[tuple[int, list[Profile]]] = [(0, self.station_profiles)]
+        holders += [(e.evse_id, e.profiles) for e in self.evses.values()]
+        for holder_id, profiles in holders:
+            keep = []
+            for p in profiles:
+                match = (profile_id is None or p.profile_id == profile_id) and (
+                    evse_id is None or holder_id == evse_id) and (
+                    purpose is None or p.purpose == purpose) and (
+                    stack_level is None or p.stack_level == stack_level)
+                if match:
+                    removed += 1
+                else:
+                    keep.append(p)
+            profiles[:] = keep
+        return removed

@@ -1,0 +1,259 @@
+"""The CSMS core: registry, authorization, sessions and the control cycle.
+
+Protocol-neutral and free of I/O: the OCPP shells translate messages into
+calls on :class:`CSMSCore` and turn its answers back into messages. Time comes
+only from the injected clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .clock import Clock, iso, parse_iso, wall_clock
+from .exceptions import UnknownStationError
+from .model import (
+    ControlView,
+    CSMSConfig,
+    Session,
+    SessionView,
+    SiteView,
+    StationSpec,
+)
+from .store import Store
+from .strategies import EvseKey, get_strategy
+
+log = logging.getLogger("evtwin.csms")
+
+ENERGY = "Energy.Active.Import.Register"
+POWER = "Power.Active.Import"
+SOC = "SoC"
+VOLTAGE = "Voltage"
+
+_WH_PER_UNIT = {"Wh": 1.0, "kWh": 1000.0}
+_W_PER_UNIT = {"W": 1.0, "kW": 1000.0}
+
+Sample = tuple[str, str, str | None, float, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileCommand:
+    """A limit the control cycle decided to send to one EVSE."""
+
+    station_id: str
+    evse_id: int
+    transaction_id: str
+    limit: float
+    unit: str
+    limit_w: float
+
+
+def _flatten_meter_values(meter_values: list[dict[str, Any]] | None) -> list[Sample]:
+    out: list[Sample] = []
+    for mv in meter_values or ():
+        ts = mv["timestamp"]
+        for sv in mv["sampledValue"]:
+            unit = (sv.get("unitOfMeasure") or {}).get("unit")
+            out.append((ts, sv.get("measurand", ENERGY), sv.get("phase"), float(sv["value"]), unit))
+    return out
+
+
+class CSMSCore:
+    """Business logic of the CSMS, written once for every transport.
+
+    ``store`` persists everything; ``clock`` gives the time for every
+    timestamp and the control cycle.
+    """
+
+    def __init__(self, config: CSMSConfig, store: Store, *, clock: Clock = wall_clock) -> None:
+        self.config = config
+        self.store = store
+        self.clock = clock
+        self.stations: dict[str, StationSpec] = {s.station_id: s for s in config.stations}
+        self.site_limits = {s.name: s.limit_kw for s in config.sites}
+        self.strategy = get_strategy(config.strategy)
+        self.sessions: dict[tuple[str, str], Session] = {}
+        self.status: dict[EvseKey, str] = {}
+        self.sent_limits_w: dict[EvseKey, float | None] = {}
+        self.booted: set[str] = set()
+        self._profile_ids = itertools.count(1)
+        # Set when a session starts or ends: the control cycle should run now
+        # rather than wait for its next interval (a new EV must not run
+        # unlimited until then).
+        self.sessions_changed = False
+        for spec in config.stations:
+            self.site_limits.setdefault(spec.site, None)
+            store.upsert_station(spec.station_id, spec.site,
+                                 [(e.evse_id, e.max_power_w) for e in spec.evses])
+
+    # -- registry ------------------------------------------------------------
+    def knows(self, station_id: str) -> bool:
+        """True if ``station_id`` was provisioned."""
+        return station_id in self.stations
+
+    def station(self, station_id: str) -> StationSpec:
+        """The provisioned station, or UnknownStationError."""
+        try:
+            return self.stations[station_id]
+        except KeyError:
+            raise UnknownStationError(station_id) from None
+
+    # -- handlers (called by protocol shells) -------------------------------
+    def on_boot(self, station_id: str, vendor: str, model: str) -> dict[str, Any]:
+        """BootNotification: accept provisioned stations, give time and interval."""
+        self.station(station_id)
+        now = self.clock()
+        self.store.record_boot(station_id, vendor, model, iso(now))
+        self.booted.add(station_id)
+        return {"status": "Accepted", "current_time": iso(now),
+                "interval": self.config.heartbeat_interval_s}
+
+    def on_heartbeat(self, station_id: str) -> str:
+        """Heartbeat: the CSMS's current time."""
+        return iso(self.clock())
+
+    def on_status(self, station_id: str, evse_id: int, status: str, timestamp: str) -> None:
+        """StatusNotification: remember and persist the connector status."""
+        self.status[(station_id, evse_id)] = status
+        self.store.record_status(station_id, evse_id, status, timestamp)
+
+    def authorize(self, id_token: str) -> str:
+        """Authorization status of an id token against the provisioned list."""
+        return "Accepted" if id_token in self.config.id_tokens else "Invalid"
+
+    def on_transaction_event(self, station_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+        """TransactionEvent: track the session, persist it, return idTokenInfo if asked.
+
+        ``payload`` is the request in OCPP's camelCase form.
+        """
+        tx = payload["transactionInfo"]
+        tx_id = tx["transactionId"]
+        event_type = payload["eventType"]
+        seq_no = int(payload["seqNo"])
+        evse_id = int((payload.get("evse") or {}).get("id", 0))
+        key = (station_id, tx_id)
+        samples = _flatten_meter_values(payload.get("meterValue"))
+        id_token = (payload.get("idToken") or {}).get("idToken")
+
+        session = self.sessions.get(key)
+        if session is None:
+            if evse_id == 0:
+                evse_id = 1
+            session = Session(
+                transaction_id=tx_id, station_id=station_id, evse_id=evse_id,
+                id_token=id_token, started_at=parse_iso(payload["timestamp"]),
+            )
+            self.sessions[key] = session
+            self.sessions_changed = True
+        elif evse_id == 0:
+            evse_id = session.evse_id
+        if id_token and session.id_token is None:
+            session.id_token = id_token
+
+        meter_wh = self._apply_samples(session, samples)
+        if session.meter_start_wh is None and meter_wh is not None:
+            session.meter_start_wh = meter_wh
+        if event_type == "Ended":
+            session.ended_at = parse_iso(payload["timestamp"])
+            session.stopped_reason = tx.get("stoppedReason", "Local")
+            session.power_w = 0.0
+        session.last_seq_no = max(session.last_seq_no, seq_no)
+
+        self.store.record_transaction_event(
+            station_id=station_id, transaction_id=tx_id, evse_id=evse_id, seq_no=seq_no,
+            event_type=event_type, trigger_reason=payload["triggerReason"],
+            timestamp=payload["timestamp"], id_token=id_token,
+            meter_wh=meter_wh if event_type in ("Started", "Ended") else None,
+            stopped_reason=session.stopped_reason, payload=payload, samples=samples,
+        )
+        if event_type == "Ended":
+            self.sent_limits_w.pop((station_id, session.evse_id), None)
+            self.sessions_changed = True
+        response: dict[str, Any] = {}
+        if id_token is not None:
+            response["id_token_info"] = {"status": self.authorize(id_token)}
+        return response
+
+    def _apply_samples(self, session: Session, samples: list[Sample]) -> float | None:
+        meter_wh: float | None = None
+        for _ts, measurand, phase, value, unit in samples:
+            if measurand == ENERGY and phase is None:
+                meter_wh = value * _WH_PER_UNIT.get(unit or "Wh", 1.0)
+                session.meter_last_wh = meter_wh
+            elif measurand == POWER and phase is None:
+                session.power_w = value * _W_PER_UNIT.get(unit or "W", 1.0)
+            elif measurand == VOLTAGE:
+                session.voltage_v = value
+            elif measurand == SOC:
+                session.soc_percent = value
+        return meter_wh
+
+    def on_meter_values(self, station_id: str, evse_id: int, meter_value: list[dict[str, Any]]) -> None:
+        """MeterValues outside a transaction: persist them."""
+        samples = _flatten_meter_values(meter_value)
+        if samples:
+            self.store.record_meter_values(station_id, evse_id, samples)
+
+    # -- control -------------------------------------------------------------
+    def open_sessions(self) -> list[Session]:
+        """Sessions not yet Ended, in a stable order."""
+        return sorted((s for s in self.sessions.values() if s.is_open),
+                      key=lambda s: (s.station_id, s.evse_id, s.transaction_id))
+
+    def control_view(self, now: datetime | None = None) -> ControlView:
+        """Build the read-only view the strategy sees."""
+        by_site: dict[str, list[SessionView]] = {name: [] for name in self.site_limits}
+        for s in self.open_sessions():
+            spec = self.stations[s.station_id]
+            by_site[spec.site].append(SessionView(
+                station_id=s.station_id, evse_id=s.evse_id, transaction_id=s.transaction_id,
+                max_power_kw=spec.evse(s.evse_id).max_power_w / 1000.0,
+                power_kw=s.power_w / 1000.0, energy_kwh=s.energy_wh / 1000.0,
+                voltage_v=s.voltage_v, soc_percent=s.soc_percent, started_at=s.started_at,
+            ))
+        sites = tuple(SiteView(name=n, limit_kw=self.site_limits[n], sessions=tuple(v))
+                      for n, v in sorted(by_site.items()))
+        return ControlView(now=now or self.clock(), sites=sites)
+
+    def control_commands(self) -> list[ProfileCommand]:
+        """Run the strategy and return the limits that changed since last sent."""
+        self.sessions_changed = False
+        view = self.control_view()
+        limits = self.strategy(view)
+        tx_of = {(s.station_id, s.evse_id): s.transaction_id for s in self.open_sessions()}
+        commands: list[ProfileCommand] = []
+        for key, limit_kw in sorted(limits.items()):
+            if limit_kw is None:
+                continue  # the station's own maximum applies
+            limit_w = limit_kw * 1000.0
+            previous = self.sent_limits_w.get(key)
+            # Small increases are not worth a message; decreases always go out,
+            # or the site limit could be exceeded by the deadband.
+            if previous is not None and 0 <= limit_w - previous < self.config.limit_deadband_w:
+                continue
+            station_id, evse_id = key
+            phases = self.stations[station_id].evse(evse_id).phases
+            if self.config.charging_rate_unit == "A":
+                value = round(limit_w / (self.config.nominal_voltage_v * phases), 1)
+            else:
+                value = round(limit_w, 1)
+            commands.append(ProfileCommand(station_id, evse_id, tx_of[key], value,
+                                           self.config.charging_rate_unit, limit_w))
+        return commands
+
+    def next_profile_id(self) -> int:
+        """A fresh charging-profile id (deterministic per CSMS instance)."""
+        return next(self._profile_ids)
+
+    def profile_sent(self, cmd: ProfileCommand, profile_id: int, status: str) -> None:
+        """Record the station's answer to a SetChargingProfile."""
+        if status == "Accepted":
+            self.sent_limits_w[(cmd.station_id, cmd.evse_id)] = cmd.limit_w
+            session = self.sessions.get((cmd.station_id, cmd.transaction_id))
+            if session is not None:
+                session.limit_w = cmd.limit_w
+        self.store.record_profile(cmd.station_id, cmd.evse_id, profile_id, "TxProfile", 0,
+                                  cmd.limit, cmd.unit, iso(self.clock()), status)

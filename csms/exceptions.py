@@ -1,0 +1,39 @@
+"""Exceptions of the CSMS core: one base class, structured fields on domain errors."""
+
+from __future__ import annotations
+
+
+class CSMSError(Exception):
+    """Base class of every error the CSMS raises on purpose."""
+
+
+class ConfigError(CSMSError):
+    """The CSMS configuration is inconsistent (names the offending field)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class UnknownStationError(CSMSError):
+    """A station identity that the CSMS was not provisioned with."""
+
+    def __init__(self, station_id: str) -> None:
+        super().__init__(f"unknown station {station_id!r}")
+        self.station_id = station_id
+
+
+class UnknownStrategyError(ConfigError):
+    """A smart-charging strategy name that is not registered."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__("strategy", f"unknown strategy {name!r}; known: {', '.join(known)}")
+        self.name = name
+
+
+class StationNotConnectedError(CSMSError):
+    """A CSMS-initiated call was addressed to a station with no open connection."""
+
+    def __init__(self, station_id: str) -> None:
+        super().__init__(f"station {station_id!r} is not connected")
+        self.station_id = station_id

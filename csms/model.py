@@ -1,0 +1,126 @@
+"""The CSMS domain model: provisioning, sessions and the view strategies see."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+ChargingRateUnit = Literal["W", "A"]
+
+
+@dataclass(frozen=True, slots=True)
+class EvseSpec:
+    """One EVSE as provisioned: its hardware limit and phases."""
+
+    evse_id: int
+    max_power_w: float
+    phases: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class StationSpec:
+    """A station the CSMS accepts: identity, the site it belongs to, its EVSEs."""
+
+    station_id: str
+    site: str
+    evses: tuple[EvseSpec, ...]
+
+    def evse(self, evse_id: int) -> EvseSpec:
+        """Return the EVSE with this id (KeyError if the station has none)."""
+        for spec in self.evses:
+            if spec.evse_id == evse_id:
+                return spec
+        raise KeyError(evse_id)
+
+
+@dataclass(frozen=True, slots=True)
+class SiteSpec:
+    """A group of stations behind one connection, with an optional import limit."""
+
+    name: str
+    limit_kw: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CSMSConfig:
+    """Everything the CSMS core is provisioned with.
+
+    ``control_interval_s`` is the period of the smart-charging cycle on the
+    injected clock; ``nominal_voltage_v`` converts W to A for stations that are
+    sent limits in amperes.
+    """
+
+    stations: tuple[StationSpec, ...]
+    sites: tuple[SiteSpec, ...] = ()
+    id_tokens: frozenset[str] = frozenset()
+    strategy: str = "uncontrolled"
+    control_interval_s: float = 300.0
+    charging_rate_unit: ChargingRateUnit = "W"
+    nominal_voltage_v: float = 230.0
+    heartbeat_interval_s: int = 3600
+    limit_deadband_w: float = 50.0
+
+
+@dataclass(slots=True)
+class Session:
+    """A transaction as the CSMS knows it, built only from OCPP messages."""
+
+    transaction_id: str
+    station_id: str
+    evse_id: int
+    id_token: str | None
+    started_at: datetime
+    meter_start_wh: float | None = None
+    meter_last_wh: float | None = None
+    power_w: float = 0.0
+    voltage_v: float | None = None
+    soc_percent: float | None = None
+    last_seq_no: int = -1
+    ended_at: datetime | None = None
+    stopped_reason: str | None = None
+    limit_w: float | None = None
+
+    @property
+    def energy_wh(self) -> float:
+        """Energy metered since the transaction started, in Wh."""
+        if self.meter_start_wh is None or self.meter_last_wh is None:
+            return 0.0
+        return self.meter_last_wh - self.meter_start_wh
+
+    @property
+    def is_open(self) -> bool:
+        """True until the station reports the transaction Ended."""
+        return self.ended_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """What a strategy may know about one active session (read-only)."""
+
+    station_id: str
+    evse_id: int
+    transaction_id: str
+    max_power_kw: float
+    power_kw: float
+    energy_kwh: float
+    voltage_v: float | None
+    soc_percent: float | None
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SiteView:
+    """One site's active sessions and its import limit for EV charging."""
+
+    name: str
+    limit_kw: float | None
+    sessions: tuple[SessionView, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ControlView:
+    """The CSMS's whole view handed to a strategy: time and sites, nothing else."""
+
+    now: datetime
+    sites: tuple[SiteView, ...] = field(default_factory=tuple)

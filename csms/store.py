@@ -1,0 +1,267 @@
+"""SQLite persistence for the CSMS.
+
+The schema is versioned (``PRAGMA user_version``) and migrated on open. The
+file runs in WAL mode; every write is committed before the handler that made
+it returns, so a CALLRESULT never goes out for data that is not on disk.
+``synchronous=NORMAL`` keeps commits durable across a crash of the process
+(WAL's documented trade-off: the last commits may be lost on power loss).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE stations (
+        station_id   TEXT PRIMARY KEY,
+        site         TEXT NOT NULL,
+        vendor       TEXT,
+        model        TEXT,
+        booted_at    TEXT
+    );
+    CREATE TABLE evses (
+        station_id   TEXT NOT NULL REFERENCES stations(station_id),
+        evse_id      INTEGER NOT NULL,
+        max_power_w  REAL NOT NULL,
+        status       TEXT,
+        status_at    TEXT,
+        PRIMARY KEY (station_id, evse_id)
+    );
+    CREATE TABLE transactions (
+        transaction_id TEXT NOT NULL,
+        station_id     TEXT NOT NULL,
+        evse_id        INTEGER NOT NULL,
+        id_token       TEXT,
+        started_at     TEXT NOT NULL,
+        ended_at       TEXT,
+        meter_start_wh REAL,
+        meter_stop_wh  REAL,
+        stopped_reason TEXT,
+        last_seq_no    INTEGER NOT NULL DEFAULT -1,
+        PRIMARY KEY (station_id, transaction_id)
+    );
+    CREATE TABLE transaction_events (
+        station_id     TEXT NOT NULL,
+        transaction_id TEXT NOT NULL,
+        seq_no         INTEGER NOT NULL,
+        event_type     TEXT NOT NULL,
+        trigger_reason TEXT NOT NULL,
+        timestamp      TEXT NOT NULL,
+        payload        TEXT NOT NULL,
+        PRIMARY KEY (station_id, transaction_id, seq_no)
+    );
+    CREATE TABLE meter_values (
+        station_id     TEXT NOT NULL,
+        evse_id        INTEGER NOT NULL,
+        transaction_id TEXT,
+        timestamp      TEXT NOT NULL,
+        measurand      TEXT NOT NULL,
+        phase          TEXT,
+        value          REAL NOT NULL,
+        unit           TEXT
+    );
+    CREATE INDEX meter_values_tx ON meter_values(station_id, transaction_id);
+    CREATE TABLE charging_profiles (
+        station_id   TEXT NOT NULL,
+        evse_id      INTEGER NOT NULL,
+        profile_id   INTEGER NOT NULL,
+        purpose      TEXT NOT NULL,
+        stack_level  INTEGER NOT NULL,
+        limit_value  REAL NOT NULL,
+        unit         TEXT NOT NULL,
+        sent_at      TEXT NOT NULL,
+        status       TEXT NOT NULL
+    );
+    CREATE TABLE security_events (
+        at       TEXT NOT NULL,
+        peer     TEXT,
+        kind     TEXT NOT NULL,
+        detail   TEXT
+    );
+    """,
+}
+
+
+class Store:
+    """The CSMS's SQLite database. ``path=":memory:"`` only when asked for."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        if self.path != ":memory:":
+            self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path}: database schema v{version} is newer than this evtwin (v{SCHEMA_VERSION})"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self._tx():
+                self._db.executescript(_MIGRATIONS[target])
+                self._db.execute(f"PRAGMA user_version={target}")
+
+    def _tx(self) -> sqlite3.Connection:
+        # sqlite3's context manager commits on success and rolls back on error;
+        # with isolation_level=None we open the transaction ourselves.
+        self._db.execute("BEGIN")
+        return self._db
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open file."""
+        return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        """Close the database file."""
+        self._db.close()
+
+    # -- provisioning ------------------------------------------------------
+    def upsert_station(self, station_id: str, site: str, evses: Iterable[tuple[int, float]]) -> None:
+        """Record a provisioned station and its EVSEs (idempotent)."""
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO stations(station_id, site) VALUES (?, ?) "
+                "ON CONFLICT(station_id) DO UPDATE SET site=excluded.site",
+                (station_id, site),
+            )
+            self._db.executemany(
+                "INSERT INTO evses(station_id, evse_id, max_power_w) VALUES (?, ?, ?) "
+                "ON CONFLICT(station_id, evse_id) DO UPDATE SET max_power_w=excluded.max_power_w",
+                [(station_id, e, p) for e, p in evses],
+            )
+
+    def record_boot(self, station_id: str, vendor: str, model: str, at: str) -> None:
+        """Store the vendor/model a station reported at boot."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE stations SET vendor=?, model=?, booted_at=? WHERE station_id=?",
+                (vendor, model, at, station_id),
+            )
+
+    def record_status(self, station_id: str, evse_id: int, status: str, at: str) -> None:
+        """Store a connector status change."""
+        with self._tx():
+            self._db.execute(
+                "UPDATE evses SET status=?, status_at=? WHERE station_id=? AND evse_id=?",
+                (status, at, station_id, evse_id),
+            )
+
+    # -- transactions ------------------------------------------------------
+    def record_transaction_event(
+        self,
+        *,
+        station_id: str,
+        transaction_id: str,
+        evse_id: int,
+        seq_no: int,
+        event_type: str,
+        trigger_reason: str,
+        timestamp: str,
+        id_token: str | None,
+        meter_wh: float | None,
+        stopped_reason: str | None,
+        payload: dict[str, Any],
+        samples: Sequence[tuple[str, str, str | None, float, str | None]],
+    ) -> None:
+        """Store one TransactionEvent and its sampled values atomically.
+
+        ``samples`` are ``(timestamp, measurand, phase, value, unit)`` tuples.
+        A repeated ``seq_no`` (a station re-sending after a lost reply) is
+        ignored rather than stored twice.
+        """
+        with self._tx():
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO transaction_events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (station_id, transaction_id, seq_no, event_type, trigger_reason, timestamp,
+                 json.dumps(payload, separators=(",", ":"))),
+            )
+            if cur.rowcount == 0:
+                return
+            if event_type == "Started":
+                self._db.execute(
+                    "INSERT OR IGNORE INTO transactions(transaction_id, station_id, evse_id, "
+                    "id_token, started_at, meter_start_wh, last_seq_no) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (transaction_id, station_id, evse_id, id_token, timestamp, meter_wh, seq_no),
+                )
+            else:
+                self._db.execute(
+                    "UPDATE transactions SET last_seq_no=MAX(last_seq_no, ?) "
+                    "WHERE station_id=? AND transaction_id=?",
+                    (seq_no, station_id, transaction_id),
+                )
+            if event_type == "Ended":
+                self._db.execute(
+                    "UPDATE transactions SET ended_at=?, meter_stop_wh=?, stopped_reason=? "
+                    "WHERE station_id=? AND transaction_id=?",
+                    (timestamp, meter_wh, stopped_reason, station_id, transaction_id),
+                )
+            if samples:
+                self._db.executemany(
+                    "INSERT INTO meter_values VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [(station_id, evse_id, transaction_id, *s) for s in samples],
+                )
+
+    def record_meter_values(
+        self,
+        station_id: str,
+        evse_id: int,
+        samples: Sequence[tuple[str, str, str | None, float, str | None]],
+    ) -> None:
+        """Store sampled values reported outside a transaction (MeterValues)."""
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO meter_values VALUES (?, ?, NULL, ?, ?, ?, ?, ?)",
+                [(station_id, evse_id, *s) for s in samples],
+            )
+
+    def record_profile(
+        self, station_id: str, evse_id: int, profile_id: int, purpose: str, stack_level: int,
+        limit_value: float, unit: str, sent_at: str, status: str,
+    ) -> None:
+        """Store a charging profile the CSMS sent and the station's answer."""
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO charging_profiles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (station_id, evse_id, profile_id, purpose, stack_level, limit_value, unit,
+                 sent_at, status),
+            )
+
+    def record_security_event(self, at: str, peer: str | None, kind: str, detail: str) -> None:
+        """Store a refused connection or other security-relevant event."""
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO security_events VALUES (?, ?, ?, ?)", (at, peer, kind, detail)
+            )
+
+    # -- queries -----------------------------------------------------------
+    def transactions(self) -> list[dict[str, Any]]:
+        """All transactions with their metered energy (Wh), oldest first."""
+        rows = self._db.execute(
+            "SELECT *, meter_stop_wh - meter_start_wh AS energy_wh FROM transactions "
+            "ORDER BY started_at, station_id, transaction_id"
+        ).fetchall()
+        return [dict(r) for r in rows]
+
+    def count(self, table: str) -> int:
+        """Number of rows in one of the CSMS's tables."""
+        if table not in {"stations", "evses", "transactions", "transaction_events",
+                         "meter_values", "charging_profiles", "security_events"}:
+            raise ValueError(f"unknown table {table!r}")
+        return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+
+    def security_events(self) -> list[dict[str, Any]]:
+        """All recorded security events, oldest first."""
+        return [dict(r) for r in self._db.execute("SELECT * FROM security_events ORDER BY rowid")]

@@ -1,0 +1,503 @@
+"""An LV feeder with EV stations, solved by power-grid-model or pandapower.
+
+Everything per step is numpy: the pandapower net is read once when the feeder is
+built, and the power-grid-model engine never touches pandas again after that.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import pandapower as pp
+import pandapower.topology as top
+from evtwin.grid.exceptions import BusMappingError, GridError, PowerFlowError
+from evtwin.grid.profiles import BaseLoadProfile
+from evtwin.grid.results import GridLimits, GridResult
+from power_grid_model import (
+    CalculationMethod,
+    ComponentType,
+    DatasetType,
+    PowerGridModel,
+    initialize_array,
+)
+from power_grid_model.errors import PowerGridError
+from power_grid_model_io.converters import PandaPowerConverter
+
+__all__ = ["Engine", "Feeder"]
+
+Engine = Literal["pgm", "pandapower"]
+
+FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.intp]
+
+_W_PER_MW = 1e6
+_KW_PER_MW = 1e3
+_STIFF_SOURCE_VA = 1e15  # source short-circuit power; makes the slack practically ideal
+
+
+class _PowerFlowEngine(Protocol):
+    name: str
+
+    def run(
+        self, p_mw: FloatArray, q_mvar: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Solve with these powers for every load of ``net.load`` (in its row order).
+
+        Returns bus voltages (net.bus order, p.u.), line loadings (net.line order, %)
+        and transformer loadings (net.trafo order, % of rated power).
+        Raises ``PowerFlowError`` (without time) when the solve fails.
+        """
+        ...
+
+
+class _PandapowerEngine:
+    """Reference engine: write the loads into ``net.load`` and call ``pp.runpp``."""
+
+    name = "pandapower"
+
+    def __init__(self, net: pp.pandapowerNet) -> None:
+        self._net = net
+
+    def run(
+        self, p_mw: FloatArray, q_mvar: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        net = self._net
+        net.load["p_mw"] = p_mw
+        net.load["q_mvar"] = q_mvar
+        try:
+            # numba=False: numba is not a dependency, and pandapower warns on every call
+            # when it is missing.  trafo_loading="power" rates transformers on apparent
+            # power, as power-grid-model does.
+            pp.runpp(net, numba=False, trafo_loading="power")
+        except pp.LoadflowNotConverged as exc:
+            raise PowerFlowError(self.name, str(exc) or "Newton-Raphson did not converge") from exc
+        return (
+            net.res_bus["vm_pu"].to_numpy(dtype=np.float64),
+            net.res_line["loading_percent"].to_numpy(dtype=np.float64),
+            net.res_trafo["loading_percent"].to_numpy(dtype=np.float64),
+        )
+
+
+class _PgmEngine:
+    """Fast engine: a power-grid-model built once, updated per step with load powers only."""
+
+    name = "pgm"
+
+    def __init__(self, net: pp.pandapowerNet) -> None:
+        converter = PandaPowerConverter(system_frequency=float(net.f_hz))
+        try:
+            input_data, _ = converter.load_input_data(net, make_extra_info=False)
+            # pandapower's ext_grid is an ideal voltage source in a power flow
+            # (s_sc_max_mva is only used for short circuits), but the converter gives
+            # the pgm source that short-circuit power, i.e. an internal impedance that
+            # drops the voltage (0.4 % at the CIGRE LV MV bus).  Make it stiff.
+            if ComponentType.source in input_data:
+                input_data[ComponentType.source]["sk"] = _STIFF_SOURCE_VA
+            self._model = PowerGridModel(input_data, system_frequency=float(net.f_hz))
+        except (NotImplementedError, RuntimeError, KeyError, PowerGridError) as exc:
+            raise GridError(f"Cannot convert the network to power-grid-model: {exc}") from exc
+
+        # The converter turns every pandapower load into three sym_loads (constant
+        # power, impedance and current, named by `name=`); the feeder makes every load
+        # constant power, so only the "const_power" ones are updated.
+        load_ids = np.array(
+            [converter.get_id("load", int(i), name="const_power") for i in net.load.index],
+            dtype=np.int32,
+        )
+        # A batch of one scenario: calculate_power_flow wants batch-shaped update data.
+        self._update = initialize_array(
+            DatasetType.update, ComponentType.sym_load, (1, len(load_ids))
+        )
+        self._update["id"][0] = load_ids
+        # A network without any load has no sym_load component to update.
+        self._update_data = {ComponentType.sym_load: self._update} if len(load_ids) else None
+        # Views into the update array, written in place each step.
+        self._p_w = self._update["p_specified"][0]
+        self._q_var = self._update["q_specified"][0]
+
+        # Output rows follow input rows; map pandapower row order onto them once.
+        self._node_pos = _positions(
+            input_data[ComponentType.node]["id"],
+            [converter.get_id("bus", int(b)) for b in net.bus.index],
+        )
+        self._outputs: list[ComponentType] = [ComponentType.node]
+        self._line_pos = np.empty(0, dtype=np.intp)
+        if len(net.line):
+            self._outputs.append(ComponentType.line)
+            self._line_pos = _positions(
+                input_data[ComponentType.line]["id"],
+                [converter.get_id("line", int(i)) for i in net.line.index],
+            )
+        self._trafo_pos = np.empty(0, dtype=np.intp)
+        self._trafo_scale = np.empty(0, dtype=np.float64)
+        if len(net.trafo):
+            self._outputs.append(ComponentType.transformer)
+            self._trafo_pos = _positions(
+                input_data[ComponentType.transformer]["id"],
+                [converter.get_id("trafo", int(i)) for i in net.trafo.index],
+            )
+            # pgm's loading is S / (sn * parallel); pandapower also divides by the
+            # derating factor df.
+            self._trafo_scale = 100.0 / net.trafo["df"].to_numpy(dtype=np.float64)
+
+    def run(
+        self, p_mw: FloatArray, q_mvar: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        np.multiply(p_mw, _W_PER_MW, out=self._p_w)
+        np.multiply(q_mvar, _W_PER_MW, out=self._q_var)
+        try:
+            out = self._model.calculate_power_flow(
+                update_data=self._update_data,
+                symmetric=True,
+                calculation_method=CalculationMethod.newton_raphson,
+                output_component_types=self._outputs,
+            )
+        except PowerGridError as exc:
+            raise PowerFlowError(self.name, _describe_pgm_error(exc)) from exc
+        bus_vm_pu = _scenario(out[ComponentType.node]["u_pu"])[self._node_pos]
+        if len(self._line_pos):
+            line_percent = _scenario(out[ComponentType.line]["loading"])[self._line_pos] * 100.0
+        else:
+            line_percent = np.empty(0, dtype=np.float64)
+        if len(self._trafo_pos):
+            trafo_loading = _scenario(out[ComponentType.transformer]["loading"])[self._trafo_pos]
+            trafo_percent = trafo_loading * self._trafo_scale
+        else:
+            trafo_percent = np.empty(0, dtype=np.float64)
+        return bus_vm_pu, line_percent, trafo_percent
+
+
+def _scenario(values: FloatArray) -> FloatArray:
+    """The single scenario of a batch output (a plain output when there was no update)."""
+    return values[0] if values.ndim == 2 else values
+
+
+def _describe_pgm_error(exc: PowerGridError) -> str:
+    """One line naming the real cause; a batch error only says 'errors in the batch'."""
+    inner: list[PowerGridError] = getattr(exc, "errors", None) or [exc]
+    first = inner[0]
+    text = " ".join(str(first).split())
+    return f"{type(first).__name__}: {text}"
+
+
+def _positions(ids: npt.ArrayLike, wanted: Sequence[int]) -> IntArray:
+    """Row of each id of ``wanted`` in ``ids``."""
+    row_of = {int(v): row for row, v in enumerate(np.asarray(ids))}
+    return np.array([row_of[int(w)] for w in wanted], dtype=np.intp)
+
+
+def _readonly(a: FloatArray) -> FloatArray:
+    a.flags.writeable = False
+    return a
+
+
+class Feeder:
+    """An LV feeder with household base loads and one load element per EV station.
+
+    Args:
+        net: pandapower network; it is copied, never modified.
+        n_stations: number of EV stations.
+        station_buses: pandapower bus index of each station, or ``None`` to place them
+            by the rule below.
+        engine: ``"pgm"`` (power-grid-model, built once, fast) or ``"pandapower"``
+            (``pp.runpp`` every step, the reference).
+        base_profile: multipliers on each household's nominal power per step; defaults
+            to ``BaseLoadProfile()`` (residential H0-like shape, 5 % noise).
+        limits: limits that :meth:`violations` checks results against.
+
+    The feeder's loads: every load of ``net`` is a household (its ``p_mw``/``q_mvar``
+    times ``scaling`` are its nominal power; it is modelled as constant power).  One
+    load named ``ev_station_{i}`` is added per station (p = q = 0 until solved).
+
+    Station placement when ``station_buses`` is None: take the in-service buses that
+    carry a household load and are supplied from the external grid; sort them by
+    electrical distance from the external grid (shortest path over lines in km,
+    transformers and closed bus-bus switches count zero; ties by bus index); station
+    ``i`` goes to the bus at position ``floor(i * n_load_buses / n_stations)`` of that
+    list, so stations spread evenly from near to far (and share buses when there are
+    more stations than load buses).
+
+    Attributes:
+        net: the feeder's own copy of the network, with the station loads added (the
+            pandapower engine writes loads and results into it; the pgm engine does not).
+        engine, limits, base_profile: as given.
+
+    Raises:
+        BusMappingError: a station bus does not exist or is not supplied, the number of
+            buses given differs from ``n_stations``, or there is no load bus to use.
+        GridError: the network cannot be converted for the pgm engine.
+        ValueError: bad ``n_stations`` or ``engine``.
+    """
+
+    def __init__(
+        self,
+        net: pp.pandapowerNet,
+        *,
+        n_stations: int,
+        station_buses: Sequence[int] | None = None,
+        engine: Engine = "pgm",
+        base_profile: BaseLoadProfile | None = None,
+        limits: GridLimits = GridLimits(),  # noqa: B008  (frozen, so sharing is safe)
+    ) -> None:
+        if n_stations < 0:
+            raise ValueError(f"n_stations must be >= 0, got {n_stations}")
+        if engine not in ("pgm", "pandapower"):
+            raise ValueError(f"Unknown engine {engine!r}; valid: 'pgm', 'pandapower'")
+        self.engine: Engine = engine
+        self.limits: GridLimits = limits
+        self.base_profile = BaseLoadProfile() if base_profile is None else base_profile
+
+        net = copy.deepcopy(net)
+        supplied = _supplied_buses(net)
+        if station_buses is None:
+            buses = _spread_station_buses(net, n_stations, supplied)
+        else:
+            buses = _check_station_buses(net, n_stations, station_buses, supplied)
+        self._station_buses = buses
+
+        # Households: the existing loads, made constant power with scaling folded in,
+        # so both engines see exactly p_mw / q_mvar.
+        load = net.load
+        scaling = load["scaling"].to_numpy(dtype=np.float64)
+        load["p_mw"] = load["p_mw"].to_numpy(dtype=np.float64) * scaling
+        load["q_mvar"] = load["q_mvar"].to_numpy(dtype=np.float64) * scaling
+        load["scaling"] = 1.0
+        for col in (
+            "const_z_p_percent",
+            "const_i_p_percent",
+            "const_z_q_percent",
+            "const_i_q_percent",
+            "const_z_percent",
+            "const_i_percent",
+        ):
+            if col in load.columns:
+                load[col] = 0.0
+        self._n_households = len(load)
+        self._nominal_p_mw: FloatArray = load["p_mw"].to_numpy(dtype=np.float64, copy=True)
+        self._nominal_q_mvar = load["q_mvar"].to_numpy(dtype=np.float64, copy=True)
+        self._household_in_service = load["in_service"].to_numpy(dtype=np.float64, copy=True)
+
+        if n_stations:
+            pp.create_loads(
+                net,
+                buses=buses,
+                p_mw=0.0,
+                q_mvar=0.0,
+                name=[f"ev_station_{i}" for i in range(n_stations)],
+            )
+        self.net = net
+
+        # Hot-path buffers, in net.load row order: households then stations.
+        n_loads = self._n_households + n_stations
+        self._p_mw = np.zeros(n_loads)
+        self._q_mvar = np.zeros(n_loads)
+        self._household_p_mw = np.zeros(self._n_households)
+        self._household_q_mvar = np.zeros(self._n_households)
+
+        self._bus_index: npt.NDArray[np.int64] = net.bus.index.to_numpy(dtype=np.int64, copy=True)
+        self._bus_index.flags.writeable = False
+        bus_row = {int(b): row for row, b in enumerate(self._bus_index)}
+        self._station_bus_rows = np.array([bus_row[b] for b in buses], dtype=np.intp)
+        in_service = net.bus["in_service"].to_numpy(dtype=bool)
+        self._stat_rows = np.array(
+            [row for row, b in enumerate(self._bus_index) if in_service[row] and b in supplied],
+            dtype=np.intp,
+        )
+        self._trafo_rating_kva = float(
+            (net.trafo["sn_mva"] * net.trafo["parallel"]).sum() * _KW_PER_MW
+        )
+        self._sum_household_p_kw = math.nan
+
+        self._engine: _PowerFlowEngine = (
+            _PgmEngine(net) if engine == "pgm" else _PandapowerEngine(net)
+        )
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def n_stations(self) -> int:
+        """Number of EV stations."""
+        return len(self._station_buses)
+
+    @property
+    def n_households(self) -> int:
+        """Number of household loads (the network's original loads)."""
+        return self._n_households
+
+    @property
+    def household_nominal_p_kw(self) -> FloatArray:
+        """Nominal active power of each household in kW (a copy)."""
+        return self._nominal_p_mw * _KW_PER_MW
+
+    @property
+    def station_buses(self) -> list[int]:
+        """pandapower bus index of each EV station, in station order."""
+        return list(self._station_buses)
+
+    @property
+    def bus_count(self) -> int:
+        """Number of buses in the network."""
+        return len(self._bus_index)
+
+    @property
+    def bus_index(self) -> npt.NDArray[np.int64]:
+        """pandapower bus index of each entry of ``GridResult.bus_vm_pu`` (read-only)."""
+        return self._bus_index
+
+    @property
+    def trafo_rating_kva(self) -> float:
+        """Sum of the transformers' rated power (sn_mva × parallel) in kVA."""
+        return self._trafo_rating_kva
+
+    @property
+    def sum_household_p_kw(self) -> float:
+        """Total in-service household active power of the last solve in kW (NaN before)."""
+        return self._sum_household_p_kw
+
+    # ----------------------------------------------------------------- solving
+    def violations(self, result: GridResult) -> list[str]:
+        """Names of the feeder's ``limits`` that ``result`` breaks (see GridResult.violations)."""
+        return result.violations(self.limits)
+
+    def solve(self, t_s: float, ev_p_kw: npt.ArrayLike, rng: np.random.Generator) -> GridResult:
+        """Solve the feeder at time ``t_s`` with these EV station powers.
+
+        Household powers are nominal p and q times one ``base_profile`` draw per
+        household (so each keeps its power factor); EV loads are ``ev_p_kw`` at unity
+        power factor (negative = discharging).
+
+        Args:
+            t_s: simulation time in seconds (0 = midnight), drives the profile.
+            ev_p_kw: active power of each station in kW, shape ``(n_stations,)``.
+            rng: the run's seeded generator; ``n_households`` normals are drawn.
+
+        Raises:
+            PowerFlowError: the power flow did not converge (carries ``t_s``).
+            ValueError: ``ev_p_kw`` has the wrong shape.
+        """
+        factor = self.base_profile.sample(t_s, rng, self._n_households)
+        np.multiply(self._nominal_p_mw, factor, out=self._household_p_mw)
+        np.multiply(self._nominal_q_mvar, factor, out=self._household_q_mvar)
+        return self._solve(self._household_p_mw, self._household_q_mvar, ev_p_kw, t_s)
+
+    def solve_raw(
+        self,
+        household_p_mw: npt.ArrayLike,
+        household_q_mvar: npt.ArrayLike,
+        ev_p_kw: npt.ArrayLike,
+    ) -> GridResult:
+        """Solve with explicit household powers (MW, Mvar) and EV powers (kW).
+
+        Bypasses the base profile, so both engines can be fed identical inputs.
+
+        Raises:
+            PowerFlowError: the power flow did not converge.
+            ValueError: an input has the wrong shape.
+        """
+        p = np.asarray(household_p_mw, dtype=np.float64)
+        q = np.asarray(household_q_mvar, dtype=np.float64)
+        for label, arr in (("household_p_mw", p), ("household_q_mvar", q)):
+            if arr.shape != (self._n_households,):
+                raise ValueError(
+                    f"{label} must have shape ({self._n_households},), got {arr.shape}"
+                )
+        return self._solve(p, q, ev_p_kw, None)
+
+    def _solve(
+        self,
+        household_p_mw: FloatArray,
+        household_q_mvar: FloatArray,
+        ev_p_kw: npt.ArrayLike,
+        t_s: float | None,
+    ) -> GridResult:
+        ev = np.asarray(ev_p_kw, dtype=np.float64)
+        n_hh = self._n_households
+        if ev.shape != (len(self._station_buses),):
+            raise ValueError(
+                f"ev_p_kw must have shape ({len(self._station_buses)},), got {ev.shape}"
+            )
+        self._p_mw[:n_hh] = household_p_mw
+        self._q_mvar[:n_hh] = household_q_mvar
+        np.multiply(ev, 1.0 / _KW_PER_MW, out=self._p_mw[n_hh:])
+        try:
+            bus_vm_pu, line_percent, trafo_percent = self._engine.run(self._p_mw, self._q_mvar)
+        except PowerFlowError as exc:
+            if t_s is None:
+                raise
+            raise PowerFlowError(exc.engine, exc.detail, t_s) from exc.__cause__
+        self._sum_household_p_kw = float(household_p_mw @ self._household_in_service) * _KW_PER_MW
+
+        stat_vm = bus_vm_pu[self._stat_rows]
+        return GridResult(
+            vm_min_pu=float(stat_vm.min()),
+            vm_max_pu=float(stat_vm.max()),
+            line_loading_max_percent=float(np.nanmax(line_percent)) if line_percent.size else 0.0,
+            trafo_loading_percent=float(np.nanmax(trafo_percent)) if trafo_percent.size else 0.0,
+            station_vm_pu=_readonly(bus_vm_pu[self._station_bus_rows]),
+            bus_vm_pu=_readonly(bus_vm_pu),
+            line_loadings_percent=_readonly(line_percent),
+            trafo_loadings_percent=_readonly(trafo_percent),
+        )
+
+
+# --------------------------------------------------------------------- station mapping
+def _supplied_buses(net: pp.pandapowerNet) -> set[int]:
+    """In-service buses connected to an in-service external grid."""
+    unsupplied = {int(b) for b in top.unsupplied_buses(net)}
+    in_service = net.bus.index[net.bus["in_service"].to_numpy(dtype=bool)]
+    return {int(b) for b in in_service} - unsupplied
+
+
+def _spread_station_buses(net: pp.pandapowerNet, n_stations: int, supplied: set[int]) -> list[int]:
+    if n_stations == 0:
+        return []
+    active = net.load["in_service"].to_numpy(dtype=bool)
+    load_buses = sorted({int(b) for b in net.load["bus"].to_numpy()[active]} & supplied)
+    if not load_buses:
+        raise BusMappingError(
+            None, "the network has no supplied bus with a load to place stations on"
+        )
+    distance_km = _distance_from_source_km(net)
+    ordered = sorted(load_buses, key=lambda b: (distance_km.get(b, math.inf), b))
+    n_load = len(ordered)
+    return [ordered[i * n_load // n_stations] for i in range(n_stations)]
+
+
+def _distance_from_source_km(net: pp.pandapowerNet) -> dict[int, float]:
+    """Shortest line length in km from the nearest in-service external grid to each bus."""
+    graph = top.create_nxgraph(net)
+    slack_buses = net.ext_grid["bus"][net.ext_grid["in_service"].to_numpy(dtype=bool)]
+    best: dict[int, float] = {}
+    for slack in slack_buses:
+        dist = top.calc_distance_to_bus(net, int(slack), g=graph)
+        for bus, d in dist.items():
+            if d < best.get(int(bus), math.inf):
+                best[int(bus)] = float(d)
+    return best
+
+
+def _check_station_buses(
+    net: pp.pandapowerNet,
+    n_stations: int,
+    station_buses: Sequence[int],
+    supplied: set[int],
+) -> list[int]:
+    buses = list(station_buses)
+    if len(buses) != n_stations:
+        raise BusMappingError(None, f"{len(buses)} station buses given for n_stations={n_stations}")
+    existing = set(net.bus.index)
+    checked: list[int] = []
+    for bus in buses:
+        if isinstance(bus, bool) or not isinstance(bus, int | np.integer):
+            raise BusMappingError(None, f"station bus {bus!r} is not an integer bus index")
+        b = int(bus)
+        if b not in existing:
+            raise BusMappingError(b, "no such bus in the network")
+        if b not in supplied:
+            raise BusMappingError(b, "bus is out of service or not supplied by the external grid")
+        checked.append(b)
+    return checked

@@ -1,0 +1,26 @@
+"""Exceptions of the simulator package."""
+
+from __future__ import annotations
+
+
+class SimError(Exception):
+    """Base class of every error evtwin.sim raises on purpose."""
+
+
+class ScenarioError(SimError):
+    """A scenario file is unreadable or invalid; ``problems`` lists every error.
+
+    Each problem is ``(path, message)`` where ``path`` is the dotted field
+    path (``ev.count``); ``str()`` gives one line per problem prefixed with
+    the file name, e.g. ``scenarios/demo.toml: ev.count: must be > 0``.
+    """
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        super().__init__("\n".join(f"{source}: {p}: {m}" if p else f"{source}: {m}"
+                                   for p, m in problems))
+
+
+class RunError(SimError):
+    """A run could not complete (a station could not boot, the CSMS went away...)."""

@@ -1,0 +1,107 @@
+"""Result plots (matplotlib, Agg backend: files only, no screen needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.dates as mdates  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+if TYPE_CHECKING:
+    from .runner import RunResult
+
+
+def _times(result: RunResult, t_s: pd.Series) -> pd.DatetimeIndex:
+    return pd.to_datetime(result.scenario.start) + pd.to_timedelta(t_s, unit="s")
+
+
+def _fmt_time(ax: plt.Axes) -> None:
+    ax.xaxis.set_major_formatter(mdates.DateFormatter("%d %H:%M"))
+    ax.grid(True, alpha=0.3)
+
+
+def plot_grid(result: RunResult, path: Path) -> Path:
+    """Feeder voltage envelope and transformer/line loading over time, limits drawn."""
+    ts, g = result.timeseries, result.scenario.grid
+    t = _times(result, ts["t_s"])
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    ax1.fill_between(t, ts["vm_min_pu"], ts["vm_max_pu"], alpha=0.35, label="bus voltage range")
+    ax1.plot(t, ts["vm_min_pu"], lw=1, label="min bus voltage")
+    ax1.axhline(g.v_min_pu, color="red", ls="--", lw=1, label=f"limits {g.v_min_pu}-{g.v_max_pu} pu")
+    ax1.axhline(g.v_max_pu, color="red", ls="--", lw=1)
+    ax1.set_ylabel("voltage [pu]")
+    ax1.set_title(f"{result.scenario.name}: feeder voltage envelope "
+                  f"(strategy {result.scenario.control.strategy})")
+    ax1.legend(loc="lower left", fontsize=8)
+    _fmt_time(ax1)
+    ax2.plot(t, ts["trafo_loading_percent"], label="transformer loading")
+    ax2.plot(t, ts["line_loading_max_percent"], lw=1, alpha=0.8, label="max line loading")
+    ax2.axhline(g.trafo_loading_max_percent, color="red", ls="--", lw=1, label="thermal limit")
+    ax2.set_ylabel("loading [%]")
+    ax2.set_xlabel("simulated time (UTC)")
+    ax2.legend(loc="upper left", fontsize=8)
+    _fmt_time(ax2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_ev_power(result: RunResult, path: Path) -> Path:
+    """EV charging power stacked by site, with base load and site limits."""
+    ts, sc = result.timeseries, result.scenario
+    t = _times(result, ts["t_s"])
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    cols = [f"site_{s.name}_kw" for s in sc.sites]
+    ax.stackplot(t, *[ts[c] for c in cols], labels=[f"EVs at {s.name}" for s in sc.sites],
+                 alpha=0.8)
+    ax.plot(t, ts["base_kw"], color="black", lw=1, label="household base load")
+    for s in sc.sites:
+        if s.limit_kw is not None:
+            ax.axhline(s.limit_kw, ls="--", lw=1, color="red", label=f"{s.name} limit")
+    ax.set_ylabel("power [kW]")
+    ax.set_xlabel("simulated time (UTC)")
+    ax.set_title(f"{sc.name}: EV charging power (stacked by site)")
+    ax.legend(loc="upper left", fontsize=8)
+    _fmt_time(ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_soc(result: RunResult, path: Path) -> Path:
+    """SoC at departure against the SoC the driver wanted, per visit."""
+    s = result.sessions
+    fig, ax = plt.subplots(figsize=(7, 5))
+    if not s.empty:
+        for outcome, marker in (("served", "o"), ("open", "^"), ("turned_away", "x")):
+            sel = s[s["outcome"] == outcome]
+            if len(sel):
+                ax.scatter(sel["target_soc"] * 100, sel["soc_final"] * 100, marker=marker,
+                           alpha=0.7, label=f"{outcome} ({len(sel)})")
+    ax.plot([0, 100], [0, 100], color="grey", lw=1, ls=":", label="got what was wanted")
+    ax.set_xlim(0, 102)
+    ax.set_ylim(0, 102)
+    ax.set_xlabel("SoC wanted at departure [%]")
+    ax.set_ylabel("SoC at departure (or at end of run) [%]")
+    ax.set_title(f"{result.scenario.name}: SoC at departure")
+    ax.legend(fontsize=8)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_all(result: RunResult, out: Path) -> list[Path]:
+    """Write every plot of a run into ``out``."""
+    np.seterr(all="ignore")
+    return [plot_grid(result, out / "grid.png"), plot_ev_power(result, out / "ev_power.png"),
+            plot_soc(result, out / "soc_at_departure.png")]

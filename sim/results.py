@@ -1,0 +1,132 @@
+"""KPIs, result folders and plots."""
+
+from __future__ import annotations
+
+import json
+import platform
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from .scenario import Scenario
+
+if TYPE_CHECKING:
+    from .runner import RunResult
+
+# KPI name -> (label, unit) for tables; order is the table's order.
+KPI_LABELS: dict[str, tuple[str, str]] = {
+    "energy_requested_kwh": ("Energy requested", "kWh"),
+    "energy_delivered_kwh": ("Energy delivered (to batteries)", "kWh"),
+    "energy_unmet_kwh": ("Energy unmet", "kWh"),
+    "energy_unmet_share": ("Unmet share", "%"),
+    "energy_metered_kwh": ("Energy metered at stations", "kWh"),
+    "energy_billed_kwh": ("Energy billed by CSMS (closed tx)", "kWh"),
+    "evs_served": ("EV visits served", ""),
+    "evs_open_at_end": ("EV visits still plugged at end", ""),
+    "evs_turned_away": ("EV visits turned away", ""),
+    "evs_rejected": ("EV visits rejected by CSMS", ""),
+    "peak_ev_power_kw": ("Peak EV power", "kW"),
+    "peak_trafo_loading_percent": ("Peak transformer loading", "%"),
+    "peak_line_loading_percent": ("Peak line loading", "%"),
+    "v_min_pu": ("Min voltage", "pu"),
+    "v_max_pu": ("Max voltage", "pu"),
+    "minutes_voltage_violation": ("Minutes outside voltage limits", "min"),
+    "minutes_thermal_violation": ("Minutes over thermal limits", "min"),
+    "minutes_site_limit_exceeded": ("Minutes over a site limit", "min"),
+    "ocpp_messages": ("OCPP messages exchanged", ""),
+}
+
+
+def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
+                 transactions: list[dict[str, Any]], frames: dict[str, int]) -> dict[str, float]:
+    """The run's KPIs (all deterministic for a scenario and seed)."""
+    g = sc.grid
+    step_min = sc.step_s / 60.0
+    if sessions.empty:
+        sessions = pd.DataFrame(columns=["outcome", "energy_wanted_kwh", "energy_battery_kwh",
+                                         "energy_grid_kwh"])
+    requested = float(sessions["energy_wanted_kwh"].sum())
+    delivered = float(sessions["energy_battery_kwh"].sum())
+    volt_bad = (ts["vm_min_pu"] < g.v_min_pu) | (ts["vm_max_pu"] > g.v_max_pu)
+    thermal_bad = (ts["line_loading_max_percent"] > g.line_loading_max_percent) | (
+        ts["trafo_loading_percent"] > g.trafo_loading_max_percent)
+    site_bad = np.zeros(len(ts), dtype=bool)
+    for s in sc.sites:
+        if s.limit_kw is not None:
+            site_bad |= (ts[f"site_{s.name}_kw"] > s.limit_kw * 1.001).to_numpy()
+    billed = sum((t["energy_wh"] or 0.0) for t in transactions if t["ended_at"]) / 1000.0
+    outcome = sessions["outcome"]
+    return {
+        "energy_requested_kwh": requested,
+        "energy_delivered_kwh": delivered,
+        "energy_unmet_kwh": requested - delivered,
+        "energy_unmet_share": 100.0 * (requested - delivered) / requested if requested else 0.0,
+        "energy_metered_kwh": float(sessions["energy_grid_kwh"].sum()),
+        "energy_billed_kwh": billed,
+        "evs_served": float((outcome == "served").sum()),
+        "evs_open_at_end": float((outcome == "open").sum()),
+        "evs_turned_away": float(outcome.isin(["turned_away", "waiting"]).sum()),
+        "evs_rejected": float((outcome == "rejected").sum()),
+        "peak_ev_power_kw": float(ts["ev_kw"].max()),
+        "peak_trafo_loading_percent": float(ts["trafo_loading_percent"].max()),
+        "peak_line_loading_percent": float(ts["line_loading_max_percent"].max()),
+        "v_min_pu": float(ts["vm_min_pu"].min()),
+        "v_max_pu": float(ts["vm_max_pu"].max()),
+        "minutes_voltage_violation": float(volt_bad.sum() * step_min),
+        "minutes_thermal_violation": float(thermal_bad.sum() * step_min),
+        "minutes_site_limit_exceeded": float(site_bad.sum() * step_min),
+        "ocpp_messages": float(frames["in"] + frames["out"]),
+    }
+
+
+def versions() -> dict[str, str]:
+    """Versions of evtwin and its main dependencies, recorded with every run."""
+    out = {"python": platform.python_version()}
+    for pkg in ("evtwin", "ocpp", "websockets", "simpy", "mesa", "pandapower",
+                "power-grid-model", "power-grid-model-io", "numpy", "pandas", "pydantic"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def new_run_dir(root: str | Path, name: str) -> Path:
+    """Create ``<root>/<name>-<UTC timestamp>``; never reuses an existing folder."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = Path(root) / f"{name}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    path.mkdir(parents=True)
+    return path
+
+
+def write_results(result: RunResult, out: Path, scenario_text: str | None = None) -> list[Path]:
+    """Write the scenario as run, KPIs, time series, sessions and plots into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    sc_path = out / "scenario.json"
+    sc_path.write_text(result.scenario.model_dump_json(indent=2))
+    written.append(sc_path)
+    if scenario_text is not None:
+        (out / "scenario.toml").write_text(scenario_text)
+        written.append(out / "scenario.toml")
+    kp = out / "kpis.json"
+    kp.write_text(json.dumps({"kpis": result.kpis, "performance": result.performance,
+                              "seed": result.scenario.seed, "versions": versions()}, indent=2))
+    written.append(kp)
+    for name, df in (("timeseries.csv", result.timeseries),
+                     ("station_power_kw.csv", result.station_power_kw),
+                     ("sessions.csv", result.sessions)):
+        df.to_csv(out / name, index=False)
+        written.append(out / name)
+    from .plots import plot_all
+
+    written += plot_all(result, out)
+    return written

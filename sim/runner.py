@@ -1,0 +1,307 @@
+"""The co-simulation runner: one simpy clock drives agents, OCPP and the feeder.
+
+Each control step, at simulated time ``t``:
+
+1. discrete events (arrivals, departures) up to ``t`` run as simpy processes;
+2. EV physics advance to ``t`` at the limit each station currently allows;
+3. the feeder solves a power flow for ``t`` (households + EV charging);
+4. stations send the OCPP traffic that is due and wait for every answer;
+5. every ``control.interval_s`` the CSMS runs its strategy and sends
+   SetChargingProfile to stations whose limit changed;
+6. stations apply new limits from the next step on.
+
+Time is virtual: the loop never sleeps; it moves on once every OCPP exchange
+of the step is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ocpp.messages
+import pandas as pd
+import simpy
+from websockets.asyncio.client import connect
+
+from evtwin.agents import ChargingModel, SiteConfig, StationClient, VirtualStation, behaviour_for
+from evtwin.agents.ev import EV
+from evtwin.csms import (
+    CSMSConfig,
+    CSMSCore,
+    CSMSServer,
+    EvseSpec,
+    SiteSpec,
+    StationSpec,
+    Store,
+)
+from evtwin.grid import BaseLoadProfile, Feeder, GridLimits, load_network
+
+from .exceptions import RunError
+from .scenario import Scenario, behaviour_overrides
+
+log = logging.getLogger("evtwin.sim")
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class RunResult:
+    """Everything a run produced; ``kpis`` is deterministic for a seed."""
+
+    scenario: Scenario
+    kpis: dict[str, float]
+    performance: dict[str, float]
+    timeseries: pd.DataFrame
+    station_power_kw: pd.DataFrame
+    sessions: pd.DataFrame
+    transactions: list[dict[str, Any]] = field(default_factory=list)
+    database: str = ":memory:"
+
+
+def build_model(sc: Scenario) -> ChargingModel:
+    """The mesa model (stations and EVs with their visits) for a scenario."""
+    counts = sc.ev_counts()
+    sites = [SiteConfig(name=s.name, kind=s.kind, stations=s.stations,
+                        evses_per_station=s.evses_per_station, evse_max_kw=s.evse_max_kw,
+                        phases=s.phases, behaviour=behaviour_for(s.kind, **behaviour_overrides(s)),
+                        ev_count=counts[s.name])
+             for s in sc.sites]
+    start_hour = sc.start.hour + sc.start.minute / 60.0 + sc.start.second / 3600.0
+    return ChargingModel(sites, seed=sc.seed, duration_s=sc.duration_s, start_hour=start_hour)
+
+
+def build_feeder(sc: Scenario, n_stations: int) -> Feeder:
+    """The feeder for a scenario, with its stations placed on buses."""
+    buses: list[int] | None = None
+    if all(s.buses is not None for s in sc.sites):
+        buses = [b for s in sc.sites for b in (s.buses or [])]
+    g = sc.grid
+    return Feeder(
+        load_network(g.network), n_stations=n_stations, station_buses=buses, engine=g.engine,
+        base_profile=BaseLoadProfile("residential", scale=g.base_load_scale,
+                                     noise=g.base_load_noise),
+        limits=GridLimits(v_min_pu=g.v_min_pu, v_max_pu=g.v_max_pu,
+                          line_loading_max_percent=g.line_loading_max_percent,
+                          trafo_loading_max_percent=g.trafo_loading_max_percent),
+    )
+
+
+def csms_config(sc: Scenario, model: ChargingModel) -> CSMSConfig:
+    """Provision the CSMS with the scenario's stations, sites and tokens."""
+    stations = tuple(StationSpec(st.station_id, st.site, tuple(
+        EvseSpec(e.evse_id, e.max_power_w, e.phases) for e in st.evses.values()))
+        for st in model.stations)
+    return CSMSConfig(
+        stations=stations,
+        sites=tuple(SiteSpec(s.name, s.limit_kw) for s in sc.sites),
+        id_tokens=frozenset(ev.id_token for ev in model.evs),
+        strategy=sc.control.strategy,
+        control_interval_s=sc.control.interval_s,
+        charging_rate_unit=sc.control.charging_rate_unit,
+        heartbeat_interval_s=sc.csms.heartbeat_interval_s,
+    )
+
+
+class Twin:
+    """One run of a scenario: build, run on virtual time, collect results.
+
+    ``database`` is the CSMS's SQLite path (``":memory:"`` only when asked).
+    """
+
+    def __init__(self, scenario: Scenario, *, database: str | Path = ":memory:",
+                 progress: ProgressFn | None = None) -> None:
+        self.sc = scenario
+        self.database = str(database)
+        self.progress = progress
+        self.env = simpy.Environment()
+        self.model = build_model(scenario)
+        self.feeder = build_feeder(scenario, len(self.model.stations))
+        self.grid_rng = np.random.default_rng([scenario.seed, 1])
+        self.free: dict[str, simpy.Store] = {}
+        self.station_by_id = {s.station_id: s for s in self.model.stations}
+
+    # -- time -----------------------------------------------------------------
+    def to_datetime(self, t_s: float) -> datetime:
+        """Simulated seconds to an aware datetime."""
+        return self.sc.start + timedelta(seconds=t_s)
+
+    def to_seconds(self, ts: datetime) -> float:
+        """An aware datetime to simulated seconds."""
+        return (ts - self.sc.start).total_seconds()
+
+    def now(self) -> datetime:
+        """The simulated time now (the CSMS's clock in the twin)."""
+        return self.to_datetime(self.env.now)
+
+    # -- discrete events --------------------------------------------------------
+    def _driver(self, ev: EV) -> Generator[simpy.Event, Any, None]:
+        env = self.env
+        for visit in ev.visits:
+            if visit.arrival_s > env.now:
+                yield env.timeout(visit.arrival_s - env.now)
+            if visit.arrival_s < env.now:
+                continue  # previous visit overran this one's arrival
+            rec = ev.begin_visit(visit)
+            store = self.free[ev.site]
+            request = store.get()
+            patience = min(visit.patience_s, visit.departure_s - env.now)
+            if not request.triggered:
+                rec.outcome = "waiting"
+                result = yield request | env.timeout(patience)
+                if request not in result:
+                    request.cancel()
+                    ev.end_visit("turned_away", env.now)
+                    continue
+            station_id, evse_id = request.value
+            station = self.station_by_id[station_id]
+            rec.station_id, rec.evse_id, rec.plugged_s = station_id, evse_id, env.now
+            rec.transaction_id = station.plug(evse_id, ev, env.now)
+            rec.outcome = "plugged"
+            yield env.timeout(max(visit.departure_s - env.now, 0.0))
+            station.unplug(evse_id, env.now)
+            ev.end_visit("rejected" if rec.transaction_id in station.rejected else "served",
+                         env.now)
+            store.put((station_id, evse_id))
+
+    def _setup_events(self) -> None:
+        for site in self.sc.sites:
+            store = simpy.Store(self.env)
+            store.items.extend((st.station_id, e) for st in self.model.stations_at(site.name)
+                               for e in st.evses)
+            self.free[site.name] = store
+        for ev in self.model.evs:
+            self.env.process(self._driver(ev))
+
+    # -- the run ----------------------------------------------------------------------
+    async def _connect(self, url: str) -> tuple[list[StationClient], list[asyncio.Task[Any]], list[Any]]:
+        clients: list[StationClient] = []
+        tasks: list[asyncio.Task[Any]] = []
+        sockets: list[Any] = []
+        for st in self.model.stations:
+            # Loopback between our own processes: skip permessage-deflate, it
+            # only costs CPU here (the server still offers it to real stations).
+            ws = await connect(f"{url}/{st.station_id}", subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+                               compression=None, max_size=2**20)
+            client = StationClient(st, ws, to_datetime=self.to_datetime,
+                                   to_seconds=self.to_seconds, now_s=lambda: float(self.env.now))
+            sockets.append(ws)
+            clients.append(client)
+            tasks.append(asyncio.create_task(client.start()))
+        await asyncio.gather(*(c.boot() for c in clients))
+        return clients, tasks, sockets
+
+    async def run_async(self) -> RunResult:
+        """Run the scenario to its end on virtual time."""
+        sc = self.sc
+        # Validate in the event loop's thread: the executor hop costs more than
+        # validating these small payloads.
+        ocpp.messages.ASYNC_VALIDATION = False
+        wall0 = time.perf_counter()
+        store = Store(self.database)
+        core = CSMSCore(csms_config(sc, self.model), store, clock=self.now)
+        server = CSMSServer(core, host="127.0.0.1", port=0)
+        await server.start()
+        clients: list[StationClient] = []
+        tasks: list[asyncio.Task[Any]] = []
+        sockets: list[Any] = []
+        rows: list[dict[str, Any]] = []
+        power_rows: list[np.ndarray] = []
+        try:
+            clients, tasks, sockets = await self._connect(server.url)
+            self._setup_events()
+            step = sc.step_s
+            n_steps = int(sc.duration_s // step)
+            hb_every = max(1, int(round(clients[0].heartbeat_interval_s / step))) if clients else 1
+            start_of_day_s = (sc.start - sc.start.replace(hour=0, minute=0, second=0,
+                                                           microsecond=0)).total_seconds()
+            site_of = np.array([st.site for st in self.model.stations])
+            for k in range(n_steps + 1):
+                t = float(k * step)
+                if k > 0:
+                    self.env.run(until=t)
+                    self.model.step(t, step)
+                ev_w = np.array([sum(e.power_w for e in st.evses.values())
+                                 for st in self.model.stations])
+                ev_kw = ev_w / 1000.0
+                res = self.feeder.solve(start_of_day_s + t, ev_kw, self.grid_rng)
+                for st, vm in zip(self.model.stations, res.station_vm_pu, strict=True):
+                    st.voltage_v = float(vm) * 230.0
+                row: dict[str, Any] = {
+                    "t_s": t, "ev_kw": float(ev_kw.sum()),
+                    "base_kw": self.feeder.sum_household_p_kw,
+                    "vm_min_pu": res.vm_min_pu, "vm_max_pu": res.vm_max_pu,
+                    "line_loading_max_percent": res.line_loading_max_percent,
+                    "trafo_loading_percent": res.trafo_loading_percent,
+                    "evs_plugged": sum(1 for st in self.model.stations
+                                       for e in st.evses.values() if e.ev is not None),
+                }
+                for s in sc.sites:
+                    row[f"site_{s.name}_kw"] = float(ev_kw[site_of == s.name].sum())
+                rows.append(row)
+                power_rows.append(ev_kw)
+                await asyncio.gather(*(c.flush(
+                    t, sample=k > 0 and t % sc.csms.meter_interval_s == 0,
+                    aligned=t % sc.csms.aligned_interval_s == 0,
+                    heartbeat=k > 0 and k % hb_every == 0) for c in clients))
+                if t % sc.control.interval_s == 0 or core.sessions_changed:
+                    await server.control_cycle()
+                if self.progress is not None:
+                    self.progress(k + 1, n_steps + 1)
+            # Sessions still open at the end are integrated to the end and reported open.
+            end_s = float(n_steps * step)
+            for ev in self.model.evs:
+                if ev.current is not None:
+                    rec = ev.current
+                    ev.end_visit("open" if rec.outcome == "plugged" else "waiting", None)
+        except (OSError, TimeoutError) as exc:
+            raise RunError(f"OCPP exchange failed: {exc}") from exc
+        finally:
+            for t_ in tasks:
+                t_.cancel()
+            for ws in sockets:
+                await ws.close()
+            await server.stop()
+        wall = time.perf_counter() - wall0
+        transactions = store.transactions()
+        store.close()
+        return self._results(rows, power_rows, transactions, server.frames, wall, end_s)
+
+    def run(self) -> RunResult:
+        """Run synchronously (creates an event loop)."""
+        return asyncio.run(self.run_async())
+
+    # -- results ------------------------------------------------------------------------
+    def _results(self, rows: list[dict[str, Any]], power_rows: list[np.ndarray],
+                 transactions: list[dict[str, Any]], frames: dict[str, int], wall_s: float,
+                 end_s: float) -> RunResult:
+        sc = self.sc
+        ts = pd.DataFrame(rows)
+        ts.insert(1, "time", [self.to_datetime(t).isoformat() for t in ts["t_s"]])
+        power = pd.DataFrame(np.vstack(power_rows),
+                             columns=[st.station_id for st in self.model.stations])
+        power.insert(0, "t_s", ts["t_s"])
+        sessions = pd.DataFrame([asdict(r) for ev in self.model.evs for r in ev.records])
+        from .results import compute_kpis
+
+        kpis = compute_kpis(sc, ts, sessions, transactions, frames)
+        perf = {"wall_time_s": wall_s, "simulated_s": end_s,
+                "speedup_vs_real_time": end_s / wall_s if wall_s > 0 else float("inf"),
+                "steps": float(len(ts))}
+        return RunResult(sc, kpis, perf, ts, power, sessions, transactions, self.database)
+
+
+def run_scenario(scenario: Scenario, *, database: str | Path = ":memory:",
+                 progress: ProgressFn | None = None) -> RunResult:
+    """Run one scenario and return its results (nothing written to disk but the DB)."""
+    return Twin(scenario, database=database, progress=progress).run()
+
+
+__all__ = ["RunResult", "Twin", "VirtualStation", "run_scenario"]

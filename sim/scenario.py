@@ -1,0 +1,255 @@
+"""Scenario files: TOML validated into frozen, strict pydantic models.
+
+Every error in a file is reported at once with the path to its field::
+
+    scenarios/demo.toml: ev.count: must be > 0
+    scenarios/demo.toml: control.strategy: unknown strategy 'fastest'; known: ...
+"""
+
+from __future__ import annotations
+
+import tomllib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from evtwin.agents.behaviour import DEFAULTS
+from evtwin.csms import strategy_names
+from evtwin.grid import NETWORKS
+
+from .exceptions import ScenarioError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BehaviourOverrides(_Strict):
+    """Overrides of a site kind's default driver behaviour (see evtwin.agents.behaviour)."""
+
+    arrival_mean_h: float | None = Field(None, ge=0, lt=24)
+    arrival_std_h: float | None = Field(None, ge=0)
+    arrival_min_h: float | None = Field(None, ge=0, le=24)
+    arrival_max_h: float | None = Field(None, ge=0, le=24)
+    dwell_median_h: float | None = Field(None, gt=0)
+    dwell_sigma: float | None = Field(None, ge=0)
+    dwell_min_h: float | None = Field(None, gt=0)
+    dwell_max_h: float | None = Field(None, gt=0)
+    energy_median_kwh: float | None = Field(None, gt=0)
+    energy_sigma: float | None = Field(None, ge=0)
+    energy_min_kwh: float | None = Field(None, gt=0)
+    energy_max_kwh: float | None = Field(None, gt=0)
+    patience_min: float | None = Field(None, ge=0)
+
+
+class Site(_Strict):
+    """A group of stations: where drivers of one kind charge."""
+
+    name: str = Field(min_length=1, max_length=30, pattern=r"^[A-Za-z0-9_.-]+$")
+    """Site name; station ids are ``<name>-NNN``."""
+    kind: Literal["home", "workplace", "public"] = "home"
+    """Which default driver behaviour applies."""
+    stations: int = Field(gt=0, le=1000)
+    evses_per_station: int = Field(1, gt=0, le=8)
+    evse_max_kw: float = Field(11.0, gt=0, le=350)
+    """Hardware limit of each EVSE in kW."""
+    phases: Literal[1, 3] = 3
+    limit_kw: float | None = Field(None, gt=0)
+    """Import limit for EV charging at this site in kW (what equal_share enforces)."""
+    buses: list[int] | None = None
+    """Feeder bus index per station; default: spread over load buses (see evtwin.grid)."""
+    ev_share: float | None = Field(None, gt=0)
+    """Weight of this site when splitting ev.count; default its EVSE count."""
+    behaviour: BehaviourOverrides = BehaviourOverrides()
+
+    @model_validator(mode="after")
+    def _buses_match(self) -> Site:
+        if self.buses is not None and len(self.buses) != self.stations:
+            raise ValueError(f"buses: has {len(self.buses)} entries for {self.stations} stations")
+        return self
+
+
+class Grid(_Strict):
+    """The feeder and its limits."""
+
+    network: str = "kerber_dorfnetz"
+    """A name from pandapower.networks (see evtwin.grid.NETWORKS) or a pandapower JSON file."""
+    engine: Literal["pgm", "pandapower"] = "pgm"
+    """power-grid-model (fast, built once) or pandapower runpp per step (reference)."""
+    base_load_scale: float = Field(1.0, ge=0)
+    """Multiplier on the households' nominal load."""
+    base_load_noise: float = Field(0.05, ge=0, le=1)
+    """Std of the multiplicative noise on each household's load."""
+    v_min_pu: float = Field(0.90, gt=0)
+    """EN 50160: -10 % of nominal."""
+    v_max_pu: float = Field(1.10, gt=0)
+    line_loading_max_percent: float = Field(100.0, gt=0)
+    trafo_loading_max_percent: float = Field(100.0, gt=0)
+
+    @model_validator(mode="after")
+    def _band(self) -> Grid:
+        if self.v_min_pu >= self.v_max_pu:
+            raise ValueError("v_min_pu must be below v_max_pu")
+        return self
+
+
+class CSMSSettings(_Strict):
+    """How stations report to the CSMS and where it keeps its data."""
+
+    meter_interval_s: int = Field(300, gt=0)
+    """SampledDataTxUpdatedInterval: TransactionEvent(Updated) meter samples."""
+    aligned_interval_s: int = Field(900, gt=0)
+    """AlignedDataInterval: MeterValues of idle EVSEs."""
+    heartbeat_interval_s: int = Field(3600, gt=0)
+    database: Literal["file", "memory"] = "file"
+    """'file' writes csms.sqlite into the run folder; 'memory' only when asked."""
+    protocol: Literal["2.0.1"] = "2.0.1"
+
+
+class Control(_Strict):
+    """The CSMS's smart-charging controller."""
+
+    strategy: str = "uncontrolled"
+    interval_s: int = Field(300, gt=0)
+    """Control cycle period in simulated seconds."""
+    charging_rate_unit: Literal["W", "A"] = "W"
+
+    @field_validator("strategy")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in strategy_names():
+            raise ValueError(f"unknown strategy {v!r}; known: {', '.join(strategy_names())}")
+        return v
+
+
+class Fleet(_Strict):
+    """The EVs."""
+
+    count: int = Field(gt=0, le=100_000)
+
+
+class Scenario(_Strict):
+    """A whole twin run."""
+
+    name: str = Field("scenario", pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    start: datetime = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+    """Scenario start; a datetime without offset is taken as UTC."""
+    duration_h: float = Field(24.0, gt=0, le=24 * 366)
+    step_s: int = Field(60, gt=0, le=3600)
+    """Coupling step: physics, power flow and OCPP traffic run once per step."""
+    grid: Grid = Grid()
+    csms: CSMSSettings = CSMSSettings()
+    control: Control = Control()
+    ev: Fleet
+    sites: list[Site] = Field(min_length=1)
+
+    @field_validator("start")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _cross(self) -> Scenario:
+        names = [s.name for s in self.sites]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"sites: duplicate site names {dupes}")
+        for label, interval in (("control.interval_s", self.control.interval_s),
+                                ("csms.meter_interval_s", self.csms.meter_interval_s),
+                                ("csms.aligned_interval_s", self.csms.aligned_interval_s)):
+            if interval % self.step_s:
+                raise ValueError(f"{label}: must be a multiple of step_s ({self.step_s})")
+        net = self.grid.network
+        if not net.endswith(".json") and net not in NETWORKS:
+            raise ValueError(f"grid.network: unknown network {net!r}; known: "
+                             f"{', '.join(sorted(NETWORKS))} or a pandapower .json file")
+        return self
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the run in simulated seconds."""
+        return self.duration_h * 3600.0
+
+    def ev_counts(self) -> dict[str, int]:
+        """Split ev.count over sites by weight (largest remainder, deterministic)."""
+        weights = [s.ev_share if s.ev_share is not None else s.stations * s.evses_per_station
+                   for s in self.sites]
+        total = sum(weights)
+        raw = [self.ev.count * w / total for w in weights]
+        counts = [int(r) for r in raw]
+        order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
+        for i in order[: self.ev.count - sum(counts)]:
+            counts[i] += 1
+        return {s.name: c for s, c in zip(self.sites, counts, strict=True)}
+
+
+_MESSAGES = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "extra_forbidden": "unknown field",
+    "missing": "required field is missing",
+}
+
+
+def _problems(err: ValidationError) -> list[tuple[str, str]]:
+    out = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        template = _MESSAGES.get(e["type"])
+        msg = template.format(**e.get("ctx", {})) if template else e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        # Cross-field errors carry their own field path in the message.
+        if ": " in msg and msg.split(": ", 1)[0].replace(".", "").replace("_", "").isalnum():
+            head, msg = msg.split(": ", 1)
+            path = f"{path}.{head}" if path else head
+        out.append((path, msg))
+    return out
+
+
+def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario:
+    """Validate a scenario mapping; raises ScenarioError listing every problem."""
+    try:
+        return Scenario.model_validate(data)
+    except ValidationError as err:
+        raise ScenarioError(source, _problems(err)) from None
+
+
+def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
+    """Read and validate a scenario file; ``overrides`` are dotted paths to values.
+
+    A relative ``grid.network`` JSON path is resolved against the file's folder.
+    """
+    p = Path(path)
+    source = str(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ScenarioError(source, [("", "file not found")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ScenarioError(source, [("", f"TOML syntax error: {exc}")]) from None
+    data.setdefault("name", p.stem)
+    for dotted, value in (overrides or {}).items():
+        node = data
+        *parents, leaf = dotted.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    net = (data.get("grid") or {}).get("network")
+    if isinstance(net, str) and net.endswith(".json") and not Path(net).is_absolute():
+        data["grid"]["network"] = str((p.parent / net).resolve())
+    return parse_scenario(data, source)
+
+
+def behaviour_overrides(site: Site) -> dict[str, float]:
+    """The behaviour fields a site overrides (None fields dropped)."""
+    return {k: v for k, v in site.behaviour.model_dump().items() if v is not None}
+
+
+__all__ = ["DEFAULTS", "Scenario", "ScenarioError", "Site", "behaviour_overrides",
+           "load_scenario", "parse_scenario"]
