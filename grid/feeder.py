@@ -77,9 +77,9 @@ class _PandapowerEngine:
         except pp.LoadflowNotConverged as exc:
             raise PowerFlowError(self.name, str(exc) or "Newton-Raphson did not converge") from exc
         return (
-            net.res_bus["vm_pu"].to_numpy(dtype=np.float64),
-            net.res_line["loading_percent"].to_numpy(dtype=np.float64),
-            net.res_trafo["loading_percent"].to_numpy(dtype=np.float64),
+            net.res_bus["vm_pu"].to_numpy(dtype=np.float64, copy=True),
+            net.res_line["loading_percent"].to_numpy(dtype=np.float64, copy=True),
+            net.res_trafo["loading_percent"].to_numpy(dtype=np.float64, copy=True),
         )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,7 +11,10 @@ import pandapower as pp
 import pandapower.networks as pn
 from evtwin.grid.exceptions import NetworkFileError, UnknownNetworkError
 
-__all__ = ["NETWORKS", "load_network"]
+__all__ = ["NETWORK_SEED", "NETWORKS", "load_network"]
+
+#: Seed of Python's ``random`` while a named network is built (see load_network).
+NETWORK_SEED = 0
 
 #: Every network name :func:`load_network` accepts, with the pandapower factory it calls.
 #: Bus counts: Kerber Dorfnetz 116, CIGRE LV 44 (three feeders behind three
@@ -41,7 +45,16 @@ def load_network(network: str | os.PathLike[str]) -> pp.pandapowerNet:
     factory = NETWORKS.get(text)
     if factory is None:
         raise UnknownNetworkError(text, sorted(NETWORKS))
-    return factory()
+    # The Kerber factories draw line types from Python's global `random`
+    # (e.g. "NAYY 4x50" vs "NAYY 4x50 SE" per branch), so the same name would
+    # give a different feeder on every call. Seed it for the call and put the
+    # caller's random state back: the same name always gives the same feeder.
+    state = random.getstate()
+    random.seed(NETWORK_SEED)
+    try:
+        return factory()
+    finally:
+        random.setstate(state)
 
 
 def _load_json(path: Path) -> pp.pandapowerNet:

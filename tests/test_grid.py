@@ -322,3 +322,17 @@ def test_grid_imports_no_other_evtwin_package() -> None:
                 names = [node.module]
             for name in names:
                 assert not name.startswith(forbidden), f"{path.name} imports {name}"
+
+
+def test_named_networks_are_the_same_on_every_load() -> None:
+    """Kerber factories draw line types at random; load_network pins them."""
+    import random
+
+    random.seed(123)
+    before = random.random()
+    random.seed(123)
+    a = load_network("kerber_dorfnetz")
+    after = random.random()
+    b = load_network("kerber_dorfnetz")
+    assert a.line["std_type"].tolist() == b.line["std_type"].tolist()
+    assert before == after  # the caller's random stream is left where it was

@@ -1,0 +1,134 @@
+"""The ``evtwin`` command line: thin, one clear line per user error, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from evtwin.grid import GridError
+
+from .exceptions import ScenarioError, SimError
+
+EXIT_USER_ERROR = 2
+
+
+def _parse_value(text: str) -> Any:
+    """A --set value: int, float, true/false, or a string."""
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def kpi_table(kpis: dict[str, float], performance: dict[str, float], title: str) -> Table:
+    """The short KPI table printed after a run."""
+    from .results import KPI_LABELS
+
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("KPI")
+    table.add_column("value", justify="right")
+    table.add_column("unit")
+    for key, (label, unit) in KPI_LABELS.items():
+        v = kpis[key]
+        text = f"{v:.0f}" if unit in ("", "min") else f"{v:.3f}" if unit == "pu" else f"{v:.1f}"
+        table.add_row(label, text, unit)
+    table.add_row("Wall time", f"{performance['wall_time_s']:.1f}", "s")
+    table.add_row("Speed-up over real time", f"{performance['speedup_vs_real_time']:.0f}", "x")
+    return table
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin run SCENARIO``: run, print KPIs, write the result folder."""
+    from .results import new_run_dir, write_results
+    from .runner import Twin
+    from .scenario import load_scenario
+
+    overrides = {}
+    for item in args.set or []:
+        if "=" not in item:
+            raise ScenarioError(args.scenario, [("--set", f"expected KEY=VALUE, got {item!r}")])
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = _parse_value(value.strip())
+    if args.strategy:
+        overrides["control.strategy"] = args.strategy
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    scenario = load_scenario(args.scenario, overrides)
+    out = new_run_dir(args.out, scenario.name)
+    db = ":memory:" if scenario.csms.database == "memory" else out / "csms.sqlite"
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.percentage:>5.1f}%"), TimeElapsedColumn(),
+                  TimeRemainingColumn(), console=console, transient=True,
+                  disable=args.quiet) as progress:
+        task = progress.add_task(f"{scenario.name} ({scenario.duration_h:g} h simulated)",
+                                 total=1)
+
+        def on_step(done: int, total: int) -> None:
+            if done % 10 == 0 or done == total:
+                progress.update(task, completed=done, total=total)
+
+        result = Twin(scenario, database=db, progress=on_step).run()
+    write_results(result, out, Path(args.scenario).read_text(encoding="utf-8"))
+    console.print(kpi_table(result.kpis, result.performance,
+                            f"{scenario.name} - strategy {scenario.control.strategy}"))
+    console.print(f"results written to [bold]{out}[/bold]")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for docs and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="evtwin", description="Digital twin and V2G testbed for EV charging networks.")
+    parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logs")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run one scenario and write its results")
+    run.add_argument("scenario", help="scenario TOML file")
+    run.add_argument("--out", default="results", help="folder for run folders (default: results)")
+    run.add_argument("--strategy", help="override control.strategy")
+    run.add_argument("--seed", type=int, help="override the scenario's seed")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a scenario field by dotted path, e.g. ev.count=20")
+    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``evtwin`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.debug:
+        # The ocpp library logs every frame at INFO and CALLERRORs with tracebacks.
+        logging.getLogger("ocpp").setLevel(logging.CRITICAL)
+    console = Console()
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        return int(args.func(args, console))
+    except (ScenarioError, GridError) as exc:
+        if args.debug:
+            raise
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        return EXIT_USER_ERROR
+    except SimError as exc:
+        if args.debug:
+            raise
+        err.print(f"[red]run failed:[/red] {exc}", highlight=False)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
