@@ -34,7 +34,7 @@ def _parse(ts: str) -> datetime:
     return datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
-class StationClient(_ChargePoint):  # type: ignore[misc]
+class StationClient(_ChargePoint):
     """A virtual station's OCPP 2.0.1 connection to a CSMS.
 
     ``to_datetime`` maps simulated seconds to aware datetimes and

@@ -31,7 +31,7 @@ class VisitRecord:
     energy_grid_kwh: float = 0.0
 
 
-class EV(mesa.Agent):  # type: ignore[misc]
+class EV(mesa.Agent):
     """An EV and its driver: a vehicle, a home site, and visits to charge."""
 
     def __init__(self, model: mesa.Model, ev_id: str, site: str, vehicle: Vehicle,

@@ -32,7 +32,7 @@ class SiteConfig:
     ev_count: int
 
 
-class ChargingModel(mesa.Model):  # type: ignore[misc]
+class ChargingModel(mesa.Model):
     """EV agents and virtual stations at one or more sites."""
 
     def __init__(self, sites: Sequence[SiteConfig], *, seed: int, duration_s: float,
@@ -63,6 +63,6 @@ class ChargingModel(mesa.Model):  # type: ignore[misc]
         """The stations of one site, in id order."""
         return [s for s in self.stations if s.site == site]
 
-    def step(self, now_s: float = 0.0, step_s: float = 60.0) -> None:  # type: ignore[override]
+    def step(self, now_s: float = 0.0, step_s: float = 60.0) -> None:
         """Advance every station's EVs over the step ending at ``now_s``."""
         self.agents_by_type[VirtualStation].do("advance", now_s, step_s)

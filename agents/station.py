@@ -92,7 +92,7 @@ class Event:
     payload: dict[str, Any] = field(default_factory=dict)
 
 
-class VirtualStation(mesa.Agent):  # type: ignore[misc]
+class VirtualStation(mesa.Agent):
     """A charging station with one or more EVSEs at a site and a feeder bus."""
 
     def __init__(self, model: mesa.Model, station_id: str, site: str, evse_max_w: list[float],

@@ -191,7 +191,8 @@ class CSMSCore:
                 session.soc_percent = value
         return meter_wh
 
-    def on_meter_values(self, station_id: str, evse_id: int, meter_value: list[dict[str, Any]]) -> None:
+    def on_meter_values(self, station_id: str, evse_id: int,
+                        meter_value: list[dict[str, Any]]) -> None:
         """MeterValues outside a transaction: persist them."""
         samples = _flatten_meter_values(meter_value)
         if samples:

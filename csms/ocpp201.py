@@ -31,7 +31,8 @@ def rpc_error_frame(raw: str | bytes) -> str:
     try:
         msg = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        return json.dumps([4, UNKNOWN_MESSAGE_ID, "RpcFrameworkError", "Frame is not valid JSON", {}])
+        return json.dumps([4, UNKNOWN_MESSAGE_ID, "RpcFrameworkError",
+                           "Frame is not valid JSON", {}])
     if not isinstance(msg, list) or len(msg) < 2 or not isinstance(msg[1], str):
         return json.dumps([4, UNKNOWN_MESSAGE_ID, "RpcFrameworkError",
                            "Frame is not an OCPP-J array with a message id", {}])
@@ -41,7 +42,7 @@ def rpc_error_frame(raw: str | bytes) -> str:
     return json.dumps([4, msg[1], "RpcFrameworkError", "Frame is missing elements", {}])
 
 
-class CSMSChargePoint(_ChargePoint):  # type: ignore[misc]
+class CSMSChargePoint(_ChargePoint):
     """One connected station, as seen from the CSMS, speaking OCPP 2.0.1."""
 
     def __init__(self, station_id: str, connection: Any, core: CSMSCore, **kw: Any) -> None:
@@ -81,7 +82,8 @@ class CSMSChargePoint(_ChargePoint):  # type: ignore[misc]
 
     @on("Authorize")
     def on_authorize(self, id_token: dict[str, Any], **_: Any) -> Any:
-        return call_result.Authorize(id_token_info={"status": self.core.authorize(id_token["id_token"])})
+        status = self.core.authorize(id_token["id_token"])
+        return call_result.Authorize(id_token_info={"status": status})
 
     @on("TransactionEvent")
     def on_transaction_event(self, **_: Any) -> Any:

@@ -112,7 +112,7 @@ class CSMSServer:
             log.info("%s reconnected; dropping the old connection", identity)
         try:
             await cp.start()
-        except Exception as exc:  # noqa: BLE001 - a connection ending is normal
+        except Exception as exc:
             log.info("%s disconnected: %s", identity, exc)
         finally:
             if self.connections.get(identity) is cp:

@@ -106,7 +106,8 @@ class Store:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise RuntimeError(
-                f"{self.path}: database schema v{version} is newer than this evtwin (v{SCHEMA_VERSION})"
+                f"{self.path}: database schema v{version} is newer than "
+                f"this evtwin (v{SCHEMA_VERSION})"
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             with self._tx():
@@ -129,7 +130,8 @@ class Store:
         self._db.close()
 
     # -- provisioning ------------------------------------------------------
-    def upsert_station(self, station_id: str, site: str, evses: Iterable[tuple[int, float]]) -> None:
+    def upsert_station(self, station_id: str, site: str,
+                       evses: Iterable[tuple[int, float]]) -> None:
         """Record a provisioned station and its EVSEs (idempotent)."""
         with self._tx():
             self._db.execute(
@@ -193,7 +195,8 @@ class Store:
             if event_type == "Started":
                 self._db.execute(
                     "INSERT OR IGNORE INTO transactions(transaction_id, station_id, evse_id, "
-                    "id_token, started_at, meter_start_wh, last_seq_no) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "id_token, started_at, meter_start_wh, last_seq_no) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (transaction_id, station_id, evse_id, id_token, timestamp, meter_wh, seq_no),
                 )
             else:
@@ -239,7 +242,8 @@ class Store:
                  sent_at, status),
             )
 
-    def record_security_event(self, at: str, peer: str | None, kind: str, detail: str) -> None:
+    def record_security_event(self, at: str, peer: str | None, kind: str,
+                              detail: str) -> None:
         """Store a refused connection or other security-relevant event."""
         with self._tx():
             self._db.execute(

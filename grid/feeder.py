@@ -15,9 +15,6 @@ import numpy as np
 import numpy.typing as npt
 import pandapower as pp
 import pandapower.topology as top
-from evtwin.grid.exceptions import BusMappingError, GridError, PowerFlowError
-from evtwin.grid.profiles import BaseLoadProfile
-from evtwin.grid.results import GridLimits, GridResult
 from power_grid_model import (
     CalculationMethod,
     ComponentType,
@@ -27,6 +24,10 @@ from power_grid_model import (
 )
 from power_grid_model.errors import PowerGridError
 from power_grid_model_io.converters import PandaPowerConverter
+
+from evtwin.grid.exceptions import BusMappingError, GridError, PowerFlowError
+from evtwin.grid.profiles import BaseLoadProfile
+from evtwin.grid.results import GridLimits, GridResult
 
 __all__ = ["Engine", "Feeder"]
 

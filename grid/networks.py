@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pandapower as pp
 import pandapower.networks as pn
+
 from evtwin.grid.exceptions import NetworkFileError, UnknownNetworkError
 
-__all__ = ["NETWORK_SEED", "NETWORKS", "load_network"]
+__all__ = ["NETWORKS", "NETWORK_SEED", "load_network"]
 
 #: Seed of Python's ``random`` while a named network is built (see load_network).
 NETWORK_SEED = 0

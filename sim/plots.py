@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.dates as mdates  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.dates as mdates
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
 if TYPE_CHECKING:
     from .runner import RunResult
@@ -33,7 +33,8 @@ def plot_grid(result: RunResult, path: Path) -> Path:
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
     ax1.fill_between(t, ts["vm_min_pu"], ts["vm_max_pu"], alpha=0.35, label="bus voltage range")
     ax1.plot(t, ts["vm_min_pu"], lw=1, label="min bus voltage")
-    ax1.axhline(g.v_min_pu, color="red", ls="--", lw=1, label=f"limits {g.v_min_pu}-{g.v_max_pu} pu")
+    ax1.axhline(g.v_min_pu, color="red", ls="--", lw=1,
+                label=f"limits {g.v_min_pu}-{g.v_max_pu} pu")
     ax1.axhline(g.v_max_pu, color="red", ls="--", lw=1)
     ax1.set_ylabel("voltage [pu]")
     ax1.set_title(f"{result.scenario.name}: feeder voltage envelope "

@@ -160,7 +160,7 @@ class Twin:
                     request.cancel()
                     ev.end_visit("turned_away", env.now)
                     continue
-            station_id, evse_id = request.value
+            station_id, evse_id = request.value  # type: ignore[misc]
             station = self.station_by_id[station_id]
             rec.station_id, rec.evse_id, rec.plugged_s = station_id, evse_id, env.now
             rec.transaction_id = station.plug(evse_id, ev, env.now)
@@ -181,7 +181,9 @@ class Twin:
             self.env.process(self._driver(ev))
 
     # -- the run ----------------------------------------------------------------------
-    async def _connect(self, url: str) -> tuple[list[StationClient], list[asyncio.Task[Any]], list[Any]]:
+    async def _connect(
+        self, url: str
+    ) -> tuple[list[StationClient], list[asyncio.Task[Any]], list[Any]]:
         clients: list[StationClient] = []
         tasks: list[asyncio.Task[Any]] = []
         sockets: list[Any] = []
@@ -219,7 +221,7 @@ class Twin:
             self._setup_events()
             step = sc.step_s
             n_steps = int(sc.duration_s // step)
-            hb_every = max(1, int(round(clients[0].heartbeat_interval_s / step))) if clients else 1
+            hb_every = max(1, round(clients[0].heartbeat_interval_s / step)) if clients else 1
             start_of_day_s = (sc.start - sc.start.replace(hour=0, minute=0, second=0,
                                                            microsecond=0)).total_seconds()
             site_of = np.array([st.site for st in self.model.stations])

@@ -11,8 +11,9 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from evtwin.grid import Feeder, load_network
 from pytest_benchmark.fixture import BenchmarkFixture
+
+from evtwin.grid import Feeder, load_network
 
 N_STATIONS = 40
 PGM_REPS = 500

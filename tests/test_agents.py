@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import Any
 
 import mesa
 import numpy as np
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
 from evtwin.agents import (
     DEFAULTS,
     EV,
@@ -21,8 +26,6 @@ from evtwin.agents import (
     charge,
 )
 from evtwin.agents.behaviour import draw_vehicle, draw_visit
-from hypothesis import assume, given, settings
-from hypothesis import strategies as st
 
 EVSE_MAX_W = 11_000.0
 REL = 1e-9
@@ -168,8 +171,8 @@ def make_profile(pid: int, limit: float, *, purpose: str = "TxDefaultProfile", s
 
 
 def plug_and_charge(station: VirtualStation, model: mesa.Model, evse_id: int = 1,
-                    at_s: float = 0.0, **ev_kw: float) -> tuple[EV, str]:
-    ev = make_ev(model, **ev_kw)  # type: ignore[arg-type]
+                    at_s: float = 0.0, **ev_kw: Any) -> tuple[EV, str]:
+    ev = make_ev(model, **ev_kw)
     tx = station.plug(evse_id, ev, at_s)
     station.begin_charging(evse_id, tx, at_s)
     return ev, tx
@@ -309,7 +312,7 @@ def test_charging_station_max_profile_caps_each_evse(
     assert station.limit_w(station.evses[2], 0.0) == 5_000.0
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "ChargingStationMaxProfile is applied to each EVSE separately (station.py limit_w), "
     "so a station with two charging EVSEs draws up to twice the station maximum"))
 def test_charging_station_max_profile_caps_the_whole_station(
@@ -323,7 +326,7 @@ def test_charging_station_max_profile_caps_the_whole_station(
     assert mean_power_w <= cap_w * (1 + 1e-9)
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "set_profile replaces a profile with the same id only on the same EVSE; OCPP 2.0.1 "
     "K01.FR.05 replaces a profile with that id wherever it is installed"))
 def test_profile_with_same_id_on_another_evse_replaces_it(station: VirtualStation) -> None:
@@ -398,7 +401,7 @@ def test_register_accumulates_over_steps_and_is_monotone(
     for k in range(1, 31):
         station.advance(k * 600.0, 600.0)
         readings.append(station.evses[1].register_wh)
-    assert all(b >= a for a, b in zip(readings, readings[1:], strict=False))
+    assert all(b >= a for a, b in itertools.pairwise(readings))
     assert readings[-1] - readings[0] == pytest.approx(ev.energy_grid_kwh * 1000.0, rel=1e-9)
     assert ev.soc <= 1.0
 
@@ -469,7 +472,7 @@ def test_plug_reports_the_register_at_plug_time(station: VirtualStation, model: 
     assert station.evses[1].seq_no == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
     "advance_evse uses the limit in force at the start of the interval for the whole "
     "interval, so a profile period switch inside a step is applied late and the energy "
     "depends on the step size"))

@@ -12,6 +12,9 @@ import numpy as np
 import pandapower as pp
 import pandapower.topology as top
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from evtwin.grid import (
     NETWORKS,
     BaseLoadProfile,
@@ -25,8 +28,6 @@ from evtwin.grid import (
     UnknownNetworkError,
     load_network,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 V_TOL_PU = 1e-4
 LOADING_TOL_PERCENT = 0.1
