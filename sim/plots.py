@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import matplotlib
 
@@ -21,9 +21,21 @@ def _times(result: RunResult, t_s: pd.Series) -> pd.DatetimeIndex:
     return pd.to_datetime(result.scenario.start) + pd.to_timedelta(t_s, unit="s")
 
 
-def _fmt_time(ax: plt.Axes) -> None:
+def _finish_time_axis(ax: plt.Axes, ylabel: str, legend_loc: Literal["upper left", "lower left"],
+                      *, xlabel: bool) -> None:
+    ax.set_ylabel(ylabel)
+    if xlabel:
+        ax.set_xlabel("simulated time (UTC)")
+    ax.legend(loc=legend_loc, fontsize=8)
     ax.xaxis.set_major_formatter(mdates.DateFormatter("%d %H:%M"))
     ax.grid(True, alpha=0.3)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_grid(result: RunResult, path: Path) -> Path:
@@ -36,22 +48,14 @@ def plot_grid(result: RunResult, path: Path) -> Path:
     ax1.axhline(g.v_min_pu, color="red", ls="--", lw=1,
                 label=f"limits {g.v_min_pu}-{g.v_max_pu} pu")
     ax1.axhline(g.v_max_pu, color="red", ls="--", lw=1)
-    ax1.set_ylabel("voltage [pu]")
     ax1.set_title(f"{result.scenario.name}: feeder voltage envelope "
                   f"(strategy {result.scenario.control.strategy})")
-    ax1.legend(loc="lower left", fontsize=8)
-    _fmt_time(ax1)
+    _finish_time_axis(ax1, "voltage [pu]", "lower left", xlabel=False)
     ax2.plot(t, ts["trafo_loading_percent"], label="transformer loading")
     ax2.plot(t, ts["line_loading_max_percent"], lw=1, alpha=0.8, label="max line loading")
     ax2.axhline(g.trafo_loading_max_percent, color="red", ls="--", lw=1, label="thermal limit")
-    ax2.set_ylabel("loading [%]")
-    ax2.set_xlabel("simulated time (UTC)")
-    ax2.legend(loc="upper left", fontsize=8)
-    _fmt_time(ax2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _finish_time_axis(ax2, "loading [%]", "upper left", xlabel=True)
+    return _save(fig, path)
 
 
 def plot_ev_power(result: RunResult, path: Path) -> Path:
@@ -63,18 +67,14 @@ def plot_ev_power(result: RunResult, path: Path) -> Path:
     ax.stackplot(t, *[ts[c] for c in cols], labels=[f"EVs at {s.name}" for s in sc.sites],
                  alpha=0.8)
     ax.plot(t, ts["base_kw"], color="black", lw=1, label="household base load")
-    for s in sc.sites:
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, s in enumerate(sc.sites):
         if s.limit_kw is not None:
-            ax.axhline(s.limit_kw, ls="--", lw=1, color="red", label=f"{s.name} limit")
-    ax.set_ylabel("power [kW]")
-    ax.set_xlabel("simulated time (UTC)")
+            ax.axhline(s.limit_kw, ls="--", lw=1.2, color=colours[i % len(colours)],
+                       label=f"{s.name} import limit")
     ax.set_title(f"{sc.name}: EV charging power (stacked by site)")
-    ax.legend(loc="upper left", fontsize=8)
-    _fmt_time(ax)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _finish_time_axis(ax, "power [kW]", "upper left", xlabel=True)
+    return _save(fig, path)
 
 
 def plot_soc(result: RunResult, path: Path) -> Path:
@@ -95,10 +95,7 @@ def plot_soc(result: RunResult, path: Path) -> Path:
     ax.set_title(f"{result.scenario.name}: SoC at departure")
     ax.legend(fontsize=8)
     ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_all(result: RunResult, out: Path) -> list[Path]:

@@ -29,6 +29,7 @@ import numpy as np
 import ocpp.messages
 import pandas as pd
 import simpy
+from ocpp.exceptions import OCPPError
 from websockets.asyncio.client import connect
 
 from evtwin.agents import ChargingModel, SiteConfig, StationClient, VirtualStation, behaviour_for
@@ -263,8 +264,8 @@ class Twin:
                 if ev.current is not None:
                     rec = ev.current
                     ev.end_visit("open" if rec.outcome == "plugged" else "waiting", None)
-        except (OSError, TimeoutError) as exc:
-            raise RunError(f"OCPP exchange failed: {exc}") from exc
+        except (OSError, TimeoutError, OCPPError) as exc:
+            raise RunError(f"OCPP exchange failed: {exc!r}") from exc
         finally:
             for t_ in tasks:
                 t_.cancel()
