@@ -176,6 +176,7 @@ class StationClient(_ChargePoint):
             duration_s=schedule.get("duration"), transaction_id=cp.get("transaction_id"),
             valid_from_s=self.to_seconds(_parse(vf)) if vf else None,
             valid_to_s=self.to_seconds(_parse(vt)) if vt else None,
+            recurrency=cp.get("recurrency_kind"),
         )
 
     @on("SetChargingProfile")

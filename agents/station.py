@@ -7,6 +7,7 @@ seconds; the shell turns them into OCPP timestamps.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 NOMINAL_VOLTAGE_V = 230.0
 
 
+_RECURRENCY_S = {"Daily": 86400.0, "Weekly": 7 * 86400.0}
+
+
 @dataclass(slots=True)
 class Profile:
     """A charging profile as the station stores it (from SetChargingProfile)."""
@@ -32,11 +36,21 @@ class Profile:
     kind: str
     unit: str
     periods: list[tuple[float, float, int | None]]  # (start_s, limit, number_phases)
-    start_s: float | None  # schedule start in simulated seconds (Absolute)
+    start_s: float | None  # schedule start in simulated seconds (Absolute, Recurring)
     duration_s: float | None
     transaction_id: str | None
     valid_from_s: float | None = None
     valid_to_s: float | None = None
+    recurrency: str | None = None  # "Daily" | "Weekly" for kind Recurring
+
+    def _origin(self, now_s: float, tx_start_s: float | None) -> float:
+        if self.kind == "Relative":
+            return tx_start_s if tx_start_s is not None else now_s
+        origin = self.start_s if self.start_s is not None else now_s
+        if self.kind == "Recurring" and self.recurrency in _RECURRENCY_S:
+            period = _RECURRENCY_S[self.recurrency]
+            origin += period * ((now_s - origin) // period)
+        return origin
 
     def limit_w(self, now_s: float, tx_start_s: float | None, phases: int) -> float | None:
         """The limit this profile sets at ``now_s`` in W, or None if not active."""
@@ -44,10 +58,7 @@ class Profile:
             return None
         if self.valid_to_s is not None and now_s >= self.valid_to_s:
             return None
-        origin = tx_start_s if self.kind == "Relative" else self.start_s
-        if origin is None:
-            origin = now_s
-        elapsed = now_s - origin
+        elapsed = now_s - self._origin(now_s, tx_start_s)
         if elapsed < 0 or (self.duration_s is not None and elapsed >= self.duration_s):
             return None
         current: tuple[float, float, int | None] | None = None
@@ -60,6 +71,17 @@ class Profile:
         if self.unit == "A":
             return limit * NOMINAL_VOLTAGE_V * (n_phases or phases)
         return limit
+
+    def switch_times(self, t0: float, t1: float, tx_start_s: float | None) -> list[float]:
+        """Times in (t0, t1) where this profile's limit may change."""
+        points = [self.valid_from_s, self.valid_to_s]
+        # A recurring schedule restarts every period: list its origins in range.
+        origins = {self._origin(t0, tx_start_s), self._origin(t1, tx_start_s)}
+        for origin in origins:
+            points += [origin + p[0] for p in self.periods]
+            if self.duration_s is not None:
+                points.append(origin + self.duration_s)
+        return sorted({p for p in points if p is not None and t0 < p < t1})
 
 
 @dataclass(slots=True)
@@ -167,7 +189,8 @@ class VirtualStation(mesa.Agent):
 
         A TxProfile for the running transaction overrides TxDefaultProfiles;
         within a purpose the highest stack level that is active wins; a
-        ChargingStationMaxProfile caps the whole station's EVSEs.
+        ChargingStationMaxProfile caps the station's total, shared equally by
+        the EVSEs that are charging.
         """
         limit = evse.max_power_w
         chosen: float | None = None
@@ -186,31 +209,51 @@ class VirtualStation(mesa.Agent):
                 break
         if chosen is not None:
             limit = min(limit, chosen)
-        for p in self.station_profiles:
-            if p.purpose == "ChargingStationMaxProfile":
-                cap = p.limit_w(now_s, None, evse.phases)
-                if cap is not None:
-                    limit = min(limit, cap)
+        cap = self.station_cap_w(now_s, evse.phases)
+        if cap is not None:
+            # The station maximum limits the station as a whole: the EVSEs
+            # that are charging share it equally.
+            sharing = sum(1 for e in self.evses.values() if e.charging) or 1
+            limit = min(limit, cap / sharing)
         return max(limit, 0.0)
 
+    def station_cap_w(self, now_s: float, phases: int) -> float | None:
+        """The ChargingStationMaxProfile limit at ``now_s`` in W (None if none)."""
+        caps = [p for p in self.station_profiles if p.purpose == "ChargingStationMaxProfile"]
+        for p in sorted(caps, key=lambda p: -p.stack_level):
+            value = p.limit_w(now_s, None, phases)
+            if value is not None:
+                return value
+        return None
+
+    def _switch_times(self, evse: Evse, t0: float, t1: float) -> list[float]:
+        profiles = evse.profiles + self.station_profiles
+        return sorted({t for p in profiles for t in p.switch_times(t0, t1, evse.tx_started_s)})
+
     def advance_evse(self, evse: Evse, now_s: float) -> None:
-        """Integrate the EVSE's EV from its last update to ``now_s``."""
-        dt_s = now_s - evse.last_update_s
+        """Integrate the EVSE's EV from its last update to ``now_s``.
+
+        The interval is cut where a profile's limit can change (period starts,
+        durations, validity), so the energy does not depend on the step size.
+        """
+        t0 = evse.last_update_s
         evse.last_update_s = now_s
-        if dt_s <= 0 or not evse.charging or evse.ev is None:
+        if now_s <= t0 or not evse.charging or evse.ev is None:
             return
         ev = evse.ev
         v = ev.vehicle
-        result = charge(
-            soc=ev.soc, target_soc=ev.target_soc, capacity_kwh=v.capacity_kwh,
-            limit_kw=self.limit_w(evse, now_s - dt_s) / 1000.0, ev_max_kw=v.max_power_kw,
-            efficiency=v.efficiency, taper_soc=v.taper_soc, duration_h=dt_s / 3600.0,
-        )
-        ev.soc = result.soc_end
-        ev.energy_battery_kwh += result.battery_kwh
-        ev.energy_grid_kwh += result.grid_kwh
-        evse.register_wh += result.grid_kwh * 1000.0
-        evse.step_wh += result.grid_kwh * 1000.0
+        bounds = [t0, *self._switch_times(evse, t0, now_s), now_s]
+        for a, b in itertools.pairwise(bounds):
+            result = charge(
+                soc=ev.soc, target_soc=ev.target_soc, capacity_kwh=v.capacity_kwh,
+                limit_kw=self.limit_w(evse, a) / 1000.0, ev_max_kw=v.max_power_kw,
+                efficiency=v.efficiency, taper_soc=v.taper_soc, duration_h=(b - a) / 3600.0,
+            )
+            ev.soc = result.soc_end
+            ev.energy_battery_kwh += result.battery_kwh
+            ev.energy_grid_kwh += result.grid_kwh
+            evse.register_wh += result.grid_kwh * 1000.0
+            evse.step_wh += result.grid_kwh * 1000.0
 
     def advance(self, now_s: float, step_s: float) -> float:
         """Advance every EVSE to ``now_s``; returns the station's mean power (W) over the step."""
@@ -239,8 +282,12 @@ class VirtualStation(mesa.Agent):
             raise ProfileRejected(f"no EVSE {evse_id}")
         if profile.purpose not in ("TxProfile", "TxDefaultProfile", "ChargingStationMaxProfile"):
             raise ProfileRejected(f"purpose {profile.purpose} not supported")
+        # K01.FR.05: a profile id replaces that id wherever it is installed;
+        # within one EVSE, the same purpose and stack level is replaced too.
+        for holder in [self.station_profiles, *(e.profiles for e in self.evses.values())]:
+            holder[:] = [p for p in holder if p.profile_id != profile.profile_id]
         target = self.station_profiles if evse_id == 0 else self.evses[evse_id].profiles
-        target[:] = [p for p in target if p.profile_id != profile.profile_id and not (
+        target[:] = [p for p in target if not (
             p.purpose == profile.purpose and p.stack_level == profile.stack_level)]
         target.append(profile)
 

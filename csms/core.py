@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from .clock import Clock, iso, parse_iso, wall_clock
-from .exceptions import UnknownStationError
+from .exceptions import UnknownEvseError, UnknownStationError
 from .model import (
     ControlView,
     CSMSConfig,
@@ -115,8 +115,16 @@ class CSMSCore:
         """Heartbeat: the CSMS's current time."""
         return iso(self.clock())
 
+    def check_evse(self, station_id: str, evse_id: int) -> None:
+        """Raise UnknownStationError/UnknownEvseError unless both were provisioned."""
+        try:
+            self.station(station_id).evse(evse_id)
+        except KeyError:
+            raise UnknownEvseError(station_id, evse_id) from None
+
     def on_status(self, station_id: str, evse_id: int, status: str, timestamp: str) -> None:
         """StatusNotification: remember and persist the connector status."""
+        self.check_evse(station_id, evse_id)
         self.status[(station_id, evse_id)] = status
         self.store.record_status(station_id, evse_id, status, timestamp)
 
@@ -142,6 +150,9 @@ class CSMSCore:
         if session is None:
             if evse_id == 0:
                 evse_id = 1
+            # Checked before anything is stored: a session on an EVSE the CSMS
+            # does not know would break every later control cycle.
+            self.check_evse(station_id, evse_id)
             session = Session(
                 transaction_id=tx_id, station_id=station_id, evse_id=evse_id,
                 id_token=id_token, started_at=parse_iso(payload["timestamp"]),
@@ -152,6 +163,11 @@ class CSMSCore:
             evse_id = session.evse_id
         if id_token and session.id_token is None:
             session.id_token = id_token
+        if seq_no in session.seen_seq_nos:
+            # A re-sent event (the station missed our reply): already stored
+            # and applied, so answer again without applying it twice.
+            return self._tx_response(id_token)
+        session.seen_seq_nos.add(seq_no)
 
         meter_wh = self._apply_samples(session, samples)
         if session.meter_start_wh is None and meter_wh is not None:
@@ -172,6 +188,9 @@ class CSMSCore:
         if event_type == "Ended":
             self.sent_limits_w.pop((station_id, session.evse_id), None)
             self.sessions_changed = True
+        return self._tx_response(id_token)
+
+    def _tx_response(self, id_token: str | None) -> dict[str, Any]:
         response: dict[str, Any] = {}
         if id_token is not None:
             response["id_token_info"] = {"status": self.authorize(id_token)}
@@ -208,7 +227,9 @@ class CSMSCore:
         """Build the read-only view the strategy sees."""
         by_site: dict[str, list[SessionView]] = {name: [] for name in self.site_limits}
         for s in self.open_sessions():
-            spec = self.stations[s.station_id]
+            spec = self.stations.get(s.station_id)
+            if spec is None or all(e.evse_id != s.evse_id for e in spec.evses):
+                continue  # not provisioned (only possible for a hand-built session)
             by_site[spec.site].append(SessionView(
                 station_id=s.station_id, evse_id=s.evse_id, transaction_id=s.transaction_id,
                 max_power_kw=spec.evse(s.evse_id).max_power_w / 1000.0,

@@ -37,3 +37,12 @@ class StationNotConnectedError(CSMSError):
     def __init__(self, station_id: str) -> None:
         super().__init__(f"station {station_id!r} is not connected")
         self.station_id = station_id
+
+
+class UnknownEvseError(CSMSError):
+    """A message names an EVSE the station was not provisioned with."""
+
+    def __init__(self, station_id: str, evse_id: int) -> None:
+        super().__init__(f"station {station_id!r} has no EVSE {evse_id}")
+        self.station_id = station_id
+        self.evse_id = evse_id

@@ -80,6 +80,7 @@ class Session:
     ended_at: datetime | None = None
     stopped_reason: str | None = None
     limit_w: float | None = None
+    seen_seq_nos: set[int] = field(default_factory=set)
 
     @property
     def energy_wh(self) -> float:

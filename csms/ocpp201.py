@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from ocpp.exceptions import OCPPError
+from ocpp.exceptions import OCPPError, PropertyConstraintViolationError
 from ocpp.messages import unpack
 from ocpp.routing import on
 from ocpp.v201 import ChargePoint as _ChargePoint
 from ocpp.v201 import call, call_result
+from ocpp.v201.enums import Action
 
 from .clock import iso
 from .core import CSMSCore, ProfileCommand
+from .exceptions import UnknownEvseError
 
 log = logging.getLogger("evtwin.csms.ocpp")
+
+_KNOWN_ACTIONS = frozenset(a.value for a in Action)
 
 # OCPP-J 2.0.1 §4.3: a frame whose message id cannot be read is answered
 # with message id "-1".
@@ -42,6 +48,15 @@ def rpc_error_frame(raw: str | bytes) -> str:
     return json.dumps([4, msg[1], "RpcFrameworkError", "Frame is missing elements", {}])
 
 
+@contextmanager
+def _unknown_evse_is_a_property_violation() -> Iterator[None]:
+    """Answer a message naming an unprovisioned EVSE with PropertyConstraintViolation."""
+    try:
+        yield
+    except UnknownEvseError as exc:
+        raise PropertyConstraintViolationError(description=str(exc)) from exc
+
+
 class CSMSChargePoint(_ChargePoint):
     """One connected station, as seen from the CSMS, speaking OCPP 2.0.1."""
 
@@ -58,11 +73,31 @@ class CSMSChargePoint(_ChargePoint):
             log.warning("%s: malformed frame %.200r", self.id, raw_msg)
             await self._send(rpc_error_frame(raw_msg))
             return
-        if msg.message_type_id == 2 and isinstance(msg.payload, dict):
+        if msg.message_type_id == 2:
+            refusal = self._refuse_call(msg.action, msg.payload)
+            if refusal is not None:
+                code, text = refusal
+                await self._send(json.dumps([4, msg.unique_id, code, text, {}]))
+                return
             # Handlers read the request in its wire (camelCase) form; the
             # connection handles one message at a time, so this is safe.
             self._raw_payload = msg.payload
         await super().route_message(raw_msg)
+
+    def _refuse_call(self, action: Any, payload: Any) -> tuple[str, str] | None:
+        """The CALLERROR (code, text) for a CALL that cannot be routed, or None.
+
+        OCPP-J: NotImplemented when the action is not known at all,
+        NotSupported when it is a known action this CSMS does not handle (the
+        ``ocpp`` library has these two the other way round).
+        """
+        if not isinstance(action, str) or not isinstance(payload, dict):
+            return "RpcFrameworkError", "Action must be a string and payload an object"
+        if action in self.route_map and "_on_action" in self.route_map[action]:
+            return None
+        if action in _KNOWN_ACTIONS:
+            return "NotSupported", f"{action} is not supported by this CSMS"
+        return "NotImplemented", f"{action} is not an OCPP 2.0.1 action"
 
     @on("BootNotification")
     def on_boot_notification(self, charging_station: dict[str, Any], reason: str, **_: Any) -> Any:
@@ -77,7 +112,8 @@ class CSMSChargePoint(_ChargePoint):
     @on("StatusNotification")
     def on_status_notification(self, timestamp: str, connector_status: str, evse_id: int,
                                connector_id: int, **_: Any) -> Any:
-        self.core.on_status(self.id, evse_id, connector_status, timestamp)
+        with _unknown_evse_is_a_property_violation():
+            self.core.on_status(self.id, evse_id, connector_status, timestamp)
         return call_result.StatusNotification()
 
     @on("Authorize")
@@ -87,11 +123,15 @@ class CSMSChargePoint(_ChargePoint):
 
     @on("TransactionEvent")
     def on_transaction_event(self, **_: Any) -> Any:
-        r = self.core.on_transaction_event(self.id, self._raw_payload)
+        with _unknown_evse_is_a_property_violation():
+            r = self.core.on_transaction_event(self.id, self._raw_payload)
         return call_result.TransactionEvent(**r)
 
     @on("MeterValues")
     def on_meter_values(self, evse_id: int, **_: Any) -> Any:
+        if evse_id != 0:  # 0 is the station's main meter
+            with _unknown_evse_is_a_property_violation():
+                self.core.check_evse(self.id, evse_id)
         self.core.on_meter_values(self.id, evse_id, self._raw_payload["meterValue"])
         return call_result.MeterValues()
 

@@ -70,7 +70,8 @@ class CSMSServer:
         self.response_timeout_s = response_timeout_s
         self.frames = {"in": 0, "out": 0}
         self.connections: dict[str, CSMSChargePoint] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._sockets: dict[str, ServerConnection] = {}
+        self._sockets_by_cp: dict[int, ServerConnection] = {}
         self._server: Server | None = None
 
     @property
@@ -108,15 +109,24 @@ class CSMSServer:
                              response_timeout=self.response_timeout_s)
         previous = self.connections.get(identity)
         self.connections[identity] = cp
+        self._sockets[identity] = connection
         if previous is not None:
-            log.info("%s reconnected; dropping the old connection", identity)
+            # The newest connection wins (a station that lost its link and came
+            # back); the stale one is closed so no one answers on it.
+            log.info("%s reconnected; closing the old connection", identity)
+            old = self._sockets_by_cp.pop(id(previous), None)
+            if old is not None:
+                await old.close(code=1000, reason="replaced by a new connection")
+        self._sockets_by_cp[id(cp)] = connection
         try:
             await cp.start()
         except Exception as exc:
             log.info("%s disconnected: %s", identity, exc)
         finally:
+            self._sockets_by_cp.pop(id(cp), None)
             if self.connections.get(identity) is cp:
                 del self.connections[identity]
+                self._sockets.pop(identity, None)
 
     async def start(self) -> None:
         """Bind and start accepting stations (port 0 picks a free port)."""

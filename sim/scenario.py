@@ -153,19 +153,9 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> Scenario:
-        names = [s.name for s in self.sites]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"sites: duplicate site names {dupes}")
-        for label, interval in (("control.interval_s", self.control.interval_s),
-                                ("csms.meter_interval_s", self.csms.meter_interval_s),
-                                ("csms.aligned_interval_s", self.csms.aligned_interval_s)):
-            if interval % self.step_s:
-                raise ValueError(f"{label}: must be a multiple of step_s ({self.step_s})")
-        net = self.grid.network
-        if not net.endswith(".json") and net not in NETWORKS:
-            raise ValueError(f"grid.network: unknown network {net!r}; known: "
-                             f"{', '.join(sorted(NETWORKS))} or a pandapower .json file")
+        problems = cross_field_problems(self.model_dump())
+        if problems:
+            raise ValueError("; ".join(f"{p}: {m}" for p, m in problems))
         return self
 
     @property
@@ -186,6 +176,45 @@ class Scenario(_Strict):
         return {s.name: c for s, c in zip(self.sites, counts, strict=True)}
 
 
+def _get(data: Any, *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Problems that involve more than one field, as ``(path, message)``.
+
+    Works on the raw mapping, so it can run even when some fields are invalid
+    and its problems are reported together with theirs; values of the wrong
+    type are skipped here (the field validation reports them).
+    """
+    problems: list[tuple[str, str]] = []
+    sites = data.get("sites")
+    if isinstance(sites, list):
+        names = [s.get("name") for s in sites if isinstance(s, dict)]
+        dupes = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
+        if dupes:
+            problems.append(("sites", f"duplicate site names {dupes}"))
+        with_buses = [isinstance(s, dict) and s.get("buses") is not None for s in sites]
+        if any(with_buses) and not all(with_buses):
+            problems.append(("sites", "give buses for every site or for none"))
+    step = data.get("step_s", 60)
+    if isinstance(step, int) and step > 0:
+        for path in (("control", "interval_s"), ("csms", "meter_interval_s"),
+                     ("csms", "aligned_interval_s")):
+            value = _get(data, *path)
+            if isinstance(value, int) and value > 0 and value % step:
+                problems.append((".".join(path), f"must be a multiple of step_s ({step})"))
+    net = _get(data, "grid", "network")
+    if isinstance(net, str) and not net.endswith(".json") and net not in NETWORKS:
+        problems.append(("grid.network", f"unknown network {net!r}; known: "
+                         f"{', '.join(sorted(NETWORKS))} or a pandapower .json file"))
+    return problems
+
+
 _MESSAGES = {
     "greater_than": "must be > {gt}",
     "greater_than_equal": "must be >= {ge}",
@@ -199,12 +228,14 @@ _MESSAGES = {
 def _problems(err: ValidationError) -> list[tuple[str, str]]:
     out = []
     for e in err.errors():
+        if not e["loc"] and e["type"] == "value_error":
+            continue  # the cross-field validator: parse_scenario reports those itself
         path = ".".join(str(p) for p in e["loc"])
         template = _MESSAGES.get(e["type"])
         msg = template.format(**e.get("ctx", {})) if template else e["msg"]
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]
-        # Cross-field errors carry their own field path in the message.
+        # Errors of a sub-model's own validator name their field first.
         if ": " in msg and msg.split(": ", 1)[0].replace(".", "").replace("_", "").isalnum():
             head, msg = msg.split(": ", 1)
             path = f"{path}.{head}" if path else head
@@ -217,7 +248,33 @@ def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario
     try:
         return Scenario.model_validate(data)
     except ValidationError as err:
-        raise ScenarioError(source, _problems(err)) from None
+        problems = _problems(err) + cross_field_problems(data)
+        raise ScenarioError(source, problems) from None
+
+
+def _override(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    """Set ``value`` at a dotted path; list items by index (``sites.0.limit_kw``)."""
+    node: Any = data
+    *parents, leaf = dotted.split(".")
+    for key in [*parents, leaf]:
+        if not key:
+            raise ScenarioError(source, [(dotted, "empty key in override path")])
+    try:
+        for key in parents:
+            if isinstance(node, list):
+                node = node[int(key)]
+            elif isinstance(node, dict):
+                node = node.setdefault(key, {})
+            else:
+                raise TypeError(key)
+        if isinstance(node, list):
+            node[int(leaf)] = value
+        elif isinstance(node, dict):
+            node[leaf] = value
+        else:
+            raise TypeError(leaf)
+    except (ValueError, IndexError, TypeError):
+        raise ScenarioError(source, [(dotted, "override path does not name a field")]) from None
 
 
 def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
@@ -235,11 +292,7 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         raise ScenarioError(source, [("", f"TOML syntax error: {exc}")]) from None
     data.setdefault("name", p.stem)
     for dotted, value in (overrides or {}).items():
-        node = data
-        *parents, leaf = dotted.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+        _override(data, dotted, value, source)
     net = (data.get("grid") or {}).get("network")
     if isinstance(net, str) and net.endswith(".json") and not Path(net).is_absolute():
         data["grid"]["network"] = str((p.parent / net).resolve())

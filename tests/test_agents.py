@@ -312,9 +312,6 @@ def test_charging_station_max_profile_caps_each_evse(
     assert station.limit_w(station.evses[2], 0.0) == 5_000.0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "ChargingStationMaxProfile is applied to each EVSE separately (station.py limit_w), "
-    "so a station with two charging EVSEs draws up to twice the station maximum"))
 def test_charging_station_max_profile_caps_the_whole_station(
     station: VirtualStation, model: mesa.Model,
 ) -> None:
@@ -326,9 +323,6 @@ def test_charging_station_max_profile_caps_the_whole_station(
     assert mean_power_w <= cap_w * (1 + 1e-9)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "set_profile replaces a profile with the same id only on the same EVSE; OCPP 2.0.1 "
-    "K01.FR.05 replaces a profile with that id wherever it is installed"))
 def test_profile_with_same_id_on_another_evse_replaces_it(station: VirtualStation) -> None:
     station.set_profile(1, make_profile(7, 3_000.0))
     station.set_profile(2, make_profile(7, 5_000.0))
@@ -472,10 +466,6 @@ def test_plug_reports_the_register_at_plug_time(station: VirtualStation, model: 
     assert station.evses[1].seq_no == 0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "advance_evse uses the limit in force at the start of the interval for the whole "
-    "interval, so a profile period switch inside a step is applied late and the energy "
-    "depends on the step size"))
 def test_station_energy_does_not_depend_on_step_size_across_a_period_switch(
     model: mesa.Model,
 ) -> None:

@@ -210,10 +210,6 @@ def test_boot_accepts_provisioned_station(core: CSMSCore, clock: FakeClock) -> N
     assert core.on_heartbeat("CS1") == iso(clock.now)
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError, reason=(
-    "core.py on_transaction_event trusts the station and EVSE ids: a session on an "
-    "unprovisioned station or EVSE makes every later control_commands() raise KeyError "
-    "in control_view"))
 @pytest.mark.parametrize(("station", "evse"), [("CS1", 9), ("CS9", 1)])
 def test_unprovisioned_evse_does_not_break_the_control_cycle(
     core: CSMSCore, station: str, evse: int,

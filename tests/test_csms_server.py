@@ -156,10 +156,6 @@ def test_unknown_or_unhandled_action(action: str) -> None:
     run(scenario)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "the ocpp library's _raise_key_error (used by CSMSChargePoint) swaps the codes: an "
-    "action unknown to OCPP 2.0.1 gets NotSupported and a known action without a handler "
-    "gets NotImplemented; OCPP-J says the opposite"))
 def test_unknown_action_codes_follow_ocpp_j() -> None:
     async def scenario(server: CSMSServer) -> None:
         async with station(server) as ws:
@@ -173,10 +169,6 @@ def test_unknown_action_codes_follow_ocpp_j() -> None:
     run(scenario)
 
 
-@pytest.mark.xfail(strict=True, raises=ConnectionClosed, reason=(
-    "ocpp201.py route_message: a CALL whose action is not a string (e.g. a JSON object) "
-    "raises TypeError in the ocpp library's route_map lookup; the connection is closed "
-    "(code 1000) instead of answering with a CALLERROR"))
 def test_call_with_non_string_action_gets_a_call_error() -> None:
     async def scenario(server: CSMSServer) -> None:
         async with station(server) as ws:
@@ -279,9 +271,6 @@ def test_oversized_frame_closes_with_1009_and_others_keep_working() -> None:
     run(scenario, max_frame_bytes=limit)
 
 
-@pytest.mark.xfail(strict=True, raises=TimeoutError, reason=(
-    "server.py _handler logs 'dropping the old connection' when a station reconnects but "
-    "never closes it: the old socket stays open and keeps being served"))
 def test_reconnect_drops_the_old_connection() -> None:
     async def scenario(server: CSMSServer) -> None:
         async with station(server, "CS1") as old, station(server, "CS1") as new:
