@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -259,7 +260,9 @@ class CSMSCore:
             station_id, evse_id = key
             phases = self.stations[station_id].evse(evse_id).phases
             if self.config.charging_rate_unit == "A":
-                value = round(limit_w / (self.config.nominal_voltage_v * phases), 1)
+                # Round down to 0.1 A (OCPP 1.6 allows one decimal): never above the share.
+                amps = limit_w / (self.config.nominal_voltage_v * phases)
+                value = math.floor(amps * 10 + 1e-9) / 10
             else:
                 value = round(limit_w, 1)
             commands.append(ProfileCommand(station_id, evse_id, tx_of[key], value,

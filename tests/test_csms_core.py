@@ -467,7 +467,10 @@ def test_control_commands_in_amperes(store: Store, clock: FakeClock) -> None:
     for tx, phases in (("tx-3ph-a", 3), ("tx-3ph-b", 3), ("tx-1ph", 1)):
         c = commands[tx]
         assert c.unit == "A"
-        assert c.limit == round(c.limit_w / (v * phases), 1)
+        # Rounded down to 0.1 A: on the wire never more than the share.
+        assert c.limit * v * phases <= c.limit_w + 1e-6
+        assert c.limit_w - c.limit * v * phases < 0.1 * v * phases
+        assert round(c.limit * 10) == pytest.approx(c.limit * 10)
     # The deadband and the site limit work on W, whatever unit goes on the wire.
     assert sum(c.limit_w for c in commands.values()) == pytest.approx(20_000.0)
     # Same power, a third of the current per phase on a three-phase EVSE.

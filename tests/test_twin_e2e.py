@@ -109,3 +109,33 @@ def test_equal_share_keeps_overload_feeder_inside_limits_where_uncontrolled_does
     # ... and it still delivers nearly all the energy.
     assert eq.kpis["energy_unmet_share"] < 5.0
     assert eq.kpis["ocpp_messages"] > unc.kpis["ocpp_messages"]  # profiles were sent
+
+
+def test_limits_in_amperes_are_obeyed_like_limits_in_watts(tmp_path: Path) -> None:
+    db = tmp_path / "csms.sqlite"
+    sc = load_scenario(OVERLOAD, {"control.strategy": "equal_share",
+                                  "start": "2026-01-15T16:00:00", "duration_h": 6,
+                                  "control.charging_rate_unit": "A"})
+    result = Twin(sc, database=db).run()
+    con = sqlite3.connect(db)
+    units = {r[0] for r in con.execute("SELECT DISTINCT unit FROM charging_profiles")}
+    accepted = con.execute(
+        "SELECT COUNT(*) FROM charging_profiles WHERE status = 'Accepted'").fetchone()[0]
+    con.close()
+    assert units == {"A"}
+    assert accepted > 0
+    limit_kw = sc.sites[0].limit_kw
+    assert limit_kw is not None
+    # The CSMS rounds amperes down, so the site limit holds as it does in W.
+    assert result.timeseries["site_street_kw"].max() <= limit_kw * 1.001
+    assert result.timeseries["site_street_kw"].max() > 0.8 * limit_kw
+
+
+def test_reference_pandapower_engine_runs_the_same_loop() -> None:
+    sc = load_scenario(DEMO, {"grid.engine": "pandapower", "duration_h": 2,
+                              "start": "2026-06-01T07:00:00"})
+    fast = Twin(load_scenario(DEMO, {"duration_h": 2, "start": "2026-06-01T07:00:00"})).run()
+    ref = Twin(sc).run()
+    assert ref.kpis["energy_delivered_kwh"] == pytest.approx(fast.kpis["energy_delivered_kwh"])
+    assert ref.timeseries["vm_min_pu"].to_numpy() == pytest.approx(
+        fast.timeseries["vm_min_pu"].to_numpy(), abs=1e-4)
