@@ -12,11 +12,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ocpp.routing import on
-from ocpp.v201 import ChargePoint as _ChargePoint
-from ocpp.v201 import call, call_result
+from ocpp.v21 import ChargePoint as _ChargePoint21
+from ocpp.v201 import ChargePoint as _ChargePoint201
 
 from .exceptions import ProfileRejected
 from .station import NOMINAL_VOLTAGE_V, Evse, Profile, VirtualStation
@@ -34,18 +34,26 @@ def _parse(ts: str) -> datetime:
     return datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
-class StationClient(_ChargePoint):
-    """A virtual station's OCPP 2.0.1 connection to a CSMS.
+class _Client201:
+    """A virtual station's OCPP 2.0.1 / 2.1 connection to a CSMS.
 
     ``to_datetime`` maps simulated seconds to aware datetimes and
     ``to_seconds`` maps back; every timestamp sent is simulated time.
     """
 
+    if TYPE_CHECKING:  # provided by the ocpp ChargePoint class later in the MRO
+        id: str
+        _call: Any
+        _call_result: Any
+
+        async def call(self, payload: Any, suppress: bool = True) -> Any: ...
+
     def __init__(self, station: VirtualStation, connection: Any, *,
                  to_datetime: Callable[[float], datetime],
                  to_seconds: Callable[[datetime], float],
                  now_s: Callable[[], float], response_timeout: float = 30.0) -> None:
-        super().__init__(station.station_id, connection, response_timeout=response_timeout)
+        super().__init__(station.station_id, connection,  # type: ignore[call-arg]
+                         response_timeout=response_timeout)
         self.station = station
         self.to_datetime = to_datetime
         self.to_seconds = to_seconds
@@ -54,7 +62,7 @@ class StationClient(_ChargePoint):
         self.heartbeat_interval_s = 3600.0
         self.profiles_received = 0
 
-    async def _call(self, payload: Any) -> Any:
+    async def _send_call(self, payload: Any) -> Any:
         self.calls_sent += 1
         return await self.call(payload, suppress=False)
 
@@ -64,7 +72,7 @@ class StationClient(_ChargePoint):
     # -- station-initiated ----------------------------------------------------
     async def boot(self) -> None:
         """BootNotification, then the status of every EVSE."""
-        r = await self._call(call.BootNotification(
+        r = await self._send_call(self._call.BootNotification(
             charging_station={"model": "evtwin-virtual", "vendor_name": "evtwin"},
             reason="PowerUp"))
         if r.status != "Accepted":
@@ -75,7 +83,7 @@ class StationClient(_ChargePoint):
             await self._status(evse.evse_id, evse.status, now)
 
     async def _status(self, evse_id: int, status: str, at_s: float) -> None:
-        await self._call(call.StatusNotification(
+        await self._send_call(self._call.StatusNotification(
             timestamp=self._ts(at_s), connector_status=status, evse_id=evse_id, connector_id=1))
 
     def _samples(self, evse: Evse, context: str, *, full: bool) -> list[dict[str, Any]]:
@@ -105,7 +113,7 @@ class StationClient(_ChargePoint):
         if sample:
             for evse in st.evses.values():
                 if evse.transaction_id is not None and evse.transaction_id not in st.rejected:
-                    await self._call(call.TransactionEvent(
+                    await self._send_call(self._call.TransactionEvent(
                         event_type="Updated", timestamp=self._ts(now_s),
                         trigger_reason="MeterValuePeriodic",
                         seq_no=st.next_seq_no(evse.evse_id),
@@ -118,22 +126,23 @@ class StationClient(_ChargePoint):
         if aligned:
             for evse in st.evses.values():
                 if evse.transaction_id is None:
-                    await self._call(call.MeterValues(evse_id=evse.evse_id, meter_value=[{
-                        "timestamp": self._ts(now_s),
-                        "sampled_value": self._samples(evse, "Sample.Clock", full=False)}]))
+                    await self._send_call(self._call.MeterValues(
+                        evse_id=evse.evse_id, meter_value=[{
+                            "timestamp": self._ts(now_s),
+                            "sampled_value": self._samples(evse, "Sample.Clock", full=False)}]))
         if heartbeat:
-            await self._call(call.Heartbeat())
+            await self._send_call(self._call.Heartbeat())
 
     async def _on_plug(self, evse_id: int, at_s: float, info: dict[str, Any], now_s: float) -> None:
         st = self.station
         tx_id = info["transaction_id"]
         await self._status(evse_id, "Occupied", at_s)
         token = {"id_token": info["id_token"], "type": "ISO14443"}
-        auth = await self._call(call.Authorize(id_token=token))
+        auth = await self._send_call(self._call.Authorize(id_token=token))
         if auth.id_token_info["status"] != "Accepted":
             st.rejected.add(tx_id)
             return
-        r = await self._call(call.TransactionEvent(
+        r = await self._send_call(self._call.TransactionEvent(
             event_type="Started", timestamp=self._ts(at_s), trigger_reason="Authorized",
             seq_no=0, transaction_info={"transaction_id": tx_id, "charging_state": "EVConnected"},
             evse={"id": evse_id, "connector_id": 1}, id_token=token,
@@ -150,7 +159,7 @@ class StationClient(_ChargePoint):
         st = self.station
         tx_id = info["transaction_id"]
         if tx_id is not None and tx_id not in st.rejected:
-            await self._call(call.TransactionEvent(
+            await self._send_call(self._call.TransactionEvent(
                 event_type="Ended", timestamp=self._ts(at_s), trigger_reason="EVDeparted",
                 seq_no=info["seq_no"],
                 transaction_info={"transaction_id": tx_id, "charging_state": "Idle",
@@ -186,10 +195,10 @@ class StationClient(_ChargePoint):
         try:
             self.station.set_profile(evse_id, self._profile(charging_profile))
         except ProfileRejected as exc:
-            return call_result.SetChargingProfile(
+            return self._call_result.SetChargingProfile(
                 status="Rejected", status_info={"reason_code": "InvalidValue",
                                                 "additional_info": exc.reason[:512]})
-        return call_result.SetChargingProfile(status="Accepted")
+        return self._call_result.SetChargingProfile(status="Accepted")
 
     @on("ClearChargingProfile")
     def on_clear_charging_profile(self, charging_profile_id: int | None = None,
@@ -199,7 +208,17 @@ class StationClient(_ChargePoint):
         removed = self.station.clear_profiles(
             profile_id=charging_profile_id, evse_id=crit.get("evse_id"),
             purpose=crit.get("charging_profile_purpose"), stack_level=crit.get("stack_level"))
-        return call_result.ClearChargingProfile(status="Accepted" if removed else "Unknown")
+        return self._call_result.ClearChargingProfile(status="Accepted" if removed else "Unknown")
 
 
-__all__ = ["NOMINAL_VOLTAGE_V", "StationClient"]
+class StationClient201(_Client201, _ChargePoint201):
+    """Virtual station speaking OCPP 2.0.1."""
+
+
+class StationClient21(_Client201, _ChargePoint21):
+    """Virtual station speaking OCPP 2.1 (the same messages as 2.0.1 here)."""
+
+
+StationClient = StationClient201
+
+__all__ = ["NOMINAL_VOLTAGE_V", "StationClient", "StationClient21", "StationClient201"]

@@ -166,6 +166,17 @@ class VirtualStation(mesa.Agent):
         evse.tx_started_s = None
         evse.profiles = [p for p in evse.profiles if p.purpose != "TxProfile"]
 
+    def rename_transaction(self, evse_id: int, old: str, new: str) -> None:
+        """Adopt the id the CSMS gave a transaction (OCPP 1.6 StartTransaction)."""
+        evse = self.evses[evse_id]
+        if evse.transaction_id == old:
+            evse.transaction_id = new
+            if evse.ev is not None and evse.ev.current is not None:
+                evse.ev.current.transaction_id = new
+        if old in self.rejected:
+            self.rejected.discard(old)
+            self.rejected.add(new)
+
     def begin_charging(self, evse_id: int, transaction_id: str, now_s: float) -> None:
         """Close the power path: from ``now_s`` the EV draws power.
 

@@ -12,14 +12,52 @@ from .exceptions import (
     UnknownStationError,
     UnknownStrategyError,
 )
-from .model import ControlView, CSMSConfig, EvseSpec, SessionView, SiteSpec, SiteView, StationSpec
-from .server import CSMSServer
+from .model import (
+    ControlView,
+    CSMSConfig,
+    EvseSpec,
+    SessionView,
+    SiteSpec,
+    SiteView,
+    StationSpec,
+    Tariff,
+)
+from .ocpp16 import CSMS16
+from .ocpp201 import CSMS21, CSMS201
+from .server import SUBPROTOCOLS, CSMSServer
+from .shell import CallFailed, ShellBase
 from .store import Store
 from .strategies import get_strategy, register, strategy_names
 
 __all__ = [
-    "CSMSConfig", "CSMSCore", "CSMSError", "CSMSServer", "Clock", "ConfigError", "ControlView",
-    "EvseSpec", "ProfileCommand", "SessionView", "SiteSpec", "SiteView", "StationNotConnectedError",
-    "StationSpec", "Store", "UnknownStationError", "UnknownStrategyError", "get_strategy", "iso",
-    "parse_iso", "register", "strategy_names", "wall_clock",
+    "CSMS16",
+    "CSMS21",
+    "CSMS201",
+    "SUBPROTOCOLS",
+    "CSMSConfig",
+    "CSMSCore",
+    "CSMSError",
+    "CSMSServer",
+    "CallFailed",
+    "Clock",
+    "ConfigError",
+    "ControlView",
+    "EvseSpec",
+    "ProfileCommand",
+    "SessionView",
+    "ShellBase",
+    "SiteSpec",
+    "SiteView",
+    "StationNotConnectedError",
+    "StationSpec",
+    "Store",
+    "Tariff",
+    "UnknownStationError",
+    "UnknownStrategyError",
+    "get_strategy",
+    "iso",
+    "parse_iso",
+    "register",
+    "strategy_names",
+    "wall_clock",
 ]

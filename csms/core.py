@@ -80,7 +80,7 @@ class CSMSCore:
         self.status: dict[EvseKey, str] = {}
         self.sent_limits_w: dict[EvseKey, float | None] = {}
         self.booted: set[str] = set()
-        self._profile_ids = itertools.count(1)
+        self._profile_ids = itertools.count(store.max_profile_id() + 1)
         # Set when a session starts or ends: the control cycle should run now
         # rather than wait for its next interval (a new EV must not run
         # unlimited until then).
@@ -89,6 +89,33 @@ class CSMSCore:
             self.site_limits.setdefault(spec.site, None)
             store.upsert_station(spec.station_id, spec.site,
                                  [(e.evse_id, e.max_power_w) for e in spec.evses])
+        self._restore()
+
+    def _restore(self) -> None:
+        """Reload open transactions and the limits stations accepted (after a restart)."""
+        for tx in self.store.open_transactions():
+            last = tx["last"]
+            energy = last["Energy.Active.Import.Register"]
+            session = Session(
+                transaction_id=tx["transaction_id"], station_id=tx["station_id"],
+                evse_id=int(tx["evse_id"]), id_token=tx["id_token"],
+                started_at=parse_iso(tx["started_at"]), meter_start_wh=tx["meter_start_wh"],
+                meter_last_wh=(energy[0] * _WH_PER_UNIT.get(energy[1] or "Wh", 1.0)
+                               if energy else None),
+                last_seq_no=int(tx["last_seq_no"]), seen_seq_nos=set(tx["seq_nos"]),
+            )
+            for measurand, attr in ((POWER, "power_w"), (VOLTAGE, "voltage_v"),
+                                    (SOC, "soc_percent")):
+                if last[measurand] is not None:
+                    value = last[measurand][0]
+                    if measurand == POWER:
+                        value *= _W_PER_UNIT.get(last[measurand][1] or "W", 1.0)
+                    setattr(session, attr, value)
+            self.sessions[(session.station_id, session.transaction_id)] = session
+        open_evses = {(s.station_id, s.evse_id) for s in self.sessions.values()}
+        for key, limit_w in self.store.last_accepted_limits_w().items():
+            if key in open_evses:
+                self.sent_limits_w[key] = limit_w
 
     # -- registry ------------------------------------------------------------
     def knows(self, station_id: str) -> bool:
@@ -136,7 +163,12 @@ class CSMSCore:
     def on_transaction_event(self, station_id: str, payload: dict[str, Any]) -> dict[str, Any]:
         """TransactionEvent: track the session, persist it, return idTokenInfo if asked.
 
-        ``payload`` is the request in OCPP's camelCase form.
+        ``payload`` is the request in OCPP's camelCase form. Events may come
+        late or out of order (a station that was offline sends its queue):
+        the meter reading with the latest timestamp wins, Started fixes the
+        start reading whenever it arrives, and a re-sent seqNo is answered
+        without being applied twice. An Ended transaction gets a charge detail
+        record, rewritten if a late event changes it.
         """
         tx = payload["transactionInfo"]
         tx_id = tx["transactionId"]
@@ -146,6 +178,7 @@ class CSMSCore:
         key = (station_id, tx_id)
         samples = _flatten_meter_values(payload.get("meterValue"))
         id_token = (payload.get("idToken") or {}).get("idToken")
+        at = parse_iso(payload["timestamp"])
 
         session = self.sessions.get(key)
         if session is None:
@@ -154,10 +187,8 @@ class CSMSCore:
             # Checked before anything is stored: a session on an EVSE the CSMS
             # does not know would break every later control cycle.
             self.check_evse(station_id, evse_id)
-            session = Session(
-                transaction_id=tx_id, station_id=station_id, evse_id=evse_id,
-                id_token=id_token, started_at=parse_iso(payload["timestamp"]),
-            )
+            session = Session(transaction_id=tx_id, station_id=station_id, evse_id=evse_id,
+                              id_token=id_token, started_at=at)
             self.sessions[key] = session
             self.sessions_changed = True
         elif evse_id == 0:
@@ -165,31 +196,52 @@ class CSMSCore:
         if id_token and session.id_token is None:
             session.id_token = id_token
         if seq_no in session.seen_seq_nos:
-            # A re-sent event (the station missed our reply): already stored
-            # and applied, so answer again without applying it twice.
             return self._tx_response(id_token)
         session.seen_seq_nos.add(seq_no)
 
-        meter_wh = self._apply_samples(session, samples)
-        if session.meter_start_wh is None and meter_wh is not None:
-            session.meter_start_wh = meter_wh
+        energy_wh = self._apply_samples(session, samples)
+        if event_type == "Started":
+            session.started_at = at
+            if energy_wh is not None:
+                session.meter_start_wh = energy_wh
+        elif session.meter_start_wh is None and energy_wh is not None:
+            session.meter_start_wh = energy_wh  # provisional until Started arrives
+        if at < session.started_at:
+            session.started_at = at
         if event_type == "Ended":
-            session.ended_at = parse_iso(payload["timestamp"])
+            session.ended_at = at
             session.stopped_reason = tx.get("stoppedReason", "Local")
             session.power_w = 0.0
+            if energy_wh is not None:
+                session.meter_stop_wh = energy_wh
         session.last_seq_no = max(session.last_seq_no, seq_no)
 
         self.store.record_transaction_event(
             station_id=station_id, transaction_id=tx_id, evse_id=evse_id, seq_no=seq_no,
             event_type=event_type, trigger_reason=payload["triggerReason"],
-            timestamp=payload["timestamp"], id_token=id_token,
-            meter_wh=meter_wh if event_type in ("Started", "Ended") else None,
+            timestamp=payload["timestamp"], id_token=session.id_token,
+            meter_wh=energy_wh if event_type in ("Started", "Ended") else None,
             stopped_reason=session.stopped_reason, payload=payload, samples=samples,
         )
         if event_type == "Ended":
             self.sent_limits_w.pop((station_id, session.evse_id), None)
             self.sessions_changed = True
+        if session.ended_at is not None:
+            self._write_cdr(session)
         return self._tx_response(id_token)
+
+    def _write_cdr(self, session: Session) -> None:
+        assert session.ended_at is not None
+        energy_wh = session.billed_energy_wh
+        duration_s = max((session.ended_at - session.started_at).total_seconds(), 0.0)
+        t = self.config.tariff
+        cost = (t.session_fee + t.energy_per_kwh * energy_wh / 1000.0
+                + t.time_per_hour * duration_s / 3600.0)
+        self.store.record_cdr(
+            station_id=session.station_id, transaction_id=session.transaction_id,
+            id_token=session.id_token, started_at=iso(session.started_at),
+            ended_at=iso(session.ended_at), duration_s=duration_s, energy_wh=energy_wh,
+            cost=round(cost, 4), currency=t.currency)
 
     def _tx_response(self, id_token: str | None) -> dict[str, Any]:
         response: dict[str, Any] = {}
@@ -198,18 +250,29 @@ class CSMSCore:
         return response
 
     def _apply_samples(self, session: Session, samples: list[Sample]) -> float | None:
-        meter_wh: float | None = None
-        for _ts, measurand, phase, value, unit in samples:
+        """Apply meter samples; returns this event's energy register (Wh) if it has one.
+
+        Only samples at least as new as the newest seen update the session's
+        live values (power, voltage, SoC, last register).
+        """
+        energy_wh: float | None = None
+        for ts, measurand, phase, value, unit in samples:
+            at = parse_iso(ts)
+            fresh = session.meter_last_at is None or at >= session.meter_last_at
             if measurand == ENERGY and phase is None:
-                meter_wh = value * _WH_PER_UNIT.get(unit or "Wh", 1.0)
-                session.meter_last_wh = meter_wh
+                energy_wh = value * _WH_PER_UNIT.get(unit or "Wh", 1.0)
+                if fresh:
+                    session.meter_last_wh = energy_wh
+                    session.meter_last_at = at
+            elif not fresh:
+                continue
             elif measurand == POWER and phase is None:
                 session.power_w = value * _W_PER_UNIT.get(unit or "W", 1.0)
             elif measurand == VOLTAGE:
                 session.voltage_v = value
             elif measurand == SOC:
                 session.soc_percent = value
-        return meter_wh
+        return energy_wh
 
     def on_meter_values(self, station_id: str, evse_id: int,
                         meter_value: list[dict[str, Any]]) -> None:
@@ -281,4 +344,9 @@ class CSMSCore:
             if session is not None:
                 session.limit_w = cmd.limit_w
         self.store.record_profile(cmd.station_id, cmd.evse_id, profile_id, "TxProfile", 0,
-                                  cmd.limit, cmd.unit, iso(self.clock()), status)
+                                  cmd.limit, cmd.unit, iso(self.clock()), status,
+                                  limit_w=cmd.limit_w)
+
+    def next_transaction_id(self) -> str:
+        """A new CSMS-assigned transaction id (OCPP 1.6 uses integers), persistent."""
+        return str(self.store.next_counter("transaction_id"))

@@ -43,6 +43,16 @@ class SiteSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class Tariff:
+    """What a session costs: a fee, a price per kWh and a price per hour plugged in."""
+
+    energy_per_kwh: float = 0.30
+    time_per_hour: float = 0.0
+    session_fee: float = 0.0
+    currency: str = "EUR"
+
+
+@dataclass(frozen=True, slots=True)
 class CSMSConfig:
     """Everything the CSMS core is provisioned with.
 
@@ -60,6 +70,7 @@ class CSMSConfig:
     nominal_voltage_v: float = 230.0
     heartbeat_interval_s: int = 3600
     limit_deadband_w: float = 50.0
+    tariff: Tariff = field(default_factory=Tariff)
 
 
 @dataclass(slots=True)
@@ -81,13 +92,23 @@ class Session:
     stopped_reason: str | None = None
     limit_w: float | None = None
     seen_seq_nos: set[int] = field(default_factory=set)
+    meter_last_at: datetime | None = None
+    meter_stop_wh: float | None = None
 
     @property
     def energy_wh(self) -> float:
-        """Energy metered since the transaction started, in Wh."""
+        """Energy metered since the transaction started, in Wh (latest reading)."""
         if self.meter_start_wh is None or self.meter_last_wh is None:
             return 0.0
         return self.meter_last_wh - self.meter_start_wh
+
+    @property
+    def billed_energy_wh(self) -> float:
+        """Energy for the CDR: the Ended reading when there is one, else the latest."""
+        if self.meter_start_wh is None:
+            return 0.0
+        stop = self.meter_stop_wh if self.meter_stop_wh is not None else self.meter_last_wh
+        return 0.0 if stop is None else stop - self.meter_start_wh
 
     @property
     def is_open(self) -> bool:

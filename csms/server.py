@@ -20,11 +20,15 @@ from websockets.http11 import Request, Response
 from .clock import iso
 from .core import CSMSCore
 from .exceptions import StationNotConnectedError
-from .ocpp201 import CSMSChargePoint
+from .ocpp16 import CSMS16
+from .ocpp201 import CSMS21, CSMS201
+from .shell import ShellBase
 
 log = logging.getLogger("evtwin.csms.server")
 
-SUBPROTOCOLS = ("ocpp2.0.1",)
+#: Websocket subprotocol -> the shell that speaks it, in the server's order of preference.
+SHELLS: dict[str, type[ShellBase]] = {"ocpp2.1": CSMS21, "ocpp2.0.1": CSMS201, "ocpp1.6": CSMS16}
+SUBPROTOCOLS = tuple(SHELLS)
 # OCPP-J: identity is the last path segment, at most 48 characters, no ':'.
 _IDENTITY = re.compile(r"^[^:/]{1,48}$")
 
@@ -69,7 +73,7 @@ class CSMSServer:
         self.max_frame_bytes = max_frame_bytes
         self.response_timeout_s = response_timeout_s
         self.frames = {"in": 0, "out": 0}
-        self.connections: dict[str, CSMSChargePoint] = {}
+        self.connections: dict[str, ShellBase] = {}
         self._sockets: dict[str, ServerConnection] = {}
         self._sockets_by_cp: dict[int, ServerConnection] = {}
         self._server: Server | None = None
@@ -105,8 +109,9 @@ class CSMSServer:
 
     async def _handler(self, connection: ServerConnection) -> None:
         identity = self._identity(connection.request.path if connection.request else "")
-        cp = CSMSChargePoint(identity, CountingConnection(connection, self.frames), self.core,
-                             response_timeout=self.response_timeout_s)
+        shell = SHELLS[connection.subprotocol or "ocpp2.0.1"]
+        cp = shell(identity, CountingConnection(connection, self.frames),  # type: ignore[call-arg]
+                   self.core, response_timeout=self.response_timeout_s)
         previous = self.connections.get(identity)
         self.connections[identity] = cp
         self._sockets[identity] = connection
@@ -119,7 +124,7 @@ class CSMSServer:
                 await old.close(code=1000, reason="replaced by a new connection")
         self._sockets_by_cp[id(cp)] = connection
         try:
-            await cp.start()
+            await cp.start()  # type: ignore[attr-defined]
         except Exception as exc:
             log.info("%s disconnected: %s", identity, exc)
         finally:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -85,6 +85,25 @@ _MIGRATIONS: dict[int, str] = {
         kind     TEXT NOT NULL,
         detail   TEXT
     );
+    """,
+    2: """
+    CREATE TABLE counters (
+        name   TEXT PRIMARY KEY,
+        value  INTEGER NOT NULL
+    );
+    CREATE TABLE cdrs (
+        station_id     TEXT NOT NULL,
+        transaction_id TEXT NOT NULL,
+        id_token       TEXT,
+        started_at     TEXT NOT NULL,
+        ended_at       TEXT NOT NULL,
+        duration_s     REAL NOT NULL,
+        energy_wh      REAL NOT NULL,
+        cost           REAL NOT NULL,
+        currency       TEXT NOT NULL,
+        PRIMARY KEY (station_id, transaction_id)
+    );
+    ALTER TABLE charging_profiles ADD COLUMN limit_w REAL;
     """,
 }
 
@@ -192,18 +211,25 @@ class Store:
             )
             if cur.rowcount == 0:
                 return
+            # Any event creates the transaction row (events may arrive out of
+            # order); Started and Ended then fix their own columns.
+            self._db.execute(
+                "INSERT OR IGNORE INTO transactions(transaction_id, station_id, evse_id, "
+                "id_token, started_at, last_seq_no) VALUES (?, ?, ?, ?, ?, ?)",
+                (transaction_id, station_id, evse_id, id_token, timestamp, seq_no),
+            )
+            self._db.execute(
+                "UPDATE transactions SET last_seq_no=MAX(last_seq_no, ?), "
+                "id_token=COALESCE(id_token, ?), "
+                "started_at=CASE WHEN ? < started_at THEN ? ELSE started_at END "
+                "WHERE station_id=? AND transaction_id=?",
+                (seq_no, id_token, timestamp, timestamp, station_id, transaction_id),
+            )
             if event_type == "Started":
                 self._db.execute(
-                    "INSERT OR IGNORE INTO transactions(transaction_id, station_id, evse_id, "
-                    "id_token, started_at, meter_start_wh, last_seq_no) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (transaction_id, station_id, evse_id, id_token, timestamp, meter_wh, seq_no),
-                )
-            else:
-                self._db.execute(
-                    "UPDATE transactions SET last_seq_no=MAX(last_seq_no, ?) "
+                    "UPDATE transactions SET started_at=?, meter_start_wh=? "
                     "WHERE station_id=? AND transaction_id=?",
-                    (seq_no, station_id, transaction_id),
+                    (timestamp, meter_wh, station_id, transaction_id),
                 )
             if event_type == "Ended":
                 self._db.execute(
@@ -232,15 +258,76 @@ class Store:
 
     def record_profile(
         self, station_id: str, evse_id: int, profile_id: int, purpose: str, stack_level: int,
-        limit_value: float, unit: str, sent_at: str, status: str,
+        limit_value: float, unit: str, sent_at: str, status: str, limit_w: float | None = None,
     ) -> None:
         """Store a charging profile the CSMS sent and the station's answer."""
         with self._tx():
             self._db.execute(
-                "INSERT INTO charging_profiles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO charging_profiles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (station_id, evse_id, profile_id, purpose, stack_level, limit_value, unit,
-                 sent_at, status),
+                 sent_at, status, limit_w),
             )
+
+    def max_profile_id(self) -> int:
+        """The highest charging-profile id ever sent (0 if none)."""
+        row = self._db.execute("SELECT MAX(profile_id) FROM charging_profiles").fetchone()
+        return int(row[0] or 0)
+
+    def next_counter(self, name: str) -> int:
+        """Increment and return a persistent counter (e.g. OCPP 1.6 transaction ids)."""
+        with self._tx():
+            self._db.execute(
+                "INSERT INTO counters(name, value) VALUES (?, 1) "
+                "ON CONFLICT(name) DO UPDATE SET value = value + 1", (name,))
+            row = self._db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
+        return int(row[0])
+
+    def record_cdr(self, *, station_id: str, transaction_id: str, id_token: str | None,
+                   started_at: str, ended_at: str, duration_s: float, energy_wh: float,
+                   cost: float, currency: str) -> None:
+        """Store (or replace, if late events changed it) a charge detail record."""
+        with self._tx():
+            self._db.execute(
+                "INSERT OR REPLACE INTO cdrs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (station_id, transaction_id, id_token, started_at, ended_at, duration_s,
+                 energy_wh, cost, currency))
+
+    def cdrs(self) -> list[dict[str, Any]]:
+        """All charge detail records, oldest first."""
+        return [dict(r) for r in self._db.execute("SELECT * FROM cdrs ORDER BY ended_at")]
+
+    def open_transactions(self) -> list[dict[str, Any]]:
+        """Transactions not Ended, with their latest energy register and meter data."""
+        rows = self._db.execute(
+            "SELECT * FROM transactions WHERE ended_at IS NULL "
+            "ORDER BY started_at, station_id, transaction_id").fetchall()
+        out = []
+        for r in rows:
+            tx = dict(r)
+            last = {}
+            for measurand in ("Energy.Active.Import.Register", "Power.Active.Import",
+                              "Voltage", "SoC"):
+                row = self._db.execute(
+                    "SELECT value, unit FROM meter_values WHERE station_id=? AND "
+                    "transaction_id=? AND measurand=? AND phase IS NULL "
+                    "ORDER BY timestamp DESC, rowid DESC LIMIT 1",
+                    (tx["station_id"], tx["transaction_id"], measurand)).fetchone()
+                last[measurand] = (row[0], row[1]) if row else None
+            tx["last"] = last
+            tx["seq_nos"] = [s[0] for s in self._db.execute(
+                "SELECT seq_no FROM transaction_events WHERE station_id=? AND transaction_id=?",
+                (tx["station_id"], tx["transaction_id"]))]
+            out.append(tx)
+        return out
+
+    def last_accepted_limits_w(self) -> dict[tuple[str, int], float]:
+        """The last limit (W) each EVSE accepted, by (station, evse)."""
+        out: dict[tuple[str, int], float] = {}
+        for r in self._db.execute(
+                "SELECT station_id, evse_id, limit_w FROM charging_profiles "
+                "WHERE status='Accepted' AND limit_w IS NOT NULL ORDER BY rowid"):
+            out[(r[0], r[1])] = float(r[2])
+        return out
 
     def record_security_event(self, at: str, peer: str | None, kind: str,
                               detail: str) -> None:

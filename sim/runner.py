@@ -32,7 +32,9 @@ import simpy
 from ocpp.exceptions import OCPPError
 from websockets.asyncio.client import connect
 
-from evtwin.agents import ChargingModel, SiteConfig, StationClient, VirtualStation, behaviour_for
+from evtwin.agents import ChargingModel, SiteConfig, VirtualStation, behaviour_for
+from evtwin.agents.client import StationClient21, StationClient201
+from evtwin.agents.client16 import StationClient16
 from evtwin.agents.ev import EV
 from evtwin.csms import (
     CSMSConfig,
@@ -51,6 +53,14 @@ from .scenario import Scenario, behaviour_overrides
 log = logging.getLogger("evtwin.sim")
 
 ProgressFn = Callable[[int, int], None]
+StationClient = Any  # StationClient16 | StationClient201 | StationClient21 (same methods)
+
+#: OCPP version in a scenario -> (websocket subprotocol, virtual station client).
+CLIENTS: dict[str, tuple[str, type[StationClient16 | StationClient201 | StationClient21]]] = {
+    "1.6": ("ocpp1.6", StationClient16),
+    "2.0.1": ("ocpp2.0.1", StationClient201),
+    "2.1": ("ocpp2.1", StationClient21),
+}
 
 
 @dataclass
@@ -188,12 +198,14 @@ class Twin:
         clients: list[StationClient] = []
         tasks: list[asyncio.Task[Any]] = []
         sockets: list[Any] = []
+        subprotocol, client_class = CLIENTS[self.sc.csms.protocol]
         for st in self.model.stations:
             # Loopback between our own processes: skip permessage-deflate, it
             # only costs CPU here (the server still offers it to real stations).
-            ws = await connect(f"{url}/{st.station_id}", subprotocols=["ocpp2.0.1"],  # type: ignore[list-item]
+            ws = await connect(f"{url}/{st.station_id}",
+                               subprotocols=[subprotocol],  # type: ignore[list-item]
                                compression=None, max_size=2**20)
-            client = StationClient(st, ws, to_datetime=self.to_datetime,
+            client = client_class(st, ws, to_datetime=self.to_datetime,
                                    to_seconds=self.to_seconds, now_s=lambda: float(self.env.now))
             sockets.append(ws)
             clients.append(client)

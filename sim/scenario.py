@@ -105,7 +105,8 @@ class CSMSSettings(_Strict):
     heartbeat_interval_s: int = Field(3600, gt=0)
     database: Literal["file", "memory"] = "file"
     """'file' writes csms.sqlite into the run folder; 'memory' only when asked."""
-    protocol: Literal["2.0.1"] = "2.0.1"
+    protocol: Literal["1.6", "2.0.1", "2.1"] = "2.0.1"
+    """OCPP version the virtual stations speak (the CSMS speaks all three)."""
 
 
 class Control(_Strict):

@@ -219,7 +219,7 @@ def test_garbage_on_one_station_does_not_block_another() -> None:
 # --------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize(("identity", "subprotocols", "status", "kind"), [
     ("CS9", OCPP201, 404, "unknown_station"),
-    ("CS1", [Subprotocol("ocpp1.6")], 400, "no_subprotocol"),
+    ("CS1", [Subprotocol("ocpp1.5")], 400, "no_subprotocol"),
     ("CS1", None, 400, "no_subprotocol"),
     ("CS:1", OCPP201, 400, "bad_identity"),
     (LONG_ID + "L", OCPP201, 400, "bad_identity"),
