@@ -223,6 +223,11 @@ class CSMSCore:
             meter_wh=energy_wh if event_type in ("Started", "Ended") else None,
             stopped_reason=session.stopped_reason, payload=payload, samples=samples,
         )
+        if event_type in ("Started", "Ended"):
+            log.info("transaction %s %s", tx_id, event_type.lower(), extra={
+                "event": f"transaction_{event_type.lower()}", "station": station_id,
+                "transaction": tx_id, "evse": session.evse_id,
+                "energy_wh": round(session.billed_energy_wh, 3)})
         if event_type == "Ended":
             self.sent_limits_w.pop((station_id, session.evse_id), None)
             self.sessions_changed = True

@@ -104,12 +104,17 @@ class CSMSServer:
         return None
 
     def _security_event(self, peer: str, kind: str, detail: str) -> None:
-        log.warning("refused connection from %s: %s", peer, detail)
+        log.warning("refused connection from %s: %s", peer, detail,
+                    extra={"event": "refused", "peer": peer, "kind": kind})
         self.core.store.record_security_event(iso(self.core.clock()), peer, kind, detail)
 
     async def _handler(self, connection: ServerConnection) -> None:
         identity = self._identity(connection.request.path if connection.request else "")
         shell = SHELLS[connection.subprotocol or "ocpp2.0.1"]
+        log.info("%s connected (%s)", identity, connection.subprotocol,
+                 extra={"event": "connected", "station": identity,
+                        "protocol": connection.subprotocol,
+                        "peer": str(connection.remote_address)})
         cp = shell(identity, CountingConnection(connection, self.frames),  # type: ignore[call-arg]
                    self.core, response_timeout=self.response_timeout_s)
         previous = self.connections.get(identity)
@@ -126,7 +131,8 @@ class CSMSServer:
         try:
             await cp.start()  # type: ignore[attr-defined]
         except Exception as exc:
-            log.info("%s disconnected: %s", identity, exc)
+            log.info("%s disconnected: %s", identity, exc,
+                     extra={"event": "disconnected", "station": identity})
         finally:
             self._sockets_by_cp.pop(id(cp), None)
             if self.connections.get(identity) is cp:
@@ -143,7 +149,6 @@ class CSMSServer:
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
-        log.info("CSMS listening on %s", self.url)
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from evtwin.csms import ConfigError
 from evtwin.grid import GridError
 
 from .exceptions import ScenarioError, SimError
@@ -87,6 +88,19 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_csms_serve(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin csms serve``: the CSMS alone, on the wall clock, until stopped."""
+    import asyncio
+
+    from evtwin.csms.config import load_config
+    from evtwin.csms.service import serve, setup_json_logging
+
+    config = load_config(args.config)
+    setup_json_logging(logging.DEBUG if args.debug else logging.INFO)
+    asyncio.run(serve(config, args.db, host=args.host, port=args.port))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -102,6 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a scenario field by dotted path, e.g. ev.count=20")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.set_defaults(func=cmd_run)
+
+    csms = sub.add_parser("csms", help="the CSMS on its own")
+    csms_sub = csms.add_subparsers(dest="csms_command", required=True)
+    srv = csms_sub.add_parser("serve", help="run the CSMS server on the wall clock")
+    srv.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
+    srv.add_argument("--port", type=int, help="port (0 picks a free one; default 9000)")
+    srv.add_argument("--db", default="csms.sqlite", help="SQLite file (default csms.sqlite)")
+    srv.add_argument("--config", help="CSMS config TOML (stations, tokens, strategy, tariff)")
+    srv.set_defaults(func=cmd_csms_serve)
     return parser
 
 
@@ -118,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True, soft_wrap=True)
     try:
         return int(args.func(args, console))
-    except (ScenarioError, GridError) as exc:
+    except (ScenarioError, GridError, ConfigError) as exc:
         if args.debug:
             raise
         err.print(f"[red]error:[/red] {exc}", highlight=False)

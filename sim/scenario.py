@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from evtwin.agents.behaviour import DEFAULTS
 from evtwin.csms import strategy_names
+from evtwin.csms.config import validation_problems
 from evtwin.grid import NETWORKS
 
 from .exceptions import ScenarioError
@@ -216,40 +217,12 @@ def cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
-_MESSAGES = {
-    "greater_than": "must be > {gt}",
-    "greater_than_equal": "must be >= {ge}",
-    "less_than": "must be < {lt}",
-    "less_than_equal": "must be <= {le}",
-    "extra_forbidden": "unknown field",
-    "missing": "required field is missing",
-}
-
-
-def _problems(err: ValidationError) -> list[tuple[str, str]]:
-    out = []
-    for e in err.errors():
-        if not e["loc"] and e["type"] == "value_error":
-            continue  # the cross-field validator: parse_scenario reports those itself
-        path = ".".join(str(p) for p in e["loc"])
-        template = _MESSAGES.get(e["type"])
-        msg = template.format(**e.get("ctx", {})) if template else e["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        # Errors of a sub-model's own validator name their field first.
-        if ": " in msg and msg.split(": ", 1)[0].replace(".", "").replace("_", "").isalnum():
-            head, msg = msg.split(": ", 1)
-            path = f"{path}.{head}" if path else head
-        out.append((path, msg))
-    return out
-
-
 def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario:
     """Validate a scenario mapping; raises ScenarioError listing every problem."""
     try:
         return Scenario.model_validate(data)
     except ValidationError as err:
-        problems = _problems(err) + cross_field_problems(data)
+        problems = validation_problems(err) + cross_field_problems(data)
         raise ScenarioError(source, problems) from None
 
 

@@ -1,0 +1,100 @@
+"""Running the CSMS on its own: wall clock, control loop, structured logs, signals."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .clock import wall_clock
+from .config import ServeConfig
+from .core import CSMSCore
+from .server import CSMSServer
+from .store import Store
+
+log = logging.getLogger("evtwin.csms.service")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line: time, level, logger, message and any ``extra`` fields."""
+
+    _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Render one record."""
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(), "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in self._STANDARD:
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_json_logging(level: int = logging.INFO) -> None:
+    """Send structured logs to stderr (the ``ocpp`` library's per-frame logs stay quiet)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("ocpp").setLevel(logging.WARNING)
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+async def control_loop(server: CSMSServer, interval_s: float, *, poll_s: float = 0.5,
+                       monotonic: Callable[[], float] = time.monotonic) -> None:
+    """Run the control cycle every ``interval_s`` and as soon as a session starts or ends."""
+    last = monotonic()
+    while True:
+        await asyncio.sleep(min(poll_s, interval_s))
+        now = monotonic()
+        if now - last >= interval_s or server.core.sessions_changed:
+            last = now
+            try:
+                sent = await server.control_cycle()
+            except Exception:  # the loop must outlive one bad cycle
+                log.exception("control cycle failed")
+                continue
+            if sent:
+                log.info("control cycle", extra={"event": "control", "profiles_sent": sent})
+
+
+async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = None,
+                port: int | None = None, stop: asyncio.Event | None = None) -> None:
+    """Run the CSMS until ``stop`` is set or SIGINT/SIGTERM arrives."""
+    store = Store(db_path)
+    core = CSMSCore(config.csms_config(), store, clock=wall_clock)
+    s = config.server
+    server = CSMSServer(core, host=host or s.host, port=s.port if port is None else port,
+                        max_frame_bytes=s.max_frame_bytes, response_timeout_s=s.response_timeout_s)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+            loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    restored = len(core.open_sessions())
+    log.info("listening", extra={"event": "listening", "url": server.url, "port": server.port,
+                                 "db": str(db_path), "schema_version": store.schema_version,
+                                 "open_transactions": restored,
+                                 "stations": len(core.stations)})
+    controller = asyncio.create_task(control_loop(server, config.control.interval_s))
+    try:
+        await stop.wait()
+    finally:
+        controller.cancel()
+        await server.stop()
+        store.close()
+        log.info("stopped", extra={"event": "stopped"})
