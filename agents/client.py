@@ -26,6 +26,22 @@ log = logging.getLogger("evtwin.agents.client")
 ENERGY = "Energy.Active.Import.Register"
 
 
+def record_profile(log: list[dict[str, Any]], client: Any, evse_id: int, profile: Profile,
+                   status: str) -> None:
+    """Append one received SetChargingProfile to ``log`` (what the CSMS asked for)."""
+    now = client.now_s()
+    evse = client.station.evses.get(evse_id)
+    phases = evse.phases if evse is not None else 3
+    first = profile.periods[0] if profile.periods else (0.0, float("nan"), None)
+    log.append({
+        "t_s": now, "station_id": client.station.station_id, "evse_id": evse_id,
+        "profile_id": profile.profile_id, "purpose": profile.purpose,
+        "stack_level": profile.stack_level, "unit": profile.unit, "limit": first[1],
+        "limit_w_now": profile.limit_w(now, evse.tx_started_s if evse else None, phases),
+        "transaction_id": profile.transaction_id, "status": status,
+    })
+
+
 def _iso(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
@@ -61,6 +77,8 @@ class _Client201:
         self.calls_sent = 0
         self.heartbeat_interval_s = 3600.0
         self.profiles_received = 0
+        #: Every SetChargingProfile received, with its answer (what a CSMS did).
+        self.received_profiles: list[dict[str, Any]] = []
 
     async def _send_call(self, payload: Any) -> Any:
         self.calls_sent += 1
@@ -192,12 +210,15 @@ class _Client201:
     def on_set_charging_profile(self, evse_id: int, charging_profile: dict[str, Any],
                                 **_: Any) -> Any:
         self.profiles_received += 1
+        profile = self._profile(charging_profile)
         try:
-            self.station.set_profile(evse_id, self._profile(charging_profile))
+            self.station.set_profile(evse_id, profile)
         except ProfileRejected as exc:
+            record_profile(self.received_profiles, self, evse_id, profile, "Rejected")
             return self._call_result.SetChargingProfile(
                 status="Rejected", status_info={"reason_code": "InvalidValue",
                                                 "additional_info": exc.reason[:512]})
+        record_profile(self.received_profiles, self, evse_id, profile, "Accepted")
         return self._call_result.SetChargingProfile(status="Accepted")
 
     @on("ClearChargingProfile")

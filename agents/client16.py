@@ -17,7 +17,7 @@ from ocpp.routing import on
 from ocpp.v16 import ChargePoint as _ChargePoint16
 from ocpp.v16 import call, call_result
 
-from .client import ENERGY, _iso, _parse
+from .client import ENERGY, _iso, _parse, record_profile
 from .exceptions import ProfileRejected
 from .station import Evse, Profile, VirtualStation
 
@@ -41,6 +41,8 @@ class StationClient16(_ChargePoint16):
         self.calls_sent = 0
         self.heartbeat_interval_s = 3600.0
         self.profiles_received = 0
+        #: Every SetChargingProfile received, with its answer (what a CSMS did).
+        self.received_profiles: list[dict[str, Any]] = []
         self._csms_tx: dict[str, str] = {}  # station's own id -> CSMS transactionId
 
     async def _send_call(self, payload: Any) -> Any:
@@ -170,10 +172,13 @@ class StationClient16(_ChargePoint16):
     def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any],
                                 **_: Any) -> Any:
         self.profiles_received += 1
+        profile = self._profile(cs_charging_profiles)
         try:
-            self.station.set_profile(connector_id, self._profile(cs_charging_profiles))
+            self.station.set_profile(connector_id, profile)
         except ProfileRejected:
+            record_profile(self.received_profiles, self, connector_id, profile, "Rejected")
             return call_result.SetChargingProfile(status="Rejected")
+        record_profile(self.received_profiles, self, connector_id, profile, "Accepted")
         return call_result.SetChargingProfile(status="Accepted")
 
     @on("ClearChargingProfile")

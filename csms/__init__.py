@@ -24,7 +24,7 @@ from .model import (
 )
 from .ocpp16 import CSMS16
 from .ocpp201 import CSMS21, CSMS201
-from .server import SUBPROTOCOLS, CSMSServer
+from .server import SUBPROTOCOLS, CountingConnection, CSMSServer
 from .shell import CallFailed, ShellBase
 from .store import Store
 from .strategies import get_strategy, register, strategy_names
@@ -42,6 +42,7 @@ __all__ = [
     "Clock",
     "ConfigError",
     "ControlView",
+    "CountingConnection",
     "EvseSpec",
     "ProfileCommand",
     "SessionView",

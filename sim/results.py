@@ -38,6 +38,7 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
     "minutes_thermal_violation": ("Minutes over thermal limits", "min"),
     "minutes_site_limit_exceeded": ("Minutes over a site limit", "min"),
     "ocpp_messages": ("OCPP messages exchanged", ""),
+    "profiles_received": ("Charging profiles received by stations", ""),
 }
 
 
@@ -123,7 +124,8 @@ def write_results(result: RunResult, out: Path, scenario_text: str | None = None
     written.append(kp)
     for name, df in (("timeseries.csv", result.timeseries),
                      ("station_power_kw.csv", result.station_power_kw),
-                     ("sessions.csv", result.sessions)):
+                     ("sessions.csv", result.sessions),
+                     ("profiles.csv", result.profiles)):
         df.to_csv(out / name, index=False)
         written.append(out / name)
     from .plots import plot_all

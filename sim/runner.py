@@ -17,7 +17,9 @@ of the step is answered.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import ssl
 import time
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
@@ -37,6 +39,7 @@ from evtwin.agents.client import StationClient21, StationClient201
 from evtwin.agents.client16 import StationClient16
 from evtwin.agents.ev import EV
 from evtwin.csms import (
+    CountingConnection,
     CSMSConfig,
     CSMSCore,
     CSMSServer,
@@ -63,6 +66,22 @@ CLIENTS: dict[str, tuple[str, type[StationClient16 | StationClient201 | StationC
 }
 
 
+@dataclass(frozen=True, slots=True)
+class ExternalCSMS:
+    """A CSMS that is not ours, for ``evtwin stations``.
+
+    ``url`` is the websocket base (the station identity is appended);
+    ``password`` enables HTTP Basic auth (security profiles 1/2) as
+    ``identity:password``; ``ca_file`` verifies a ``wss://`` server;
+    ``speed`` is simulated seconds per wall-clock second (1 = real time).
+    """
+
+    url: str
+    password: str | None = None
+    ca_file: str | None = None
+    speed: float = 1.0
+
+
 @dataclass
 class RunResult:
     """Everything a run produced; ``kpis`` is deterministic for a seed."""
@@ -75,6 +94,7 @@ class RunResult:
     sessions: pd.DataFrame
     transactions: list[dict[str, Any]] = field(default_factory=list)
     database: str = ":memory:"
+    profiles: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
 def build_model(sc: Scenario) -> ChargingModel:
@@ -128,8 +148,9 @@ class Twin:
     """
 
     def __init__(self, scenario: Scenario, *, database: str | Path = ":memory:",
-                 progress: ProgressFn | None = None) -> None:
+                 progress: ProgressFn | None = None, external: ExternalCSMS | None = None) -> None:
         self.sc = scenario
+        self.external = external
         self.database = str(database)
         self.progress = progress
         self.env = simpy.Environment()
@@ -193,20 +214,30 @@ class Twin:
 
     # -- the run ----------------------------------------------------------------------
     async def _connect(
-        self, url: str
+        self, url: str, frames: dict[str, int] | None = None
     ) -> tuple[list[StationClient], list[asyncio.Task[Any]], list[Any]]:
         clients: list[StationClient] = []
         tasks: list[asyncio.Task[Any]] = []
         sockets: list[Any] = []
         subprotocol, client_class = CLIENTS[self.sc.csms.protocol]
+        ext = self.external
+        ssl_ctx = None
+        if url.startswith("wss://"):
+            ssl_ctx = ssl.create_default_context(cafile=ext.ca_file if ext else None)
         for st in self.model.stations:
-            # Loopback between our own processes: skip permessage-deflate, it
-            # only costs CPU here (the server still offers it to real stations).
-            ws = await connect(f"{url}/{st.station_id}",
+            headers = {}
+            if ext is not None and ext.password is not None:
+                token = base64.b64encode(f"{st.station_id}:{ext.password}".encode()).decode()
+                headers["Authorization"] = f"Basic {token}"
+            # Loopback to our own CSMS: skip permessage-deflate, it only costs
+            # CPU here (the server still offers it to real stations).
+            ws = await connect(f"{url.rstrip('/')}/{st.station_id}",
                                subprotocols=[subprotocol],  # type: ignore[list-item]
-                               compression=None, max_size=2**20)
-            client = client_class(st, ws, to_datetime=self.to_datetime,
-                                   to_seconds=self.to_seconds, now_s=lambda: float(self.env.now))
+                               compression=None if ext is None else "deflate",
+                               max_size=2**20, additional_headers=headers, ssl=ssl_ctx)
+            conn: Any = ws if frames is None else CountingConnection(ws, frames)
+            client = client_class(st, conn, to_datetime=self.to_datetime,
+                                  to_seconds=self.to_seconds, now_s=lambda: float(self.env.now))
             sockets.append(ws)
             clients.append(client)
             tasks.append(asyncio.create_task(client.start()))
@@ -214,23 +245,54 @@ class Twin:
         return clients, tasks, sockets
 
     async def run_async(self) -> RunResult:
-        """Run the scenario to its end on virtual time."""
-        sc = self.sc
+        """Run the scenario to its end: on virtual time with our CSMS, or paced
+        to the wall clock against an external one."""
         # Validate in the event loop's thread: the executor hop costs more than
         # validating these small payloads.
         ocpp.messages.ASYNC_VALIDATION = False
         wall0 = time.perf_counter()
+        if self.external is not None:
+            frames = {"in": 0, "out": 0}
+            clients, tasks, sockets = await self._connect(self.external.url, frames)
+            try:
+                rows, power_rows, end_s = await self._loop(clients, None, pace=True)
+            finally:
+                await self._close(tasks, sockets)
+            wall = time.perf_counter() - wall0
+            return self._results(rows, power_rows, [], frames, wall, end_s, clients)
         store = Store(self.database)
-        core = CSMSCore(csms_config(sc, self.model), store, clock=self.now)
+        core = CSMSCore(csms_config(self.sc, self.model), store, clock=self.now)
         server = CSMSServer(core, host="127.0.0.1", port=0)
         await server.start()
-        clients: list[StationClient] = []
-        tasks: list[asyncio.Task[Any]] = []
-        sockets: list[Any] = []
-        rows: list[dict[str, Any]] = []
-        power_rows: list[np.ndarray] = []
+        tasks, sockets = [], []
         try:
             clients, tasks, sockets = await self._connect(server.url)
+            rows, power_rows, end_s = await self._loop(clients, server, pace=False)
+        finally:
+            await self._close(tasks, sockets)
+            await server.stop()
+        wall = time.perf_counter() - wall0
+        transactions = store.transactions()
+        store.close()
+        return self._results(rows, power_rows, transactions, server.frames, wall, end_s,
+                             clients)
+
+    @staticmethod
+    async def _close(tasks: list[asyncio.Task[Any]], sockets: list[Any]) -> None:
+        for t_ in tasks:
+            t_.cancel()
+        for ws in sockets:
+            await ws.close()
+
+    async def _loop(self, clients: list[StationClient], server: CSMSServer | None, *,
+                    pace: bool) -> tuple[list[dict[str, Any]], list[np.ndarray], float]:
+        """The step loop (see the module docstring); returns rows, station powers, end time."""
+        sc = self.sc
+        rows: list[dict[str, Any]] = []
+        power_rows: list[np.ndarray] = []
+        speed = self.external.speed if self.external is not None else 1.0
+        loop_t0 = time.monotonic()
+        try:
             self._setup_events()
             step = sc.step_s
             n_steps = int(sc.duration_s // step)
@@ -240,6 +302,9 @@ class Twin:
             site_of = np.array([st.site for st in self.model.stations])
             for k in range(n_steps + 1):
                 t = float(k * step)
+                if pace:
+                    # Wall-clock pacing for a CSMS that lives in real time.
+                    await asyncio.sleep(max(0.0, loop_t0 + t / speed - time.monotonic()))
                 if k > 0:
                     self.env.run(until=t)
                     self.model.step(t, step)
@@ -266,7 +331,8 @@ class Twin:
                     t, sample=k > 0 and t % sc.csms.meter_interval_s == 0,
                     aligned=t % sc.csms.aligned_interval_s == 0,
                     heartbeat=k > 0 and k % hb_every == 0) for c in clients))
-                if t % sc.control.interval_s == 0 or core.sessions_changed:
+                if server is not None and (t % sc.control.interval_s == 0
+                                           or server.core.sessions_changed):
                     await server.control_cycle()
                 if self.progress is not None:
                     self.progress(k + 1, n_steps + 1)
@@ -278,16 +344,7 @@ class Twin:
                     ev.end_visit("open" if rec.outcome == "plugged" else "waiting", None)
         except (OSError, TimeoutError, OCPPError) as exc:
             raise RunError(f"OCPP exchange failed: {exc!r}") from exc
-        finally:
-            for t_ in tasks:
-                t_.cancel()
-            for ws in sockets:
-                await ws.close()
-            await server.stop()
-        wall = time.perf_counter() - wall0
-        transactions = store.transactions()
-        store.close()
-        return self._results(rows, power_rows, transactions, server.frames, wall, end_s)
+        return rows, power_rows, end_s
 
     def run(self) -> RunResult:
         """Run synchronously (creates an event loop)."""
@@ -296,7 +353,7 @@ class Twin:
     # -- results ------------------------------------------------------------------------
     def _results(self, rows: list[dict[str, Any]], power_rows: list[np.ndarray],
                  transactions: list[dict[str, Any]], frames: dict[str, int], wall_s: float,
-                 end_s: float) -> RunResult:
+                 end_s: float, clients: list[StationClient]) -> RunResult:
         sc = self.sc
         ts = pd.DataFrame(rows)
         ts.insert(1, "time", [self.to_datetime(t).isoformat() for t in ts["t_s"]])
@@ -310,7 +367,15 @@ class Twin:
         perf = {"wall_time_s": wall_s, "simulated_s": end_s,
                 "speedup_vs_real_time": end_s / wall_s if wall_s > 0 else float("inf"),
                 "steps": float(len(ts))}
-        return RunResult(sc, kpis, perf, ts, power, sessions, transactions, self.database)
+        profiles = pd.DataFrame([p for c in clients for p in c.received_profiles])
+        if not profiles.empty:
+            profiles = profiles.sort_values(["t_s", "station_id", "evse_id"], kind="stable")
+        kpis["profiles_received"] = float(len(profiles))
+        if self.external is not None:
+            # Billing happened in a CSMS we cannot see into.
+            del kpis["energy_billed_kwh"]
+        return RunResult(sc, kpis, perf, ts, power, sessions, transactions,
+                         self.database if self.external is None else "", profiles)
 
 
 def run_scenario(scenario: Scenario, *, database: str | Path = ":memory:",
