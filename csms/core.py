@@ -24,6 +24,7 @@ from .model import (
     SiteView,
     StationSpec,
 )
+from .profiles import ChargingProfile, Period, ProfileSet
 from .store import Store
 from .strategies import EvseKey, get_strategy
 
@@ -79,6 +80,8 @@ class CSMSCore:
         self.sessions: dict[tuple[str, str], Session] = {}
         self.status: dict[EvseKey, str] = {}
         self.sent_limits_w: dict[EvseKey, float | None] = {}
+        #: Profiles each station accepted, as the CSMS believes them installed.
+        self.profiles: dict[str, ProfileSet] = {}
         self.booted: set[str] = set()
         self._profile_ids = itertools.count(store.max_profile_id() + 1)
         # Set when a session starts or ends: the control cycle should run now
@@ -113,9 +116,11 @@ class CSMSCore:
                     setattr(session, attr, value)
             self.sessions[(session.station_id, session.transaction_id)] = session
         open_evses = {(s.station_id, s.evse_id) for s in self.sessions.values()}
+        tx_of = {(s.station_id, s.evse_id): s.transaction_id for s in self.sessions.values()}
         for key, limit_w in self.store.last_accepted_limits_w().items():
             if key in open_evses:
                 self.sent_limits_w[key] = limit_w
+                self._install_tx_limit(key[0], key[1], tx_of[key], limit_w, self.clock())
 
     # -- registry ------------------------------------------------------------
     def knows(self, station_id: str) -> bool:
@@ -230,6 +235,7 @@ class CSMSCore:
                 "energy_wh": round(session.billed_energy_wh, 3)})
         if event_type == "Ended":
             self.sent_limits_w.pop((station_id, session.evse_id), None)
+            self.profile_set(station_id).end_transaction(tx_id)
             self.sessions_changed = True
         if session.ended_at is not None:
             self._write_cdr(session)
@@ -337,6 +343,28 @@ class CSMSCore:
                                            self.config.charging_rate_unit, limit_w))
         return commands
 
+    def profile_set(self, station_id: str) -> ProfileSet:
+        """The profiles the CSMS believes installed on a station."""
+        return self.profiles.setdefault(station_id, ProfileSet())
+
+    def _install_tx_limit(self, station_id: str, evse_id: int, transaction_id: str,
+                          limit_w: float, at: datetime, profile_id: int = 0) -> None:
+        self.profile_set(station_id).install(ChargingProfile(
+            profile_id or self.next_profile_id(), evse_id, "TxProfile", 0, "Absolute", "W",
+            (Period(0, limit_w),), start_schedule=at, transaction_id=transaction_id))
+
+    def effective_limit_w(self, station_id: str, evse_id: int, at: datetime | None = None
+                          ) -> float | None:
+        """The composite limit (W) the CSMS believes an EVSE has, from accepted profiles."""
+        spec = self.station(station_id)
+        evse = spec.evse(evse_id)
+        tx = next((s for s in self.open_sessions()
+                   if s.station_id == station_id and s.evse_id == evse_id), None)
+        return self.profile_set(station_id).limit_at(
+            at or self.clock(), evse_id=evse_id, unit="W", phases=evse.phases,
+            evse_max=evse.max_power_w, transaction_id=tx.transaction_id if tx else None,
+            tx_start=tx.started_at if tx else None)
+
     def next_profile_id(self) -> int:
         """A fresh charging-profile id (deterministic per CSMS instance)."""
         return next(self._profile_ids)
@@ -345,6 +373,8 @@ class CSMSCore:
         """Record the station's answer to a SetChargingProfile."""
         if status == "Accepted":
             self.sent_limits_w[(cmd.station_id, cmd.evse_id)] = cmd.limit_w
+            self._install_tx_limit(cmd.station_id, cmd.evse_id, cmd.transaction_id, cmd.limit_w,
+                                   self.clock(), profile_id)
             session = self.sessions.get((cmd.station_id, cmd.transaction_id))
             if session is not None:
                 session.limit_w = cmd.limit_w

@@ -158,6 +158,7 @@ class Twin:
         self.feeder = build_feeder(scenario, len(self.model.stations))
         self.grid_rng = np.random.default_rng([scenario.seed, 1])
         self.free: dict[str, simpy.Store] = {}
+        self.core: CSMSCore | None = None  # our CSMS, once a run has started
         self.station_by_id = {s.station_id: s for s in self.model.stations}
 
     # -- time -----------------------------------------------------------------
@@ -262,6 +263,7 @@ class Twin:
             return self._results(rows, power_rows, [], frames, wall, end_s, clients)
         store = Store(self.database)
         core = CSMSCore(csms_config(self.sc, self.model), store, clock=self.now)
+        self.core = core
         server = CSMSServer(core, host="127.0.0.1", port=0)
         await server.start()
         tasks, sockets = [], []

@@ -159,3 +159,21 @@ def test_reference_pandapower_engine_runs_the_same_loop() -> None:
     assert ref.kpis["energy_delivered_kwh"] == pytest.approx(fast.kpis["energy_delivered_kwh"])
     assert ref.timeseries["vm_min_pu"].to_numpy() == pytest.approx(
         fast.timeseries["vm_min_pu"].to_numpy(), abs=1e-4)
+
+
+def test_csms_belief_about_limits_matches_what_stations_apply(demo_run):
+    """The CSMS tracks the profiles stations accepted; its composite limit per EVSE
+    must be the limit the virtual station actually applies."""
+    twin, _, _ = demo_run
+    core = twin.core
+    assert core is not None
+    end = twin.to_datetime(twin.sc.duration_s)
+    checked = 0
+    for st in twin.model.stations:
+        for evse in st.evses.values():
+            if evse.transaction_id is None or not evse.charging:
+                continue
+            believed = core.effective_limit_w(st.station_id, evse.evse_id, end)
+            assert believed == pytest.approx(st.limit_w(evse, twin.sc.duration_s), abs=0.5)
+            checked += 1
+    assert checked > 0
