@@ -24,6 +24,7 @@ from .model import (
 )
 from .ocpp16 import CSMS16
 from .ocpp201 import CSMS21, CSMS201
+from .security import SecurityConfig, hash_password, verify_password
 from .server import SUBPROTOCOLS, CountingConnection, CSMSServer
 from .shell import CallFailed, ShellBase
 from .store import Store
@@ -45,6 +46,7 @@ __all__ = [
     "CountingConnection",
     "EvseSpec",
     "ProfileCommand",
+    "SecurityConfig",
     "SessionView",
     "ShellBase",
     "SiteSpec",
@@ -56,9 +58,11 @@ __all__ = [
     "UnknownStationError",
     "UnknownStrategyError",
     "get_strategy",
+    "hash_password",
     "iso",
     "parse_iso",
     "register",
     "strategy_names",
+    "verify_password",
     "wall_clock",
 ]

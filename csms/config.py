@@ -7,6 +7,7 @@ Every error is reported at once with its file and field, like scenario files::
 
 from __future__ import annotations
 
+import ssl
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .exceptions import ConfigError
 from .model import CSMSConfig, EvseSpec, SiteSpec, StationSpec, Tariff
+from .security import SecurityConfig, check_password_hash, server_ssl_context
 from .strategies import strategy_names
 
 _MESSAGES = {
@@ -117,6 +119,60 @@ class StationSection(_Strict):
     evse_max_kw: list[float] = Field(default_factory=lambda: [11.0], min_length=1)
     """Hardware limit of each EVSE (connector) in kW; EVSE ids are 1, 2, ..."""
     phases: Literal[1, 3] = 3
+    password_hash: str | None = None
+    """Basic auth password hash for security profiles 1 and 2, as printed by
+    ``evtwin csms hash-password`` (``scrypt$N$r$p$salt$hash``); never the password."""
+
+    @field_validator("password_hash")
+    @classmethod
+    def _readable_hash(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_password_hash(v)
+        return v
+
+
+class SecuritySection(_Strict):
+    """OCPP security profile of the websocket endpoint (one profile per port).
+
+    Relative paths are read from the config file's folder.
+    """
+
+    profile: Literal[0, 1, 2, 3] = 0
+    """0 none (ws://), 1 Basic auth (ws://), 2 Basic auth over TLS 1.2+ (wss://),
+    3 mutual TLS (wss://, station certificate CN = station identity)."""
+    tls_cert: Path | None = None
+    """Server certificate chain, PEM (profiles 2 and 3)."""
+    tls_key: Path | None = None
+    """Server private key, PEM, unencrypted (profiles 2 and 3)."""
+    ca_cert: Path | None = None
+    """CA certificate(s), PEM, that station certificates must chain to (profile 3)."""
+
+    def resolved(self, base: Path) -> SecuritySection:
+        """This section with relative paths taken from the folder ``base``."""
+        update = {name: base / p for name in ("tls_cert", "tls_key", "ca_cert")
+                  if (p := getattr(self, name)) is not None and not p.is_absolute()}
+        return self.model_copy(update=update)
+
+    def file_problems(self) -> list[tuple[str, str]]:
+        """Missing or unloadable files among those the profile uses, as ``(path, message)``."""
+        used = {2: ("tls_cert", "tls_key"), 3: ("tls_cert", "tls_key", "ca_cert")}
+        problems = []
+        for name in used.get(self.profile, ()):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                problems.append((f"security.{name}", f"file not found: {path}"))
+        if problems or self.tls_cert is None or self.tls_key is None or self.profile < 2:
+            return problems
+        try:
+            server_ssl_context(self.tls_cert, self.tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            problems.append(("security.tls_key", f"cannot load with tls_cert: {exc}"))
+        if self.profile == 3 and self.ca_cert is not None:
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=self.ca_cert)
+            except (ssl.SSLError, OSError) as exc:
+                problems.append(("security.ca_cert", f"cannot load: {exc}"))
+        return problems
 
 
 class TokensSection(_Strict):
@@ -135,6 +191,17 @@ class ServeConfig(_Strict):
     sites: list[SiteSection] = Field(default_factory=list)
     stations: list[StationSection] = Field(default_factory=list)
     tokens: TokensSection = TokensSection()
+    security: SecuritySection = SecuritySection()
+
+    def security_config(self) -> SecurityConfig:
+        """The server's security settings (pass to ``CSMSServer(security=...)``)."""
+        s = self.security
+        return SecurityConfig(
+            profile=s.profile,
+            password_hashes={st.id: st.password_hash for st in self.stations
+                             if st.password_hash is not None},
+            tls_cert=s.tls_cert, tls_key=s.tls_key, ca_cert=s.ca_cert,
+        )
 
     def csms_config(self) -> CSMSConfig:
         """The core's configuration."""
@@ -161,6 +228,17 @@ def _cross_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
         dupes = sorted({i for i in ids if isinstance(i, str) and ids.count(i) > 1})
         if dupes:
             problems.append(("stations", f"duplicate station ids {dupes}"))
+    security = data.get("security")
+    profile = security.get("profile", 0) if isinstance(security, dict) else 0
+    if isinstance(security, dict) and profile in (2, 3):
+        required = ("tls_cert", "tls_key", "ca_cert") if profile == 3 else ("tls_cert", "tls_key")
+        problems.extend((f"security.{name}", f"required for security profile {profile}")
+                        for name in required if name not in security)
+    if profile in (1, 2) and isinstance(stations, list):
+        problems.extend(
+            (f"stations.{i}.password_hash", f"required for security profile {profile} "
+                                            "(make one with `evtwin csms hash-password`)")
+            for i, st in enumerate(stations) if isinstance(st, dict) and "password_hash" not in st)
     return problems
 
 
@@ -180,6 +258,11 @@ def load_config(path: str | Path | None) -> ServeConfig:
         config = ServeConfig.model_validate(data)
     except ValidationError as err:
         raise FileConfigError(source, validation_problems(err) + problems) from None
+    if problems:
+        raise FileConfigError(source, problems)
+    config = config.model_copy(
+        update={"security": config.security.resolved(Path(path).resolve().parent)})
+    problems = config.security.file_problems()
     if problems:
         raise FileConfigError(source, problems)
     return config

@@ -144,6 +144,15 @@ def cmd_stations(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_csms_hash_password(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin csms hash-password``: a password_hash line for csms.toml."""
+    from evtwin.csms.security import hash_password_command
+
+    # Plain print: rich could wrap the long hash line.
+    print(hash_password_command(generate=args.generate, stdin=sys.stdin if args.stdin else None))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -185,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--db", default="csms.sqlite", help="SQLite file (default csms.sqlite)")
     srv.add_argument("--config", help="CSMS config TOML (stations, tokens, strategy, tariff)")
     srv.set_defaults(func=cmd_csms_serve)
+    hp = csms_sub.add_parser("hash-password",
+                             help="hash a station password for csms.toml (security profiles 1-2)")
+    hp.add_argument("--generate", action="store_true",
+                    help="make a random 40-character password and print it too")
+    hp.add_argument("--stdin", action="store_true",
+                    help="read the password from the first line of stdin")
+    hp.set_defaults(func=cmd_csms_hash_password)
     return parser
 
 

@@ -1,0 +1,320 @@
+"""OCPP security profiles for the CSMS: password hashes, Basic auth and TLS contexts.
+
+Profile 0: no security (the twin's in-process CSMS). Profile 1: HTTP Basic
+auth on the websocket upgrade. Profile 2: Basic auth over TLS 1.2+. Profile 3:
+mutual TLS, the client certificate names the station.
+
+The rules the server enforces (OCPP-J 2.0.1 Part 2 "Security"):
+
+- Basic auth: the username must equal the station identity in the URL path,
+  the password must be 16 to 40 characters (2.0.1 ``BasicAuthPassword``).
+  Passwords are stored only as salted scrypt hashes (:func:`hash_password`).
+- TLS: 1.2 or newer; for TLS 1.2 the CSMS offers only the ECDHE-ECDSA and
+  ECDHE-RSA AES-GCM suites the OCPP spec names; TLS 1.3 keeps OpenSSL's
+  defaults (all of them AEAD suites).
+- Mutual TLS: the certificate must chain to the configured CA (checked by
+  OpenSSL during the handshake) and its subject CN must equal the station
+  identity in the URL path. The spec only says the CN *contains* the serial
+  number; we require equality so that one certificate cannot be used for
+  another station whose identity happens to contain it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import getpass
+import hashlib
+import hmac
+import logging
+import secrets
+import ssl
+import string
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TextIO
+
+from .exceptions import ConfigError
+
+log = logging.getLogger("evtwin.csms.security")
+
+__all__ = [
+    "PASSWORD_MAX_CHARS",
+    "PASSWORD_MIN_CHARS",
+    "TLS12_CIPHERS",
+    "SecurityConfig",
+    "certificate_common_names",
+    "check_password_hash",
+    "describe_ssl_error",
+    "generate_password",
+    "hash_password",
+    "hash_password_command",
+    "password_length_ok",
+    "server_ssl_context",
+    "verify_password",
+]
+
+#: OCPP 2.0.1 ``BasicAuthPassword``: passwordString, 16 to 40 characters.
+PASSWORD_MIN_CHARS = 16
+PASSWORD_MAX_CHARS = 40
+
+#: TLS 1.2 suites a CSMS must offer (OCPP 2.0.1 Part 2, A00.FR.318 and .319):
+#: ECDHE with ECDSA or RSA certificates, AES-GCM. OpenSSL names.
+TLS12_CIPHERS = (
+    "ECDHE-ECDSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384",
+    "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-RSA-AES256-GCM-SHA384",
+)
+
+# scrypt cost: the "interactive login" parameters of the scrypt paper and
+# RFC 7914 (N=2^14, r=8, p=1), about 16 MiB and 50 ms per hash here.
+_SCRYPT_N = 2**14
+_SCRYPT_R = 8
+_SCRYPT_P = 1
+_SALT_BYTES = 16
+_HASH_BYTES = 32
+# A hash naming a larger cost than this is refused as a config error rather
+# than allowed to eat the server's memory on every login.
+_SCRYPT_MAX_MEM = 256 * 2**20
+
+Profile = Literal[0, 1, 2, 3]
+
+
+# --------------------------------------------------------------------------- passwords
+def password_length_ok(password: str) -> bool:
+    """Whether ``password`` has the 16 to 40 characters OCPP 2.0.1 requires."""
+    return PASSWORD_MIN_CHARS <= len(password) <= PASSWORD_MAX_CHARS
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _scrypt_mem(n: int, r: int, p: int) -> int:
+    # OpenSSL needs 128*r*(N+2) bytes for V plus 128*r*p for B.
+    return 128 * r * (n + 2) + 128 * r * p
+
+
+def _parse_hash(encoded: str) -> tuple[int, int, int, bytes, bytes]:
+    """``scrypt$N$r$p$salt_b64$hash_b64`` -> ``(N, r, p, salt, hash)``; ValueError if malformed."""
+    parts = encoded.split("$")
+    if len(parts) != 6 or parts[0] != "scrypt":
+        raise ValueError("expected 'scrypt$N$r$p$salt_b64$hash_b64' "
+                         "(make one with `evtwin csms hash-password`)")
+    try:
+        n, r, p = (int(x) for x in parts[1:4])
+    except ValueError:
+        raise ValueError("scrypt N, r and p must be integers") from None
+    if n < 2 or n & (n - 1) or r < 1 or p < 1:
+        raise ValueError(f"bad scrypt parameters N={n} r={r} p={p} "
+                         "(N a power of 2 above 1, r and p at least 1)")
+    if _scrypt_mem(n, r, p) > _SCRYPT_MAX_MEM:
+        raise ValueError(f"scrypt parameters N={n} r={r} p={p} need more than "
+                         f"{_SCRYPT_MAX_MEM // 2**20} MiB per login")
+    try:
+        salt = base64.b64decode(parts[4], validate=True)
+        digest = base64.b64decode(parts[5], validate=True)
+    except binascii.Error:
+        raise ValueError("salt and hash must be base64") from None
+    if len(salt) < 8 or len(digest) < 16:
+        raise ValueError("salt must be at least 8 bytes and hash at least 16 bytes")
+    return n, r, p, salt, digest
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
+    # surrogateescape: websockets decodes Basic credentials that way, so a
+    # password that is not UTF-8 is compared as the bytes that were sent.
+    return hashlib.scrypt(password.encode("utf-8", "surrogateescape"), salt=salt, n=n, r=r, p=p,
+                          maxmem=_scrypt_mem(n, r, p) + 2**20, dklen=dklen)
+
+
+def hash_password(password: str) -> str:
+    """Hash a station password for the config file: ``scrypt$N$r$p$salt_b64$hash_b64``.
+
+    The salt is 16 random bytes, so two hashes of one password differ.
+    Raises :class:`ConfigError` unless the password has 16 to 40 characters.
+    """
+    if not password_length_ok(password):
+        raise ConfigError("password", f"must be {PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} "
+                                      f"characters (OCPP BasicAuthPassword), got {len(password)}")
+    salt = secrets.token_bytes(_SALT_BYTES)
+    digest = _scrypt(password, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P, _HASH_BYTES)
+    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def check_password_hash(encoded: str) -> None:
+    """Raise ValueError naming the problem unless :func:`verify_password` can read ``encoded``."""
+    _parse_hash(encoded)
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    """Whether ``password`` matches the hash ``encoded`` (constant-time comparison).
+
+    Raises ValueError if ``encoded`` is not a hash made by :func:`hash_password`
+    (config files are checked for that when loaded).
+    """
+    n, r, p, salt, expected = _parse_hash(encoded)
+    actual = _scrypt(password, salt, n, r, p, len(expected))
+    return hmac.compare_digest(actual, expected)
+
+
+def generate_password(length: int = PASSWORD_MAX_CHARS) -> str:
+    """A random station password of ``length`` letters and digits (about 5.95 bits each)."""
+    if not PASSWORD_MIN_CHARS <= length <= PASSWORD_MAX_CHARS:
+        raise ValueError(f"password length {length} outside "
+                         f"{PASSWORD_MIN_CHARS}..{PASSWORD_MAX_CHARS}")
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def hash_password_command(*, generate: bool = False, stdin: TextIO | None = None,
+                          prompt: Callable[[str], str] = getpass.getpass) -> str:
+    """What ``evtwin csms hash-password`` prints: a ``password_hash = "..."`` TOML line.
+
+    The password comes from ``stdin`` (its first line) when given, else from
+    two prompts that must agree; it is never taken from the command line,
+    where it would end up in shell history. With ``generate`` a random
+    40-character password is made and printed on a comment line above the
+    hash, to be configured on the station. Raises :class:`ConfigError` for a
+    password of the wrong length or prompts that differ.
+    """
+    lines = []
+    if generate:
+        password = generate_password()
+        lines.append(f"# station password (set it on the station, keep it secret): {password}")
+    elif stdin is not None:
+        password = stdin.readline().rstrip("\r\n")
+    else:
+        password = prompt("Station password (16-40 characters): ")
+        if prompt("Repeat: ") != password:
+            raise ConfigError("password", "the two entries differ")
+    lines.append(f'password_hash = "{hash_password(password)}"')
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- configuration
+@dataclass(frozen=True)
+class SecurityConfig:
+    """How :class:`~evtwin.csms.server.CSMSServer` authenticates stations.
+
+    ``profile`` 0 (none), 1 (Basic auth), 2 (Basic auth over TLS) or 3
+    (mutual TLS). ``password_hashes`` maps station identity to a
+    :func:`hash_password` hash (profiles 1 and 2). ``tls_cert`` and
+    ``tls_key`` are the server's PEM certificate (chain) and key (profiles 2
+    and 3); ``ca_cert`` the PEM CA bundle station certificates must chain to
+    (profile 3).
+    """
+
+    profile: Profile = 0
+    password_hashes: Mapping[str, str] = field(default_factory=dict)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    ca_cert: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.profile not in (0, 1, 2, 3):
+            raise ConfigError("security.profile", f"must be 0, 1, 2 or 3, got {self.profile!r}")
+        if self.tls:
+            for name in ("tls_cert", "tls_key"):
+                if getattr(self, name) is None:
+                    raise ConfigError(f"security.{name}",
+                                      f"required for security profile {self.profile}")
+        if self.profile == 3 and self.ca_cert is None:
+            raise ConfigError("security.ca_cert", "required for security profile 3")
+        for identity, encoded in self.password_hashes.items():
+            try:
+                check_password_hash(encoded)
+            except ValueError as exc:
+                raise ConfigError(f"password_hashes.{identity}", str(exc)) from None
+
+    @property
+    def basic_auth(self) -> bool:
+        """Whether stations must send HTTP Basic credentials (profiles 1 and 2)."""
+        return self.profile in (1, 2)
+
+    @property
+    def tls(self) -> bool:
+        """Whether the server speaks TLS (profiles 2 and 3)."""
+        return self.profile >= 2
+
+    @property
+    def client_certificates(self) -> bool:
+        """Whether stations must present a certificate (profile 3)."""
+        return self.profile == 3
+
+    def ssl_context(self, *,
+                    on_handshake_error: Callable[[ssl.SSLError], None] | None = None
+                    ) -> ssl.SSLContext | None:
+        """The server's TLS context, or None without TLS; see :func:`server_ssl_context`."""
+        if not self.tls:
+            return None
+        assert self.tls_cert is not None and self.tls_key is not None  # __post_init__
+        return server_ssl_context(self.tls_cert, self.tls_key,
+                                  ca_cert=self.ca_cert if self.client_certificates else None,
+                                  on_handshake_error=on_handshake_error)
+
+
+# --------------------------------------------------------------------------- TLS
+def server_ssl_context(cert: str | Path, key: str | Path, *, ca_cert: str | Path | None = None,
+                       on_handshake_error: Callable[[ssl.SSLError], None] | None = None,
+                       ) -> ssl.SSLContext:
+    """A TLS server context for OCPP security profile 2, or 3 when ``ca_cert`` is given.
+
+    TLS 1.2 minimum; for TLS 1.2 only :data:`TLS12_CIPHERS`; TLS 1.3 suites
+    are OpenSSL's defaults. With ``ca_cert`` a client certificate chaining to
+    it is required, so a client without one, or with one from another CA,
+    fails the handshake. ``on_handshake_error`` is called with every
+    handshake that fails (wrong TLS version, bad or missing client
+    certificate, plain HTTP on the TLS port): such connections never reach
+    the websocket layer, so this is the only place they can be seen. It is
+    not told the peer's address (asyncio does not hand it to the TLS object).
+    Raises OSError or ssl.SSLError for unreadable or mismatched files.
+    """
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(":".join(TLS12_CIPHERS))
+    ctx.load_cert_chain(cert, key)
+    if ca_cert is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(cafile=ca_cert)
+    if on_handshake_error is not None:
+        ctx.sslobject_class = _reporting_sslobject(on_handshake_error)
+    return ctx
+
+
+def _reporting_sslobject(callback: Callable[[ssl.SSLError], None]) -> type[ssl.SSLObject]:
+    # asyncio drives TLS through SSLContext.wrap_bio, whose return type is the
+    # documented, overridable SSLContext.sslobject_class; hooking do_handshake
+    # is the one public way to see a handshake asyncio rejects (it logs those
+    # only in debug mode, and websockets never hears of them).
+    class ReportingSSLObject(ssl.SSLObject):
+        def do_handshake(self) -> None:
+            try:
+                super().do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                raise  # not a failure: the handshake needs more bytes
+            except ssl.SSLError as exc:
+                try:
+                    callback(exc)
+                except Exception:  # reporting must not change how the handshake fails
+                    log.exception("reporting a failed TLS handshake failed")
+                raise
+
+    return ReportingSSLObject
+
+
+def certificate_common_names(peercert: Mapping[str, Any] | None) -> list[str]:
+    """The subject CNs of a certificate as returned by ``SSLObject.getpeercert()``."""
+    if not peercert:
+        return []
+    return [value for rdn in peercert.get("subject", ()) for key, value in rdn
+            if key == "commonName"]
+
+
+def describe_ssl_error(exc: ssl.SSLError) -> str:
+    """One line for a failed handshake: OpenSSL's reason and, for bad certificates, why."""
+    reason = getattr(exc, "reason", None) or type(exc).__name__
+    verify = getattr(exc, "verify_message", None)
+    return f"TLS handshake failed: {reason}" + (f" ({verify})" if verify else "")

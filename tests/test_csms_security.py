@@ -1,0 +1,520 @@
+"""Tests for OCPP security profiles 1-3 on the CSMS websocket server.
+
+A session fixture makes a CA, server certificates (ECDSA and RSA, SAN
+127.0.0.1), station certificates and a second, untrusted CA with
+``cryptography``. Servers run in-process on 127.0.0.1 port 0. Timeouts scale
+with EVTWIN_TEST_TIMEOUT_SCALE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import io
+import ipaddress
+import json
+import os
+import ssl
+import warnings
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidMessage, InvalidStatus
+from websockets.typing import Subprotocol
+
+from evtwin.csms import ConfigError, CSMSConfig, CSMSCore, CSMSServer, EvseSpec, StationSpec, Store
+from evtwin.csms.config import FileConfigError, load_config
+from evtwin.csms.security import (
+    TLS12_CIPHERS,
+    SecurityConfig,
+    generate_password,
+    hash_password,
+    hash_password_command,
+    server_ssl_context,
+    verify_password,
+)
+
+TIMEOUT_S = 5.0 * float(os.environ.get("EVTWIN_TEST_TIMEOUT_SCALE", "1"))
+OCPP201 = [Subprotocol("ocpp2.0.1")]
+T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
+PASSWORDS = {"CS1": "correct-horse-battery-1", "CS2": "another-station-pw-22"}
+HEARTBEAT = json.dumps([2, "hb", "Heartbeat", {}])
+
+
+# --------------------------------------------------------------------------- certificates
+@dataclass(frozen=True)
+class Cert:
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class PKI:
+    ca: Path
+    server_ec: Cert
+    server_rsa: Cert
+    cs1: Cert          # CN=CS1, from the trusted CA
+    cs2: Cert          # CN=CS2, from the trusted CA
+    rogue_cs1: Cert    # CN=CS1, from another CA
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "evtwin test"),
+                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _issue(folder: Path, stem: str, cn: str, key: Any, issuer: tuple[x509.Name, Any] | None,
+           *, ca: bool = False, server: bool = False) -> Cert:
+    """Write ``stem.pem`` and ``stem.key``; self-signed when ``issuer`` is None."""
+    issuer_name, issuer_key = issuer if issuer is not None else (_name(cn), key)
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder()
+               .subject_name(_name(cn)).issuer_name(issuer_name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(minutes=5))
+               .not_valid_after(now + dt.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if ca:
+        builder = builder.add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                          content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False,
+                          encipher_only=False, decipher_only=False), critical=True)
+    elif server:
+        builder = (builder
+                   .add_extension(x509.SubjectAlternativeName(
+                       [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                                  critical=False))
+    else:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+    cert = builder.sign(issuer_key, hashes.SHA256())
+    out = Cert(folder / f"{stem}.pem", folder / f"{stem}.key")
+    out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    out.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return out
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    folder = tmp_path_factory.mktemp("pki")
+
+    def ec_key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    ca_key, other_ca_key = ec_key(), ec_key()
+    ca = _issue(folder, "ca", "evtwin test CA", ca_key, None, ca=True)
+    by_ca = (_name("evtwin test CA"), ca_key)
+    by_other = (_name("someone else's CA"), other_ca_key)
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return PKI(
+        ca=ca.cert,
+        server_ec=_issue(folder, "server-ec", "csms", ec_key(), by_ca, server=True),
+        server_rsa=_issue(folder, "server-rsa", "csms", rsa_key, by_ca, server=True),
+        cs1=_issue(folder, "cs1", "CS1", ec_key(), by_ca),
+        cs2=_issue(folder, "cs2", "CS2", ec_key(), by_ca),
+        rogue_cs1=_issue(folder, "rogue-cs1", "CS1", ec_key(), by_other),
+    )
+
+
+@pytest.fixture(scope="session")
+def password_hashes() -> dict[str, str]:
+    return {sid: hash_password(pw) for sid, pw in PASSWORDS.items()}
+
+
+def client_ctx(pki: PKI, cert: Cert | None = None) -> ssl.SSLContext:
+    """A station's TLS context: trusts our CA, checks the server's IP SAN."""
+    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca))
+    if cert is not None:
+        ctx.load_cert_chain(cert.cert, cert.key)
+    return ctx
+
+
+# --------------------------------------------------------------------------- harness
+def make_core() -> CSMSCore:
+    # CS3 is provisioned but has no password hash.
+    config = CSMSConfig(stations=tuple(StationSpec(sid, "site", (EvseSpec(1, 11_000.0),))
+                                       for sid in ("CS1", "CS2", "CS3")))
+    return CSMSCore(config, Store(":memory:"), clock=lambda: T0)
+
+
+def run(security: SecurityConfig,
+        scenario: Callable[[CSMSServer], Awaitable[None]]) -> list[dict[str, Any]]:
+    """Start a server with ``security`` on 127.0.0.1:0, run ``scenario``, stop it.
+
+    Returns the security events the server recorded.
+    """
+
+    async def main() -> list[dict[str, Any]]:
+        async with CSMSServer(make_core(), host="127.0.0.1", port=0, security=security) as server:
+            try:
+                await asyncio.wait_for(scenario(server), 4 * TIMEOUT_S)
+            finally:
+                events = server.core.store.security_events()
+        server.core.store.close()
+        return events
+
+    return asyncio.run(main())
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+async def heartbeat_ok(ws: ClientConnection) -> None:
+    await ws.send(HEARTBEAT)
+    reply = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+    assert reply[0] == 3 and reply[1] == "hb"
+
+
+async def connect_ok(server: CSMSServer, identity: str = "CS1", **kw: Any) -> None:
+    """A station that does everything right gets in and is served."""
+    async with connect(f"{server.url}/{identity}", subprotocols=OCPP201,
+                       open_timeout=TIMEOUT_S, **kw) as ws:
+        assert ws.subprotocol == "ocpp2.0.1"
+        await heartbeat_ok(ws)
+
+
+async def refused_status(server: CSMSServer, identity: str = "CS1", **kw: Any) -> InvalidStatus:
+    with pytest.raises(InvalidStatus) as info:
+        async with connect(f"{server.url}/{identity}", subprotocols=OCPP201,
+                           open_timeout=TIMEOUT_S, **kw):
+            pass
+    return info.value
+
+
+def kinds(events: list[dict[str, Any]]) -> list[str]:
+    return [e["kind"] for e in events]
+
+
+# --------------------------------------------------------------------------- passwords
+def test_hash_is_salted_and_is_not_the_password() -> None:
+    pw = PASSWORDS["CS1"]
+    first, second = hash_password(pw), hash_password(pw)
+    assert first != second  # a random salt per hash
+    assert pw not in first
+    assert first.startswith("scrypt$16384$8$1$")
+    assert verify_password(pw, first) and verify_password(pw, second)
+    assert not verify_password(pw + "x", first)
+    assert not verify_password(pw.upper(), first)
+
+
+@pytest.mark.parametrize("length", [15, 41])
+def test_hash_password_enforces_the_ocpp_length(length: int) -> None:
+    with pytest.raises(ConfigError, match="16 to 40"):
+        hash_password("p" * length)
+    assert verify_password("p" * 16, hash_password("p" * 16))
+
+
+@pytest.mark.parametrize("encoded", [
+    "plaintext-password-here",
+    "scrypt$16384$8$1$c2FsdA==",  # no hash
+    "scrypt$1000$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA==",  # N not a power of 2
+    "scrypt$16384$8$1$not base64!$aGFzaGhhc2hoYXNoaGFzaA==",
+    "scrypt$1048576$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA==",  # 1 GiB per login
+], ids=["plaintext", "no-hash", "bad-n", "bad-base64", "too-costly"])
+def test_malformed_hashes_are_refused(encoded: str) -> None:
+    with pytest.raises(ValueError):
+        verify_password("p" * 20, encoded)
+    with pytest.raises(ConfigError):
+        SecurityConfig(profile=1, password_hashes={"CS1": encoded})
+
+
+def test_hash_password_command() -> None:
+    pw = PASSWORDS["CS1"]
+    line = hash_password_command(stdin=io.StringIO(pw + "\n"))
+    assert line.startswith('password_hash = "scrypt$') and pw not in line
+    assert verify_password(pw, line.split('"')[1])
+
+    answers = iter([pw, pw])
+    assert verify_password(pw, hash_password_command(
+        prompt=lambda _: next(answers)).split('"')[1])
+    answers = iter([pw, pw + "!"])
+    with pytest.raises(ConfigError, match="differ"):
+        hash_password_command(prompt=lambda _: next(answers))
+
+    comment, line = hash_password_command(generate=True).splitlines()
+    generated = comment.rsplit(" ", 1)[1]
+    assert len(generated) == 40 and verify_password(generated, line.split('"')[1])
+    assert generate_password() != generate_password()
+
+
+# --------------------------------------------------------------------------- profile 1
+def test_profile_1_accepts_the_right_password(password_hashes: dict[str, str]) -> None:
+    async def scenario(server: CSMSServer) -> None:
+        assert server.url.startswith("ws://")
+        await connect_ok(server, "CS1", additional_headers=basic("CS1", PASSWORDS["CS1"]))
+        await connect_ok(server, "CS2", additional_headers=basic("CS2", PASSWORDS["CS2"]))
+
+    events = run(SecurityConfig(profile=1, password_hashes=password_hashes), scenario)
+    assert kinds(events) == []
+
+
+@pytest.mark.parametrize(("identity", "headers", "kind"), [
+    ("CS1", {}, "auth_missing"),
+    ("CS1", basic("CS1", "wrong-password-but-long"), "auth_failed"),
+    ("CS1", basic("CS1", PASSWORDS["CS2"]), "auth_failed"),
+    ("CS1", basic("CS2", PASSWORDS["CS2"]), "auth_identity_mismatch"),
+    ("CS1", basic("CS1", "short"), "auth_password_length"),
+    ("CS1", basic("CS1", "x" * 41), "auth_password_length"),
+    ("CS1", {"Authorization": "Bearer abc"}, "auth_malformed"),
+    ("CS1", {"Authorization": "Basic !!!"}, "auth_malformed"),
+    ("CS1", {"Authorization": "Basic " + base64.b64encode(b"CS1:\xff" * 6).decode()},
+     "auth_failed"),
+    ("CS3", basic("CS3", "a-password-for-cs3"), "auth_not_provisioned"),
+], ids=["no-header", "wrong-password", "other-station-password", "username-not-identity",
+        "short-password", "long-password", "not-basic", "bad-base64", "not-utf8",
+        "no-hash-configured"])
+def test_profile_1_refuses_with_401(password_hashes: dict[str, str], identity: str,
+                                    headers: dict[str, str], kind: str) -> None:
+    async def scenario(server: CSMSServer) -> None:
+        exc = await refused_status(server, identity, additional_headers=headers)
+        assert exc.response.status_code == 401
+        assert exc.response.headers["WWW-Authenticate"].startswith('Basic realm="evtwin"')
+        assert server.frames["in"] == 0  # no OCPP message was processed
+        await connect_ok(server, "CS1", additional_headers=basic("CS1", PASSWORDS["CS1"]))
+
+    events = run(SecurityConfig(profile=1, password_hashes=password_hashes), scenario)
+    assert kinds(events) == [kind]
+    assert events[0]["peer"].startswith("('127.0.0.1'")
+    for pw in PASSWORDS.values():
+        assert pw not in events[0]["detail"]
+
+
+def test_profile_1_unknown_station_is_still_404(password_hashes: dict[str, str]) -> None:
+    async def scenario(server: CSMSServer) -> None:
+        exc = await refused_status(server, "NOPE", additional_headers=basic("NOPE", "x" * 20))
+        assert exc.response.status_code == 404
+        await connect_ok(server, "CS1", additional_headers=basic("CS1", PASSWORDS["CS1"]))
+
+    events = run(SecurityConfig(profile=1, password_hashes=password_hashes), scenario)
+    assert kinds(events) == ["unknown_station"]
+
+
+def test_profile_0_ignores_credentials() -> None:
+    async def scenario(server: CSMSServer) -> None:
+        await connect_ok(server, "CS1")
+        await connect_ok(server, "CS3", additional_headers=basic("CS1", "whatever"))
+
+    assert kinds(run(SecurityConfig(), scenario)) == []
+
+
+# --------------------------------------------------------------------------- profile 2
+def test_server_offers_the_ocpp_tls12_suites(pki: PKI) -> None:
+    ctx = server_ssl_context(pki.server_ec.cert, pki.server_ec.key)
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_2
+    offered = {c["name"] for c in ctx.get_ciphers()}
+    tls12 = {c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.2"}
+    assert tls12 == set(TLS12_CIPHERS)
+    assert "TLS_AES_256_GCM_SHA384" in offered  # TLS 1.3 defaults kept
+
+
+@pytest.mark.parametrize("server_cert", ["server_ec", "server_rsa"])
+def test_profile_2_accepts_basic_auth_over_tls(pki: PKI, password_hashes: dict[str, str],
+                                               server_cert: str) -> None:
+    cert: Cert = getattr(pki, server_cert)
+    security = SecurityConfig(profile=2, password_hashes=password_hashes,
+                              tls_cert=cert.cert, tls_key=cert.key)
+    tls12_only = client_ctx(pki)
+    tls12_only.maximum_version = ssl.TLSVersion.TLSv1_2
+
+    async def scenario(server: CSMSServer) -> None:
+        assert server.url.startswith("wss://")
+        auth = basic("CS1", PASSWORDS["CS1"])
+        async with connect(f"{server.url}/CS1", subprotocols=OCPP201, ssl=client_ctx(pki),
+                           additional_headers=auth, open_timeout=TIMEOUT_S) as ws:
+            assert ws.transport.get_extra_info("ssl_object").version() == "TLSv1.3"
+            await heartbeat_ok(ws)
+        async with connect(f"{server.url}/CS1", subprotocols=OCPP201, ssl=tls12_only,
+                           additional_headers=auth, open_timeout=TIMEOUT_S) as ws:
+            tls = ws.transport.get_extra_info("ssl_object")
+            assert tls.version() == "TLSv1.2"
+            expected = "ECDHE-ECDSA" if server_cert == "server_ec" else "ECDHE-RSA"
+            assert tls.cipher()[0] in TLS12_CIPHERS and tls.cipher()[0].startswith(expected)
+            await heartbeat_ok(ws)
+        # TLS does not replace the password.
+        exc = await refused_status(server, "CS1", ssl=client_ctx(pki),
+                                   additional_headers=basic("CS1", "wrong-password-but-long"))
+        assert exc.response.status_code == 401
+
+    assert kinds(run(security, scenario)) == ["auth_failed"]
+
+
+def _tls11_client(pki: PKI) -> ssl.SSLContext:
+    ctx = client_ctx(pki)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0/1.1 are deprecated
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    # OpenSSL 3's default security level refuses to offer TLS 1.1 at all; lower
+    # it so the client really sends a TLS 1.1 hello and the *server* refuses.
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    return ctx
+
+
+def test_profile_2_refuses_tls_below_1_2(pki: PKI, password_hashes: dict[str, str]) -> None:
+    security = SecurityConfig(profile=2, password_hashes=password_hashes,
+                              tls_cert=pki.server_ec.cert, tls_key=pki.server_ec.key)
+    auth = basic("CS1", PASSWORDS["CS1"])
+
+    async def scenario(server: CSMSServer) -> None:
+        # asyncio drops a failed server handshake without flushing OpenSSL's
+        # alert, so the client sees the connection reset, not an SSL alert;
+        # the server's event below shows it was the server that refused.
+        with pytest.raises(OSError):
+            await connect(f"{server.url}/CS1", subprotocols=OCPP201, ssl=_tls11_client(pki),
+                          additional_headers=auth, open_timeout=TIMEOUT_S)
+        # Plain ws:// on the TLS port fails too.
+        with pytest.raises(Exception):  # noqa: B017 - how it fails is not the point
+            await connect(server.url.replace("wss://", "ws://") + "/CS1",
+                          subprotocols=OCPP201, additional_headers=auth,
+                          open_timeout=TIMEOUT_S)
+        await connect_ok(server, "CS1", ssl=client_ctx(pki), additional_headers=auth)
+        assert server.frames["in"] == 1  # the good station's heartbeat only
+
+    events = run(security, scenario)
+    assert kinds(events) == ["tls_handshake_failed"] * 2
+    assert "UNSUPPORTED_PROTOCOL" in events[0]["detail"]
+    assert events[0]["peer"] is None  # asyncio does not tell the TLS layer who it is
+
+
+# --------------------------------------------------------------------------- profile 3
+def _profile3(pki: PKI) -> SecurityConfig:
+    return SecurityConfig(profile=3, tls_cert=pki.server_ec.cert, tls_key=pki.server_ec.key,
+                          ca_cert=pki.ca)
+
+
+def test_profile_3_accepts_the_station_certificate(pki: PKI) -> None:
+    async def scenario(server: CSMSServer) -> None:
+        await connect_ok(server, "CS1", ssl=client_ctx(pki, pki.cs1))  # no Basic auth needed
+        await connect_ok(server, "CS2", ssl=client_ctx(pki, pki.cs2))
+
+    assert kinds(run(_profile3(pki), scenario)) == []
+
+
+def test_profile_3_refuses_a_certificate_for_another_station(pki: PKI) -> None:
+    async def scenario(server: CSMSServer) -> None:
+        exc = await refused_status(server, "CS1", ssl=client_ctx(pki, pki.cs2),
+                                   additional_headers=basic("CS1", PASSWORDS["CS1"]))
+        assert exc.response.status_code == 403
+        assert server.frames["in"] == 0
+        await connect_ok(server, "CS1", ssl=client_ctx(pki, pki.cs1))
+
+    events = run(_profile3(pki), scenario)
+    assert kinds(events) == ["cert_identity_mismatch"]
+    assert "['CS2']" in events[0]["detail"]
+
+
+@pytest.mark.parametrize("which", ["no-certificate", "other-ca"])
+def test_profile_3_handshake_fails_without_a_trusted_certificate(pki: PKI, which: str) -> None:
+    cert = None if which == "no-certificate" else pki.rogue_cs1
+
+    async def scenario(server: CSMSServer) -> None:
+        # With TLS 1.3 the client finishes its side of the handshake before the
+        # server checks its certificate; the server then drops the connection
+        # (asyncio sends no alert), so the client's HTTP upgrade gets EOF.
+        with pytest.raises(InvalidMessage) as info:
+            await connect(f"{server.url}/CS1", subprotocols=OCPP201,
+                          ssl=client_ctx(pki, cert), open_timeout=TIMEOUT_S)
+        assert isinstance(info.value.__cause__, EOFError)
+        assert server.frames["in"] == 0
+        await connect_ok(server, "CS1", ssl=client_ctx(pki, pki.cs1))
+
+    events = run(_profile3(pki), scenario)
+    assert kinds(events) == ["tls_handshake_failed"]
+    expected = ("PEER_DID_NOT_RETURN_A_CERTIFICATE" if cert is None
+                else "CERTIFICATE_VERIFY_FAILED")
+    assert expected in events[0]["detail"]
+
+
+# --------------------------------------------------------------------------- config file
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "csms.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_config_security_section(tmp_path: Path, pki: PKI,
+                                 password_hashes: dict[str, str]) -> None:
+    assert load_config(None).security_config() == SecurityConfig()
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    for src in (pki.ca, pki.server_ec.cert, pki.server_ec.key):
+        (certs / src.name).write_bytes(src.read_bytes())
+    path = _write(tmp_path, f"""
+[security]
+profile = 3
+tls_cert = "certs/{pki.server_ec.cert.name}"
+tls_key = "certs/{pki.server_ec.key.name}"
+ca_cert = "certs/{pki.ca.name}"
+
+[[stations]]
+id = "CS1"
+password_hash = "{password_hashes['CS1']}"
+""")
+    sec = load_config(path).security_config()
+    assert sec.profile == 3
+    assert sec.tls_cert == (certs / pki.server_ec.cert.name).resolve()
+    assert sec.ca_cert == (certs / pki.ca.name).resolve()
+    assert sec.password_hashes == {"CS1": password_hashes["CS1"]}
+    assert sec.ssl_context() is not None
+
+
+def test_config_security_problems_reported_together(tmp_path: Path, pki: PKI) -> None:
+    path = _write(tmp_path, """
+[security]
+profile = 2
+tls_cert = "missing.pem"
+
+[[stations]]
+id = "CS1"
+
+[[stations]]
+id = "CS2"
+password_hash = "hunter2"
+""")
+    with pytest.raises(FileConfigError) as info:
+        load_config(path)
+    assert {p for p, _ in info.value.problems} == {
+        "stations.1.password_hash", "security.tls_key", "stations.0.password_hash"}
+
+    path = _write(tmp_path, f"""
+[security]
+profile = 3
+tls_cert = "missing.pem"
+tls_key = "{pki.server_ec.key}"
+ca_cert = "{pki.cs1.cert}"
+""")
+    with pytest.raises(FileConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [("security.tls_cert",
+                                    f"file not found: {tmp_path / 'missing.pem'}")]
+
+    path = _write(tmp_path, f"""
+[security]
+profile = 2
+tls_cert = "{pki.server_rsa.cert}"
+tls_key = "{pki.server_ec.key}"
+""")
+    with pytest.raises(FileConfigError, match=r"security\.tls_key: cannot load"):
+        load_config(path)
+
+
+def test_security_config_needs_its_files() -> None:
+    with pytest.raises(ConfigError, match="tls_cert"):
+        SecurityConfig(profile=2)
+    with pytest.raises(ConfigError, match="ca_cert"):
+        SecurityConfig(profile=3, tls_cert=Path("a"), tls_key=Path("b"))
