@@ -125,7 +125,7 @@ def cmd_stations(args: argparse.Namespace, console: Console) -> int:
         overrides[key.strip()] = _parse_value(value.strip())
     scenario = load_scenario(args.scenario, overrides)
     external = ExternalCSMS(url=args.csms, password=args.password, ca_file=args.ca,
-                            speed=args.speed)
+                            speed=args.speed, cert_dir=args.cert_dir)
     out = new_run_dir(args.out, f"{scenario.name}-stations")
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>5.1f}%"), TimeElapsedColumn(),
@@ -178,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--version", choices=["1.6", "2.0.1", "2.1"], default="2.0.1")
     st.add_argument("--password", help="Basic auth password (security profiles 1 and 2)")
     st.add_argument("--ca", help="CA file to verify a wss:// CSMS")
+    st.add_argument("--cert-dir", help="client certificates <station id>.pem/.key (profile 3)")
     st.add_argument("--speed", type=float, default=1.0,
                     help="simulated seconds per wall second, where the CSMS allows (default 1)")
     st.add_argument("--duration-h", type=float, help="override the scenario's duration")

@@ -73,13 +73,16 @@ class ExternalCSMS:
     ``url`` is the websocket base (the station identity is appended);
     ``password`` enables HTTP Basic auth (security profiles 1/2) as
     ``identity:password``; ``ca_file`` verifies a ``wss://`` server;
-    ``speed`` is simulated seconds per wall-clock second (1 = real time).
+    ``speed`` is simulated seconds per wall-clock second (1 = real time);
+    ``cert_dir`` holds ``<station id>.pem`` and ``<station id>.key`` client
+    certificates for mutual TLS (security profile 3).
     """
 
     url: str
     password: str | None = None
     ca_file: str | None = None
     speed: float = 1.0
+    cert_dir: str | None = None
 
 
 @dataclass
@@ -222,10 +225,14 @@ class Twin:
         sockets: list[Any] = []
         subprotocol, client_class = CLIENTS[self.sc.csms.protocol]
         ext = self.external
-        ssl_ctx = None
-        if url.startswith("wss://"):
-            ssl_ctx = ssl.create_default_context(cafile=ext.ca_file if ext else None)
         for st in self.model.stations:
+            ssl_ctx = None
+            if url.startswith("wss://"):
+                ssl_ctx = ssl.create_default_context(cafile=ext.ca_file if ext else None)
+                if ext is not None and ext.cert_dir is not None:
+                    folder = Path(ext.cert_dir)
+                    ssl_ctx.load_cert_chain(folder / f"{st.station_id}.pem",
+                                            folder / f"{st.station_id}.key")
             headers = {}
             if ext is not None and ext.password is not None:
                 token = base64.b64encode(f"{st.station_id}:{ext.password}".encode()).decode()
