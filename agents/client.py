@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ocpp.exceptions import OCPPError
 from ocpp.routing import on
 from ocpp.v21 import ChargePoint as _ChargePoint21
 from ocpp.v201 import ChargePoint as _ChargePoint201
 
 from .exceptions import ProfileRejected
 from .station import NOMINAL_VOLTAGE_V, Evse, Profile, VirtualStation
+
+#: Messages whose CALLERROR is logged and counted rather than fatal.
+_REPORTS = frozenset({"Heartbeat", "MeterValues", "StatusNotification"})
 
 log = logging.getLogger("evtwin.agents.client")
 
@@ -43,6 +47,7 @@ def record_profile(log: list[dict[str, Any]], client: Any, evse_id: int, profile
 
 
 def _iso(ts: datetime) -> str:
+    ts = ts.astimezone(UTC)
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
@@ -77,12 +82,22 @@ class _Client201:
         self.calls_sent = 0
         self.heartbeat_interval_s = 3600.0
         self.profiles_received = 0
+        self.call_errors = 0
         #: Every SetChargingProfile received, with its answer (what a CSMS did).
         self.received_profiles: list[dict[str, Any]] = []
 
     async def _send_call(self, payload: Any) -> Any:
         self.calls_sent += 1
-        return await self.call(payload, suppress=False)
+        try:
+            return await self.call(payload, suppress=False)
+        except OCPPError as exc:
+            # A CSMS that refuses a report does not stop the station; one that
+            # refuses a boot or a transaction message does (the caller decides).
+            if type(payload).__name__ not in _REPORTS:
+                raise
+            self.call_errors += 1
+            log.warning("%s: %s answered %s", self.id, type(payload).__name__, exc)
+            return None
 
     def _ts(self, at_s: float) -> str:
         return _iso(self.to_datetime(at_s))
@@ -119,8 +134,8 @@ class _Client201:
                        "measurand": "Voltage", "unit_of_measure": {"unit": "V"}})
         return values
 
-    async def flush(self, now_s: float, *, sample: bool, aligned: bool, heartbeat: bool) -> None:
-        """Send everything due at ``now_s`` and wait for every answer."""
+    async def flush_events(self, now_s: float) -> None:
+        """Tell the CSMS about plug-ins and departures queued so far, in order."""
         st = self.station
         while st.events:
             event = st.events.popleft()
@@ -128,6 +143,11 @@ class _Client201:
                 await self._on_plug(event.evse_id, event.at_s, event.payload, now_s)
             else:
                 await self._on_unplug(event.evse_id, event.at_s, event.payload)
+
+    async def flush(self, now_s: float, *, sample: bool, aligned: bool, heartbeat: bool) -> None:
+        """Send everything due at ``now_s`` and wait for every answer."""
+        st = self.station
+        await self.flush_events(now_s)
         if sample:
             for evse in st.evses.values():
                 if evse.transaction_id is not None and evse.transaction_id not in st.rejected:
@@ -210,6 +230,7 @@ class _Client201:
     def on_set_charging_profile(self, evse_id: int, charging_profile: dict[str, Any],
                                 **_: Any) -> Any:
         self.profiles_received += 1
+        self.station.advance_all(self.now_s())  # the old limits hold until now
         profile = self._profile(charging_profile)
         try:
             self.station.set_profile(evse_id, profile)
@@ -225,6 +246,7 @@ class _Client201:
     def on_clear_charging_profile(self, charging_profile_id: int | None = None,
                                   charging_profile_criteria: dict[str, Any] | None = None,
                                   **_: Any) -> Any:
+        self.station.advance_all(self.now_s())
         crit = charging_profile_criteria or {}
         removed = self.station.clear_profiles(
             profile_id=charging_profile_id, evse_id=crit.get("evse_id"),

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from ocpp.exceptions import OCPPError
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as _ChargePoint16
 from ocpp.v16 import call, call_result
@@ -20,6 +21,9 @@ from ocpp.v16 import call, call_result
 from .client import ENERGY, _iso, _parse, record_profile
 from .exceptions import ProfileRejected
 from .station import Evse, Profile, VirtualStation
+
+#: Messages whose CALLERROR is logged and counted rather than fatal.
+_REPORTS = frozenset({"Heartbeat", "MeterValues", "StatusNotification"})
 
 log = logging.getLogger("evtwin.agents.client16")
 
@@ -41,13 +45,23 @@ class StationClient16(_ChargePoint16):
         self.calls_sent = 0
         self.heartbeat_interval_s = 3600.0
         self.profiles_received = 0
+        self.call_errors = 0
         #: Every SetChargingProfile received, with its answer (what a CSMS did).
         self.received_profiles: list[dict[str, Any]] = []
         self._csms_tx: dict[str, str] = {}  # station's own id -> CSMS transactionId
 
     async def _send_call(self, payload: Any) -> Any:
         self.calls_sent += 1
-        return await self.call(payload, suppress=False)
+        try:
+            return await self.call(payload, suppress=False)
+        except OCPPError as exc:
+            # A CSMS that refuses a report does not stop the station; one that
+            # refuses a boot or a transaction message does (the caller decides).
+            if type(payload).__name__ not in _REPORTS:
+                raise
+            self.call_errors += 1
+            log.warning("%s: %s answered %s", self.id, type(payload).__name__, exc)
+            return None
 
     def _ts(self, at_s: float) -> str:
         return _iso(self.to_datetime(at_s))
@@ -81,8 +95,8 @@ class StationClient16(_ChargePoint16):
                        "measurand": "Voltage", "unit": "V"})
         return values
 
-    async def flush(self, now_s: float, *, sample: bool, aligned: bool, heartbeat: bool) -> None:
-        """Send everything due at ``now_s`` and wait for every answer."""
+    async def flush_events(self, now_s: float) -> None:
+        """Tell the CSMS about plug-ins and departures queued so far, in order."""
         st = self.station
         while st.events:
             event = st.events.popleft()
@@ -90,6 +104,11 @@ class StationClient16(_ChargePoint16):
                 await self._on_plug(event.evse_id, event.at_s, event.payload, now_s)
             else:
                 await self._on_unplug(event.evse_id, event.at_s, event.payload)
+
+    async def flush(self, now_s: float, *, sample: bool, aligned: bool, heartbeat: bool) -> None:
+        """Send everything due at ``now_s`` and wait for every answer."""
+        st = self.station
+        await self.flush_events(now_s)
         if sample:
             for evse in st.evses.values():
                 tx = evse.transaction_id
@@ -172,6 +191,7 @@ class StationClient16(_ChargePoint16):
     def on_set_charging_profile(self, connector_id: int, cs_charging_profiles: dict[str, Any],
                                 **_: Any) -> Any:
         self.profiles_received += 1
+        self.station.advance_all(self.now_s())  # the old limits hold until now
         profile = self._profile(cs_charging_profiles)
         try:
             self.station.set_profile(connector_id, profile)
@@ -185,6 +205,7 @@ class StationClient16(_ChargePoint16):
     def on_clear_charging_profile(self, id: int | None = None, connector_id: int | None = None,
                                   charging_profile_purpose: str | None = None,
                                   stack_level: int | None = None, **_: Any) -> Any:
+        self.station.advance_all(self.now_s())
         if charging_profile_purpose == "ChargePointMaxProfile":
             charging_profile_purpose = "ChargingStationMaxProfile"
         removed = self.station.clear_profiles(profile_id=id, evse_id=connector_id,

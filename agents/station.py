@@ -212,7 +212,7 @@ class VirtualStation(mesa.Agent):
             if purpose == "TxProfile":
                 candidates = [p for p in candidates if p.transaction_id == evse.transaction_id]
             for p in sorted(candidates, key=lambda p: -p.stack_level):
-                value = p.limit_w(now_s, evse.tx_started_s, evse.phases)
+                value = p.limit_w(now_s, evse.tx_started_s, self._phases(evse))
                 if value is not None:
                     chosen = value
                     break
@@ -220,13 +220,20 @@ class VirtualStation(mesa.Agent):
                 break
         if chosen is not None:
             limit = min(limit, chosen)
-        cap = self.station_cap_w(now_s, evse.phases)
+        cap = self.station_cap_w(now_s, self._phases(evse))
         if cap is not None:
             # The station maximum limits the station as a whole: the EVSEs
             # that are charging share it equally.
             sharing = sum(1 for e in self.evses.values() if e.charging) or 1
             limit = min(limit, cap / sharing)
         return max(limit, 0.0)
+
+    @staticmethod
+    def _phases(evse: Evse) -> int:
+        """Phases current flows on: a one-phase EV on a three-phase EVSE uses one."""
+        if evse.ev is not None:
+            return min(evse.phases, evse.ev.vehicle.phases)
+        return evse.phases
 
     def station_cap_w(self, now_s: float, phases: int) -> float | None:
         """The ChargingStationMaxProfile limit at ``now_s`` in W (None if none)."""
@@ -265,6 +272,11 @@ class VirtualStation(mesa.Agent):
             ev.energy_grid_kwh += result.grid_kwh
             evse.register_wh += result.grid_kwh * 1000.0
             evse.step_wh += result.grid_kwh * 1000.0
+
+    def advance_all(self, now_s: float) -> None:
+        """Integrate every EVSE up to ``now_s`` (before its limits change)."""
+        for evse in self.evses.values():
+            self.advance_evse(evse, now_s)
 
     def advance(self, now_s: float, step_s: float) -> float:
         """Advance every EVSE to ``now_s``; returns the station's mean power (W) over the step."""

@@ -88,6 +88,7 @@ class CSMSCore:
         # rather than wait for its next interval (a new EV must not run
         # unlimited until then).
         self.sessions_changed = False
+        self._last_control: datetime | None = None
         for spec in config.stations:
             self.site_limits.setdefault(spec.site, None)
             store.upsert_station(spec.station_id, spec.site,
@@ -315,9 +316,18 @@ class CSMSCore:
                       for n, v in sorted(by_site.items()))
         return ControlView(now=now or self.clock(), sites=sites)
 
+    def control_due(self, now: datetime | None = None) -> bool:
+        """True when the control cycle should run: its interval has passed on the
+        CSMS's clock since the last cycle, or a session started or ended."""
+        if self.sessions_changed or self._last_control is None:
+            return True
+        elapsed = ((now or self.clock()) - self._last_control).total_seconds()
+        return elapsed >= self.config.control_interval_s - 1e-9
+
     def control_commands(self) -> list[ProfileCommand]:
         """Run the strategy and return the limits that changed since last sent."""
         self.sessions_changed = False
+        self._last_control = self.clock()
         view = self.control_view()
         limits = self.strategy(view)
         tx_of = {(s.station_id, s.evse_id): s.transaction_id for s in self.open_sessions()}

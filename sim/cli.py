@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 from rich.table import Table
 
 from evtwin.csms import ConfigError
-from evtwin.grid import GridError
+from evtwin.grid import GridError, PowerFlowError
 
 from .exceptions import ScenarioError, SimError
 
@@ -218,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     err = Console(stderr=True, soft_wrap=True)
     try:
         return int(args.func(args, console))
+    except PowerFlowError as exc:
+        if args.debug:
+            raise
+        err.print(f"[red]run failed:[/red] {exc}", highlight=False)
+        return 1
     except (ScenarioError, GridError, ConfigError) as exc:
         if args.debug:
             raise

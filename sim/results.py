@@ -23,11 +23,14 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
     "energy_delivered_kwh": ("Energy delivered (to batteries)", "kWh"),
     "energy_unmet_kwh": ("Energy unmet", "kWh"),
     "energy_unmet_share": ("Unmet share", "%"),
+    "energy_short_at_departure_kwh": ("  of it: short when leaving", "kWh"),
+    "energy_turned_away_kwh": ("  of it: drivers turned away", "kWh"),
     "energy_metered_kwh": ("Energy metered at stations", "kWh"),
     "energy_billed_kwh": ("Energy billed by CSMS (closed tx)", "kWh"),
     "evs_served": ("EV visits served", ""),
     "evs_open_at_end": ("EV visits still plugged at end", ""),
     "evs_turned_away": ("EV visits turned away", ""),
+    "evs_waiting_at_end": ("EV visits waiting for a station at end", ""),
     "evs_rejected": ("EV visits rejected by CSMS", ""),
     "peak_ev_power_kw": ("Peak EV power", "kW"),
     "peak_trafo_loading_percent": ("Peak transformer loading", "%"),
@@ -50,15 +53,22 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
     if sessions.empty:
         sessions = pd.DataFrame(columns=["outcome", "energy_wanted_kwh", "energy_battery_kwh",
                                          "energy_grid_kwh"])
+    # A visit skipped because the car was still away on its previous one
+    # requested nothing.
+    sessions = sessions[sessions["outcome"] != "skipped"]
     requested = float(sessions["energy_wanted_kwh"].sum())
     delivered = float(sessions["energy_battery_kwh"].sum())
-    volt_bad = (ts["vm_min_pu"] < g.v_min_pu) | (ts["vm_max_pu"] > g.v_max_pu)
-    thermal_bad = (ts["line_loading_max_percent"] > g.line_loading_max_percent) | (
-        ts["trafo_loading_percent"] > g.trafo_loading_max_percent)
-    site_bad = np.zeros(len(ts), dtype=bool)
+    short = sessions[sessions["outcome"] == "served"]
+    away = sessions[sessions["outcome"] == "turned_away"]
+    # Row k >= 1 is the state at the end of step k; the t = 0 row is the start.
+    steps = ts.iloc[1:]
+    volt_bad = (steps["vm_min_pu"] < g.v_min_pu) | (steps["vm_max_pu"] > g.v_max_pu)
+    thermal_bad = (steps["line_loading_max_percent"] > g.line_loading_max_percent) | (
+        steps["trafo_loading_percent"] > g.trafo_loading_max_percent)
+    site_bad = np.zeros(len(steps), dtype=bool)
     for s in sc.sites:
         if s.limit_kw is not None:
-            site_bad |= (ts[f"site_{s.name}_kw"] > s.limit_kw * 1.001).to_numpy()
+            site_bad |= (steps[f"site_{s.name}_kw"] > s.limit_kw * 1.001).to_numpy()
     billed = sum((t["energy_wh"] or 0.0) for t in transactions if t["ended_at"]) / 1000.0
     outcome = sessions["outcome"]
     return {
@@ -66,11 +76,15 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
         "energy_delivered_kwh": delivered,
         "energy_unmet_kwh": requested - delivered,
         "energy_unmet_share": 100.0 * (requested - delivered) / requested if requested else 0.0,
+        "energy_short_at_departure_kwh": float(
+            (short["energy_wanted_kwh"] - short["energy_battery_kwh"]).sum()),
+        "energy_turned_away_kwh": float(away["energy_wanted_kwh"].sum()),
         "energy_metered_kwh": float(sessions["energy_grid_kwh"].sum()),
         "energy_billed_kwh": billed,
         "evs_served": float((outcome == "served").sum()),
         "evs_open_at_end": float((outcome == "open").sum()),
-        "evs_turned_away": float(outcome.isin(["turned_away", "waiting"]).sum()),
+        "evs_turned_away": float((outcome == "turned_away").sum()),
+        "evs_waiting_at_end": float((outcome == "waiting").sum()),
         "evs_rejected": float((outcome == "rejected").sum()),
         "peak_ev_power_kw": float(ts["ev_kw"].max()),
         "peak_trafo_loading_percent": float(ts["trafo_loading_percent"].max()),

@@ -33,6 +33,7 @@ import pandas as pd
 import simpy
 from ocpp.exceptions import OCPPError
 from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
 from evtwin.agents import ChargingModel, SiteConfig, VirtualStation, behaviour_for
 from evtwin.agents.client import StationClient21, StationClient201
@@ -50,7 +51,7 @@ from evtwin.csms import (
 )
 from evtwin.grid import BaseLoadProfile, Feeder, GridLimits, load_network
 
-from .exceptions import RunError
+from .exceptions import RunError, ScenarioError
 from .scenario import Scenario, behaviour_overrides
 
 log = logging.getLogger("evtwin.sim")
@@ -100,6 +101,11 @@ class RunResult:
     profiles: pd.DataFrame = field(default_factory=pd.DataFrame)
 
 
+def clock_boundary(t_of_day_s: float, step_s: float, interval_s: float) -> bool:
+    """True if a clock-aligned multiple of ``interval_s`` falls in (t - step, t]."""
+    return (t_of_day_s // interval_s) > ((t_of_day_s - step_s) // interval_s)
+
+
 def build_model(sc: Scenario) -> ChargingModel:
     """The mesa model (stations and EVs with their visits) for a scenario."""
     counts = sc.ev_counts()
@@ -118,8 +124,17 @@ def build_feeder(sc: Scenario, n_stations: int) -> Feeder:
     if all(s.buses is not None for s in sc.sites):
         buses = [b for s in sc.sites for b in (s.buses or [])]
     g = sc.grid
+    net = load_network(g.network)
+    if buses is not None:
+        # Name the scenario field, not only the bus, when a bus does not exist.
+        known = {int(b) for b in net.bus.index}
+        problems = [(f"sites.{i}.buses.{j}", f"no bus {bus} in {g.network}")
+                    for i, site in enumerate(sc.sites)
+                    for j, bus in enumerate(site.buses or []) if bus not in known]
+        if problems:
+            raise ScenarioError(sc.name, problems)
     return Feeder(
-        load_network(g.network), n_stations=n_stations, station_buses=buses, engine=g.engine,
+        net, n_stations=n_stations, station_buses=buses, engine=g.engine,
         base_profile=BaseLoadProfile("residential", scale=g.base_load_scale,
                                      noise=g.base_load_noise),
         limits=GridLimits(v_min_pu=g.v_min_pu, v_max_pu=g.v_max_pu,
@@ -181,10 +196,14 @@ class Twin:
     def _driver(self, ev: EV) -> Generator[simpy.Event, Any, None]:
         env = self.env
         for visit in ev.visits:
-            if visit.arrival_s > env.now:
+            if visit.arrival_s > env.now + 1e-6:
                 yield env.timeout(visit.arrival_s - env.now)
-            if visit.arrival_s < env.now:
-                continue  # previous visit overran this one's arrival
+            elif visit.arrival_s < env.now - 1e-6:
+                # The previous visit (with its wait) ran past this one's arrival:
+                # the car was not there to arrive. Recorded, but nothing requested.
+                ev.begin_visit(visit)
+                ev.end_visit("skipped", env.now)
+                continue
             rec = ev.begin_visit(visit)
             store = self.free[ev.site]
             request = store.get()
@@ -293,6 +312,28 @@ class Twin:
         for ws in sockets:
             await ws.close()
 
+    async def _events_until(self, t: float, clients: list[StationClient],
+                            server: CSMSServer | None) -> None:
+        """Run the discrete events up to and including ``t``, each at its own time.
+
+        A plug-in or departure is exchanged with the CSMS (StatusNotification,
+        Authorize, TransactionEvent) at the event's simulated time, the clock
+        held still until every answer is in; if sessions changed, the CSMS's
+        control cycle runs right then, as a CSMS reacting to TransactionEvent
+        would. So a session charges from its arrival, not from the next step,
+        and results do not depend on the step size.
+        """
+        env = self.env
+        while env.peek() <= t:
+            env.step()
+            busy = [c for c in clients if c.station.events]
+            if busy:
+                await asyncio.gather(*(c.flush_events(float(env.now)) for c in busy))
+                if server is not None and server.core.sessions_changed:
+                    await server.control_cycle()
+        if env.now < t:
+            env.run(until=t)
+
     async def _loop(self, clients: list[StationClient], server: CSMSServer | None, *,
                     pace: bool) -> tuple[list[dict[str, Any]], list[np.ndarray], float]:
         """The step loop (see the module docstring); returns rows, station powers, end time."""
@@ -315,7 +356,7 @@ class Twin:
                     # Wall-clock pacing for a CSMS that lives in real time.
                     await asyncio.sleep(max(0.0, loop_t0 + t / speed - time.monotonic()))
                 if k > 0:
-                    self.env.run(until=t)
+                    await self._events_until(t, clients, server)
                     self.model.step(t, step)
                 ev_w = np.array([sum(e.power_w for e in st.evses.values())
                                  for st in self.model.stations])
@@ -338,10 +379,10 @@ class Twin:
                 power_rows.append(ev_kw)
                 await asyncio.gather(*(c.flush(
                     t, sample=k > 0 and t % sc.csms.meter_interval_s == 0,
-                    aligned=t % sc.csms.aligned_interval_s == 0,
+                    aligned=k == 0 or clock_boundary(start_of_day_s + t, step,
+                                                     sc.csms.aligned_interval_s),
                     heartbeat=k > 0 and k % hb_every == 0) for c in clients))
-                if server is not None and (t % sc.control.interval_s == 0
-                                           or server.core.sessions_changed):
+                if server is not None and server.core.control_due():
                     await server.control_cycle()
                 if self.progress is not None:
                     self.progress(k + 1, n_steps + 1)
@@ -351,6 +392,8 @@ class Twin:
                 if ev.current is not None:
                     rec = ev.current
                     ev.end_visit("open" if rec.outcome == "plugged" else "waiting", None)
+        except ConnectionClosed as exc:
+            raise RunError(f"a station's connection to the CSMS closed: {exc}") from exc
         except (OSError, TimeoutError, OCPPError) as exc:
             raise RunError(f"OCPP exchange failed: {exc!r}") from exc
         return rows, power_rows, end_s

@@ -138,7 +138,7 @@ class Scenario(_Strict):
     name: str = Field("scenario", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     start: datetime = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-    """Scenario start; a datetime without offset is taken as UTC."""
+    """Scenario start, local time at the feeder; without an offset it is taken as UTC."""
     duration_h: float = Field(24.0, gt=0, le=24 * 366)
     step_s: int = Field(60, gt=0, le=3600)
     """Coupling step: physics, power flow and OCPP traffic run once per step."""
@@ -151,7 +151,9 @@ class Scenario(_Strict):
     @field_validator("start")
     @classmethod
     def _utc(cls, v: datetime) -> datetime:
-        return v.replace(tzinfo=UTC) if v.tzinfo is None else v.astimezone(UTC)
+        # Keep a given offset: time of day (arrivals, household load) is local
+        # time at the feeder. OCPP timestamps are sent in UTC either way.
+        return v.replace(tzinfo=UTC) if v.tzinfo is None else v
 
     @model_validator(mode="after")
     def _cross(self) -> Scenario:
@@ -204,6 +206,10 @@ def cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
         if any(with_buses) and not all(with_buses):
             problems.append(("sites", "give buses for every site or for none"))
     step = data.get("step_s", 60)
+    duration = data.get("duration_h", 24.0)
+    if (isinstance(step, int) and step > 0 and isinstance(duration, int | float)
+            and duration > 0 and (duration * 3600) % step > 1e-6):
+        problems.append(("duration_h", f"must be a whole number of steps ({step} s)"))
     if isinstance(step, int) and step > 0:
         for path in (("control", "interval_s"), ("csms", "meter_interval_s"),
                      ("csms", "aligned_interval_s")):
@@ -262,6 +268,8 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         data = tomllib.loads(p.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ScenarioError(source, [("", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ScenarioError(source, [("", f"cannot read the file: {exc}")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(source, [("", f"TOML syntax error: {exc}")]) from None
     data.setdefault("name", p.stem)

@@ -76,10 +76,11 @@ def test_naive_start_is_taken_as_utc(tmp_path: Path) -> None:
     assert (sc.start.hour, sc.start.minute) == (18, 30)
 
 
-def test_offset_start_is_converted_to_utc(tmp_path: Path) -> None:
+def test_offset_start_keeps_local_time_of_day(tmp_path: Path) -> None:
+    """Arrivals and household load follow local time at the feeder; the instant is kept."""
     sc = load_scenario(write(tmp_path, "start = 2026-01-15T18:30:00+02:00\n" + VALID))
-    assert sc.start.tzinfo == UTC
-    assert sc.start.hour == 16
+    assert sc.start.hour == 18
+    assert sc.start.astimezone(UTC).hour == 16
 
 
 # --------------------------------------------------------------------------- error reports
@@ -274,3 +275,14 @@ def test_ev_counts_split_deterministically(count: int,
     down = [x - f for x, f, c in zip(shares, floors, got, strict=True) if c == f]
     if up and down:
         assert min(up) >= max(down)
+
+
+def test_duration_must_be_whole_steps(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError) as info:
+        load_scenario(write(tmp_path, "duration_h = 1.01\n" + VALID))
+    assert ("duration_h", "must be a whole number of steps (60 s)") in info.value.problems
+
+
+def test_a_directory_is_a_clear_scenario_error(tmp_path: Path) -> None:
+    with pytest.raises(ScenarioError, match="cannot read the file"):
+        load_scenario(tmp_path)

@@ -177,3 +177,35 @@ def test_csms_belief_about_limits_matches_what_stations_apply(demo_run):
             assert believed == pytest.approx(st.limit_w(evse, twin.sc.duration_s), abs=0.5)
             checked += 1
     assert checked > 0
+
+
+@pytest.mark.parametrize("strategy", ["uncontrolled", "equal_share"])
+def test_energy_does_not_depend_on_the_step_size(strategy: str) -> None:
+    """Plug-ins, departures and the CSMS's reaction happen at their own times."""
+    results = {}
+    for step in (60, 900):
+        sc = load_scenario(DEMO, {"step_s": step, "control.strategy": strategy,
+                                  "control.interval_s": 900, "csms.meter_interval_s": 900,
+                                  "csms.aligned_interval_s": 900})
+        results[step] = Twin(sc).run()
+    fine, coarse = results[60].kpis, results[900].kpis
+    assert fine["energy_delivered_kwh"] > 0
+    assert coarse["energy_delivered_kwh"] == pytest.approx(fine["energy_delivered_kwh"],
+                                                           rel=1e-9)
+    assert coarse["energy_billed_kwh"] == pytest.approx(fine["energy_billed_kwh"], rel=1e-9)
+    if strategy == "equal_share":
+        assert fine["minutes_site_limit_exceeded"] == coarse["minutes_site_limit_exceeded"] == 0
+
+
+def test_a_visit_that_overruns_the_next_arrival_is_recorded_as_skipped() -> None:
+    sc = load_scenario(DEMO, {"duration_h": 72, "sites.0.behaviour.dwell_min_h": 26,
+                              "sites.0.behaviour.dwell_max_h": 30,
+                              "sites.0.behaviour.dwell_median_h": 28})
+    twin = Twin(sc)
+    result = twin.run()
+    drawn = sum(len(ev.visits) for ev in twin.model.evs)
+    assert len(result.sessions) == drawn  # every drawn visit has a row
+    skipped = result.sessions[result.sessions["outcome"] == "skipped"]
+    assert len(skipped) > 0
+    assert result.kpis["energy_requested_kwh"] == pytest.approx(
+        result.sessions[result.sessions["outcome"] != "skipped"]["energy_wanted_kwh"].sum())
