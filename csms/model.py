@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 ChargingRateUnit = Literal["W", "A"]
 
@@ -73,6 +73,37 @@ class CSMSConfig:
     tariff: Tariff = field(default_factory=Tariff)
 
 
+@dataclass(frozen=True, slots=True)
+class EVChargingNeeds:
+    """What an EV told its station it needs (OCPP 2.x NotifyEVChargingNeeds).
+
+    Energies in Wh, powers in W, currents in A, voltages in V, as on the wire.
+    The ``v2x_*`` fields come only from OCPP 2.1 (``v2xChargingParameters``);
+    ``charging_needs`` keeps the whole ``chargingNeeds`` object as sent.
+    """
+
+    evse_id: int
+    received_at: datetime
+    energy_transfer: str
+    departure_time: datetime | None = None
+    energy_amount_wh: float | None = None
+    ev_min_current_a: float | None = None
+    ev_max_current_a: float | None = None
+    ev_max_voltage_v: float | None = None
+    ev_max_power_w: float | None = None
+    ev_energy_capacity_wh: float | None = None
+    soc_percent: float | None = None
+    v2x_min_charge_power_w: float | None = None
+    v2x_max_charge_power_w: float | None = None
+    v2x_min_discharge_power_w: float | None = None
+    v2x_max_discharge_power_w: float | None = None
+    v2x_target_energy_wh: float | None = None
+    v2x_min_energy_wh: float | None = None
+    v2x_max_energy_wh: float | None = None
+    v2x_target_soc_percent: float | None = None
+    charging_needs: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass(slots=True)
 class Session:
     """A transaction as the CSMS knows it, built only from OCPP messages."""
@@ -94,6 +125,8 @@ class Session:
     seen_seq_nos: set[int] = field(default_factory=set)
     meter_last_at: datetime | None = None
     meter_stop_wh: float | None = None
+    ev_needs: EVChargingNeeds | None = None
+    """The EV's last NotifyEVChargingNeeds on this session's EVSE (OCPP 2.x), in memory only."""
 
     @property
     def energy_wh(self) -> float:

@@ -9,7 +9,9 @@ assigning the integer transactionId. Connectors map one-to-one onto EVSEs.
 from __future__ import annotations
 
 import json
-from typing import Any, ClassVar
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar, Literal
 
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as _ChargePoint16
@@ -17,7 +19,21 @@ from ocpp.v16.enums import Action as Action16
 
 from .clock import iso
 from .core import ENERGY, CSMSCore, ProfileCommand
-from .shell import CallFailed, ShellBase, unknown_evse_is_a_property_violation
+from .shell import (
+    PURPOSES_16,
+    CallFailed,
+    IdTokenType,
+    InvalidOperation,
+    ProfileSpec,
+    Purpose,
+    ShellBase,
+    TriggerMessageName,
+    answer,
+    as_profile,
+    periods_from_wire,
+    profile_to_wire_16,
+    unknown_evse_is_a_property_violation,
+)
 
 # 1.6 spells two OCPP-J error codes differently from 2.0.1, and the ``ocpp``
 # library emits the 2.0.1 spellings whatever the version.
@@ -25,6 +41,14 @@ _CODES_16 = {"FormatViolation": "FormationViolation",
              "OccurrenceConstraintViolation": "OccurenceConstraintViolation",
              "RpcFrameworkError": "FormationViolation",
              "MessageTypeNotSupported": "NotSupported"}
+
+#: 1.6 ``idTag``: CiString20.
+ID_TAG_MAX = 20
+
+#: What a 1.6 TriggerMessage may ask for.
+TRIGGER_MESSAGES_16 = frozenset({"BootNotification", "DiagnosticsStatusNotification",
+                                 "FirmwareStatusNotification", "Heartbeat", "MeterValues",
+                                 "StatusNotification"})
 
 # 1.6 StopTransaction reasons -> 2.0.1 stoppedReason.
 _STOP_REASONS = {"EVDisconnected": "EVDisconnected", "Local": "Local", "Remote": "Remote",
@@ -189,3 +213,137 @@ class CSMS16(ShellBase, _ChargePoint16):
             status = f"CallError:{exc.code}"
         self.core.profile_sent(cmd, profile_id, status)
         return status
+
+    # -- version-neutral operations (see ShellBase for the contracts) ----------
+    async def request_start(self, evse_id: int | None, id_token: str, *,
+                            remote_start_id: int | None = None,
+                            id_token_type: IdTokenType = "Central",
+                            charging_profile: ProfileSpec | Mapping[str, Any] | None = None,
+                            ) -> dict[str, Any]:
+        """RemoteStartTransaction (1.6 has no remoteStartId and no token types)."""
+        self._check_evse_arg(evse_id, station_wide=False)
+        if len(id_token) > ID_TAG_MAX:
+            raise InvalidOperation("id_token", f"OCPP 1.6 id tags have at most {ID_TAG_MAX} "
+                                               "characters")
+        payload: dict[str, Any] = {}
+        if evse_id is not None:
+            payload["connectorId"] = evse_id
+        payload["idTag"] = id_token
+        if charging_profile is None:
+            return answer(await self.call_json("RemoteStartTransaction", payload))
+        profile = self._start_profile(charging_profile)
+        profile_id = self.core.next_profile_id()
+        payload["chargingProfile"] = profile_to_wire_16(profile, profile_id, self.core.clock(),
+                                                        path="charging_profile")
+        result = await self._send_profile("RemoteStartTransaction", payload, evse_id or 0,
+                                          profile_id, profile)
+        return answer(result, profile_id=profile_id)
+
+    async def request_stop(self, transaction_id: str) -> dict[str, Any]:
+        """RemoteStopTransaction (integer transaction ids)."""
+        try:
+            tx = int(transaction_id)
+        except ValueError:
+            raise InvalidOperation("transaction_id",
+                                   "OCPP 1.6 transaction ids are integers") from None
+        return answer(await self.call_json("RemoteStopTransaction", {"transactionId": tx}))
+
+    async def set_charging_profile(self, evse_id: int,
+                                   profile: ProfileSpec | Mapping[str, Any]
+                                   ) -> dict[str, Any]:
+        """SetChargingProfile (ChargingStationMaxProfile is ChargePointMaxProfile)."""
+        prof = as_profile(profile)
+        self._check_profile_target(evse_id, prof)
+        profile_id = self.core.next_profile_id()
+        now = self.core.clock()
+        payload = {"connectorId": evse_id, "csChargingProfiles": profile_to_wire_16(
+            prof, profile_id, now, path="profile")}
+        result = await self._send_profile("SetChargingProfile", payload, evse_id, profile_id,
+                                          prof, install_at=now)
+        return answer(result, profile_id=profile_id)
+
+    async def clear_charging_profile(self, *, profile_id: int | None = None,
+                                     evse_id: int | None = None,
+                                     purpose: Purpose | None = None,
+                                     stack_level: int | None = None) -> dict[str, Any]:
+        """ClearChargingProfile."""
+        self._check_evse_arg(evse_id)
+        payload: dict[str, Any] = {}
+        if profile_id is not None:
+            payload["id"] = profile_id
+        if evse_id is not None:
+            payload["connectorId"] = evse_id
+        if purpose is not None:
+            if purpose not in PURPOSES_16:
+                raise InvalidOperation("purpose", f"{purpose} needs OCPP 2.1; "
+                                                  "the station speaks 1.6")
+            payload["chargingProfilePurpose"] = PURPOSES_16[purpose]
+        if stack_level is not None:
+            payload["stackLevel"] = stack_level
+        result = await self.call_json("ClearChargingProfile", payload)
+        self._forget_profiles(result, profile_id=profile_id, evse_id=evse_id, purpose=purpose,
+                              stack_level=stack_level)
+        return answer(result)
+
+    async def get_composite_schedule(self, evse_id: int, duration_s: int,
+                                     unit: Literal["W", "A"] | None = None) -> dict[str, Any]:
+        """GetCompositeSchedule."""
+        self._check_evse_arg(evse_id)
+        payload: dict[str, Any] = {"connectorId": evse_id, "duration": duration_s}
+        if unit is not None:
+            payload["chargingRateUnit"] = unit
+        result = await self.call_json("GetCompositeSchedule", payload)
+        wire = result.get("chargingSchedule")
+        schedule = None
+        if result["status"] == "Accepted" and wire is not None:
+            schedule = {
+                "evse_id": result.get("connectorId", evse_id),
+                "schedule_start": result.get("scheduleStart", wire.get("startSchedule")),
+                "duration_s": wire.get("duration", duration_s),
+                "unit": wire["chargingRateUnit"],
+                "periods": periods_from_wire(wire["chargingSchedulePeriod"]),
+            }
+        return answer(result, schedule=schedule)
+
+    async def change_availability(self, evse_id: int, operative: bool) -> dict[str, Any]:
+        """ChangeAvailability (connector 0 is the whole charge point)."""
+        self._check_evse_arg(evse_id)
+        return answer(await self.call_json("ChangeAvailability", {
+            "connectorId": evse_id, "type": "Operative" if operative else "Inoperative"}))
+
+    async def reset(self, hard: bool) -> dict[str, Any]:
+        """Reset Hard or Soft."""
+        return answer(await self.call_json("Reset", {"type": "Hard" if hard else "Soft"}))
+
+    async def trigger_message(self, message: TriggerMessageName,
+                              evse_id: int | None = None) -> dict[str, Any]:
+        """TriggerMessage."""
+        if message not in TRIGGER_MESSAGES_16:
+            raise InvalidOperation("message", f"OCPP 1.6 can trigger only "
+                                              f"{', '.join(sorted(TRIGGER_MESSAGES_16))}")
+        self._check_evse_arg(evse_id)
+        payload: dict[str, Any] = {"requestedMessage": message}
+        if evse_id is not None:
+            payload["connectorId"] = evse_id
+        return answer(await self.call_json("TriggerMessage", payload))
+
+    async def reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,
+                          evse_id: int | None = None, id_token_type: IdTokenType = "Central",
+                          group_id_token: str | None = None) -> dict[str, Any]:
+        """ReserveNow (connector 0 reserves any connector; ``group_id_token`` is parentIdTag)."""
+        self._check_evse_arg(evse_id)
+        for name, value in (("id_token", id_token), ("group_id_token", group_id_token)):
+            if value is not None and len(value) > ID_TAG_MAX:
+                raise InvalidOperation(name, f"OCPP 1.6 id tags have at most {ID_TAG_MAX} "
+                                             "characters")
+        payload: dict[str, Any] = {"connectorId": evse_id or 0, "expiryDate": iso(expiry),
+                                   "idTag": id_token}
+        if group_id_token is not None:
+            payload["parentIdTag"] = group_id_token
+        payload["reservationId"] = reservation_id
+        return answer(await self.call_json("ReserveNow", payload))
+
+    async def cancel_reservation(self, reservation_id: int) -> dict[str, Any]:
+        """CancelReservation."""
+        return answer(await self.call_json("CancelReservation",
+                                           {"reservationId": reservation_id}))

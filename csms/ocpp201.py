@@ -7,7 +7,10 @@ version) and in what 2.1 adds (V2X fields in charging schedules).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import asyncio
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any, ClassVar, Literal
 
 from ocpp.routing import on
 from ocpp.v21 import ChargePoint as _ChargePoint21
@@ -15,9 +18,73 @@ from ocpp.v21.enums import Action as Action21
 from ocpp.v201 import ChargePoint as _ChargePoint201
 from ocpp.v201.enums import Action as Action201
 
-from .clock import iso
+from .clock import iso, parse_iso
 from .core import CSMSCore, ProfileCommand
-from .shell import CallFailed, ShellBase, unknown_evse_is_a_property_violation
+from .model import EVChargingNeeds
+from .shell import (
+    PURPOSES_21,
+    PURPOSES_201,
+    CallFailed,
+    IdTokenType,
+    InvalidOperation,
+    ProfileReport,
+    ProfileSpec,
+    Purpose,
+    PurposeFilter,
+    ShellBase,
+    TriggerMessageName,
+    answer,
+    as_profile,
+    periods_from_wire,
+    profile_to_wire_2x,
+    unknown_evse_is_a_property_violation,
+    version_at_least,
+)
+
+#: What a 2.0.1 TriggerMessage may ask for (2.1 adds SignV2G20Certificate and
+#: CustomTrigger, which this CSMS does not send).
+TRIGGER_MESSAGES_201 = frozenset({
+    "BootNotification", "LogStatusNotification", "FirmwareStatusNotification", "Heartbeat",
+    "MeterValues", "SignChargingStationCertificate", "SignV2GCertificate", "StatusNotification",
+    "TransactionEvent", "SignCombinedCertificate", "PublishFirmwareStatusNotification"})
+TRIGGER_MESSAGES_21 = TRIGGER_MESSAGES_201 | {"SignV2G20Certificate"}
+
+#: IdTokenType.idToken: 36 characters in 2.0.1, 255 in 2.1.
+ID_TOKEN_MAX = {"2.0.1": 36, "2.1": 255}
+
+
+def _number(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def ev_charging_needs(evse_id: int, needs: dict[str, Any], received_at: datetime
+                      ) -> EVChargingNeeds:
+    """The domain's view of a NotifyEVChargingNeeds ``chargingNeeds`` object (wire form)."""
+    ac = needs.get("acChargingParameters") or {}
+    dc = needs.get("dcChargingParameters") or {}
+    v2x = needs.get("v2xChargingParameters") or {}
+    departure = needs.get("departureTime")
+    return EVChargingNeeds(
+        evse_id=evse_id, received_at=received_at,
+        energy_transfer=needs["requestedEnergyTransfer"],
+        departure_time=parse_iso(departure) if departure else None,
+        energy_amount_wh=_number(ac.get("energyAmount", dc.get("energyAmount"))),
+        ev_min_current_a=_number(ac.get("evMinCurrent")),
+        ev_max_current_a=_number(ac.get("evMaxCurrent", dc.get("evMaxCurrent"))),
+        ev_max_voltage_v=_number(ac.get("evMaxVoltage", dc.get("evMaxVoltage"))),
+        ev_max_power_w=_number(dc.get("evMaxPower")),
+        ev_energy_capacity_wh=_number(dc.get("evEnergyCapacity")),
+        soc_percent=_number(dc.get("stateOfCharge")),
+        v2x_min_charge_power_w=_number(v2x.get("minChargePower")),
+        v2x_max_charge_power_w=_number(v2x.get("maxChargePower")),
+        v2x_min_discharge_power_w=_number(v2x.get("minDischargePower")),
+        v2x_max_discharge_power_w=_number(v2x.get("maxDischargePower")),
+        v2x_target_energy_wh=_number(v2x.get("evTargetEnergyRequest")),
+        v2x_min_energy_wh=_number(v2x.get("evMinEnergyRequest")),
+        v2x_max_energy_wh=_number(v2x.get("evMaxEnergyRequest")),
+        v2x_target_soc_percent=_number(v2x.get("targetSoC")),
+        charging_needs=needs,
+    )
 
 
 class Handlers201(ShellBase):
@@ -62,6 +129,33 @@ class Handlers201(ShellBase):
         self.core.on_meter_values(self.id, evse_id, self._raw_payload["meterValue"])
         return self._call_result.MeterValues()  # type: ignore[attr-defined]
 
+    @on("NotifyEVChargingNeeds")
+    def on_notify_ev_charging_needs(self, evse_id: int, **_: Any) -> Any:
+        with unknown_evse_is_a_property_violation():
+            self.core.check_evse(self.id, evse_id)
+        raw = self._raw_payload
+        at = parse_iso(raw["timestamp"]) if raw.get("timestamp") else self.core.clock()
+        needs = ev_charging_needs(evse_id, raw["chargingNeeds"], at)
+        self.ev_charging_needs[evse_id] = needs
+        for session in self.core.open_sessions():
+            if session.station_id == self.id and session.evse_id == evse_id:
+                session.ev_needs = needs
+        return self._call_result.NotifyEVChargingNeeds(  # type: ignore[attr-defined]
+            status="Accepted")
+
+    @on("ReportChargingProfiles")
+    def on_report_charging_profiles(self, request_id: int, evse_id: int, tbc: bool = False,
+                                    **_: Any) -> Any:
+        report = self._profile_reports.get(request_id)
+        if report is not None:  # else a late report for a request we gave up on
+            source = self._raw_payload["chargingLimitSource"]
+            report.profiles.extend({"evse_id": evse_id, "charging_limit_source": source,
+                                    "charging_profile": p}
+                                   for p in self._raw_payload["chargingProfile"])
+            if not tbc:
+                report.done.set()
+        return self._call_result.ReportChargingProfiles()  # type: ignore[attr-defined]
+
     def _tx_profile(self, profile_id: int, cmd: ProfileCommand) -> dict[str, Any]:
         return {
             "id": profile_id,
@@ -87,6 +181,205 @@ class Handlers201(ShellBase):
             status = f"CallError:{exc.code}"
         self.core.profile_sent(cmd, profile_id, status)
         return status
+
+
+    # -- version-neutral operations (see ShellBase for the contracts) ----------
+    @property
+    def _purposes(self) -> dict[str, str]:
+        return PURPOSES_21 if version_at_least(self.version, "2.1") else PURPOSES_201
+
+    def _wire_purpose(self, purpose: str, field: str = "purpose") -> str:
+        try:
+            return self._purposes[purpose]
+        except KeyError:
+            raise InvalidOperation(field, f"{purpose} needs OCPP 2.1; "
+                                          f"the station speaks {self.version}") from None
+
+    def _id_token(self, id_token: str, id_token_type: str, field: str) -> dict[str, Any]:
+        limit = ID_TOKEN_MAX[self.version]
+        if len(id_token) > limit:
+            raise InvalidOperation(field, f"OCPP {self.version} id tokens have at most "
+                                          f"{limit} characters")
+        return {"idToken": id_token, "type": id_token_type}
+
+    async def request_start(self, evse_id: int | None, id_token: str, *,
+                            remote_start_id: int | None = None,
+                            id_token_type: IdTokenType = "Central",
+                            charging_profile: ProfileSpec | Mapping[str, Any] | None = None,
+                            ) -> dict[str, Any]:
+        """RequestStartTransaction."""
+        self._check_evse_arg(evse_id, station_wide=False)
+        payload: dict[str, Any] = {}
+        if evse_id is not None:
+            payload["evseId"] = evse_id
+        payload["idToken"] = self._id_token(id_token, id_token_type, "id_token")
+        if remote_start_id is None:
+            remote_start_id = self.core.store.next_counter("remote_start_id")
+        payload["remoteStartId"] = remote_start_id
+        profile_id = None
+        if charging_profile is None:
+            result = await self.call_json("RequestStartTransaction", payload)
+        else:
+            profile = self._start_profile(charging_profile)
+            profile_id = self.core.next_profile_id()
+            payload["chargingProfile"] = profile_to_wire_2x(
+                profile, profile_id, self.core.clock(), self.version, path="charging_profile")
+            result = await self._send_profile("RequestStartTransaction", payload, evse_id or 0,
+                                              profile_id, profile)
+        return answer(result, remote_start_id=remote_start_id,
+                      transaction_id=result.get("transactionId"), profile_id=profile_id)
+
+    async def request_stop(self, transaction_id: str) -> dict[str, Any]:
+        """RequestStopTransaction."""
+        return answer(await self.call_json("RequestStopTransaction",
+                                           {"transactionId": transaction_id}))
+
+    async def set_charging_profile(self, evse_id: int,
+                                   profile: ProfileSpec | Mapping[str, Any]
+                                   ) -> dict[str, Any]:
+        """SetChargingProfile."""
+        prof = as_profile(profile)
+        self._check_profile_target(evse_id, prof)
+        profile_id = self.core.next_profile_id()
+        now = self.core.clock()
+        payload = {"evseId": evse_id, "chargingProfile": profile_to_wire_2x(
+            prof, profile_id, now, self.version, path="profile")}
+        result = await self._send_profile("SetChargingProfile", payload, evse_id, profile_id,
+                                          prof, install_at=now)
+        return answer(result, profile_id=profile_id)
+
+    async def clear_charging_profile(self, *, profile_id: int | None = None,
+                                     evse_id: int | None = None,
+                                     purpose: Purpose | None = None,
+                                     stack_level: int | None = None) -> dict[str, Any]:
+        """ClearChargingProfile (criteria go in chargingProfileCriteria)."""
+        self._check_evse_arg(evse_id)
+        payload: dict[str, Any] = {}
+        if profile_id is not None:
+            payload["chargingProfileId"] = profile_id
+        criteria: dict[str, Any] = {}
+        if evse_id is not None:
+            criteria["evseId"] = evse_id
+        if purpose is not None:
+            criteria["chargingProfilePurpose"] = self._wire_purpose(purpose)
+        if stack_level is not None:
+            criteria["stackLevel"] = stack_level
+        if criteria:
+            payload["chargingProfileCriteria"] = criteria
+        result = await self.call_json("ClearChargingProfile", payload)
+        self._forget_profiles(result, profile_id=profile_id, evse_id=evse_id, purpose=purpose,
+                              stack_level=stack_level)
+        return answer(result)
+
+    async def get_composite_schedule(self, evse_id: int, duration_s: int,
+                                     unit: Literal["W", "A"] | None = None) -> dict[str, Any]:
+        """GetCompositeSchedule."""
+        self._check_evse_arg(evse_id)
+        payload: dict[str, Any] = {"duration": duration_s}
+        if unit is not None:
+            payload["chargingRateUnit"] = unit
+        payload["evseId"] = evse_id
+        result = await self.call_json("GetCompositeSchedule", payload)
+        wire = result.get("schedule")
+        schedule = None
+        if result["status"] == "Accepted" and wire is not None:
+            schedule = {"evse_id": wire["evseId"], "schedule_start": wire["scheduleStart"],
+                        "duration_s": wire["duration"], "unit": wire["chargingRateUnit"],
+                        "periods": periods_from_wire(wire["chargingSchedulePeriod"])}
+        return answer(result, schedule=schedule)
+
+    async def change_availability(self, evse_id: int, operative: bool) -> dict[str, Any]:
+        """ChangeAvailability (no ``evse`` for the whole station)."""
+        self._check_evse_arg(evse_id)
+        payload: dict[str, Any] = {}
+        if evse_id != 0:
+            payload["evse"] = {"id": evse_id}
+        payload["operationalStatus"] = "Operative" if operative else "Inoperative"
+        return answer(await self.call_json("ChangeAvailability", payload))
+
+    async def reset(self, hard: bool) -> dict[str, Any]:
+        """Reset Immediate (hard) or OnIdle."""
+        return answer(await self.call_json("Reset",
+                                           {"type": "Immediate" if hard else "OnIdle"}))
+
+    async def trigger_message(self, message: TriggerMessageName,
+                              evse_id: int | None = None) -> dict[str, Any]:
+        """TriggerMessage."""
+        allowed = TRIGGER_MESSAGES_21 if self.version == "2.1" else TRIGGER_MESSAGES_201
+        if message not in allowed:
+            raise InvalidOperation("message", f"OCPP {self.version} can trigger only "
+                                              f"{', '.join(sorted(allowed))}")
+        self._check_evse_arg(evse_id)
+        payload: dict[str, Any] = {"requestedMessage": message}
+        if evse_id is not None:
+            payload["evse"] = {"id": evse_id}
+        return answer(await self.call_json("TriggerMessage", payload))
+
+    async def reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,
+                          evse_id: int | None = None, id_token_type: IdTokenType = "Central",
+                          group_id_token: str | None = None) -> dict[str, Any]:
+        """ReserveNow."""
+        self._check_evse_arg(evse_id, station_wide=False)
+        payload: dict[str, Any] = {"id": reservation_id, "expiryDateTime": iso(expiry),
+                                   "idToken": self._id_token(id_token, id_token_type,
+                                                             "id_token")}
+        if evse_id is not None:
+            payload["evseId"] = evse_id
+        if group_id_token is not None:
+            payload["groupIdToken"] = self._id_token(group_id_token, "Central",
+                                                     "group_id_token")
+        return answer(await self.call_json("ReserveNow", payload))
+
+    async def cancel_reservation(self, reservation_id: int) -> dict[str, Any]:
+        """CancelReservation."""
+        return answer(await self.call_json("CancelReservation",
+                                           {"reservationId": reservation_id}))
+
+    async def get_charging_profiles(self, *, request_id: int | None = None,
+                                    evse_id: int | None = None,
+                                    purpose: PurposeFilter | None = None,
+                                    stack_level: int | None = None,
+                                    profile_ids: list[int] | None = None,
+                                    report_timeout_s: float | None = None) -> dict[str, Any]:
+        """GetChargingProfiles, then wait for the station's ReportChargingProfiles.
+
+        The criteria select what to report (none: every profile). Returns
+        ``status`` (Accepted or NoProfiles), ``request_id``, ``profiles`` (one
+        item per reported profile: ``evse_id``, ``charging_limit_source`` and
+        ``charging_profile`` as the station sent it) and ``complete``, false if
+        the last report (``tbc`` false) did not come within
+        ``report_timeout_s`` (default: the response timeout).
+        """
+        self._check_evse_arg(evse_id)
+        if request_id is None:
+            request_id = self.core.store.next_counter("request_id")
+        criteria: dict[str, Any] = {}
+        if purpose is not None:
+            criteria["chargingProfilePurpose"] = self._wire_purpose(purpose)
+        if stack_level is not None:
+            criteria["stackLevel"] = stack_level
+        if profile_ids:
+            criteria["chargingProfileId"] = list(profile_ids)
+        payload: dict[str, Any] = {"requestId": request_id}
+        if evse_id is not None:
+            payload["evseId"] = evse_id
+        payload["chargingProfile"] = criteria
+        # Registered before the call: a report may overtake the CALLRESULT.
+        report = self._profile_reports[request_id] = ProfileReport()
+        try:
+            result = await self.call_json("GetChargingProfiles", payload)
+            complete = True
+            if result["status"] == "Accepted":
+                timeout = self._response_timeout if report_timeout_s is None \
+                    else report_timeout_s
+                try:
+                    await asyncio.wait_for(report.done.wait(), timeout)
+                except TimeoutError:
+                    complete = False
+        finally:
+            del self._profile_reports[request_id]
+        return answer(result, request_id=request_id, profiles=report.profiles,
+                      complete=complete)
 
 
 class CSMS201(Handlers201, _ChargePoint201):

@@ -13,9 +13,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .api import OperatorAPI
 from .clock import wall_clock
 from .config import ServeConfig
 from .core import CSMSCore
+from .exceptions import ConfigError
 from .server import CSMSServer
 from .store import Store
 
@@ -72,29 +74,54 @@ async def control_loop(server: CSMSServer, interval_s: float, *, poll_s: float =
 
 
 async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = None,
-                port: int | None = None, stop: asyncio.Event | None = None) -> None:
-    """Run the CSMS until ``stop`` is set or SIGINT/SIGTERM arrives."""
+                port: int | None = None, stop: asyncio.Event | None = None,
+                api_port: int | None = None, api_token_hash: str | None = None,
+                api_host: str = "127.0.0.1") -> None:
+    """Run the CSMS until ``stop`` is set or SIGINT/SIGTERM arrives.
+
+    With ``api_port`` (0 picks a free port) the operator API runs beside the
+    websocket endpoint on ``api_host`` (loopback by default); it needs
+    ``api_token_hash`` (:func:`evtwin.csms.api.hash_token`), there is no API
+    without a token. ``api_port`` None: no API.
+    """
+    if api_port is not None and api_token_hash is None:
+        raise ConfigError("api_token_hash", "required when the operator API is on (api_port)")
     store = Store(db_path)
-    core = CSMSCore(config.csms_config(), store, clock=wall_clock)
-    s = config.server
-    server = CSMSServer(core, host=host or s.host, port=s.port if port is None else port,
-                        max_frame_bytes=s.max_frame_bytes, response_timeout_s=s.response_timeout_s)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-            loop.add_signal_handler(sig, stop.set)
-    await server.start()
-    restored = len(core.open_sessions())
-    log.info("listening", extra={"event": "listening", "url": server.url, "port": server.port,
-                                 "db": str(db_path), "schema_version": store.schema_version,
-                                 "open_transactions": restored,
-                                 "stations": len(core.stations)})
-    controller = asyncio.create_task(control_loop(server, config.control.interval_s))
     try:
-        await stop.wait()
+        core = CSMSCore(config.csms_config(), store, clock=wall_clock)
+        s = config.server
+        server = CSMSServer(core, host=host or s.host, port=s.port if port is None else port,
+                            max_frame_bytes=s.max_frame_bytes,
+                            response_timeout_s=s.response_timeout_s,
+                            security=config.security_config())
+        api = None
+        if api_port is not None:
+            assert api_token_hash is not None  # checked above
+            api = OperatorAPI(server, token_hash=api_token_hash, host=api_host, port=api_port)
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+                loop.add_signal_handler(sig, stop.set)
+        await server.start()
+        try:
+            if api is not None:
+                await api.start()
+            log.info("listening", extra={
+                "event": "listening", "url": server.url, "port": server.port,
+                "api_url": api.url if api is not None else None,
+                "security_profile": server.security.profile, "db": str(db_path),
+                "schema_version": store.schema_version,
+                "open_transactions": len(core.open_sessions()), "stations": len(core.stations)})
+            controller = asyncio.create_task(control_loop(server, config.control.interval_s))
+            try:
+                await stop.wait()
+            finally:
+                controller.cancel()
+        finally:
+            if api is not None:
+                await api.stop()
+            await server.stop()
     finally:
-        controller.cancel()
-        await server.stop()
         store.close()
-        log.info("stopped", extra={"event": "stopped"})
+    log.info("stopped", extra={"event": "stopped"})

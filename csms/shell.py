@@ -1,30 +1,52 @@
-"""What every OCPP version's CSMS shell shares: framing errors, routing, raw calls.
+"""What every OCPP version's CSMS shell shares: framing errors, routing, raw calls,
+and the version-neutral CSMS-initiated operations.
 
 A shell is one connected station. It translates that version's messages into
 calls on :class:`~evtwin.csms.core.CSMSCore` and offers the same operations
-(``send_limit``, ``request_start``, ...) whatever the version, so the rest of
-the CSMS never looks at the protocol version.
+(``send_limit``, ``request_start``, ``set_charging_profile``, ...) whatever the
+version, so the rest of the CSMS never looks at the protocol version.
+
+Operations take version-neutral arguments (a :class:`ProfileSpec` is one
+model for 1.6, 2.0.1 and 2.1, in the vocabulary of :mod:`evtwin.csms.profiles`:
+2.x names, 1.6's ChargePointMaxProfile is ChargingStationMaxProfile) and
+return the station's answer as a small dict with snake_case keys, always with
+``status``. A CALLERROR raises :class:`CallFailed`; a request the station's
+version cannot express raises :class:`InvalidOperation` naming the argument;
+no answer within the response timeout raises :class:`TimeoutError`.
+Operations must never be awaited from an ``@on`` handler: the connection reads
+one message at a time, so the answer would never be read (a deadlock).
 """
 
 from __future__ import annotations
 
+import asyncio
+import decimal
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from ocpp.exceptions import OCPPError, PropertyConstraintViolationError
 from ocpp.messages import Call, MessageType, unpack, validate_payload
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from .clock import iso
 from .core import CSMSCore, ProfileCommand
-from .exceptions import UnknownEvseError
+from .exceptions import CSMSError, UnknownEvseError
+from .model import EVChargingNeeds
+from .profiles import ChargingProfile, Period, ProfileError
 
 log = logging.getLogger("evtwin.csms.ocpp")
 
 # OCPP-J 2.0.1 §4.3: a frame whose message id cannot be read is answered
 # with message id "-1".
 UNKNOWN_MESSAGE_ID = "-1"
+
+#: OCPP versions in order; a feature "needs 2.1" when the station speaks less.
+VERSIONS = ("1.6", "2.0.1", "2.1")
 
 
 @contextmanager
@@ -36,14 +58,370 @@ def unknown_evse_is_a_property_violation() -> Iterator[None]:
         raise PropertyConstraintViolationError(description=str(exc)) from exc
 
 
-class CallFailed(Exception):
-    """A CSMS-initiated call was answered with a CALLERROR."""
+class CallFailed(CSMSError):
+    """A CSMS-initiated call was answered with a CALLERROR (``code`` is its error code)."""
 
     def __init__(self, action: str, code: str, description: str) -> None:
         super().__init__(f"{action}: {code} {description}")
         self.action = action
         self.code = code
         self.description = description
+
+
+class InvalidCallResult(CallFailed):
+    """The station answered a call with a CALLRESULT that fails the version's schema.
+
+    ``code`` is the CALLERROR code the payload would have earned.
+    """
+
+
+class InvalidOperation(CSMSError, ValueError):
+    """An operation's arguments cannot be sent to this station.
+
+    ``field`` is the dotted path of the offending argument (``"evse_id"``,
+    ``"profile.periods.0.setpoint"``), empty when no single argument is to blame.
+    """
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+        self.message = message
+
+
+def version_at_least(version: str, minimum: str) -> bool:
+    """Whether OCPP ``version`` has what ``minimum`` introduced."""
+    return VERSIONS.index(version) >= VERSIONS.index(minimum)
+
+
+def answer(payload: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """A station's CALLRESULT as the operations return it: status, reason, extras."""
+    out: dict[str, Any] = {"status": payload["status"]}
+    info = payload.get("statusInfo")
+    if info:
+        out["reason_code"] = info["reasonCode"]
+        if "additionalInfo" in info:
+            out["additional_info"] = info["additionalInfo"]
+    out.update({k: v for k, v in extra.items() if v is not None})
+    return out
+
+
+def _plain(value: Any) -> Any:
+    # The ocpp library re-parses some 1.6 payloads with Decimal floats.
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------- neutral forms
+Purpose = Literal["ChargingStationMaxProfile", "TxDefaultProfile", "TxProfile",
+                  "PriorityCharging", "LocalGeneration"]
+"""Charging-profile purposes a CSMS may set (ChargingStationMaxProfile is 1.6's
+ChargePointMaxProfile; the last two need 2.1)."""
+
+PurposeFilter = Literal["ChargingStationMaxProfile", "TxDefaultProfile", "TxProfile",
+                        "PriorityCharging", "LocalGeneration",
+                        "ChargingStationExternalConstraints"]
+"""Purposes a CSMS may ask about; external constraints (2.x) are set by an EMS, not the CSMS."""
+
+Kind = Literal["Absolute", "Recurring", "Relative", "Dynamic"]
+"""Charging-profile kinds; Dynamic needs 2.1."""
+
+OperationMode = Literal["Idle", "ChargingOnly", "CentralSetpoint", "ExternalSetpoint",
+                        "ExternalLimits", "CentralFrequency", "LocalFrequency",
+                        "LocalLoadBalancing"]
+"""OCPP 2.1 V2X operation modes of a schedule period."""
+
+IdTokenType = Literal["Central", "eMAID", "ISO14443", "ISO15693", "KeyCode", "Local",
+                      "MacAddress", "NoAuthorization"]
+"""OCPP 2.x id token types (1.6 id tags have none)."""
+
+TriggerMessageName = Literal[
+    "BootNotification", "DiagnosticsStatusNotification", "FirmwareStatusNotification",
+    "Heartbeat", "LogStatusNotification", "MeterValues", "PublishFirmwareStatusNotification",
+    "SignChargingStationCertificate", "SignCombinedCertificate", "SignV2GCertificate",
+    "SignV2G20Certificate", "StatusNotification", "TransactionEvent"]
+"""Messages any version can be asked to send; each shell accepts its version's subset."""
+
+#: Purpose -> wire purpose, per version (only 1.6 names one differently).
+PURPOSES_16 = {"ChargingStationMaxProfile": "ChargePointMaxProfile",
+               "TxDefaultProfile": "TxDefaultProfile", "TxProfile": "TxProfile"}
+PURPOSES_201 = {p: p for p in ("ChargingStationMaxProfile", "TxDefaultProfile", "TxProfile",
+                               "ChargingStationExternalConstraints")}
+PURPOSES_21 = {**PURPOSES_201, "PriorityCharging": "PriorityCharging",
+               "LocalGeneration": "LocalGeneration"}
+
+#: Neutral period field -> (wire name, first version that has it).
+PERIOD_FIELDS: dict[str, tuple[str, str]] = {
+    "start_s": ("startPeriod", "1.6"),
+    "limit": ("limit", "1.6"),
+    "number_phases": ("numberPhases", "1.6"),
+    "phase_to_use": ("phaseToUse", "2.0.1"),
+    # OCPP 2.1. The per-phase names keep their underscore on the wire (the
+    # ocpp library's dataclasses get these wrong; we write the wire form).
+    "limit_l2": ("limit_L2", "2.1"),
+    "limit_l3": ("limit_L3", "2.1"),
+    "operation_mode": ("operationMode", "2.1"),
+    "setpoint": ("setpoint", "2.1"),
+    "setpoint_l2": ("setpoint_L2", "2.1"),
+    "setpoint_l3": ("setpoint_L3", "2.1"),
+    "discharge_limit": ("dischargeLimit", "2.1"),
+    "discharge_limit_l2": ("dischargeLimit_L2", "2.1"),
+    "discharge_limit_l3": ("dischargeLimit_L3", "2.1"),
+    "setpoint_reactive": ("setpointReactive", "2.1"),
+    "setpoint_reactive_l2": ("setpointReactive_L2", "2.1"),
+    "setpoint_reactive_l3": ("setpointReactive_L3", "2.1"),
+    "v2x_baseline": ("v2xBaseline", "2.1"),
+}
+_PERIOD_FROM_WIRE = {wire: name for name, (wire, _) in PERIOD_FIELDS.items()}
+
+
+class _Neutral(BaseModel):
+    # Attribute docstrings become field descriptions (and so the API's docs).
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
+
+
+class PeriodSpec(_Neutral):
+    """One period of a charging schedule; values in the schedule's unit (W or A)."""
+
+    start_s: int = Field(ge=0)
+    """Start of the period, in seconds from the start of the schedule."""
+    limit: float | None = Field(None, ge=0)
+    """Charging limit (all phases, or L1 with ``limit_l2``/``limit_l3``); required before 2.1."""
+    number_phases: int | None = Field(None, ge=1, le=3)
+    phase_to_use: int | None = Field(None, ge=1, le=3)
+    """OCPP 2.x: the phase to charge on, with ``number_phases`` 1."""
+    limit_l2: float | None = Field(None, ge=0)
+    """OCPP 2.1: limit on L2."""
+    limit_l3: float | None = Field(None, ge=0)
+    """OCPP 2.1: limit on L3."""
+    operation_mode: OperationMode | None = None
+    """OCPP 2.1: V2X operation mode (default on the station: ChargingOnly)."""
+    setpoint: float | None = None
+    """OCPP 2.1: power or current set point; negative discharges."""
+    setpoint_l2: float | None = None
+    setpoint_l3: float | None = None
+    discharge_limit: float | None = Field(None, le=0)
+    """OCPP 2.1: discharge limit, zero or negative."""
+    discharge_limit_l2: float | None = Field(None, le=0)
+    discharge_limit_l3: float | None = Field(None, le=0)
+    setpoint_reactive: float | None = None
+    """OCPP 2.1: reactive power set point (var)."""
+    setpoint_reactive_l2: float | None = None
+    setpoint_reactive_l3: float | None = None
+    v2x_baseline: float | None = None
+    """OCPP 2.1: power baseline of the V2X modes."""
+
+    @model_validator(mode="after")
+    def _has_a_value(self) -> PeriodSpec:
+        if self.limit is None and self.setpoint is None and self.operation_mode is None:
+            raise ValueError("limit: a period needs a limit (or, OCPP 2.1, a setpoint "
+                             "or an operation_mode)")
+        if self.phase_to_use is not None and self.number_phases != 1:
+            raise ValueError("phase_to_use: only allowed with number_phases 1")
+        return self
+
+
+class ProfileSpec(_Neutral):
+    """A charging profile to send, in the CSMS's version-neutral form.
+
+    Each shell writes it in its version's wire form and refuses
+    (:class:`InvalidOperation`) what the version cannot say. The CSMS assigns
+    the profile id. Absolute and Recurring schedules start at
+    ``start_schedule``, or when the CSMS sends them if it is not given.
+    """
+
+    purpose: Purpose
+    stack_level: int = Field(0, ge=0)
+    kind: Kind = "Absolute"
+    recurrency: Literal["Daily", "Weekly"] | None = None
+    """Required for kind Recurring, not allowed otherwise."""
+    unit: Literal["W", "A"] = "W"
+    periods: list[PeriodSpec] = Field(min_length=1, max_length=1024)
+    """Periods in time order; the first starts at 0 s."""
+    start_schedule: AwareDatetime | None = None
+    duration_s: int | None = Field(None, gt=0)
+    min_charging_rate: float | None = Field(None, ge=0)
+    """In ``unit``."""
+    transaction_id: str | None = Field(None, min_length=1, max_length=36)
+    """Only for purpose TxProfile: the transaction the profile belongs to."""
+    valid_from: AwareDatetime | None = None
+    valid_to: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProfileSpec:
+        if self.periods[0].start_s != 0:
+            raise ValueError("periods.0.start_s: the first period must start at 0")
+        for i in range(1, len(self.periods)):
+            if self.periods[i].start_s <= self.periods[i - 1].start_s:
+                raise ValueError(f"periods.{i}.start_s: must be after the previous "
+                                 f"period's start ({self.periods[i - 1].start_s} s)")
+        if (self.kind == "Recurring") != (self.recurrency is not None):
+            raise ValueError("recurrency: required for kind Recurring and only for it")
+        if self.kind == "Relative" and self.start_schedule is not None:
+            raise ValueError("start_schedule: not allowed for kind Relative")
+        if self.transaction_id is not None and self.purpose != "TxProfile":
+            raise ValueError("transaction_id: only allowed for purpose TxProfile")
+        if (self.valid_from is not None and self.valid_to is not None
+                and self.valid_to <= self.valid_from):
+            raise ValueError("valid_to: must be after valid_from")
+        return self
+
+    def to_domain(self, profile_id: int, evse_id: int, sent_at: datetime
+                  ) -> ChargingProfile | None:
+        """The profile as the core keeps it (:mod:`evtwin.csms.profiles`), or None where
+        that model cannot hold it (2.1 purposes, Dynamic, V2X or per-phase periods)."""
+        plain = {"start_s", "limit", "number_phases", "phase_to_use"}
+        if (self.purpose not in PURPOSES_201 or self.kind == "Dynamic"
+                or any(p.limit is None or p.model_dump(exclude_none=True).keys() - plain
+                       for p in self.periods)):
+            return None
+        return ChargingProfile(
+            profile_id, evse_id, cast(Any, self.purpose), self.stack_level,
+            cast(Any, self.kind), self.unit,
+            tuple(Period(p.start_s, cast(float, p.limit), p.number_phases)
+                  for p in self.periods),
+            start_schedule=None if self.kind == "Relative" else (self.start_schedule or sent_at),
+            duration_s=self.duration_s, recurrency=self.recurrency,
+            valid_from=self.valid_from, valid_to=self.valid_to,
+            transaction_id=self.transaction_id)
+
+    @property
+    def first_value(self) -> float:
+        """The first period's limit (or set point) for the CSMS's profile log."""
+        p = self.periods[0]
+        return p.limit if p.limit is not None else (p.setpoint or 0.0)
+
+
+def _one_decimal(value: float) -> bool:
+    # 1.6 schemas say multipleOf 0.1; 8.1 / 0.1 is not an integer in floats.
+    return decimal.Decimal(repr(float(value))) % decimal.Decimal("0.1") == 0
+
+
+def periods_to_wire(profile: ProfileSpec, version: str, path: str) -> list[dict[str, Any]]:
+    """The schedule periods in ``version``'s wire form; InvalidOperation if it cannot say them."""
+    out = []
+    for i, period in enumerate(profile.periods):
+        item: dict[str, Any] = {}
+        for name, value in period.model_dump(exclude_none=True).items():
+            wire, since = PERIOD_FIELDS[name]
+            if not version_at_least(version, since):
+                raise InvalidOperation(f"{path}.periods.{i}.{name}",
+                                       f"needs OCPP {since}; the station speaks {version}")
+            if version == "1.6" and name == "limit" and not _one_decimal(value):
+                raise InvalidOperation(f"{path}.periods.{i}.limit",
+                                       f"OCPP 1.6 allows one decimal, got {value}")
+            item[wire] = value
+        if "limit" not in item and not version_at_least(version, "2.1"):
+            raise InvalidOperation(f"{path}.periods.{i}.limit",
+                                   f"required in OCPP {version}")
+        out.append(item)
+    return out
+
+
+def periods_from_wire(periods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Schedule periods from the wire in the neutral form (unknown fields keep their name)."""
+    return [{_PERIOD_FROM_WIRE.get(k, k): v for k, v in p.items()} for p in periods]
+
+
+def _schedule_start(profile: ProfileSpec, now: datetime) -> str | None:
+    if profile.kind == "Relative":
+        return None
+    return iso(profile.start_schedule or now)
+
+
+def profile_to_wire_16(profile: ProfileSpec, profile_id: int, now: datetime, *,
+                       path: str) -> dict[str, Any]:
+    """``csChargingProfiles`` of OCPP 1.6 (also RemoteStartTransaction's ``chargingProfile``)."""
+    if profile.purpose not in PURPOSES_16:
+        raise InvalidOperation(f"{path}.purpose",
+                               f"{profile.purpose} needs OCPP 2.1; the station speaks 1.6")
+    if profile.kind == "Dynamic":
+        raise InvalidOperation(f"{path}.kind", "Dynamic needs OCPP 2.1; the station speaks 1.6")
+    if profile.min_charging_rate is not None and not _one_decimal(profile.min_charging_rate):
+        raise InvalidOperation(f"{path}.min_charging_rate", "OCPP 1.6 allows one decimal")
+    wire: dict[str, Any] = {"chargingProfileId": profile_id}
+    if profile.transaction_id is not None:
+        try:
+            wire["transactionId"] = int(profile.transaction_id)
+        except ValueError:
+            raise InvalidOperation(f"{path}.transaction_id",
+                                   "OCPP 1.6 transaction ids are integers") from None
+    wire.update({"stackLevel": profile.stack_level,
+                 "chargingProfilePurpose": PURPOSES_16[profile.purpose],
+                 "chargingProfileKind": profile.kind})
+    if profile.recurrency is not None:
+        wire["recurrencyKind"] = profile.recurrency
+    if profile.valid_from is not None:
+        wire["validFrom"] = iso(profile.valid_from)
+    if profile.valid_to is not None:
+        wire["validTo"] = iso(profile.valid_to)
+    schedule: dict[str, Any] = {}
+    if profile.duration_s is not None:
+        schedule["duration"] = profile.duration_s
+    start = _schedule_start(profile, now)
+    if start is not None:
+        schedule["startSchedule"] = start
+    schedule["chargingRateUnit"] = profile.unit
+    schedule["chargingSchedulePeriod"] = periods_to_wire(profile, "1.6", path)
+    if profile.min_charging_rate is not None:
+        schedule["minChargingRate"] = profile.min_charging_rate
+    wire["chargingSchedule"] = schedule
+    return wire
+
+
+def profile_to_wire_2x(profile: ProfileSpec, profile_id: int, now: datetime,
+                       version: str, *, path: str) -> dict[str, Any]:
+    """``chargingProfile`` of OCPP 2.0.1 or 2.1 (one charging schedule, id = profile id)."""
+    purposes = PURPOSES_21 if version_at_least(version, "2.1") else PURPOSES_201
+    if profile.purpose not in purposes:
+        raise InvalidOperation(f"{path}.purpose",
+                               f"{profile.purpose} needs OCPP 2.1; the station speaks {version}")
+    if profile.kind == "Dynamic" and not version_at_least(version, "2.1"):
+        raise InvalidOperation(f"{path}.kind",
+                               f"Dynamic needs OCPP 2.1; the station speaks {version}")
+    wire: dict[str, Any] = {
+        "id": profile_id, "stackLevel": profile.stack_level,
+        "chargingProfilePurpose": purposes[profile.purpose],
+        "chargingProfileKind": profile.kind,
+    }
+    if profile.recurrency is not None:
+        wire["recurrencyKind"] = profile.recurrency
+    if profile.valid_from is not None:
+        wire["validFrom"] = iso(profile.valid_from)
+    if profile.valid_to is not None:
+        wire["validTo"] = iso(profile.valid_to)
+    if profile.transaction_id is not None:
+        wire["transactionId"] = profile.transaction_id
+    schedule: dict[str, Any] = {"id": profile_id}
+    start = _schedule_start(profile, now)
+    if start is not None:
+        schedule["startSchedule"] = start
+    if profile.duration_s is not None:
+        schedule["duration"] = profile.duration_s
+    schedule["chargingRateUnit"] = profile.unit
+    schedule["chargingSchedulePeriod"] = periods_to_wire(profile, version, path)
+    if profile.min_charging_rate is not None:
+        schedule["minChargingRate"] = profile.min_charging_rate
+    wire["chargingSchedule"] = [schedule]
+    return wire
+
+
+@dataclass
+class ProfileReport:
+    """ReportChargingProfiles messages collected for one GetChargingProfiles request."""
+
+    profiles: list[dict[str, Any]] = field(default_factory=list)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def as_profile(profile: ProfileSpec | Mapping[str, Any]) -> ProfileSpec:
+    """Accept a profile as the model or as a dict of its fields (pydantic errors propagate)."""
+    return profile if isinstance(profile, ProfileSpec) else \
+        ProfileSpec.model_validate(profile)
 
 
 class ShellBase:
@@ -58,6 +436,8 @@ class ShellBase:
 
     core: CSMSCore
     _raw_payload: dict[str, Any]
+    ev_charging_needs: dict[int, EVChargingNeeds]
+    _profile_reports: dict[int, ProfileReport]
 
     if TYPE_CHECKING:  # provided by ocpp.charge_point.ChargePoint, later in the MRO
         id: str
@@ -74,6 +454,9 @@ class ShellBase:
     def _init_shell(self, core: CSMSCore) -> None:
         self.core = core
         self._raw_payload = {}
+        #: The last NotifyEVChargingNeeds per EVSE (2.x), also kept on the open session.
+        self.ev_charging_needs: dict[int, EVChargingNeeds] = {}
+        self._profile_reports: dict[int, ProfileReport] = {}
 
     def rpc_error_frame(self, raw: str | bytes) -> str:
         """The CALLERROR for a frame that is not a valid OCPP-J RPC message."""
@@ -129,20 +512,200 @@ class ShellBase:
 
         The payload goes out exactly as given (no snake/camel conversion, which
         mangles some OCPP 2.1 field names), after validation against the
-        version's schema. Raises CallFailed on a CALLERROR.
+        version's schema (InvalidOperation if it fails). Raises CallFailed on a
+        CALLERROR, InvalidCallResult on an answer that fails the schema and
+        TimeoutError when no answer comes within the response timeout.
         """
         call = Call(unique_id=str(self._unique_id_generator()), action=action, payload=payload)
-        await validate_payload(call, self._ocpp_version)
+        try:
+            await validate_payload(call, self._ocpp_version)
+        except OCPPError as exc:
+            raise InvalidOperation("", f"{action} fails the OCPP {self.version} schema: "
+                                       f"{exc.description} {exc.details}") from exc
         async with self._call_lock:
             await self._send(call.to_json())
-            response = await self._get_specific_response(call.unique_id, self._response_timeout)
+            try:
+                response = await self._get_specific_response(call.unique_id,
+                                                             self._response_timeout)
+            except TimeoutError:
+                raise TimeoutError(f"{self.id}: no answer to {action} within "
+                                   f"{self._response_timeout} s") from None
         if response.message_type_id == MessageType.CallError:
             raise CallFailed(action, response.error_code, response.error_description)
         response.action = action
-        await validate_payload(response, self._ocpp_version)
-        return dict(response.payload)
+        try:
+            await validate_payload(response, self._ocpp_version)
+        except OCPPError as exc:
+            raise InvalidCallResult(action, exc.code, f"the station's answer fails the "
+                                    f"schema: {exc.description} {exc.details}") from exc
+        return dict(_plain(response.payload))
+
+    # -- helpers for the operations ---------------------------------------------
+    def _check_evse_arg(self, evse_id: int | None, *, field: str = "evse_id",
+                        station_wide: bool = True) -> None:
+        """InvalidOperation unless ``evse_id`` is None, 0 (if ``station_wide``) or provisioned."""
+        if evse_id is None or (evse_id == 0 and station_wide):
+            return
+        try:
+            self.core.check_evse(self.id, evse_id)
+        except UnknownEvseError as exc:
+            raise InvalidOperation(field, str(exc)) from None
+
+    def _check_profile_target(self, evse_id: int, profile: ProfileSpec,
+                              field: str = "evse_id") -> None:
+        # 1.6 and 2.x alike: a station maximum applies to EVSE 0, a TxProfile to an EVSE.
+        if profile.purpose == "ChargingStationMaxProfile" and evse_id != 0:
+            raise InvalidOperation(field, "a ChargingStationMaxProfile is set on EVSE 0")
+        if profile.purpose == "TxProfile" and evse_id == 0:
+            raise InvalidOperation(field, "a TxProfile is set on an EVSE, not on 0")
+        self._check_evse_arg(evse_id, field=field)
+
+    @staticmethod
+    def _start_profile(charging_profile: ProfileSpec | Mapping[str, Any]) -> ProfileSpec:
+        profile = as_profile(charging_profile)
+        if profile.purpose != "TxProfile":
+            raise InvalidOperation("charging_profile.purpose",
+                                   "a start request can only carry a TxProfile")
+        if profile.transaction_id is not None:
+            raise InvalidOperation("charging_profile.transaction_id",
+                                   "the transaction does not exist yet")
+        return profile
+
+    def _record_profile(self, evse_id: int, profile_id: int, profile: ProfileSpec,
+                        status: str) -> None:
+        # Every id sent is stored: next_profile_id() continues after the
+        # highest one, also after a restart, so no later profile replaces it.
+        self.core.store.record_profile(
+            self.id, evse_id, profile_id, profile.purpose, profile.stack_level,
+            profile.first_value, profile.unit, iso(self.core.clock()), status)
+
+    async def _send_profile(self, action: str, payload: dict[str, Any], evse_id: int,
+                            profile_id: int, profile: ProfileSpec, *,
+                            install_at: datetime | None = None) -> dict[str, Any]:
+        """Send a call carrying a new profile and record the profile with the answer.
+
+        With ``install_at`` (when the profile was written), an accepted profile
+        also joins the profiles the core believes installed on the station.
+        """
+        try:
+            result = await self.call_json(action, payload)
+        except InvalidOperation:
+            raise  # never sent: the id is simply skipped
+        except CallFailed as exc:
+            self._record_profile(evse_id, profile_id, profile, f"CallError:{exc.code}")
+            raise
+        except BaseException:  # no answer (timeout, lost connection, cancelled)
+            self._record_profile(evse_id, profile_id, profile, "NoAnswer")
+            raise
+        self._record_profile(evse_id, profile_id, profile, str(result["status"]))
+        if install_at is not None and result["status"] == "Accepted":
+            domain = profile.to_domain(profile_id, evse_id, install_at)
+            if domain is not None:
+                try:
+                    self.core.profile_set(self.id).install(domain)
+                except ProfileError as exc:  # accepted by the station all the same
+                    log.warning("%s: profile %s not kept: %s", self.id, profile_id, exc)
+        return result
+
+    def _forget_profiles(self, result: Mapping[str, Any], *, profile_id: int | None,
+                         evse_id: int | None, purpose: str | None,
+                         stack_level: int | None) -> None:
+        """After an accepted ClearChargingProfile, forget what the station cleared."""
+        if result["status"] != "Accepted":
+            return
+        if profile_id is not None:  # an id alone selects the profile
+            self.core.profile_set(self.id).clear(profile_id=profile_id)
+        else:
+            self.core.profile_set(self.id).clear(evse_id=evse_id, purpose=purpose,
+                                                 stack_level=stack_level)
 
     # -- operations every version offers ---------------------------------------
     async def send_limit(self, cmd: ProfileCommand) -> str:
         """Send a TxProfile with one period at ``cmd.limit``; record and return the status."""
         raise NotImplementedError
+
+    async def request_start(self, evse_id: int | None, id_token: str, *,
+                            remote_start_id: int | None = None,
+                            id_token_type: IdTokenType = "Central",
+                            charging_profile: ProfileSpec | Mapping[str, Any] | None = None,
+                            ) -> dict[str, Any]:
+        """Ask the station to start a transaction (1.6 RemoteStartTransaction,
+        2.x RequestStartTransaction).
+
+        ``evse_id`` None lets the station choose. ``remote_start_id`` (2.x) is
+        assigned by the CSMS when None; 1.6 has none. ``charging_profile``, a
+        TxProfile without a transaction id, goes with the request.
+        Returns ``status``, and ``remote_start_id``, ``transaction_id`` (2.x,
+        if the station already has one) and ``profile_id`` when they apply.
+        """
+        raise NotImplementedError
+
+    async def request_stop(self, transaction_id: str) -> dict[str, Any]:
+        """Ask the station to stop a transaction (1.6 RemoteStopTransaction, whose ids are
+        integers; 2.x RequestStopTransaction). Returns ``status``."""
+        raise NotImplementedError
+
+    async def set_charging_profile(self, evse_id: int,
+                                   profile: ProfileSpec | Mapping[str, Any]
+                                   ) -> dict[str, Any]:
+        """Install a charging profile on an EVSE (0: the whole station).
+
+        The CSMS assigns the profile id and records the profile with the
+        answer. Returns ``status`` and ``profile_id``.
+        """
+        raise NotImplementedError
+
+    async def clear_charging_profile(self, *, profile_id: int | None = None,
+                                     evse_id: int | None = None,
+                                     purpose: Purpose | None = None,
+                                     stack_level: int | None = None) -> dict[str, Any]:
+        """Clear the profile ``profile_id``, or those matching every criterion given
+        (none given: all of them). Returns ``status`` (Accepted or Unknown)."""
+        raise NotImplementedError
+
+    async def get_composite_schedule(self, evse_id: int, duration_s: int,
+                                     unit: Literal["W", "A"] | None = None) -> dict[str, Any]:
+        """Ask the station for the schedule that results from its profiles.
+
+        Returns ``status`` and, when Accepted, ``schedule``: ``evse_id``,
+        ``schedule_start``, ``duration_s``, ``unit`` and ``periods`` in the
+        neutral period form.
+        """
+        raise NotImplementedError
+
+    async def change_availability(self, evse_id: int, operative: bool) -> dict[str, Any]:
+        """Make an EVSE (0: the whole station) operative or inoperative.
+        Returns ``status`` (Accepted, Rejected or Scheduled)."""
+        raise NotImplementedError
+
+    async def reset(self, hard: bool) -> dict[str, Any]:
+        """Reboot the station: ``hard`` is 1.6 Hard / 2.x Immediate, else 1.6 Soft /
+        2.x OnIdle. Returns ``status``."""
+        raise NotImplementedError
+
+    async def trigger_message(self, message: TriggerMessageName,
+                              evse_id: int | None = None) -> dict[str, Any]:
+        """Ask the station to send ``message`` (for ``evse_id`` if given); the
+        message names are the wire names of the station's version. Returns ``status``."""
+        raise NotImplementedError
+
+    async def reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,
+                          evse_id: int | None = None, id_token_type: IdTokenType = "Central",
+                          group_id_token: str | None = None) -> dict[str, Any]:
+        """Reserve an EVSE (None: any; 1.6 connector 0) for ``id_token`` until ``expiry``.
+        Returns ``status``."""
+        raise NotImplementedError
+
+    async def cancel_reservation(self, reservation_id: int) -> dict[str, Any]:
+        """Cancel a reservation. Returns ``status``."""
+        raise NotImplementedError
+
+    async def get_charging_profiles(self, *, request_id: int | None = None,
+                                    evse_id: int | None = None,
+                                    purpose: PurposeFilter | None = None,
+                                    stack_level: int | None = None,
+                                    profile_ids: list[int] | None = None,
+                                    report_timeout_s: float | None = None) -> dict[str, Any]:
+        """Ask a 2.x station which profiles it has (InvalidOperation on 1.6)."""
+        raise InvalidOperation("", f"GetChargingProfiles needs OCPP 2.0.1; "
+                                   f"the station speaks {self.version}")

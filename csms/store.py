@@ -346,6 +346,31 @@ class Store:
         ).fetchall()
         return [dict(r) for r in rows]
 
+    def transaction(self, station_id: str, transaction_id: str) -> dict[str, Any] | None:
+        """One transaction with its metered energy (Wh), or None if unknown."""
+        row = self._db.execute(
+            "SELECT *, meter_stop_wh - meter_start_wh AS energy_wh FROM transactions "
+            "WHERE station_id=? AND transaction_id=?", (station_id, transaction_id)).fetchone()
+        return None if row is None else dict(row)
+
+    def meter_values(self, station_id: str, transaction_id: str) -> list[dict[str, Any]]:
+        """Every sampled value stored for one transaction, in time order."""
+        return [dict(r) for r in self._db.execute(
+            "SELECT evse_id, timestamp, measurand, phase, value, unit FROM meter_values "
+            "WHERE station_id=? AND transaction_id=? ORDER BY timestamp, rowid",
+            (station_id, transaction_id))]
+
+    def stations(self) -> list[dict[str, Any]]:
+        """Every station with its boot data and its EVSEs' last status, by station id."""
+        out = []
+        for r in self._db.execute("SELECT * FROM stations ORDER BY station_id").fetchall():
+            station = dict(r)
+            station["evses"] = [dict(e) for e in self._db.execute(
+                "SELECT evse_id, max_power_w, status, status_at FROM evses "
+                "WHERE station_id=? ORDER BY evse_id", (station["station_id"],))]
+            out.append(station)
+        return out
+
     def count(self, table: str) -> int:
         """Number of rows in one of the CSMS's tables."""
         if table not in {"stations", "evses", "transactions", "transaction_events",

@@ -1,0 +1,715 @@
+"""The operator API: a small HTTP JSON API beside the CSMS's websocket endpoint.
+
+Dashboards and test tools read stations, sessions, meter values and charge
+detail records, and ask a station to start or stop a transaction, take a
+charging profile, send a message or reset. It runs on aiohttp in the CSMS's
+own event loop and reads the same core and store, so there is nothing to
+synchronise.
+
+Every endpoint except ``GET /api/v1/openapi.json`` needs ``Authorization:
+Bearer <token>``; only a salted scrypt hash of the token is configured
+(:func:`hash_token`, the format of station password hashes). Errors are JSON
+objects with ``error`` and ``message``: 401 without a valid token, 404 for an
+unknown station or transaction, 409 when the station is not connected, 422
+with the path of every bad field, 502 when the station answers with a
+CALLERROR (its ``code``) or an invalid answer, 504 when it does not answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import http
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+from websockets.exceptions import ConnectionClosed
+
+from .exceptions import ConfigError, StationNotConnectedError, UnknownStationError
+from .model import EVChargingNeeds, Session
+from .security import check_password_hash, hash_password, verify_password
+from .server import CSMSServer
+from .shell import (
+    CallFailed,
+    IdTokenType,
+    InvalidCallResult,
+    InvalidOperation,
+    ProfileSpec,
+    ShellBase,
+    TriggerMessageName,
+)
+
+log = logging.getLogger("evtwin.csms.api")
+
+__all__ = [
+    "API_PREFIX",
+    "OperatorAPI",
+    "generate_token",
+    "hash_token",
+    "openapi_document",
+]
+
+API_PREFIX = "/api/v1"
+OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
+#: API tokens: 32 to 40 characters (the upper bound is the password hash's).
+TOKEN_MIN_CHARS = 32
+TOKEN_MAX_CHARS = 40
+
+
+# --------------------------------------------------------------------------- tokens
+def generate_token() -> str:
+    """A new random API token: 40 URL-safe characters, 240 bits."""
+    return secrets.token_urlsafe(30)
+
+
+def hash_token(token: str) -> str:
+    """The salted scrypt hash to configure for ``token`` (``scrypt$N$r$p$salt$hash``)."""
+    if not TOKEN_MIN_CHARS <= len(token) <= TOKEN_MAX_CHARS:
+        raise ConfigError("api_token", f"must be {TOKEN_MIN_CHARS} to {TOKEN_MAX_CHARS} "
+                                       f"characters, got {len(token)} (see generate_token())")
+    return hash_password(token)
+
+
+class _TokenCheck:
+    """Checks bearer tokens against one hash without stalling the event loop.
+
+    scrypt costs about 50 ms and 16 MiB, so it runs in a worker thread, at
+    most two at a time; a token that passed once is then recognised by its
+    SHA-256 digest (compared in constant time), so dashboards that poll do not
+    pay for scrypt on every request, while wrong tokens always do.
+    """
+
+    def __init__(self, encoded: str) -> None:
+        try:
+            check_password_hash(encoded)
+        except ValueError as exc:
+            raise ConfigError("api_token_hash", str(exc)) from None
+        self._encoded = encoded
+        self._verified: list[bytes] = []
+        self._slots = asyncio.Semaphore(2)
+
+    async def __call__(self, token: str) -> bool:
+        digest = hashlib.sha256(token.encode("utf-8")).digest()
+        if any(hmac.compare_digest(digest, d) for d in self._verified):
+            return True
+        async with self._slots:
+            ok = await asyncio.get_running_loop().run_in_executor(
+                None, verify_password, token, self._encoded)
+        if ok and digest not in self._verified:
+            self._verified.append(digest)
+        return ok
+
+
+# --------------------------------------------------------------------------- models
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class FieldProblem(_Model):
+    """One bad field of a request."""
+
+    path: str
+    """Dotted path of the field in the body or query (``charging_profile.periods.0.limit``)."""
+    message: str
+
+
+class Problem(_Model):
+    """Every error answer."""
+
+    error: str
+    """Short machine-readable kind: unauthorized, not_found, not_connected, invalid_request,
+    bad_json, call_error, invalid_call_result, timeout, ..."""
+    message: str
+    code: str | None = None
+    """The station's CALLERROR code (502)."""
+    action: str | None = None
+    """The OCPP action that failed (502, 504)."""
+    problems: list[FieldProblem] | None = None
+    """Every bad field (422)."""
+
+
+class EvseOut(_Model):
+    """One EVSE of a station."""
+
+    id: int
+    max_power_kw: float
+    phases: int
+    status: str | None
+    """Last connector status the station reported (StatusNotification)."""
+    status_at: str | None
+    limit_w: float | None
+    """Last limit the station accepted from the control cycle, in W."""
+    effective_limit_w: float | None
+    """Composite limit the CSMS believes applies now (profiles the station accepted,
+    capped by the EVSE's maximum), in W."""
+
+
+class StationOut(_Model):
+    """A provisioned station."""
+
+    id: str
+    site: str
+    connected: bool
+    protocol: str | None
+    """Websocket subprotocol of the open connection (ocpp1.6, ocpp2.0.1, ocpp2.1)."""
+    vendor: str | None
+    model: str | None
+    booted_at: str | None
+    evses: list[EvseOut]
+
+
+class StationList(_Model):
+    """All provisioned stations."""
+
+    stations: list[StationOut]
+
+
+class SessionOut(_Model):
+    """A transaction and its energy."""
+
+    station_id: str
+    transaction_id: str
+    evse_id: int
+    id_token: str | None
+    started_at: str
+    ended_at: str | None
+    open: bool
+    energy_wh: float | None
+    """Metered energy so far (open) or billed (ended), in Wh."""
+    meter_start_wh: float | None
+    meter_stop_wh: float | None
+    stopped_reason: str | None
+    power_w: float | None
+    """Last reported power (open sessions the CSMS holds in memory)."""
+    soc_percent: float | None
+    limit_w: float | None
+    """Last limit the station accepted for this transaction, in W."""
+    ev_needs: EVChargingNeeds | None
+    """What the EV reported (NotifyEVChargingNeeds, OCPP 2.x), while the session is in memory."""
+
+
+class SessionList(_Model):
+    """Transactions, oldest first."""
+
+    sessions: list[SessionOut]
+
+
+class StationDetail(StationOut):
+    """A station with its open sessions and what EVs told it."""
+
+    open_sessions: list[SessionOut]
+    ev_charging_needs: list[EVChargingNeeds]
+    """The last NotifyEVChargingNeeds per EVSE on the current connection."""
+
+
+class MeterValueOut(_Model):
+    """One sampled value."""
+
+    evse_id: int
+    timestamp: str
+    measurand: str
+    phase: str | None
+    value: float
+    unit: str | None
+
+
+class MeterValues(_Model):
+    """Every sampled value of one transaction, in time order."""
+
+    station_id: str
+    transaction_id: str
+    meter_values: list[MeterValueOut]
+
+
+class CdrOut(_Model):
+    """A charge detail record."""
+
+    station_id: str
+    transaction_id: str
+    id_token: str | None
+    started_at: str
+    ended_at: str
+    duration_s: float
+    energy_wh: float
+    cost: float
+    currency: str
+
+
+class CdrList(_Model):
+    """All charge detail records, oldest first."""
+
+    cdrs: list[CdrOut]
+
+
+class SessionsQuery(_Model):
+    """Filters of ``GET /sessions``."""
+
+    open: bool | None = None
+    """true: only open transactions; false: only ended ones; absent: all."""
+    station: str | None = None
+    """Only this station's transactions."""
+
+
+class RequestStartBody(_Model):
+    """Ask the station to start a transaction (RemoteStartTransaction / RequestStartTransaction)."""
+
+    evse_id: int | None = Field(None, ge=1)
+    """EVSE (1.6: connector) to start on; absent lets the station choose."""
+    id_token: str = Field(min_length=1, max_length=255)
+    """1.6 allows 20 characters, 2.0.1 36, 2.1 255."""
+    id_token_type: IdTokenType = "Central"
+    """OCPP 2.x only."""
+    remote_start_id: int | None = Field(None, ge=0)
+    """OCPP 2.x; assigned by the CSMS when absent."""
+    charging_profile: ProfileSpec | None = None
+    """A TxProfile to start with."""
+
+
+class RequestStopBody(_Model):
+    """Ask the station to stop a transaction."""
+
+    transaction_id: str = Field(min_length=1, max_length=36)
+
+
+class ChargingProfileBody(_Model):
+    """Install a charging profile (SetChargingProfile)."""
+
+    evse_id: int = Field(ge=0)
+    """0: the whole station (purpose ChargingStationMaxProfile)."""
+    profile: ProfileSpec
+
+
+class TriggerMessageBody(_Model):
+    """Ask the station to send a message now."""
+
+    message: TriggerMessageName
+    """Wire name; each OCPP version allows its own subset."""
+    evse_id: int | None = Field(None, ge=0)
+
+
+class ResetBody(_Model):
+    """Reboot the station."""
+
+    hard: bool = False
+    """true: 1.6 Hard / 2.x Immediate; false: 1.6 Soft / 2.x OnIdle."""
+
+
+class OperationAnswer(_Model):
+    """The station's answer to a CSMS-initiated call."""
+
+    status: str
+    reason_code: str | None = None
+    additional_info: str | None = None
+    transaction_id: str | None = None
+    """RequestStartTransaction (2.x): the transaction the station already has."""
+    remote_start_id: int | None = None
+    profile_id: int | None = None
+    """Id the CSMS gave the charging profile it sent."""
+
+
+# --------------------------------------------------------------------------- routes
+@dataclass(frozen=True)
+class Route:
+    """One endpoint: what aiohttp serves and what the OpenAPI document says."""
+
+    method: str
+    path: str
+    """Below :data:`API_PREFIX`, with ``{name}`` path parameters."""
+    handler: str
+    """Name of the :class:`OperatorAPI` method that serves it."""
+    summary: str
+    response: type[BaseModel] | None
+    body: type[BaseModel] | None = None
+    query: type[BaseModel] | None = None
+    errors: tuple[int, ...] = ()
+    public: bool = False
+
+
+_OPERATION_ERRORS = (400, 404, 409, 422, 502, 504)
+
+ROUTES: tuple[Route, ...] = (
+    Route("GET", "/stations", "list_stations", "List stations with connection and EVSE status",
+          StationList),
+    Route("GET", "/stations/{station_id}", "get_station",
+          "One station with its open sessions and EV charging needs", StationDetail,
+          errors=(404,)),
+    Route("GET", "/sessions", "list_sessions", "List transactions with their energy",
+          SessionList, query=SessionsQuery, errors=(422,)),
+    Route("GET", "/sessions/{station_id}/{transaction_id}/meter-values", "get_meter_values",
+          "Every meter value of one transaction", MeterValues, errors=(404,)),
+    Route("GET", "/cdrs", "list_cdrs", "List charge detail records", CdrList),
+    Route("POST", "/stations/{station_id}/request-start", "request_start",
+          "Ask the station to start a transaction", OperationAnswer, body=RequestStartBody,
+          errors=_OPERATION_ERRORS),
+    Route("POST", "/stations/{station_id}/request-stop", "request_stop",
+          "Ask the station to stop a transaction", OperationAnswer, body=RequestStopBody,
+          errors=_OPERATION_ERRORS),
+    Route("POST", "/stations/{station_id}/charging-profile", "charging_profile",
+          "Send the station a charging profile", OperationAnswer, body=ChargingProfileBody,
+          errors=_OPERATION_ERRORS),
+    Route("POST", "/stations/{station_id}/trigger-message", "trigger_message",
+          "Ask the station to send a message now", OperationAnswer, body=TriggerMessageBody,
+          errors=_OPERATION_ERRORS),
+    Route("POST", "/stations/{station_id}/reset", "reset", "Reboot the station",
+          OperationAnswer, body=ResetBody, errors=_OPERATION_ERRORS),
+    Route("GET", "/openapi.json", "openapi", "This API's OpenAPI 3.1 description", None,
+          public=True),
+)
+
+_PATH_PARAM = re.compile(r"{(\w+)}")
+
+
+def _package_version() -> str:
+    try:
+        return version("evtwin")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0"
+
+
+def openapi_document(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of ``routes``, schemas taken from the pydantic models."""
+    inputs = {m for r in routes for m in (r.body,) if m is not None}
+    outputs = {m for r in routes for m in (r.response,) if m is not None} | {Problem}
+    keyed: list[tuple[type[BaseModel], JsonSchemaMode]] = [
+        *((m, "validation") for m in sorted(inputs, key=lambda m: m.__name__)),
+        *((m, "serialization") for m in sorted(outputs, key=lambda m: m.__name__))]
+    refs, top = models_json_schema(keyed, ref_template="#/components/schemas/{model}")
+
+    def content(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"application/json": {"schema": schema}}
+
+    problem = refs[(Problem, "serialization")]
+    paths: dict[str, dict[str, Any]] = {}
+    for r in routes:
+        params: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+            for name in _PATH_PARAM.findall(r.path)]
+        if r.query is not None:
+            schema = r.query.model_json_schema()
+            params += [{"name": name, "in": "query", "required": False,
+                        "description": prop.get("description", ""), "schema": prop}
+                       for name, prop in schema["properties"].items()]
+        ok_schema = refs[(r.response, "serialization")] if r.response else {"type": "object"}
+        responses: dict[str, Any] = {"200": {"description": "OK", "content": content(ok_schema)}}
+        for status in sorted({*r.errors, *(() if r.public else (401,))}):
+            responses[str(status)] = {"description": http.HTTPStatus(status).phrase,
+                                      "content": content(problem)}
+        op: dict[str, Any] = {"operationId": r.handler, "summary": r.summary,
+                              "responses": responses}
+        if params:
+            op["parameters"] = params
+        if r.body is not None:
+            op["requestBody"] = {"required": True,
+                                 "content": content(refs[(r.body, "validation")])}
+        if r.public:
+            op["security"] = []
+        paths.setdefault(API_PREFIX + r.path, {})[r.method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "evtwin CSMS operator API", "version": _package_version(),
+                 "description": (__doc__ or "").strip().split("\n\n")[0]},
+        "paths": paths,
+        "components": {"schemas": top.get("$defs", {}),
+                       "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}}},
+        "security": [{"bearerAuth": []}],
+    }
+
+
+# --------------------------------------------------------------------------- errors
+class _HTTPProblem(Exception):
+    """Ends a request with a :class:`Problem` answer."""
+
+    def __init__(self, status: int, error: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.problem = Problem(error=error, message=message, **extra)
+
+
+def _field_problems(err: ValidationError) -> list[FieldProblem]:
+    out = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        # Model validators name their field first: "periods.1.start_s: ...".
+        head, sep, rest = msg.partition(": ")
+        if sep and re.fullmatch(r"[\w.]+", head):
+            path, msg = (f"{path}.{head}" if path else head), rest
+        out.append(FieldProblem(path=path, message=msg))
+    return out
+
+
+def _problem(exc: Exception) -> _HTTPProblem | None:
+    """The HTTP answer for an exception a handler may raise, or None if it is a bug."""
+    if isinstance(exc, _HTTPProblem):
+        return exc
+    if isinstance(exc, UnknownStationError):
+        return _HTTPProblem(404, "not_found", str(exc))
+    if isinstance(exc, StationNotConnectedError):
+        return _HTTPProblem(409, "not_connected", str(exc))
+    if isinstance(exc, ConnectionClosed):
+        return _HTTPProblem(409, "not_connected", "the station disconnected during the call")
+    if isinstance(exc, ValidationError):
+        return _HTTPProblem(422, "invalid_request", "the request has invalid fields",
+                            problems=_field_problems(exc))
+    if isinstance(exc, InvalidOperation):
+        return _HTTPProblem(422, "invalid_request", str(exc),
+                            problems=[FieldProblem(path=exc.field, message=exc.message)])
+    if isinstance(exc, InvalidCallResult):
+        return _HTTPProblem(502, "invalid_call_result", exc.description, code=exc.code,
+                            action=exc.action)
+    if isinstance(exc, CallFailed):
+        return _HTTPProblem(502, "call_error", exc.description or exc.code, code=exc.code,
+                            action=exc.action)
+    if isinstance(exc, TimeoutError):
+        return _HTTPProblem(504, "timeout", str(exc) or "the station did not answer")
+    if isinstance(exc, web.HTTPException):  # unknown path, wrong method, body too large
+        slug = exc.reason.lower().replace(" ", "_")
+        return _HTTPProblem(exc.status, slug, exc.reason)
+    return None
+
+
+def _json(model: BaseModel, *, exclude_none: bool = False, status: int = 200) -> web.Response:
+    return web.json_response(model.model_dump(mode="json", exclude_none=exclude_none),
+                             status=status)
+
+
+# --------------------------------------------------------------------------- the API
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class OperatorAPI:
+    """The operator API of one :class:`CSMSServer`, in the server's event loop.
+
+    ``token_hash`` is a :func:`hash_token` hash of the bearer token. Binds
+    ``host`` (loopback unless told otherwise) and ``port`` (0 picks a free
+    one); bodies above ``max_body_bytes`` are refused (413).
+    """
+
+    def __init__(self, server: CSMSServer, *, token_hash: str, host: str = "127.0.0.1",
+                 port: int = 0, max_body_bytes: int = 2**16) -> None:
+        self.server = server
+        self.core = server.core
+        self.host = host
+        self.port = port
+        self._check_token = _TokenCheck(token_hash)
+        self._openapi = openapi_document()
+        self.app = web.Application(middlewares=[self._middleware],
+                                   client_max_size=max_body_bytes)
+        for r in ROUTES:
+            self.app.router.add_route(r.method, API_PREFIX + r.path, getattr(self, r.handler))
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the API (``http://host:port/api/v1``)."""
+        return f"http://{self.host}:{self.port}{API_PREFIX}"
+
+    async def start(self) -> None:
+        """Bind and serve (port 0 picks a free port)."""
+        self._runner = web.AppRunner(self.app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def __aenter__(self) -> OperatorAPI:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- plumbing ---------------------------------------------------------------
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            if request.path != OPENAPI_PATH:
+                await self._authenticate(request)
+            response = await handler(request)
+        except Exception as exc:
+            answer = _problem(exc)
+            if answer is None:
+                log.exception("operator API: %s %s failed", request.method, request.path)
+                answer = _HTTPProblem(500, "internal_error", "internal error (see the CSMS log)")
+            response = _json(answer.problem, exclude_none=True, status=answer.status)
+            if answer.status == 401:
+                response.headers["WWW-Authenticate"] = 'Bearer realm="evtwin"'
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    async def _authenticate(self, request: web.Request) -> None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _HTTPProblem(401, "unauthorized", "send Authorization: Bearer <token>")
+        if not await self._check_token(token.strip()):
+            log.warning("operator API: wrong token from %s", request.remote,
+                        extra={"event": "api_unauthorized", "peer": request.remote})
+            raise _HTTPProblem(401, "unauthorized", "invalid token")
+
+    async def _body(self, request: web.Request, model: type[BaseModel]) -> Any:
+        try:
+            data = await request.json()
+        except ValueError:
+            raise _HTTPProblem(400, "bad_json", "the body is not valid JSON") from None
+        return model.model_validate(data)
+
+    def _shell(self, station_id: str) -> ShellBase:
+        shell = self.server.connections.get(station_id)
+        if shell is None:
+            raise StationNotConnectedError(station_id)
+        return shell
+
+    async def _operate(self, request: web.Request, body_model: type[BaseModel],
+                       op: Callable[[ShellBase, Any], Awaitable[dict[str, Any]]]
+                       ) -> web.Response:
+        """Check station, body and connection in that order, run ``op``, answer."""
+        station_id = request.match_info["station_id"]
+        self.core.station(station_id)
+        body = await self._body(request, body_model)
+        result = await op(self._shell(station_id), body)
+        log.info("operator %s on %s: %s", request.path.rsplit("/", 1)[-1], station_id,
+                 result["status"], extra={
+                     "event": "operator_call", "station": station_id,
+                     "operation": request.path.rsplit("/", 1)[-1], "status": result["status"],
+                     "peer": request.remote})
+        return _json(OperationAnswer.model_validate(result), exclude_none=True)
+
+    # -- views ----------------------------------------------------------------------
+    def _station_out(self, station_id: str, info: dict[str, Any]) -> dict[str, Any]:
+        spec = self.core.stations[station_id]
+        shell = self.server.connections.get(station_id)
+        stored = {e["evse_id"]: e for e in info.get("evses", [])}
+        return {
+            "id": station_id, "site": spec.site, "connected": shell is not None,
+            "protocol": f"ocpp{shell.version}" if shell is not None else None,
+            "vendor": info.get("vendor"), "model": info.get("model"),
+            "booted_at": info.get("booted_at"),
+            "evses": [{
+                "id": e.evse_id, "max_power_kw": e.max_power_w / 1000.0, "phases": e.phases,
+                "status": stored.get(e.evse_id, {}).get("status"),
+                "status_at": stored.get(e.evse_id, {}).get("status_at"),
+                "limit_w": self.core.sent_limits_w.get((station_id, e.evse_id)),
+                "effective_limit_w": self.core.effective_limit_w(station_id, e.evse_id),
+            } for e in spec.evses],
+        }
+
+    def _session_out(self, row: dict[str, Any]) -> SessionOut:
+        live: Session | None = self.core.sessions.get((row["station_id"], row["transaction_id"]))
+        energy = row["energy_wh"]
+        if live is not None and live.meter_start_wh is not None:
+            energy = live.billed_energy_wh
+        is_open = row["ended_at"] is None
+        return SessionOut(
+            station_id=row["station_id"], transaction_id=row["transaction_id"],
+            evse_id=row["evse_id"], id_token=row["id_token"], started_at=row["started_at"],
+            ended_at=row["ended_at"], open=is_open, energy_wh=energy,
+            meter_start_wh=row["meter_start_wh"], meter_stop_wh=row["meter_stop_wh"],
+            stopped_reason=row["stopped_reason"],
+            power_w=live.power_w if live is not None and is_open else None,
+            soc_percent=live.soc_percent if live is not None else None,
+            limit_w=live.limit_w if live is not None else None,
+            ev_needs=live.ev_needs if live is not None else None)
+
+    # -- handlers ---------------------------------------------------------------------
+    async def list_stations(self, request: web.Request) -> web.Response:
+        """``GET /stations``."""
+        info = {s["station_id"]: s for s in self.core.store.stations()}
+        return _json(StationList.model_validate({"stations": [
+            self._station_out(sid, info.get(sid, {})) for sid in sorted(self.core.stations)]}))
+
+    async def get_station(self, request: web.Request) -> web.Response:
+        """``GET /stations/{station_id}``."""
+        station_id = request.match_info["station_id"]
+        self.core.station(station_id)
+        info = {s["station_id"]: s for s in self.core.store.stations()}.get(station_id, {})
+        shell = self.server.connections.get(station_id)
+        rows = [r for r in self.core.store.transactions()
+                if r["station_id"] == station_id and r["ended_at"] is None]
+        return _json(StationDetail.model_validate({
+            **self._station_out(station_id, info),
+            "open_sessions": [self._session_out(r) for r in rows],
+            "ev_charging_needs": sorted(shell.ev_charging_needs.values(),
+                                        key=lambda n: n.evse_id) if shell is not None else [],
+        }))
+
+    async def list_sessions(self, request: web.Request) -> web.Response:
+        """``GET /sessions?open=true&station=...``."""
+        query = SessionsQuery.model_validate(dict(request.query))
+        rows = self.core.store.transactions()
+        sessions = [self._session_out(r) for r in rows
+                    if (query.open is None or (r["ended_at"] is None) == query.open)
+                    and (query.station is None or r["station_id"] == query.station)]
+        return _json(SessionList(sessions=sessions))
+
+    async def get_meter_values(self, request: web.Request) -> web.Response:
+        """``GET /sessions/{station_id}/{transaction_id}/meter-values``."""
+        station_id = request.match_info["station_id"]
+        tx_id = request.match_info["transaction_id"]
+        if self.core.store.transaction(station_id, tx_id) is None:
+            raise _HTTPProblem(404, "not_found",
+                               f"no transaction {tx_id!r} on station {station_id!r}")
+        return _json(MeterValues.model_validate({
+            "station_id": station_id, "transaction_id": tx_id,
+            "meter_values": self.core.store.meter_values(station_id, tx_id)}))
+
+    async def list_cdrs(self, request: web.Request) -> web.Response:
+        """``GET /cdrs``."""
+        return _json(CdrList.model_validate({"cdrs": self.core.store.cdrs()}))
+
+    async def request_start(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/request-start``."""
+        def op(shell: ShellBase, b: RequestStartBody) -> Awaitable[dict[str, Any]]:
+            return shell.request_start(b.evse_id, b.id_token, remote_start_id=b.remote_start_id,
+                                       id_token_type=b.id_token_type,
+                                       charging_profile=b.charging_profile)
+        return await self._operate(request, RequestStartBody, op)
+
+    async def request_stop(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/request-stop``."""
+        return await self._operate(request, RequestStopBody,
+                                   lambda shell, b: shell.request_stop(b.transaction_id))
+
+    async def charging_profile(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/charging-profile``."""
+        return await self._operate(request, ChargingProfileBody,
+                                   lambda shell, b: shell.set_charging_profile(b.evse_id,
+                                                                               b.profile))
+
+    async def trigger_message(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/trigger-message``."""
+        return await self._operate(request, TriggerMessageBody,
+                                   lambda shell, b: shell.trigger_message(b.message, b.evse_id))
+
+    async def reset(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/reset``."""
+        return await self._operate(request, ResetBody, lambda shell, b: shell.reset(b.hard))
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        """``GET /openapi.json`` (no token needed)."""
+        return web.json_response(self._openapi)
+
+
+def main() -> None:
+    """``python -m evtwin.csms.api``: print a new token and the hash to configure for it."""
+    token = generate_token()
+    print(f"# API token (give it to the operator's tools, keep it secret): {token}")
+    print(f'api_token_hash = "{hash_token(token)}"')
+
+
+if __name__ == "__main__":
+    main()
