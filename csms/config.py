@@ -181,6 +181,22 @@ class TokensSection(_Strict):
     accepted: list[str] = Field(default_factory=list)
 
 
+class ApiSection(_Strict):
+    """Operator HTTP API (off unless ``port`` is set)."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=0, le=65535)
+    token_hash: str | None = None
+    """Salted hash of the bearer token: ``evtwin csms api-token`` makes one."""
+
+    @field_validator("token_hash")
+    @classmethod
+    def _readable(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_password_hash(v)
+        return v
+
+
 class ServeConfig(_Strict):
     """The whole file."""
 
@@ -192,6 +208,7 @@ class ServeConfig(_Strict):
     stations: list[StationSection] = Field(default_factory=list)
     tokens: TokensSection = TokensSection()
     security: SecuritySection = SecuritySection()
+    api: ApiSection = ApiSection()
 
     def security_config(self) -> SecurityConfig:
         """The server's security settings (pass to ``CSMSServer(security=...)``)."""
@@ -222,6 +239,9 @@ class ServeConfig(_Strict):
 
 def _cross_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
     problems = []
+    api = data.get("api")
+    if isinstance(api, dict) and api.get("port") is not None and not api.get("token_hash"):
+        problems.append(("api.token_hash", "required when api.port is set"))
     stations = data.get("stations")
     if isinstance(stations, list):
         ids = [s.get("id") for s in stations if isinstance(s, dict)]

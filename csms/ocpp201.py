@@ -396,6 +396,8 @@ class CSMS201(Handlers201, _ChargePoint201):
 class CSMS21(Handlers201, _ChargePoint21):
     """One connected station speaking OCPP 2.1."""
 
+    occurrence_error_code: ClassVar[str] = "OccurrenceConstraintViolation"
+
     version: ClassVar[str] = "2.1"
     known_actions: ClassVar[frozenset[str]] = frozenset(a.value for a in Action21)
 

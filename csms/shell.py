@@ -29,7 +29,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
-from ocpp.exceptions import OCPPError, PropertyConstraintViolationError
+from ocpp.exceptions import (
+    OccurrenceConstraintViolationError,
+    OCPPError,
+    PropertyConstraintViolationError,
+    ProtocolError,
+)
 from ocpp.messages import Call, MessageType, unpack, validate_payload
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
@@ -431,6 +436,9 @@ class ShellBase:
     #: and for an unknown MessageTypeId.
     rpc_error_code: ClassVar[str] = "RpcFrameworkError"
     message_type_error_code: ClassVar[str] = "MessageTypeNotSupported"
+    #: A required field missing. OCPP 1.6 and 2.0.1 keep the historic spelling
+    #: (1.6-J errata 5.1, kept in 2.0.1); 2.1 spells it correctly.
+    occurrence_error_code: ClassVar[str] = "OccurenceConstraintViolation"
     known_actions: ClassVar[frozenset[str]] = frozenset()
     version: ClassVar[str] = ""
 
@@ -481,6 +489,11 @@ class ShellBase:
             log.warning("%s: malformed frame %.200r", self.id, raw_msg)
             await self._send(self.rpc_error_frame(raw_msg))
             return
+        if msg.message_type_id != MessageType.Call and not self._call_lock.locked():
+            # A CALLRESULT/CALLERROR when we are waiting for none: an unknown
+            # message id. Dropped (queueing it would grow without bound).
+            log.warning("%s: ignoring a reply to no pending call (id %r)", self.id, msg.unique_id)
+            return
         if msg.message_type_id == MessageType.Call:
             refusal = self._refuse_call(msg.action, msg.payload)
             if refusal is not None:
@@ -491,6 +504,23 @@ class ShellBase:
             # connection handles one message at a time, so this is safe.
             self._raw_payload = msg.payload
         await super().route_message(raw_msg)  # type: ignore[misc]
+
+    async def _handle_call(self, msg: Any) -> Any:
+        """Route one CALL; a missing required field is an occurrence violation.
+
+        The ``ocpp`` library reports schema ``required`` failures as
+        ProtocolError; OCPP-J names OccurrenceConstraintViolation for a field
+        that occurs fewer times than the schema allows.
+        """
+        try:
+            return await super()._handle_call(msg)  # type: ignore[misc]
+        except ProtocolError as exc:
+            cause = str((exc.details or {}).get("cause", ""))
+            if "is a required property" not in cause:
+                raise
+            error = OccurrenceConstraintViolationError(description=cause, details=exc.details)
+            error.code = self.occurrence_error_code
+            raise error from exc
 
     def _refuse_call(self, action: Any, payload: Any) -> tuple[str, str] | None:
         """The CALLERROR (code, text) for a CALL that cannot be routed, or None.

@@ -99,7 +99,9 @@ def cmd_csms_serve(args: argparse.Namespace, console: Console) -> int:
 
     config = load_config(args.config)
     setup_json_logging(logging.DEBUG if args.debug else logging.INFO)
-    asyncio.run(serve(config, args.db, host=args.host, port=args.port))
+    asyncio.run(serve(config, args.db, host=args.host, port=args.port,
+                      api_port=config.api.port if args.api_port is None else args.api_port,
+                      api_token_hash=config.api.token_hash, api_host=config.api.host))
     return 0
 
 
@@ -153,6 +155,16 @@ def cmd_csms_hash_password(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_csms_api_token(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin csms api-token``: a new bearer token and the hash for [api] token_hash."""
+    from evtwin.csms.api import generate_token, hash_token
+
+    token = generate_token()
+    print(f"# bearer token (keep it secret): {token}")
+    print(f'token_hash = "{hash_token(token)}"')
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -194,6 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--port", type=int, help="port (0 picks a free one; default 9000)")
     srv.add_argument("--db", default="csms.sqlite", help="SQLite file (default csms.sqlite)")
     srv.add_argument("--config", help="CSMS config TOML (stations, tokens, strategy, tariff)")
+    srv.add_argument("--api-port", type=int,
+                     help="operator HTTP API port (0: a free one; needs [api] token_hash)")
     srv.set_defaults(func=cmd_csms_serve)
     hp = csms_sub.add_parser("hash-password",
                              help="hash a station password for csms.toml (security profiles 1-2)")
@@ -202,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--stdin", action="store_true",
                     help="read the password from the first line of stdin")
     hp.set_defaults(func=cmd_csms_hash_password)
+    tok = csms_sub.add_parser("api-token", help="make an operator API token and its hash")
+    tok.set_defaults(func=cmd_csms_api_token)
     return parser
 
 

@@ -12,21 +12,14 @@ import asyncio
 import base64
 import datetime as dt
 import io
-import ipaddress
 import json
 import os
 import ssl
-import warnings
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidMessage, InvalidStatus
 from websockets.typing import Subprotocol
@@ -42,6 +35,7 @@ from evtwin.csms.security import (
     server_ssl_context,
     verify_password,
 )
+from tests.pki import PKI, Cert, client_ctx, tls11_client
 
 TIMEOUT_S = 5.0 * float(os.environ.get("EVTWIN_TEST_TIMEOUT_SCALE", "1"))
 OCPP201 = [Subprotocol("ocpp2.0.1")]
@@ -50,96 +44,9 @@ PASSWORDS = {"CS1": "correct-horse-battery-1", "CS2": "another-station-pw-22"}
 HEARTBEAT = json.dumps([2, "hb", "Heartbeat", {}])
 
 
-# --------------------------------------------------------------------------- certificates
-@dataclass(frozen=True)
-class Cert:
-    cert: Path
-    key: Path
-
-
-@dataclass(frozen=True)
-class PKI:
-    ca: Path
-    server_ec: Cert
-    server_rsa: Cert
-    cs1: Cert          # CN=CS1, from the trusted CA
-    cs2: Cert          # CN=CS2, from the trusted CA
-    rogue_cs1: Cert    # CN=CS1, from another CA
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "evtwin test"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(folder: Path, stem: str, cn: str, key: Any, issuer: tuple[x509.Name, Any] | None,
-           *, ca: bool = False, server: bool = False) -> Cert:
-    """Write ``stem.pem`` and ``stem.key``; self-signed when ``issuer`` is None."""
-    issuer_name, issuer_key = issuer if issuer is not None else (_name(cn), key)
-    now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateBuilder()
-               .subject_name(_name(cn)).issuer_name(issuer_name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(now + dt.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                          content_commitment=False, key_encipherment=False,
-                          data_encipherment=False, key_agreement=False,
-                          encipher_only=False, decipher_only=False), critical=True)
-    elif server:
-        builder = (builder
-                   .add_extension(x509.SubjectAlternativeName(
-                       [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                                  critical=False))
-    else:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-    cert = builder.sign(issuer_key, hashes.SHA256())
-    out = Cert(folder / f"{stem}.pem", folder / f"{stem}.key")
-    out.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    out.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    return out
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    folder = tmp_path_factory.mktemp("pki")
-
-    def ec_key() -> ec.EllipticCurvePrivateKey:
-        return ec.generate_private_key(ec.SECP256R1())
-
-    ca_key, other_ca_key = ec_key(), ec_key()
-    ca = _issue(folder, "ca", "evtwin test CA", ca_key, None, ca=True)
-    by_ca = (_name("evtwin test CA"), ca_key)
-    by_other = (_name("someone else's CA"), other_ca_key)
-    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    return PKI(
-        ca=ca.cert,
-        server_ec=_issue(folder, "server-ec", "csms", ec_key(), by_ca, server=True),
-        server_rsa=_issue(folder, "server-rsa", "csms", rsa_key, by_ca, server=True),
-        cs1=_issue(folder, "cs1", "CS1", ec_key(), by_ca),
-        cs2=_issue(folder, "cs2", "CS2", ec_key(), by_ca),
-        rogue_cs1=_issue(folder, "rogue-cs1", "CS1", ec_key(), by_other),
-    )
-
-
 @pytest.fixture(scope="session")
 def password_hashes() -> dict[str, str]:
     return {sid: hash_password(pw) for sid, pw in PASSWORDS.items()}
-
-
-def client_ctx(pki: PKI, cert: Cert | None = None) -> ssl.SSLContext:
-    """A station's TLS context: trusts our CA, checks the server's IP SAN."""
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(pki.ca))
-    if cert is not None:
-        ctx.load_cert_chain(cert.cert, cert.key)
-    return ctx
 
 
 # --------------------------------------------------------------------------- harness
@@ -353,18 +260,6 @@ def test_profile_2_accepts_basic_auth_over_tls(pki: PKI, password_hashes: dict[s
     assert kinds(run(security, scenario)) == ["auth_failed"]
 
 
-def _tls11_client(pki: PKI) -> ssl.SSLContext:
-    ctx = client_ctx(pki)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # TLS 1.0/1.1 are deprecated
-        ctx.minimum_version = ssl.TLSVersion.TLSv1
-        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
-    # OpenSSL 3's default security level refuses to offer TLS 1.1 at all; lower
-    # it so the client really sends a TLS 1.1 hello and the *server* refuses.
-    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
-    return ctx
-
-
 def test_profile_2_refuses_tls_below_1_2(pki: PKI, password_hashes: dict[str, str]) -> None:
     security = SecurityConfig(profile=2, password_hashes=password_hashes,
                               tls_cert=pki.server_ec.cert, tls_key=pki.server_ec.key)
@@ -375,7 +270,7 @@ def test_profile_2_refuses_tls_below_1_2(pki: PKI, password_hashes: dict[str, st
         # alert, so the client sees the connection reset, not an SSL alert;
         # the server's event below shows it was the server that refused.
         with pytest.raises(OSError):
-            await connect(f"{server.url}/CS1", subprotocols=OCPP201, ssl=_tls11_client(pki),
+            await connect(f"{server.url}/CS1", subprotocols=OCPP201, ssl=tls11_client(pki),
                           additional_headers=auth, open_timeout=TIMEOUT_S)
         # Plain ws:// on the TLS port fails too.
         with pytest.raises(Exception):  # noqa: B017 - how it fails is not the point

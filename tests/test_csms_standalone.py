@@ -318,12 +318,18 @@ BAD_FRAMES: dict[str, list[tuple[str, str]]] = {
         ('[2, "x2", "FooBar", {}]', "NotImplemented"),
         ('[2, "x3", "DataTransfer", {"vendorId": "v"}]', "NotSupported"),
         ('[2, "x4", "Heartbeat", {"surprise": 1}]', "FormatViolation"),
-        ('[2, "x5", "BootNotification", {"reason": "PowerUp"}]', "OccurrenceConstraintViolation"),
+        ('[2, "x5", "BootNotification", {"reason": "PowerUp"}]', "OccurenceConstraintViolation"),
         ('[2, "x6", "StatusNotification", {"timestamp": 5, "connectorStatus": "Occupied", '
          '"evseId": 1, "connectorId": 1}]', "TypeConstraintViolation"),
     ],
+    "ocpp2.1": [
+        ('[2, "z1", "BootNotification", {"reason": "PowerUp"}]', "OccurrenceConstraintViolation"),
+        ('[2, "z2", "FooBar", {}]', "NotImplemented"),
+    ],
     "ocpp1.6": [
         ("not json", "FormationViolation"),
+        ('[2, "y0", "BootNotification", {"chargePointVendor": "v"}]',
+         "OccurenceConstraintViolation"),
         ('[2, "y1", "FooBar", {}]', "NotImplemented"),
         ('[2, "y2", "Heartbeat", {"surprise": 1}]', "FormationViolation"),
         ('[2, "y3", "StatusNotification", {"connectorId": "one", "errorCode": "NoError", '
@@ -332,7 +338,7 @@ BAD_FRAMES: dict[str, list[tuple[str, str]]] = {
 }
 
 
-@pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1"])
+@pytest.mark.parametrize("protocol", ["ocpp1.6", "ocpp2.0.1", "ocpp2.1"])
 def test_bad_frames_get_the_spec_callerror_and_others_are_served(
         tmp_path: Path, protocol: str) -> None:
     with (csms_process(tmp_path) as server, station(server, "CS1", protocol) as noisy,
@@ -345,5 +351,7 @@ def test_bad_frames_get_the_spec_callerror_and_others_are_served(
             codes[frame] = reply[2]
             assert quiet.call("Heartbeat", {})[0] == 3  # the other station is unaffected
         assert codes == dict(BAD_FRAMES[protocol])
+        # A CALLRESULT for a message id the CSMS never sent is dropped, not queued.
+        noisy.ws.send(json.dumps([3, "never-sent", {}]))
         boot(noisy, protocol)  # and the noisy one's connection still works
         assert server.proc.poll() is None
