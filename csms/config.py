@@ -71,6 +71,10 @@ class ServerSection(_Strict):
     max_frame_bytes: int = Field(65536, gt=0)
     """Frames larger than this close the connection (1009)."""
     response_timeout_s: float = Field(30.0, gt=0)
+    max_frames_per_s: float | None = Field(20.0, gt=0)
+    """Inbound frame rate a station may keep up; beyond it (after the burst) its
+    connection is closed (1008). Real stations send a few frames a minute."""
+    max_frames_burst: float = Field(200.0, ge=1)
 
 
 class ControlSection(_Strict):

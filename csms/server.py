@@ -15,6 +15,8 @@ import http
 import logging
 import re
 import ssl
+import time
+from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -50,17 +52,39 @@ _IDENTITY = re.compile(r"^[^:/]{1,48}$")
 REALM = "evtwin"
 
 
-class CountingConnection:
-    """Wraps a connection and counts OCPP frames in each direction."""
+class FloodError(ConnectionError):
+    """A station sent frames faster than its rate limit allows."""
 
-    def __init__(self, conn: Any, counter: dict[str, int]) -> None:
+
+class CountingConnection:
+    """Wraps a connection, counts OCPP frames and (optionally) limits the inbound rate.
+
+    The limit is a token bucket: ``burst`` frames at once, refilled at
+    ``rate_per_s``. A station that empties it gets FloodError from ``recv``
+    (its connection is then closed) instead of the CSMS's undivided attention.
+    """
+
+    def __init__(self, conn: Any, counter: dict[str, int], *, rate_per_s: float | None = None,
+                 burst: float = 200.0, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._conn = conn
         self._counter = counter
+        self._rate = rate_per_s
+        self._burst = burst
+        self._tokens = burst
+        self._monotonic = monotonic
+        self._last = monotonic()
 
     async def recv(self) -> Any:
         """Receive one frame."""
         msg = await self._conn.recv()
         self._counter["in"] += 1
+        if self._rate is not None:
+            now = self._monotonic()
+            self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+            self._last = now
+            if self._tokens < 1.0:
+                raise FloodError(f"more than {self._rate:g} frames/s (burst {self._burst:g})")
+            self._tokens -= 1.0
         return msg
 
     async def send(self, msg: Any) -> None:
@@ -95,6 +119,7 @@ class CSMSServer:
     def __init__(self, core: CSMSCore, *, host: str = "127.0.0.1", port: int = 0,
                  max_frame_bytes: int = 2**16, response_timeout_s: float = 30.0,
                  security: SecurityConfig | None = None,
+                 max_frames_per_s: float | None = None, max_frames_burst: float = 200.0,
                  tls_handshake_timeout_s: float = 10.0) -> None:
         self.core = core
         self.host = host
@@ -104,6 +129,9 @@ class CSMSServer:
         self.security = security if security is not None else SecurityConfig()
         self.tls_handshake_timeout_s = tls_handshake_timeout_s
         self.frames = {"in": 0, "out": 0}
+        # None: no limit (the twin's own stations run faster than any real one).
+        self.max_frames_per_s = max_frames_per_s
+        self.max_frames_burst = max_frames_burst
         self.connections: dict[str, ShellBase] = {}
         self._sockets: dict[str, ServerConnection] = {}
         self._sockets_by_cp: dict[int, ServerConnection] = {}
@@ -217,7 +245,9 @@ class CSMSServer:
                  extra={"event": "connected", "station": identity,
                         "protocol": connection.subprotocol,
                         "peer": str(connection.remote_address)})
-        cp = shell(identity, CountingConnection(connection, self.frames),  # type: ignore[call-arg]
+        counting = CountingConnection(connection, self.frames, rate_per_s=self.max_frames_per_s,
+                                      burst=self.max_frames_burst)
+        cp = shell(identity, counting,  # type: ignore[call-arg]
                    self.core, response_timeout=self.response_timeout_s)
         previous = self.connections.get(identity)
         self.connections[identity] = cp
@@ -232,6 +262,9 @@ class CSMSServer:
         self._sockets_by_cp[id(cp)] = connection
         try:
             await cp.start()  # type: ignore[attr-defined]
+        except FloodError as exc:
+            self._security_event(str(connection.remote_address), "flood", f"{identity}: {exc}")
+            await connection.close(code=1008, reason="rate limit exceeded")
         except Exception as exc:
             log.info("%s disconnected: %s", identity, exc,
                      extra={"event": "disconnected", "station": identity})

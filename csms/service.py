@@ -93,7 +93,9 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
         server = CSMSServer(core, host=host or s.host, port=s.port if port is None else port,
                             max_frame_bytes=s.max_frame_bytes,
                             response_timeout_s=s.response_timeout_s,
-                            security=config.security_config())
+                            security=config.security_config(),
+                            max_frames_per_s=s.max_frames_per_s,
+                            max_frames_burst=s.max_frames_burst)
         api = None
         if api_port is not None:
             assert api_token_hash is not None  # checked above

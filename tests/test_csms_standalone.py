@@ -28,6 +28,11 @@ SCALE = float(os.environ.get("EVTWIN_TEST_TIMEOUT_SCALE", "1"))
 TIMEOUT_S = 20.0 * SCALE
 
 CONFIG = """
+[server]
+max_frame_bytes = 4096
+max_frames_per_s = 20
+max_frames_burst = 50
+
 [control]
 strategy = "equal_share"
 interval_s = 1
@@ -355,3 +360,29 @@ def test_bad_frames_get_the_spec_callerror_and_others_are_served(
         noisy.ws.send(json.dumps([3, "never-sent", {}]))
         boot(noisy, protocol)  # and the noisy one's connection still works
         assert server.proc.poll() is None
+
+
+def test_flood_and_oversized_frames_close_only_that_connection(tmp_path: Path) -> None:
+    from websockets.exceptions import ConnectionClosed
+
+    with (csms_process(tmp_path) as server, station(server, "CS1", "ocpp2.0.1") as flood,
+          station(server, "CS2", "ocpp2.0.1") as quiet):
+        boot(quiet, "ocpp2.0.1")
+        heartbeat = json.dumps([2, "f", "Heartbeat", {}])
+        with pytest.raises(ConnectionClosed) as closed:
+            for _ in range(500):
+                flood.ws.send(heartbeat)
+            while True:
+                flood.ws.recv(timeout=TIMEOUT_S)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert quiet.call("Heartbeat", {})[0] == 3
+        with station(server, "CS1", "ocpp2.0.1") as big:
+            with pytest.raises(ConnectionClosed) as too_big:
+                big.ws.send(json.dumps([2, "big", "Heartbeat", {"x": "y" * 5000}]))
+                big.ws.recv(timeout=TIMEOUT_S)
+            assert too_big.value.rcvd is not None and too_big.value.rcvd.code == 1009
+        assert quiet.call("Heartbeat", {})[0] == 3
+    con = sqlite3.connect(tmp_path / "csms.sqlite")
+    kinds = [r[0] for r in con.execute("SELECT kind FROM security_events")]
+    con.close()
+    assert "flood" in kinds
