@@ -481,3 +481,31 @@ def test_profile_ids_are_fresh(core: CSMSCore) -> None:
     ids = [core.next_profile_id() for _ in range(5)]
     assert len(set(ids)) == 5
     assert ids == sorted(ids)
+
+
+# --------------------------------------------------------------------------- late events
+def test_offline_queue_out_of_order_is_merged_and_billed_once(store: Store, clock: FakeClock
+                                                              ) -> None:
+    """A station back from offline sends its queue: Ended first, then the older events."""
+    core = CSMSCore(make_config(), store, clock=clock)
+    t = [T0 + timedelta(minutes=m) for m in (0, 30, 60)]
+    core.on_transaction_event("CS1", tx_event(
+        "Ended", 2, "late", t[2], samples=[sample(ENERGY, 9000, "Wh")],
+        stopped_reason="EVDisconnected", trigger="EVDeparted"))
+    late_update = tx_event("Updated", 1, "late", t[1], samples=[sample(ENERGY, 4000, "Wh")])
+    late_update["offline"] = True
+    core.on_transaction_event("CS1", late_update)
+    core.on_transaction_event("CS1", tx_event(
+        "Started", 0, "late", t[0], id_token=TOKEN, trigger="Authorized",
+        samples=[sample(ENERGY, 1000, "Wh", context="Transaction.Begin")]))
+    (cdr,) = store.cdrs()
+    assert cdr["energy_wh"] == pytest.approx(8000)  # Ended's 9000 minus Started's 1000
+    assert cdr["duration_s"] == pytest.approx(3600)
+    (tx,) = store.transactions()
+    assert (tx["meter_start_wh"], tx["meter_stop_wh"]) == (1000, 9000)
+    assert tx["started_at"] == iso(t[0]) and tx["ended_at"] == iso(t[2])
+    session = core.sessions[("CS1", "late")]
+    assert session.meter_last_wh == 9000  # the older Updated did not roll the reading back
+    # A seqNo gap is fine; a repeated one is not applied or stored twice.
+    core.on_transaction_event("CS1", late_update)
+    assert store.count("transaction_events") == 3
