@@ -9,98 +9,23 @@ are all answered (the barrier that keeps virtual time honest).
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ocpp.exceptions import OCPPError
 from ocpp.routing import on
 from ocpp.v21 import ChargePoint as _ChargePoint21
 from ocpp.v201 import ChargePoint as _ChargePoint201
 
+from .clientbase import ENERGY, ClientBase, parse_ts, record_profile
 from .exceptions import ProfileRejected
-from .station import NOMINAL_VOLTAGE_V, Evse, Profile, VirtualStation
-
-#: Messages whose CALLERROR is logged and counted rather than fatal.
-_REPORTS = frozenset({"Heartbeat", "MeterValues", "StatusNotification"})
-
-log = logging.getLogger("evtwin.agents.client")
-
-ENERGY = "Energy.Active.Import.Register"
+from .station import NOMINAL_VOLTAGE_V, Evse, Profile
 
 
-def record_profile(log: list[dict[str, Any]], client: Any, evse_id: int, profile: Profile,
-                   status: str) -> None:
-    """Append one received SetChargingProfile to ``log`` (what the CSMS asked for)."""
-    now = client.now_s()
-    evse = client.station.evses.get(evse_id)
-    phases = evse.phases if evse is not None else 3
-    first = profile.periods[0] if profile.periods else (0.0, float("nan"), None)
-    log.append({
-        "t_s": now, "station_id": client.station.station_id, "evse_id": evse_id,
-        "profile_id": profile.profile_id, "purpose": profile.purpose,
-        "stack_level": profile.stack_level, "unit": profile.unit, "limit": first[1],
-        "limit_w_now": profile.limit_w(now, evse.tx_started_s if evse else None, phases),
-        "transaction_id": profile.transaction_id, "status": status,
-    })
-
-
-def _iso(ts: datetime) -> str:
-    ts = ts.astimezone(UTC)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
-
-
-def _parse(ts: str) -> datetime:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00"))
-
-
-class _Client201:
-    """A virtual station's OCPP 2.0.1 / 2.1 connection to a CSMS.
-
-    ``to_datetime`` maps simulated seconds to aware datetimes and
-    ``to_seconds`` maps back; every timestamp sent is simulated time.
-    """
+class _Client201(ClientBase):
+    """A virtual station's OCPP 2.0.1 / 2.1 connection to a CSMS."""
 
     if TYPE_CHECKING:  # provided by the ocpp ChargePoint class later in the MRO
-        id: str
         _call: Any
         _call_result: Any
-
-        async def call(self, payload: Any, suppress: bool = True) -> Any: ...
-
-    def __init__(self, station: VirtualStation, connection: Any, *,
-                 to_datetime: Callable[[float], datetime],
-                 to_seconds: Callable[[datetime], float],
-                 now_s: Callable[[], float], response_timeout: float = 30.0) -> None:
-        super().__init__(station.station_id, connection,  # type: ignore[call-arg]
-                         response_timeout=response_timeout)
-        self.station = station
-        self.to_datetime = to_datetime
-        self.to_seconds = to_seconds
-        self.now_s = now_s
-        self.calls_sent = 0
-        self.heartbeat_interval_s = 3600.0
-        self.profiles_received = 0
-        self.call_errors = 0
-        #: Every SetChargingProfile received, with its answer (what a CSMS did).
-        self.received_profiles: list[dict[str, Any]] = []
-
-    async def _send_call(self, payload: Any) -> Any:
-        self.calls_sent += 1
-        try:
-            return await self.call(payload, suppress=False)
-        except OCPPError as exc:
-            # A CSMS that refuses a report does not stop the station; one that
-            # refuses a boot or a transaction message does (the caller decides).
-            if type(payload).__name__ not in _REPORTS:
-                raise
-            self.call_errors += 1
-            log.warning("%s: %s answered %s", self.id, type(payload).__name__, exc)
-            return None
-
-    def _ts(self, at_s: float) -> str:
-        return _iso(self.to_datetime(at_s))
 
     # -- station-initiated ----------------------------------------------------
     async def boot(self) -> None:
@@ -133,16 +58,6 @@ class _Client201:
         values.append({"value": round(self.station.voltage_v, 2), "context": context,
                        "measurand": "Voltage", "unit_of_measure": {"unit": "V"}})
         return values
-
-    async def flush_events(self, now_s: float) -> None:
-        """Tell the CSMS about plug-ins and departures queued so far, in order."""
-        st = self.station
-        while st.events:
-            event = st.events.popleft()
-            if event.kind == "plug":
-                await self._on_plug(event.evse_id, event.at_s, event.payload, now_s)
-            else:
-                await self._on_unplug(event.evse_id, event.at_s, event.payload)
 
     async def flush(self, now_s: float, *, sample: bool, aligned: bool, heartbeat: bool) -> None:
         """Send everything due at ``now_s`` and wait for every answer."""
@@ -219,10 +134,10 @@ class _Client201:
             profile_id=int(cp["id"]), purpose=cp["charging_profile_purpose"],
             stack_level=int(cp["stack_level"]), kind=cp["charging_profile_kind"],
             unit=schedule["charging_rate_unit"], periods=periods,
-            start_s=self.to_seconds(_parse(start)) if start else None,
+            start_s=self.to_seconds(parse_ts(start)) if start else None,
             duration_s=schedule.get("duration"), transaction_id=cp.get("transaction_id"),
-            valid_from_s=self.to_seconds(_parse(vf)) if vf else None,
-            valid_to_s=self.to_seconds(_parse(vt)) if vt else None,
+            valid_from_s=self.to_seconds(parse_ts(vf)) if vf else None,
+            valid_to_s=self.to_seconds(parse_ts(vt)) if vt else None,
             recurrency=cp.get("recurrency_kind"),
         )
 

@@ -8,63 +8,23 @@ transactionId, which the station adopts.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-from datetime import datetime
 from typing import Any
 
-from ocpp.exceptions import OCPPError
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as _ChargePoint16
 from ocpp.v16 import call, call_result
 
-from .client import ENERGY, _iso, _parse, record_profile
+from .clientbase import ENERGY, ClientBase, parse_ts, record_profile
 from .exceptions import ProfileRejected
 from .station import Evse, Profile, VirtualStation
 
-#: Messages whose CALLERROR is logged and counted rather than fatal.
-_REPORTS = frozenset({"Heartbeat", "MeterValues", "StatusNotification"})
 
-log = logging.getLogger("evtwin.agents.client16")
-
-_STATUS_16 = {"Available": "Available", "Occupied": "Preparing"}
-
-
-class StationClient16(_ChargePoint16):
+class StationClient16(ClientBase, _ChargePoint16):
     """A virtual station's OCPP 1.6J connection to a CSMS."""
 
-    def __init__(self, station: VirtualStation, connection: Any, *,
-                 to_datetime: Callable[[float], datetime],
-                 to_seconds: Callable[[datetime], float],
-                 now_s: Callable[[], float], response_timeout: float = 30.0) -> None:
-        super().__init__(station.station_id, connection, response_timeout=response_timeout)
-        self.station = station
-        self.to_datetime = to_datetime
-        self.to_seconds = to_seconds
-        self.now_s = now_s
-        self.calls_sent = 0
-        self.heartbeat_interval_s = 3600.0
-        self.profiles_received = 0
-        self.call_errors = 0
-        #: Every SetChargingProfile received, with its answer (what a CSMS did).
-        self.received_profiles: list[dict[str, Any]] = []
+    def __init__(self, station: VirtualStation, connection: Any, **kw: Any) -> None:
+        super().__init__(station, connection, **kw)
         self._csms_tx: dict[str, str] = {}  # station's own id -> CSMS transactionId
-
-    async def _send_call(self, payload: Any) -> Any:
-        self.calls_sent += 1
-        try:
-            return await self.call(payload, suppress=False)
-        except OCPPError as exc:
-            # A CSMS that refuses a report does not stop the station; one that
-            # refuses a boot or a transaction message does (the caller decides).
-            if type(payload).__name__ not in _REPORTS:
-                raise
-            self.call_errors += 1
-            log.warning("%s: %s answered %s", self.id, type(payload).__name__, exc)
-            return None
-
-    def _ts(self, at_s: float) -> str:
-        return _iso(self.to_datetime(at_s))
 
     async def boot(self) -> None:
         """BootNotification, then the status of every connector."""
@@ -94,16 +54,6 @@ class StationClient16(_ChargePoint16):
         values.append({"value": f"{self.station.voltage_v:.2f}", "context": context,
                        "measurand": "Voltage", "unit": "V"})
         return values
-
-    async def flush_events(self, now_s: float) -> None:
-        """Tell the CSMS about plug-ins and departures queued so far, in order."""
-        st = self.station
-        while st.events:
-            event = st.events.popleft()
-            if event.kind == "plug":
-                await self._on_plug(event.evse_id, event.at_s, event.payload, now_s)
-            else:
-                await self._on_unplug(event.evse_id, event.at_s, event.payload)
 
     async def flush(self, now_s: float, *, sample: bool, aligned: bool, heartbeat: bool) -> None:
         """Send everything due at ``now_s`` and wait for every answer."""
@@ -179,11 +129,11 @@ class StationClient16(_ChargePoint16):
             purpose="ChargingStationMaxProfile" if purpose == "ChargePointMaxProfile" else purpose,
             stack_level=int(cp["stack_level"]), kind=cp["charging_profile_kind"],
             unit=schedule["charging_rate_unit"], periods=periods,
-            start_s=self.to_seconds(_parse(start)) if start else None,
+            start_s=self.to_seconds(parse_ts(start)) if start else None,
             duration_s=schedule.get("duration"),
             transaction_id=str(tx) if tx is not None else None,
-            valid_from_s=self.to_seconds(_parse(vf)) if vf else None,
-            valid_to_s=self.to_seconds(_parse(vt)) if vt else None,
+            valid_from_s=self.to_seconds(parse_ts(vf)) if vf else None,
+            valid_to_s=self.to_seconds(parse_ts(vt)) if vt else None,
             recurrency=cp.get("recurrency_kind"),
         )
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .exceptions import ConfigError
 from .model import CSMSConfig, EvseSpec, SiteSpec, StationSpec, Tariff
 from .security import SecurityConfig, check_password_hash, server_ssl_context
-from .strategies import strategy_names
+from .strategies import check_strategy_name
 
 _MESSAGES = {
     "greater_than": "must be > {gt}",
@@ -87,9 +87,7 @@ class ControlSection(_Strict):
     @field_validator("strategy")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in strategy_names():
-            raise ValueError(f"unknown strategy {v!r}; known: {', '.join(strategy_names())}")
-        return v
+        return check_strategy_name(v)
 
 
 class OCPPSection(_Strict):

@@ -43,6 +43,14 @@ def strategy_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def check_strategy_name(name: str) -> str:
+    """Return ``name`` if a strategy is registered under it, else raise ValueError
+    listing the known ones (for config validators)."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown strategy {name!r}; known: {', '.join(strategy_names())}")
+    return name
+
+
 @register("uncontrolled")
 def uncontrolled(view: ControlView) -> Limits:
     """Every EVSE charges at its own maximum: the CSMS sets no limit."""

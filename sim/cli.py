@@ -54,7 +54,7 @@ def kpi_table(kpis: dict[str, float], performance: dict[str, float], title: str)
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     """``evtwin run SCENARIO``: run, print KPIs, write the result folder."""
-    from .results import new_run_dir, write_results
+    from .results import new_run_dir
     from .runner import Twin
     from .scenario import load_scenario
 
@@ -71,21 +71,31 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     scenario = load_scenario(args.scenario, overrides)
     out = new_run_dir(args.out, scenario.name)
     db = ":memory:" if scenario.csms.database == "memory" else out / "csms.sqlite"
+    twin = Twin(scenario, database=db)
+    return _run_and_report(twin, args, console, out,
+                           f"{scenario.name} ({scenario.duration_h:g} h simulated)",
+                           f"{scenario.name} - strategy {scenario.control.strategy}")
+
+
+def _run_and_report(twin: Any, args: argparse.Namespace, console: Console, out: Path,
+                    description: str, title: str) -> int:
+    """Run with a progress bar, write the result folder, print the KPI table."""
+    from .results import write_results
+
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                   TextColumn("{task.percentage:>5.1f}%"), TimeElapsedColumn(),
                   TimeRemainingColumn(), console=console, transient=True,
                   disable=args.quiet) as progress:
-        task = progress.add_task(f"{scenario.name} ({scenario.duration_h:g} h simulated)",
-                                 total=1)
+        task = progress.add_task(description, total=1)
 
         def on_step(done: int, total: int) -> None:
             if done % 10 == 0 or done == total:
                 progress.update(task, completed=done, total=total)
 
-        result = Twin(scenario, database=db, progress=on_step).run()
+        twin.progress = on_step
+        result = twin.run()
     write_results(result, out, Path(args.scenario).read_text(encoding="utf-8"))
-    console.print(kpi_table(result.kpis, result.performance,
-                            f"{scenario.name} - strategy {scenario.control.strategy}"))
+    console.print(kpi_table(result.kpis, result.performance, title))
     console.print(f"results written to [bold]{out}[/bold]")
     return 0
 
@@ -109,7 +119,7 @@ def cmd_stations(args: argparse.Namespace, console: Console) -> int:
     """``evtwin stations``: virtual stations and EVs against an external CSMS, wall clock."""
     from datetime import UTC, datetime
 
-    from .results import new_run_dir, write_results
+    from .results import new_run_dir
     from .runner import ExternalCSMS, Twin
     from .scenario import load_scenario
 
@@ -129,21 +139,9 @@ def cmd_stations(args: argparse.Namespace, console: Console) -> int:
     external = ExternalCSMS(url=args.csms, password=args.password, ca_file=args.ca,
                             speed=args.speed, cert_dir=args.cert_dir)
     out = new_run_dir(args.out, f"{scenario.name}-stations")
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                  TextColumn("{task.percentage:>5.1f}%"), TimeElapsedColumn(),
-                  TimeRemainingColumn(), console=console, transient=True,
-                  disable=args.quiet) as progress:
-        task = progress.add_task(f"{len(scenario.sites)} site(s) against {args.csms}", total=1)
-
-        def on_step(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        result = Twin(scenario, external=external, progress=on_step).run()
-    write_results(result, out, Path(args.scenario).read_text(encoding="utf-8"))
-    console.print(kpi_table(result.kpis, result.performance,
-                            f"{scenario.name} against {args.csms} (OCPP {args.version})"))
-    console.print(f"results written to [bold]{out}[/bold]")
-    return 0
+    return _run_and_report(Twin(scenario, external=external), args, console, out,
+                           f"{len(scenario.sites)} site(s) against {args.csms}",
+                           f"{scenario.name} against {args.csms} (OCPP {args.version})")
 
 
 def cmd_csms_hash_password(args: argparse.Namespace, console: Console) -> int:

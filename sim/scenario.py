@@ -16,8 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evtwin.agents.behaviour import DEFAULTS
-from evtwin.csms import strategy_names
 from evtwin.csms.config import validation_problems
+from evtwin.csms.strategies import check_strategy_name
 from evtwin.grid import NETWORKS
 
 from .exceptions import ScenarioError
@@ -121,9 +121,7 @@ class Control(_Strict):
     @field_validator("strategy")
     @classmethod
     def _known(cls, v: str) -> str:
-        if v not in strategy_names():
-            raise ValueError(f"unknown strategy {v!r}; known: {', '.join(strategy_names())}")
-        return v
+        return check_strategy_name(v)
 
 
 class Fleet(_Strict):
