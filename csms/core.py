@@ -11,7 +11,7 @@ import itertools
 import logging
 import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from .clock import Clock, iso, parse_iso, wall_clock
@@ -76,6 +76,12 @@ class CSMSCore:
         self.clock = clock
         self.stations: dict[str, StationSpec] = {s.station_id: s for s in config.stations}
         self.site_limits = {s.name: s.limit_kw for s in config.sites}
+        self.sites = {s.name: s for s in config.sites}
+        #: Context that strategies may use, fed from outside the OCPP traffic
+        #: (the DSO's feeder model and measurements, price and PV forecasts).
+        self.feeder_view: Any = None
+        self.prices: tuple[tuple[datetime, float], ...] = ()
+        self.pv_forecast_kw: tuple[tuple[datetime, float], ...] = ()
         self.strategy = get_strategy(config.strategy)
         self.sessions: dict[tuple[str, str], Session] = {}
         self.status: dict[EvseKey, str] = {}
@@ -306,15 +312,38 @@ class CSMSCore:
             spec = self.stations.get(s.station_id)
             if spec is None or all(e.evse_id != s.evse_id for e in spec.evses):
                 continue  # not provisioned (only possible for a hand-built session)
-            by_site[spec.site].append(SessionView(
-                station_id=s.station_id, evse_id=s.evse_id, transaction_id=s.transaction_id,
-                max_power_kw=spec.evse(s.evse_id).max_power_w / 1000.0,
-                power_kw=s.power_w / 1000.0, energy_kwh=s.energy_wh / 1000.0,
-                voltage_v=s.voltage_v, soc_percent=s.soc_percent, started_at=s.started_at,
-            ))
+            by_site[spec.site].append(self._session_view(s, spec))
         sites = tuple(SiteView(name=n, limit_kw=self.site_limits[n], sessions=tuple(v))
                       for n, v in sorted(by_site.items()))
-        return ControlView(now=now or self.clock(), sites=sites)
+        return ControlView(now=now or self.clock(), sites=sites, feeder=self.feeder_view,
+                           prices=self.prices, pv_forecast_kw=self.pv_forecast_kw)
+
+    def _session_view(self, s: Session, spec: StationSpec) -> SessionView:
+        """One session as a strategy sees it, with its needs: stated or assumed."""
+        evse = spec.evse(s.evse_id)
+        site = self.sites.get(spec.site)
+        needs = s.ev_needs
+        departure = needs.departure_time if needs is not None else None
+        wanted_wh = needs.energy_amount_wh if needs is not None else None
+        stated = departure is not None or wanted_wh is not None
+        if departure is None and site is not None:
+            departure = s.started_at + timedelta(hours=site.default_dwell_h)
+        if wanted_wh is None and site is not None:
+            wanted_wh = site.default_energy_kwh * 1000.0
+        ev_max_kw = None
+        if needs is not None and needs.ev_max_power_w is not None:
+            ev_max_kw = needs.ev_max_power_w / 1000.0
+        elif needs is not None and needs.ev_max_current_a is not None:
+            ev_max_kw = needs.ev_max_current_a * self.config.nominal_voltage_v * evse.phases / 1e3
+        remaining = None if wanted_wh is None else max(0.0, (wanted_wh - s.energy_wh) / 1000.0)
+        limit = self.sent_limits_w.get((s.station_id, s.evse_id))
+        return SessionView(
+            station_id=s.station_id, evse_id=s.evse_id, transaction_id=s.transaction_id,
+            max_power_kw=evse.max_power_w / 1000.0, power_kw=s.power_w / 1000.0,
+            energy_kwh=s.energy_wh / 1000.0, voltage_v=s.voltage_v, soc_percent=s.soc_percent,
+            started_at=s.started_at, departure=departure, energy_remaining_kwh=remaining,
+            needs_stated=stated, ev_max_kw=ev_max_kw,
+            limit_kw=None if limit is None else limit / 1000.0, phases=evse.phases)
 
     def control_due(self, now: datetime | None = None) -> bool:
         """True when the control cycle should run: its interval has passed on the

@@ -36,10 +36,17 @@ class StationSpec:
 
 @dataclass(frozen=True, slots=True)
 class SiteSpec:
-    """A group of stations behind one connection, with an optional import limit."""
+    """A group of stations behind one connection, with an optional import limit.
+
+    ``default_dwell_h`` and ``default_energy_kwh`` are what the CSMS assumes
+    for a session whose EV does not state its needs (OCPP 1.6, or a 2.x EV
+    without ISO 15118): departure after the dwell, that much energy wanted.
+    """
 
     name: str
     limit_kw: float | None = None
+    default_dwell_h: float = 8.0
+    default_energy_kwh: float = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +169,17 @@ class SessionView:
     voltage_v: float | None
     soc_percent: float | None
     started_at: datetime
+    departure: datetime | None = None
+    """When the EV leaves: stated by the EV, else the site's default dwell."""
+    energy_remaining_kwh: float | None = None
+    """Energy still wanted (kWh): stated energy minus energy delivered so far."""
+    needs_stated: bool = False
+    """True if departure/energy came from the EV (ISO 15118 NotifyEVChargingNeeds)."""
+    ev_max_kw: float | None = None
+    """The EV's own maximum charging power, when it said so."""
+    limit_kw: float | None = None
+    """The limit the CSMS last had accepted for this EVSE."""
+    phases: int = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,3 +197,10 @@ class ControlView:
 
     now: datetime
     sites: tuple[SiteView, ...] = field(default_factory=tuple)
+    feeder: Any = None
+    """The CSMS's model of the feeder and its latest measurements, when it has
+    one (see evtwin.csms.feeder); None when the CSMS knows nothing of the grid."""
+    prices: tuple[tuple[datetime, float], ...] = ()
+    """Energy price forecast: (start time, price per kWh) steps, sorted."""
+    pv_forecast_kw: tuple[tuple[datetime, float], ...] = ()
+    """Local PV surplus forecast per site: (start time, kW) steps, sorted."""

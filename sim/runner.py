@@ -150,7 +150,12 @@ def csms_config(sc: Scenario, model: ChargingModel) -> CSMSConfig:
         for st in model.stations)
     return CSMSConfig(
         stations=stations,
-        sites=tuple(SiteSpec(s.name, s.limit_kw) for s in sc.sites),
+        # What the CSMS assumes when an EV does not state its needs: the site's
+        # typical stay and energy (the medians of its driver behaviour).
+        sites=tuple(SiteSpec(s.name, s.limit_kw, default_dwell_h=b.dwell_median_h,
+                             default_energy_kwh=b.energy_median_kwh)
+                    for s, b in ((s, behaviour_for(s.kind, **behaviour_overrides(s)))
+                                 for s in sc.sites)),
         id_tokens=frozenset(ev.id_token for ev in model.evs),
         strategy=sc.control.strategy,
         control_interval_s=sc.control.interval_s,
