@@ -103,10 +103,24 @@ class _Client201(ClientBase):
                 "value": round(info["register_wh"], 3), "context": "Transaction.Begin",
                 "measurand": ENERGY, "unit_of_measure": {"unit": "Wh"}}]}]))
         status = (r.id_token_info or {}).get("status", "Accepted")
-        if status == "Accepted":
-            st.begin_charging(evse_id, tx_id, now_s)
-        else:
+        if status != "Accepted":
             st.rejected.add(tx_id)
+            return
+        st.begin_charging(evse_id, tx_id, now_s)
+        needs = info.get("needs")
+        if needs is not None:
+            # ISO 15118 in the EV -> OCPP 2.x: departure time and energy need.
+            await self._send_call(self._call.NotifyEVChargingNeeds(
+                evse_id=evse_id, charging_needs={
+                    "requested_energy_transfer": ("AC_three_phase" if needs["phases"] == 3
+                                                  else "AC_single_phase"),
+                    "departure_time": self._ts(needs["departure_s"]),
+                    "ac_charging_parameters": {
+                        "energy_amount": round(needs["energy_wh"]),
+                        "ev_min_current": 6,
+                        "ev_max_current": round(needs["max_current_a"]),
+                        "ev_max_voltage": round(NOMINAL_VOLTAGE_V)},
+                }))
 
     async def _on_unplug(self, evse_id: int, at_s: float, info: dict[str, Any]) -> None:
         st = self.station

@@ -48,6 +48,8 @@ class EV(mesa.Agent):
         self.energy_grid_kwh = 0.0
         self.records: list[VisitRecord] = []
         self.current: VisitRecord | None = None
+        #: Talks ISO 15118: tells the station its departure time and energy need.
+        self.states_needs = False
 
     def begin_visit(self, visit: Visit) -> VisitRecord:
         """Reset the per-visit state at arrival and open its record."""

@@ -36,7 +36,7 @@ class ChargingModel(mesa.Model):
     """EV agents and virtual stations at one or more sites."""
 
     def __init__(self, sites: Sequence[SiteConfig], *, seed: int, duration_s: float,
-                 start_hour: float) -> None:
+                 start_hour: float, iso15118_share: float = 0.0) -> None:
         super().__init__(rng=np.random.default_rng(seed))
         self.sites = {s.name: s for s in sites}
         self.stations: list[VirtualStation] = []
@@ -58,6 +58,11 @@ class ChargingModel(mesa.Model):
                 visits = [v for v in visits if v.arrival_s < duration_s]
                 self.evs.append(EV(self, f"EV{n:04d}", site.name, vehicle, visits,
                                    id_token=f"TOKEN{n:04d}"))
+        # Who states their needs comes from its own stream, so changing the
+        # share does not reshuffle arrivals and batteries.
+        needs_rng = np.random.default_rng([seed, 2])
+        for ev in self.evs:
+            ev.states_needs = bool(needs_rng.random() < iso15118_share)
 
     def stations_at(self, site: str) -> list[VirtualStation]:
         """The stations of one site, in id order."""

@@ -144,9 +144,16 @@ class VirtualStation(mesa.Agent):
         evse.transaction_id = f"{self.station_id}-{evse_id}-{self._tx_counter}"
         evse.tx_started_s = at_s
         evse.seq_no = 0
+        needs = None
+        if ev.states_needs and ev.current is not None:
+            v = ev.vehicle
+            needs = {"departure_s": ev.current.departure_s,
+                     "energy_wh": ev.current.energy_wanted_kwh * 1000.0,
+                     "max_current_a": v.max_power_kw * 1000.0 / (NOMINAL_VOLTAGE_V * v.phases),
+                     "phases": v.phases}
         self.events.append(Event("plug", evse_id, at_s, {
             "transaction_id": evse.transaction_id, "register_wh": evse.register_wh,
-            "id_token": ev.id_token, "soc": ev.soc,
+            "id_token": ev.id_token, "soc": ev.soc, "needs": needs,
         }))
         return evse.transaction_id
 

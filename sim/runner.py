@@ -115,7 +115,8 @@ def build_model(sc: Scenario) -> ChargingModel:
                         ev_count=counts[s.name])
              for s in sc.sites]
     start_hour = sc.start.hour + sc.start.minute / 60.0 + sc.start.second / 3600.0
-    return ChargingModel(sites, seed=sc.seed, duration_s=sc.duration_s, start_hour=start_hour)
+    return ChargingModel(sites, seed=sc.seed, duration_s=sc.duration_s, start_hour=start_hour,
+                         iso15118_share=sc.ev.iso15118_share)
 
 
 def build_feeder(sc: Scenario, n_stations: int) -> Feeder:

@@ -128,6 +128,10 @@ class Fleet(_Strict):
     """The EVs."""
 
     count: int = Field(gt=0, le=100_000)
+    iso15118_share: float = Field(0.5, ge=0, le=1)
+    """Share of EVs that tell the station their departure time and energy need
+    (ISO 15118 -> OCPP 2.x NotifyEVChargingNeeds); the CSMS assumes site
+    defaults for the others and for every EV over OCPP 1.6."""
 
 
 class Scenario(_Strict):

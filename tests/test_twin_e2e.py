@@ -6,6 +6,7 @@ These run whole scenarios on loopback; together about a minute.
 from __future__ import annotations
 
 import sqlite3
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -209,3 +210,37 @@ def test_a_visit_that_overruns_the_next_arrival_is_recorded_as_skipped() -> None
     assert len(skipped) > 0
     assert result.kpis["energy_requested_kwh"] == pytest.approx(
         result.sessions[result.sessions["outcome"] != "skipped"]["energy_wanted_kwh"].sum())
+
+
+@pytest.mark.parametrize(("protocol", "share"), [("2.0.1", 1.0), ("2.1", 0.5), ("1.6", 1.0)])
+def test_evs_state_their_needs_over_2x_and_the_csms_assumes_otherwise(protocol: str,
+                                                                      share: float) -> None:
+    sc = load_scenario(DEMO, {"csms.protocol": protocol, "ev.iso15118_share": share,
+                              "duration_h": 12})
+    twin = Twin(sc)
+    twin.run()
+    core = twin.core
+    assert core is not None and core.sessions
+    records = {r.transaction_id: (ev, r) for ev in twin.model.evs for r in ev.records}
+    stated = 0
+    for session in core.sessions.values():
+        ev, rec = records[session.transaction_id]
+        spec = core.stations[session.station_id]
+        view = core._session_view(session, spec)
+        if protocol != "1.6" and ev.states_needs:
+            stated += 1
+            assert view.needs_stated
+            assert view.departure is not None
+            assert abs(view.departure - twin.to_datetime(rec.departure_s)) < timedelta(
+                milliseconds=1)
+            assert session.ev_needs is not None
+            assert session.ev_needs.energy_amount_wh == pytest.approx(
+                rec.energy_wanted_kwh * 1000, abs=1)
+        else:
+            assert not view.needs_stated  # the site's defaults stand in
+            site = core.sites[spec.site]
+            assert view.departure is not None
+            assert abs((view.departure - session.started_at)
+                       - timedelta(hours=site.default_dwell_h)) < timedelta(seconds=1)
+    if protocol != "1.6":
+        assert stated > 0
