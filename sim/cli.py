@@ -33,7 +33,8 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def kpi_table(kpis: dict[str, float], performance: dict[str, float], title: str) -> Table:
+def kpi_table(kpis: dict[str, float], performance: dict[str, float], title: str,
+              currency: str = "EUR") -> Table:
     """The short KPI table printed after a run."""
     from .results import KPI_LABELS
 
@@ -45,8 +46,9 @@ def kpi_table(kpis: dict[str, float], performance: dict[str, float], title: str)
         if key not in kpis:
             continue
         v = kpis[key]
-        text = f"{v:.0f}" if unit in ("", "min") else f"{v:.3f}" if unit == "pu" else f"{v:.1f}"
-        table.add_row(label, text, unit)
+        text = (f"{v:.0f}" if unit in ("", "min") else f"{v:.3f}" if unit in ("pu", "cur")
+                else f"{v:.1f}")
+        table.add_row(label, text, currency if unit == "cur" else unit)
     table.add_row("Wall time", f"{performance['wall_time_s']:.1f}", "s")
     table.add_row("Speed-up over real time", f"{performance['speedup_vs_real_time']:.0f}", "x")
     return table
@@ -95,7 +97,8 @@ def _run_and_report(twin: Any, args: argparse.Namespace, console: Console, out: 
         twin.progress = on_step
         result = twin.run()
     write_results(result, out, Path(args.scenario).read_text(encoding="utf-8"))
-    console.print(kpi_table(result.kpis, result.performance, title))
+    console.print(kpi_table(result.kpis, result.performance, title,
+                            twin.sc.prices.currency))
     console.print(f"results written to [bold]{out}[/bold]")
     return 0
 

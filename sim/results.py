@@ -40,6 +40,8 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
     "minutes_voltage_violation": ("Minutes outside voltage limits", "min"),
     "minutes_thermal_violation": ("Minutes over thermal limits", "min"),
     "minutes_site_limit_exceeded": ("Minutes over a site limit", "min"),
+    "energy_cost": ("Energy cost of EV charging", "cur"),
+    "cost_per_kwh_delivered": ("Cost per kWh delivered", "cur"),
     "ocpp_messages": ("OCPP messages exchanged", ""),
     "profiles_received": ("Charging profiles received by stations", ""),
 }
@@ -69,6 +71,8 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
     for s in sc.sites:
         if s.limit_kw is not None:
             site_bad |= (steps[f"site_{s.name}_kw"] > s.limit_kw * 1.001).to_numpy()
+    step_h = sc.step_s / 3600.0
+    cost = float((steps["ev_kw"] * steps["price_per_kwh"]).sum() * step_h)
     billed = sum((t["energy_wh"] or 0.0) for t in transactions if t["ended_at"]) / 1000.0
     outcome = sessions["outcome"]
     return {
@@ -94,6 +98,8 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
         "minutes_voltage_violation": float(volt_bad.sum() * step_min),
         "minutes_thermal_violation": float(thermal_bad.sum() * step_min),
         "minutes_site_limit_exceeded": float(site_bad.sum() * step_min),
+        "energy_cost": cost,
+        "cost_per_kwh_delivered": cost / delivered if delivered > 0 else 0.0,
         "ocpp_messages": float(frames["in"] + frames["out"]),
     }
 

@@ -52,6 +52,7 @@ from evtwin.csms import (
 from evtwin.grid import BaseLoadProfile, Feeder, GridLimits, load_network
 
 from .exceptions import RunError, ScenarioError
+from .prices import price_at, price_steps
 from .scenario import Scenario, behaviour_overrides
 
 log = logging.getLogger("evtwin.sim")
@@ -183,6 +184,7 @@ class Twin:
         self.grid_rng = np.random.default_rng([scenario.seed, 1])
         self.free: dict[str, simpy.Store] = {}
         self.core: CSMSCore | None = None  # our CSMS, once a run has started
+        self.prices = price_steps(scenario)
         self.station_by_id = {s.station_id: s for s in self.model.stations}
 
     # -- time -----------------------------------------------------------------
@@ -295,6 +297,7 @@ class Twin:
             return self._results(rows, power_rows, [], frames, wall, end_s, clients)
         store = Store(self.database)
         core = CSMSCore(csms_config(self.sc, self.model), store, clock=self.now)
+        core.prices = self.prices  # the day-ahead signal, known for the whole run
         self.core = core
         server = CSMSServer(core, host="127.0.0.1", port=0)
         await server.start()
@@ -378,6 +381,8 @@ class Twin:
                     "trafo_loading_percent": res.trafo_loading_percent,
                     "evs_plugged": sum(1 for st in self.model.stations
                                        for e in st.evses.values() if e.ev is not None),
+                    # The price over the step that ends at t.
+                    "price_per_kwh": price_at(self.prices, self.to_datetime(max(t - step, 0.0))),
                 }
                 for s in sc.sites:
                     row[f"site_{s.name}_kw"] = float(ev_kw[site_of == s.name].sum())

@@ -134,6 +134,37 @@ class Fleet(_Strict):
     defaults for the others and for every EV over OCPP 1.6."""
 
 
+class TouPeriod(_Strict):
+    """One time-of-use band: from ``start_h`` (local hour) until the next band."""
+
+    start_h: float = Field(ge=0, lt=24)
+    price_per_kwh: float
+
+
+class Prices(_Strict):
+    """The energy price signal the CSMS sees and the run is billed with."""
+
+    kind: Literal["flat", "tou", "csv"] = "flat"
+    flat_per_kwh: float = 0.30
+    """kind = "flat": one import price."""
+    tou: list[TouPeriod] = Field(default_factory=list)
+    """kind = "tou": daily bands, e.g. night 0.20 from 0 h, peak 0.45 from 17 h."""
+    csv: str | None = None
+    """kind = "csv": a file with columns time (ISO 8601) and price_per_kwh,
+    e.g. a day-ahead series; steps hold until the next row."""
+    export_per_kwh: float = 0.08
+    """What energy fed back (V2G) earns."""
+    currency: str = Field("EUR", min_length=3, max_length=3)
+
+    @model_validator(mode="after")
+    def _complete(self) -> Prices:
+        if self.kind == "tou" and not self.tou:
+            raise ValueError("tou: give at least one band for kind = \"tou\"")
+        if self.kind == "csv" and not self.csv:
+            raise ValueError("csv: give the file for kind = \"csv\"")
+        return self
+
+
 class Scenario(_Strict):
     """A whole twin run."""
 
@@ -149,6 +180,7 @@ class Scenario(_Strict):
     control: Control = Control()
     ev: Fleet
     sites: list[Site] = Field(min_length=1)
+    prices: Prices = Prices()
 
     @field_validator("start")
     @classmethod
@@ -280,6 +312,9 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     net = (data.get("grid") or {}).get("network")
     if isinstance(net, str) and net.endswith(".json") and not Path(net).is_absolute():
         data["grid"]["network"] = str((p.parent / net).resolve())
+    price_csv = (data.get("prices") or {}).get("csv")
+    if isinstance(price_csv, str) and not Path(price_csv).is_absolute():
+        data["prices"]["csv"] = str((p.parent / price_csv).resolve())
     return parse_scenario(data, source)
 
 

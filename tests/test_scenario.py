@@ -286,3 +286,31 @@ def test_duration_must_be_whole_steps(tmp_path: Path) -> None:
 def test_a_directory_is_a_clear_scenario_error(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError, match="cannot read the file"):
         load_scenario(tmp_path)
+
+
+def test_price_signals_flat_tou_and_csv(tmp_path: Path) -> None:
+    from datetime import timedelta
+
+    from evtwin.sim.prices import price_at, price_steps
+
+    tou = load_scenario(write(tmp_path, VALID + """
+[prices]
+kind = "tou"
+tou = [{start_h = 0, price_per_kwh = 0.20}, {start_h = 17, price_per_kwh = 0.45},
+       {start_h = 21, price_per_kwh = 0.30}]
+""", "tou.toml"), {"start": "2026-01-15T12:00:00", "duration_h": 24})
+    steps = price_steps(tou)
+    at = tou.start
+    assert price_at(steps, at) == 0.20  # 12 h: still the night band from 0 h
+    assert price_at(steps, at + timedelta(hours=6)) == 0.45  # 18 h
+    assert price_at(steps, at + timedelta(hours=10)) == 0.30  # 22 h
+    assert price_at(steps, at + timedelta(hours=13)) == 0.20  # 1 h next day
+    (tmp_path / "da.csv").write_text("time,price_per_kwh\n2026-01-15T00:00:00Z,0.1\n"
+                                     "2026-01-15T13:00:00Z,0.5\n")
+    csv = load_scenario(write(tmp_path, VALID + '[prices]\nkind = "csv"\ncsv = "da.csv"\n',
+                              "csv.toml"), {"start": "2026-01-15T12:00:00", "duration_h": 24})
+    steps = price_steps(csv)
+    assert price_at(steps, csv.start) == 0.1
+    assert price_at(steps, csv.start + timedelta(hours=2)) == 0.5
+    with pytest.raises(ScenarioError, match="prices.tou"):
+        load_scenario(write(tmp_path, VALID + '[prices]\nkind = "tou"\n', "bad.toml"))
