@@ -312,5 +312,5 @@ tou = [{start_h = 0, price_per_kwh = 0.20}, {start_h = 17, price_per_kwh = 0.45}
     steps = price_steps(csv)
     assert price_at(steps, csv.start) == 0.1
     assert price_at(steps, csv.start + timedelta(hours=2)) == 0.5
-    with pytest.raises(ScenarioError, match="prices.tou"):
+    with pytest.raises(ScenarioError, match=r"prices\.tou"):
         load_scenario(write(tmp_path, VALID + '[prices]\nkind = "tou"\n', "bad.toml"))
