@@ -103,6 +103,37 @@ def _run_and_report(twin: Any, args: argparse.Namespace, console: Console, out: 
     return 0
 
 
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin compare SCENARIO --strategies a,b,c``: side by side, in parallel processes."""
+    from .compare import compare, comparison_table, plot_comparison
+    from .results import KPI_LABELS, new_run_dir
+    from .scenario import load_scenario
+
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    overrides: dict[str, Any] = {}
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        overrides[key.strip()] = _parse_value(value.strip())
+    scenario = load_scenario(args.scenario, overrides)
+    with console.status(f"running {len(strategies)} strategies on {scenario.name} ..."):
+        runs = compare(args.scenario, strategies, overrides=overrides, workers=args.workers)
+    out = new_run_dir(args.out, f"{scenario.name}-compare")
+    table = comparison_table(runs)
+    table.to_csv(out / "compare.csv")
+    plot_comparison(scenario, runs, out)
+    shown = Table(title=f"{scenario.name}: strategies compared", header_style="bold")
+    shown.add_column("KPI")
+    for s in strategies:
+        shown.add_column(s, justify="right")
+    for key, (label, unit) in KPI_LABELS.items():
+        if key in table.columns:
+            shown.add_row(f"{label} [{unit}]" if unit else label,
+                          *(f"{table.loc[s, key]:.3g}" for s in strategies))
+    console.print(shown)
+    console.print(f"results written to [bold]{out}[/bold]")
+    return 0
+
+
 def cmd_csms_serve(args: argparse.Namespace, console: Console) -> int:
     """``evtwin csms serve``: the CSMS alone, on the wall clock, until stopped."""
     import asyncio
@@ -199,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--out", default="results", help="folder for run folders")
     st.add_argument("--quiet", action="store_true", help="no progress bar")
     st.set_defaults(func=cmd_stations)
+
+    cmp = sub.add_parser("compare", help="run one scenario under several strategies")
+    cmp.add_argument("scenario", help="scenario TOML file")
+    cmp.add_argument("--strategies", required=True,
+                     help="comma-separated, e.g. uncontrolled,equal_share,edf")
+    cmp.add_argument("--workers", type=int, help="parallel processes (default: one per CPU)")
+    cmp.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
+    cmp.add_argument("--out", default="results", help="folder for result folders")
+    cmp.set_defaults(func=cmd_compare)
 
     csms = sub.add_parser("csms", help="the CSMS on its own")
     csms_sub = csms.add_subparsers(dest="csms_command", required=True)

@@ -49,6 +49,7 @@ from evtwin.csms import (
     StationSpec,
     Store,
 )
+from evtwin.csms.feeder import FeederModel, needs_feeder  # also registers feeder_aware
 from evtwin.grid import BaseLoadProfile, Feeder, GridLimits, load_network
 
 from .exceptions import RunError, ScenarioError
@@ -184,6 +185,7 @@ class Twin:
         self.grid_rng = np.random.default_rng([scenario.seed, 1])
         self.free: dict[str, simpy.Store] = {}
         self.core: CSMSCore | None = None  # our CSMS, once a run has started
+        self.feeder_model: FeederModel | None = None  # the CSMS's feeder model (feeder_aware)
         self.prices = price_steps(scenario)
         self.station_by_id = {s.station_id: s for s in self.model.stations}
 
@@ -299,6 +301,10 @@ class Twin:
         core = CSMSCore(csms_config(self.sc, self.model), store, clock=self.now)
         core.prices = self.prices  # the day-ahead signal, known for the whole run
         self.core = core
+        # feeder_aware hook: the CSMS's own sensitivity model of the feeder (csms/feeder.py).
+        if needs_feeder(self.sc.control.strategy):
+            self.feeder_model = FeederModel.from_feeder(
+                self.feeder, [st.station_id for st in self.model.stations])
         server = CSMSServer(core, host="127.0.0.1", port=0)
         await server.start()
         tasks, sockets = [], []
@@ -371,6 +377,9 @@ class Twin:
                                  for st in self.model.stations])
                 ev_kw = ev_w / 1000.0
                 res = self.feeder.solve(start_of_day_s + t, ev_kw, self.grid_rng)
+                if server is not None and self.feeder_model is not None:
+                    # feeder_aware hook: this power flow is the DSO measurement the CSMS sees.
+                    server.core.feeder_view = self.feeder_model.observe(res, ev_kw, self.now())
                 for st, vm in zip(self.model.stations, res.station_vm_pu, strict=True):
                     st.voltage_v = float(vm) * 230.0
                 row: dict[str, Any] = {

@@ -65,3 +65,29 @@ def test_missing_file_is_a_user_error(tmp_path: Path) -> None:
     proc = evtwin("run", str(tmp_path / "nope.toml"), cwd=tmp_path)
     assert proc.returncode == 2
     assert "nope.toml: file not found" in proc.stderr
+
+
+@pytest.mark.slow
+def test_compare_runs_strategies_in_parallel_and_writes_table_and_figures(tmp_path: Path
+                                                                          ) -> None:
+    proc = evtwin("compare", str(ROOT / "scenarios" / "overload.toml"), "--strategies",
+                  "uncontrolled,equal_share", "--workers", "2", "--out", str(tmp_path),
+                  "--set", "duration_h=6", "--set", "start=2026-01-15T16:00:00", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (run_dir,) = list(tmp_path.iterdir())
+    import pandas as pd
+
+    table = pd.read_csv(run_dir / "compare.csv", index_col="strategy")
+    assert list(table.index) == ["uncontrolled", "equal_share"]
+    assert table.loc["uncontrolled", "peak_trafo_loading_percent"] > 100
+    assert table.loc["equal_share", "peak_trafo_loading_percent"] < 100
+    for png in ("compare_kpis.png", "compare_grid.png"):
+        assert (run_dir / png).stat().st_size > 10_000
+
+
+def test_compare_refuses_an_unknown_strategy_before_running(tmp_path: Path) -> None:
+    proc = evtwin("compare", str(ROOT / "scenarios" / "demo.toml"), "--strategies",
+                  "equal_share,fastest", "--out", str(tmp_path), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "control.strategy: unknown strategy 'fastest'" in proc.stderr
+    assert not list(tmp_path.iterdir())
