@@ -62,3 +62,26 @@ def charge(
         s = min(s_taper, target_soc)
     battery = (s - soc) * capacity_kwh
     return ChargeResult(s, battery, battery / efficiency)
+
+
+def discharge(
+    *,
+    soc: float,
+    min_soc: float,
+    capacity_kwh: float,
+    power_kw: float,
+    efficiency: float,
+    duration_h: float,
+) -> ChargeResult:
+    """Feed ``power_kw`` (grid side) back for ``duration_h``, never below ``min_soc``.
+
+    The battery gives ``power_kw / efficiency``; the result's energies are
+    negative (energy leaving the battery and flowing into the grid).
+    """
+    if duration_h <= 0 or power_kw <= 0 or soc <= min_soc:
+        return ChargeResult(soc, 0.0, 0.0)
+    battery_rate = power_kw / efficiency  # kWh out of the battery per hour
+    available = (soc - min_soc) * capacity_kwh
+    battery = min(available, battery_rate * duration_h)
+    soc_end = soc - battery / capacity_kwh
+    return ChargeResult(max(soc_end, min_soc), -battery, -battery * efficiency)

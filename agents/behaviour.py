@@ -96,6 +96,9 @@ class Vehicle:
     phases: int
     efficiency: float = EFFICIENCY
     taper_soc: float = TAPER_SOC
+    bidirectional: bool = False
+    """Can feed energy back (V2G) when its station asks for a negative setpoint."""
+    max_discharge_kw: float = 0.0
 
 
 def draw_vehicle(rng: np.random.Generator) -> Vehicle:

@@ -48,9 +48,17 @@ class _Client201(ClientBase):
         values: list[dict[str, Any]] = [{
             "value": round(evse.register_wh, 3), "context": context, "measurand": ENERGY,
             "unit_of_measure": {"unit": "Wh"}}]
+        if evse.export_register_wh > 0:
+            values.append({"value": round(evse.export_register_wh, 3), "context": context,
+                           "measurand": "Energy.Active.Export.Register",
+                           "unit_of_measure": {"unit": "Wh"}})
         if full:
-            values.append({"value": round(evse.power_w, 1), "context": context,
+            values.append({"value": round(max(evse.power_w, 0.0), 1), "context": context,
                            "measurand": "Power.Active.Import", "unit_of_measure": {"unit": "W"}})
+            if evse.power_w < 0:
+                values.append({"value": round(-evse.power_w, 1), "context": context,
+                               "measurand": "Power.Active.Export",
+                               "unit_of_measure": {"unit": "W"}})
             if evse.ev is not None:
                 values.append({"value": round(evse.ev.soc * 100.0, 2), "context": context,
                                "measurand": "SoC", "location": "EV",
@@ -141,8 +149,11 @@ class _Client201(ClientBase):
     def _profile(self, cp: dict[str, Any]) -> Profile:
         schedule = cp["charging_schedule"][0]
         start = schedule.get("start_schedule")
-        periods = [(float(p["start_period"]), float(p["limit"]), p.get("number_phases"))
-                   for p in schedule["charging_schedule_period"]]
+        raw_periods = schedule["charging_schedule_period"]
+        # 2.1 periods may carry no limit (a setpoint alone): no cap from them then.
+        periods = [(float(p["start_period"]), float(p.get("limit", float("inf"))),
+                    p.get("number_phases")) for p in raw_periods]
+        setpoints = [p.get("setpoint") for p in raw_periods]
         vf, vt = cp.get("valid_from"), cp.get("valid_to")
         return Profile(
             profile_id=int(cp["id"]), purpose=cp["charging_profile_purpose"],
@@ -153,6 +164,7 @@ class _Client201(ClientBase):
             valid_from_s=self.to_seconds(parse_ts(vf)) if vf else None,
             valid_to_s=self.to_seconds(parse_ts(vt)) if vt else None,
             recurrency=cp.get("recurrency_kind"),
+            setpoints=setpoints if any(sp is not None for sp in setpoints) else None,
         )
 
     @on("SetChargingProfile")

@@ -29,6 +29,13 @@ class VisitRecord:
     soc_final: float | None = None
     energy_battery_kwh: float = 0.0
     energy_grid_kwh: float = 0.0
+    bidirectional: bool = False
+    min_soc: float = 0.0
+    discharged_kwh: float = 0.0
+    throughput_kwh: float = 0.0
+    """Energy through the battery in either direction (charging and V2G)."""
+    equivalent_full_cycles: float = 0.0
+    """throughput / (2 x capacity): a simple cycle-ageing figure."""
 
 
 class EV(mesa.Agent):
@@ -50,6 +57,12 @@ class EV(mesa.Agent):
         self.current: VisitRecord | None = None
         #: Talks ISO 15118: tells the station its departure time and energy need.
         self.states_needs = False
+        #: The driver's floor: V2G never takes the battery below it.
+        self.min_soc = 0.2
+        #: Energy that went out of the battery to the grid this visit (kWh, >= 0).
+        self.discharged_kwh = 0.0
+        #: Energy moved through the battery in either direction, for ageing (kWh).
+        self.throughput_kwh = 0.0
 
     def begin_visit(self, visit: Visit) -> VisitRecord:
         """Reset the per-visit state at arrival and open its record."""
@@ -57,6 +70,8 @@ class EV(mesa.Agent):
         self.target_soc = visit.target_soc
         self.energy_battery_kwh = 0.0
         self.energy_grid_kwh = 0.0
+        self.discharged_kwh = 0.0
+        self.throughput_kwh = 0.0
         wanted = (visit.target_soc - visit.soc_initial) * self.vehicle.capacity_kwh
         self.current = VisitRecord(self.ev_id, self.site, visit.arrival_s, visit.departure_s,
                                    visit.soc_initial, visit.target_soc, wanted)
@@ -73,4 +88,9 @@ class EV(mesa.Agent):
         rec.soc_final = self.soc
         rec.energy_battery_kwh = self.energy_battery_kwh
         rec.energy_grid_kwh = self.energy_grid_kwh
+        rec.bidirectional = self.vehicle.bidirectional
+        rec.min_soc = self.min_soc
+        rec.discharged_kwh = self.discharged_kwh
+        rec.throughput_kwh = self.throughput_kwh
+        rec.equivalent_full_cycles = self.throughput_kwh / (2.0 * self.vehicle.capacity_kwh)
         self.current = None

@@ -8,7 +8,7 @@ step. The model's own seeded generator (``model.rng``) makes every draw.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mesa
 import numpy as np
@@ -30,13 +30,15 @@ class SiteConfig:
     phases: int
     behaviour: Behaviour
     ev_count: int
+    bidirectional: bool = False
 
 
 class ChargingModel(mesa.Model):
     """EV agents and virtual stations at one or more sites."""
 
     def __init__(self, sites: Sequence[SiteConfig], *, seed: int, duration_s: float,
-                 start_hour: float, iso15118_share: float = 0.0) -> None:
+                 start_hour: float, iso15118_share: float = 0.0, v2g_share: float = 0.0,
+                 min_soc: float = 0.2) -> None:
         super().__init__(rng=np.random.default_rng(seed))
         self.sites = {s.name: s for s in sites}
         self.stations: list[VirtualStation] = []
@@ -63,6 +65,14 @@ class ChargingModel(mesa.Model):
         needs_rng = np.random.default_rng([seed, 2])
         for ev in self.evs:
             ev.states_needs = bool(needs_rng.random() < iso15118_share)
+        v2g_rng = np.random.default_rng([seed, 3])
+        for ev in self.evs:
+            capable = bool(v2g_rng.random() < v2g_share)
+            ev.min_soc = min_soc
+            if capable and self.sites[ev.site].bidirectional:
+                # Bidirectional AC: it gives back what its on-board charger takes.
+                ev.vehicle = replace(ev.vehicle, bidirectional=True,
+                                     max_discharge_kw=ev.vehicle.max_power_kw)
 
     def stations_at(self, site: str) -> list[VirtualStation]:
         """The stations of one site, in id order."""

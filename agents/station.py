@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import mesa
 
-from .battery import charge
+from .battery import charge, discharge
 from .exceptions import ProfileRejected
 
 if TYPE_CHECKING:
@@ -42,6 +42,9 @@ class Profile:
     valid_from_s: float | None = None
     valid_to_s: float | None = None
     recurrency: str | None = None  # "Daily" | "Weekly" for kind Recurring
+    setpoints: list[float | None] | None = None
+    """OCPP 2.1 CentralSetpoint per period, in the profile's unit (negative =
+    discharge); None where a period has none."""
 
     def _origin(self, now_s: float, tx_start_s: float | None) -> float:
         if self.kind == "Relative":
@@ -72,6 +75,19 @@ class Profile:
             return limit * NOMINAL_VOLTAGE_V * (n_phases or phases)
         return limit
 
+    def setpoint_w(self, now_s: float, tx_start_s: float | None, phases: int) -> float | None:
+        """The 2.1 setpoint in force at ``now_s`` in W (negative = discharge), if any."""
+        if self.setpoints is None or self.limit_w(now_s, tx_start_s, phases) is None:
+            return None
+        elapsed = now_s - self._origin(now_s, tx_start_s)
+        value: float | None = None
+        for period, sp in zip(self.periods, self.setpoints, strict=True):
+            if period[0] <= elapsed:
+                value = sp
+        if value is None:
+            return None
+        return value * NOMINAL_VOLTAGE_V * phases if self.unit == "A" else value
+
     def switch_times(self, t0: float, t1: float, tx_start_s: float | None) -> list[float]:
         """Times in (t0, t1) where this profile's limit may change."""
         points = [self.valid_from_s, self.valid_to_s]
@@ -98,6 +114,7 @@ class Evse:
     charging: bool = False
     seq_no: int = 0
     register_wh: float = 0.0
+    export_register_wh: float = 0.0
     power_w: float = 0.0
     step_wh: float = 0.0
     last_update_s: float = 0.0
@@ -242,6 +259,15 @@ class VirtualStation(mesa.Agent):
             return min(evse.phases, evse.ev.vehicle.phases)
         return evse.phases
 
+    def setpoint_w(self, evse: Evse, now_s: float) -> float | None:
+        """The CentralSetpoint (W) of the running transaction's TxProfile, if any."""
+        candidates = [p for p in evse.profiles if p.purpose == "TxProfile"
+                      and p.transaction_id == evse.transaction_id]
+        for p in sorted(candidates, key=lambda p: -p.stack_level):
+            if p.limit_w(now_s, evse.tx_started_s, self._phases(evse)) is not None:
+                return p.setpoint_w(now_s, evse.tx_started_s, self._phases(evse))
+        return None
+
     def station_cap_w(self, now_s: float, phases: int) -> float | None:
         """The ChargingStationMaxProfile limit at ``now_s`` in W (None if none)."""
         caps = [p for p in self.station_profiles if p.purpose == "ChargingStationMaxProfile"]
@@ -269,15 +295,28 @@ class VirtualStation(mesa.Agent):
         v = ev.vehicle
         bounds = [t0, *self._switch_times(evse, t0, now_s), now_s]
         for a, b in itertools.pairwise(bounds):
-            result = charge(
-                soc=ev.soc, target_soc=ev.target_soc, capacity_kwh=v.capacity_kwh,
-                limit_kw=self.limit_w(evse, a) / 1000.0, ev_max_kw=v.max_power_kw,
-                efficiency=v.efficiency, taper_soc=v.taper_soc, duration_h=(b - a) / 3600.0,
-            )
+            hours = (b - a) / 3600.0
+            setpoint = self.setpoint_w(evse, a)
+            if setpoint is not None and setpoint < 0 and v.bidirectional:
+                result = discharge(
+                    soc=ev.soc, min_soc=ev.min_soc, capacity_kwh=v.capacity_kwh,
+                    power_kw=min(-setpoint / 1000.0, v.max_discharge_kw),
+                    efficiency=v.efficiency, duration_h=hours)
+                ev.discharged_kwh -= result.battery_kwh
+                evse.export_register_wh -= result.grid_kwh * 1000.0
+            else:
+                limit_kw = self.limit_w(evse, a) / 1000.0
+                if setpoint is not None:  # a charging setpoint is a target, not a cap
+                    limit_kw = min(limit_kw, max(setpoint, 0.0) / 1000.0)
+                result = charge(
+                    soc=ev.soc, target_soc=ev.target_soc, capacity_kwh=v.capacity_kwh,
+                    limit_kw=limit_kw, ev_max_kw=v.max_power_kw, efficiency=v.efficiency,
+                    taper_soc=v.taper_soc, duration_h=hours)
+                evse.register_wh += result.grid_kwh * 1000.0
             ev.soc = result.soc_end
             ev.energy_battery_kwh += result.battery_kwh
             ev.energy_grid_kwh += result.grid_kwh
-            evse.register_wh += result.grid_kwh * 1000.0
+            ev.throughput_kwh += abs(result.battery_kwh)
             evse.step_wh += result.grid_kwh * 1000.0
 
     def advance_all(self, now_s: float) -> None:

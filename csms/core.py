@@ -32,6 +32,7 @@ log = logging.getLogger("evtwin.csms")
 
 ENERGY = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
+POWER_EXPORT = "Power.Active.Export"
 SOC = "SoC"
 VOLTAGE = "Voltage"
 
@@ -286,6 +287,9 @@ class CSMSCore:
                 continue
             elif measurand == POWER and phase is None:
                 session.power_w = value * _W_PER_UNIT.get(unit or "W", 1.0)
+            elif measurand == POWER_EXPORT and phase is None and value > 0:
+                # V2G (sent after the import sample): the session's power is negative.
+                session.power_w = -value * _W_PER_UNIT.get(unit or "W", 1.0)
             elif measurand == VOLTAGE:
                 session.voltage_v = value
             elif measurand == SOC:

@@ -205,7 +205,8 @@ class CSMS16(ShellBase, _ChargePoint16):
             "chargingProfileKind": "Absolute",
             "chargingSchedule": {
                 "startSchedule": iso(self.core.clock()), "chargingRateUnit": cmd.unit,
-                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": cmd.limit}]},
+                # 1.6 has no discharge: a negative (V2G) limit only stops charging.
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": max(cmd.limit, 0.0)}]},
         }}
         try:
             status = str((await self.call_json("SetChargingProfile", payload))["status"])

@@ -167,9 +167,24 @@ class Handlers201(ShellBase):
                 "id": profile_id,
                 "startSchedule": iso(self.core.clock()),
                 "chargingRateUnit": cmd.unit,
-                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": cmd.limit}],
+                "chargingSchedulePeriod": [self._limit_period(cmd)],
             }],
         }
+
+    def _limit_period(self, cmd: ProfileCommand) -> dict[str, Any]:
+        """One schedule period for a limit; a negative one is V2G.
+
+        OCPP 2.1: operationMode CentralSetpoint with a negative setpoint (the
+        spec's combination for a CSMS-controlled discharge in a TxProfile) and
+        dischargeLimit as its floor. 2.0.1 gives a negative limit no meaning,
+        so there the station is only stopped from charging (limit 0).
+        """
+        if cmd.limit >= 0:
+            return {"startPeriod": 0, "limit": cmd.limit}
+        if self.version != "2.1":
+            return {"startPeriod": 0, "limit": 0.0}
+        return {"startPeriod": 0, "operationMode": "CentralSetpoint", "setpoint": cmd.limit,
+                "dischargeLimit": cmd.limit}
 
     async def send_limit(self, cmd: ProfileCommand) -> str:
         """Send a TxProfile with one period at ``cmd.limit``; record and return the status."""

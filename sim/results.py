@@ -17,6 +17,9 @@ from .scenario import Scenario
 if TYPE_CHECKING:
     from .runner import RunResult
 
+#: Grid energy per battery kWh when discharging (the vehicles' default efficiency).
+EXPORT_EFFICIENCY = 0.92
+
 # KPI name -> (label, unit) for tables; order is the table's order.
 KPI_LABELS: dict[str, tuple[str, str]] = {
     "energy_requested_kwh": ("Energy requested", "kWh"),
@@ -40,6 +43,10 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
     "minutes_voltage_violation": ("Minutes outside voltage limits", "min"),
     "minutes_thermal_violation": ("Minutes over thermal limits", "min"),
     "minutes_site_limit_exceeded": ("Minutes over a site limit", "min"),
+    "energy_discharged_kwh": ("Energy fed back by V2G (from batteries)", "kWh"),
+    "v2g_revenue": ("V2G revenue", "cur"),
+    "max_equivalent_full_cycles": ("Max battery cycles in a visit (V2G ageing)", ""),
+    "evs_below_min_soc": ("EVs left below their minimum SoC", ""),
     "energy_cost": ("Energy cost of EV charging", "cur"),
     "cost_per_kwh_delivered": ("Cost per kWh delivered", "cur"),
     "ocpp_messages": ("OCPP messages exchanged", ""),
@@ -72,6 +79,13 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
         if s.limit_kw is not None:
             site_bad |= (steps[f"site_{s.name}_kw"] > s.limit_kw * 1.001).to_numpy()
     step_h = sc.step_s / 3600.0
+    discharged = float(sessions["discharged_kwh"].sum()) if "discharged_kwh" in sessions else 0.0
+    left = sessions[sessions["outcome"].isin(["served", "open"])]
+    below_min = 0
+    if "min_soc" in left and len(left):
+        # V2G must never leave a driver below their floor (nor below where they came in).
+        floor = left[["min_soc", "soc_initial"]].min(axis=1)
+        below_min = int((left["soc_final"] < floor - 1e-9).sum())
     cost = float((steps["ev_kw"] * steps["price_per_kwh"]).sum() * step_h)
     billed = sum((t["energy_wh"] or 0.0) for t in transactions if t["ended_at"]) / 1000.0
     outcome = sessions["outcome"]
@@ -98,6 +112,11 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
         "minutes_voltage_violation": float(volt_bad.sum() * step_min),
         "minutes_thermal_violation": float(thermal_bad.sum() * step_min),
         "minutes_site_limit_exceeded": float(site_bad.sum() * step_min),
+        "energy_discharged_kwh": discharged,
+        "v2g_revenue": discharged * EXPORT_EFFICIENCY * sc.prices.export_per_kwh,
+        "max_equivalent_full_cycles": float(
+            sessions.get("equivalent_full_cycles", pd.Series([0.0])).max() or 0.0),
+        "evs_below_min_soc": float(below_min),
         "energy_cost": cost,
         "cost_per_kwh_delivered": cost / delivered if delivered > 0 else 0.0,
         "ocpp_messages": float(frames["in"] + frames["out"]),

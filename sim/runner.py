@@ -114,11 +114,12 @@ def build_model(sc: Scenario) -> ChargingModel:
     sites = [SiteConfig(name=s.name, kind=s.kind, stations=s.stations,
                         evses_per_station=s.evses_per_station, evse_max_kw=s.evse_max_kw,
                         phases=s.phases, behaviour=behaviour_for(s.kind, **behaviour_overrides(s)),
-                        ev_count=counts[s.name])
+                        ev_count=counts[s.name], bidirectional=s.bidirectional)
              for s in sc.sites]
     start_hour = sc.start.hour + sc.start.minute / 60.0 + sc.start.second / 3600.0
     return ChargingModel(sites, seed=sc.seed, duration_s=sc.duration_s, start_hour=start_hour,
-                         iso15118_share=sc.ev.iso15118_share)
+                         iso15118_share=sc.ev.iso15118_share, v2g_share=sc.ev.v2g_share,
+                         min_soc=sc.ev.min_soc)
 
 
 def build_feeder(sc: Scenario, n_stations: int) -> Feeder:

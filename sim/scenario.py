@@ -61,6 +61,8 @@ class Site(_Strict):
     """Import limit for EV charging at this site in kW (what equal_share enforces)."""
     buses: list[int] | None = None
     """Feeder bus index per station; default: spread over load buses (see evtwin.grid)."""
+    bidirectional: bool = False
+    """The site's EVSEs can discharge (V2G over OCPP 2.1)."""
     ev_share: float | None = Field(None, gt=0)
     """Weight of this site when splitting ev.count; default its EVSE count."""
     behaviour: BehaviourOverrides = BehaviourOverrides()
@@ -128,6 +130,10 @@ class Fleet(_Strict):
     """The EVs."""
 
     count: int = Field(gt=0, le=100_000)
+    v2g_share: float = Field(0.0, ge=0, le=1)
+    """Share of EVs that can feed back (V2G) when parked at a bidirectional site."""
+    min_soc: float = Field(0.3, ge=0, le=1)
+    """The drivers' floor for V2G: a battery is never discharged below it."""
     iso15118_share: float = Field(0.5, ge=0, le=1)
     """Share of EVs that tell the station their departure time and energy need
     (ISO 15118 -> OCPP 2.x NotifyEVChargingNeeds); the CSMS assumes site

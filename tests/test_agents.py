@@ -444,7 +444,7 @@ def test_plug_and_unplug_events_are_queued_in_order(
         ("plug", 1, 10.0), ("plug", 2, 20.0), ("unplug", 1, 900.0)]
     plug1, plug2, unplug1 = events
     assert plug1.payload == {"transaction_id": tx1, "register_wh": 0.0, "id_token": "T1",
-                             "soc": 0.25}
+                             "soc": 0.25, "needs": None}
     assert plug2.payload["transaction_id"] == tx2
     assert plug2.payload["id_token"] == "T2"
     assert unplug1.payload["transaction_id"] == tx1
