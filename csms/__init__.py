@@ -66,3 +66,4 @@ __all__ = [
     "verify_password",
     "wall_clock",
 ]
+from . import feeder as _feeder  # noqa: F401  (registers feeder_aware)

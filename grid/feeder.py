@@ -55,6 +55,13 @@ class _PowerFlowEngine(Protocol):
         """
         ...
 
+    def run_batch(
+        self, p_mw: FloatArray, q_mvar: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Like :meth:`run` for ``N`` scenarios at once: inputs ``(N, n_loads)``,
+        outputs ``(N, n_bus)``, ``(N, n_line)``, ``(N, n_trafo)``."""
+        ...
+
 
 class _PandapowerEngine:
     """Reference engine: write the loads into ``net.load`` and call ``pp.runpp``."""
@@ -81,6 +88,16 @@ class _PandapowerEngine:
             net.res_bus["vm_pu"].to_numpy(dtype=np.float64, copy=True),
             net.res_line["loading_percent"].to_numpy(dtype=np.float64, copy=True),
             net.res_trafo["loading_percent"].to_numpy(dtype=np.float64, copy=True),
+        )
+
+    def run_batch(
+        self, p_mw: FloatArray, q_mvar: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        outs = [self.run(p, q) for p, q in zip(p_mw, q_mvar, strict=True)]
+        return (
+            np.vstack([o[0] for o in outs]),
+            np.vstack([o[1] for o in outs]),
+            np.vstack([o[2] for o in outs]),
         )
 
 
@@ -110,6 +127,7 @@ class _PgmEngine:
             [converter.get_id("load", int(i), name="const_power") for i in net.load.index],
             dtype=np.int32,
         )
+        self._load_ids = load_ids
         # A batch of one scenario: calculate_power_flow wants batch-shaped update data.
         self._update = initialize_array(
             DatasetType.update, ComponentType.sym_load, (1, len(load_ids))
@@ -171,6 +189,38 @@ class _PgmEngine:
         else:
             trafo_percent = np.empty(0, dtype=np.float64)
         return bus_vm_pu, line_percent, trafo_percent
+
+    def run_batch(
+        self, p_mw: FloatArray, q_mvar: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        n = p_mw.shape[0]
+        # A separate update array: the per-step one (self._update) is left alone.
+        update = initialize_array(
+            DatasetType.update, ComponentType.sym_load, (n, len(self._load_ids))
+        )
+        update["id"] = self._load_ids
+        update["p_specified"] = p_mw * _W_PER_MW
+        update["q_specified"] = q_mvar * _W_PER_MW
+        try:
+            out = self._model.calculate_power_flow(
+                update_data={ComponentType.sym_load: update} if len(self._load_ids) else None,
+                symmetric=True,
+                calculation_method=CalculationMethod.newton_raphson,
+                output_component_types=self._outputs,
+            )
+        except PowerGridError as exc:
+            raise PowerFlowError(self.name, _describe_pgm_error(exc)) from exc
+        bus = np.atleast_2d(out[ComponentType.node]["u_pu"])[:, self._node_pos]
+        if len(self._line_pos):
+            line = np.atleast_2d(out[ComponentType.line]["loading"])[:, self._line_pos] * 100.0
+        else:
+            line = np.empty((n, 0), dtype=np.float64)
+        if len(self._trafo_pos):
+            trafo_loading = np.atleast_2d(out[ComponentType.transformer]["loading"])
+            trafo = trafo_loading[:, self._trafo_pos] * self._trafo_scale
+        else:
+            trafo = np.empty((n, 0), dtype=np.float64)
+        return bus, line, trafo
 
 
 def _scenario(values: FloatArray) -> FloatArray:
@@ -350,6 +400,17 @@ class Feeder:
         return self._bus_index
 
     @property
+    def monitored_bus_rows(self) -> IntArray:
+        """Rows of ``GridResult.bus_vm_pu`` that ``vm_min_pu``/``vm_max_pu`` cover: the
+        in-service buses supplied from the external grid (a copy)."""
+        return self._stat_rows.copy()
+
+    @property
+    def household_nominal_q_kvar(self) -> FloatArray:
+        """Nominal reactive power of each household in kvar (a copy)."""
+        return self._nominal_q_mvar * _KW_PER_MW
+
+    @property
     def trafo_rating_kva(self) -> float:
         """Sum of the transformers' rated power (sn_mva × parallel) in kVA."""
         return self._trafo_rating_kva
@@ -407,6 +468,45 @@ class Feeder:
                     f"{label} must have shape ({self._n_households},), got {arr.shape}"
                 )
         return self._solve(p, q, ev_p_kw, None)
+
+    def solve_batch(
+        self,
+        household_p_mw: npt.ArrayLike,
+        household_q_mvar: npt.ArrayLike,
+        ev_p_kw: npt.ArrayLike,
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Solve ``N`` independent scenarios at once (power-grid-model batch), e.g. to
+        measure sensitivities by perturbation.
+
+        Args:
+            household_p_mw: household active powers in MW, shape ``(N, n_households)``.
+            household_q_mvar: household reactive powers in Mvar, same shape.
+            ev_p_kw: EV station powers in kW, shape ``(N, n_stations)``.
+
+        Returns:
+            Bus voltages in p.u. ``(N, bus_count)`` in :attr:`bus_index` order, line
+            loadings in % ``(N, n_line)`` and transformer loadings in % of rated power
+            ``(N, n_trafo)``, in ``net.line`` / ``net.trafo`` order.  The feeder's state
+            (last-solve figures, per-step buffers) is left untouched.
+
+        Raises:
+            PowerFlowError: a scenario did not converge.
+            ValueError: an input has the wrong shape.
+        """
+        p = np.atleast_2d(np.asarray(household_p_mw, dtype=np.float64))
+        q = np.atleast_2d(np.asarray(household_q_mvar, dtype=np.float64))
+        ev = np.atleast_2d(np.asarray(ev_p_kw, dtype=np.float64))
+        n = ev.shape[0]
+        for label, arr, width in (
+            ("household_p_mw", p, self._n_households),
+            ("household_q_mvar", q, self._n_households),
+            ("ev_p_kw", ev, len(self._station_buses)),
+        ):
+            if arr.shape != (n, width):
+                raise ValueError(f"{label} must have shape ({n}, {width}), got {arr.shape}")
+        p_all = np.hstack([p, ev / _KW_PER_MW])
+        q_all = np.hstack([q, np.zeros_like(ev)])
+        return self._engine.run_batch(p_all, q_all)
 
     def _solve(
         self,
