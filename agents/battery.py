@@ -85,3 +85,11 @@ def discharge(
     battery = min(available, battery_rate * duration_h)
     soc_end = soc - battery / capacity_kwh
     return ChargeResult(max(soc_end, min_soc), -battery, -battery * efficiency)
+
+
+def charge_power_kw(*, soc: float, target_soc: float, limit_kw: float, ev_max_kw: float,
+                    taper_soc: float) -> float:
+    """Grid-side charging power at this instant (what a meter would read now)."""
+    if soc >= target_soc or limit_kw <= 0 or ev_max_kw <= 0:
+        return 0.0
+    return min(limit_kw, ev_max_kw * min(1.0, (1.0 - soc) / (1.0 - taper_soc)))

@@ -26,6 +26,7 @@ class _Client201(ClientBase):
     if TYPE_CHECKING:  # provided by the ocpp ChargePoint class later in the MRO
         _call: Any
         _call_result: Any
+        _ocpp_version: str
 
     # -- station-initiated ----------------------------------------------------
     async def boot(self) -> None:
@@ -53,10 +54,10 @@ class _Client201(ClientBase):
                            "measurand": "Energy.Active.Export.Register",
                            "unit_of_measure": {"unit": "Wh"}})
         if full:
-            values.append({"value": round(max(evse.power_w, 0.0), 1), "context": context,
+            values.append({"value": round(max(evse.power_now_w, 0.0), 1), "context": context,
                            "measurand": "Power.Active.Import", "unit_of_measure": {"unit": "W"}})
-            if evse.power_w < 0:
-                values.append({"value": round(-evse.power_w, 1), "context": context,
+            if evse.power_now_w < 0:
+                values.append({"value": round(-evse.power_now_w, 1), "context": context,
                                "measurand": "Power.Active.Export",
                                "unit_of_measure": {"unit": "W"}})
             if evse.ev is not None:
@@ -65,6 +66,17 @@ class _Client201(ClientBase):
                                "unit_of_measure": {"unit": "Percent"}})
         values.append({"value": round(self.station.voltage_v, 2), "context": context,
                        "measurand": "Voltage", "unit_of_measure": {"unit": "V"}})
+        return values
+
+    def _begin_samples(self, evse_id: int, register_wh: float) -> list[dict[str, Any]]:
+        values: list[dict[str, Any]] = [{
+            "value": round(register_wh, 3), "context": "Transaction.Begin",
+            "measurand": ENERGY, "unit_of_measure": {"unit": "Wh"}}]
+        export = self.station.evses[evse_id].export_register_wh
+        if export > 0:
+            values.append({"value": round(export, 3), "context": "Transaction.Begin",
+                           "measurand": "Energy.Active.Export.Register",
+                           "unit_of_measure": {"unit": "Wh"}})
         return values
 
     async def flush(self, now_s: float, *, sample: bool, aligned: bool, heartbeat: bool) -> None:
@@ -79,7 +91,7 @@ class _Client201(ClientBase):
                         trigger_reason="MeterValuePeriodic",
                         seq_no=st.next_seq_no(evse.evse_id),
                         transaction_info={"transaction_id": evse.transaction_id,
-                                          "charging_state": "Charging" if evse.power_w > 0
+                                          "charging_state": "Charging" if evse.power_now_w > 0
                                           else "SuspendedEV"},
                         meter_value=[{"timestamp": self._ts(now_s),
                                       "sampled_value": self._samples(evse, "Sample.Periodic",
@@ -107,9 +119,8 @@ class _Client201(ClientBase):
             event_type="Started", timestamp=self._ts(at_s), trigger_reason="Authorized",
             seq_no=0, transaction_info={"transaction_id": tx_id, "charging_state": "EVConnected"},
             evse={"id": evse_id, "connector_id": 1}, id_token=token,
-            meter_value=[{"timestamp": self._ts(at_s), "sampled_value": [{
-                "value": round(info["register_wh"], 3), "context": "Transaction.Begin",
-                "measurand": ENERGY, "unit_of_measure": {"unit": "Wh"}}]}]))
+            meter_value=[{"timestamp": self._ts(at_s), "sampled_value": self._begin_samples(
+                evse_id, info["register_wh"])}]))
         status = (r.id_token_info or {}).get("status", "Accepted")
         if status != "Accepted":
             st.rejected.add(tx_id)
@@ -118,17 +129,29 @@ class _Client201(ClientBase):
         needs = info.get("needs")
         if needs is not None:
             # ISO 15118 in the EV -> OCPP 2.x: departure time and energy need.
+            charging_needs: dict[str, Any] = {
+                "requested_energy_transfer": ("AC_three_phase" if needs["phases"] == 3
+                                              else "AC_single_phase"),
+                "departure_time": self._ts(needs["departure_s"]),
+                "ac_charging_parameters": {
+                    "energy_amount": round(needs["energy_wh"]),
+                    "ev_min_current": 6,
+                    "ev_max_current": round(needs["max_current_a"]),
+                    "ev_max_voltage": round(NOMINAL_VOLTAGE_V)},
+            }
+            v2x = needs.get("v2x")
+            if v2x is not None and self._ocpp_version == "2.1":
+                charging_needs["requested_energy_transfer"] = "AC_BPT"
+                charging_needs["v2x_charging_parameters"] = {
+                    "ev_min_energy_request": round(v2x["min_energy_wh"]),
+                    "ev_target_energy_request": round(v2x["target_energy_wh"]),
+                    "ev_max_energy_request": round(v2x["max_energy_wh"]),
+                    "target_soc": round(v2x["target_soc_percent"]),
+                    "max_charge_power": round(v2x["max_charge_w"]),
+                    "max_discharge_power": round(v2x["max_discharge_w"]),
+                }
             await self._send_call(self._call.NotifyEVChargingNeeds(
-                evse_id=evse_id, charging_needs={
-                    "requested_energy_transfer": ("AC_three_phase" if needs["phases"] == 3
-                                                  else "AC_single_phase"),
-                    "departure_time": self._ts(needs["departure_s"]),
-                    "ac_charging_parameters": {
-                        "energy_amount": round(needs["energy_wh"]),
-                        "ev_min_current": 6,
-                        "ev_max_current": round(needs["max_current_a"]),
-                        "ev_max_voltage": round(NOMINAL_VOLTAGE_V)},
-                }))
+                evse_id=evse_id, charging_needs=charging_needs))
 
     async def _on_unplug(self, evse_id: int, at_s: float, info: dict[str, Any]) -> None:
         st = self.station

@@ -46,7 +46,7 @@ class StationClient16(ClientBase, _ChargePoint16):
         values = [{"value": f"{evse.register_wh:.3f}", "context": context,
                    "measurand": ENERGY, "unit": "Wh"}]
         if full:
-            values.append({"value": f"{evse.power_w:.1f}", "context": context,
+            values.append({"value": f"{max(evse.power_now_w, 0.0):.1f}", "context": context,
                            "measurand": "Power.Active.Import", "unit": "W"})
             if evse.ev is not None:
                 values.append({"value": f"{evse.ev.soc * 100.0:.2f}", "context": context,

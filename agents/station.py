@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import mesa
 
-from .battery import charge, discharge
+from .battery import charge, charge_power_kw, discharge
 from .exceptions import ProfileRejected
 
 if TYPE_CHECKING:
@@ -116,6 +116,8 @@ class Evse:
     register_wh: float = 0.0
     export_register_wh: float = 0.0
     power_w: float = 0.0
+    power_now_w: float = 0.0
+    """Instantaneous power at the last update (negative = feeding back)."""
     step_wh: float = 0.0
     last_update_s: float = 0.0
     profiles: list[Profile] = field(default_factory=list)
@@ -161,13 +163,25 @@ class VirtualStation(mesa.Agent):
         evse.transaction_id = f"{self.station_id}-{evse_id}-{self._tx_counter}"
         evse.tx_started_s = at_s
         evse.seq_no = 0
-        needs = None
+        needs: dict[str, Any] | None = None
         if ev.states_needs and ev.current is not None:
             v = ev.vehicle
             needs = {"departure_s": ev.current.departure_s,
                      "energy_wh": ev.current.energy_wanted_kwh * 1000.0,
                      "max_current_a": v.max_power_kw * 1000.0 / (NOMINAL_VOLTAGE_V * v.phases),
                      "phases": v.phases}
+            if v.bidirectional:
+                # ISO 15118-20 style: energy to the minimum, the target and full (Wh,
+                # negative = available), with the target SoC and power limits.
+                cap_wh = v.capacity_kwh * 1000.0
+                needs["v2x"] = {
+                    "min_energy_wh": (ev.min_soc - ev.soc) * cap_wh,
+                    "target_energy_wh": (ev.target_soc - ev.soc) * cap_wh,
+                    "max_energy_wh": (1.0 - ev.soc) * cap_wh,
+                    "target_soc_percent": ev.target_soc * 100.0,
+                    "max_charge_w": v.max_power_kw * 1000.0,
+                    "max_discharge_w": v.max_discharge_kw * 1000.0,
+                }
         self.events.append(Event("plug", evse_id, at_s, {
             "transaction_id": evse.transaction_id, "register_wh": evse.register_wh,
             "id_token": ev.id_token, "soc": ev.soc, "needs": needs,
@@ -290,6 +304,8 @@ class VirtualStation(mesa.Agent):
         t0 = evse.last_update_s
         evse.last_update_s = now_s
         if now_s <= t0 or not evse.charging or evse.ev is None:
+            if evse.ev is None or not evse.charging:
+                evse.power_now_w = 0.0
             return
         ev = evse.ev
         v = ev.vehicle
@@ -318,6 +334,26 @@ class VirtualStation(mesa.Agent):
             ev.energy_grid_kwh += result.grid_kwh
             ev.throughput_kwh += abs(result.battery_kwh)
             evse.step_wh += result.grid_kwh * 1000.0
+        self._power_now(evse, now_s)
+
+    def _power_now(self, evse: Evse, now_s: float) -> None:
+        """What the EVSE's meter reads at ``now_s`` (not the average over a step)."""
+        ev = evse.ev
+        if ev is None or not evse.charging:
+            evse.power_now_w = 0.0
+            return
+        v = ev.vehicle
+        setpoint = self.setpoint_w(evse, now_s)
+        if setpoint is not None and setpoint < 0 and v.bidirectional:
+            evse.power_now_w = (-min(-setpoint / 1000.0, v.max_discharge_kw) * 1000.0
+                                if ev.soc > ev.min_soc + 1e-9 else 0.0)
+            return
+        limit_kw = self.limit_w(evse, now_s) / 1000.0
+        if setpoint is not None:
+            limit_kw = min(limit_kw, max(setpoint, 0.0) / 1000.0)
+        evse.power_now_w = 1000.0 * charge_power_kw(
+            soc=ev.soc, target_soc=ev.target_soc, limit_kw=limit_kw, ev_max_kw=v.max_power_kw,
+            taper_soc=v.taper_soc)
 
     def advance_all(self, now_s: float) -> None:
         """Integrate every EVSE up to ``now_s`` (before its limits change)."""

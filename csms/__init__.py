@@ -67,3 +67,5 @@ __all__ = [
     "wall_clock",
 ]
 from . import feeder as _feeder  # noqa: F401  (registers feeder_aware)
+from . import scheduling as _scheduling  # noqa: F401  (registers edf, llf, price, pv_self_consumption)
+from . import v2g as _v2g  # noqa: F401  (registers the V2G strategies)

@@ -33,6 +33,7 @@ log = logging.getLogger("evtwin.csms")
 ENERGY = "Energy.Active.Import.Register"
 POWER = "Power.Active.Import"
 POWER_EXPORT = "Power.Active.Export"
+ENERGY_EXPORT = "Energy.Active.Export.Register"
 SOC = "SoC"
 VOLTAGE = "Voltage"
 
@@ -215,6 +216,9 @@ class CSMSCore:
         energy_wh = self._apply_samples(session, samples)
         if event_type == "Started":
             session.started_at = at
+            if session.export_start_wh is None:
+                # A station that has never fed back sends no export register.
+                session.export_start_wh = 0.0
             if energy_wh is not None:
                 session.meter_start_wh = energy_wh
         elif session.meter_start_wh is None and energy_wh is not None:
@@ -285,6 +289,10 @@ class CSMSCore:
                     session.meter_last_at = at
             elif not fresh:
                 continue
+            elif measurand == ENERGY_EXPORT and phase is None:
+                session.export_last_wh = value * _WH_PER_UNIT.get(unit or "Wh", 1.0)
+                if session.export_start_wh is None:
+                    session.export_start_wh = session.export_last_wh
             elif measurand == POWER and phase is None:
                 session.power_w = value * _W_PER_UNIT.get(unit or "W", 1.0)
             elif measurand == POWER_EXPORT and phase is None and value > 0:
@@ -339,15 +347,44 @@ class CSMSCore:
             ev_max_kw = needs.ev_max_power_w / 1000.0
         elif needs is not None and needs.ev_max_current_a is not None:
             ev_max_kw = needs.ev_max_current_a * self.config.nominal_voltage_v * evse.phases / 1e3
-        remaining = None if wanted_wh is None else max(0.0, (wanted_wh - s.energy_wh) / 1000.0)
+        # Energy fed back (V2G) must be charged again: net energy counts.
+        net_wh = s.energy_wh - s.exported_wh
+        remaining = None if wanted_wh is None else max(
+            0.0, (wanted_wh / self.config.assumed_efficiency - net_wh) / 1000.0)
         limit = self.sent_limits_w.get((s.station_id, s.evse_id))
+        v2x_kw, spare = self._v2x(s)
         return SessionView(
             station_id=s.station_id, evse_id=s.evse_id, transaction_id=s.transaction_id,
             max_power_kw=evse.max_power_w / 1000.0, power_kw=s.power_w / 1000.0,
             energy_kwh=s.energy_wh / 1000.0, voltage_v=s.voltage_v, soc_percent=s.soc_percent,
             started_at=s.started_at, departure=departure, energy_remaining_kwh=remaining,
             needs_stated=stated, ev_max_kw=ev_max_kw,
-            limit_kw=None if limit is None else limit / 1000.0, phases=evse.phases)
+            limit_kw=None if limit is None else limit / 1000.0, phases=evse.phases,
+            v2x_max_discharge_kw=v2x_kw, v2x_spare_kwh=spare)
+
+    @staticmethod
+    def _v2x(s: Session) -> tuple[float | None, float | None]:
+        """(max discharge kW, spare kWh above the minimum SoC now) of a V2X session.
+
+        From ISO 15118-20 style needs: energies to the minimum, the target and
+        full (at notification) and the target SoC give the capacity and the
+        minimum SoC; the latest SoC reading then gives what can be spared.
+        """
+        n = s.ev_needs
+        if n is None or not n.v2x_max_discharge_power_w:
+            return None, None
+        kw = n.v2x_max_discharge_power_w / 1000.0
+        e_min, e_t, e_max = n.v2x_min_energy_wh, n.v2x_target_energy_wh, n.v2x_max_energy_wh
+        t = n.v2x_target_soc_percent
+        if e_min is None or e_t is None or e_max is None or t is None or t >= 100:
+            return kw, None
+        if s.soc_percent is None:
+            return kw, None
+        capacity_wh = (e_max - e_t) / (1.0 - t / 100.0)
+        if capacity_wh <= 0:
+            return kw, None
+        min_soc = (1.0 - e_max / capacity_wh) + e_min / capacity_wh
+        return kw, max(0.0, (s.soc_percent / 100.0 - min_soc) * capacity_wh / 1000.0)
 
     def control_due(self, now: datetime | None = None) -> bool:
         """True when the control cycle should run: its interval has passed on the

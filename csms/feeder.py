@@ -56,7 +56,7 @@ FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.intp]
 
 #: Strategies that read ``ControlView.feeder``; a runner builds a FeederModel for them.
-FEEDER_STRATEGIES: set[str] = {"feeder_aware"}
+FEEDER_STRATEGIES: set[str] = {"feeder_aware", "v2g_peak_shaving"}
 
 # Household scale factors tried when estimating the operating point (1.0 = nominal).
 _SCALE_GRID = np.linspace(0.0, 1.5, 31)
@@ -321,7 +321,10 @@ def _cap_and_weight(s: SessionView, now: datetime) -> tuple[float, float]:
     cap = s.max_power_kw if s.ev_max_kw is None else min(s.max_power_kw, s.ev_max_kw)
     remaining = s.energy_remaining_kwh
     if remaining is not None and remaining <= 0.0:
-        return cap, _DONE_WEIGHT
+        # Only an EV that said what it needs is known to be done. An assumed
+        # need (the site default) may be a guess too low: that session keeps an
+        # ordinary weight (no urgency), or a cut would starve it for good.
+        return (cap, _DONE_WEIGHT) if s.needs_stated else (cap, 1.0)
     urgency = 0.0
     if remaining is not None and s.departure is not None and cap > 0:
         hours_left = max((s.departure - now).total_seconds() / 3600.0, 1e-3)

@@ -78,6 +78,9 @@ class CSMSConfig:
     heartbeat_interval_s: int = 3600
     limit_deadband_w: float = 50.0
     tariff: Tariff = field(default_factory=Tariff)
+    assumed_efficiency: float = 0.9
+    """Grid-to-battery efficiency the CSMS assumes when it turns the battery
+    energy an EV asks for into the grid energy its meters will show."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,15 @@ class Session:
     seen_seq_nos: set[int] = field(default_factory=set)
     meter_last_at: datetime | None = None
     meter_stop_wh: float | None = None
+    export_start_wh: float | None = None
+    export_last_wh: float | None = None
+
+    @property
+    def exported_wh(self) -> float:
+        """Energy fed back to the grid during the session (V2G), Wh."""
+        if self.export_start_wh is None or self.export_last_wh is None:
+            return 0.0
+        return self.export_last_wh - self.export_start_wh
     ev_needs: EVChargingNeeds | None = None
     """The EV's last NotifyEVChargingNeeds on this session's EVSE (OCPP 2.x), in memory only."""
 
@@ -180,6 +192,11 @@ class SessionView:
     limit_kw: float | None = None
     """The limit the CSMS last had accepted for this EVSE."""
     phases: int = 3
+    v2x_max_discharge_kw: float | None = None
+    """Bidirectional EV (OCPP 2.1 V2X parameters): the most it may feed back."""
+    v2x_spare_kwh: float | None = None
+    """Battery energy above the driver's minimum SoC now (kWh), if the EV said
+    enough to know it."""
 
 
 @dataclass(frozen=True, slots=True)

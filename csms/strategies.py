@@ -74,12 +74,59 @@ def water_fill(budget_kw: float, caps_kw: list[float]) -> list[float]:
     return shares
 
 
+#: A session is "clearly" drawing less than its limit below this fraction of it...
+TAPER_FRACTION = 0.9
+#: ...minus this margin in kW (so meter noise on a small limit does not count).
+TAPER_MARGIN_KW = 0.2
+#: Headroom above the present draw for a session that cannot use its limit:
+#: at least this many kW...
+TAPER_HEADROOM_KW = 1.0
+#: ...or this share of the EVSE's maximum, whichever is larger.
+TAPER_HEADROOM_SHARE = 0.1
+
+
+def hardware_cap_kw(s: SessionView) -> float:
+    """The most a session can physically take, in kW: its EVSE's maximum, or
+    the EV's own maximum when the EV stated a lower one."""
+    if s.ev_max_kw is not None:
+        return max(0.0, min(s.max_power_kw, s.ev_max_kw))
+    return max(0.0, s.max_power_kw)
+
+
+def usable_cap_kw(s: SessionView) -> float:
+    """What a session can use right now, in kW.
+
+    :func:`hardware_cap_kw`, and, when the EV draws clearly less than the limit
+    it was given (it tapers, is full, or is a smaller car than the EVSE), only
+    its present draw plus a headroom, so budget it cannot use goes to others.
+    The headroom lets it climb back one step per control cycle if it can.
+
+    A draw of exactly 0 is not taken as evidence: it is what the CSMS holds
+    before the first power reading of a session, and forever for a station
+    that meters energy only, and capping on it would starve such sessions.
+    """
+    cap = hardware_cap_kw(s)
+    if (s.limit_kw is not None and s.power_kw > 0.0
+            and s.power_kw < TAPER_FRACTION * s.limit_kw - TAPER_MARGIN_KW):
+        headroom = max(TAPER_HEADROOM_KW, TAPER_HEADROOM_SHARE * s.max_power_kw)
+        cap = min(cap, max(0.0, s.power_kw) + headroom)
+    return cap
+
+
+def is_satisfied(s: SessionView) -> bool:
+    """True if the EV stated its needs and has received all the energy it asked for."""
+    return s.needs_stated and s.energy_remaining_kwh is not None and s.energy_remaining_kwh <= 0.0
+
+
 @register("equal_share")
 def equal_share(view: ControlView) -> Limits:
     """Share each site's limit equally among its active sessions.
 
-    Sessions are capped at their EVSE's maximum and the surplus goes to the
-    others. Sites without a limit are left uncontrolled.
+    Each session is capped at what it can use (:func:`usable_cap_kw`: the
+    EVSE's maximum, the EV's stated maximum, and its present draw plus a
+    headroom when it draws clearly less than its limit); an EV that stated its
+    needs and has them met gets 0. What a capped session cannot use goes to
+    the others. Sites without a limit are left uncontrolled.
     """
     limits: Limits = {}
     for site in view.sites:
@@ -87,7 +134,8 @@ def equal_share(view: ControlView) -> Limits:
         if site.limit_kw is None:
             limits.update({(s.station_id, s.evse_id): None for s in sessions})
             continue
-        shares = water_fill(site.limit_kw, [s.max_power_kw for s in sessions])
+        caps_kw = [0.0 if is_satisfied(s) else usable_cap_kw(s) for s in sessions]
+        shares = water_fill(site.limit_kw, caps_kw)
         for s, share in zip(sessions, shares, strict=True):
             limits[(s.station_id, s.evse_id)] = share
     return limits

@@ -154,9 +154,13 @@ def csms_config(sc: Scenario, model: ChargingModel) -> CSMSConfig:
         for st in model.stations)
     return CSMSConfig(
         stations=stations,
-        # What the CSMS assumes when an EV does not state its needs: the site's
-        # typical stay and energy (the medians of its driver behaviour).
-        sites=tuple(SiteSpec(s.name, s.limit_kw, default_dwell_h=b.dwell_median_h,
+        # What the CSMS assumes when an EV does not state its needs: a cautious
+        # stay (the lower quartile of the site's dwell distribution, so most
+        # drivers stay longer) and the median energy.
+        sites=tuple(SiteSpec(s.name, s.limit_kw,
+                             default_dwell_h=float(np.clip(
+                                 b.dwell_median_h * np.exp(-0.674 * b.dwell_sigma),
+                                 b.dwell_min_h, b.dwell_max_h)),
                              default_energy_kwh=b.energy_median_kwh)
                     for s, b in ((s, behaviour_for(s.kind, **behaviour_overrides(s)))
                                  for s in sc.sites)),
