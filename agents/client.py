@@ -68,6 +68,14 @@ class _Client201(ClientBase):
                        "measurand": "Voltage", "unit_of_measure": {"unit": "V"}})
         return values
 
+    def _charging_state(self, evse: Evse, now_s: float) -> str:
+        """2.0.1 chargingState: who stopped the power, when it is stopped."""
+        if evse.power_now_w != 0:
+            return "Charging"
+        if self.station.limit_w(evse, now_s) <= 0:
+            return "SuspendedEVSE"  # the limit is 0: the station holds the EV back
+        return "SuspendedEV"  # the EV takes nothing (full, or its own choice)
+
     def _begin_samples(self, evse_id: int, register_wh: float) -> list[dict[str, Any]]:
         values: list[dict[str, Any]] = [{
             "value": round(register_wh, 3), "context": "Transaction.Begin",
@@ -91,8 +99,7 @@ class _Client201(ClientBase):
                         trigger_reason="MeterValuePeriodic",
                         seq_no=st.next_seq_no(evse.evse_id),
                         transaction_info={"transaction_id": evse.transaction_id,
-                                          "charging_state": "Charging" if evse.power_now_w > 0
-                                          else "SuspendedEV"},
+                                          "charging_state": self._charging_state(evse, now_s)},
                         meter_value=[{"timestamp": self._ts(now_s),
                                       "sampled_value": self._samples(evse, "Sample.Periodic",
                                                                      full=True)}]))

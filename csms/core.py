@@ -212,6 +212,14 @@ class CSMSCore:
         if seq_no in session.seen_seq_nos:
             return self._tx_response(id_token)
         session.seen_seq_nos.add(seq_no)
+        state = tx.get("chargingState")
+        fresh = session.meter_last_at is None or at >= session.meter_last_at
+        # An EV seen taking nothing (SuspendedEV) stays so while the station holds
+        # it at 0 (SuspendedEVSE): only drawing again clears it. Else a full EV
+        # would look hungry every time its limit is cut.
+        held = state == "SuspendedEVSE" and session.charging_state == "SuspendedEV"
+        if state and fresh and not held:
+            session.charging_state = state
 
         energy_wh = self._apply_samples(session, samples)
         if event_type == "Started":
@@ -360,7 +368,8 @@ class CSMSCore:
             started_at=s.started_at, departure=departure, energy_remaining_kwh=remaining,
             needs_stated=stated, ev_max_kw=ev_max_kw,
             limit_kw=None if limit is None else limit / 1000.0, phases=evse.phases,
-            v2x_max_discharge_kw=v2x_kw, v2x_spare_kwh=spare)
+            v2x_max_discharge_kw=v2x_kw, v2x_spare_kwh=spare,
+            charging_state=s.charging_state)
 
     @staticmethod
     def _v2x(s: Session) -> tuple[float | None, float | None]:

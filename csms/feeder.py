@@ -46,7 +46,7 @@ from scipy.optimize import linprog
 from evtwin.grid import Feeder, GridLimits, GridResult, PowerFlowError
 
 from .model import ControlView, SessionView
-from .strategies import Limits, equal_share, register
+from .strategies import Limits, equal_share, register, usable_cap_kw
 
 __all__ = ["FEEDER_STRATEGIES", "FeederModel", "FeederView", "feeder_aware", "needs_feeder"]
 
@@ -318,7 +318,7 @@ _V_UNIT_PU = 0.01
 
 def _cap_and_weight(s: SessionView, now: datetime) -> tuple[float, float]:
     """Upper bound (kW) and objective weight of one session."""
-    cap = s.max_power_kw if s.ev_max_kw is None else min(s.max_power_kw, s.ev_max_kw)
+    cap = usable_cap_kw(s)  # EVSE/EV maximum, less for an EV that takes less
     remaining = s.energy_remaining_kwh
     if remaining is not None and remaining <= 0.0:
         # Only an EV that said what it needs is known to be done. An assumed

@@ -137,6 +137,7 @@ class Session:
     meter_stop_wh: float | None = None
     export_start_wh: float | None = None
     export_last_wh: float | None = None
+    charging_state: str | None = None
 
     @property
     def exported_wh(self) -> float:
@@ -197,6 +198,9 @@ class SessionView:
     v2x_spare_kwh: float | None = None
     """Battery energy above the driver's minimum SoC now (kWh), if the EV said
     enough to know it."""
+    charging_state: str | None = None
+    """Latest 2.x chargingState: Charging, SuspendedEV (the EV takes nothing),
+    SuspendedEVSE (held at 0 by the station), EVConnected, Idle."""
 
 
 @dataclass(frozen=True, slots=True)

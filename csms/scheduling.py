@@ -76,7 +76,10 @@ def _hours(delta: timedelta) -> float:
 
 
 def _assumed_done(s: SessionView) -> bool:
-    """The site's default energy is delivered but the EV never said what it wants."""
+    """Served last, from what is left: the site's default energy is delivered but
+    the EV never said what it wants, or the EV itself takes nothing (SuspendedEV)."""
+    if s.charging_state == "SuspendedEV":
+        return True
     return (not s.needs_stated and s.energy_remaining_kwh is not None
             and s.energy_remaining_kwh <= 0.0)
 

@@ -106,9 +106,13 @@ def usable_cap_kw(s: SessionView) -> float:
     that meters energy only, and capping on it would starve such sessions.
     """
     cap = hardware_cap_kw(s)
+    headroom = max(TAPER_HEADROOM_KW, TAPER_HEADROOM_SHARE * s.max_power_kw)
+    if s.charging_state == "SuspendedEV":
+        # The EV itself takes nothing (full, or its own timer): a headroom lets
+        # it resume, the rest of its share goes to EVs that can use it.
+        return min(cap, headroom)
     if (s.limit_kw is not None and s.power_kw > 0.0
             and s.power_kw < TAPER_FRACTION * s.limit_kw - TAPER_MARGIN_KW):
-        headroom = max(TAPER_HEADROOM_KW, TAPER_HEADROOM_SHARE * s.max_power_kw)
         cap = min(cap, max(0.0, s.power_kw) + headroom)
     return cap
 
@@ -134,8 +138,15 @@ def equal_share(view: ControlView) -> Limits:
         if site.limit_kw is None:
             limits.update({(s.station_id, s.evse_id): None for s in sessions})
             continue
-        caps_kw = [0.0 if is_satisfied(s) else usable_cap_kw(s) for s in sessions]
+        # EVs that take nothing now (SuspendedEV) share only what the others leave.
+        idle = [s.charging_state == "SuspendedEV" for s in sessions]
+        caps_kw = [0.0 if is_satisfied(s) or i else usable_cap_kw(s)
+                   for s, i in zip(sessions, idle, strict=True)]
         shares = water_fill(site.limit_kw, caps_kw)
-        for s, share in zip(sessions, shares, strict=True):
-            limits[(s.station_id, s.evse_id)] = share
+        left = max(site.limit_kw - sum(shares), 0.0)
+        idle_caps = [usable_cap_kw(s) if i and not is_satisfied(s) else 0.0
+                     for s, i in zip(sessions, idle, strict=True)]
+        extra = water_fill(left, idle_caps)
+        for s, share, more in zip(sessions, shares, extra, strict=True):
+            limits[(s.station_id, s.evse_id)] = share + more
     return limits
