@@ -82,6 +82,9 @@ class CSMSCore:
         #: Context that strategies may use, fed from outside the OCPP traffic
         #: (the DSO's feeder model and measurements, price and PV forecasts).
         self.feeder_view: Any = None
+        #: Import limits a grid operator imposes on sites for a while (kW), on top
+        #: of their own limits (OCPP's ChargingStationExternalConstraints).
+        self.external_limits_kw: dict[str, float] = {}
         self.prices: tuple[tuple[datetime, float], ...] = ()
         self.pv_forecast_kw: tuple[tuple[datetime, float], ...] = ()
         self.strategy = get_strategy(config.strategy)
@@ -333,8 +336,8 @@ class CSMSCore:
             if spec is None or all(e.evse_id != s.evse_id for e in spec.evses):
                 continue  # not provisioned (only possible for a hand-built session)
             by_site[spec.site].append(self._session_view(s, spec))
-        sites = tuple(SiteView(name=n, limit_kw=self.site_limits[n], sessions=tuple(v))
-                      for n, v in sorted(by_site.items()))
+        sites = tuple(SiteView(name=n, limit_kw=self.effective_site_limit_kw(n),
+                               sessions=tuple(v)) for n, v in sorted(by_site.items()))
         return ControlView(now=now or self.clock(), sites=sites, feeder=self.feeder_view,
                            prices=self.prices, pv_forecast_kw=self.pv_forecast_kw)
 
@@ -394,6 +397,23 @@ class CSMSCore:
             return kw, None
         min_soc = (1.0 - e_max / capacity_wh) + e_min / capacity_wh
         return kw, max(0.0, (s.soc_percent / 100.0 - min_soc) * capacity_wh / 1000.0)
+
+    def effective_site_limit_kw(self, site: str) -> float | None:
+        """A site's own import limit or the grid operator's, whichever is lower."""
+        limits = [x for x in (self.site_limits.get(site), self.external_limits_kw.get(site))
+                  if x is not None]
+        return min(limits) if limits else None
+
+    def set_external_constraint(self, site: str, limit_kw: float | None) -> None:
+        """A grid operator limits (or, with None, releases) a site's import; the
+        control cycle reacts at once."""
+        if limit_kw is None:
+            self.external_limits_kw.pop(site, None)
+        else:
+            self.external_limits_kw[site] = limit_kw
+        log.info("external constraint on %s: %s kW", site, limit_kw,
+                 extra={"event": "external_constraint", "site": site, "limit_kw": limit_kw})
+        self.sessions_changed = True
 
     def control_due(self, now: datetime | None = None) -> bool:
         """True when the control cycle should run: its interval has passed on the

@@ -76,8 +76,12 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
         steps["trafo_loading_percent"] > g.trafo_loading_max_percent)
     site_bad = np.zeros(len(steps), dtype=bool)
     for s in sc.sites:
-        if s.limit_kw is not None:
-            site_bad |= (steps[f"site_{s.name}_kw"] > s.limit_kw * 1.001).to_numpy()
+        # The limit in force at each step: the site's own, or a grid operator's.
+        limit = steps.get(f"site_{s.name}_limit_kw")
+        if limit is None:
+            limit = pd.Series(s.limit_kw if s.limit_kw is not None else np.nan, index=steps.index)
+        over = steps[f"site_{s.name}_kw"] > limit * 1.001 + 1e-9
+        site_bad |= over.fillna(False).to_numpy(dtype=bool)
     step_h = sc.step_s / 3600.0
     discharged = float(sessions["discharged_kwh"].sum()) if "discharged_kwh" in sessions else 0.0
     left = sessions[sessions["outcome"].isin(["served", "open"])]

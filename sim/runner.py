@@ -190,6 +190,7 @@ class Twin:
         self.grid_rng = np.random.default_rng([scenario.seed, 1])
         self.free: dict[str, simpy.Store] = {}
         self.core: CSMSCore | None = None  # our CSMS, once a run has started
+        self.dr_limits_kw: dict[str, float] = {}  # grid-operator limits in force
         self.feeder_model: FeederModel | None = None  # the CSMS's feeder model (feeder_aware)
         self.prices = price_steps(scenario)
         self.station_by_id = {s.station_id: s for s in self.model.stations}
@@ -249,6 +250,21 @@ class Twin:
             self.free[site.name] = store
         for ev in self.model.evs:
             self.env.process(self._driver(ev))
+        for event in self.sc.demand_response:
+            self.env.process(self._demand_response(event.site, event.start_h * 3600.0,
+                                                   event.duration_h * 3600.0, event.limit_kw))
+
+    def _demand_response(self, site: str, start_s: float, duration_s: float,
+                         limit_kw: float) -> Generator[simpy.Event, Any, None]:
+        """The grid operator's window: the CSMS gets an external constraint, then its release."""
+        yield self.env.timeout(start_s)
+        self.dr_limits_kw[site] = limit_kw
+        if self.core is not None:
+            self.core.set_external_constraint(site, limit_kw)
+        yield self.env.timeout(duration_s)
+        self.dr_limits_kw.pop(site, None)
+        if self.core is not None:
+            self.core.set_external_constraint(site, None)
 
     # -- the run ----------------------------------------------------------------------
     async def _connect(
@@ -349,8 +365,8 @@ class Twin:
             busy = [c for c in clients if c.station.events]
             if busy:
                 await asyncio.gather(*(c.flush_events(float(env.now)) for c in busy))
-                if server is not None and server.core.sessions_changed:
-                    await server.control_cycle()
+            if server is not None and server.core.sessions_changed:
+                await server.control_cycle()
         if env.now < t:
             env.run(until=t)
 
@@ -375,6 +391,7 @@ class Twin:
                 if pace:
                     # Wall-clock pacing for a CSMS that lives in real time.
                     await asyncio.sleep(max(0.0, loop_t0 + t / speed - time.monotonic()))
+                dr_at_step_start = dict(self.dr_limits_kw)
                 if k > 0:
                     await self._events_until(t, clients, server)
                     self.model.step(t, step)
@@ -400,6 +417,14 @@ class Twin:
                 }
                 for s in sc.sites:
                     row[f"site_{s.name}_kw"] = float(ev_kw[site_of == s.name].sum())
+                    # The limit over the step: where a grid-operator window opened or
+                    # closed inside it, the looser of the two ends.
+                    ends = [min([x for x in (s.limit_kw, dr.get(s.name)) if x is not None],
+                                default=float("inf"))
+                            for dr in (dr_at_step_start, self.dr_limits_kw)]
+                    limit = max(ends)
+                    row[f"site_{s.name}_limit_kw"] = limit if limit != float("inf") else float(
+                        "nan")
                 rows.append(row)
                 power_rows.append(ev_kw)
                 await asyncio.gather(*(c.flush(

@@ -171,6 +171,16 @@ class Prices(_Strict):
         return self
 
 
+class DemandResponse(_Strict):
+    """A grid operator cuts a site's allowed import for a window."""
+
+    site: str
+    start_h: float = Field(ge=0)
+    """Hours after the scenario start."""
+    duration_h: float = Field(gt=0)
+    limit_kw: float = Field(ge=0)
+
+
 class Scenario(_Strict):
     """A whole twin run."""
 
@@ -187,6 +197,8 @@ class Scenario(_Strict):
     ev: Fleet
     sites: list[Site] = Field(min_length=1)
     prices: Prices = Prices()
+    demand_response: list[DemandResponse] = Field(default_factory=list)
+    """Grid-operator events, delivered to the CSMS as external constraints."""
 
     @field_validator("start")
     @classmethod
@@ -256,6 +268,13 @@ def cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
             value = _get(data, *path)
             if isinstance(value, int) and value > 0 and value % step:
                 problems.append((".".join(path), f"must be a multiple of step_s ({step})"))
+    events = data.get("demand_response")
+    if isinstance(events, list) and isinstance(sites, list):
+        site_names = {s.get("name") for s in sites if isinstance(s, dict)}
+        for i, event in enumerate(events):
+            if isinstance(event, dict) and event.get("site") not in site_names:
+                problems.append((f"demand_response.{i}.site",
+                                 f"no site {event.get('site')!r}"))
     net = _get(data, "grid", "network")
     if isinstance(net, str) and not net.endswith(".json") and net not in NETWORKS:
         problems.append(("grid.network", f"unknown network {net!r}; known: "

@@ -255,3 +255,28 @@ def test_evs_state_their_needs_over_2x_and_the_csms_assumes_otherwise(protocol: 
                        - timedelta(hours=site.default_dwell_h)) < timedelta(seconds=1)
     if protocol != "1.6":
         assert stated > 0
+
+
+def test_a_grid_operator_event_cuts_the_site_import_for_its_window(tmp_path: Path) -> None:
+    """Demand response: the CSMS gets an external constraint and holds the site under it."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(OVERLOAD.read_text() + '\n[[demand_response]]\nsite = "nowhere"\n'
+                   "start_h = 1\nduration_h = 1\nlimit_kw = 10\n")
+    from evtwin.sim import ScenarioError
+
+    with pytest.raises(ScenarioError, match=r"demand_response\.0\.site: no site 'nowhere'"):
+        load_scenario(bad)
+    path = tmp_path / "dr.toml"
+    path.write_text(OVERLOAD.read_text() + '\n[[demand_response]]\nsite = "street"\n'
+                    "start_h = 6.5\nduration_h = 2\nlimit_kw = 40\n")
+    sc = load_scenario(path, {"control.strategy": "equal_share", "duration_h": 12})
+    result = Twin(sc).run()
+    ts = result.timeseries
+    window = ts[(ts["t_s"] > 6.5 * 3600) & (ts["t_s"] <= 8.5 * 3600)]
+    before = ts[(ts["t_s"] > 5.5 * 3600) & (ts["t_s"] <= 6.5 * 3600)]
+    assert before["site_street_kw"].max() > 40  # the evening peak was above the cut
+    assert window["site_street_kw"].max() <= 40 * 1.001
+    # Rows inside the window carry the cut (the step ending at 8.5 h, when it is
+    # released, counts with the looser limit).
+    assert (window[window["t_s"] < 8.5 * 3600]["site_street_limit_kw"] == 40).all()
+    assert result.kpis["minutes_site_limit_exceeded"] == 0
