@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -44,7 +45,7 @@ def parse_ts(ts: str) -> datetime:
     return datetime.fromisoformat(ts.replace("Z", "+00:00"))
 
 
-class ClientBase:
+class ClientBase(ABC):
     """Mixin placed before an ``ocpp`` ChargePoint class in a station client's bases.
 
     ``to_datetime`` maps simulated seconds to aware datetimes and
@@ -55,6 +56,8 @@ class ClientBase:
         id: str
 
         async def call(self, payload: Any, suppress: bool = True) -> Any: ...
+
+        async def start(self) -> None: ...
 
     def __init__(self, station: VirtualStation, connection: Any, *,
                  to_datetime: Callable[[float], datetime],
@@ -89,12 +92,22 @@ class ClientBase:
     def _ts(self, at_s: float) -> str:
         return iso_ts(self.to_datetime(at_s))
 
+    @abstractmethod
+    async def boot(self) -> None:
+        """BootNotification, then the status of every EVSE."""
+
+    @abstractmethod
+    async def flush(self, now_s: float, *, sample: bool, aligned: bool, heartbeat: bool) -> None:
+        """Send everything due at ``now_s`` and wait for every answer."""
+
+    @abstractmethod
     async def _on_plug(self, evse_id: int, at_s: float, info: dict[str, Any],
                        now_s: float) -> None:
-        raise NotImplementedError
+        """Tell the CSMS an EV plugged in (status, authorization, transaction start)."""
 
+    @abstractmethod
     async def _on_unplug(self, evse_id: int, at_s: float, info: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Tell the CSMS the EV left (transaction end, status)."""
 
     async def flush_events(self, now_s: float) -> None:
         """Tell the CSMS about plug-ins and departures queued so far, in order."""

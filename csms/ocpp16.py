@@ -29,7 +29,6 @@ from .shell import (
     ShellBase,
     TriggerMessageName,
     answer,
-    as_profile,
     periods_from_wire,
     profile_to_wire_16,
     unknown_evse_is_a_property_violation,
@@ -249,19 +248,11 @@ class CSMS16(ShellBase, _ChargePoint16):
                                    "OCPP 1.6 transaction ids are integers") from None
         return answer(await self.call_json("RemoteStopTransaction", {"transactionId": tx}))
 
-    async def set_charging_profile(self, evse_id: int,
-                                   profile: ProfileSpec | Mapping[str, Any]
-                                   ) -> dict[str, Any]:
-        """SetChargingProfile (ChargingStationMaxProfile is ChargePointMaxProfile)."""
-        prof = as_profile(profile)
-        self._check_profile_target(evse_id, prof)
-        profile_id = self.core.next_profile_id()
-        now = self.core.clock()
-        payload = {"connectorId": evse_id, "csChargingProfiles": profile_to_wire_16(
+    def _set_profile_payload(self, evse_id: int, prof: ProfileSpec, profile_id: int,
+                             now: datetime) -> dict[str, Any]:
+        """SetChargingProfile in 1.6 form (ChargingStationMaxProfile is ChargePointMaxProfile)."""
+        return {"connectorId": evse_id, "csChargingProfiles": profile_to_wire_16(
             prof, profile_id, now, path="profile")}
-        result = await self._send_profile("SetChargingProfile", payload, evse_id, profile_id,
-                                          prof, install_at=now)
-        return answer(result, profile_id=profile_id)
 
     async def clear_charging_profile(self, *, profile_id: int | None = None,
                                      evse_id: int | None = None,

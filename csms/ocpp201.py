@@ -34,7 +34,6 @@ from .shell import (
     ShellBase,
     TriggerMessageName,
     answer,
-    as_profile,
     periods_from_wire,
     profile_to_wire_2x,
     unknown_evse_is_a_property_violation,
@@ -249,19 +248,11 @@ class Handlers201(ShellBase):
         return answer(await self.call_json("RequestStopTransaction",
                                            {"transactionId": transaction_id}))
 
-    async def set_charging_profile(self, evse_id: int,
-                                   profile: ProfileSpec | Mapping[str, Any]
-                                   ) -> dict[str, Any]:
-        """SetChargingProfile."""
-        prof = as_profile(profile)
-        self._check_profile_target(evse_id, prof)
-        profile_id = self.core.next_profile_id()
-        now = self.core.clock()
-        payload = {"evseId": evse_id, "chargingProfile": profile_to_wire_2x(
+    def _set_profile_payload(self, evse_id: int, prof: ProfileSpec, profile_id: int,
+                             now: datetime) -> dict[str, Any]:
+        """SetChargingProfile in this version's wire form."""
+        return {"evseId": evse_id, "chargingProfile": profile_to_wire_2x(
             prof, profile_id, now, self.version, path="profile")}
-        result = await self._send_profile("SetChargingProfile", payload, evse_id, profile_id,
-                                          prof, install_at=now)
-        return answer(result, profile_id=profile_id)
 
     async def clear_charging_profile(self, *, profile_id: int | None = None,
                                      evse_id: int | None = None,
@@ -420,6 +411,3 @@ class CSMS21(Handlers201, _ChargePoint21):
         super().__init__(station_id, connection, **kw)
         self._init_shell(core)
 
-
-# Kept for code written against the first, 2.0.1-only CSMS.
-CSMSChargePoint = CSMS201

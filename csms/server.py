@@ -44,7 +44,8 @@ from .shell import ShellBase
 log = logging.getLogger("evtwin.csms.server")
 
 #: Websocket subprotocol -> the shell that speaks it, in the server's order of preference.
-SHELLS: dict[str, type[ShellBase]] = {"ocpp2.1": CSMS21, "ocpp2.0.1": CSMS201, "ocpp1.6": CSMS16}
+SHELLS: dict[str, type[CSMS16 | CSMS201 | CSMS21]] = {
+    "ocpp2.1": CSMS21, "ocpp2.0.1": CSMS201, "ocpp1.6": CSMS16}
 SUBPROTOCOLS = tuple(SHELLS)
 # OCPP-J: identity is the last path segment, at most 48 characters, no ':'.
 _IDENTITY = re.compile(r"^[^:/]{1,48}$")
@@ -247,7 +248,7 @@ class CSMSServer:
                         "peer": str(connection.remote_address)})
         counting = CountingConnection(connection, self.frames, rate_per_s=self.max_frames_per_s,
                                       burst=self.max_frames_burst)
-        cp = shell(identity, counting,  # type: ignore[call-arg]
+        cp = shell(identity, counting,
                    self.core, response_timeout=self.response_timeout_s)
         previous = self.connections.get(identity)
         self.connections[identity] = cp
@@ -261,7 +262,7 @@ class CSMSServer:
                 await old.close(code=1000, reason="replaced by a new connection")
         self._sockets_by_cp[id(cp)] = connection
         try:
-            await cp.start()  # type: ignore[attr-defined]
+            await cp.start()
         except FloodError as exc:
             self._security_event(str(connection.remote_address), "flood", f"{identity}: {exc}")
             await connection.close(code=1008, reason="rate limit exceeded")

@@ -23,6 +23,7 @@ import asyncio
 import decimal
 import json
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -429,7 +430,7 @@ def as_profile(profile: ProfileSpec | Mapping[str, Any]) -> ProfileSpec:
         ProfileSpec.model_validate(profile)
 
 
-class ShellBase:
+class ShellBase(ABC):
     """Mixin placed before an ``ocpp`` ChargePoint class in a shell's bases."""
 
     #: Error codes of this version for a frame that is not an RPC message,
@@ -650,10 +651,11 @@ class ShellBase:
                                                  stack_level=stack_level)
 
     # -- operations every version offers ---------------------------------------
+    @abstractmethod
     async def send_limit(self, cmd: ProfileCommand) -> str:
         """Send a TxProfile with one period at ``cmd.limit``; record and return the status."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def request_start(self, evse_id: int | None, id_token: str, *,
                             remote_start_id: int | None = None,
                             id_token_type: IdTokenType = "Central",
@@ -668,12 +670,11 @@ class ShellBase:
         Returns ``status``, and ``remote_start_id``, ``transaction_id`` (2.x,
         if the station already has one) and ``profile_id`` when they apply.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     async def request_stop(self, transaction_id: str) -> dict[str, Any]:
         """Ask the station to stop a transaction (1.6 RemoteStopTransaction, whose ids are
         integers; 2.x RequestStopTransaction). Returns ``status``."""
-        raise NotImplementedError
 
     async def set_charging_profile(self, evse_id: int,
                                    profile: ProfileSpec | Mapping[str, Any]
@@ -683,16 +684,29 @@ class ShellBase:
         The CSMS assigns the profile id and records the profile with the
         answer. Returns ``status`` and ``profile_id``.
         """
-        raise NotImplementedError
+        prof = as_profile(profile)
+        self._check_profile_target(evse_id, prof)
+        profile_id = self.core.next_profile_id()
+        now = self.core.clock()
+        payload = self._set_profile_payload(evse_id, prof, profile_id, now)
+        result = await self._send_profile("SetChargingProfile", payload, evse_id, profile_id,
+                                          prof, install_at=now)
+        return answer(result, profile_id=profile_id)
 
+    @abstractmethod
+    def _set_profile_payload(self, evse_id: int, prof: ProfileSpec, profile_id: int,
+                             now: datetime) -> dict[str, Any]:
+        """The SetChargingProfile request in this version's wire form."""
+
+    @abstractmethod
     async def clear_charging_profile(self, *, profile_id: int | None = None,
                                      evse_id: int | None = None,
                                      purpose: Purpose | None = None,
                                      stack_level: int | None = None) -> dict[str, Any]:
         """Clear the profile ``profile_id``, or those matching every criterion given
         (none given: all of them). Returns ``status`` (Accepted or Unknown)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def get_composite_schedule(self, evse_id: int, duration_s: int,
                                      unit: Literal["W", "A"] | None = None) -> dict[str, Any]:
         """Ask the station for the schedule that results from its profiles.
@@ -701,34 +715,33 @@ class ShellBase:
         ``schedule_start``, ``duration_s``, ``unit`` and ``periods`` in the
         neutral period form.
         """
-        raise NotImplementedError
 
+    @abstractmethod
     async def change_availability(self, evse_id: int, operative: bool) -> dict[str, Any]:
         """Make an EVSE (0: the whole station) operative or inoperative.
         Returns ``status`` (Accepted, Rejected or Scheduled)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def reset(self, hard: bool) -> dict[str, Any]:
         """Reboot the station: ``hard`` is 1.6 Hard / 2.x Immediate, else 1.6 Soft /
         2.x OnIdle. Returns ``status``."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def trigger_message(self, message: TriggerMessageName,
                               evse_id: int | None = None) -> dict[str, Any]:
         """Ask the station to send ``message`` (for ``evse_id`` if given); the
         message names are the wire names of the station's version. Returns ``status``."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,
                           evse_id: int | None = None, id_token_type: IdTokenType = "Central",
                           group_id_token: str | None = None) -> dict[str, Any]:
         """Reserve an EVSE (None: any; 1.6 connector 0) for ``id_token`` until ``expiry``.
         Returns ``status``."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def cancel_reservation(self, reservation_id: int) -> dict[str, Any]:
         """Cancel a reservation. Returns ``status``."""
-        raise NotImplementedError
 
     async def get_charging_profiles(self, *, request_id: int | None = None,
                                     evse_id: int | None = None,

@@ -25,7 +25,7 @@ from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import ocpp.messages
@@ -38,6 +38,7 @@ from websockets.exceptions import ConnectionClosed
 from evtwin.agents import ChargingModel, SiteConfig, VirtualStation, behaviour_for
 from evtwin.agents.client import StationClient21, StationClient201
 from evtwin.agents.client16 import StationClient16
+from evtwin.agents.clientbase import ClientBase
 from evtwin.agents.ev import EV
 from evtwin.csms import (
     CountingConnection,
@@ -59,10 +60,10 @@ from .scenario import Scenario, behaviour_overrides
 log = logging.getLogger("evtwin.sim")
 
 ProgressFn = Callable[[int, int], None]
-StationClient = Any  # StationClient16 | StationClient201 | StationClient21 (same methods)
+StationClient: TypeAlias = ClientBase
 
 #: OCPP version in a scenario -> (websocket subprotocol, virtual station client).
-CLIENTS: dict[str, tuple[str, type[StationClient16 | StationClient201 | StationClient21]]] = {
+CLIENTS: dict[str, tuple[str, type[ClientBase]]] = {
     "1.6": ("ocpp1.6", StationClient16),
     "2.0.1": ("ocpp2.0.1", StationClient201),
     "2.1": ("ocpp2.1", StationClient21),
