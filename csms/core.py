@@ -87,6 +87,9 @@ class CSMSCore:
         self.external_limits_kw: dict[str, float] = {}
         self.prices: tuple[tuple[datetime, float], ...] = ()
         self.pv_forecast_kw: tuple[tuple[datetime, float], ...] = ()
+        self.export_prices: tuple[tuple[datetime, float], ...] = ()
+        #: PV forecast per site (kW steps), for strategies that follow local PV.
+        self.site_pv_forecast_kw: dict[str, tuple[tuple[datetime, float], ...]] = {}
         self.strategy = get_strategy(config.strategy)
         self.sessions: dict[tuple[str, str], Session] = {}
         self.status: dict[EvseKey, str] = {}
@@ -337,9 +340,12 @@ class CSMSCore:
                 continue  # not provisioned (only possible for a hand-built session)
             by_site[spec.site].append(self._session_view(s, spec))
         sites = tuple(SiteView(name=n, limit_kw=self.effective_site_limit_kw(n),
-                               sessions=tuple(v)) for n, v in sorted(by_site.items()))
+                               sessions=tuple(v),
+                               pv_forecast_kw=self.site_pv_forecast_kw.get(n, ()))
+                      for n, v in sorted(by_site.items()))
         return ControlView(now=now or self.clock(), sites=sites, feeder=self.feeder_view,
-                           prices=self.prices, pv_forecast_kw=self.pv_forecast_kw)
+                           prices=self.prices, pv_forecast_kw=self.pv_forecast_kw,
+                           export_prices=self.export_prices)
 
     def _session_view(self, s: Session, spec: StationSpec) -> SessionView:
         """One session as a strategy sees it, with its needs: stated or assumed."""

@@ -210,6 +210,8 @@ class SiteView:
     name: str
     limit_kw: float | None
     sessions: tuple[SessionView, ...]
+    pv_forecast_kw: tuple[tuple[datetime, float], ...] = ()
+    """PV generation behind this site's connection: (start time, kW) steps, sorted."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,4 +226,7 @@ class ControlView:
     prices: tuple[tuple[datetime, float], ...] = ()
     """Energy price forecast: (start time, price per kWh) steps, sorted."""
     pv_forecast_kw: tuple[tuple[datetime, float], ...] = ()
-    """Local PV surplus forecast per site: (start time, kW) steps, sorted."""
+    """PV surplus forecast of the whole CSMS: (start time, kW) steps, sorted;
+    per-site PV is in :attr:`SiteView.pv_forecast_kw`."""
+    export_prices: tuple[tuple[datetime, float], ...] = ()
+    """What energy fed back earns (V2G): (start time, price per kWh) steps, sorted."""

@@ -45,6 +45,20 @@ def price_steps(sc: Scenario) -> tuple[tuple[datetime, float], ...]:
             *[(t, float(v)) for t, v in rows if sc.start < t < end])
 
 
+def export_price_steps(sc: Scenario, imports: tuple[tuple[datetime, float], ...]
+                       ) -> tuple[tuple[datetime, float], ...]:
+    """What feeding back earns, as (start, price per kWh) steps covering the run.
+
+    Flat ``prices.export_per_kwh``, or, with ``prices.export_follows_import``,
+    the import price at each step less ``prices.export_fee_per_kwh`` (a dynamic
+    tariff that pays back what it charges, minus grid fees).
+    """
+    p = sc.prices
+    if not p.export_follows_import:
+        return ((sc.start, p.export_per_kwh),)
+    return tuple((t, price - p.export_fee_per_kwh) for t, price in imports)
+
+
 def price_at(steps: tuple[tuple[datetime, float], ...], at: datetime) -> float:
     """The price in force at ``at``."""
     current = steps[0][1]

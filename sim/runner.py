@@ -54,7 +54,7 @@ from evtwin.csms.feeder import FeederModel, needs_feeder  # also registers feede
 from evtwin.grid import BaseLoadProfile, Feeder, GridLimits, load_network
 
 from .exceptions import RunError, ScenarioError
-from .prices import price_at, price_steps
+from .prices import export_price_steps, price_at, price_steps
 from .scenario import Scenario, behaviour_overrides
 
 log = logging.getLogger("evtwin.sim")
@@ -194,6 +194,7 @@ class Twin:
         self.dr_limits_kw: dict[str, float] = {}  # grid-operator limits in force
         self.feeder_model: FeederModel | None = None  # the CSMS's feeder model (feeder_aware)
         self.prices = price_steps(scenario)
+        self.export_prices = export_price_steps(scenario, self.prices)
         self.station_by_id = {s.station_id: s for s in self.model.stations}
 
     # -- time -----------------------------------------------------------------
@@ -322,6 +323,7 @@ class Twin:
         store = Store(self.database)
         core = CSMSCore(csms_config(self.sc, self.model), store, clock=self.now)
         core.prices = self.prices  # the day-ahead signal, known for the whole run
+        core.export_prices = self.export_prices
         self.core = core
         # feeder_aware hook: the CSMS's own sensitivity model of the feeder (csms/feeder.py).
         if needs_feeder(self.sc.control.strategy):

@@ -159,7 +159,13 @@ class Prices(_Strict):
     """kind = "csv": a file with columns time (ISO 8601) and price_per_kwh,
     e.g. a day-ahead series; steps hold until the next row."""
     export_per_kwh: float = 0.08
-    """What energy fed back (V2G) earns."""
+    """What energy fed back (V2G) earns, flat."""
+    export_follows_import: bool = False
+    """Export earns the import price in force (less ``export_fee_per_kwh``)
+    instead of the flat ``export_per_kwh``: a dynamic tariff, where V2G can
+    trade on the price spread."""
+    export_fee_per_kwh: float = Field(0.0, ge=0)
+    """Grid fees and taxes not paid back on exported energy."""
     currency: str = Field("EUR", min_length=3, max_length=3)
 
     @model_validator(mode="after")
