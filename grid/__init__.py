@@ -11,9 +11,10 @@ from evtwin.grid.exceptions import (
     PowerFlowError,
     UnknownNetworkError,
 )
-from evtwin.grid.feeder import Engine, Feeder
+from evtwin.grid.feeder import Engine, Feeder, place_stations
 from evtwin.grid.networks import NETWORKS, load_network
 from evtwin.grid.profiles import BaseLoadProfile, ProfileShape
+from evtwin.grid.pv import PVProfile, clear_sky_pu, read_pv_csv
 from evtwin.grid.results import GridLimits, GridResult
 
 __all__ = [
@@ -26,8 +27,12 @@ __all__ = [
     "GridLimits",
     "GridResult",
     "NetworkFileError",
+    "PVProfile",
     "PowerFlowError",
     "ProfileShape",
     "UnknownNetworkError",
+    "clear_sky_pu",
     "load_network",
+    "place_stations",
+    "read_pv_csv",
 ]

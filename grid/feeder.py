@@ -260,10 +260,14 @@ class Feeder:
         base_profile: multipliers on each household's nominal power per step; defaults
             to ``BaseLoadProfile()`` (residential H0-like shape, 5 % noise).
         limits: limits that :meth:`violations` checks results against.
+        der_buses: pandapower bus index of each distributed energy resource (PV
+            plant, stationary battery), solved with ``der_p_kw`` (load convention:
+            negative = feeding in).
 
     The feeder's loads: every load of ``net`` is a household (its ``p_mw``/``q_mvar``
     times ``scaling`` are its nominal power; it is modelled as constant power).  One
-    load named ``ev_station_{i}`` is added per station (p = q = 0 until solved).
+    load named ``ev_station_{i}`` is added per station and one named ``der_{j}`` per
+    distributed resource (p = q = 0 until solved).
 
     Station placement when ``station_buses`` is None: take the in-service buses that
     carry a household load and are supplied from the external grid; sort them by
@@ -294,6 +298,7 @@ class Feeder:
         engine: Engine = "pgm",
         base_profile: BaseLoadProfile | None = None,
         limits: GridLimits = GridLimits(),  # noqa: B008  (frozen, so sharing is safe)
+        der_buses: Sequence[int] = (),
     ) -> None:
         if n_stations < 0:
             raise ValueError(f"n_stations must be >= 0, got {n_stations}")
@@ -310,6 +315,7 @@ class Feeder:
         else:
             buses = _check_station_buses(net, n_stations, station_buses, supplied)
         self._station_buses = buses
+        self._der_buses = _check_station_buses(net, len(der_buses), der_buses, supplied)
 
         # Households: the existing loads, made constant power with scaling folded in,
         # so both engines see exactly p_mw / q_mvar.
@@ -341,10 +347,19 @@ class Feeder:
                 q_mvar=0.0,
                 name=[f"ev_station_{i}" for i in range(n_stations)],
             )
+        if len(der_buses):
+            pp.create_loads(
+                net,
+                buses=self._der_buses,
+                p_mw=0.0,
+                q_mvar=0.0,
+                name=[f"der_{j}" for j in range(len(der_buses))],
+            )
         self.net = net
 
-        # Hot-path buffers, in net.load row order: households then stations.
-        n_loads = self._n_households + n_stations
+        # Hot-path buffers, in net.load row order: households, stations, DER.
+        n_loads = self._n_households + n_stations + len(der_buses)
+        self._der_p_kw: FloatArray = np.zeros(len(der_buses))
         self._p_mw = np.zeros(n_loads)
         self._q_mvar = np.zeros(n_loads)
         self._household_p_mw = np.zeros(self._n_households)
@@ -390,6 +405,11 @@ class Feeder:
         return list(self._station_buses)
 
     @property
+    def der_buses(self) -> list[int]:
+        """pandapower bus index of each distributed resource, in order."""
+        return list(self._der_buses)
+
+    @property
     def bus_count(self) -> int:
         """Number of buses in the network."""
         return len(self._bus_index)
@@ -425,7 +445,8 @@ class Feeder:
         """Names of the feeder's ``limits`` that ``result`` breaks (see GridResult.violations)."""
         return result.violations(self.limits)
 
-    def solve(self, t_s: float, ev_p_kw: npt.ArrayLike, rng: np.random.Generator) -> GridResult:
+    def solve(self, t_s: float, ev_p_kw: npt.ArrayLike, rng: np.random.Generator,
+              der_p_kw: npt.ArrayLike | None = None) -> GridResult:
         """Solve the feeder at time ``t_s`` with these EV station powers.
 
         Household powers are nominal p and q times one ``base_profile`` draw per
@@ -436,15 +457,25 @@ class Feeder:
             t_s: simulation time in seconds (0 = midnight), drives the profile.
             ev_p_kw: active power of each station in kW, shape ``(n_stations,)``.
             rng: the run's seeded generator; ``n_households`` normals are drawn.
+            der_p_kw: active power of each distributed resource in kW (negative =
+                feeding in), shape ``(len(der_buses),)``; None keeps the last values.
 
         Raises:
             PowerFlowError: the power flow did not converge (carries ``t_s``).
-            ValueError: ``ev_p_kw`` has the wrong shape.
+            ValueError: ``ev_p_kw`` or ``der_p_kw`` has the wrong shape.
         """
         factor = self.base_profile.sample(t_s, rng, self._n_households)
         np.multiply(self._nominal_p_mw, factor, out=self._household_p_mw)
         np.multiply(self._nominal_q_mvar, factor, out=self._household_q_mvar)
+        if der_p_kw is not None:
+            self._set_der(der_p_kw)
         return self._solve(self._household_p_mw, self._household_q_mvar, ev_p_kw, t_s)
+
+    def _set_der(self, der_p_kw: npt.ArrayLike) -> None:
+        der = np.asarray(der_p_kw, dtype=np.float64)
+        if der.shape != self._der_p_kw.shape:
+            raise ValueError(f"der_p_kw must have shape {self._der_p_kw.shape}, got {der.shape}")
+        self._der_p_kw[:] = der
 
     def solve_raw(
         self,
@@ -483,6 +514,8 @@ class Feeder:
             household_q_mvar: household reactive powers in Mvar, same shape.
             ev_p_kw: EV station powers in kW, shape ``(N, n_stations)``.
 
+        Distributed resources are held at the powers of the last solve.
+
         Returns:
             Bus voltages in p.u. ``(N, bus_count)`` in :attr:`bus_index` order, line
             loadings in % ``(N, n_line)`` and transformer loadings in % of rated power
@@ -504,8 +537,9 @@ class Feeder:
         ):
             if arr.shape != (n, width):
                 raise ValueError(f"{label} must have shape ({n}, {width}), got {arr.shape}")
-        p_all = np.hstack([p, ev / _KW_PER_MW])
-        q_all = np.hstack([q, np.zeros_like(ev)])
+        der = np.tile(self._der_p_kw / _KW_PER_MW, (n, 1))
+        p_all = np.hstack([p, ev / _KW_PER_MW, der])
+        q_all = np.hstack([q, np.zeros_like(ev), np.zeros_like(der)])
         return self._engine.run_batch(p_all, q_all)
 
     def _solve(
@@ -523,7 +557,9 @@ class Feeder:
             )
         self._p_mw[:n_hh] = household_p_mw
         self._q_mvar[:n_hh] = household_q_mvar
-        np.multiply(ev, 1.0 / _KW_PER_MW, out=self._p_mw[n_hh:])
+        n_ev = len(self._station_buses)
+        np.multiply(ev, 1.0 / _KW_PER_MW, out=self._p_mw[n_hh:n_hh + n_ev])
+        np.multiply(self._der_p_kw, 1.0 / _KW_PER_MW, out=self._p_mw[n_hh + n_ev:])
         try:
             bus_vm_pu, line_percent, trafo_percent = self._engine.run(self._p_mw, self._q_mvar)
         except PowerFlowError as exc:
@@ -546,6 +582,11 @@ class Feeder:
 
 
 # --------------------------------------------------------------------- station mapping
+def place_stations(net: pp.pandapowerNet, n_stations: int) -> list[int]:
+    """The buses :class:`Feeder` puts ``n_stations`` stations on when none are given."""
+    return _spread_station_buses(net, n_stations, _supplied_buses(net))
+
+
 def _supplied_buses(net: pp.pandapowerNet) -> set[int]:
     """In-service buses connected to an in-service external grid."""
     unsupplied = {int(b) for b in top.unsupplied_buses(net)}

@@ -98,8 +98,39 @@ def plot_soc(result: RunResult, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_site_energy(result: RunResult, path: Path) -> Path:
+    """Per site with PV or storage: EV charging, PV, storage and the net at the connection."""
+    ts, sc = result.timeseries, result.scenario
+    t = _times(result, ts["t_s"])
+    sites = [s for s in sc.sites if ts.get(f"site_{s.name}_pv_kw", pd.Series([0.0])).any()
+             or ts.get(f"site_{s.name}_storage_kw", pd.Series([0.0])).any()]
+    sites = sites or list(sc.sites[:1])
+    fig, axes = plt.subplots(len(sites), 1, figsize=(11, 3.6 * len(sites)), sharex=True,
+                             squeeze=False)
+    for i, (ax, s) in enumerate(zip(axes[:, 0], sites, strict=True)):
+        ax.plot(t, ts[f"site_{s.name}_kw"], lw=1.2, label="EV charging")
+        if f"site_{s.name}_pv_kw" in ts:
+            ax.fill_between(t, 0, ts[f"site_{s.name}_pv_kw"], color="gold", alpha=0.5,
+                            label="PV at the site")
+            ax.plot(t, ts[f"site_{s.name}_storage_kw"], lw=1, color="purple",
+                    label="storage (+ charging)")
+            ax.plot(t, ts[f"site_{s.name}_net_kw"], lw=1.2, color="black",
+                    label="net at the connection")
+        limit = next((b.target_kw for b in sc.storage
+                      if b.site == s.name and b.dispatch == "peak_shaving"), None)
+        if limit is not None:
+            ax.axhline(limit, color="red", ls="--", lw=1, label="storage import target")
+        ax.axhline(0.0, color="grey", lw=0.6)
+        ax.set_title(f"{sc.name}: energy at site {s.name}")
+        _finish_time_axis(ax, "power [kW]", "upper left", xlabel=i == len(sites) - 1)
+    return _save(fig, path)
+
+
 def plot_all(result: RunResult, out: Path) -> list[Path]:
     """Write every plot of a run into ``out``."""
     np.seterr(all="ignore")
-    return [plot_grid(result, out / "grid.png"), plot_ev_power(result, out / "ev_power.png"),
-            plot_soc(result, out / "soc_at_departure.png")]
+    paths = [plot_grid(result, out / "grid.png"), plot_ev_power(result, out / "ev_power.png"),
+             plot_soc(result, out / "soc_at_departure.png")]
+    if result.scenario.pv or result.scenario.storage:
+        paths.append(plot_site_energy(result, out / "site_energy.png"))
+    return paths

@@ -17,9 +17,6 @@ from .scenario import Scenario
 if TYPE_CHECKING:
     from .runner import RunResult
 
-#: Grid energy per battery kWh when discharging (the vehicles' default efficiency).
-EXPORT_EFFICIENCY = 0.92
-
 # KPI name -> (label, unit) for tables; order is the table's order.
 KPI_LABELS: dict[str, tuple[str, str]] = {
     "energy_requested_kwh": ("Energy requested", "kWh"),
@@ -47,16 +44,26 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
     "v2g_revenue": ("V2G revenue", "cur"),
     "max_equivalent_full_cycles": ("Max battery cycles in a visit (V2G ageing)", ""),
     "evs_below_min_soc": ("EVs left below their minimum SoC", ""),
-    "energy_cost": ("Energy cost of EV charging", "cur"),
-    "cost_per_kwh_delivered": ("Cost per kWh delivered", "cur"),
+    "energy_cost": ("Energy cost at the sites' connections", "cur"),
+    "net_energy_cost": ("Net cost (energy cost - V2G revenue)", "cur"),
+    "cost_per_kwh_delivered": ("Net cost per kWh delivered", "cur"),
+    "pv_energy_kwh": ("PV generation", "kWh"),
+    "pv_used_on_site_share": ("PV used at its site", "%"),
+    "storage_discharged_kwh": ("Stationary storage discharged", "kWh"),
+    "storage_equivalent_full_cycles": ("Stationary storage cycles", ""),
+    "peak_site_import_kw": ("Peak import at a site connection", "kW"),
     "ocpp_messages": ("OCPP messages exchanged", ""),
     "profiles_received": ("Charging profiles received by stations", ""),
 }
 
 
 def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
-                 transactions: list[dict[str, Any]], frames: dict[str, int]) -> dict[str, float]:
-    """The run's KPIs (all deterministic for a scenario and seed)."""
+                 transactions: list[dict[str, Any]], frames: dict[str, int],
+                 storage_cycles: float = 0.0) -> dict[str, float]:
+    """The run's KPIs (all deterministic for a scenario and seed).
+
+    ``storage_cycles``: the most equivalent full cycles of any stationary battery.
+    """
     g = sc.grid
     step_min = sc.step_s / 60.0
     if sessions.empty:
@@ -90,7 +97,30 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
         # V2G must never leave a driver below their floor (nor below where they came in).
         floor = left[["min_soc", "soc_initial"]].min(axis=1)
         below_min = int((left["soc_final"] < floor - 1e-9).sum())
-    cost = float((steps["ev_kw"] * steps["price_per_kwh"]).sum() * step_h)
+    # Energy is bought and sold at each site's connection point: EV charging
+    # plus storage minus the site's PV, netted within the site (one V2G car
+    # charging another saves buying, it earns nothing).
+    import_kw = np.zeros(len(steps))
+    v2g_export_kw = np.zeros(len(steps))
+    pv_used_kwh = 0.0
+    peak_site_kw = 0.0
+    for s in sc.sites:
+        net = steps.get(f"site_{s.name}_net_kw", steps[f"site_{s.name}_kw"]).to_numpy()
+        exported = steps.get(f"site_{s.name}_export_kw", pd.Series(0.0, index=steps.index))
+        import_kw += np.maximum(net, 0.0)
+        # What leaves the site up to what its stations fed back is V2G; beyond is PV.
+        v2g_export_kw += np.minimum(np.maximum(-net, 0.0), exported.to_numpy())
+        peak_site_kw = max(peak_site_kw, float(net.max()) if len(net) else 0.0)
+        pv_site = steps.get(f"site_{s.name}_pv_kw")
+        if pv_site is not None:
+            pv_used_kwh += float(np.minimum(pv_site.to_numpy(), np.maximum(
+                pv_site.to_numpy() + net, 0.0)).sum() * step_h)
+    cost = float((import_kw * steps["price_per_kwh"].to_numpy()).sum() * step_h)
+    export_price = steps.get("export_price_per_kwh",
+                             pd.Series(sc.prices.export_per_kwh, index=steps.index))
+    revenue = float((v2g_export_kw * export_price.to_numpy()).sum() * step_h)
+    site_pv_kwh = sum(float(steps[f"site_{s.name}_pv_kw"].sum()) * step_h for s in sc.sites
+                      if f"site_{s.name}_pv_kw" in steps)
     billed = sum((t["energy_wh"] or 0.0) for t in transactions if t["ended_at"]) / 1000.0
     outcome = sessions["outcome"]
     return {
@@ -117,12 +147,20 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
         "minutes_thermal_violation": float(thermal_bad.sum() * step_min),
         "minutes_site_limit_exceeded": float(site_bad.sum() * step_min),
         "energy_discharged_kwh": discharged,
-        "v2g_revenue": discharged * EXPORT_EFFICIENCY * sc.prices.export_per_kwh,
+        "v2g_revenue": revenue,
         "max_equivalent_full_cycles": float(
             sessions.get("equivalent_full_cycles", pd.Series([0.0])).max() or 0.0),
         "evs_below_min_soc": float(below_min),
         "energy_cost": cost,
-        "cost_per_kwh_delivered": cost / delivered if delivered > 0 else 0.0,
+        "net_energy_cost": cost - revenue,
+        "cost_per_kwh_delivered": (cost - revenue) / delivered if delivered > 0 else 0.0,
+        "pv_energy_kwh": float(steps["pv_kw"].sum() * step_h) if "pv_kw" in steps else 0.0,
+        "pv_used_on_site_share": 100.0 * pv_used_kwh / site_pv_kwh if site_pv_kwh > 0 else 0.0,
+        "storage_discharged_kwh": float(steps["storage_kw"].clip(upper=0.0).sum() * -step_h)
+        + 0.0
+        if "storage_kw" in steps else 0.0,
+        "storage_equivalent_full_cycles": storage_cycles,
+        "peak_site_import_kw": peak_site_kw,
         "ocpp_messages": float(frames["in"] + frames["out"]),
     }
 

@@ -51,8 +51,9 @@ from evtwin.csms import (
     Store,
 )
 from evtwin.csms.feeder import FeederModel, needs_feeder  # also registers feeder_aware
-from evtwin.grid import BaseLoadProfile, Feeder, GridLimits, load_network
+from evtwin.grid import BaseLoadProfile, Feeder, GridLimits, load_network, place_stations
 
+from .der import DerSet, Steps, build_der
 from .exceptions import RunError, ScenarioError
 from .prices import export_price_steps, price_at, price_steps
 from .scenario import Scenario, behaviour_overrides
@@ -109,6 +110,13 @@ def clock_boundary(t_of_day_s: float, step_s: float, interval_s: float) -> bool:
     return (t_of_day_s // interval_s) > ((t_of_day_s - step_s) // interval_s)
 
 
+def _sum_steps(series: list[Steps]) -> Steps:
+    """Pointwise sum of step series that share their step times."""
+    if not series:
+        return ()
+    return tuple((t, sum(s[i][1] for s in series)) for i, (t, _) in enumerate(series[0]))
+
+
 def build_model(sc: Scenario) -> ChargingModel:
     """The mesa model (stations and EVs with their visits) for a scenario."""
     counts = sc.ev_counts()
@@ -123,8 +131,13 @@ def build_model(sc: Scenario) -> ChargingModel:
                          min_soc=sc.ev.min_soc)
 
 
-def build_feeder(sc: Scenario, n_stations: int) -> Feeder:
-    """The feeder for a scenario, with its stations placed on buses."""
+def build_feeder(sc: Scenario, n_stations: int, station_sites: list[str] | None = None,
+                 prices: Steps = ()) -> tuple[Feeder, DerSet]:
+    """The feeder for a scenario, with its stations and distributed resources on buses.
+
+    ``station_sites`` names each station's site (needed to place site PV and
+    storage); ``prices`` set a price-dispatched battery's default thresholds.
+    """
     buses: list[int] | None = None
     if all(s.buses is not None for s in sc.sites):
         buses = [b for s in sc.sites for b in (s.buses or [])]
@@ -138,14 +151,18 @@ def build_feeder(sc: Scenario, n_stations: int) -> Feeder:
                     for j, bus in enumerate(site.buses or []) if bus not in known]
         if problems:
             raise ScenarioError(sc.name, problems)
+    else:
+        buses = place_stations(net, n_stations)
+    der = build_der(sc, buses, station_sites or [], {int(b) for b in net.bus.index},
+                    prices or ((sc.start, 0.0),))
     return Feeder(
-        net, n_stations=n_stations, station_buses=buses, engine=g.engine,
+        net, n_stations=n_stations, station_buses=buses, engine=g.engine, der_buses=der.buses,
         base_profile=BaseLoadProfile("residential", scale=g.base_load_scale,
                                      noise=g.base_load_noise),
         limits=GridLimits(v_min_pu=g.v_min_pu, v_max_pu=g.v_max_pu,
                           line_loading_max_percent=g.line_loading_max_percent,
                           trafo_loading_max_percent=g.trafo_loading_max_percent),
-    )
+    ), der
 
 
 def csms_config(sc: Scenario, model: ChargingModel) -> CSMSConfig:
@@ -187,14 +204,16 @@ class Twin:
         self.progress = progress
         self.env = simpy.Environment()
         self.model = build_model(scenario)
-        self.feeder = build_feeder(scenario, len(self.model.stations))
+        self.prices = price_steps(scenario)
+        self.export_prices = export_price_steps(scenario, self.prices)
+        self.feeder, self.der = build_feeder(scenario, len(self.model.stations),
+                                             [st.site for st in self.model.stations],
+                                             self.prices)
         self.grid_rng = np.random.default_rng([scenario.seed, 1])
         self.free: dict[str, simpy.Store] = {}
         self.core: CSMSCore | None = None  # our CSMS, once a run has started
         self.dr_limits_kw: dict[str, float] = {}  # grid-operator limits in force
         self.feeder_model: FeederModel | None = None  # the CSMS's feeder model (feeder_aware)
-        self.prices = price_steps(scenario)
-        self.export_prices = export_price_steps(scenario, self.prices)
         self.station_by_id = {s.station_id: s for s in self.model.stations}
 
     # -- time -----------------------------------------------------------------
@@ -324,6 +343,9 @@ class Twin:
         core = CSMSCore(csms_config(self.sc, self.model), store, clock=self.now)
         core.prices = self.prices  # the day-ahead signal, known for the whole run
         core.export_prices = self.export_prices
+        # PV behind each site's connection: the day-ahead forecast the CSMS plans with.
+        core.site_pv_forecast_kw = self.der.site_forecasts(self.sc.start, self.sc.step_s)
+        core.pv_forecast_kw = _sum_steps(list(core.site_pv_forecast_kw.values()))
         self.core = core
         # feeder_aware hook: the CSMS's own sensitivity model of the feeder (csms/feeder.py).
         if needs_feeder(self.sc.control.strategy):
@@ -401,7 +423,11 @@ class Twin:
                 ev_w = np.array([sum(e.power_w for e in st.evses.values())
                                  for st in self.model.stations])
                 ev_kw = ev_w / 1000.0
-                res = self.feeder.solve(start_of_day_s + t, ev_kw, self.grid_rng)
+                site_ev_kw = {s.name: float(ev_kw[site_of == s.name].sum()) for s in sc.sites}
+                price_now = price_at(self.prices, self.to_datetime(max(t - step, 0.0)))
+                der = self.der.step(k, site_ev_kw, price_now, step / 3600.0)
+                res = self.feeder.solve(start_of_day_s + t, ev_kw, self.grid_rng,
+                                        der_p_kw=der.der_p_kw)
                 if server is not None and self.feeder_model is not None:
                     # feeder_aware hook: this power flow is the DSO measurement the CSMS sees.
                     server.core.feeder_view = self.feeder_model.observe(res, ev_kw, self.now())
@@ -415,11 +441,23 @@ class Twin:
                     "trafo_loading_percent": res.trafo_loading_percent,
                     "evs_plugged": sum(1 for st in self.model.stations
                                        for e in st.evses.values() if e.ev is not None),
-                    # The price over the step that ends at t.
-                    "price_per_kwh": price_at(self.prices, self.to_datetime(max(t - step, 0.0))),
+                    # The prices over the step that ends at t.
+                    "price_per_kwh": price_now,
+                    "export_price_per_kwh": price_at(
+                        self.export_prices, self.to_datetime(max(t - step, 0.0))),
+                    "pv_kw": der.pv_kw, "storage_kw": der.storage_kw,
                 }
                 for s in sc.sites:
-                    row[f"site_{s.name}_kw"] = float(ev_kw[site_of == s.name].sum())
+                    at_site = ev_kw[site_of == s.name]
+                    row[f"site_{s.name}_kw"] = site_ev_kw[s.name]
+                    # V2G: what the site's stations fed back (before netting at the site).
+                    row[f"site_{s.name}_export_kw"] = float(-at_site[at_site < 0].sum())
+                    pv_here = der.pv_kw_by_site.get(s.name, 0.0)
+                    st_here = der.storage_kw_by_site.get(s.name, 0.0)
+                    row[f"site_{s.name}_pv_kw"] = pv_here
+                    row[f"site_{s.name}_storage_kw"] = st_here
+                    # At the site's grid connection: EVs plus storage minus own PV.
+                    row[f"site_{s.name}_net_kw"] = site_ev_kw[s.name] + st_here - pv_here
                     # The limit over the step: where a grid-operator window opened or
                     # closed inside it, the looser of the two ends.
                     ends = [min([x for x in (s.limit_kw, dr.get(s.name)) if x is not None],
@@ -468,7 +506,8 @@ class Twin:
         sessions = pd.DataFrame([asdict(r) for ev in self.model.evs for r in ev.records])
         from .results import compute_kpis
 
-        kpis = compute_kpis(sc, ts, sessions, transactions, frames)
+        kpis = compute_kpis(sc, ts, sessions, transactions, frames, storage_cycles=max(
+            (b.equivalent_full_cycles for b in self.der.batteries), default=0.0))
         perf = {"wall_time_s": wall_s, "simulated_s": end_s,
                 "speedup_vs_real_time": end_s / wall_s if wall_s > 0 else float("inf"),
                 "steps": float(len(ts))}

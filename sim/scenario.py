@@ -187,6 +187,69 @@ class DemandResponse(_Strict):
     limit_kw: float = Field(ge=0)
 
 
+class PV(_Strict):
+    """A PV plant: generation at feeder buses, behind a site's connection or on its own."""
+
+    name: str = Field(min_length=1, max_length=30, pattern=r"^[A-Za-z0-9_.-]+$")
+    site: str | None = None
+    """The site whose connection it sits behind: the CSMS gets its forecast and
+    the site's storage sees it. Without ``buses`` it goes on the site's station buses."""
+    buses: list[int] | None = Field(None, min_length=1)
+    """Feeder buses; the peak power is split evenly over them."""
+    peak_kw: float = Field(gt=0)
+    """Installed power (kWp) of the whole entry."""
+    profile: Literal["clear_sky", "csv"] = "clear_sky"
+    """A clear-sky daily shape with seeded weather, or a profile file."""
+    csv: str | None = None
+    """profile = "csv": columns time and p_kw (the plant) or pu (per kWp)."""
+    latitude_deg: float = Field(51.0, ge=-90, le=90)
+    solar_noon_h: float = Field(12.5, ge=9, le=15)
+    """Local clock hour of solar noon (central Germany: 12.3 h CET, 13.3 h CEST)."""
+    performance_ratio: float = Field(0.85, gt=0, le=1)
+    cloudiness: float = Field(0.3, ge=0, le=1)
+    """Mean daily cloud cover: 0 always clear, 1 always overcast."""
+    variability: float = Field(0.15, ge=0, le=1)
+    """Strength of passing clouds within a day."""
+
+    @model_validator(mode="after")
+    def _placed(self) -> PV:
+        if self.site is None and self.buses is None:
+            raise ValueError("give site or buses")
+        if self.profile == "csv" and not self.csv:
+            raise ValueError("csv: give the file for profile = \"csv\"")
+        return self
+
+
+class Storage(_Strict):
+    """A stationary battery at a site, dispatched by its own controller."""
+
+    name: str = Field(min_length=1, max_length=30, pattern=r"^[A-Za-z0-9_.-]+$")
+    site: str
+    bus: int | None = None
+    """Feeder bus; default the bus of the site's first station."""
+    capacity_kwh: float = Field(gt=0)
+    power_kw: float = Field(gt=0)
+    soc_initial: float = Field(0.5, ge=0, le=1)
+    soc_min: float = Field(0.1, ge=0, le=1)
+    soc_max: float = Field(0.95, ge=0, le=1)
+    efficiency: float = Field(0.95, gt=0, le=1)
+    """One way: grid to cells and cells to grid."""
+    dispatch: Literal["peak_shaving", "self_consumption", "price"] = "peak_shaving"
+    target_kw: float | None = Field(None, ge=0)
+    """peak_shaving: the import at the site's connection to stay under; default
+    the site's limit_kw."""
+    charge_below_price: float | None = None
+    """price: charge at or below this price; default the run's 25th percentile."""
+    discharge_above_price: float | None = None
+    """price: discharge at or above this price; default the run's 75th percentile."""
+
+    @model_validator(mode="after")
+    def _window(self) -> Storage:
+        if self.soc_min >= self.soc_max:
+            raise ValueError("soc_min must be below soc_max")
+        return self
+
+
 class Scenario(_Strict):
     """A whole twin run."""
 
@@ -205,6 +268,8 @@ class Scenario(_Strict):
     prices: Prices = Prices()
     demand_response: list[DemandResponse] = Field(default_factory=list)
     """Grid-operator events, delivered to the CSMS as external constraints."""
+    pv: list[PV] = Field(default_factory=list)
+    storage: list[Storage] = Field(default_factory=list)
 
     @field_validator("start")
     @classmethod
@@ -281,6 +346,26 @@ def cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
             if isinstance(event, dict) and event.get("site") not in site_names:
                 problems.append((f"demand_response.{i}.site",
                                  f"no site {event.get('site')!r}"))
+    site_list = [s for s in sites if isinstance(s, dict)] if isinstance(sites, list) else []
+    site_by_name = {s.get("name"): s for s in site_list}
+    for kind in ("pv", "storage"):
+        entries = data.get(kind)
+        if not isinstance(entries, list):
+            continue
+        names = [e.get("name") for e in entries if isinstance(e, dict)]
+        dupes = sorted({n for n in names if isinstance(n, str) and names.count(n) > 1})
+        if dupes:
+            problems.append((kind, f"duplicate names {dupes}"))
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict) or entry.get("site") is None:
+                continue
+            site = site_by_name.get(entry["site"])
+            if site is None:
+                problems.append((f"{kind}.{i}.site", f"no site {entry['site']!r}"))
+            elif (kind == "storage" and entry.get("dispatch", "peak_shaving") == "peak_shaving"
+                  and entry.get("target_kw") is None and site.get("limit_kw") is None):
+                problems.append((f"{kind}.{i}.target_kw",
+                                 "peak_shaving needs target_kw (the site has no limit_kw)"))
     net = _get(data, "grid", "network")
     if isinstance(net, str) and not net.endswith(".json") and net not in NETWORKS:
         problems.append(("grid.network", f"unknown network {net!r}; known: "
@@ -346,6 +431,10 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     price_csv = (data.get("prices") or {}).get("csv")
     if isinstance(price_csv, str) and not Path(price_csv).is_absolute():
         data["prices"]["csv"] = str((p.parent / price_csv).resolve())
+    for plant in data.get("pv") or []:
+        pv_csv = plant.get("csv") if isinstance(plant, dict) else None
+        if isinstance(pv_csv, str) and not Path(pv_csv).is_absolute():
+            plant["csv"] = str((p.parent / pv_csv).resolve())
     return parse_scenario(data, source)
 
 
@@ -354,5 +443,14 @@ def behaviour_overrides(site: Site) -> dict[str, float]:
     return {k: v for k, v in site.behaviour.model_dump().items() if v is not None}
 
 
-__all__ = ["DEFAULTS", "Scenario", "ScenarioError", "Site", "behaviour_overrides",
-           "load_scenario", "parse_scenario"]
+__all__ = [
+    "DEFAULTS",
+    "PV",
+    "Scenario",
+    "ScenarioError",
+    "Site",
+    "Storage",
+    "behaviour_overrides",
+    "load_scenario",
+    "parse_scenario",
+]

@@ -1,0 +1,162 @@
+"""Distributed resources of a scenario: PV plants and stationary batteries.
+
+Built once per run: each PV entry becomes one feeder injection per bus with its
+whole generation series precomputed (seeded), each battery one feeder load
+with its own dispatch (see :mod:`evtwin.agents.storage`). Every step the
+runner asks :meth:`DerSet.step` for the powers to put into the power flow.
+
+The CSMS gets, per site, a forecast of the PV behind the site's connection:
+the hourly mean of the generation to come (a day-ahead forecast at hourly
+resolution; passing clouds within the hour are not in it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import numpy as np
+import numpy.typing as npt
+
+from evtwin.agents.storage import StationaryBattery
+from evtwin.grid import GridError, PVProfile, read_pv_csv
+
+from .exceptions import ScenarioError
+from .scenario import Scenario
+
+FloatArray = npt.NDArray[np.float64]
+Steps = tuple[tuple[datetime, float], ...]
+
+
+@dataclass
+class DerStep:
+    """What the resources did over one step."""
+
+    der_p_kw: FloatArray
+    """Per feeder injection point, load convention (negative = feeding in)."""
+    pv_kw_by_site: dict[str, float]
+    storage_kw_by_site: dict[str, float]
+    pv_kw: float
+    storage_kw: float
+
+
+@dataclass
+class DerSet:
+    """The scenario's PV and storage, as feeder injection points."""
+
+    buses: list[int]
+    """Feeder bus of each injection point: PV elements first, then batteries."""
+    pv_kw: FloatArray
+    """Generation per step (rows, as the run's steps) and PV element (columns), kW."""
+    pv_site: list[str | None]
+    batteries: list[StationaryBattery] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        """True when the scenario has no PV and no storage."""
+        return not self.buses
+
+    def step(self, k: int, site_ev_kw: dict[str, float], price_per_kwh: float,
+             step_h: float) -> DerStep:
+        """Powers over the step that ends at row ``k`` (row 0: the start instant).
+
+        Each battery measures its site's net demand (EV charging minus the
+        site's PV) and sets its power by its dispatch rule.
+        """
+        pv = self.pv_kw[k] if len(self.pv_site) else np.zeros(0)
+        pv_by_site: dict[str, float] = {}
+        for site, p in zip(self.pv_site, pv, strict=True):
+            if site is not None:
+                pv_by_site[site] = pv_by_site.get(site, 0.0) + float(p)
+        st_by_site: dict[str, float] = {}
+        powers = []
+        for b in self.batteries:
+            net = site_ev_kw.get(b.site, 0.0) - pv_by_site.get(b.site, 0.0) + st_by_site.get(
+                b.site, 0.0)
+            p = b.step(net, price_per_kwh, step_h) if k > 0 else 0.0
+            st_by_site[b.site] = st_by_site.get(b.site, 0.0) + p
+            powers.append(p)
+        der = np.concatenate([-np.asarray(pv, dtype=np.float64), np.array(powers)])
+        return DerStep(der, pv_by_site, st_by_site, float(pv.sum()), float(sum(powers)))
+
+    def site_forecasts(self, start: datetime, step_s: float) -> dict[str, Steps]:
+        """Per site, the hourly mean of its PV as (start, kW) steps over the run."""
+        out: dict[str, Steps] = {}
+        per_hour = max(1, round(3600.0 / step_s))
+        for site in sorted({s for s in self.pv_site if s is not None}):
+            cols = [i for i, s in enumerate(self.pv_site) if s == site]
+            series = self.pv_kw[1:, cols].sum(axis=1)  # step k covers (k-1, k]
+            steps = []
+            for h0 in range(0, len(series), per_hour):
+                steps.append((start + timedelta(seconds=h0 * step_s),
+                              float(series[h0:h0 + per_hour].mean())))
+            out[site] = tuple(steps)
+        return out
+
+
+def _price_quantile(prices: Steps, q: float) -> float:
+    return float(np.quantile([p for _, p in prices], q))
+
+
+def build_der(sc: Scenario, station_buses: list[int], station_sites: list[str],
+              known_buses: set[int], prices: Steps) -> DerSet:
+    """PV elements and batteries of ``sc`` with their buses and series.
+
+    Raises:
+        ScenarioError: a bus does not exist or a PV profile file is unusable
+            (naming the scenario field).
+    """
+    n_rows = int(sc.duration_s // sc.step_s) + 1
+    buses: list[int] = []
+    pv_cols: list[FloatArray] = []
+    pv_site: list[str | None] = []
+    problems: list[tuple[str, str]] = []
+    site_buses = {s.name: sorted({b for b, site in zip(station_buses, station_sites,
+                                                        strict=True) if site == s.name})
+                  for s in sc.sites}
+    for i, plant in enumerate(sc.pv):
+        where = plant.buses if plant.buses is not None else site_buses.get(plant.site or "", [])
+        bad = [b for b in where if b not in known_buses]
+        if bad:
+            problems.append((f"pv.{i}.buses", f"no bus {bad[0]} in {sc.grid.network}"))
+            continue
+        if plant.profile == "csv":
+            assert plant.csv is not None
+            try:
+                kw = read_pv_csv(plant.csv, sc.start, n_rows, sc.step_s, plant.peak_kw)
+            except GridError as exc:
+                problems.append((f"pv.{i}.csv", str(exc)))
+                continue
+        else:
+            rng = np.random.default_rng([sc.seed, 2, i])
+            kw = plant.peak_kw * PVProfile(
+                latitude_deg=plant.latitude_deg, solar_noon_h=plant.solar_noon_h,
+                performance_ratio=plant.performance_ratio, cloudiness=plant.cloudiness,
+                variability=plant.variability).series_pu(sc.start, n_rows, sc.step_s, rng)
+        for bus in where:
+            buses.append(int(bus))
+            pv_cols.append(kw / len(where))
+            pv_site.append(plant.site)
+    batteries = []
+    for i, st in enumerate(sc.storage):
+        default = site_buses.get(st.site) or []
+        where_st = st.bus if st.bus is not None else (default[0] if default else None)
+        if where_st is None or where_st not in known_buses:
+            problems.append((f"storage.{i}.bus", f"no bus {where_st} in {sc.grid.network}"))
+            continue
+        site = next(s for s in sc.sites if s.name == st.site)
+        target = st.target_kw if st.target_kw is not None else (site.limit_kw or 0.0)
+        batteries.append(StationaryBattery(
+            name=st.name, site=st.site, capacity_kwh=st.capacity_kwh, power_kw=st.power_kw,
+            soc=st.soc_initial, soc_min=st.soc_min, soc_max=st.soc_max,
+            efficiency=st.efficiency, dispatch=st.dispatch, target_kw=target,
+            charge_below_price=(st.charge_below_price if st.charge_below_price is not None
+                                else _price_quantile(prices, 0.25)),
+            discharge_above_price=(st.discharge_above_price
+                                   if st.discharge_above_price is not None
+                                   else _price_quantile(prices, 0.75))))
+        buses.append(int(where_st))
+    if problems:
+        raise ScenarioError(sc.name, problems)
+    pv = np.column_stack(pv_cols) if pv_cols else np.zeros((n_rows, 0))
+    return DerSet(buses, pv, pv_site, batteries)
