@@ -83,6 +83,8 @@ class ControlSection(_Strict):
     strategy: str = "uncontrolled"
     interval_s: float = Field(60.0, gt=0)
     charging_rate_unit: Literal["W", "A"] = "W"
+    v2g_peak_target_percent: float = Field(50.0, gt=0, le=100)
+    """v2g_peak_shaving: transformer loading to shave to, in % of its limit."""
 
     @field_validator("strategy")
     @classmethod
@@ -233,6 +235,7 @@ class ServeConfig(_Strict):
             strategy=self.control.strategy,
             control_interval_s=self.control.interval_s,
             charging_rate_unit=self.control.charging_rate_unit,
+            v2g_peak_target_percent=self.control.v2g_peak_target_percent,
             heartbeat_interval_s=self.ocpp.heartbeat_interval_s,
             tariff=Tariff(self.tariff.energy_per_kwh, self.tariff.time_per_hour,
                           self.tariff.session_fee, self.tariff.currency),

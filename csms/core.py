@@ -345,7 +345,8 @@ class CSMSCore:
                       for n, v in sorted(by_site.items()))
         return ControlView(now=now or self.clock(), sites=sites, feeder=self.feeder_view,
                            prices=self.prices, pv_forecast_kw=self.pv_forecast_kw,
-                           export_prices=self.export_prices)
+                           export_prices=self.export_prices,
+                           v2g_peak_target_percent=self.config.v2g_peak_target_percent)
 
     def _session_view(self, s: Session, spec: StationSpec) -> SessionView:
         """One session as a strategy sees it, with its needs: stated or assumed."""

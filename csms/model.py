@@ -81,6 +81,8 @@ class CSMSConfig:
     assumed_efficiency: float = 0.9
     """Grid-to-battery efficiency the CSMS assumes when it turns the battery
     energy an EV asks for into the grid energy its meters will show."""
+    v2g_peak_target_percent: float = 50.0
+    """v2g_peak_shaving: the transformer loading to shave to, in % of its limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,3 +232,5 @@ class ControlView:
     per-site PV is in :attr:`SiteView.pv_forecast_kw`."""
     export_prices: tuple[tuple[datetime, float], ...] = ()
     """What energy fed back earns (V2G): (start time, price per kWh) steps, sorted."""
+    v2g_peak_target_percent: float = 50.0
+    """v2g_peak_shaving: the transformer loading to shave to, in % of its limit."""

@@ -186,6 +186,7 @@ def csms_config(sc: Scenario, model: ChargingModel) -> CSMSConfig:
         strategy=sc.control.strategy,
         control_interval_s=sc.control.interval_s,
         charging_rate_unit=sc.control.charging_rate_unit,
+        v2g_peak_target_percent=sc.control.v2g_peak_target_percent,
         heartbeat_interval_s=sc.csms.heartbeat_interval_s,
     )
 

@@ -119,6 +119,9 @@ class Control(_Strict):
     interval_s: int = Field(300, gt=0)
     """Control cycle period in simulated seconds."""
     charging_rate_unit: Literal["W", "A"] = "W"
+    v2g_peak_target_percent: float = Field(50.0, gt=0, le=100)
+    """v2g_peak_shaving: the transformer loading it shaves the peak to, in %
+    of the transformer's thermal limit."""
 
     @field_validator("strategy")
     @classmethod
