@@ -27,6 +27,7 @@ import bisect
 import itertools
 import math
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,10 +49,13 @@ __all__ = [
     "HORIZON",
     "SLOT",
     "URGENCY_WINDOW",
+    "Bidirectional",
+    "Schedule",
     "edf",
     "greedy_fill",
     "laxity_h",
     "llf",
+    "plan_schedule",
     "price",
     "pv_self_consumption",
     "step_value",
@@ -208,16 +212,62 @@ def _price_site(view: ControlView, site: SiteView) -> Limits:
     return limits
 
 
-def _solve_lp(prices: Sequence[tuple[datetime, float]], now: datetime,
-              limit_kw: float | None, sessions: Sequence[SessionView]) -> dict[EvseKey, float]:
-    """First-slot powers of the cheapest schedule that delivers what is possible.
+@dataclass(frozen=True, slots=True)
+class Bidirectional:
+    """What the shared LP may do with a session that can feed back (V2G).
 
-    Variables ``p[i, t]`` (kW, session i, slot t) and one slack per session (kWh
-    it will miss). Minimise ``sum price[t] * p[i, t] * dt + penalty * slack``
-    subject to ``0 <= p[i, t] <= cap_i`` (scaled by the part of the slot before
-    departure), ``sum_i p[i, t] <= limit``, and ``need_i <= sum_t p[i, t] * dt
-    + slack_i``, ``sum_t p[i, t] * dt <= remaining_i``, where need is the
-    remaining energy or what the cap allows before departure, whichever is less.
+    Energies are in *grid-charge kWh*: the grid energy that charging would
+    need to put the same amount into the battery, so that a session without
+    V2G is planned exactly as by :func:`price`.
+    """
+
+    max_discharge_kw: float
+    """Most the session may feed back (grid side, kW)."""
+    floor_kwh: float
+    """How far its cumulative net charge may fall below zero (>= 0): the
+    energy above the driver's minimum SoC."""
+    recharge_factor: float
+    """Grid-charge kWh that replace one grid kWh fed back (round-trip loss, >= 1)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    """A solved site schedule: one row per session, one column per slot (kW)."""
+
+    starts: tuple[datetime, ...]
+    """Start of each slot (slots are :data:`SLOT` long)."""
+    charge_kw: np.ndarray
+    """Planned charging power, >= 0."""
+    discharge_kw: np.ndarray
+    """Planned feed-back power (grid side), >= 0; zeros for sessions without V2G."""
+    charge_cap_kw: np.ndarray
+    """Upper bound on each charge_kw (caps, scaled by the part of a slot before departure)."""
+    discharge_cap_kw: np.ndarray
+    """Upper bound on each discharge_kw."""
+    solved: bool
+    """False if the solver failed (then both plans are zero)."""
+
+
+def plan_schedule(prices: Sequence[tuple[datetime, float]], now: datetime,
+                  limit_kw: float | None, sessions: Sequence[SessionView], *,
+                  bidirectional: Sequence[Bidirectional | None] | None = None,
+                  export_prices: Sequence[tuple[datetime, float]] = (),
+                  discharge_cost_per_kwh: float = 0.0) -> Schedule:
+    """The cheapest schedule that delivers what is possible, for one site.
+
+    Variables ``c[i, t]`` (kW charging, session i, slot t), one slack per
+    session (kWh it will miss) and, for each session with a
+    :class:`Bidirectional` entry, ``d[i, t]`` (kW fed back, grid side).
+    Minimise ``sum price[t] * c * dt + penalty * slack + sum (cost - export[t])
+    * d * dt`` (``cost`` is ``discharge_cost_per_kwh`` per grid kWh fed back)
+    subject to ``0 <= c[i, t] <= cap_i`` (scaled by the part of the slot before
+    departure), ``sum_i c[i, t] - d[i, t] <= limit``, and, with ``E_i(t) =
+    sum_{k <= t} (c[i, k] - r_i * d[i, k]) * dt`` (``r_i`` the recharge
+    factor, no ``d`` without V2G), ``need_i <= E_i(end) + slack_i`` and
+    ``E_i(end) <= remaining_i``, where need is the remaining energy or what the
+    cap allows before departure, whichever is less. For V2G sessions also
+    ``-floor_i <= E_i(t) <= remaining_i`` at every slot end, ``0 <= d[i, t] <=
+    max_discharge_i`` (scaled likewise) and ``sum_i d[i, t] - c[i, t] <= limit``.
     """
     dt_h = _hours(SLOT)
     deadlines = [s.departure if s.departure is not None else now + HORIZON for s in sessions]
@@ -228,12 +278,18 @@ def _solve_lp(prices: Sequence[tuple[datetime, float]], now: datetime,
     n = len(sessions)
     starts = [now + k * SLOT for k in range(n_t)]
     price = np.array([_step_average(prices, a, a + SLOT) for a in starts])
+    v2g = [(i, bi) for i, bi in enumerate(bidirectional or ()) if bi is not None]
+    m = len(v2g)
 
     ub = np.zeros((n, n_t))
+    dub = np.zeros((n, n_t))
     for i, (s, dep) in enumerate(zip(sessions, deadlines, strict=True)):
         frac = np.clip([(dep - a) / SLOT for a in starts], 0.0, 1.0)
         ub[i] = hardware_cap_kw(s) * frac
         ub[i, 0] = min(ub[i, 0], usable_cap_kw(s))
+    for i, bi in v2g:
+        dub[i] = max(bi.max_discharge_kw, 0.0) * np.clip(
+            [(deadlines[i] - a) / SLOT for a in starts], 0.0, 1.0)
     possible = ub.sum(axis=1) * dt_h
     remaining = np.array([_INF if s.energy_remaining_kwh is None else s.energy_remaining_kwh
                           for s in sessions])
@@ -242,9 +298,16 @@ def _solve_lp(prices: Sequence[tuple[datetime, float]], now: datetime,
     # Among equally cheap slots, prefer the earlier one (robust to early departures
     # and forecast errors, and makes the optimum unique).
     scale = max(float(np.abs(price).max()), 1e-3)
+    export = np.zeros(n_t)
+    if m:
+        export = np.array([_step_average(export_prices, a, a + SLOT) if export_prices else 0.0
+                           for a in starts])
+        scale = max(scale, float(np.abs(export).max()))
     tiebreak = 1e-4 * scale * np.arange(n_t) / n_t
     penalty = 1e3 * (scale + 1.0)
-    c = np.concatenate([np.tile((price + tiebreak) * dt_h, n), np.full(n, penalty)])
+    c = np.concatenate([np.tile((price + tiebreak) * dt_h, n), np.full(n, penalty),
+                        np.tile((discharge_cost_per_kwh - export + tiebreak) * dt_h, m)])
+    d0 = n * n_t + n  # first discharge column
 
     rows: list[int] = []
     cols: list[int] = []
@@ -261,25 +324,86 @@ def _solve_lp(prices: Sequence[tuple[datetime, float]], now: datetime,
         b.append(rhs)
         row += 1
 
+    # V2G sessions carry their energy state e[t] = E(t) as variables, so each
+    # slot adds a few nonzeros rather than a growing prefix sum.
+    e0 = d0 + m * n_t  # first energy-state column
+    eq_rows: list[int] = []
+    eq_cols: list[int] = []
+    eq_vals: list[float] = []
+    v2g_of = {i: (j, bi) for j, (i, bi) in enumerate(v2g)}
     for i in range(n):
         slots = range(i * n_t, (i + 1) * n_t)
-        add([*((j, -dt_h) for j in slots), (n * n_t + i, -1.0)], -float(need[i]))
-        if math.isfinite(remaining[i]):
-            add(((j, dt_h) for j in slots), float(remaining[i]))
+        if i not in v2g_of:
+            add([*((j, -dt_h) for j in slots), (n * n_t + i, -1.0)], -float(need[i]))
+            if math.isfinite(remaining[i]):
+                add(((j, dt_h) for j in slots), float(remaining[i]))
+            continue
+        j, bi = v2g_of[i]
+        add([(e0 + (j + 1) * n_t - 1, -1.0), (n * n_t + i, -1.0)], -float(need[i]))
+        for t in range(n_t):
+            # e[t] - e[t-1] - c[t] * dt + r * d[t] * dt = 0
+            for col, val in ((e0 + j * n_t + t, 1.0), (i * n_t + t, -dt_h),
+                             (d0 + j * n_t + t, bi.recharge_factor * dt_h)):
+                eq_rows.append(j * n_t + t)
+                eq_cols.append(col)
+                eq_vals.append(val)
+            if t:
+                eq_rows.append(j * n_t + t)
+                eq_cols.append(e0 + j * n_t + t - 1)
+                eq_vals.append(-1.0)
     if limit_kw is not None:
         for t in range(n_t):
-            add(((i * n_t + t, 1.0) for i in range(n)), max(limit_kw, 0.0))
-    a_ub = coo_matrix((vals, (rows, cols)), shape=(row, n * n_t + n)).tocsr()
-    bounds = [(0.0, float(u)) for u in ub.ravel()] + [(0.0, None)] * n
-    res = linprog(c, A_ub=a_ub, b_ub=np.array(b), bounds=bounds, method="highs")
-    if res.status != 0 or res.x is None:
-        # Cannot happen with the slack (the zero schedule is feasible); keep
-        # charging deadline-first rather than stop everyone if it ever does.
-        order = sorted(range(n), key=lambda i: _deadline_key(sessions[i]))
-        budget = _INF if limit_kw is None else limit_kw
-        shares = greedy_fill(budget, [float(ub[i, 0]) for i in order])
-        return {_key(sessions[i]): p for i, p in zip(order, shares, strict=True)}
-    first = np.clip(res.x[: n * n_t].reshape(n, n_t)[:, 0], 0.0, ub[:, 0])
+            add([*((i * n_t + t, 1.0) for i in range(n)),
+                 *((d0 + j * n_t + t, -1.0) for j in range(m))], max(limit_kw, 0.0))
+        if m:
+            # The connection's rating holds both ways: feed back no more than may be drawn.
+            for t in range(n_t):
+                add([*((i * n_t + t, -1.0) for i in range(n)),
+                     *((d0 + j * n_t + t, 1.0) for j in range(m))], max(limit_kw, 0.0))
+    n_var = n * n_t + n + 2 * m * n_t
+    a_ub = coo_matrix((vals, (rows, cols)), shape=(row, n_var)).tocsr()
+    bounds = ([(0.0, float(u)) for u in ub.ravel()] + [(0.0, None)] * n
+              + [(0.0, float(u)) for i, _ in v2g for u in dub[i]]
+              + [(-max(bi.floor_kwh, 0.0),
+                  float(remaining[i]) if math.isfinite(remaining[i]) else None)
+                 for i, bi in v2g for _ in range(n_t)])
+    eq_args: dict[str, Any] = {}
+    if m:
+        eq_args = {"A_eq": coo_matrix((eq_vals, (eq_rows, eq_cols)),
+                                      shape=(m * n_t, n_var)).tocsr(),
+                   "b_eq": np.zeros(m * n_t)}
+        c = np.concatenate([c, np.zeros(m * n_t)])
+    res = linprog(c, A_ub=a_ub, b_ub=np.array(b), bounds=bounds, method="highs", **eq_args)
+    charge = np.zeros((n, n_t))
+    discharge = np.zeros((n, n_t))
+    solved = res.status == 0 and res.x is not None
+    if solved:
+        charge = np.clip(res.x[: n * n_t].reshape(n, n_t), 0.0, ub)
+        for j, (i, _) in enumerate(v2g):
+            discharge[i] = np.clip(res.x[d0 + j * n_t: d0 + (j + 1) * n_t], 0.0, dub[i])
+    return Schedule(starts=tuple(starts), charge_kw=charge, discharge_kw=discharge,
+                    charge_cap_kw=ub, discharge_cap_kw=dub, solved=solved)
+
+
+def _fallback_first_slot(limit_kw: float | None, sessions: Sequence[SessionView],
+                         plan: Schedule) -> dict[EvseKey, float]:
+    """Deadline-first charging in the first slot, for when the solver fails."""
+    # Cannot happen with the slack (the zero schedule is feasible); keep
+    # charging deadline-first rather than stop everyone if it ever does.
+    order = sorted(range(len(sessions)), key=lambda i: _deadline_key(sessions[i]))
+    budget = _INF if limit_kw is None else limit_kw
+    shares = greedy_fill(budget, [float(plan.charge_cap_kw[i, 0]) for i in order])
+    return {_key(sessions[i]): p for i, p in zip(order, shares, strict=True)}
+
+
+def _solve_lp(prices: Sequence[tuple[datetime, float]], now: datetime,
+              limit_kw: float | None, sessions: Sequence[SessionView]) -> dict[EvseKey, float]:
+    """First-slot powers of the cheapest schedule that delivers what is possible
+    (:func:`plan_schedule` without V2G)."""
+    plan = plan_schedule(prices, now, limit_kw, sessions)
+    if not plan.solved:
+        return _fallback_first_slot(limit_kw, sessions, plan)
+    first = plan.charge_kw[:, 0].copy()
     if limit_kw is not None and first.sum() > limit_kw > 0:
         first *= limit_kw / first.sum()  # solver tolerance must not breach the limit
     return {_key(s): float(p) for s, p in zip(sessions, first, strict=True)}
