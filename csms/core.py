@@ -365,8 +365,11 @@ class CSMSCore:
             ev_max_kw = needs.ev_max_power_w / 1000.0
         elif needs is not None and needs.ev_max_current_a is not None:
             ev_max_kw = needs.ev_max_current_a * self.config.nominal_voltage_v * evse.phases / 1e3
-        # Energy fed back (V2G) must be charged again: net energy counts.
-        net_wh = s.energy_wh - s.exported_wh
+        # Energy fed back (V2G) must be charged again, with the losses both ways:
+        # exporting E took E / eta_discharge from the battery, which takes
+        # E / (eta_discharge * eta_charge) from the grid to put back.
+        net_wh = s.energy_wh - s.exported_wh / (
+            self.config.assumed_efficiency * self.config.assumed_discharge_efficiency)
         remaining = None if wanted_wh is None else max(
             0.0, (wanted_wh / self.config.assumed_efficiency - net_wh) / 1000.0)
         limit = self.sent_limits_w.get((s.station_id, s.evse_id))
@@ -443,9 +446,12 @@ class CSMSCore:
                 continue  # the station's own maximum applies
             limit_w = limit_kw * 1000.0
             previous = self.sent_limits_w.get(key)
-            # Small increases are not worth a message; decreases always go out,
-            # or the site limit could be exceeded by the deadband.
-            if previous is not None and 0 <= limit_w - previous < self.config.limit_deadband_w:
+            # Small increases of a charging limit are not worth a message;
+            # decreases always go out (or the site limit could be exceeded by
+            # the deadband), and so does every change to a discharge setpoint
+            # (-49 W to 0 must stop the discharge).
+            if (previous is not None and previous >= 0
+                    and 0 <= limit_w - previous < self.config.limit_deadband_w):
                 continue
             station_id, evse_id = key
             phases = self.stations[station_id].evse(evse_id).phases

@@ -81,6 +81,8 @@ class CSMSConfig:
     assumed_efficiency: float = 0.9
     """Grid-to-battery efficiency the CSMS assumes when it turns the battery
     energy an EV asks for into the grid energy its meters will show."""
+    assumed_discharge_efficiency: float = 0.92
+    """Battery-to-grid efficiency the CSMS assumes for energy an EV feeds back."""
     v2g_peak_target_percent: float = 50.0
     """v2g_peak_shaving: the transformer loading to shave to, in % of its limit."""
 

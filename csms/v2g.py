@@ -41,8 +41,6 @@ __all__ = [
     "v2g_price",
 ]
 
-#: The transformer loading the peak is shaved to, as a share of its limit.
-PEAK_TARGET_FRACTION = 0.5
 #: How long a discharge decision holds at most, for the energy it may take (h).
 DISCHARGE_HORIZON_H = 0.25
 #: Slack on the time needed to recharge before departure.
@@ -70,7 +68,8 @@ def v2g_peak_shaving(view: ControlView) -> Limits:
     """Keep the transformer under a target; at the peak, V2G EVs feed back.
 
     Charging is allocated by ``feeder_aware`` against a tightened transformer
-    limit (``PEAK_TARGET_FRACTION`` of the real one), which moves charging out
+    limit (``view.v2g_peak_target_percent`` of the real one, set per scenario
+    by ``control.v2g_peak_target_percent``), which moves charging out
     of the peak into the valley. If the transformer is still predicted above
     the target, bidirectional EVs that can spare energy (and have time to
     recharge it before they leave) discharge, the most effective first, until
@@ -79,7 +78,7 @@ def v2g_peak_shaving(view: ControlView) -> Limits:
     feeder = view.feeder
     if not isinstance(feeder, FeederView) or feeder.trafo_loading_percent is None:
         return equal_share(view)
-    target = feeder.limits.trafo_loading_max_percent * PEAK_TARGET_FRACTION
+    target = feeder.limits.trafo_loading_max_percent * view.v2g_peak_target_percent / 100.0
     tight = dataclasses.replace(feeder, limits=dataclasses.replace(
         feeder.limits, trafo_loading_max_percent=target))
     limits = feeder_aware(dataclasses.replace(view, feeder=tight))

@@ -87,3 +87,13 @@ def test_edf_serves_more_requested_energy_than_equal_share_under_the_same_site_l
         assert r.timeseries["site_street_kw"].max() <= 60.0 * 1.001
     assert (results["edf"].kpis["energy_delivered_kwh"]
             > results["equal_share"].kpis["energy_delivered_kwh"])
+
+
+def test_the_peak_target_is_a_scenario_setting(v2g_runs: Any) -> None:
+    _, shaved, _ = v2g_runs["v2g_peak_shaving"]  # the default target: 50 % of the limit
+    looser = Twin(load_scenario(V2G, {"control.strategy": "v2g_peak_shaving",
+                                      "control.v2g_peak_target_percent": 75})).run()
+    assert shaved.kpis["peak_trafo_loading_percent"] < 55
+    assert 55 < looser.kpis["peak_trafo_loading_percent"] < 80
+    # A looser target needs less V2G.
+    assert looser.kpis["energy_discharged_kwh"] < shaved.kpis["energy_discharged_kwh"]

@@ -249,10 +249,6 @@ def test_every_v2g_price_profile_went_out_as_2_1_and_was_accepted(price_runs: An
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "csms/core.py counts energy fed back 1:1 in energy_remaining_kwh (net metered "
-    "energy), not with the round-trip loss, so after V2G the CSMS believes an EV "
-    "needs less than it does and it leaves a few percent short of its target"))
 def test_bidirectional_evs_leave_with_the_energy_they_asked_for(price_runs: Any) -> None:
     v2g, _ = price_runs["v2g_price"]
     served = v2g.sessions[(v2g.sessions["outcome"] == "served") & v2g.sessions["bidirectional"]]
