@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import random
 from collections.abc import Callable
@@ -29,6 +30,10 @@ NETWORKS: dict[str, Callable[[], pp.pandapowerNet]] = {
 }
 
 
+#: Networks built in this process, by name or by JSON path, size and modification time.
+_CACHE: dict[str, pp.pandapowerNet] = {}
+
+
 def load_network(network: str | os.PathLike[str]) -> pp.pandapowerNet:
     """Return a fresh pandapower network.
 
@@ -42,20 +47,38 @@ def load_network(network: str | os.PathLike[str]) -> pp.pandapowerNet:
     """
     text = os.fspath(network)
     if text.lower().endswith(".json"):
-        return _load_json(Path(text))
-    factory = NETWORKS.get(text)
-    if factory is None:
-        raise UnknownNetworkError(text, sorted(NETWORKS))
-    # The Kerber factories draw line types from Python's global `random`
-    # (e.g. "NAYY 4x50" vs "NAYY 4x50 SE" per branch), so the same name would
-    # give a different feeder on every call. Seed it for the call and put the
-    # caller's random state back: the same name always gives the same feeder.
-    state = random.getstate()
-    random.seed(NETWORK_SEED)
-    try:
-        return factory()
-    finally:
-        random.setstate(state)
+        path = Path(text)
+        try:
+            stat = path.stat()
+            key = f"{path.resolve()}|{stat.st_mtime_ns}|{stat.st_size}"
+        except OSError:
+            return _load_json(path)  # reports the missing file
+    else:
+        key = text
+    # Building a Kerber feeder takes ~0.6 s, a deep copy ~10 ms: a process that
+    # runs many scenarios (a sweep worker) builds each network once. Callers get
+    # a copy, so a feeder that adds its stations never changes the cached one.
+    cached = _CACHE.get(key)
+    if cached is None:
+        if text.lower().endswith(".json"):
+            cached = _load_json(Path(text))
+        else:
+            factory = NETWORKS.get(text)
+            if factory is None:
+                raise UnknownNetworkError(text, sorted(NETWORKS))
+            # The Kerber factories draw line types from Python's global `random`
+            # (e.g. "NAYY 4x50" vs "NAYY 4x50 SE" per branch), so the same name
+            # would give a different feeder on every call. Seed it for the call
+            # and put the caller's random state back: the same name always gives
+            # the same feeder.
+            state = random.getstate()
+            random.seed(NETWORK_SEED)
+            try:
+                cached = factory()
+            finally:
+                random.setstate(state)
+        _CACHE[key] = cached
+    return copy.deepcopy(cached)
 
 
 def _load_json(path: Path) -> pp.pandapowerNet:

@@ -15,7 +15,7 @@ from rich.table import Table
 from evtwin.csms import ConfigError
 from evtwin.grid import GridError, PowerFlowError
 
-from .exceptions import ScenarioError, SimError
+from .exceptions import ScenarioError, SimError, SweepError
 
 EXIT_USER_ERROR = 2
 
@@ -134,6 +134,136 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _say(console: Console, text: str) -> None:
+    """One line of output, not wrapped into the terminal's width (scripts grep it)."""
+    console.print(text, soft_wrap=True, highlight=False)
+
+
+def _overrides(items: list[str] | None, source: str) -> dict[str, Any]:
+    """``--set KEY=VALUE`` items as a mapping of dotted paths to parsed values."""
+    overrides: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ScenarioError(source, [("--set", f"expected KEY=VALUE, got {item!r}")])
+        key, value = item.split("=", 1)
+        overrides[key.strip()] = _parse_value(value.strip())
+    return overrides
+
+
+def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin sweep SCENARIO --set k=a,b --seeds N``: many runs, one table, resumable."""
+    from .sweep import DEFAULT_FIGURE_KPIS, plan_sweep, run_sweep
+
+    plan = plan_sweep(args.scenario, args.set or [], seeds=args.seeds, sample=args.sample,
+                      command=["evtwin", *sys.argv[1:]])
+    from .results import KPI_LABELS
+
+    kpis = ([k.strip() for k in args.kpis.split(",") if k.strip()] if args.kpis
+            else list(DEFAULT_FIGURE_KPIS))
+    unknown = [k for k in kpis if k not in KPI_LABELS]
+    if unknown:
+        raise SweepError(f"--kpis: unknown KPI {', '.join(unknown)}; known: "
+                         f"{', '.join(KPI_LABELS)}")
+    out = Path(args.out) if args.out else Path("results") / f"{plan.name}-sweep"
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total} done"),
+                  TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
+                  TextColumn("ETA"), TimeRemainingColumn(), console=console,
+                  disable=args.quiet) as progress:
+        task = progress.add_task(f"sweep {plan.name}", total=len(plan.runs), failed=0)
+
+        def on_progress(done: int, failed: int, total: int) -> None:
+            progress.update(task, completed=done, total=total, failed=failed)
+
+        def on_start(backend: str) -> None:
+            progress.update(task, description=f"sweep {plan.name} on {backend}")
+
+        outcome = run_sweep(plan, out, workers=args.workers, scheduler=args.scheduler,
+                            retry_failed=args.retry_failed, kpis=kpis, progress=on_progress,
+                            on_start=on_start)
+    ok = len(outcome.table) - outcome.failed
+    _say(console, f"{len(outcome.table)}/{outcome.planned} runs done ({ok} ok, "
+                  f"{outcome.failed} failed; {outcome.resumed} found done and not run again) "
+                  f"in {outcome.wall_time_s:.0f} s"
+                  + (f" on {outcome.backend}" if outcome.backend else ""))
+    _say(console, f"table and figures in [bold]{out}[/bold] (sweep.parquet, sweep.csv)")
+    if outcome.interrupted:
+        _say(console, "[yellow]interrupted:[/yellow] run the same command again to resume")
+        return 130
+    if outcome.failed:
+        for _, row in outcome.table[outcome.table["status"] != "ok"].head(5).iterrows():
+            _say(console, f"[red]failed[/red] {row['run_id']}: {row['error']}")
+        return 1
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin check SCENARIO...``: exit 0 only when every limit holds (CI gate)."""
+    from .check import load_baseline, load_limits, run_checks, write_baseline, write_junit
+
+    if args.update_baseline and not args.baseline:
+        raise ScenarioError("--update-baseline", [("", "give the file with --baseline FILE")])
+    overrides = _overrides(args.set, args.scenarios[0])
+    if args.strategy:
+        overrides["control.strategy"] = args.strategy
+    limits = load_limits(args.limits)
+    baseline = (load_baseline(args.baseline)
+                if args.baseline and not args.update_baseline else None)
+    with console.status(f"running {len(args.scenarios)} scenario(s) ..."):
+        checks = run_checks(args.scenarios, overrides=overrides, limits=limits,
+                            baseline=baseline, workers=args.workers)
+    for check in checks:
+        table = Table(title=f"{check.key} ({check.path})", header_style="bold")
+        table.add_column("limit")
+        table.add_column("result")
+        table.add_column("detail")
+        if check.error is not None:
+            table.add_row("run", "[red]ERROR[/red]", check.error)
+        for r in check.results:
+            if r.passed and r.name.startswith("baseline.") and not args.verbose:
+                continue  # dozens of KPIs: show the ones that moved
+            table.add_row(r.name, "[green]ok[/green]" if r.passed else "[red]FAIL[/red]",
+                          r.message)
+        console.print(table)
+    if args.junit:
+        _say(console, f"JUnit report: [bold]{write_junit(checks, args.junit)}[/bold]")
+    if args.update_baseline:
+        _say(console, f"baseline recorded: [bold]{write_baseline(args.baseline, checks)}[/bold]")
+    failed = [c for c in checks if not c.passed]
+    n_limits = sum(len(c.results) for c in checks)
+    n_bad = sum(1 for c in checks for r in c.results if not r.passed)
+    if failed:
+        _say(console, f"[red]check failed:[/red] {n_bad} of {n_limits} limits broken in "
+                      f"{', '.join(c.key for c in failed)}")
+        return 1
+    _say(console, f"[green]all {n_limits} limits hold[/green] in {len(checks)} scenario(s)")
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin reproduce RUN_DIR``: run a recorded run again; exit 0 when KPIs are identical."""
+    from .reproduce import load_record, reproduce
+
+    record, source = load_record(args.record, args.run)
+    with console.status(f"running {source} again ..."):
+        rep = reproduce(record, source)
+    for pkg, (old, new) in rep.version_changes.items():
+        _say(console, f"[yellow]version differs:[/yellow] {pkg} recorded {old}, now {new}")
+    if rep.identical:
+        _say(console, f"[green]reproduced:[/green] all {len(rep.kpis_now)} KPIs identical "
+                      f"(within 1e-9 relative) to {source}")
+        return 0
+    table = Table(title=f"KPIs that differ from {source}", header_style="bold")
+    table.add_column("KPI")
+    table.add_column("recorded", justify="right")
+    table.add_column("now", justify="right")
+    for key, (old_v, new_v) in rep.differing.items():
+        table.add_row(key, f"{old_v:.10g}", f"{new_v:.10g}")
+    console.print(table)
+    _say(console, f"[red]not reproduced:[/red] {len(rep.differing)} KPI(s) differ")
+    return 1
+
+
 def cmd_csms_serve(args: argparse.Namespace, console: Console) -> int:
     """``evtwin csms serve``: the CSMS alone, on the wall clock, until stopped."""
     import asyncio
@@ -240,6 +370,48 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("--out", default="results", help="folder for result folders")
     cmp.set_defaults(func=cmd_compare)
 
+    sw = sub.add_parser("sweep", help="many runs over parameters and seeds into one table")
+    sw.add_argument("scenario", help="base scenario TOML file")
+    sw.add_argument("--set", action="append", metavar="KEY=VALUES",
+                    help="a swept field: a,b,c (list), low:high:step, or low:high "
+                         "(range, with --sample); one value is a fixed override")
+    sw.add_argument("--seeds", metavar="N|a,b,c",
+                    help="runs per point: N seeds from the scenario's seed on, or a list")
+    sw.add_argument("--sample", metavar="lhs:N[:SEED]",
+                    help="a Latin hypercube of N points over the ranges, not the product")
+    sw.add_argument("--workers", type=int, help="local processes (default: one per CPU)")
+    sw.add_argument("--scheduler", metavar="ADDRESS",
+                    help="run on a Dask distributed cluster, e.g. tcp://10.0.0.5:8786")
+    sw.add_argument("--kpis", help="KPIs to plot (comma-separated; default "
+                                   "peak_trafo_loading_percent,v_min_pu,energy_unmet_share)")
+    sw.add_argument("--out", help="sweep folder; an existing one is resumed "
+                                  "(default results/<scenario>-sweep)")
+    sw.add_argument("--retry-failed", action="store_true",
+                    help="on resume, run again the runs that failed")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=cmd_sweep)
+
+    ck = sub.add_parser("check", help="run scenarios and fail unless every grid limit holds")
+    ck.add_argument("scenarios", nargs="+", metavar="SCENARIO", help="scenario TOML files")
+    ck.add_argument("--limits", help="limits TOML (default: each scenario's grid limits, "
+                                     "1 %% unmet energy)")
+    ck.add_argument("--baseline", metavar="FILE",
+                    help="also fail when a KPI moved beyond its tolerance from this baseline")
+    ck.add_argument("--update-baseline", action="store_true",
+                    help="record the runs' KPIs into --baseline instead of comparing")
+    ck.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
+    ck.add_argument("--strategy", help="override control.strategy")
+    ck.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
+    ck.add_argument("--workers", type=int, default=1, help="scenarios run in parallel")
+    ck.add_argument("--verbose", action="store_true", help="list baseline KPIs that held too")
+    ck.set_defaults(func=cmd_check)
+
+    rp = sub.add_parser("reproduce", help="run a recorded run again and compare its KPIs")
+    rp.add_argument("record", metavar="RUN_DIR",
+                    help="a run folder (run.json), a run.json, or a sweep folder with --run")
+    rp.add_argument("--run", metavar="RUN_ID", help="which run of a sweep folder")
+    rp.set_defaults(func=cmd_reproduce)
+
     csms = sub.add_parser("csms", help="the CSMS on its own")
     csms_sub = csms.add_subparsers(dest="csms_command", required=True)
     srv = csms_sub.add_parser("serve", help="run the CSMS server on the wall clock")
@@ -280,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err.print(f"[red]run failed:[/red] {exc}", highlight=False)
         return 1
-    except (ScenarioError, GridError, ConfigError) as exc:
+    except (ScenarioError, GridError, ConfigError, SweepError) as exc:
         if args.debug:
             raise
         err.print(f"[red]error:[/red] {exc}", highlight=False)

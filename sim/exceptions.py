@@ -24,3 +24,15 @@ class ScenarioError(SimError):
 
 class RunError(SimError):
     """A run could not complete (a station could not boot, the CSMS went away...)."""
+
+
+class SweepError(SimError):
+    """A sweep cannot be planned or its output folder cannot be used (a user error)."""
+
+
+class CheckError(ScenarioError):
+    """A limits, baseline or run-record file is unreadable or invalid.
+
+    ``problems`` as in :class:`ScenarioError`: ``(field path, message)`` pairs,
+    ``str()`` one line per problem prefixed with the file name.
+    """

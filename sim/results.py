@@ -169,11 +169,28 @@ def versions() -> dict[str, str]:
     """Versions of evtwin and its main dependencies, recorded with every run."""
     out = {"python": platform.python_version()}
     for pkg in ("evtwin", "ocpp", "websockets", "simpy", "mesa", "pandapower",
-                "power-grid-model", "power-grid-model-io", "numpy", "pandas", "pydantic"):
+                "power-grid-model", "power-grid-model-io", "numpy", "pandas", "pydantic",
+                "scipy"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = "not installed"
+    # evtwin's version number does not move with every change: record the commit
+    # of a source checkout too ("+dirty" with uncommitted changes), when there is one.
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=5)
+        if commit.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain",
+                                    "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5)
+            out["evtwin_commit"] = commit.stdout.strip() + ("+dirty" if dirty.stdout.strip()
+                                                            else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
     return out
 
 
@@ -189,8 +206,16 @@ def new_run_dir(root: str | Path, name: str) -> Path:
     return path
 
 
-def write_results(result: RunResult, out: Path, scenario_text: str | None = None) -> list[Path]:
-    """Write the scenario as run, KPIs, time series, sessions and plots into ``out``."""
+def write_results(result: RunResult, out: Path, scenario_text: str | None = None, *,
+                  command: list[str] | None = None) -> list[Path]:
+    """Write the scenario as run, KPIs, time series, sessions and plots into ``out``.
+
+    ``run.json`` is the self-contained record of the run (exact scenario, seed,
+    versions, ``command``: default this process's command line) that
+    ``evtwin reproduce`` runs again.
+    """
+    from .reproduce import run_record
+
     out.mkdir(parents=True, exist_ok=True)
     written = []
     sc_path = out / "scenario.json"
@@ -199,10 +224,15 @@ def write_results(result: RunResult, out: Path, scenario_text: str | None = None
     if scenario_text is not None:
         (out / "scenario.toml").write_text(scenario_text)
         written.append(out / "scenario.toml")
+    found = versions()
     kp = out / "kpis.json"
     kp.write_text(json.dumps({"kpis": result.kpis, "performance": result.performance,
-                              "seed": result.scenario.seed, "versions": versions()}, indent=2))
+                              "seed": result.scenario.seed, "versions": found}, indent=2))
     written.append(kp)
+    record = out / "run.json"
+    record.write_text(json.dumps(run_record(result.scenario, result.kpis, command=command,
+                                            versions=found), indent=2))
+    written.append(record)
     for name, df in (("timeseries.csv", result.timeseries),
                      ("station_power_kw.csv", result.station_power_kw),
                      ("sessions.csv", result.sessions),
