@@ -443,21 +443,43 @@ def _urgent_kw(s: SessionView, now: datetime) -> float:
 
 @register("pv_self_consumption")
 def pv_self_consumption(view: ControlView) -> Limits:
-    """Charge from local PV surplus; from the grid only to meet a departure.
+    """Charge from local PV; from the grid only to meet a departure.
 
-    ``view.pv_forecast_kw`` is read as the surplus of the whole CSMS (all
-    sites together); its current step is the PV budget. First every session
-    about to miss its departure gets what it needs from PV or grid (a laxity
-    below :data:`URGENCY_WINDOW`: a share of its cap growing to all of it as
-    laxity reaches 0), most urgent first within its site's limit. The PV
-    left over is then given in earliest-deadline order, each up to its cap
-    and within its site's limit. Everyone else gets 0: no PV, no charging.
+    Where sites report their own PV (``SiteView.pv_forecast_kw``, the PV
+    behind each site's connection), each site follows its own forecast and
+    sites without PV charge earliest-deadline-first within their limit (there
+    is no PV to wait for). Otherwise ``view.pv_forecast_kw`` is read as the
+    surplus of the whole CSMS, shared by all sites.
+
+    Within a PV pool: first every session about to miss its departure gets
+    what it needs from PV or grid (a laxity below :data:`URGENCY_WINDOW`: a
+    share of its cap growing to all of it as laxity reaches 0), most urgent
+    first within its site's limit. The PV left over is then given in
+    earliest-deadline order, each up to its cap and within its site's limit.
+    Everyone else gets 0: no PV, no charging.
     """
     now = view.now
-    pv_left = max(0.0, step_value(view.pv_forecast_kw, now))
+    if not any(site.pv_forecast_kw for site in view.sites):
+        return _follow_pv(view.sites, max(0.0, step_value(view.pv_forecast_kw, now)), now)
+    limits: Limits = {}
+    for site in view.sites:
+        if site.pv_forecast_kw:
+            limits.update(_follow_pv((site,), max(0.0, step_value(site.pv_forecast_kw, now)),
+                                     now))
+        elif site.limit_kw is None:
+            limits.update({_key(s): None for s in site.sessions})
+        else:
+            limits.update(_priority_fill(site, site.limit_kw,
+                                         sorted(site.sessions, key=_deadline_key)))
+    return limits
+
+
+def _follow_pv(sites: Sequence[SiteView], pv_kw: float, now: datetime) -> Limits:
+    """Share ``pv_kw`` among ``sites``' sessions (see :func:`pv_self_consumption`)."""
+    pv_left = pv_kw
     limits: Limits = {}
     site_left: dict[str, float] = {}
-    for site in view.sites:
+    for site in sites:
         budget = _INF if site.limit_kw is None else max(site.limit_kw, 0.0)
         for s in sorted(site.sessions, key=lambda s: (laxity_h(s, now), *_deadline_key(s))):
             p = min(_urgent_kw(s, now), usable_cap_kw(s), budget)
@@ -467,7 +489,7 @@ def pv_self_consumption(view: ControlView) -> Limits:
         site_left[site.name] = budget
     pv_left = max(pv_left, 0.0)
 
-    everyone = [(site, s) for site in view.sites for s in site.sessions]
+    everyone = [(site, s) for site in sites for s in site.sessions]
     queue = sorted(((site, s) for site, s in everyone
                     if not is_satisfied(s) and not _assumed_done(s)),
                    key=lambda x: _deadline_key(x[1]))

@@ -283,6 +283,18 @@ def test_pv_uses_the_grid_only_for_a_session_about_to_miss_its_departure() -> No
     assert out[k("relaxed")] == 0.0  # the 2 kW of PV went into "due"'s 11 kW
 
 
+def test_pv_per_site_each_site_follows_its_own_pv_and_sites_without_pv_charge() -> None:
+    sunny = SiteView("carport", None, (ev("a", departs_h=8.0), ev("b", departs_h=9.0)),
+                     pv_forecast_kw=((T0, 15.0),))
+    dark = SiteView("street", 11.0, (ev("c", departs_h=8.0), ev("d", departs_h=9.0)))
+    # The CSMS-wide figure is ignored once sites report their own PV.
+    out = pv_self_consumption(ControlView(now=T0, sites=(sunny, dark),
+                                          pv_forecast_kw=((T0, 100.0),)))
+    assert (out[("a", 1)], out[("b", 1)]) == pytest.approx((11.0, 4.0))
+    # No PV at the street: earliest deadline first within its 11 kW limit.
+    assert (out[("c", 1)], out[("d", 1)]) == pytest.approx((11.0, 0.0))
+
+
 def test_pv_charges_more_as_the_sun_rises() -> None:
     fleet = [_EV("a", departs_h=8.0, need_kwh=30.0, ev_max_kw=11.0)]
     dim = simulate(pv_self_consumption, fleet, limit_kw=50.0, hours=2.0, pv_kw=2.0)
