@@ -26,6 +26,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import socket
 import time
 import traceback
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .exceptions import ScenarioError, SweepError
+from .exceptions import RunError, ScenarioError, SweepError
 from .scenario import Scenario, load_scenario
 
 #: KPIs plotted when none are chosen.
@@ -355,8 +356,13 @@ class Backend(ABC):
         """The futures as they finish."""
 
     @abstractmethod
-    def close(self) -> None:
-        """Stop what was started (pending runs are cancelled)."""
+    def close(self, *, interrupted: bool = False) -> None:
+        """Stop what was started; pending runs are cancelled, running ones too if interrupted."""
+
+
+def _ignore_sigint() -> None:
+    """Pool worker initializer: Ctrl-C is for the main process, which stops the workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class LocalBackend(Backend):
@@ -366,7 +372,8 @@ class LocalBackend(Backend):
         self.workers = workers
         self.description = f"{workers} local worker{'s' if workers != 1 else ''}"
         self.pool = ProcessPoolExecutor(max_workers=workers,
-                                        mp_context=multiprocessing.get_context("spawn"))
+                                        mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_ignore_sigint)
 
     def submit(self, spec: RunSpec) -> Future[dict[str, Any]]:
         return self.pool.submit(execute_run, spec)
@@ -374,7 +381,11 @@ class LocalBackend(Backend):
     def as_completed(self, futures: list[Any]) -> Iterator[Any]:
         return futures_completed(futures)
 
-    def close(self) -> None:
+    def close(self, *, interrupted: bool = False) -> None:
+        if interrupted:
+            # A run can take minutes: do not wait for the ones in flight.
+            for proc in multiprocessing.active_children():
+                proc.terminate()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
@@ -401,7 +412,8 @@ class DaskBackend(Backend):
 
         return iter(as_completed(futures))
 
-    def close(self) -> None:
+    def close(self, *, interrupted: bool = False) -> None:
+        # The scheduler drops the tasks no client wants any more.
         self.client.close()
 
 
@@ -544,9 +556,10 @@ def run_sweep(plan: SweepPlan, out: str | Path, *, workers: int | None = None,
                     try:
                         rec = fut.result()
                     except BrokenProcessPool as exc:
-                        raise SweepError(
-                            "a worker process died (out of memory?); finished runs are "
-                            "kept: run the same command again to resume") from exc
+                        # Which run took its worker down is unknown: stop, keep the journal.
+                        raise RunError(
+                            "a worker process died (killed, or out of memory?); finished "
+                            "runs are kept: run the same command again to resume") from exc
                     except Exception as exc:  # the task, not the run, failed (lost worker)
                         rec = _failed_record(spec, f"{type(exc).__name__}: {exc}")
                     journal.append(rec)
@@ -560,7 +573,11 @@ def run_sweep(plan: SweepPlan, out: str | Path, *, workers: int | None = None,
             except KeyboardInterrupt:
                 interrupted = True
             finally:
-                backend.close()
+                try:
+                    backend.close(interrupted=interrupted)
+                except KeyboardInterrupt:  # a second Ctrl-C, or one while shutting down
+                    interrupted = True
+                    backend.close(interrupted=True)
     finally:
         journal.close()
     table = sweep_table(plan, done)
