@@ -29,6 +29,18 @@ _MESSAGES = {
 }
 
 
+def read_toml(path: str | Path) -> tuple[dict[str, Any] | None, str]:
+    """A TOML file as a mapping, or (None, what went wrong) for an error line."""
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8")), ""
+    except FileNotFoundError:
+        return None, "file not found"
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, f"cannot read the file: {exc}"
+    except tomllib.TOMLDecodeError as exc:
+        return None, f"TOML syntax error: {exc}"
+
+
 def validation_problems(err: ValidationError) -> list[tuple[str, str]]:
     """pydantic errors as ``(dotted.path, short message)`` pairs, all of them."""
     out = []
@@ -272,12 +284,9 @@ def load_config(path: str | Path | None) -> ServeConfig:
     if path is None:
         return ServeConfig()
     source = str(path)
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileConfigError(source, [("", "file not found")]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise FileConfigError(source, [("", f"TOML syntax error: {exc}")]) from None
+    data, error = read_toml(path)
+    if data is None:
+        raise FileConfigError(source, [("", error)])
     problems = _cross_problems(data)
     try:
         config = ServeConfig.model_validate(data)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from evtwin.csms.config import read_toml, validation_problems
 
 from .exceptions import CheckError
 from .scenario import Scenario
@@ -143,19 +144,12 @@ def load_limits(path: str | Path | None) -> LimitsFile:
     if path is None:
         return LimitsFile()
     source = str(path)
-    try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckError(source, [("", "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CheckError(source, [("", f"cannot read the file: {exc}")]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise CheckError(source, [("", f"TOML syntax error: {exc}")]) from None
+    data, error = read_toml(path)
+    if data is None:
+        raise CheckError(source, [("", error)])
     try:
         return LimitsFile.model_validate(data)
     except ValidationError as err:
-        from evtwin.csms.config import validation_problems
-
         # The KPI-name check is model-level: validation_problems leaves it to us.
         raise CheckError(source, validation_problems(err) + kpi_name_problems(data)) from None
 

@@ -8,7 +8,6 @@ Every error in a file is reported at once with the path to its field::
 
 from __future__ import annotations
 
-import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -16,7 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from evtwin.agents.behaviour import DEFAULTS
-from evtwin.csms.config import validation_problems
+from evtwin.csms.config import read_toml, validation_problems
 from evtwin.csms.strategies import check_strategy_name
 from evtwin.grid import NETWORKS
 
@@ -417,14 +416,9 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     """
     p = Path(path)
     source = str(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ScenarioError(source, [("", "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(source, [("", f"cannot read the file: {exc}")]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ScenarioError(source, [("", f"TOML syntax error: {exc}")]) from None
+    data, error = read_toml(p)
+    if data is None:
+        raise ScenarioError(source, [("", error)])
     data.setdefault("name", p.stem)
     for dotted, value in (overrides or {}).items():
         _override(data, dotted, value, source)
