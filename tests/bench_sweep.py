@@ -1,7 +1,7 @@
 """Benchmark: sweep throughput (runs per minute) on 1 and on 2 local workers.
 
 Run with ``make bench`` (pytest-benchmark; skipped in the default test run).
-The same sweep, ``scenarios/demo.toml`` (24 h, 14 EVs, ~4-5 s a run) over 10
+The same sweep, ``scenarios/demo.toml`` (24 h, 14 EVs, ~4-5 s a run) over 16
 seeds, runs on one local worker and on two, twice each and interleaved (the
 best of each counts), every sweep into a fresh folder (nothing resumed), pool
 start-up included: that is the throughput a user gets. The target is a ratio
@@ -19,7 +19,7 @@ import pytest
 from evtwin.sim.sweep import plan_sweep, run_sweep
 
 DEMO = Path(__file__).resolve().parents[1] / "scenarios" / "demo.toml"
-RUNS = 10
+RUNS = 16
 
 
 def _runs_per_min(tmp_path: Path, workers: int) -> float:
