@@ -24,7 +24,14 @@ from .model import (
     SiteView,
     StationSpec,
 )
-from .profiles import ChargingProfile, Period, ProfileSet
+from .profiles import (
+    ChargingProfile,
+    Period,
+    ProfileError,
+    ProfileSet,
+    profile_from_json,
+    profile_to_json,
+)
 from .store import Store
 from .strategies import EvseKey, get_strategy
 
@@ -110,7 +117,14 @@ class CSMSCore:
         self._restore()
 
     def _restore(self) -> None:
-        """Reload open transactions and the limits stations accepted (after a restart)."""
+        """Reload open transactions, installed profiles and accepted limits (after a restart)."""
+        for station_id, texts in self.store.installed_profiles().items():
+            profiles = self.profile_set(station_id)
+            for text in texts:
+                try:
+                    profiles.install(profile_from_json(text))
+                except (ProfileError, ValueError, KeyError, TypeError) as exc:
+                    log.warning("%s: stored profile not restored: %s", station_id, exc)
         for tx in self.store.open_transactions():
             last = tx["last"]
             energy = last["Energy.Active.Import.Register"]
@@ -135,7 +149,10 @@ class CSMSCore:
         for key, limit_w in self.store.last_accepted_limits_w().items():
             if key in open_evses:
                 self.sent_limits_w[key] = limit_w
-                self._install_tx_limit(key[0], key[1], tx_of[key], limit_w, self.clock())
+                restored = any(p.purpose == "TxProfile" and p.transaction_id == tx_of[key]
+                               for p in self.profile_set(key[0]).profiles)
+                if not restored:  # a database from before installed profiles were kept
+                    self._install_tx_limit(key[0], key[1], tx_of[key], limit_w, self.clock())
 
     # -- registry ------------------------------------------------------------
     def knows(self, station_id: str) -> bool:
@@ -262,6 +279,7 @@ class CSMSCore:
         if event_type == "Ended":
             self.sent_limits_w.pop((station_id, session.evse_id), None)
             self.profile_set(station_id).end_transaction(tx_id)
+            self.persist_profiles(station_id)
             self.sessions_changed = True
         if session.ended_at is not None:
             self._write_cdr(session)
@@ -466,14 +484,23 @@ class CSMSCore:
         return commands
 
     def profile_set(self, station_id: str) -> ProfileSet:
-        """The profiles the CSMS believes installed on a station."""
+        """The profiles the CSMS believes installed on a station.
+
+        After changing it, call :meth:`persist_profiles` so a restart finds it.
+        """
         return self.profiles.setdefault(station_id, ProfileSet())
+
+    def persist_profiles(self, station_id: str) -> None:
+        """Write a station's installed profiles to the store (replacing the old set)."""
+        self.store.save_installed_profiles(
+            station_id, [profile_to_json(p) for p in self.profile_set(station_id).profiles])
 
     def _install_tx_limit(self, station_id: str, evse_id: int, transaction_id: str,
                           limit_w: float, at: datetime, profile_id: int = 0) -> None:
         self.profile_set(station_id).install(ChargingProfile(
             profile_id or self.next_profile_id(), evse_id, "TxProfile", 0, "Absolute", "W",
             (Period(0, limit_w),), start_schedule=at, transaction_id=transaction_id))
+        self.persist_profiles(station_id)
 
     def effective_limit_w(self, station_id: str, evse_id: int, at: datetime | None = None
                           ) -> float | None:

@@ -21,9 +21,10 @@ Rules (OCPP 2.0.1 K01/K08, 1.6 §3.13):
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 Purpose = Literal["ChargingStationMaxProfile", "TxDefaultProfile", "TxProfile",
                   "ChargingStationExternalConstraints"]
@@ -133,6 +134,28 @@ class ChargingProfile:
             if self.duration_s is not None:
                 points.add(origin + timedelta(seconds=self.duration_s))
         return sorted(p for p in points if p is not None and t0 < p < t1)
+
+
+_TIME_FIELDS = ("start_schedule", "valid_from", "valid_to")
+
+
+def profile_to_json(profile: ChargingProfile) -> str:
+    """A profile as JSON text, for the store (times in ISO 8601)."""
+    record: dict[str, Any] = asdict(profile)
+    for name in _TIME_FIELDS:
+        if record[name] is not None:
+            record[name] = record[name].isoformat()
+    return json.dumps(record, sort_keys=True)
+
+
+def profile_from_json(text: str) -> ChargingProfile:
+    """The inverse of :func:`profile_to_json`."""
+    record = json.loads(text)
+    for name in _TIME_FIELDS:
+        if record[name] is not None:
+            record[name] = datetime.fromisoformat(record[name])
+    record["periods"] = tuple(Period(**p) for p in record["periods"])
+    return ChargingProfile(**record)
 
 
 def to_unit(value: float, unit: Unit, target: Unit, phases: int) -> float:

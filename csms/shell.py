@@ -634,6 +634,7 @@ class ShellBase(ABC):
             if domain is not None:
                 try:
                     self.core.profile_set(self.id).install(domain)
+                    self.core.persist_profiles(self.id)
                 except ProfileError as exc:  # accepted by the station all the same
                     log.warning("%s: profile %s not kept: %s", self.id, profile_id, exc)
         return result
@@ -649,6 +650,7 @@ class ShellBase(ABC):
         else:
             self.core.profile_set(self.id).clear(evse_id=evse_id, purpose=purpose,
                                                  stack_level=stack_level)
+        self.core.persist_profiles(self.id)
 
     # -- operations every version offers ---------------------------------------
     @abstractmethod

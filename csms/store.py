@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -104,6 +104,14 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (station_id, transaction_id)
     );
     ALTER TABLE charging_profiles ADD COLUMN limit_w REAL;
+    """,
+    3: """
+    CREATE TABLE installed_profiles (
+        station_id  TEXT NOT NULL,
+        position    INTEGER NOT NULL,
+        profile     TEXT NOT NULL,
+        PRIMARY KEY (station_id, position)
+    );
     """,
 }
 
@@ -268,6 +276,21 @@ class Store:
                  sent_at, status, limit_w),
             )
 
+    def save_installed_profiles(self, station_id: str, profiles: list[str]) -> None:
+        """Replace what a station has installed: its profiles as JSON, in install order."""
+        with self._tx():
+            self._db.execute("DELETE FROM installed_profiles WHERE station_id=?", (station_id,))
+            self._db.executemany("INSERT INTO installed_profiles VALUES (?, ?, ?)",
+                                 [(station_id, i, p) for i, p in enumerate(profiles)])
+
+    def installed_profiles(self) -> dict[str, list[str]]:
+        """Every station's installed profiles (JSON, in install order)."""
+        out: dict[str, list[str]] = {}
+        for r in self._db.execute(
+                "SELECT station_id, profile FROM installed_profiles ORDER BY station_id, position"):
+            out.setdefault(r[0], []).append(r[1])
+        return out
+
     def max_profile_id(self) -> int:
         """The highest charging-profile id ever sent (0 if none)."""
         row = self._db.execute("SELECT MAX(profile_id) FROM charging_profiles").fetchone()
@@ -374,7 +397,8 @@ class Store:
     def count(self, table: str) -> int:
         """Number of rows in one of the CSMS's tables."""
         if table not in {"stations", "evses", "transactions", "transaction_events",
-                         "meter_values", "charging_profiles", "security_events"}:
+                         "meter_values", "charging_profiles", "security_events",
+                         "installed_profiles"}:
             raise ValueError(f"unknown table {table!r}")
         return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
 

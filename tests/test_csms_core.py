@@ -262,6 +262,27 @@ def test_store_file_is_wal_with_schema_version(tmp_path: Path) -> None:
         db.close()
 
 
+def test_a_version_2_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> None:
+    from evtwin.csms.store import _MIGRATIONS
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(_MIGRATIONS[1] + _MIGRATIONS[2] + "PRAGMA user_version=2;")
+    db.execute("INSERT INTO charging_profiles VALUES ('CS1', 1, 7, 'TxProfile', 0, 11000, "
+               "'W', '2026-06-01T12:00:00Z', 'Accepted', 11000)")
+    db.commit()
+    db.close()
+    store = Store(path)
+    try:
+        assert store.schema_version == SCHEMA_VERSION == 3
+        assert store.max_profile_id() == 7
+        assert store.installed_profiles() == {}
+        store.save_installed_profiles("CS1", ["{}"])
+        assert store.count("installed_profiles") == 1
+    finally:
+        store.close()
+
+
 def test_store_refuses_a_newer_schema(tmp_path: Path) -> None:
     path = tmp_path / "csms.sqlite"
     Store(path).close()

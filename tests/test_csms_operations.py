@@ -778,3 +778,39 @@ def test_v2x_profiles_are_sent_but_not_modelled_by_the_core() -> None:
             assert server.core.profile_set("CS21").profiles == []
 
     run(scenario)
+
+
+@pytest.mark.parametrize("version", ["1.6", "2.0.1", "2.1"])
+def test_installed_profiles_survive_a_restart_and_so_do_clears(tmp_path: Any,
+                                                              version: str) -> None:
+    """Profiles an operator set (not only the controller's limits) are there after a restart."""
+    db = tmp_path / "csms.sqlite"
+    station_id = STATION_IDS[version]
+    core = make_core(Store(db))
+
+    async def install(server: CSMSServer) -> None:
+        async with connected_station(server, version) as (shell, _station, _transport):
+            assert (await shell.set_charging_profile(0, STATION_MAX))["status"] == "Accepted"
+            assert (await shell.set_charging_profile(1, RECURRING))["status"] == "Accepted"
+
+    run(install, core=core)
+    before = core.profile_set(station_id).profiles
+    assert {p.purpose for p in before} == {"ChargingStationMaxProfile", "TxDefaultProfile"}
+    limit_before = core.effective_limit_w(station_id, 1, T0 + timedelta(hours=5))
+    core.store.close()
+
+    restarted = make_core(Store(db))
+    assert restarted.profile_set(station_id).profiles == before  # every field, times too
+    assert restarted.effective_limit_w(station_id, 1, T0 + timedelta(hours=5)) == limit_before
+    assert limit_before == 3700.0  # the recurring profile's evening period, under the max
+
+    async def clear(server: CSMSServer) -> None:
+        async with connected_station(server, version) as (shell, _station, _transport):
+            max_id = next(p.profile_id for p in before
+                          if p.purpose == "ChargingStationMaxProfile")
+            assert (await shell.clear_charging_profile(profile_id=max_id))["status"] == "Accepted"
+
+    run(clear, core=restarted)
+    restarted.store.close()
+    again = make_core(Store(db))
+    assert [p.purpose for p in again.profile_set(station_id).profiles] == ["TxDefaultProfile"]
