@@ -16,6 +16,10 @@ them can be overridden per scenario.
   few hours, median energy around 8-10 kWh.
 - fleet: battery sizes of common European EVs 2023-24 (40-100 kWh); AC
   on-board chargers 11 kW three-phase or 7.4 kW single-phase.
+- weekends: the sources agree that workplace charging is a weekday
+  activity and home and public charging go on at weekends; the weekend
+  shares below (home 0.9, workplace 0.1, public 0.8 of weekday visits) are
+  our assumptions in that direction, not figures read off the papers.
 - efficiency: 0.92 grid-to-battery for AC charging (Apostolaki-Iosifidou,
   Codani, Kempton, "Measurement of power loss during electric vehicle
   charging and discharging", Energy 2017: 85-95 % depending on power).
@@ -55,12 +59,17 @@ class Behaviour:
     energy_min_kwh: float = 1.0
     energy_max_kwh: float = 60.0
     patience_min: float = 15.0
+    weekend_share: float = 1.0
+    """Chance that a driver's daily visit also happens on a Saturday or Sunday."""
 
 
 DEFAULTS: dict[str, Behaviour] = {
-    "home": Behaviour(18.5, 1.5, 14.0, 23.5, 12.5, 0.12, 8.0, 16.0, 9.0, 0.5),
-    "workplace": Behaviour(8.5, 1.0, 6.0, 11.5, 7.5, 0.3, 1.0, 11.0, 10.0, 0.6, 2.0, 40.0),
-    "public": Behaviour(13.0, 3.5, 7.0, 21.0, 2.5, 0.6, 0.5, 10.0, 8.0, 0.7, 1.0, 50.0),
+    "home": Behaviour(18.5, 1.5, 14.0, 23.5, 12.5, 0.12, 8.0, 16.0, 9.0, 0.5,
+                      weekend_share=0.9),
+    "workplace": Behaviour(8.5, 1.0, 6.0, 11.5, 7.5, 0.3, 1.0, 11.0, 10.0, 0.6, 2.0, 40.0,
+                           weekend_share=0.1),
+    "public": Behaviour(13.0, 3.5, 7.0, 21.0, 2.5, 0.6, 0.5, 10.0, 8.0, 0.7, 1.0, 50.0,
+                        weekend_share=0.8),
 }
 
 BATTERY_KWH = np.array([40.0, 58.0, 77.0, 100.0])

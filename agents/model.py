@@ -33,12 +33,17 @@ class SiteConfig:
     bidirectional: bool = False
 
 
+def weekday(t_s: float, start_hour: float, start_weekday: int) -> int:
+    """Day of the week (Monday 0) at ``t_s`` seconds after a start at ``start_hour``."""
+    return (start_weekday + int((start_hour * 3600.0 + t_s) // 86400.0)) % 7
+
+
 class ChargingModel(mesa.Model):
     """EV agents and virtual stations at one or more sites."""
 
     def __init__(self, sites: Sequence[SiteConfig], *, seed: int, duration_s: float,
                  start_hour: float, iso15118_share: float = 0.0, v2g_share: float = 0.0,
-                 min_soc: float = 0.2) -> None:
+                 min_soc: float = 0.2, start_weekday: int = 0) -> None:
         super().__init__(rng=np.random.default_rng(seed))
         self.sites = {s.name: s for s in sites}
         self.stations: list[VirtualStation] = []
@@ -50,6 +55,9 @@ class ChargingModel(mesa.Model):
                                     site.phases)
                 self.stations.append(st)
         days = max(1, int(np.ceil(duration_s / 86400.0)))
+        # Whether a weekend visit happens comes from its own stream: the share
+        # does not reshuffle anyone's weekday visits.
+        weekend_rng = np.random.default_rng([seed, 4])
         n = 0
         for site in sites:
             for _ in range(site.ev_count):
@@ -57,7 +65,10 @@ class ChargingModel(mesa.Model):
                 vehicle = draw_vehicle(self.rng)
                 visits = [draw_visit(self.rng, site.behaviour, vehicle, d * 86400.0, start_hour)
                           for d in range(days)]
-                visits = [v for v in visits if v.arrival_s < duration_s]
+                keep = weekend_rng.random(len(visits)) < site.behaviour.weekend_share
+                visits = [v for v, k in zip(visits, keep, strict=True)
+                          if v.arrival_s < duration_s
+                          and (k or weekday(v.arrival_s, start_hour, start_weekday) < 5)]
                 self.evs.append(EV(self, f"EV{n:04d}", site.name, vehicle, visits,
                                    id_token=f"TOKEN{n:04d}"))
         # Who states their needs comes from its own stream, so changing the

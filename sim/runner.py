@@ -128,7 +128,7 @@ def build_model(sc: Scenario) -> ChargingModel:
     start_hour = sc.start.hour + sc.start.minute / 60.0 + sc.start.second / 3600.0
     return ChargingModel(sites, seed=sc.seed, duration_s=sc.duration_s, start_hour=start_hour,
                          iso15118_share=sc.ev.iso15118_share, v2g_share=sc.ev.v2g_share,
-                         min_soc=sc.ev.min_soc)
+                         min_soc=sc.ev.min_soc, start_weekday=sc.start.weekday())
 
 
 def build_feeder(sc: Scenario, n_stations: int, station_sites: list[str] | None = None,

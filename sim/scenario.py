@@ -42,6 +42,8 @@ class BehaviourOverrides(_Strict):
     energy_min_kwh: float | None = Field(None, gt=0)
     energy_max_kwh: float | None = Field(None, gt=0)
     patience_min: float | None = Field(None, ge=0)
+    weekend_share: float | None = Field(None, ge=0, le=1)
+    """Chance that a daily visit also happens on Saturdays and Sundays."""
 
 
 class Site(_Strict):

@@ -552,3 +552,50 @@ def test_model_visits_fall_inside_the_run_and_leave_after_arriving() -> None:
             assert visit.departure_s > visit.arrival_s
         arrivals = [v.arrival_s for v in ev.visits]
         assert arrivals == sorted(arrivals)
+
+
+# --------------------------------------------------------------------------- weekdays
+def _week(kind: str, *, start_weekday: int = 0, **overrides: float) -> ChargingModel:
+    from dataclasses import replace
+
+    site = SiteConfig(name=kind, kind=kind, stations=40, evses_per_station=1, evse_max_kw=11.0,
+                      phases=3, behaviour=replace(DEFAULTS[kind], **overrides), ev_count=40)
+    return ChargingModel([site], seed=5, duration_s=14 * 86400.0, start_hour=0.0,
+                         start_weekday=start_weekday)
+
+
+def _visits_by_weekday(m: ChargingModel, start_weekday: int = 0) -> np.ndarray:
+    from evtwin.agents.model import weekday
+
+    counts = np.zeros(7)
+    for ev in m.evs:
+        for v in ev.visits:
+            counts[weekday(v.arrival_s, 0.0, start_weekday)] += 1
+    return counts
+
+
+def test_workplace_chargers_are_quiet_at_weekends_and_homes_are_not() -> None:
+    work = _visits_by_weekday(_week("workplace"))
+    home = _visits_by_weekday(_week("home"))
+    assert work[:5].min() == 80  # 40 drivers, every weekday of two weeks
+    assert work[5:].sum() < 0.25 * work[:2].sum()  # about 10 % come in at weekends
+    assert home[5:].mean() > 0.75 * home[:5].mean()  # about 90 % charge at home
+
+
+def test_weekend_share_leaves_weekday_visits_alone() -> None:
+    def weekday_visits(m: ChargingModel) -> list[float]:
+        from evtwin.agents.model import weekday
+
+        return [v.arrival_s for ev in m.evs for v in ev.visits
+                if weekday(v.arrival_s, 0.0, 0) < 5]
+
+    none, all_ = _week("public", weekend_share=0.0), _week("public", weekend_share=1.0)
+    assert _visits_by_weekday(none)[5:].sum() == 0
+    assert _visits_by_weekday(all_)[5:].min() == 80
+    assert weekday_visits(none) == weekday_visits(all_)
+
+
+def test_the_calendar_follows_the_start_day() -> None:
+    # Starting on a Saturday: the first two days are the weekend.
+    work = _visits_by_weekday(_week("workplace", start_weekday=5), start_weekday=5)
+    assert work[5:].sum() < 20 and work[:5].min() == 80
