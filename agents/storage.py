@@ -83,11 +83,13 @@ class StationaryBattery:
         avail_kwh = (self.soc - self.soc_min) * self.capacity_kwh * self.efficiency
         return max(0.0, min(self.power_kw, avail_kwh / step_h))
 
-    def decide_kw(self, site_net_kw: float, price_per_kwh: float, step_h: float) -> float:
+    def decide_kw(self, site_net_kw: float, price_per_kwh: float, step_h: float,
+                  import_cap_kw: float = float("inf")) -> float:
         """The dispatch rule's power for the next step (kW, + charging).
 
         ``site_net_kw`` is the site's demand at the connection point without the
-        battery (EV charging minus the site's PV; negative = surplus).
+        battery (EV charging minus the site's PV; negative = surplus). The
+        battery never charges the site's import above ``import_cap_kw``.
         """
         if self.dispatch == "peak_shaving":
             want = self.target_kw - site_net_kw
@@ -102,7 +104,8 @@ class StationaryBattery:
         else:
             want = 0.0
         if want >= 0.0:
-            return min(want, self.max_charge_kw(step_h))
+            headroom = max(0.0, import_cap_kw - site_net_kw)
+            return min(want, self.max_charge_kw(step_h), headroom)
         return -min(-want, self.max_discharge_kw(step_h))
 
     def apply(self, power_kw: float, step_h: float) -> None:
@@ -120,9 +123,10 @@ class StationaryBattery:
         # Rounding must not leave the window.
         self.soc = min(max(self.soc, self.soc_min), self.soc_max)
 
-    def step(self, site_net_kw: float, price_per_kwh: float, step_h: float) -> float:
+    def step(self, site_net_kw: float, price_per_kwh: float, step_h: float,
+             import_cap_kw: float = float("inf")) -> float:
         """Decide and run one step; returns the grid-side power (kW, + charging)."""
-        self.apply(self.decide_kw(site_net_kw, price_per_kwh, step_h), step_h)
+        self.apply(self.decide_kw(site_net_kw, price_per_kwh, step_h, import_cap_kw), step_h)
         return self.power_now_kw
 
     @property

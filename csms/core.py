@@ -147,12 +147,16 @@ class CSMSCore:
         open_evses = {(s.station_id, s.evse_id) for s in self.sessions.values()}
         tx_of = {(s.station_id, s.evse_id): s.transaction_id for s in self.sessions.values()}
         for key, limit_w in self.store.last_accepted_limits_w().items():
-            if key in open_evses:
+            if key not in open_evses:
+                continue
+            if 0 < self.store.opened_schema_version < 3:
+                # A database from before installed profiles were kept: the
+                # last accepted limit is all there is.
                 self.sent_limits_w[key] = limit_w
-                restored = any(p.purpose == "TxProfile" and p.transaction_id == tx_of[key]
-                               for p in self.profile_set(key[0]).profiles)
-                if not restored:  # a database from before installed profiles were kept
-                    self._install_tx_limit(key[0], key[1], tx_of[key], limit_w, self.clock())
+                self._install_tx_limit(key[0], key[1], tx_of[key], limit_w, self.clock())
+            elif self._has_tx_profile(key[0], tx_of[key]):
+                # (A TxProfile missing from the installed set was cleared: it stays so.)
+                self.sent_limits_w[key] = limit_w
 
     # -- registry ------------------------------------------------------------
     def knows(self, station_id: str) -> bool:
@@ -489,6 +493,19 @@ class CSMSCore:
         After changing it, call :meth:`persist_profiles` so a restart finds it.
         """
         return self.profiles.setdefault(station_id, ProfileSet())
+
+    def _has_tx_profile(self, station_id: str, transaction_id: str) -> bool:
+        return any(p.purpose == "TxProfile" and p.transaction_id == transaction_id
+                   for p in self.profile_set(station_id).profiles)
+
+    def profiles_cleared(self, station_id: str) -> None:
+        """After a station cleared profiles: persist, and forget the controller's
+        limits whose TxProfile went with them (the next cycle sends them again)."""
+        self.persist_profiles(station_id)
+        for s in self.open_sessions():
+            if s.station_id == station_id and not self._has_tx_profile(station_id,
+                                                                        s.transaction_id):
+                self.sent_limits_w.pop((station_id, s.evse_id), None)
 
     def persist_profiles(self, station_id: str) -> None:
         """Write a station's installed profiles to the store (replacing the old set)."""

@@ -650,7 +650,7 @@ class ShellBase(ABC):
         else:
             self.core.profile_set(self.id).clear(evse_id=evse_id, purpose=purpose,
                                                  stack_level=stack_level)
-        self.core.persist_profiles(self.id)
+        self.core.profiles_cleared(self.id)
 
     # -- operations every version offers ---------------------------------------
     @abstractmethod

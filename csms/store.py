@@ -131,6 +131,8 @@ class Store:
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        #: The schema the file had when opened (0: a new file).
+        self.opened_schema_version = int(version)
         if version > SCHEMA_VERSION:
             raise RuntimeError(
                 f"{self.path}: database schema v{version} is newer than "

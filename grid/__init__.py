@@ -11,7 +11,7 @@ from evtwin.grid.exceptions import (
     PowerFlowError,
     UnknownNetworkError,
 )
-from evtwin.grid.feeder import Engine, Feeder, place_stations
+from evtwin.grid.feeder import Engine, Feeder, place_stations, supplied_buses
 from evtwin.grid.networks import NETWORKS, load_network
 from evtwin.grid.profiles import BaseLoadProfile, ProfileShape
 from evtwin.grid.pv import PVProfile, clear_sky_pu, read_pv_csv
@@ -35,4 +35,5 @@ __all__ = [
     "load_network",
     "place_stations",
     "read_pv_csv",
+    "supplied_buses",
 ]

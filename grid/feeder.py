@@ -582,6 +582,11 @@ class Feeder:
 
 
 # --------------------------------------------------------------------- station mapping
+def supplied_buses(net: pp.pandapowerNet) -> set[int]:
+    """In-service buses the external grid supplies: where loads and resources can go."""
+    return {int(b) for b in _supplied_buses(net)}
+
+
 def place_stations(net: pp.pandapowerNet, n_stations: int) -> list[int]:
     """The buses :class:`Feeder` puts ``n_stations`` stations on when none are given."""
     return _spread_station_buses(net, n_stations, _supplied_buses(net))

@@ -131,7 +131,6 @@ class PVProfile:
             a, b = c * _DAY_CONCENTRATION, (1.0 - c) * _DAY_CONCENTRATION
             cover = rng.beta(a, b, n_days)
         else:
-            rng.random(n_days)  # keep the stream aligned across cloudiness values
             cover = np.full(n_days, c)
         day_index = 1.0 - (1.0 - _OVERCAST_INDEX) * cover
         # Passing clouds: strongest on half-cloudy days, none on clear or overcast ones.
@@ -151,14 +150,18 @@ class PVProfile:
 
 def read_pv_csv(path: str | Path, start: datetime, n_steps: int, step_s: float,
                 peak_kw: float) -> FloatArray:
-    """A measured or forecast PV profile, interpolated onto the run's steps (kW).
+    """A measured or forecast PV profile on the run's steps (kW).
 
     The file has a ``time`` column (ISO 8601; without an offset it is taken in
-    the run's time zone) and either ``p_kw`` (the plant's output) or ``pu``
-    (output per kWp, scaled by ``peak_kw``). It must cover the whole run.
+    the run's time zone; offsets may change, e.g. across daylight saving) and
+    either ``p_kw`` (the plant's output) or ``pu`` (output per kWp, scaled by
+    ``peak_kw``). Between rows the output is linear. Like the clear-sky
+    profile, each step's value is the mean over the step that ends there (row
+    0 is the instant at ``start``), so the energy is the file's. It must cover
+    the whole run.
 
     Raises:
-        GridError: the file is missing, malformed or too short.
+        GridError: the file is missing, malformed, has gaps or is too short.
     """
     try:
         frame = pd.read_csv(path)
@@ -167,22 +170,44 @@ def read_pv_csv(path: str | Path, start: datetime, n_steps: int, step_s: float,
     if "time" not in frame or not ({"p_kw", "pu"} & set(frame.columns)):
         raise GridError(f"{path}: a PV profile needs a 'time' column and 'p_kw' or 'pu'")
     try:
-        times = pd.to_datetime(frame["time"])
-        if times.dt.tz is None and start.tzinfo is not None:
-            times = times.dt.tz_localize(start.tzinfo)
-        elif times.dt.tz is not None and start.tzinfo is None:
-            times = times.dt.tz_convert(None)
+        raw = frame["time"].astype(str).str.strip()
+        if raw.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$").any():
+            times = pd.to_datetime(raw, utc=True)  # mixed offsets (DST) parse as UTC
+        else:
+            times = pd.to_datetime(raw)
+            if start.tzinfo is not None:
+                times = times.dt.tz_localize(start.tzinfo)
         values = (frame["p_kw"].astype(float) if "p_kw" in frame
                   else frame["pu"].astype(float) * peak_kw)
-    except (ValueError, TypeError) as exc:
-        raise GridError(f"{path}: bad PV profile values: {exc}") from None
-    t_s = np.array([(t.to_pydatetime() - start).total_seconds() for t in times])
+        t_s = np.array([(t.to_pydatetime() - start).total_seconds() for t in times])
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise GridError(f"{path}: bad PV profile times or values: {exc}") from None
+    v = values.to_numpy(dtype=np.float64)
+    if not (np.isfinite(v).all() and np.isfinite(t_s).all()):
+        raise GridError(f"{path}: the PV profile has empty or non-numeric cells")
     order = np.argsort(t_s, kind="stable")
-    t_s, v = t_s[order], values.to_numpy(dtype=np.float64)[order]
+    t_s, v = t_s[order], v[order]
     end_s = (n_steps - 1) * step_s
     if len(t_s) == 0 or t_s[0] > 0 or t_s[-1] < end_s:
         raise GridError(f"{path}: the PV profile must cover the run "
                         f"({start.isoformat()} + {end_s / 3600:g} h)")
     if np.any(v < 0):
         raise GridError(f"{path}: PV output must be >= 0")
-    return np.asarray(np.interp(np.arange(n_steps) * step_s, t_s, v), dtype=np.float64)
+    at = np.arange(n_steps, dtype=np.float64) * float(step_s)
+    energy = _energy_kws(t_s, v, at)
+    out = np.empty(n_steps)
+    out[0] = np.interp(0.0, t_s, v)
+    out[1:] = np.diff(energy) / step_s
+    return out
+
+
+def _energy_kws(t_s: FloatArray, v: FloatArray, at: FloatArray) -> FloatArray:
+    """Integral of the piecewise-linear ``(t_s, v)`` from ``t_s[0]`` to each ``at`` (kW·s)."""
+    dt = np.diff(t_s)
+    cumulative = np.concatenate([[0.0], np.cumsum(0.5 * (v[1:] + v[:-1]) * dt)])
+    i = np.clip(np.searchsorted(t_s, at, side="right") - 1, 0, len(t_s) - 2)
+    if len(t_s) == 1:
+        return np.asarray(v[0] * (at - t_s[0]), dtype=np.float64)
+    x = at - t_s[i]
+    slope = np.divide(v[i + 1] - v[i], dt[i], out=np.zeros_like(x), where=dt[i] > 0)
+    return np.asarray(cumulative[i] + v[i] * x + 0.5 * slope * x * x, dtype=np.float64)

@@ -121,7 +121,12 @@ class ToleranceSet(Tolerance):
 
     def for_kpi(self, name: str) -> Tolerance:
         """The tolerance that applies to ``name``."""
-        return self.kpis.get(name, Tolerance(relative=self.relative, absolute=self.absolute))
+        own = self.kpis.get(name)
+        inherited = {"relative": self.relative, "absolute": self.absolute}
+        if own is None:
+            return Tolerance(**inherited)
+        # A field the KPI's entry does not set comes from the file-level tolerance.
+        return Tolerance(**{**inherited, **{f: getattr(own, f) for f in own.model_fields_set}})
 
 
 class LimitsFile(LimitSet):

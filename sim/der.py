@@ -6,8 +6,9 @@ with its own dispatch (see :mod:`evtwin.agents.storage`). Every step the
 runner asks :meth:`DerSet.step` for the powers to put into the power flow.
 
 The CSMS gets, per site, a forecast of the PV behind the site's connection:
-the hourly mean of the generation to come (a day-ahead forecast at hourly
-resolution; passing clouds within the hour are not in it).
+the mean of the generation to come over each clock hour. That is hindsight
+(the run's own weather), i.e. a perfect day-ahead forecast at hourly
+resolution; only passing clouds within the hour are not in it.
 """
 
 from __future__ import annotations
@@ -57,12 +58,14 @@ class DerSet:
         return not self.buses
 
     def step(self, k: int, site_ev_kw: dict[str, float], price_per_kwh: float,
-             step_h: float) -> DerStep:
+             step_h: float, site_limit_kw: dict[str, float] | None = None) -> DerStep:
         """Powers over the step that ends at row ``k`` (row 0: the start instant).
 
         Each battery measures its site's net demand (EV charging minus the
-        site's PV) and sets its power by its dispatch rule.
+        site's PV) and sets its power by its dispatch rule; it never charges
+        the site's import above ``site_limit_kw`` (the connection's limit).
         """
+        limits = site_limit_kw or {}
         pv = self.pv_kw[k] if len(self.pv_site) else np.zeros(0)
         pv_by_site: dict[str, float] = {}
         for site, p in zip(self.pv_site, pv, strict=True):
@@ -73,23 +76,28 @@ class DerSet:
         for b in self.batteries:
             net = site_ev_kw.get(b.site, 0.0) - pv_by_site.get(b.site, 0.0) + st_by_site.get(
                 b.site, 0.0)
-            p = b.step(net, price_per_kwh, step_h) if k > 0 else 0.0
+            p = b.step(net, price_per_kwh, step_h,
+                       import_cap_kw=limits.get(b.site, float("inf"))) if k > 0 else 0.0
             st_by_site[b.site] = st_by_site.get(b.site, 0.0) + p
             powers.append(p)
         der = np.concatenate([-np.asarray(pv, dtype=np.float64), np.array(powers)])
         return DerStep(der, pv_by_site, st_by_site, float(pv.sum()), float(sum(powers)))
 
     def site_forecasts(self, start: datetime, step_s: float) -> dict[str, Steps]:
-        """Per site, the hourly mean of its PV as (start, kW) steps over the run."""
+        """Per site, the mean of its PV over each clock hour, as (start, kW) steps."""
         out: dict[str, Steps] = {}
-        per_hour = max(1, round(3600.0 / step_s))
+        # Step k >= 1 covers (k-1, k]: bucket it by the clock hour it starts in.
+        seconds_into_hour = start.minute * 60 + start.second
+        hour_of = ((seconds_into_hour + np.arange(len(self.pv_kw) - 1) * step_s) // 3600
+                   ).astype(int)
         for site in sorted({s for s in self.pv_site if s is not None}):
             cols = [i for i, s in enumerate(self.pv_site) if s == site]
-            series = self.pv_kw[1:, cols].sum(axis=1)  # step k covers (k-1, k]
+            series = self.pv_kw[1:, cols].sum(axis=1)
             steps = []
-            for h0 in range(0, len(series), per_hour):
-                steps.append((start + timedelta(seconds=h0 * step_s),
-                              float(series[h0:h0 + per_hour].mean())))
+            for h in np.unique(hour_of):
+                at = start if h == 0 else (start.replace(minute=0, second=0, microsecond=0)
+                                           + timedelta(hours=int(h)))
+                steps.append((at, float(series[hour_of == h].mean())))
             out[site] = tuple(steps)
         return out
 
@@ -101,6 +109,8 @@ def _price_quantile(prices: Steps, q: float) -> float:
 def build_der(sc: Scenario, station_buses: list[int], station_sites: list[str],
               known_buses: set[int], prices: Steps) -> DerSet:
     """PV elements and batteries of ``sc`` with their buses and series.
+
+    ``known_buses`` are the buses resources may go on (in service, supplied).
 
     Raises:
         ScenarioError: a bus does not exist or a PV profile file is unusable
@@ -114,11 +124,14 @@ def build_der(sc: Scenario, station_buses: list[int], station_sites: list[str],
     site_buses = {s.name: sorted({b for b, site in zip(station_buses, station_sites,
                                                         strict=True) if site == s.name})
                   for s in sc.sites}
+    def unusable(bus: int) -> str:
+        return f"no bus {bus} in {sc.grid.network} (or it is out of service or not supplied)"
+
     for i, plant in enumerate(sc.pv):
         where = plant.buses if plant.buses is not None else site_buses.get(plant.site or "", [])
-        bad = [b for b in where if b not in known_buses]
+        bad = [(j, b) for j, b in enumerate(where) if b not in known_buses]
         if bad:
-            problems.append((f"pv.{i}.buses", f"no bus {bad[0]} in {sc.grid.network}"))
+            problems += [(f"pv.{i}.buses.{j}", unusable(b)) for j, b in bad]
             continue
         if plant.profile == "csv":
             assert plant.csv is not None
@@ -142,7 +155,7 @@ def build_der(sc: Scenario, station_buses: list[int], station_sites: list[str],
         default = site_buses.get(st.site) or []
         where_st = st.bus if st.bus is not None else (default[0] if default else None)
         if where_st is None or where_st not in known_buses:
-            problems.append((f"storage.{i}.bus", f"no bus {where_st} in {sc.grid.network}"))
+            problems.append((f"storage.{i}.bus", unusable(where_st or -1)))
             continue
         site = next(s for s in sc.sites if s.name == st.site)
         target = st.target_kw if st.target_kw is not None else (site.limit_kw or 0.0)

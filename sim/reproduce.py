@@ -162,6 +162,10 @@ def reproduce(record: dict[str, Any], source: str) -> Reproduction:
     from .runner import Twin
 
     scenario = scenario_from_record(record, source)
+    if record.get("external_csms"):
+        raise CheckError(source, [("external_csms", (
+            f"this run's stations spoke to another CSMS ({record['external_csms']}); "
+            "its KPIs cannot be reproduced with evtwin's own CSMS"))])
     result = Twin(scenario, database=":memory:").run()
     recorded_kpis = {k: float(v) for k, v in (record.get("kpis") or {}).items()}
     now_versions = versions()

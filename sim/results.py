@@ -59,10 +59,12 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
 
 def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
                  transactions: list[dict[str, Any]], frames: dict[str, int],
-                 storage_cycles: float = 0.0) -> dict[str, float]:
+                 storage_cycles: float = 0.0,
+                 storage_discharged_kwh: float = 0.0) -> dict[str, float]:
     """The run's KPIs (all deterministic for a scenario and seed).
 
-    ``storage_cycles``: the most equivalent full cycles of any stationary battery.
+    ``storage_cycles``: the most equivalent full cycles of any stationary
+    battery; ``storage_discharged_kwh``: what all of them gave (grid side).
     """
     g = sc.grid
     step_min = sc.step_s / 60.0
@@ -156,9 +158,7 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
         "cost_per_kwh_delivered": (cost - revenue) / delivered if delivered > 0 else 0.0,
         "pv_energy_kwh": float(steps["pv_kw"].sum() * step_h) if "pv_kw" in steps else 0.0,
         "pv_used_on_site_share": 100.0 * pv_used_kwh / site_pv_kwh if site_pv_kwh > 0 else 0.0,
-        "storage_discharged_kwh": float(steps["storage_kw"].clip(upper=0.0).sum() * -step_h)
-        + 0.0
-        if "storage_kw" in steps else 0.0,
+        "storage_discharged_kwh": storage_discharged_kwh,
         "storage_equivalent_full_cycles": storage_cycles,
         "peak_site_import_kw": peak_site_kw,
         "ocpp_messages": float(frames["in"] + frames["out"]),
@@ -230,8 +230,10 @@ def write_results(result: RunResult, out: Path, scenario_text: str | None = None
                               "seed": result.scenario.seed, "versions": found}, indent=2))
     written.append(kp)
     record = out / "run.json"
+    extra = ({"external_csms": result.external_csms} if result.external_csms is not None
+             else None)
     record.write_text(json.dumps(run_record(result.scenario, result.kpis, command=command,
-                                            versions=found), indent=2))
+                                            versions=found, extra=extra), indent=2))
     written.append(record)
     for name, df in (("timeseries.csv", result.timeseries),
                      ("station_power_kw.csv", result.station_power_kw),

@@ -51,7 +51,14 @@ from evtwin.csms import (
     Store,
 )
 from evtwin.csms.feeder import FeederModel, needs_feeder  # also registers feeder_aware
-from evtwin.grid import BaseLoadProfile, Feeder, GridLimits, load_network, place_stations
+from evtwin.grid import (
+    BaseLoadProfile,
+    Feeder,
+    GridLimits,
+    load_network,
+    place_stations,
+    supplied_buses,
+)
 
 from .der import DerSet, Steps, build_der
 from .exceptions import RunError, ScenarioError
@@ -103,6 +110,8 @@ class RunResult:
     transactions: list[dict[str, Any]] = field(default_factory=list)
     database: str = ":memory:"
     profiles: pd.DataFrame = field(default_factory=pd.DataFrame)
+    external_csms: str | None = None
+    """The URL of the CSMS the stations spoke to, when it was not evtwin's own."""
 
 
 def clock_boundary(t_of_day_s: float, step_s: float, interval_s: float) -> bool:
@@ -131,7 +140,7 @@ def build_model(sc: Scenario) -> ChargingModel:
                          min_soc=sc.ev.min_soc, start_weekday=sc.start.weekday())
 
 
-def build_feeder(sc: Scenario, n_stations: int, station_sites: list[str] | None = None,
+def build_feeder(sc: Scenario, n_stations: int, station_sites: list[str],
                  prices: Steps = ()) -> tuple[Feeder, DerSet]:
     """The feeder for a scenario, with its stations and distributed resources on buses.
 
@@ -153,7 +162,7 @@ def build_feeder(sc: Scenario, n_stations: int, station_sites: list[str] | None 
             raise ScenarioError(sc.name, problems)
     else:
         buses = place_stations(net, n_stations)
-    der = build_der(sc, buses, station_sites or [], {int(b) for b in net.bus.index},
+    der = build_der(sc, buses, station_sites, supplied_buses(net),
                     prices or ((sc.start, 0.0),))
     return Feeder(
         net, n_stations=n_stations, station_buses=buses, engine=g.engine, der_buses=der.buses,
@@ -341,29 +350,31 @@ class Twin:
             wall = time.perf_counter() - wall0
             return self._results(rows, power_rows, [], frames, wall, end_s, clients)
         store = Store(self.database)
-        core = CSMSCore(csms_config(self.sc, self.model), store, clock=self.now)
-        core.prices = self.prices  # the day-ahead signal, known for the whole run
-        core.export_prices = self.export_prices
-        # PV behind each site's connection: the day-ahead forecast the CSMS plans with.
-        core.site_pv_forecast_kw = self.der.site_forecasts(self.sc.start, self.sc.step_s)
-        core.pv_forecast_kw = _sum_steps(list(core.site_pv_forecast_kw.values()))
-        self.core = core
-        # feeder_aware hook: the CSMS's own sensitivity model of the feeder (csms/feeder.py).
-        if needs_feeder(self.sc.control.strategy):
-            self.feeder_model = FeederModel.from_feeder(
-                self.feeder, [st.station_id for st in self.model.stations])
-        server = CSMSServer(core, host="127.0.0.1", port=0)
-        await server.start()
-        tasks, sockets = [], []
         try:
-            clients, tasks, sockets = await self._connect(server.url)
-            rows, power_rows, end_s = await self._loop(clients, server, pace=False)
+            core = CSMSCore(csms_config(self.sc, self.model), store, clock=self.now)
+            core.prices = self.prices  # the day-ahead signal, known for the whole run
+            core.export_prices = self.export_prices
+            # PV behind each site's connection: the forecast the CSMS plans with.
+            core.site_pv_forecast_kw = self.der.site_forecasts(self.sc.start, self.sc.step_s)
+            core.pv_forecast_kw = _sum_steps(list(core.site_pv_forecast_kw.values()))
+            self.core = core
+            # feeder_aware hook: the CSMS's own sensitivity model of the feeder.
+            if needs_feeder(self.sc.control.strategy):
+                self.feeder_model = FeederModel.from_feeder(
+                    self.feeder, [st.station_id for st in self.model.stations])
+            server = CSMSServer(core, host="127.0.0.1", port=0)
+            await server.start()
+            tasks, sockets = [], []
+            try:
+                clients, tasks, sockets = await self._connect(server.url)
+                rows, power_rows, end_s = await self._loop(clients, server, pace=False)
+            finally:
+                await self._close(tasks, sockets)
+                await server.stop()
+            wall = time.perf_counter() - wall0
+            transactions = store.transactions()
         finally:
-            await self._close(tasks, sockets)
-            await server.stop()
-        wall = time.perf_counter() - wall0
-        transactions = store.transactions()
-        store.close()
+            store.close()  # also when the run fails: no open file or WAL left behind
         return self._results(rows, power_rows, transactions, server.frames, wall, end_s,
                              clients)
 
@@ -426,7 +437,12 @@ class Twin:
                 ev_kw = ev_w / 1000.0
                 site_ev_kw = {s.name: float(ev_kw[site_of == s.name].sum()) for s in sc.sites}
                 price_now = price_at(self.prices, self.to_datetime(max(t - step, 0.0)))
-                der = self.der.step(k, site_ev_kw, price_now, step / 3600.0)
+                connection_kw = {
+                    s.name: min(x for x in (s.limit_kw, self.dr_limits_kw.get(s.name))
+                                if x is not None)
+                    for s in sc.sites
+                    if s.limit_kw is not None or s.name in self.dr_limits_kw}
+                der = self.der.step(k, site_ev_kw, price_now, step / 3600.0, connection_kw)
                 res = self.feeder.solve(start_of_day_s + t, ev_kw, self.grid_rng,
                                         der_p_kw=der.der_p_kw)
                 if server is not None and self.feeder_model is not None:
@@ -508,7 +524,8 @@ class Twin:
         from .results import compute_kpis
 
         kpis = compute_kpis(sc, ts, sessions, transactions, frames, storage_cycles=max(
-            (b.equivalent_full_cycles for b in self.der.batteries), default=0.0))
+            (b.equivalent_full_cycles for b in self.der.batteries), default=0.0),
+            storage_discharged_kwh=sum(b.discharged_kwh for b in self.der.batteries))
         perf = {"wall_time_s": wall_s, "simulated_s": end_s,
                 "speedup_vs_real_time": end_s / wall_s if wall_s > 0 else float("inf"),
                 "steps": float(len(ts))}
@@ -520,7 +537,8 @@ class Twin:
             # Billing happened in a CSMS we cannot see into.
             del kpis["energy_billed_kwh"]
         return RunResult(sc, kpis, perf, ts, power, sessions, transactions,
-                         self.database if self.external is None else "", profiles)
+                         self.database if self.external is None else "", profiles,
+                         None if self.external is None else self.external.url)
 
 
 def run_scenario(scenario: Scenario, *, database: str | Path = ":memory:",

@@ -203,8 +203,30 @@ def cartesian(parameters: Sequence[Parameter]) -> list[dict[str, Any]]:
             for combo in itertools.product(*(p.values for p in parameters))]
 
 
+def input_files(sc: Scenario) -> list[str]:
+    """Files a scenario reads besides itself: network JSON, price and PV profiles."""
+    files = [sc.grid.network] if sc.grid.network.endswith(".json") else []
+    files += [sc.prices.csv] if sc.prices.kind == "csv" and sc.prices.csv else []
+    files += [p.csv for p in sc.pv if p.profile == "csv" and p.csv]
+    return files
+
+
+def _files_sha256(paths: list[str], cache: dict[str, str]) -> str:
+    """One hash over the contents of ``paths`` (a missing file hashes as missing)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        if path not in cache:
+            try:
+                cache[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            except OSError:
+                cache[path] = "missing"
+        digest.update(f"{path}\0{cache[path]}\0".encode())
+    return digest.hexdigest()
+
+
 def run_id(source_sha256: str, overrides: dict[str, Any], seed: int) -> str:
-    """Stable id of a run: a hash of the scenario file's content, its overrides and seed."""
+    """Stable id of a run: a hash of the scenario file's content (and of the
+    files it reads, folded into ``source_sha256``), its overrides and seed."""
     text = json.dumps({"source": source_sha256, "overrides": overrides, "seed": seed},
                       sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -212,7 +234,11 @@ def run_id(source_sha256: str, overrides: dict[str, Any], seed: int) -> str:
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of a sweep: everything a worker needs, nothing it must read from disk."""
+    """One run of a sweep: the validated scenario a worker runs.
+
+    Files the scenario names (a network JSON, price or PV CSV files) are read
+    where the run runs: Dask workers need them at the same paths.
+    """
 
     run_id: str
     index: int
@@ -287,15 +313,20 @@ def plan_sweep(scenario_path: str | Path, sets: Sequence[str], *, seeds: str | i
     seed_list = parse_seeds(seeds, base.seed)
     runs: list[RunSpec] = []
     seen: set[str] = set()
+    file_shas: dict[str, str] = {}
     for point in points:
         for seed in seed_list:
-            rid = run_id(source_sha, point, seed)
+            sc = load_scenario(path, {**point, "seed": seed})
+            # Editing a file the scenario reads makes it a different run.
+            files = input_files(sc)
+            inputs_sha = (source_sha if not files else hashlib.sha256(
+                (source_sha + _files_sha256(files, file_shas)).encode()).hexdigest())
+            rid = run_id(inputs_sha, point, seed)
             if rid in seen:  # an LHS over a few discrete values can draw a point twice
                 continue
             seen.add(rid)
-            sc = load_scenario(path, {**point, "seed": seed})
             runs.append(RunSpec(rid, len(runs), dict(point), seed, sc.model_dump(mode="json"),
-                                source_sha, tuple(command)))
+                                inputs_sha, tuple(command)))
     return SweepPlan(str(path), source_sha, base.name, tuple(parameters), tuple(seed_list), lhs,
                      tuple(runs))
 

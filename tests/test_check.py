@@ -203,3 +203,15 @@ def test_check_against_a_recorded_baseline(tmp_path: Path) -> None:
               if case.find("failure") is not None}
     assert "tiny[uncontrolled]/baseline.energy_requested_kwh" in failed
     assert all("/baseline." in name for name in failed)
+
+
+def test_a_kpi_tolerance_takes_what_it_does_not_set_from_the_file_level() -> None:
+    limits = LimitsFile.model_validate({"tolerance": {
+        "relative": 0.05, "absolute": 5.0,
+        "kpis": {"ocpp_messages": {"relative": 0.1}, "v_min_pu": {"absolute": 0.001}}}})
+    tol = limits.tolerance
+    assert (tol.for_kpi("ocpp_messages").relative, tol.for_kpi("ocpp_messages").absolute) == (
+        0.1, 5.0)
+    assert (tol.for_kpi("v_min_pu").relative, tol.for_kpi("v_min_pu").absolute) == (0.05, 0.001)
+    assert (tol.for_kpi("energy_cost").relative, tol.for_kpi("energy_cost").absolute) == (
+        0.05, 5.0)

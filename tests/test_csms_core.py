@@ -31,6 +31,7 @@ from evtwin.csms import (
     iso,
     strategy_names,
 )
+from evtwin.csms.core import ProfileCommand
 from evtwin.csms.store import SCHEMA_VERSION
 from evtwin.csms.strategies import equal_share, uncontrolled, water_fill
 
@@ -281,6 +282,31 @@ def test_a_version_2_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
         assert store.count("installed_profiles") == 1
     finally:
         store.close()
+
+
+def test_a_cleared_controller_limit_stays_cleared_after_a_restart(tmp_path: Path,
+                                                                   clock: FakeClock) -> None:
+    path = tmp_path / "csms.sqlite"
+    core = CSMSCore(make_config(), Store(path), clock=clock)
+    start(core, "CS1", 1, "tx-1")
+    start(core, "CS1", 2, "tx-2")
+    for evse, tx, limit_w in ((1, "tx-1", 10_000.0), (2, "tx-2", 9_000.0)):
+        cmd = ProfileCommand("CS1", evse, tx, limit_w, "W", limit_w)
+        core.profile_sent(cmd, core.next_profile_id(), "Accepted")
+    assert core.effective_limit_w("CS1", 1) == 10_000.0
+    # An operator clears EVSE 1's TxProfile; the station accepted.
+    core.profile_set("CS1").clear(evse_id=1, purpose="TxProfile")
+    core.profiles_cleared("CS1")
+    assert ("CS1", 1) not in core.sent_limits_w  # the controller sends it again next cycle
+    assert core.effective_limit_w("CS1", 1) == 11_000.0
+    core.store.close()
+
+    restarted = CSMSCore(make_config(), Store(path), clock=clock)
+    assert restarted.effective_limit_w("CS1", 1) == 11_000.0  # still cleared
+    assert ("CS1", 1) not in restarted.sent_limits_w
+    assert restarted.effective_limit_w("CS1", 2) == 9_000.0  # the other one is still there
+    assert restarted.sent_limits_w[("CS1", 2)] == 9_000.0
+    restarted.store.close()
 
 
 def test_store_refuses_a_newer_schema(tmp_path: Path) -> None:

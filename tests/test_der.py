@@ -67,9 +67,23 @@ def test_pv_profile_file_is_interpolated_onto_the_steps(tmp_path: Path) -> None:
     path.write_text("time,pu\n2026-06-21T10:00:00Z,0.2\n2026-06-21T11:00:00Z,0.6\n")
     start = datetime(2026, 6, 21, 10, tzinfo=UTC)
     kw = read_pv_csv(path, start, 5, 900, peak_kw=10.0)
-    np.testing.assert_allclose(kw, [2.0, 3.0, 4.0, 5.0, 6.0])
+    # Row 0 is the start instant, then each step's mean (2 -> 6 kW over the hour).
+    np.testing.assert_allclose(kw, [2.0, 2.5, 3.5, 4.5, 5.5])
+    hourly = read_pv_csv(path, start, 2, 3600, peak_kw=10.0)
+    assert hourly[1] == pytest.approx(4.0)  # the same energy at any step
     with pytest.raises(GridError, match="must cover the run"):
         read_pv_csv(path, start, 6, 900, peak_kw=10.0)
+    # Local time across the autumn clock change: offsets change, the energy does not.
+    dst = tmp_path / "dst.csv"
+    dst.write_text("time,p_kw\n2026-10-25T01:00:00+02:00,1\n2026-10-25T02:00:00+02:00,1\n"
+                   "2026-10-25T02:00:00+01:00,1\n2026-10-25T04:00:00+01:00,1\n")
+    night = datetime(2026, 10, 24, 23, tzinfo=UTC)
+    assert read_pv_csv(dst, night, 5, 3600, peak_kw=1.0)[1:].sum() == pytest.approx(4.0)
+    gap = tmp_path / "gap.csv"
+    gap.write_text("time,p_kw\n2026-06-21T10:00:00Z,1\n2026-06-21T10:30:00Z,\n"
+                   "2026-06-21T11:00:00Z,1\n")
+    with pytest.raises(GridError, match=r"gap\.csv: the PV profile has empty"):
+        read_pv_csv(gap, start, 5, 900, peak_kw=1.0)
     bad = tmp_path / "bad.csv"
     bad.write_text("when,kw\n")
     with pytest.raises(GridError, match=r"bad\.csv: a PV profile needs a 'time' column"):
@@ -114,6 +128,14 @@ def test_price_battery_trades_on_the_spread_and_idles_on_a_flat_price() -> None:
     flat = StationaryBattery("f", "s", capacity_kwh=10, power_kw=5, dispatch="price",
                              charge_below_price=0.3, discharge_above_price=0.3)
     assert flat.step(3.0, 0.3, 0.25) == 0.0
+
+
+def test_a_battery_never_charges_the_site_over_its_connection_limit() -> None:
+    b = StationaryBattery("b", "s", capacity_kwh=100, power_kw=50, soc=0.2, dispatch="price",
+                          charge_below_price=0.2, discharge_above_price=0.4)
+    assert b.step(35.0, 0.1, 0.25, import_cap_kw=40.0) == pytest.approx(5.0)
+    assert b.step(45.0, 0.1, 0.25, import_cap_kw=40.0) == 0.0  # already over: no charging
+    assert b.step(10.0, 0.1, 0.25) == pytest.approx(50.0)  # no limit: the inverter's rating
 
 
 # --------------------------------------------------------------------------- feeder
@@ -182,7 +204,9 @@ def test_a_pv_bus_that_does_not_exist_is_named(tmp_path: Path) -> None:
     path.write_text(SCENARIO + '[[pv]]\nname = "p"\nbuses = [3, 9999]\npeak_kw = 5\n')
     with pytest.raises(ScenarioError) as info:
         Twin(load_scenario(path))
-    assert info.value.problems == [("pv.0.buses", "no bus 9999 in kerber_dorfnetz")]
+    assert info.value.problems == [
+        ("pv.0.buses.1",
+         "no bus 9999 in kerber_dorfnetz (or it is out of service or not supplied)")]
 
 
 # --------------------------------------------------------------------------- end to end

@@ -91,3 +91,13 @@ def test_bad_records_are_user_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     (tmp_path / "run.json").write_text(json.dumps(bad))
     assert main(["reproduce", str(tmp_path)]) == 2
     assert "scenario.ev.count: must be > 0" in capsys.readouterr().err
+
+
+def test_a_run_against_another_csms_is_not_reproduced_with_ours(
+        run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    record = json.loads((run_dir / "run.json").read_text())
+    assert "external_csms" not in record  # a run against evtwin's own CSMS
+    record["external_csms"] = "ws://127.0.0.1:9000/ocpp"
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    assert main(["reproduce", str(tmp_path)]) == 2
+    assert "external_csms: this run's stations spoke to another CSMS" in capsys.readouterr().err

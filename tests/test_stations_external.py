@@ -86,6 +86,8 @@ def test_stations_against_a_standalone_csms(tmp_path: Path) -> None:
         assert proc.returncode == 0, proc.stderr
     (run_dir,) = list((tmp_path / "out").iterdir())
     kpis = json.loads((run_dir / "kpis.json").read_text())["kpis"]
+    # The run record says which CSMS it ran against (so it is not "reproduced" with ours).
+    assert json.loads((run_dir / "run.json").read_text())["external_csms"].startswith("ws://")
     profiles = pd.read_csv(run_dir / "profiles.csv")
     ts = pd.read_csv(run_dir / "timeseries.csv")
     # The CSMS balanced the lot: profiles arrived, were accepted, and held the limit

@@ -157,6 +157,16 @@ def test_run_ids_are_stable_and_follow_the_file_content(tmp_path: Path, tiny: Pa
     edited.write_text(TINY.replace("limit_kw = 22", "limit_kw = 30"))
     c = plan_sweep(edited, ["ev.count=2,3"], seeds="2")
     assert not {r.run_id for r in a.runs} & {r.run_id for r in c.runs}
+    # A file the scenario reads (here a day-ahead price CSV) is part of the run too.
+    prices = tmp_path / "prices.csv"
+    prices.write_text("time,price_per_kwh\n2020-01-01T00:00:00Z,0.30\n")
+    priced = ["ev.count=2,3", "prices.kind=csv", f"prices.csv={prices}"]
+    d = plan_sweep(tiny, priced, seeds="2")
+    assert [r.run_id for r in d.runs] == [r.run_id for r in plan_sweep(tiny, priced,
+                                                                        seeds="2").runs]
+    prices.write_text("time,price_per_kwh\n2020-01-01T00:00:00Z,0.35\n")
+    e = plan_sweep(tiny, priced, seeds="2")
+    assert not {r.run_id for r in d.runs} & {r.run_id for r in e.runs}
     lhs = plan_sweep(tiny, ["ev.count=2:40", "control.strategy=uncontrolled,equal_share"],
                      sample="lhs:6", seeds="2")
     assert len(lhs.runs) == 12 and all(2 <= r.params["ev.count"] <= 40 for r in lhs.runs)
