@@ -368,6 +368,8 @@ class CSMSCore:
         return ControlView(now=now or self.clock(), sites=sites, feeder=self.feeder_view,
                            prices=self.prices, pv_forecast_kw=self.pv_forecast_kw,
                            export_prices=self.export_prices,
+                           charge_efficiency=self.config.assumed_efficiency,
+                           discharge_efficiency=self.config.assumed_discharge_efficiency,
                            v2g_peak_target_percent=self.config.v2g_peak_target_percent)
 
     def _session_view(self, s: Session, spec: StationSpec) -> SessionView:

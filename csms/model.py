@@ -59,6 +59,12 @@ class Tariff:
     currency: str = "EUR"
 
 
+#: Grid-to-battery efficiency the CSMS assumes when an EV does not say (AC charging).
+ASSUMED_CHARGE_EFFICIENCY = 0.9
+#: Battery-to-grid efficiency the CSMS assumes for energy an EV feeds back.
+ASSUMED_DISCHARGE_EFFICIENCY = 0.92
+
+
 @dataclass(frozen=True, slots=True)
 class CSMSConfig:
     """Everything the CSMS core is provisioned with.
@@ -78,10 +84,10 @@ class CSMSConfig:
     heartbeat_interval_s: int = 3600
     limit_deadband_w: float = 50.0
     tariff: Tariff = field(default_factory=Tariff)
-    assumed_efficiency: float = 0.9
+    assumed_efficiency: float = ASSUMED_CHARGE_EFFICIENCY
     """Grid-to-battery efficiency the CSMS assumes when it turns the battery
     energy an EV asks for into the grid energy its meters will show."""
-    assumed_discharge_efficiency: float = 0.92
+    assumed_discharge_efficiency: float = ASSUMED_DISCHARGE_EFFICIENCY
     """Battery-to-grid efficiency the CSMS assumes for energy an EV feeds back."""
     v2g_peak_target_percent: float = 50.0
     """v2g_peak_shaving: the transformer loading to shave to, in % of its limit."""
@@ -234,5 +240,9 @@ class ControlView:
     per-site PV is in :attr:`SiteView.pv_forecast_kw`."""
     export_prices: tuple[tuple[datetime, float], ...] = ()
     """What energy fed back earns (V2G): (start time, price per kWh) steps, sorted."""
+    charge_efficiency: float = ASSUMED_CHARGE_EFFICIENCY
+    """The CSMS's grid-to-battery efficiency (``energy_remaining_kwh`` is grid kWh)."""
+    discharge_efficiency: float = ASSUMED_DISCHARGE_EFFICIENCY
+    """The CSMS's battery-to-grid efficiency for energy fed back."""
     v2g_peak_target_percent: float = 50.0
     """v2g_peak_shaving: the transformer loading to shave to, in % of its limit."""

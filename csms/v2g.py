@@ -17,7 +17,13 @@ from datetime import datetime
 import numpy as np
 
 from .feeder import FeederView, feeder_aware
-from .model import ControlView, SessionView, SiteView
+from .model import (
+    ASSUMED_CHARGE_EFFICIENCY,
+    ASSUMED_DISCHARGE_EFFICIENCY,
+    ControlView,
+    SessionView,
+    SiteView,
+)
 from .scheduling import (
     SLOT,
     Bidirectional,
@@ -122,15 +128,11 @@ def v2g_peak_shaving(view: ControlView) -> Limits:
 
 
 # --------------------------------------------------------------------------- price arbitrage
-#: Battery kWh per grid kWh charged. The CSMS turns the energy an EV asks for
-#: into ``energy_remaining_kwh`` (grid kWh) with its configured
-#: ``assumed_efficiency``, 0.9 by default; strategies do not see the config, so
-#: the same figure is repeated here (a little below the 0.92 of typical AC
-#: charging, which errs towards charging more, never less).
-CHARGE_EFFICIENCY = 0.9
-#: Grid kWh per battery kWh fed back: bidirectional AC conversion, about the
-#: same loss as charging (the twin's vehicles use 0.92 both ways).
-DISCHARGE_EFFICIENCY = 0.92
+#: The CSMS's default efficiencies (the plan uses those in the view, i.e. the
+#: CSMS's configuration): battery kWh per grid kWh charged, and grid kWh per
+#: battery kWh fed back.
+CHARGE_EFFICIENCY = ASSUMED_CHARGE_EFFICIENCY
+DISCHARGE_EFFICIENCY = ASSUMED_DISCHARGE_EFFICIENCY
 #: Battery ageing charged per battery kWh discharged (price units per kWh).
 #: A pack at ~120 per kWh that lasts ~3000 equivalent full cycles costs
 #: ~0.04 per kWh cycled through it; without this the plan would cycle the
@@ -162,7 +164,7 @@ class V2GPlan:
     """Planned feed-back power (grid side), >= 0."""
     battery_kwh: np.ndarray
     """Battery energy at each slot end relative to now (kWh), with
-    :data:`CHARGE_EFFICIENCY` and :data:`DISCHARGE_EFFICIENCY`."""
+    the view's ``charge_efficiency`` and ``discharge_efficiency``."""
     floor_kwh: np.ndarray
     """Lowest ``battery_kwh`` each session may reach: minus its energy above
     the driver's minimum SoC for V2G sessions, 0 for the others."""
@@ -176,7 +178,7 @@ class V2GPlan:
         return self.charge_kw - self.discharge_kw
 
 
-def _v2g_terms(s: SessionView, now: datetime) -> Bidirectional | None:
+def _v2g_terms(s: SessionView, view: ControlView) -> Bidirectional | None:
     """How the plan may discharge this session, or None if it must not.
 
     Only EVs that said they can feed back (OCPP 2.1 V2X parameters), whose
@@ -184,14 +186,14 @@ def _v2g_terms(s: SessionView, now: datetime) -> Bidirectional | None:
     later than now.
     """
     if (not s.v2x_max_discharge_kw or s.v2x_max_discharge_kw <= 0
-            or s.v2x_spare_kwh is None or s.departure is None or s.departure <= now
+            or s.v2x_spare_kwh is None or s.departure is None or s.departure <= view.now
             or s.energy_remaining_kwh is None):
         return None
     return Bidirectional(
         max_discharge_kw=s.v2x_max_discharge_kw,
         # The plan counts energy in grid kWh of charging; the spare is battery kWh.
-        floor_kwh=max(s.v2x_spare_kwh, 0.0) / CHARGE_EFFICIENCY,
-        recharge_factor=1.0 / (CHARGE_EFFICIENCY * DISCHARGE_EFFICIENCY))
+        floor_kwh=max(s.v2x_spare_kwh, 0.0) / view.charge_efficiency,
+        recharge_factor=1.0 / (view.charge_efficiency * view.discharge_efficiency))
 
 
 def _planned(view: ControlView, site: SiteView) -> tuple[list[SessionView],
@@ -201,7 +203,7 @@ def _planned(view: ControlView, site: SiteView) -> tuple[list[SessionView],
     out: list[SessionView] = []
     terms: list[Bidirectional | None] = []
     for s in site.sessions:
-        b = _v2g_terms(s, view.now)
+        b = _v2g_terms(s, view)
         if b is not None or (not is_satisfied(s) and not _assumed_done(s)):
             out.append(s)
             terms.append(b)
@@ -222,11 +224,11 @@ def plan_v2g_price(view: ControlView, site: SiteView) -> V2GPlan:
     sched = plan_schedule(
         view.prices, view.now, site.limit_kw, sessions, bidirectional=terms,
         export_prices=view.export_prices,
-        discharge_cost_per_kwh=DEGRADATION_COST_PER_KWH / DISCHARGE_EFFICIENCY)
+        discharge_cost_per_kwh=DEGRADATION_COST_PER_KWH / view.discharge_efficiency)
     dt_h = SLOT.total_seconds() / 3600.0
-    battery = np.cumsum((CHARGE_EFFICIENCY * sched.charge_kw
-                         - sched.discharge_kw / DISCHARGE_EFFICIENCY) * dt_h, axis=1)
-    floor = np.array([0.0 if b is None else -b.floor_kwh * CHARGE_EFFICIENCY for b in terms])
+    eta_c, eta_d = view.charge_efficiency, view.discharge_efficiency
+    battery = np.cumsum((eta_c * sched.charge_kw - sched.discharge_kw / eta_d) * dt_h, axis=1)
+    floor = np.array([0.0 if b is None else -b.floor_kwh * eta_c for b in terms])
     return V2GPlan(keys, sched.starts, sched.charge_kw, sched.discharge_kw, battery, floor,
                    tuple(b is not None for b in terms), sched.solved)
 
@@ -289,7 +291,7 @@ def v2g_price(view: ControlView) -> Limits:
     times ``d``, plus :data:`DEGRADATION_COST_PER_KWH` per battery kWh
     discharged, plus a heavy penalty per kWh not delivered by departure.
     Subject to: the battery never falls below the driver's minimum SoC
-    (:data:`DISCHARGE_EFFICIENCY` battery loss per kWh fed back), nor is
+    (the view's ``discharge_efficiency`` loss per kWh fed back), nor is
     filled beyond what the EV asked for, and reaches it by departure where
     physically possible (slack-penalised otherwise; what was fed back must be
     bought back with the round-trip loss); ``c`` within the caps of

@@ -60,12 +60,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from .runner import Twin
     from .scenario import load_scenario
 
-    overrides = {}
-    for item in args.set or []:
-        if "=" not in item:
-            raise ScenarioError(args.scenario, [("--set", f"expected KEY=VALUE, got {item!r}")])
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = _parse_value(value.strip())
+    overrides = _overrides(args.set, args.scenario)
     if args.strategy:
         overrides["control.strategy"] = args.strategy
     if args.seed is not None:
@@ -110,10 +105,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from .scenario import load_scenario
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    overrides: dict[str, Any] = {}
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        overrides[key.strip()] = _parse_value(value.strip())
+    overrides = _overrides(args.set, args.scenario)
     scenario = load_scenario(args.scenario, overrides)
     with console.status(f"running {len(strategies)} strategies on {scenario.name} ..."):
         runs = compare(args.scenario, strategies, overrides=overrides, workers=args.workers)
@@ -296,9 +288,7 @@ def cmd_stations(args: argparse.Namespace, console: Console) -> int:
         overrides["duration_h"] = args.duration_h
     if args.count is not None:
         overrides["sites.0.stations"] = args.count
-    for item in args.set or []:
-        key, _, value = item.partition("=")
-        overrides[key.strip()] = _parse_value(value.strip())
+    overrides.update(_overrides(args.set, args.scenario))
     scenario = load_scenario(args.scenario, overrides)
     external = ExternalCSMS(url=args.csms, password=args.password, ca_file=args.ca,
                             speed=args.speed, cert_dir=args.cert_dir)

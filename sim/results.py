@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 from datetime import UTC, datetime
@@ -166,7 +167,16 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
 
 
 def versions() -> dict[str, str]:
-    """Versions of evtwin and its main dependencies, recorded with every run."""
+    """Versions of evtwin and its main dependencies, recorded with every run.
+
+    Looked up once per process (a sweep worker records them for every run):
+    the code a process runs does not change under it.
+    """
+    return dict(_versions())
+
+
+@functools.cache
+def _versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for pkg in ("evtwin", "ocpp", "websockets", "simpy", "mesa", "pandapower",
                 "power-grid-model", "power-grid-model-io", "numpy", "pandas", "pydantic",

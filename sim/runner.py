@@ -423,6 +423,7 @@ class Twin:
             start_of_day_s = (sc.start - sc.start.replace(hour=0, minute=0, second=0,
                                                            microsecond=0)).total_seconds()
             site_of = np.array([st.site for st in self.model.stations])
+            at_site = {s.name: site_of == s.name for s in sc.sites}
             for k in range(n_steps + 1):
                 t = float(k * step)
                 if pace:
@@ -435,13 +436,16 @@ class Twin:
                 ev_w = np.array([sum(e.power_w for e in st.evses.values())
                                  for st in self.model.stations])
                 ev_kw = ev_w / 1000.0
-                site_ev_kw = {s.name: float(ev_kw[site_of == s.name].sum()) for s in sc.sites}
-                price_now = price_at(self.prices, self.to_datetime(max(t - step, 0.0)))
+                site_ev_kw = {name: float(ev_kw[mask].sum()) for name, mask in at_site.items()}
+                step_start = self.to_datetime(max(t - step, 0.0))
+                price_now = price_at(self.prices, step_start)
+                # The import limit in force at each site's connection (batteries keep it).
                 connection_kw = {
                     s.name: min(x for x in (s.limit_kw, self.dr_limits_kw.get(s.name))
                                 if x is not None)
                     for s in sc.sites
-                    if s.limit_kw is not None or s.name in self.dr_limits_kw}
+                    if s.limit_kw is not None or s.name in self.dr_limits_kw
+                } if self.der.batteries else None
                 der = self.der.step(k, site_ev_kw, price_now, step / 3600.0, connection_kw)
                 res = self.feeder.solve(start_of_day_s + t, ev_kw, self.grid_rng,
                                         der_p_kw=der.der_p_kw)
@@ -460,15 +464,14 @@ class Twin:
                                        for e in st.evses.values() if e.ev is not None),
                     # The prices over the step that ends at t.
                     "price_per_kwh": price_now,
-                    "export_price_per_kwh": price_at(
-                        self.export_prices, self.to_datetime(max(t - step, 0.0))),
+                    "export_price_per_kwh": price_at(self.export_prices, step_start),
                     "pv_kw": der.pv_kw, "storage_kw": der.storage_kw,
                 }
                 for s in sc.sites:
-                    at_site = ev_kw[site_of == s.name]
+                    here = ev_kw[at_site[s.name]]
                     row[f"site_{s.name}_kw"] = site_ev_kw[s.name]
                     # V2G: what the site's stations fed back (before netting at the site).
-                    row[f"site_{s.name}_export_kw"] = float(-at_site[at_site < 0].sum())
+                    row[f"site_{s.name}_export_kw"] = float(-here[here < 0].sum())
                     pv_here = der.pv_kw_by_site.get(s.name, 0.0)
                     st_here = der.storage_kw_by_site.get(s.name, 0.0)
                     row[f"site_{s.name}_pv_kw"] = pv_here
