@@ -10,12 +10,12 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from .clock import Clock, iso, parse_iso, wall_clock
-from .exceptions import UnknownEvseError, UnknownStationError
+from .exceptions import InvalidMessageError, UnknownEvseError, UnknownStationError
 from .model import (
     ControlView,
     CSMSConfig,
@@ -48,6 +48,29 @@ _WH_PER_UNIT = {"Wh": 1.0, "kWh": 1000.0}
 _W_PER_UNIT = {"W": 1.0, "kW": 1000.0}
 
 Sample = tuple[str, str, str | None, float, str | None]
+"""(timestamp as sent, measurand, phase, value, unit): a sampled value as stored."""
+ParsedSample = tuple[str, str, str | None, float, str | None, datetime]
+"""A sampled value with its timestamp parsed."""
+#: OCPP's integer: 32 bits, signed (OCPP 2.0.1 Part 2, primitive datatypes).
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class TxEvent:
+    """A TransactionEvent as the core reads it, every field checked."""
+
+    transaction_id: str
+    event_type: str
+    seq_no: int | None
+    evse_id: int
+    at: datetime
+    timestamp: str
+    trigger_reason: str
+    id_token: str | None
+    charging_state: str | None
+    stopped_reason: str | None
+    samples: tuple[ParsedSample, ...]
+    energy_wh: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,16 +83,6 @@ class ProfileCommand:
     limit: float
     unit: str
     limit_w: float
-
-
-def _flatten_meter_values(meter_values: list[dict[str, Any]] | None) -> list[Sample]:
-    out: list[Sample] = []
-    for mv in meter_values or ():
-        ts = mv["timestamp"]
-        for sv in mv["sampledValue"]:
-            unit = (sv.get("unitOfMeasure") or {}).get("unit")
-            out.append((ts, sv.get("measurand", ENERGY), sv.get("phase"), float(sv["value"]), unit))
-    return out
 
 
 class CSMSCore:
@@ -110,6 +123,7 @@ class CSMSCore:
         # unlimited until then).
         self.sessions_changed = False
         self._last_control: datetime | None = None
+        self._warned: set[tuple[str, ...]] = set()
         for spec in config.stations:
             self.site_limits.setdefault(spec.site, None)
             store.upsert_station(spec.station_id, spec.site,
@@ -126,23 +140,7 @@ class CSMSCore:
                 except (ProfileError, ValueError, KeyError, TypeError) as exc:
                     log.warning("%s: stored profile not restored: %s", station_id, exc)
         for tx in self.store.open_transactions():
-            last = tx["last"]
-            energy = last["Energy.Active.Import.Register"]
-            session = Session(
-                transaction_id=tx["transaction_id"], station_id=tx["station_id"],
-                evse_id=int(tx["evse_id"]), id_token=tx["id_token"],
-                started_at=parse_iso(tx["started_at"]), meter_start_wh=tx["meter_start_wh"],
-                meter_last_wh=(energy[0] * _WH_PER_UNIT.get(energy[1] or "Wh", 1.0)
-                               if energy else None),
-                last_seq_no=int(tx["last_seq_no"]), seen_seq_nos=set(tx["seq_nos"]),
-            )
-            for measurand, attr in ((POWER, "power_w"), (VOLTAGE, "voltage_v"),
-                                    (SOC, "soc_percent")):
-                if last[measurand] is not None:
-                    value = last[measurand][0]
-                    if measurand == POWER:
-                        value *= _W_PER_UNIT.get(last[measurand][1] or "W", 1.0)
-                    setattr(session, attr, value)
+            session = self._session_from_store(tx)
             self.sessions[(session.station_id, session.transaction_id)] = session
         open_evses = {(s.station_id, s.evse_id) for s in self.sessions.values()}
         tx_of = {(s.station_id, s.evse_id): s.transaction_id for s in self.sessions.values()}
@@ -201,45 +199,169 @@ class CSMSCore:
         """Authorization status of an id token against the provisioned list."""
         return "Accepted" if id_token in self.config.id_tokens else "Invalid"
 
-    def on_transaction_event(self, station_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    def on_transaction_event(self, station_id: str, payload: dict[str, Any], *,
+                             digest: str | None = None) -> dict[str, Any]:
         """TransactionEvent: track the session, persist it, return idTokenInfo if asked.
 
-        ``payload`` is the request in OCPP's camelCase form. Events may come
-        late or out of order (a station that was offline sends its queue):
-        the meter reading with the latest timestamp wins, Started fixes the
-        start reading whenever it arrives, and a re-sent seqNo is answered
-        without being applied twice. An Ended transaction gets a charge detail
-        record, rewritten if a late event changes it.
-        """
-        tx = payload["transactionInfo"]
-        tx_id = tx["transactionId"]
-        event_type = payload["eventType"]
-        seq_no = int(payload["seqNo"])
-        evse_id = int((payload.get("evse") or {}).get("id", 0))
-        key = (station_id, tx_id)
-        samples = _flatten_meter_values(payload.get("meterValue"))
-        id_token = (payload.get("idToken") or {}).get("idToken")
-        at = parse_iso(payload["timestamp"])
+        ``payload`` is the request in OCPP 2.x's camelCase form; its ``seqNo``
+        may be None when the CSMS numbers the events itself (OCPP 1.6, whose
+        messages are then told apart by ``digest``, a hash of their content).
 
-        session = self.sessions.get(key)
-        if session is None:
-            if evse_id == 0:
-                evse_id = 1
+        Idempotent and atomic: the event is validated completely first
+        (InvalidMessageError, nothing changed); a duplicate (a seqNo or digest
+        this transaction already has, also after a restart and after the
+        transaction ended) is answered as the original was and changes nothing;
+        otherwise the new state is computed on a copy of the session, written to
+        the store in one transaction together with the charge detail record, and
+        only then becomes the CSMS's state. An exception anywhere leaves memory
+        and database as they were, so a corrected re-send is applied as new.
+
+        Events may come late or out of order (a station that was offline sends
+        its queue): the meter reading with the latest timestamp wins and Started
+        fixes the start reading whenever it arrives. An ended transaction leaves
+        memory (the store keeps it; a late event reloads it).
+        """
+        ev = self._parse_event(payload)
+        key = (station_id, ev.transaction_id)
+        current = self.sessions.get(key)
+        if current is None:
+            current = self.load_session(station_id, ev.transaction_id)
+        if current is not None and (ev.seq_no in current.seen_seq_nos
+                                    or (digest is not None and digest in current.seen_digests)):
+            return self._tx_response(ev.id_token)
+        if current is None:
+            evse_id = ev.evse_id or 1
             # Checked before anything is stored: a session on an EVSE the CSMS
             # does not know would break every later control cycle.
             self.check_evse(station_id, evse_id)
-            session = Session(transaction_id=tx_id, station_id=station_id, evse_id=evse_id,
-                              id_token=id_token, started_at=at)
+            session = Session(transaction_id=ev.transaction_id, station_id=station_id,
+                              evse_id=evse_id, id_token=ev.id_token, started_at=ev.at)
+        else:
+            session = replace(current, seen_seq_nos=set(current.seen_seq_nos),
+                              seen_digests=set(current.seen_digests))
+        evse_id = ev.evse_id or session.evse_id
+        seq_no = ev.seq_no if ev.seq_no is not None else session.last_seq_no + 1
+        self._apply_event(session, ev, seq_no, digest)
+        cdr = self._cdr(session) if session.ended_at is not None else None
+        self.store.record_transaction_event(
+            station_id=station_id, transaction_id=ev.transaction_id, evse_id=evse_id,
+            seq_no=seq_no, event_type=ev.event_type, trigger_reason=ev.trigger_reason,
+            timestamp=ev.timestamp, id_token=session.id_token,
+            meter_wh=ev.energy_wh if ev.event_type in ("Started", "Ended") else None,
+            stopped_reason=session.stopped_reason, payload=payload,
+            samples=[sample[:5] for sample in ev.samples],
+            digest=digest, cdr=cdr)
+        # Stored: from here on it is the CSMS's state (the session object others
+        # hold stays the one in use).
+        was_open = None if current is None else current.is_open
+        if current is not None and self.sessions.get(key) is current:
+            for f in fields(Session):
+                setattr(current, f.name, getattr(session, f.name))
+            session = current
+        if session.is_open:
             self.sessions[key] = session
+        else:
+            self.sessions.pop(key, None)
+        if was_open is None or was_open != session.is_open:
             self.sessions_changed = True
-        elif evse_id == 0:
-            evse_id = session.evse_id
-        if id_token and session.id_token is None:
-            session.id_token = id_token
-        if seq_no in session.seen_seq_nos:
-            return self._tx_response(id_token)
+        if ev.event_type in ("Started", "Ended"):
+            log.info("transaction %s %s", ev.transaction_id, ev.event_type.lower(), extra={
+                "event": f"transaction_{ev.event_type.lower()}", "station": station_id,
+                "transaction": ev.transaction_id, "evse": session.evse_id,
+                "energy_wh": round(session.billed_energy_wh, 3)})
+        if ev.event_type == "Ended" and was_open is not False:
+            self.sent_limits_w.pop((station_id, session.evse_id), None)
+            self.profile_set(station_id).end_transaction(ev.transaction_id)
+            self.persist_profiles(station_id)
+        return self._tx_response(ev.id_token)
+
+    def _parse_event(self, payload: dict[str, Any]) -> TxEvent:
+        """Everything the core reads from a TransactionEvent, checked; InvalidMessageError
+        names the field of the first problem. Changes nothing."""
+        now = self.clock()
+        tx = payload.get("transactionInfo")
+        if not isinstance(tx, dict) or not isinstance(tx.get("transactionId"), str) \
+                or not tx["transactionId"]:
+            raise InvalidMessageError("FormatViolation", "transactionInfo.transactionId",
+                                      "a transaction id is required")
+        seq_no = payload.get("seqNo")
+        if seq_no is not None and (type(seq_no) is not int or not 0 <= seq_no <= _INT32_MAX):
+            raise InvalidMessageError("PropertyConstraintViolation", "seqNo",
+                                      f"must be an integer from 0 to {_INT32_MAX}")
+        evse_id = (payload.get("evse") or {}).get("id", 0)
+        if type(evse_id) is not int or not 0 <= evse_id <= _INT32_MAX:
+            raise InvalidMessageError("PropertyConstraintViolation", "evse.id",
+                                      "must be a non-negative integer")
+        timestamp = payload.get("timestamp")
+        at = self._event_time(timestamp, "timestamp", now)
+        samples = self._parse_samples(payload.get("meterValue") or [], now)
+        energy_wh: float | None = None
+        for _ts, measurand, phase, value, unit, _at in samples:
+            if measurand == ENERGY and phase is None:
+                energy_wh = value * _WH_PER_UNIT.get(unit or "Wh", 1.0)
+        id_token = (payload.get("idToken") or {}).get("idToken")
+        return TxEvent(
+            transaction_id=tx["transactionId"], event_type=str(payload.get("eventType")),
+            seq_no=seq_no, evse_id=evse_id, at=at, timestamp=str(timestamp),
+            trigger_reason=str(payload.get("triggerReason")),
+            id_token=id_token if isinstance(id_token, str) else None,
+            charging_state=tx.get("chargingState"), stopped_reason=tx.get("stoppedReason"),
+            samples=tuple(samples), energy_wh=energy_wh)
+
+    def _parse_samples(self, meter_value: list[dict[str, Any]], now: datetime
+                       ) -> tuple[ParsedSample, ...]:
+        """Sampled values with their parsed timestamps; InvalidMessageError names the field
+        of a timestamp outside the window or a value that is not a finite number."""
+        samples: list[ParsedSample] = []
+        for i, mv in enumerate(meter_value):
+            path = f"meterValue.{i}"
+            mv_at = self._event_time(mv.get("timestamp"), f"{path}.timestamp", now)
+            for j, sv in enumerate(mv.get("sampledValue") or ()):
+                value = sv.get("value")
+                if isinstance(value, bool) or not isinstance(value, int | float) \
+                        or not math.isfinite(value):
+                    raise InvalidMessageError("PropertyConstraintViolation",
+                                              f"{path}.sampledValue.{j}.value",
+                                              "must be a finite number")
+                unit = (sv.get("unitOfMeasure") or {}).get("unit")
+                samples.append((mv["timestamp"], sv.get("measurand", ENERGY), sv.get("phase"),
+                                float(value), unit, mv_at))
+        return tuple(samples)
+
+    def _event_time(self, text: Any, field: str, now: datetime) -> datetime:
+        """A station timestamp: RFC 3339 with an offset, within the accepted window."""
+        if not isinstance(text, str):
+            raise InvalidMessageError("FormatViolation", field, "a date-time is required")
+        try:
+            at = parse_iso(text)
+        except (ValueError, OverflowError):
+            raise InvalidMessageError("FormatViolation", field,
+                                      f"{text[:40]!r} is not an RFC 3339 date-time") from None
+        if at.tzinfo is None or at.utcoffset() is None:
+            raise InvalidMessageError("FormatViolation", field,
+                                      f"{text[:40]!r} has no UTC offset")
+        try:
+            lead_s = (at - now).total_seconds()
+        except OverflowError:  # pragma: no cover - aware datetimes subtract safely
+            lead_s = math.inf
+        if lead_s > self.config.max_event_lead_s or -lead_s > self.config.max_event_age_s:
+            raise InvalidMessageError(
+                "PropertyConstraintViolation", field,
+                f"{text[:40]} is outside the accepted window (at most "
+                f"{self.config.max_event_age_s / 86400:g} days before and "
+                f"{self.config.max_event_lead_s / 3600:g} h after the CSMS's time)")
+        return at
+
+    def _apply_event(self, session: Session, ev: TxEvent, seq_no: int,
+                     digest: str | None) -> None:
+        """Apply a validated, new event to ``session`` (a copy the caller commits)."""
+        if ev.id_token and session.id_token is None:
+            session.id_token = ev.id_token
         session.seen_seq_nos.add(seq_no)
-        state = tx.get("chargingState")
+        if digest is not None:
+            session.seen_digests.add(digest)
+        at = ev.at
+        state = ev.charging_state
         fresh = session.meter_last_at is None or at >= session.meter_last_at
         # An EV seen taking nothing (SuspendedEV) stays so while the station holds
         # it at 0 (SuspendedEVSE): only drawing again clears it. Else a full EV
@@ -247,9 +369,9 @@ class CSMSCore:
         held = state == "SuspendedEVSE" and session.charging_state == "SuspendedEV"
         if state and fresh and not held:
             session.charging_state = state
-
-        energy_wh = self._apply_samples(session, samples)
-        if event_type == "Started":
+        self._apply_samples(session, ev.samples)
+        energy_wh = ev.energy_wh
+        if ev.event_type == "Started":
             session.started_at = at
             if session.export_start_wh is None:
                 # A station that has never fed back sends no export register.
@@ -260,47 +382,59 @@ class CSMSCore:
             session.meter_start_wh = energy_wh  # provisional until Started arrives
         if at < session.started_at:
             session.started_at = at
-        if event_type == "Ended":
+        if ev.event_type == "Ended":
             session.ended_at = at
-            session.stopped_reason = tx.get("stoppedReason", "Local")
+            session.stopped_reason = ev.stopped_reason or "Local"
             session.power_w = 0.0
             if energy_wh is not None:
                 session.meter_stop_wh = energy_wh
         session.last_seq_no = max(session.last_seq_no, seq_no)
 
-        self.store.record_transaction_event(
-            station_id=station_id, transaction_id=tx_id, evse_id=evse_id, seq_no=seq_no,
-            event_type=event_type, trigger_reason=payload["triggerReason"],
-            timestamp=payload["timestamp"], id_token=session.id_token,
-            meter_wh=energy_wh if event_type in ("Started", "Ended") else None,
-            stopped_reason=session.stopped_reason, payload=payload, samples=samples,
-        )
-        if event_type in ("Started", "Ended"):
-            log.info("transaction %s %s", tx_id, event_type.lower(), extra={
-                "event": f"transaction_{event_type.lower()}", "station": station_id,
-                "transaction": tx_id, "evse": session.evse_id,
-                "energy_wh": round(session.billed_energy_wh, 3)})
-        if event_type == "Ended":
-            self.sent_limits_w.pop((station_id, session.evse_id), None)
-            self.profile_set(station_id).end_transaction(tx_id)
-            self.persist_profiles(station_id)
-            self.sessions_changed = True
-        if session.ended_at is not None:
-            self._write_cdr(session)
-        return self._tx_response(id_token)
-
-    def _write_cdr(self, session: Session) -> None:
+    def _cdr(self, session: Session) -> dict[str, Any]:
+        """The charge detail record of an ended session, as the store keeps it."""
         assert session.ended_at is not None
         energy_wh = session.billed_energy_wh
         duration_s = max((session.ended_at - session.started_at).total_seconds(), 0.0)
         t = self.config.tariff
         cost = (t.session_fee + t.energy_per_kwh * energy_wh / 1000.0
                 + t.time_per_hour * duration_s / 3600.0)
-        self.store.record_cdr(
-            station_id=session.station_id, transaction_id=session.transaction_id,
-            id_token=session.id_token, started_at=iso(session.started_at),
-            ended_at=iso(session.ended_at), duration_s=duration_s, energy_wh=energy_wh,
-            cost=round(cost, 4), currency=t.currency)
+        return {"station_id": session.station_id, "transaction_id": session.transaction_id,
+                "id_token": session.id_token, "started_at": iso(session.started_at),
+                "ended_at": iso(session.ended_at), "duration_s": duration_s,
+                "energy_wh": energy_wh, "cost": round(cost, 4), "currency": t.currency}
+
+    def load_session(self, station_id: str, transaction_id: str) -> Session | None:
+        """A transaction as the store has it (ended ones leave memory), or None if unknown."""
+        tx = self.store.transaction_state(station_id, transaction_id)
+        return None if tx is None else self._session_from_store(tx)
+
+    @staticmethod
+    def _session_from_store(tx: dict[str, Any]) -> Session:
+        last = tx["last"]
+        energy = last[ENERGY]
+        session = Session(
+            transaction_id=tx["transaction_id"], station_id=tx["station_id"],
+            evse_id=int(tx["evse_id"]), id_token=tx["id_token"],
+            started_at=parse_iso(tx["started_at"]), meter_start_wh=tx["meter_start_wh"],
+            meter_last_wh=(energy[0] * _WH_PER_UNIT.get(energy[1] or "Wh", 1.0)
+                           if energy else None),
+            last_seq_no=int(tx["last_seq_no"]), seen_seq_nos=set(tx["seq_nos"]),
+            seen_digests=set(tx["digests"]),
+            ended_at=parse_iso(tx["ended_at"]) if tx["ended_at"] else None,
+            stopped_reason=tx["stopped_reason"], meter_stop_wh=tx["meter_stop_wh"],
+        )
+        if energy and tx.get("last_at"):
+            session.meter_last_at = parse_iso(tx["last_at"])
+        for measurand, attr in ((POWER, "power_w"), (VOLTAGE, "voltage_v"),
+                                (SOC, "soc_percent")):
+            if last[measurand] is not None:
+                value = last[measurand][0]
+                if measurand == POWER:
+                    value *= _W_PER_UNIT.get(last[measurand][1] or "W", 1.0)
+                setattr(session, attr, value)
+        if session.ended_at is not None:
+            session.power_w = 0.0
+        return session
 
     def _tx_response(self, id_token: str | None) -> dict[str, Any]:
         response: dict[str, Any] = {}
@@ -308,20 +442,17 @@ class CSMSCore:
             response["id_token_info"] = {"status": self.authorize(id_token)}
         return response
 
-    def _apply_samples(self, session: Session, samples: list[Sample]) -> float | None:
-        """Apply meter samples; returns this event's energy register (Wh) if it has one.
+    def _apply_samples(self, session: Session, samples: tuple[ParsedSample, ...]) -> None:
+        """Apply meter samples to the session's live values.
 
         Only samples at least as new as the newest seen update the session's
         live values (power, voltage, SoC, last register).
         """
-        energy_wh: float | None = None
-        for ts, measurand, phase, value, unit in samples:
-            at = parse_iso(ts)
+        for _ts, measurand, phase, value, unit, at in samples:
             fresh = session.meter_last_at is None or at >= session.meter_last_at
             if measurand == ENERGY and phase is None:
-                energy_wh = value * _WH_PER_UNIT.get(unit or "Wh", 1.0)
                 if fresh:
-                    session.meter_last_wh = energy_wh
+                    session.meter_last_wh = value * _WH_PER_UNIT.get(unit or "Wh", 1.0)
                     session.meter_last_at = at
             elif not fresh:
                 continue
@@ -338,14 +469,13 @@ class CSMSCore:
                 session.voltage_v = value
             elif measurand == SOC:
                 session.soc_percent = value
-        return energy_wh
 
     def on_meter_values(self, station_id: str, evse_id: int,
                         meter_value: list[dict[str, Any]]) -> None:
-        """MeterValues outside a transaction: persist them."""
-        samples = _flatten_meter_values(meter_value)
+        """MeterValues outside a transaction: check (InvalidMessageError) and persist them."""
+        samples = self._parse_samples(meter_value, self.clock())
         if samples:
-            self.store.record_meter_values(station_id, evse_id, samples)
+            self.store.record_meter_values(station_id, evse_id, [s[:5] for s in samples])
 
     # -- control -------------------------------------------------------------
     def open_sessions(self) -> list[Session]:
@@ -360,7 +490,14 @@ class CSMSCore:
             spec = self.stations.get(s.station_id)
             if spec is None or all(e.evse_id != s.evse_id for e in spec.evses):
                 continue  # not provisioned (only possible for a hand-built session)
-            by_site[spec.site].append(self._session_view(s, spec))
+            try:
+                by_site[spec.site].append(self._session_view(s, spec))
+            except (ArithmeticError, ValueError) as exc:
+                # One session's data must not stop everyone's control (a date at
+                # the end of the calendar overflows its assumed departure).
+                self._warn_once(("session", s.station_id, s.transaction_id),
+                                "%s/%s left out of control: %s", s.station_id,
+                                s.transaction_id, exc)
         sites = tuple(SiteView(name=n, limit_kw=self.effective_site_limit_kw(n),
                                sessions=tuple(v),
                                pv_forecast_kw=self.site_pv_forecast_kw.get(n, ()))
@@ -462,11 +599,11 @@ class CSMSCore:
         self.sessions_changed = False
         self._last_control = self.clock()
         view = self.control_view()
-        limits = self.strategy(view)
+        limits = self._run_strategy(view)
         tx_of = {(s.station_id, s.evse_id): s.transaction_id for s in self.open_sessions()}
         commands: list[ProfileCommand] = []
         for key, limit_kw in sorted(limits.items()):
-            if limit_kw is None:
+            if limit_kw is None or key not in tx_of:
                 continue  # the station's own maximum applies
             limit_w = limit_kw * 1000.0
             previous = self.sent_limits_w.get(key)
@@ -488,6 +625,34 @@ class CSMSCore:
             commands.append(ProfileCommand(station_id, evse_id, tx_of[key], value,
                                            self.config.charging_rate_unit, limit_w))
         return commands
+
+    def _run_strategy(self, view: ControlView) -> dict[EvseKey, float | None]:
+        """The strategy's limits; if it fails on the whole view, site by site, so one
+        site's bad data leaves every other site controlled (a failing site keeps the
+        limits its stations last accepted, and it is logged once)."""
+        try:
+            return self.strategy(view)
+        except Exception as exc:
+            self._warn_once(("strategy",), "strategy %s failed on the whole view (%s: %s); "
+                            "controlling site by site", self.config.strategy,
+                            type(exc).__name__, exc)
+        limits: dict[EvseKey, float | None] = {}
+        for site in view.sites:
+            try:
+                limits.update(self.strategy(replace(view, sites=(site,))))
+            except Exception as exc:
+                self._warn_once(("site", site.name), "site %s left out of control: %s: %s",
+                                site.name, type(exc).__name__, exc)
+        return limits
+
+    def _warn_once(self, key: tuple[str, ...], message: str, *args: Any) -> None:
+        """Log a control problem once per cause (the cycle runs every few seconds)."""
+        if key in self._warned:
+            return
+        if len(self._warned) > 10_000:
+            self._warned.clear()
+        self._warned.add(key)
+        log.warning(message, *args, extra={"event": "control_degraded"})
 
     def profile_set(self, station_id: str) -> ProfileSet:
         """The profiles the CSMS believes installed on a station.

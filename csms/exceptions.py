@@ -46,3 +46,18 @@ class UnknownEvseError(CSMSError):
         super().__init__(f"station {station_id!r} has no EVSE {evse_id}")
         self.station_id = station_id
         self.evse_id = evse_id
+
+
+class InvalidMessageError(CSMSError):
+    """A station message the CSMS refuses before it changes anything.
+
+    ``code`` is the OCPP-J error code (2.0.1 name: FormatViolation for a value
+    that cannot be read, PropertyConstraintViolation for one that can but is
+    not acceptable), ``field`` the dotted path of the offending field.
+    """
+
+    def __init__(self, code: str, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.code = code
+        self.field = field
+        self.message = message

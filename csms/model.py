@@ -91,6 +91,11 @@ class CSMSConfig:
     """Battery-to-grid efficiency the CSMS assumes for energy an EV feeds back."""
     v2g_peak_target_percent: float = 50.0
     """v2g_peak_shaving: the transformer loading to shave to, in % of its limit."""
+    max_event_age_s: float = 400 * 86400.0
+    """Oldest timestamp accepted on a station event, before the CSMS's now (a station
+    offline for a long time still delivers its queue; older is a broken clock)."""
+    max_event_lead_s: float = 86400.0
+    """Latest timestamp accepted on a station event, after the CSMS's now (clock skew)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +148,9 @@ class Session:
     stopped_reason: str | None = None
     limit_w: float | None = None
     seen_seq_nos: set[int] = field(default_factory=set)
+    seen_digests: set[str] = field(default_factory=set)
+    """OCPP 1.6: digests of the messages applied (1.6 has no seqNo; a re-sent
+    message is recognised by its content)."""
     meter_last_at: datetime | None = None
     meter_stop_wh: float | None = None
     export_start_wh: float | None = None
@@ -246,3 +254,8 @@ class ControlView:
     """The CSMS's battery-to-grid efficiency for energy fed back."""
     v2g_peak_target_percent: float = 50.0
     """v2g_peak_shaving: the transformer loading to shave to, in % of its limit."""
+    max_event_age_s: float = 400 * 86400.0
+    """Oldest timestamp accepted on a station event, before the CSMS's now (a station
+    offline for a long time still delivers its queue; older is a broken clock)."""
+    max_event_lead_s: float = 86400.0
+    """Latest timestamp accepted on a station event, after the CSMS's now (clock skew)."""

@@ -8,11 +8,14 @@ assigning the integer transactionId. Connectors map one-to-one onto EVSEs.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
+from ocpp.exceptions import PropertyConstraintViolationError
 from ocpp.routing import on
 from ocpp.v16 import ChargePoint as _ChargePoint16
 from ocpp.v16.enums import Action as Action16
@@ -29,17 +32,11 @@ from .shell import (
     ShellBase,
     TriggerMessageName,
     answer,
+    invalid_message_is_a_call_error,
     periods_from_wire,
     profile_to_wire_16,
     unknown_evse_is_a_property_violation,
 )
-
-# 1.6 spells two OCPP-J error codes differently from 2.0.1, and the ``ocpp``
-# library emits the 2.0.1 spellings whatever the version.
-_CODES_16 = {"FormatViolation": "FormationViolation",
-             "OccurrenceConstraintViolation": "OccurenceConstraintViolation",
-             "RpcFrameworkError": "FormationViolation",
-             "MessageTypeNotSupported": "NotSupported"}
 
 #: 1.6 ``idTag``: CiString20.
 ID_TAG_MAX = 20
@@ -56,14 +53,33 @@ _STOP_REASONS = {"EVDisconnected": "EVDisconnected", "Local": "Local", "Remote":
                  "DeAuthorized": "DeAuthorized", "UnlockCommand": "Local", "Other": "Other"}
 
 
-def _samples_201(meter_value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """1.6 meterValue (string values, flat unit) in the 2.0.1 shape the core reads."""
+def _number(text: Any, field: str) -> float:
+    """A 1.6 sampled value (a string holding a decimal number) as a finite float."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not math.isfinite(value):
+        raise PropertyConstraintViolationError(
+            description=f"{field}: {str(text)[:40]!r} is not a finite decimal number")
+    return value
+
+
+def _samples_201(meter_value: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
+    """1.6 meterValue (string values, flat unit) in the 2.0.1 shape the core reads.
+
+    Values in SignedData format are kept out (they are not numbers the CSMS
+    can use); every other value must be a finite decimal number.
+    """
     out = []
-    for mv in meter_value:
+    for i, mv in enumerate(meter_value):
         sampled = []
-        for sv in mv.get("sampledValue", []):
-            item: dict[str, Any] = {"value": float(sv["value"]),
-                                    "measurand": sv.get("measurand", ENERGY)}
+        for j, sv in enumerate(mv.get("sampledValue", [])):
+            if sv.get("format") == "SignedData":
+                continue
+            item: dict[str, Any] = {
+                "value": _number(sv["value"], f"{path}.{i}.sampledValue.{j}.value"),
+                "measurand": sv.get("measurand", ENERGY)}
             if sv.get("phase"):
                 item["phase"] = sv["phase"]
             if sv.get("unit"):
@@ -75,29 +91,21 @@ def _samples_201(meter_value: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def message_digest(action: str, payload: dict[str, Any]) -> str:
+    """A 1.6 message's identity by content (1.6 has no seqNo): a hash of action and payload."""
+    text = json.dumps([action, payload], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 class CSMS16(ShellBase, _ChargePoint16):
     """One connected station speaking OCPP 1.6J."""
 
     version: ClassVar[str] = "1.6"
-    rpc_error_code: ClassVar[str] = "FormationViolation"
-    message_type_error_code: ClassVar[str] = "NotSupported"
     known_actions: ClassVar[frozenset[str]] = frozenset(a.value for a in Action16)
 
     def __init__(self, station_id: str, connection: Any, core: CSMSCore, **kw: Any) -> None:
         super().__init__(station_id, connection, **kw)
         self._init_shell(core)
-
-    async def _send(self, message: str) -> None:
-        if message.startswith("[4"):
-            frame = json.loads(message)
-            if frame[2] in _CODES_16:
-                frame[2] = _CODES_16[frame[2]]
-                message = json.dumps(frame)
-        await super()._send(message)
-
-    def _next_seq(self, tx_id: str) -> int:
-        session = self.core.sessions.get((self.id, tx_id))
-        return 0 if session is None else session.last_seq_no + 1
 
     # -- station-initiated --------------------------------------------------
     @on("BootNotification")
@@ -131,38 +139,46 @@ class CSMS16(ShellBase, _ChargePoint16):
                              timestamp: str, **_: Any) -> Any:
         with unknown_evse_is_a_property_violation():
             self.core.check_evse(self.id, connector_id)
-        tx_id = self.core.next_transaction_id()
-        self.core.on_transaction_event(self.id, {
-            "eventType": "Started", "timestamp": timestamp, "triggerReason": "Authorized",
-            "seqNo": 0, "transactionInfo": {"transactionId": tx_id},
-            "evse": {"id": connector_id, "connectorId": 1},
-            "idToken": {"idToken": id_tag, "type": "Central"},
-            "meterValue": [{"timestamp": timestamp, "sampledValue": [{
-                "value": float(meter_start), "measurand": ENERGY, "context": "Transaction.Begin",
-                "unitOfMeasure": {"unit": "Wh"}}]}],
-        })
+        digest = message_digest("StartTransaction", self._raw_payload)
+        # A re-sent StartTransaction (its answer was lost) gets the transaction it
+        # opened, not a second one.
+        tx_id = self.core.store.transaction_with_digest(self.id, digest)
+        if tx_id is None:
+            tx_id = self.core.next_transaction_id()
+            with invalid_message_is_a_call_error():
+                self.core.on_transaction_event(self.id, {
+                    "eventType": "Started", "timestamp": timestamp,
+                    "triggerReason": "Authorized", "seqNo": 0,
+                    "transactionInfo": {"transactionId": tx_id},
+                    "evse": {"id": connector_id, "connectorId": 1},
+                    "idToken": {"idToken": id_tag, "type": "Central"},
+                    "meterValue": [{"timestamp": timestamp, "sampledValue": [{
+                        "value": float(meter_start), "measurand": ENERGY,
+                        "context": "Transaction.Begin", "unitOfMeasure": {"unit": "Wh"}}]}],
+                }, digest=digest)
         return self._call_result.StartTransaction(
             transaction_id=int(tx_id), id_tag_info={"status": self.core.authorize(id_tag)})
 
     @on("MeterValues")
     def on_meter_values(self, connector_id: int, meter_value: list[Any],
                         transaction_id: int | None = None, **_: Any) -> Any:
-        samples = _samples_201(self._raw_payload["meterValue"])
+        samples = _samples_201(self._raw_payload["meterValue"], "meterValue")
         if transaction_id is not None:
             tx_id = str(transaction_id)
-            with unknown_evse_is_a_property_violation():
+            with unknown_evse_is_a_property_violation(), invalid_message_is_a_call_error():
                 self.core.on_transaction_event(self.id, {
                     "eventType": "Updated", "timestamp": samples[0]["timestamp"],
-                    "triggerReason": "MeterValuePeriodic", "seqNo": self._next_seq(tx_id),
+                    "triggerReason": "MeterValuePeriodic", "seqNo": None,
                     "transactionInfo": {"transactionId": tx_id},
                     "evse": {"id": connector_id} if connector_id else None,
                     "meterValue": samples,
-                })
+                }, digest=message_digest("MeterValues", self._raw_payload))
         else:
             if connector_id != 0:
                 with unknown_evse_is_a_property_violation():
                     self.core.check_evse(self.id, connector_id)
-            self.core.on_meter_values(self.id, connector_id, samples)
+            with invalid_message_is_a_call_error():
+                self.core.on_meter_values(self.id, connector_id, samples)
         return self._call_result.MeterValues()
 
     @on("StopTransaction")
@@ -175,20 +191,20 @@ class CSMS16(ShellBase, _ChargePoint16):
         samples = [{"timestamp": timestamp, "sampledValue": [{
             "value": float(meter_stop), "measurand": ENERGY, "context": "Transaction.End",
             "unitOfMeasure": {"unit": "Wh"}}]}]
-        samples += _samples_201(self._raw_payload.get("transactionData") or [])
-        session = self.core.sessions.get((self.id, tx_id))
+        samples += _samples_201(self._raw_payload.get("transactionData") or [],
+                                "transactionData")
         payload: dict[str, Any] = {
             "eventType": "Ended", "timestamp": timestamp, "triggerReason": "EVDeparted",
-            "seqNo": self._next_seq(tx_id),
+            "seqNo": None,
             "transactionInfo": {"transactionId": tx_id,
                                 "stoppedReason": _STOP_REASONS.get(reason or "Local", "Other")},
             "meterValue": samples,
         }
-        if session is None:
-            # A transaction this CSMS never saw start: 1.6 still expects it billed.
-            payload["evse"] = {"id": 1}
-        with unknown_evse_is_a_property_violation():
-            self.core.on_transaction_event(self.id, payload)
+        # A transaction this CSMS never saw start is still billed (1.6 expects it),
+        # on connector 1: the core's default for a session it creates.
+        with unknown_evse_is_a_property_violation(), invalid_message_is_a_call_error():
+            self.core.on_transaction_event(
+                self.id, payload, digest=message_digest("StopTransaction", self._raw_payload))
         result: dict[str, Any] = {}
         if id_tag is not None:
             result["id_tag_info"] = {"status": self.core.authorize(id_tag)}

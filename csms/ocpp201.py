@@ -34,6 +34,7 @@ from .shell import (
     ShellBase,
     TriggerMessageName,
     answer,
+    invalid_message_is_a_call_error,
     periods_from_wire,
     profile_to_wire_2x,
     unknown_evse_is_a_property_violation,
@@ -116,7 +117,7 @@ class Handlers201(ShellBase):
 
     @on("TransactionEvent")
     def on_transaction_event(self, **_: Any) -> Any:
-        with unknown_evse_is_a_property_violation():
+        with unknown_evse_is_a_property_violation(), invalid_message_is_a_call_error():
             r = self.core.on_transaction_event(self.id, self._raw_payload)
         return self._call_result.TransactionEvent(**r)  # type: ignore[attr-defined]
 
@@ -125,7 +126,8 @@ class Handlers201(ShellBase):
         if evse_id != 0:  # 0 is the station's main meter
             with unknown_evse_is_a_property_violation():
                 self.core.check_evse(self.id, evse_id)
-        self.core.on_meter_values(self.id, evse_id, self._raw_payload["meterValue"])
+        with invalid_message_is_a_call_error():
+            self.core.on_meter_values(self.id, evse_id, self._raw_payload["meterValue"])
         return self._call_result.MeterValues()  # type: ignore[attr-defined]
 
     @on("NotifyEVChargingNeeds")
@@ -401,8 +403,6 @@ class CSMS201(Handlers201, _ChargePoint201):
 
 class CSMS21(Handlers201, _ChargePoint21):
     """One connected station speaking OCPP 2.1."""
-
-    occurrence_error_code: ClassVar[str] = "OccurrenceConstraintViolation"
 
     version: ClassVar[str] = "2.1"
     known_actions: ClassVar[frozenset[str]] = frozenset(a.value for a in Action21)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import decimal
+import inspect
 import json
 import logging
 from abc import ABC, abstractmethod
@@ -30,26 +31,38 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
-from ocpp.exceptions import (
-    OccurrenceConstraintViolationError,
-    OCPPError,
-    PropertyConstraintViolationError,
-    ProtocolError,
+from ocpp.charge_point import (
+    camel_to_snake_case,
+    remove_nones,
+    serialize_as_dict,
+    snake_to_camel_case,
 )
-from ocpp.messages import Call, MessageType, unpack, validate_payload
+from ocpp.exceptions import OCPPError, PropertyConstraintViolationError
+from ocpp.messages import Call as _LibCall
+from ocpp.messages import CallError as _LibCallError
+from ocpp.messages import CallResult as _LibCallResult
+from ocpp.messages import MessageType, validate_payload
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+
+from evtwin.ocppj import (
+    Call,
+    CallError,
+    CallResult,
+    FrameError,
+    SchemaViolation,
+    decode_frame,
+    encode_call_error,
+    schemas,
+    wire_code,
+)
 
 from .clock import iso
 from .core import CSMSCore, ProfileCommand
-from .exceptions import CSMSError, UnknownEvseError
+from .exceptions import CSMSError, InvalidMessageError, UnknownEvseError
 from .model import EVChargingNeeds
 from .profiles import ChargingProfile, Period, ProfileError
 
 log = logging.getLogger("evtwin.csms.ocpp")
-
-# OCPP-J 2.0.1 §4.3: a frame whose message id cannot be read is answered
-# with message id "-1".
-UNKNOWN_MESSAGE_ID = "-1"
 
 #: OCPP versions in order; a feature "needs 2.1" when the station speaks less.
 VERSIONS = ("1.6", "2.0.1", "2.1")
@@ -62,6 +75,25 @@ def unknown_evse_is_a_property_violation() -> Iterator[None]:
         yield
     except UnknownEvseError as exc:
         raise PropertyConstraintViolationError(description=str(exc)) from exc
+
+
+class _StationMessageError(OCPPError):
+    """A station message the core refused (InvalidMessageError), as its OCPP-J error."""
+
+    default_description = "the message was refused"
+
+    def __init__(self, code: str, description: str) -> None:
+        super().__init__(description=description)
+        self.code = code
+
+
+@contextmanager
+def invalid_message_is_a_call_error() -> Iterator[None]:
+    """Answer a message the core refuses with the CALLERROR it names."""
+    try:
+        yield
+    except InvalidMessageError as exc:
+        raise _StationMessageError(exc.code, str(exc)) from exc
 
 
 class CallFailed(CSMSError):
@@ -433,13 +465,6 @@ def as_profile(profile: ProfileSpec | Mapping[str, Any]) -> ProfileSpec:
 class ShellBase(ABC):
     """Mixin placed before an ``ocpp`` ChargePoint class in a shell's bases."""
 
-    #: Error codes of this version for a frame that is not an RPC message,
-    #: and for an unknown MessageTypeId.
-    rpc_error_code: ClassVar[str] = "RpcFrameworkError"
-    message_type_error_code: ClassVar[str] = "MessageTypeNotSupported"
-    #: A required field missing. OCPP 1.6 and 2.0.1 keep the historic spelling
-    #: (1.6-J errata 5.1, kept in 2.0.1); 2.1 spells it correctly.
-    occurrence_error_code: ClassVar[str] = "OccurenceConstraintViolation"
     known_actions: ClassVar[frozenset[str]] = frozenset()
     version: ClassVar[str] = ""
 
@@ -453,6 +478,7 @@ class ShellBase(ABC):
         route_map: dict[str, Any]
         _ocpp_version: str
         _call_lock: Any
+        _response_queue: asyncio.Queue[Any]
         _response_timeout: float
         _unique_id_generator: Any
 
@@ -463,80 +489,113 @@ class ShellBase(ABC):
     def _init_shell(self, core: CSMSCore) -> None:
         self.core = core
         self._raw_payload = {}
+        self._after_tasks: set[asyncio.Future[Any]] = set()
         #: The last NotifyEVChargingNeeds per EVSE (2.x), also kept on the open session.
         self.ev_charging_needs: dict[int, EVChargingNeeds] = {}
         self._profile_reports: dict[int, ProfileReport] = {}
 
-    def rpc_error_frame(self, raw: str | bytes) -> str:
-        """The CALLERROR for a frame that is not a valid OCPP-J RPC message."""
-        try:
-            msg = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            return json.dumps([4, UNKNOWN_MESSAGE_ID, self.rpc_error_code,
-                               "Frame is not valid JSON", {}])
-        if not isinstance(msg, list) or len(msg) < 2 or not isinstance(msg[1], str):
-            return json.dumps([4, UNKNOWN_MESSAGE_ID, self.rpc_error_code,
-                               "Frame is not an OCPP-J array with a message id", {}])
-        if msg[0] not in (2, 3, 4):
-            return json.dumps([4, msg[1], self.message_type_error_code,
-                               f"MessageTypeId {msg[0]!r} is not supported", {}])
-        return json.dumps([4, msg[1], self.rpc_error_code, "Frame is missing elements", {}])
-
-    async def route_message(self, raw_msg: str) -> None:
-        """Route one frame; malformed frames get a CALLERROR instead of silence."""
-        try:
-            msg = unpack(raw_msg)
-        except OCPPError:
-            log.warning("%s: malformed frame %.200r", self.id, raw_msg)
-            await self._send(self.rpc_error_frame(raw_msg))
-            return
-        if msg.message_type_id != MessageType.Call and not self._call_lock.locked():
-            # A CALLRESULT/CALLERROR when we are waiting for none: an unknown
-            # message id. Dropped (queueing it would grow without bound).
-            log.warning("%s: ignoring a reply to no pending call (id %r)", self.id, msg.unique_id)
-            return
-        if msg.message_type_id == MessageType.Call:
-            refusal = self._refuse_call(msg.action, msg.payload)
-            if refusal is not None:
-                code, text = refusal
-                await self._send(json.dumps([4, msg.unique_id, code, text, {}]))
-                return
-            # Handlers read the request in its wire (camelCase) form; the
-            # connection handles one message at a time, so this is safe.
-            self._raw_payload = msg.payload
-        await super().route_message(raw_msg)  # type: ignore[misc]
-
-    async def _handle_call(self, msg: Any) -> Any:
-        """Route one CALL; a missing required field is an occurrence violation.
-
-        The ``ocpp`` library reports schema ``required`` failures as
-        ProtocolError; OCPP-J names OccurrenceConstraintViolation for a field
-        that occurs fewer times than the schema allows.
-        """
-        try:
-            return await super()._handle_call(msg)  # type: ignore[misc]
-        except ProtocolError as exc:
-            cause = str((exc.details or {}).get("cause", ""))
-            if "is a required property" not in cause:
-                raise
-            error = OccurrenceConstraintViolationError(description=cause, details=exc.details)
-            error.code = self.occurrence_error_code
-            raise error from exc
-
-    def _refuse_call(self, action: Any, payload: Any) -> tuple[str, str] | None:
+    def _refuse_call(self, action: str) -> tuple[str, str] | None:
         """The CALLERROR (code, text) for a CALL that cannot be routed, or None.
 
         OCPP-J: NotImplemented when the action is not known at all,
         NotSupported when it is a known action this CSMS does not handle (the
         ``ocpp`` library has these two the other way round).
         """
-        if not isinstance(action, str) or not isinstance(payload, dict):
-            return self.rpc_error_code, "Action must be a string and payload an object"
         if action in self.route_map and "_on_action" in self.route_map[action]:
             return None
         if action in self.known_actions:
             return "NotSupported", f"{action} is not supported by this CSMS"
-        return "NotImplemented", f"{action} is not an OCPP {self.version} action"
+        return "NotImplemented", f"{action[:64]!r} is not an OCPP {self.version} action"
+
+    async def _send_error(self, message_id: str, code: str, description: str) -> None:
+        await self._send(encode_call_error(message_id, wire_code(self.version, code),
+                                           description))
+
+    async def route_message(self, raw_msg: str | bytes) -> None:
+        """Handle one frame: answer every CALL (with a CALLRESULT or the CALLERROR OCPP-J
+        names), hand replies to the pending call, never let an exception out.
+
+        A handler that fails on purpose raises an OCPPError (its code goes to the
+        station); any other exception is a bug or a broken store: it is logged once,
+        in one line with the station and action and never the payload, and the
+        station gets InternalError. Either way nothing was applied (the core
+        validates before it changes state), so a corrected re-send is handled as new.
+        """
+        try:
+            frame = decode_frame(raw_msg, version=self.version)
+        except FrameError as exc:
+            log.warning("%s: refused a frame: %s %s", self.id, exc.code, exc.description,
+                        extra={"event": "frame_refused", "station": self.id, "code": exc.code})
+            if exc.answer:
+                await self._send_error(exc.message_id, exc.code, exc.description)
+            return
+        if isinstance(frame, Call):
+            await self._answer_call(frame)
+        elif isinstance(frame, CallResult | CallError):
+            if not self._call_lock.locked():
+                # A CALLRESULT/CALLERROR when we are waiting for none: an unknown
+                # message id. Dropped (queueing it would grow without bound).
+                log.warning("%s: ignoring a reply to no pending call (id %r)", self.id,
+                            frame.message_id)
+                return
+            reply: Any = (_LibCallResult(frame.message_id, frame.payload)
+                          if isinstance(frame, CallResult) else
+                          _LibCallError(frame.message_id, frame.code, frame.description,
+                                        frame.details))
+            self._response_queue.put_nowait(reply)
+        else:  # OCPP 2.1 CALLRESULTERROR or SEND: never answered
+            log.info("%s: ignoring an OCPP 2.1 %s frame", self.id, type(frame).__name__,
+                     extra={"event": "frame_ignored", "station": self.id})
+
+    async def _answer_call(self, call: Call) -> None:
+        refusal = self._refuse_call(call.action)
+        if refusal is not None:
+            await self._send_error(call.message_id, *refusal)
+            return
+        try:
+            schemas.validate(self.version, call.action, call.payload)
+            handlers = self.route_map[call.action]
+            # Handlers read the request in its wire (camelCase) form; the
+            # connection handles one message at a time, so this is safe.
+            self._raw_payload = call.payload
+            kwargs = camel_to_snake_case(call.payload)
+            result = handlers["_on_action"](**kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            payload = snake_to_camel_case(remove_nones(serialize_as_dict(result)))
+            # Our own answer failing its schema is our bug: InternalError below.
+            schemas.validate(self.version, call.action, payload, request=False)
+        except SchemaViolation as exc:
+            self._log_refusal(call.action, exc.code, exc.message)
+            await self._send_error(call.message_id, exc.code, exc.message)
+            return
+        except OCPPError as exc:
+            description = str(exc.description or exc.code)
+            self._log_refusal(call.action, exc.code, description)
+            await self._send_error(call.message_id, exc.code, description)
+            return
+        except Exception as exc:
+            log.error("%s: %s failed: %s: %.200s", self.id, call.action, type(exc).__name__,
+                      exc, extra={"event": "handler_failed", "station": self.id,
+                                  "action": call.action})
+            await self._send_error(call.message_id, "InternalError",
+                                   f"{call.action} could not be processed")
+            return
+        finally:
+            self._raw_payload = {}
+        await self._send(json.dumps([3, call.message_id, payload], separators=(",", ":")))
+        after = handlers.get("_after_action")
+        if after is not None:
+            follow_up = after(**kwargs)
+            if inspect.isawaitable(follow_up):
+                task = asyncio.ensure_future(follow_up)
+                self._after_tasks.add(task)
+                task.add_done_callback(self._after_tasks.discard)
+
+    def _log_refusal(self, action: str, code: str, description: str) -> None:
+        log.info("%s: %s refused: %s %.200s", self.id, action, code, description,
+                 extra={"event": "call_refused", "station": self.id, "action": action,
+                        "code": code})
 
     async def call_json(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Send a CALL whose payload is already in wire form; return the result payload.
@@ -547,7 +606,8 @@ class ShellBase(ABC):
         CALLERROR, InvalidCallResult on an answer that fails the schema and
         TimeoutError when no answer comes within the response timeout.
         """
-        call = Call(unique_id=str(self._unique_id_generator()), action=action, payload=payload)
+        call = _LibCall(unique_id=str(self._unique_id_generator()), action=action,
+                        payload=payload)
         try:
             await validate_payload(call, self._ocpp_version)
         except OCPPError as exc:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -113,6 +113,11 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (station_id, position)
     );
     """,
+    4: """
+    ALTER TABLE transaction_events ADD COLUMN digest TEXT;
+    CREATE INDEX transaction_events_digest ON transaction_events(station_id, digest)
+        WHERE digest IS NOT NULL;
+    """,
 }
 
 
@@ -206,18 +211,23 @@ class Store:
         stopped_reason: str | None,
         payload: dict[str, Any],
         samples: Sequence[tuple[str, str, str | None, float, str | None]],
+        digest: str | None = None,
+        cdr: dict[str, Any] | None = None,
     ) -> None:
-        """Store one TransactionEvent and its sampled values atomically.
+        """Store one TransactionEvent, its sampled values and, for an ended transaction,
+        its charge detail record ``cdr`` (the columns of ``cdrs`` by name), all in one
+        transaction: all of it is on disk or none of it.
 
-        ``samples`` are ``(timestamp, measurand, phase, value, unit)`` tuples.
-        A repeated ``seq_no`` (a station re-sending after a lost reply) is
-        ignored rather than stored twice.
+        ``samples`` are ``(timestamp, measurand, phase, value, unit)`` tuples;
+        ``digest`` identifies an OCPP 1.6 message by content. A repeated ``seq_no``
+        is ignored rather than stored twice (the core answers duplicates before
+        they get here).
         """
         with self._tx():
             cur = self._db.execute(
-                "INSERT OR IGNORE INTO transaction_events VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT OR IGNORE INTO transaction_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (station_id, transaction_id, seq_no, event_type, trigger_reason, timestamp,
-                 json.dumps(payload, separators=(",", ":"))),
+                 json.dumps(payload, separators=(",", ":")), digest),
             )
             if cur.rowcount == 0:
                 return
@@ -252,6 +262,8 @@ class Store:
                     "INSERT INTO meter_values VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     [(station_id, evse_id, transaction_id, *s) for s in samples],
                 )
+            if cdr is not None:
+                self._write_cdr(cdr)
 
     def record_meter_values(
         self,
@@ -307,43 +319,71 @@ class Store:
             row = self._db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
         return int(row[0])
 
-    def record_cdr(self, *, station_id: str, transaction_id: str, id_token: str | None,
-                   started_at: str, ended_at: str, duration_s: float, energy_wh: float,
-                   cost: float, currency: str) -> None:
+    def record_cdr(self, **cdr: Any) -> None:
         """Store (or replace, if late events changed it) a charge detail record."""
         with self._tx():
-            self._db.execute(
-                "INSERT OR REPLACE INTO cdrs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (station_id, transaction_id, id_token, started_at, ended_at, duration_s,
-                 energy_wh, cost, currency))
+            self._write_cdr(cdr)
+
+    def _write_cdr(self, cdr: dict[str, Any]) -> None:
+        # Inside a transaction. Rewritten only when a value changed.
+        self._db.execute(
+            "INSERT INTO cdrs VALUES (:station_id, :transaction_id, :id_token, :started_at, "
+            ":ended_at, :duration_s, :energy_wh, :cost, :currency) "
+            "ON CONFLICT(station_id, transaction_id) DO UPDATE SET id_token=excluded.id_token, "
+            "started_at=excluded.started_at, ended_at=excluded.ended_at, "
+            "duration_s=excluded.duration_s, energy_wh=excluded.energy_wh, cost=excluded.cost, "
+            "currency=excluded.currency WHERE (cdrs.id_token, cdrs.started_at, cdrs.ended_at, "
+            "cdrs.duration_s, cdrs.energy_wh, cdrs.cost, cdrs.currency) IS NOT "
+            "(excluded.id_token, excluded.started_at, excluded.ended_at, excluded.duration_s, "
+            "excluded.energy_wh, excluded.cost, excluded.currency)", cdr)
 
     def cdrs(self) -> list[dict[str, Any]]:
         """All charge detail records, oldest first."""
         return [dict(r) for r in self._db.execute("SELECT * FROM cdrs ORDER BY ended_at")]
 
     def open_transactions(self) -> list[dict[str, Any]]:
-        """Transactions not Ended, with their latest energy register and meter data."""
+        """Transactions not Ended, each as :meth:`transaction_state` gives it."""
         rows = self._db.execute(
             "SELECT * FROM transactions WHERE ended_at IS NULL "
             "ORDER BY started_at, station_id, transaction_id").fetchall()
-        out = []
-        for r in rows:
-            tx = dict(r)
-            last = {}
-            for measurand in ("Energy.Active.Import.Register", "Power.Active.Import",
-                              "Voltage", "SoC"):
-                row = self._db.execute(
-                    "SELECT value, unit FROM meter_values WHERE station_id=? AND "
-                    "transaction_id=? AND measurand=? AND phase IS NULL "
-                    "ORDER BY timestamp DESC, rowid DESC LIMIT 1",
-                    (tx["station_id"], tx["transaction_id"], measurand)).fetchone()
-                last[measurand] = (row[0], row[1]) if row else None
-            tx["last"] = last
-            tx["seq_nos"] = [s[0] for s in self._db.execute(
-                "SELECT seq_no FROM transaction_events WHERE station_id=? AND transaction_id=?",
-                (tx["station_id"], tx["transaction_id"]))]
-            out.append(tx)
-        return out
+        return [self._state(r) for r in rows]
+
+    def transaction_state(self, station_id: str, transaction_id: str) -> dict[str, Any] | None:
+        """One transaction's row with what it takes to rebuild the session: ``last``
+        (latest value and unit per measurand), ``last_at`` (time of the latest energy
+        register), ``seq_nos`` and ``digests`` of the events applied; None if unknown."""
+        row = self._db.execute(
+            "SELECT * FROM transactions WHERE station_id=? AND transaction_id=?",
+            (station_id, transaction_id)).fetchone()
+        return None if row is None else self._state(row)
+
+    def _state(self, row: sqlite3.Row) -> dict[str, Any]:
+        tx = dict(row)
+        key = (tx["station_id"], tx["transaction_id"])
+        last: dict[str, tuple[float, str | None] | None] = {}
+        for measurand in ("Energy.Active.Import.Register", "Power.Active.Import",
+                          "Voltage", "SoC"):
+            found = self._db.execute(
+                "SELECT value, unit, timestamp FROM meter_values WHERE station_id=? AND "
+                "transaction_id=? AND measurand=? AND phase IS NULL "
+                "ORDER BY timestamp DESC, rowid DESC LIMIT 1", (*key, measurand)).fetchone()
+            last[measurand] = (found[0], found[1]) if found else None
+            if measurand == "Energy.Active.Import.Register":
+                tx["last_at"] = found[2] if found else None
+        tx["last"] = last
+        events = self._db.execute(
+            "SELECT seq_no, digest FROM transaction_events WHERE station_id=? AND "
+            "transaction_id=?", key).fetchall()
+        tx["seq_nos"] = [e[0] for e in events]
+        tx["digests"] = [e[1] for e in events if e[1] is not None]
+        return tx
+
+    def transaction_with_digest(self, station_id: str, digest: str) -> str | None:
+        """The transaction an event with this content digest (OCPP 1.6) belongs to."""
+        row = self._db.execute(
+            "SELECT transaction_id FROM transaction_events WHERE station_id=? AND digest=? "
+            "LIMIT 1", (station_id, digest)).fetchone()
+        return None if row is None else str(row[0])
 
     def last_accepted_limits_w(self) -> dict[tuple[str, int], float]:
         """The last limit (W) each EVSE accepted, by (station, evse)."""
@@ -361,6 +401,21 @@ class Store:
             self._db.execute(
                 "INSERT INTO security_events VALUES (?, ?, ?, ?)", (at, peer, kind, detail)
             )
+
+    def prune_security_events(self, *, before: str | None = None,
+                              max_rows: int | None = None) -> int:
+        """Delete security events older than ``before`` (ISO time) and all but the newest
+        ``max_rows``; return how many were deleted."""
+        deleted = 0
+        with self._tx():
+            if before is not None:
+                deleted += self._db.execute(
+                    "DELETE FROM security_events WHERE at < ?", (before,)).rowcount
+            if max_rows is not None:
+                deleted += self._db.execute(
+                    "DELETE FROM security_events WHERE rowid NOT IN (SELECT rowid FROM "
+                    "security_events ORDER BY rowid DESC LIMIT ?)", (max_rows,)).rowcount
+        return deleted
 
     # -- queries -----------------------------------------------------------
     def transactions(self) -> list[dict[str, Any]]:

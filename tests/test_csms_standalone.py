@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,17 @@ def station(server: ServerProcess, name: str, protocol: str) -> Iterator[Station
         yield Station(ws)
 
 
-T0 = "2026-12-01T08:00:00.000Z"
+# Timestamps on yesterday's date: the CSMS runs on the wall clock and refuses
+# events far from its time.
+_DAY = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%d")
+
+
+def at(hh_mm: str) -> str:
+    """An OCPP timestamp at ``hh_mm`` yesterday (UTC)."""
+    return f"{_DAY}T{hh_mm}:00.000Z"
+
+
+T0 = at("08:00")
 
 
 def boot(st: Station, protocol: str) -> None:
@@ -242,14 +253,14 @@ def test_session_survives_a_killed_csms_and_bills_the_metered_energy(
             tx_id = r[2]["transactionId"]
             assert isinstance(tx_id, int)
             st.call("MeterValues", {"connectorId": 1, "transactionId": tx_id,
-                                    "meterValue": energy(3000, "2026-12-01T08:30:00Z",
+                                    "meterValue": energy(3000, at("08:30"),
                                                          "Sample.Periodic", True)})
         else:
             st.call("StatusNotification", {"timestamp": T0, "connectorStatus": "Occupied",
                                            "evseId": 1, "connectorId": 1})
             r = st.call("TransactionEvent", tx_event("Started", 0, 1000, T0))
             assert r[2]["idTokenInfo"]["status"] == "Accepted"
-            st.call("TransactionEvent", tx_event("Updated", 1, 3000, "2026-12-01T08:30:00Z"))
+            st.call("TransactionEvent", tx_event("Updated", 1, 3000, at("08:30")))
         # The CSMS enforces the 7 kW site limit on the session.
         profile = st.wait_for_call("SetChargingProfile")
         server.proc.send_signal(signal.SIGKILL)  # no chance to flush anything
@@ -262,10 +273,10 @@ def test_session_survives_a_killed_csms_and_bills_the_metered_energy(
             boot(st, protocol)
             if v16:
                 st.call("MeterValues", {"connectorId": 1, "transactionId": tx_id,
-                                        "meterValue": energy(6000, "2026-12-01T09:00:00Z",
+                                        "meterValue": energy(6000, at("09:00"),
                                                              "Sample.Periodic", True)})
             else:
-                st.call("TransactionEvent", tx_event("Updated", 2, 6000, "2026-12-01T09:00:00Z"))
+                st.call("TransactionEvent", tx_event("Updated", 2, 6000, at("09:00")))
             # After the restart the CSMS still knows the open session: a second
             # session on the site makes it halve the restored one's limit.
             if v16:
@@ -282,12 +293,12 @@ def test_session_survives_a_killed_csms_and_bills_the_metered_energy(
             assert halved[1] != profile[1]
             if v16:
                 r = st.call("StopTransaction", {"meterStop": 9000, "timestamp":
-                                                "2026-12-01T09:30:00Z", "transactionId": tx_id,
+                                                at("09:30"), "transactionId": tx_id,
                                                 "reason": "EVDisconnected"})
                 assert r[0] == 3
             else:
                 r = st.call("TransactionEvent", tx_event("Ended", 3, 9000,
-                                                         "2026-12-01T09:30:00Z"))
+                                                         at("09:30")))
                 assert r[0] == 3
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=TIMEOUT_S) == 0
