@@ -7,20 +7,23 @@ own event loop and reads the same core and store, so there is nothing to
 synchronise.
 
 Every endpoint except ``GET /api/v1/openapi.json`` needs ``Authorization:
-Bearer <token>``; only a salted scrypt hash of the token is configured
-(:func:`hash_token`, the format of station password hashes). Errors are JSON
-objects with ``error`` and ``message``: 401 without a valid token, 404 for an
-unknown station or transaction, 409 when the station is not connected, 422
-with the path of every bad field, 502 when the station answers with a
-CALLERROR (its ``code``) or an invalid answer, 504 when it does not answer.
+Bearer <token>``; only a salted hash of the token is configured
+(:func:`hash_token`, the format of station password hashes). A token in the
+query string (``?token=``, ``?access_token=``) is refused and never logged:
+URLs end up in proxy and access logs. Missing and wrong tokens are recorded
+as security events (rate-limited, see :mod:`evtwin.csms.audit`). Errors are
+JSON objects with ``error`` and ``message``: 400 for a body that is not JSON
+or nests deeper than 64 levels, 401 without a valid token, 404 for an
+unknown station or transaction, 409 when the station is not connected, 413
+for a body that is too large, 422 with the path of every bad field, 502 when
+the station answers with a CALLERROR (its ``code``) or an invalid answer, 503
+when legacy token checks are saturated, 504 when the station does not answer.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
-import hmac
 import http
+import json
 import logging
 import re
 import secrets
@@ -30,13 +33,15 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from websockets.exceptions import ConnectionClosed
 
+from .audit import peer_host
 from .exceptions import ConfigError, StationNotConnectedError, UnknownStationError
 from .model import EVChargingNeeds, Session
-from .security import check_password_hash, hash_password, verify_password
+from .security import PasswordVerifier, VerifierBusy, check_password_hash, hash_password
 from .server import CSMSServer
 from .shell import (
     CallFailed,
@@ -63,6 +68,10 @@ OPENAPI_PATH = f"{API_PREFIX}/openapi.json"
 #: API tokens: 32 to 40 characters (the upper bound is the password hash's).
 TOKEN_MIN_CHARS = 32
 TOKEN_MAX_CHARS = 40
+#: Query parameters that would carry a token in the URL: refused.
+TOKEN_QUERY_PARAMS = frozenset({"token", "access_token", "api_token", "bearer"})
+#: JSON bodies may nest this deep (ours need 5); deeper is refused before parsing.
+MAX_JSON_DEPTH = 64
 
 
 # --------------------------------------------------------------------------- tokens
@@ -72,7 +81,12 @@ def generate_token() -> str:
 
 
 def hash_token(token: str) -> str:
-    """The salted scrypt hash to configure for ``token`` (``scrypt$N$r$p$salt$hash``)."""
+    """The salted hash to configure for ``token`` (``sha256$salt$hash``).
+
+    A fast salted hash is enough: tokens are 32 to 40 random characters
+    (:func:`generate_token`: 240 bits), far beyond any offline guessing; see
+    :mod:`evtwin.csms.security`.
+    """
     if not TOKEN_MIN_CHARS <= len(token) <= TOKEN_MAX_CHARS:
         raise ConfigError("api_token", f"must be {TOKEN_MIN_CHARS} to {TOKEN_MAX_CHARS} "
                                        f"characters, got {len(token)} (see generate_token())")
@@ -82,10 +96,12 @@ def hash_token(token: str) -> str:
 class _TokenCheck:
     """Checks bearer tokens against one hash without stalling the event loop.
 
-    scrypt costs about 50 ms and 16 MiB, so it runs in a worker thread, at
-    most two at a time; a token that passed once is then recognised by its
-    SHA-256 digest (compared in constant time), so dashboards that poll do not
-    pay for scrypt on every request, while wrong tokens always do.
+    A ``sha256$`` hash is checked inline in microseconds. A legacy
+    ``scrypt$`` hash (about 50 ms and 16 MiB) runs on the verifier's own
+    one-thread pool, never the loop's default executor, with a short queue
+    (beyond it: :class:`VerifierBusy`, answered 503); a token that passed once
+    is then recognised by its SHA-256 digest, and any other token is rejected
+    without scrypt (see :class:`~evtwin.csms.security.PasswordVerifier`).
     """
 
     def __init__(self, encoded: str) -> None:
@@ -94,19 +110,51 @@ class _TokenCheck:
         except ValueError as exc:
             raise ConfigError("api_token_hash", str(exc)) from None
         self._encoded = encoded
-        self._verified: list[bytes] = []
-        self._slots = asyncio.Semaphore(2)
+        self._verifier = PasswordVerifier(max_workers=1, max_waiting=8)
 
     async def __call__(self, token: str) -> bool:
-        digest = hashlib.sha256(token.encode("utf-8")).digest()
-        if any(hmac.compare_digest(digest, d) for d in self._verified):
-            return True
-        async with self._slots:
-            ok = await asyncio.get_running_loop().run_in_executor(
-                None, verify_password, token, self._encoded)
-        if ok and digest not in self._verified:
-            self._verified.append(digest)
-        return ok
+        return await self._verifier.verify(token, self._encoded)
+
+    def close(self) -> None:
+        """Stop the scrypt worker thread, if one was started."""
+        self._verifier.close()
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str) -> int:
+    """How deep the arrays and objects of the JSON text ``text`` nest (strings skipped).
+
+    Two linear regex passes, so an absurdly nested body is measured without
+    recursing (``json.loads`` would hit the recursion limit: a 500).
+    """
+    depth = deepest = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+class _AccessLog(AbstractAccessLogger):
+    """aiohttp's access log without query strings (they may carry a token) or headers.
+
+    One line per request on ``evtwin.csms.api.access``: peer, method, path,
+    status, time.
+    """
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        """Log one request."""
+        path = request.path if len(request.path) <= 200 else request.path[:200] + "..."
+        self.logger.info("%s %s %s %d %.1f ms", request.remote, request.method, path,
+                         response.status, time * 1000.0,
+                         extra={"event": "api_access", "peer": request.remote,
+                                "method": request.method, "path": path,
+                                "status": response.status})
 
 
 # --------------------------------------------------------------------------- models
@@ -126,8 +174,8 @@ class Problem(_Model):
     """Every error answer."""
 
     error: str
-    """Short machine-readable kind: unauthorized, not_found, not_connected, invalid_request,
-    bad_json, call_error, invalid_call_result, timeout, ..."""
+    """Short machine-readable kind: unauthorized, token_in_query, not_found, not_connected,
+    invalid_request, bad_json, call_error, invalid_call_result, timeout, busy, ..."""
     message: str
     code: str | None = None
     """The station's CALLERROR code (502)."""
@@ -400,7 +448,8 @@ def openapi_document(routes: tuple[Route, ...] = ROUTES) -> dict[str, Any]:
                        for name, prop in schema["properties"].items()]
         ok_schema = refs[(r.response, "serialization")] if r.response else {"type": "object"}
         responses: dict[str, Any] = {"200": {"description": "OK", "content": content(ok_schema)}}
-        for status in sorted({*r.errors, *(() if r.public else (401,))}):
+        # 400: a token in the query string (any route); 401/503: token checks.
+        for status in sorted({*r.errors, 400, *(() if r.public else (401, 503))}):
             responses[str(status)] = {"description": http.HTTPStatus(status).phrase,
                                       "content": content(problem)}
         op: dict[str, Any] = {"operationId": r.handler, "summary": r.summary,
@@ -501,6 +550,7 @@ class OperatorAPI:
         self.host = host
         self.port = port
         self._check_token = _TokenCheck(token_hash)
+        self.audit = server.audit
         self._openapi = openapi_document()
         self.app = web.Application(middlewares=[self._middleware],
                                    client_max_size=max_body_bytes)
@@ -515,7 +565,9 @@ class OperatorAPI:
 
     async def start(self) -> None:
         """Bind and serve (port 0 picks a free port)."""
-        self._runner = web.AppRunner(self.app)
+        self._runner = web.AppRunner(
+            self.app, access_log_class=_AccessLog,
+            access_log=logging.getLogger("evtwin.csms.api.access"))
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
@@ -526,6 +578,7 @@ class OperatorAPI:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        self._check_token.close()
 
     async def __aenter__(self) -> OperatorAPI:
         await self.start()
@@ -538,6 +591,7 @@ class OperatorAPI:
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         try:
+            self._refuse_token_in_query(request)
             if request.path != OPENAPI_PATH:
                 await self._authenticate(request)
             response = await handler(request)
@@ -549,22 +603,50 @@ class OperatorAPI:
             response = _json(answer.problem, exclude_none=True, status=answer.status)
             if answer.status == 401:
                 response.headers["WWW-Authenticate"] = 'Bearer realm="evtwin"'
+            if answer.status == 503:
+                response.headers["Retry-After"] = "5"
         response.headers["Cache-Control"] = "no-store"
         return response
+
+    def _security_event(self, request: web.Request, kind: str, detail: str) -> None:
+        self.audit.record(kind, detail, peer=request.remote, host=peer_host(request.remote),
+                          message="operator API: refused request from %s: %s")
+
+    def _refuse_token_in_query(self, request: web.Request) -> None:
+        """400 for a token in the URL; the event names the parameter, never its value."""
+        names = sorted(TOKEN_QUERY_PARAMS.intersection(k.lower() for k in request.query))
+        if names:
+            self._security_event(request, "api_token_in_query",
+                                 f"{request.method} {request.path[:100]} with query "
+                                 f"parameter {names[0]!r}")
+            raise _HTTPProblem(400, "token_in_query",
+                               "send the token in 'Authorization: Bearer <token>', never in "
+                               "the URL (URLs are logged by proxies); replace this token")
 
     async def _authenticate(self, request: web.Request) -> None:
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
+            self._security_event(request, "api_token_missing",
+                                 f"{request.method} {request.path[:100]} without a bearer "
+                                 f"token (scheme {scheme[:16]!r})")
             raise _HTTPProblem(401, "unauthorized", "send Authorization: Bearer <token>")
-        if not await self._check_token(token.strip()):
-            log.warning("operator API: wrong token from %s", request.remote,
-                        extra={"event": "api_unauthorized", "peer": request.remote})
+        try:
+            ok = await self._check_token(token.strip())
+        except VerifierBusy:
+            raise _HTTPProblem(503, "busy", "too many token checks at once; retry") from None
+        if not ok:
+            self._security_event(request, "api_token_invalid",
+                                 f"{request.method} {request.path[:100]} with a wrong token")
             raise _HTTPProblem(401, "unauthorized", "invalid token")
 
     async def _body(self, request: web.Request, model: type[BaseModel]) -> Any:
+        text = await request.text()  # client_max_size applies: 413 beyond it
+        if json_depth(text) > MAX_JSON_DEPTH:
+            raise _HTTPProblem(400, "bad_json",
+                               f"the body nests deeper than {MAX_JSON_DEPTH} levels")
         try:
-            data = await request.json()
-        except ValueError:
+            data = json.loads(text)
+        except (ValueError, RecursionError):
             raise _HTTPProblem(400, "bad_json", "the body is not valid JSON") from None
         return model.model_validate(data)
 

@@ -87,6 +87,27 @@ class ServerSection(_Strict):
     """Inbound frame rate a station may keep up; beyond it (after the burst) its
     connection is closed (1008). Real stations send a few frames a minute."""
     max_frames_burst: float = Field(200.0, ge=1)
+    open_timeout_s: float = Field(10.0, gt=0)
+    """Time a connection has to complete its HTTP upgrade; longer ones are dropped
+    and recorded (``handshake_timeout``)."""
+    backlog: int = Field(1024, ge=1)
+    """Listen queue for connections not yet accepted (a restart is a reconnect storm)."""
+    auth_failures_per_peer: int = Field(100, ge=0)
+    """Failed upgrades (bad credentials, unknown or invalid identity) from one IP
+    address (IPv6: one /64) per ``auth_failure_window_s`` before it is throttled
+    (HTTP 429; correct credentials that check cheaply still get in). 0: no limit."""
+    auth_failures_per_identity: int = Field(10, ge=0)
+    """The same for one station identity from one address. 0: no limit."""
+    auth_failure_window_s: float = Field(60.0, gt=0)
+    security_events_per_minute: int = Field(10, ge=1)
+    """Security events stored and logged per (peer address, kind) per minute; the
+    rest are counted and summarised in one later event."""
+    security_events_total_per_minute: int = Field(600, ge=1)
+    """The same cap over all peers together."""
+    security_event_retention_days: float | None = Field(90.0, gt=0)
+    """Security events older than this are deleted (checked hourly). None: kept."""
+    security_event_max_rows: int | None = Field(100_000, ge=1)
+    """At most this many security events are kept (the newest). None: no cap."""
 
 
 class ControlSection(_Strict):
@@ -137,7 +158,8 @@ class StationSection(_Strict):
     phases: Literal[1, 3] = 3
     password_hash: str | None = None
     """Basic auth password hash for security profiles 1 and 2, as printed by
-    ``evtwin csms hash-password`` (``scrypt$N$r$p$salt$hash``); never the password."""
+    ``evtwin csms hash-password`` (``sha256$salt$hash``; older ``scrypt$N$r$p$salt$hash``
+    hashes still work but are slow to check); never the password."""
 
     @field_validator("password_hash")
     @classmethod

@@ -8,7 +8,26 @@ The rules the server enforces (OCPP-J 2.0.1 Part 2 "Security"):
 
 - Basic auth: the username must equal the station identity in the URL path,
   the password must be 16 to 40 characters (2.0.1 ``BasicAuthPassword``).
-  Passwords are stored only as salted scrypt hashes (:func:`hash_password`).
+  Passwords are stored only as salted hashes (:func:`hash_password`):
+  ``sha256$salt$hash`` (HMAC-SHA256, microseconds to check) from now on;
+  older ``scrypt$N$r$p$salt$hash`` hashes are still accepted, checked on a
+  small dedicated thread pool (:class:`PasswordVerifier`).
+
+Why a fast salted hash is enough here (and scrypt is not needed): a slow hash
+protects *low-entropy* secrets, human passwords an attacker can enumerate
+from a dictionary once a hash leaks. OCPP station passwords are machine
+generated: :func:`generate_password` draws 40 characters from 62 (238 bits)
+and even the shortest password OCPP allows, 16 random characters of that
+alphabet, carries 95 bits. Guessing that offline at 10^12 SHA-256 per second
+takes about 10^16 years, with or without scrypt's factor of ~10^5 in cost;
+no dictionary covers it. The per-hash random salt (128 bits) keeps equal
+passwords from having equal hashes and makes precomputed tables useless. So
+salted SHA-256 is as safe as scrypt for these passwords, while scrypt's 50 ms
+and 16 MiB per check let a handful of wrong passwords, or an honest reconnect
+storm, starve the server. :func:`hash_password` therefore only takes
+passwords of at least 16 characters and is meant for generated ones
+(``evtwin csms hash-password --generate``); a human-chosen password of that
+length may carry far less entropy, and the docs say to generate instead.
 - TLS: 1.2 or newer; for TLS 1.2 the CSMS offers only the ECDHE-ECDSA and
   ECDHE-RSA AES-GCM suites the OCPP spec names; TLS 1.3 keeps OpenSSL's
   defaults (all of them AEAD suites).
@@ -21,6 +40,7 @@ The rules the server enforces (OCPP-J 2.0.1 Part 2 "Security"):
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import getpass
@@ -30,7 +50,10 @@ import logging
 import secrets
 import ssl
 import string
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -43,13 +66,16 @@ __all__ = [
     "PASSWORD_MAX_CHARS",
     "PASSWORD_MIN_CHARS",
     "TLS12_CIPHERS",
+    "PasswordVerifier",
     "SecurityConfig",
+    "VerifierBusy",
     "certificate_common_names",
     "check_password_hash",
     "describe_ssl_error",
     "generate_password",
     "hash_password",
     "hash_password_command",
+    "is_legacy_hash",
     "password_length_ok",
     "server_ssl_context",
     "verify_password",
@@ -68,7 +94,10 @@ TLS12_CIPHERS = (
     "ECDHE-RSA-AES256-GCM-SHA384",
 )
 
-# scrypt cost: the "interactive login" parameters of the scrypt paper and
+# The hash every new password gets: HMAC-SHA256 keyed with a random salt (see
+# the module docstring for why a fast hash is safe for OCPP passwords).
+_SHA256_SCHEME = "sha256"
+# scrypt (legacy, still verified) cost: the "interactive login" parameters of the scrypt paper and
 # RFC 7914 (N=2^14, r=8, p=1), about 16 MiB and 50 ms per hash here.
 _SCRYPT_N = 2**14
 _SCRYPT_R = 8
@@ -97,11 +126,31 @@ def _scrypt_mem(n: int, r: int, p: int) -> int:
     return 128 * r * (n + 2) + 128 * r * p
 
 
+def _b64decode(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except binascii.Error:
+        raise ValueError("salt and hash must be base64") from None
+
+
+def _parse_sha256(encoded: str) -> tuple[bytes, bytes]:
+    """``sha256$salt_b64$hash_b64`` -> ``(salt, hash)``; ValueError if malformed."""
+    parts = encoded.split("$")
+    if len(parts) != 3:
+        raise ValueError("expected 'sha256$salt_b64$hash_b64' "
+                         "(make one with `evtwin csms hash-password`)")
+    salt, digest = _b64decode(parts[1]), _b64decode(parts[2])
+    if len(salt) < 16 or len(digest) != 32:
+        raise ValueError("sha256 hashes need a salt of at least 16 bytes and a 32-byte hash")
+    return salt, digest
+
+
 def _parse_hash(encoded: str) -> tuple[int, int, int, bytes, bytes]:
     """``scrypt$N$r$p$salt_b64$hash_b64`` -> ``(N, r, p, salt, hash)``; ValueError if malformed."""
     parts = encoded.split("$")
     if len(parts) != 6 or parts[0] != "scrypt":
-        raise ValueError("expected 'scrypt$N$r$p$salt_b64$hash_b64' "
+        raise ValueError("expected 'sha256$salt_b64$hash_b64' or the older "
+                         "'scrypt$N$r$p$salt_b64$hash_b64' "
                          "(make one with `evtwin csms hash-password`)")
     try:
         n, r, p = (int(x) for x in parts[1:4])
@@ -113,51 +162,154 @@ def _parse_hash(encoded: str) -> tuple[int, int, int, bytes, bytes]:
     if _scrypt_mem(n, r, p) > _SCRYPT_MAX_MEM:
         raise ValueError(f"scrypt parameters N={n} r={r} p={p} need more than "
                          f"{_SCRYPT_MAX_MEM // 2**20} MiB per login")
-    try:
-        salt = base64.b64decode(parts[4], validate=True)
-        digest = base64.b64decode(parts[5], validate=True)
-    except binascii.Error:
-        raise ValueError("salt and hash must be base64") from None
+    salt, digest = _b64decode(parts[4]), _b64decode(parts[5])
     if len(salt) < 8 or len(digest) < 16:
         raise ValueError("salt must be at least 8 bytes and hash at least 16 bytes")
     return n, r, p, salt, digest
 
 
-def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
+def _secret_bytes(password: str) -> bytes:
     # surrogateescape: websockets decodes Basic credentials that way, so a
     # password that is not UTF-8 is compared as the bytes that were sent.
-    return hashlib.scrypt(password.encode("utf-8", "surrogateescape"), salt=salt, n=n, r=r, p=p,
+    return password.encode("utf-8", "surrogateescape")
+
+
+def _hmac_sha256(password: str, salt: bytes) -> bytes:
+    return hmac.new(salt, _secret_bytes(password), hashlib.sha256).digest()
+
+
+def _scrypt(password: str, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
+    return hashlib.scrypt(_secret_bytes(password), salt=salt, n=n, r=r, p=p,
                           maxmem=_scrypt_mem(n, r, p) + 2**20, dklen=dklen)
 
 
 def hash_password(password: str) -> str:
-    """Hash a station password for the config file: ``scrypt$N$r$p$salt_b64$hash_b64``.
+    """Hash a station password (or API token) for the config file: ``sha256$salt_b64$hash_b64``.
 
-    The salt is 16 random bytes, so two hashes of one password differ.
-    Raises :class:`ConfigError` unless the password has 16 to 40 characters.
+    HMAC-SHA256 keyed with 16 random salt bytes, so two hashes of one password
+    differ. Only for generated passwords of 16 to 40 characters (see the
+    module docstring for why a fast hash is then as safe as scrypt); raises
+    :class:`ConfigError` for any other length.
     """
     if not password_length_ok(password):
         raise ConfigError("password", f"must be {PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} "
                                       f"characters (OCPP BasicAuthPassword), got {len(password)}")
     salt = secrets.token_bytes(_SALT_BYTES)
-    digest = _scrypt(password, salt, _SCRYPT_N, _SCRYPT_R, _SCRYPT_P, _HASH_BYTES)
-    return f"scrypt${_SCRYPT_N}${_SCRYPT_R}${_SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+    return f"{_SHA256_SCHEME}${_b64(salt)}${_b64(_hmac_sha256(password, salt))}"
 
 
 def check_password_hash(encoded: str) -> None:
     """Raise ValueError naming the problem unless :func:`verify_password` can read ``encoded``."""
-    _parse_hash(encoded)
+    if encoded.startswith(_SHA256_SCHEME + "$"):
+        _parse_sha256(encoded)
+    else:
+        _parse_hash(encoded)
+
+
+def is_legacy_hash(encoded: str) -> bool:
+    """Whether ``encoded`` is an old ``scrypt$...`` hash: slow to check, worth re-hashing."""
+    return encoded.startswith("scrypt$")
 
 
 def verify_password(password: str, encoded: str) -> bool:
     """Whether ``password`` matches the hash ``encoded`` (constant-time comparison).
 
-    Raises ValueError if ``encoded`` is not a hash made by :func:`hash_password`
-    (config files are checked for that when loaded).
+    Takes microseconds for ``sha256$`` hashes and about 50 ms of CPU for
+    legacy ``scrypt$`` ones (use :class:`PasswordVerifier` in the server).
+    Raises ValueError if ``encoded`` is not a hash :func:`check_password_hash`
+    accepts (config files are checked for that when loaded).
     """
+    if encoded.startswith(_SHA256_SCHEME + "$"):
+        salt, expected = _parse_sha256(encoded)
+        return hmac.compare_digest(_hmac_sha256(password, salt), expected)
     n, r, p, salt, expected = _parse_hash(encoded)
     actual = _scrypt(password, salt, n, r, p, len(expected))
     return hmac.compare_digest(actual, expected)
+
+
+class VerifierBusy(Exception):
+    """Too many slow (scrypt) checks are already queued; try again later."""
+
+
+class PasswordVerifier:
+    """Checks passwords against hashes without ever stalling the event loop.
+
+    ``sha256$`` hashes are checked inline: one HMAC, microseconds. Legacy
+    ``scrypt$`` hashes cost about 50 ms of CPU and 16 MiB each, so they run on
+    this verifier's own pool of ``max_workers`` threads (never the event
+    loop's default executor, which the ``ocpp`` library needs for schema
+    validation), with at most ``max_waiting`` more queued; beyond that
+    :meth:`verify` raises :class:`VerifierBusy` at once instead of letting a
+    queue grow past the handshake timeout.
+
+    A password that matched a scrypt hash is remembered by its SHA-256 digest
+    (in memory, compared in constant time), one per hash, at most
+    ``max_cached`` hashes: a reconnect storm pays scrypt once per station, and
+    once a station's password is known every other password for that hash is
+    rejected without scrypt (a hash has one password). Keeping an unsalted
+    SHA-256 of a 95+ bit random password in memory reveals nothing useful.
+    """
+
+    def __init__(self, *, max_workers: int = 1, max_waiting: int = 32,
+                 max_cached: int = 100_000) -> None:
+        if max_workers < 1 or max_waiting < 0:
+            raise ValueError(f"max_workers {max_workers} must be >= 1 and "
+                             f"max_waiting {max_waiting} >= 0")
+        self.max_workers = max_workers
+        self.max_waiting = max_waiting
+        self.max_cached = max_cached
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending = 0
+        self._verified: OrderedDict[str, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def quick(self, password: str, encoded: str) -> bool | None:
+        """The answer if it costs microseconds, else None (a scrypt hash not yet verified).
+
+        Raises ValueError for an unreadable hash.
+        """
+        if not is_legacy_hash(encoded):
+            return verify_password(password, encoded)
+        known = self._verified.get(encoded)
+        if known is None:
+            check_password_hash(encoded)
+            return None
+        return hmac.compare_digest(hashlib.sha256(_secret_bytes(password)).digest(), known)
+
+    async def verify(self, password: str, encoded: str) -> bool:
+        """Whether ``password`` matches ``encoded``; raises :class:`VerifierBusy` when full."""
+        answer = self.quick(password, encoded)
+        if answer is not None:
+            return answer
+        if self._pending >= self.max_workers + self.max_waiting:
+            raise VerifierBusy(f"{self._pending} scrypt checks already running or queued")
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.max_workers,
+                                                thread_name_prefix="evtwin-scrypt")
+        self._pending += 1
+        try:
+            ok = await asyncio.get_running_loop().run_in_executor(
+                self._executor, verify_password, password, encoded)
+        finally:
+            self._pending -= 1
+        if ok:
+            with self._lock:
+                self._verified[encoded] = hashlib.sha256(_secret_bytes(password)).digest()
+                self._verified.move_to_end(encoded)
+                while len(self._verified) > self.max_cached:
+                    self._verified.popitem(last=False)
+        return ok
+
+    @property
+    def pending(self) -> int:
+        """Slow checks running or queued now."""
+        return self._pending
+
+    def close(self) -> None:
+        """Stop the worker threads (queued checks are dropped)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
 
 
 def generate_password(length: int = PASSWORD_MAX_CHARS) -> str:

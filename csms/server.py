@@ -5,19 +5,31 @@ station identities, failed authentication (security profiles 1-3, see
 :mod:`evtwin.csms.security`) and connections without a supported OCPP
 subprotocol are refused at the HTTP upgrade, before any OCPP message is
 processed; TLS handshakes that fail (profiles 2 and 3) never reach HTTP.
-Every refusal is logged and recorded as a security event.
+
+Refusals are recorded through :class:`~evtwin.csms.audit.SecurityAudit`
+(bounded detail, rate-limited per peer and kind) and counted by a
+:class:`~evtwin.csms.audit.FailureThrottle`: a peer with too many failures
+gets HTTP 429 without any slow work until its window ends, while a request
+whose credentials check out cheaply still gets in (stations behind one NAT
+address must not lock each other out). With Basic auth an unknown station
+gets the same 401 as a wrong password, so station identities cannot be
+enumerated. Nothing derived from the Authorization header but the username
+is ever logged or stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http
 import logging
+import math
 import re
 import ssl
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, cast
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -25,7 +37,7 @@ from websockets.exceptions import InvalidHeader
 from websockets.headers import build_www_authenticate_basic, parse_authorization_basic
 from websockets.http11 import Request, Response
 
-from .clock import iso
+from .audit import FailureThrottle, SecurityAudit, peer_host, safe_identity
 from .core import CSMSCore
 from .exceptions import StationNotConnectedError
 from .ocpp16 import CSMS16
@@ -33,9 +45,13 @@ from .ocpp201 import CSMS21, CSMS201
 from .security import (
     PASSWORD_MAX_CHARS,
     PASSWORD_MIN_CHARS,
+    PasswordVerifier,
     SecurityConfig,
+    VerifierBusy,
     certificate_common_names,
     describe_ssl_error,
+    hash_password,
+    is_legacy_hash,
     password_length_ok,
     verify_password,
 )
@@ -51,6 +67,11 @@ SUBPROTOCOLS = tuple(SHELLS)
 _IDENTITY = re.compile(r"^[^:/]{1,48}$")
 #: Realm of the Basic auth challenge (profiles 1 and 2).
 REALM = "evtwin"
+# Checked against for unknown stations so that their refusal costs what a
+# wrong password costs (an HMAC): no timing difference to enumerate by.
+_DUMMY_HASH = hash_password("x" * 40)
+# Headers websockets' debug log must never show.
+_SECRET_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie"})
 
 
 class FloodError(ConnectionError):
@@ -108,20 +129,98 @@ def _unauthorized(reason: str) -> Response:
     return response
 
 
+def _retry_later(status: http.HTTPStatus, reason: str, retry_after_s: float) -> Response:
+    response = _refuse(status, reason)
+    response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
+    return response
+
+
+@dataclass(frozen=True)
+class _Refusal:
+    """Why an upgrade is refused: event kind, bounded detail, the answer, and whether
+    it counts as a failed attempt for throttling."""
+
+    kind: str
+    detail: str
+    response: Response
+    counts: bool = True
+
+
+class _RedactingLogger(logging.LoggerAdapter):
+    """websockets' connection logger with secret request headers blanked out.
+
+    At DEBUG websockets logs every request header, Authorization (base64
+    credentials) included; this adapter replaces those values and cuts long
+    arguments (an 8 KB path) before they reach any handler.
+    """
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        """Log with secret header values replaced by ``[redacted]``."""
+        if not self.isEnabledFor(level):
+            return
+        if (args and msg in ("< %s: %s", "> %s: %s")
+                and str(args[0]).lower() in _SECRET_HEADERS):
+            args = (args[0], "[redacted]", *args[2:])
+        args = tuple(a[:200] + "..." if isinstance(a, str) and len(a) > 200 else a
+                     for a in args)
+        self.logger.log(level, msg, *args, **kwargs)
+
+
+class _AuditedConnection(ServerConnection):
+    """A server connection that reports an opening handshake cut off by ``open_timeout``.
+
+    websockets applies ``open_timeout`` by cancelling :meth:`handshake` and
+    then drops the connection silently; ``serve(create_connection=...)`` is
+    its documented hook for subclasses, and this one tells the CSMS first.
+    """
+
+    csms: CSMSServer | None = None
+
+    async def handshake(self, *args: Any, **kwargs: Any) -> None:
+        """Run the opening handshake; report it to the CSMS if it times out."""
+        try:
+            await super().handshake(*args, **kwargs)
+        except asyncio.CancelledError:
+            # Cancelled while the server still serves: websockets' open_timeout.
+            if self.csms is not None and self.server.is_serving():
+                self.csms._handshake_timed_out(self)
+            raise
+
+
 class CSMSServer:
     """Serve :class:`CSMSCore` over OCPP-J websockets.
 
     ``max_frame_bytes`` caps incoming frames; ``response_timeout_s`` bounds
     every CSMS-initiated call. ``security`` picks the OCPP security profile
     (default: profile 0, no authentication, plain ``ws://``);
-    ``tls_handshake_timeout_s`` bounds the TLS handshake of profiles 2 and 3.
+    ``tls_handshake_timeout_s`` bounds the TLS handshake of profiles 2 and 3
+    and ``open_timeout_s`` the HTTP upgrade. ``backlog`` is the listen queue:
+    a restart is a reconnect storm, and the kernel drops connection attempts
+    beyond the queue (clients then retry only after 1, 3, 7 s).
+
+    Abuse limits (see :mod:`evtwin.csms.audit`): ``auth_failures_per_peer``
+    and ``auth_failures_per_identity`` failed handshakes per
+    ``auth_failure_window_s`` before a peer is throttled (0: no limit);
+    ``security_events_per_minute`` events stored and logged per (peer, kind)
+    and ``security_events_total_per_minute`` in all. ``scrypt_workers`` and
+    ``scrypt_queue`` bound legacy scrypt password checks.
+    ``replaced_close_timeout_s`` is how long the closing handshake of a
+    connection replaced by a reconnect may take before its socket is dropped
+    (it never delays the new connection).
     """
 
     def __init__(self, core: CSMSCore, *, host: str = "127.0.0.1", port: int = 0,
                  max_frame_bytes: int = 2**16, response_timeout_s: float = 30.0,
                  security: SecurityConfig | None = None,
                  max_frames_per_s: float | None = None, max_frames_burst: float = 200.0,
-                 tls_handshake_timeout_s: float = 10.0) -> None:
+                 tls_handshake_timeout_s: float = 10.0, open_timeout_s: float = 10.0,
+                 backlog: int = 1024,
+                 auth_failures_per_peer: int = 100, auth_failures_per_identity: int = 10,
+                 auth_failure_window_s: float = 60.0,
+                 security_events_per_minute: int = 10,
+                 security_events_total_per_minute: int = 600,
+                 scrypt_workers: int = 1, scrypt_queue: int = 32,
+                 replaced_close_timeout_s: float = 2.0) -> None:
         self.core = core
         self.host = host
         self.port = port
@@ -129,13 +228,23 @@ class CSMSServer:
         self.response_timeout_s = response_timeout_s
         self.security = security if security is not None else SecurityConfig()
         self.tls_handshake_timeout_s = tls_handshake_timeout_s
+        self.open_timeout_s = open_timeout_s
+        self.backlog = backlog
+        self.replaced_close_timeout_s = replaced_close_timeout_s
         self.frames = {"in": 0, "out": 0}
         # None: no limit (the twin's own stations run faster than any real one).
         self.max_frames_per_s = max_frames_per_s
         self.max_frames_burst = max_frames_burst
+        self.audit = SecurityAudit(core.store, core.clock, per_key=security_events_per_minute,
+                                   total=security_events_total_per_minute)
+        self.throttle = FailureThrottle(per_peer=auth_failures_per_peer,
+                                        per_identity=auth_failures_per_identity,
+                                        window_s=auth_failure_window_s)
+        self.verifier = PasswordVerifier(max_workers=scrypt_workers, max_waiting=scrypt_queue)
         self.connections: dict[str, ShellBase] = {}
         self._sockets: dict[str, ServerConnection] = {}
         self._sockets_by_cp: dict[int, ServerConnection] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
 
     @property
@@ -151,93 +260,185 @@ class CSMSServer:
                                request: Request) -> Response | None:
         identity = self._identity(request.path)
         peer = str(connection.remote_address)
+        host = peer_host(connection.remote_address)
+        retry_after = self.throttle.retry_after(host, identity)
+        refusal = await self._check(connection, request, identity, slow_ok=not retry_after)
+        if refusal is None:
+            return None
+        if retry_after and refusal.counts:
+            # Throttled: one rate-limited event, no count, no slow check.
+            self.audit.record("throttled", f"{safe_identity(identity)} ({refusal.kind}); "
+                              f"{retry_after:.0f} s left", peer=peer, host=host)
+            return _retry_later(http.HTTPStatus.TOO_MANY_REQUESTS,
+                                "too many failed attempts", retry_after)
+        if refusal.counts:
+            self.throttle.failure(host, identity)
+        self.audit.record(refusal.kind, refusal.detail, peer=peer, host=host)
+        return refusal.response
+
+    async def _check(self, connection: ServerConnection, request: Request, identity: str, *,
+                     slow_ok: bool) -> _Refusal | None:
+        """Every check of the upgrade in order; None if the station may connect.
+
+        ``slow_ok`` False (a throttled peer): refuse rather than run a slow
+        (scrypt) password check.
+        """
+        sid = safe_identity(identity)
         if not _IDENTITY.match(identity):
-            self._security_event(peer, "bad_identity", f"identity {identity!r} is not valid")
-            return _refuse(http.HTTPStatus.BAD_REQUEST, "invalid station identity")
-        if not self.core.knows(identity):
-            self._security_event(peer, "unknown_station", f"unknown station {identity!r}")
-            return _refuse(http.HTTPStatus.NOT_FOUND, f"unknown station {identity}")
-        if self.security.client_certificates:
-            refusal = self._check_certificate(connection, identity, peer)
-        elif self.security.basic_auth:
-            refusal = await self._check_basic_auth(connection, request, identity, peer)
+            return _Refusal("bad_identity", f"identity {sid} is not valid",
+                            _refuse(http.HTTPStatus.BAD_REQUEST, "invalid station identity"))
+        known = self.core.knows(identity)
+        if self.security.basic_auth:
+            # Unknown stations are refused like wrong passwords (401), after
+            # the same checks of the header, so identities cannot be probed.
+            refusal = await self._check_basic_auth(connection, request, identity, known,
+                                                   slow_ok=slow_ok)
+        elif not known:
+            refusal = _Refusal("unknown_station", f"unknown station {sid}",
+                               _refuse(http.HTTPStatus.NOT_FOUND, "unknown station"))
+        elif self.security.client_certificates:
+            refusal = self._check_certificate(connection, identity)
         else:
             refusal = None
         if refusal is not None:
             return refusal
         offered = request.headers.get_all("Sec-WebSocket-Protocol")
-        names = {p.strip() for h in offered for p in h.split(",")}
+        names = {p.strip()[:32] for h in offered for p in h.split(",")}
         if not names & set(SUBPROTOCOLS):
-            self._security_event(peer, "no_subprotocol", f"{identity} offered {sorted(names)}")
-            return _refuse(http.HTTPStatus.BAD_REQUEST,
-                           f"no supported OCPP subprotocol; supported: {', '.join(SUBPROTOCOLS)}")
+            return _Refusal("no_subprotocol", f"{sid} offered {sorted(names)[:5]}",
+                            _refuse(http.HTTPStatus.BAD_REQUEST,
+                                    "no supported OCPP subprotocol; supported: "
+                                    + ", ".join(SUBPROTOCOLS)),
+                            counts=False)
         return None
 
     async def _check_basic_auth(self, connection: ServerConnection, request: Request,
-                                identity: str, peer: str) -> Response | None:
-        """Profiles 1 and 2: Basic credentials naming this station, with its password."""
+                                identity: str, known: bool, *, slow_ok: bool) -> _Refusal | None:
+        """Profiles 1 and 2: Basic credentials naming this station, with its password.
+
+        Details never contain the password, the header or its base64 text.
+        """
+        sid = safe_identity(identity)
         headers = request.headers.get_all("Authorization")
         if not headers:
-            self._security_event(peer, "auth_missing", f"{identity} sent no credentials")
-            return _unauthorized("credentials required")
+            return _Refusal("auth_missing", f"{sid} sent no credentials",
+                            _unauthorized("credentials required"))
+        if len(headers) > 1:
+            return _Refusal("auth_malformed", f"{sid} sent {len(headers)} Authorization headers",
+                            _unauthorized("malformed credentials"))
         try:
-            if len(headers) > 1:
-                raise InvalidHeader("Authorization", "more than one header")
             username, password = parse_authorization_basic(headers[0])
-        except InvalidHeader as exc:
-            self._security_event(peer, "auth_malformed", f"{identity}: {exc}")
-            return _unauthorized("malformed credentials")
+        except InvalidHeader:
+            # The exception's text quotes the header (the credentials): not used.
+            scheme = headers[0].split(" ", 1)[0][:16]
+            return _Refusal("auth_malformed", f"{sid}: Authorization is not valid Basic "
+                                              f"credentials (scheme {scheme!r})",
+                            _unauthorized("malformed credentials"))
         if username != identity:
-            self._security_event(peer, "auth_identity_mismatch",
-                                 f"username {username[:48]!r} is not the station "
-                                 f"identity {identity!r}")
-            return _unauthorized("username must be the station identity")
+            return _Refusal("auth_identity_mismatch", f"username {safe_identity(username)} is "
+                                                      f"not the station identity {sid}",
+                            _unauthorized("username must be the station identity"))
         if not password_length_ok(password):
-            self._security_event(peer, "auth_password_length",
-                                 f"{identity} sent a password of {len(password)} characters "
-                                 f"({PASSWORD_MIN_CHARS}-{PASSWORD_MAX_CHARS} required)")
-            return _unauthorized("invalid credentials")
+            return _Refusal("auth_password_length",
+                            f"{sid} sent a password of {len(password)} characters "
+                            f"({PASSWORD_MIN_CHARS}-{PASSWORD_MAX_CHARS} required)",
+                            _unauthorized("invalid credentials"))
+        if not known:
+            verify_password(password, _DUMMY_HASH)  # same cost as a real check
+            return _Refusal("unknown_station", f"unknown station {sid}",
+                            _unauthorized("invalid credentials"))
         encoded = self.security.password_hashes.get(identity)
         if encoded is None:
-            self._security_event(peer, "auth_not_provisioned",
-                                 f"no password hash is configured for {identity}")
-            return _unauthorized("invalid credentials")
-        # scrypt takes ~50 ms of CPU by design: keep it off the event loop so
-        # other stations' traffic goes on while someone guesses passwords.
-        if not await asyncio.to_thread(verify_password, password, encoded):
-            self._security_event(peer, "auth_failed", f"wrong password for {identity}")
-            return _unauthorized("invalid credentials")
+            return _Refusal("auth_not_provisioned",
+                            f"no password hash is configured for {sid}",
+                            _unauthorized("invalid credentials"))
+        ok = self.verifier.quick(password, encoded)
+        if ok is None:
+            if not slow_ok:
+                return _Refusal("auth_deferred", f"{sid}: scrypt check skipped (throttled)",
+                                _unauthorized("invalid credentials"))
+            try:
+                ok = await self.verifier.verify(password, encoded)
+            except VerifierBusy as exc:
+                return _Refusal("auth_busy", f"{sid}: {exc}",
+                                _retry_later(http.HTTPStatus.SERVICE_UNAVAILABLE,
+                                             "busy, try again", 5.0),
+                                counts=False)
+        if not ok:
+            return _Refusal("auth_failed", f"wrong password for {sid}",
+                            _unauthorized("invalid credentials"))
         connection.username = identity
         return None
 
-    def _check_certificate(self, connection: ServerConnection, identity: str,
-                           peer: str) -> Response | None:
+    def _check_certificate(self, connection: ServerConnection,
+                           identity: str) -> _Refusal | None:
         """Profile 3: the client certificate (already verified against the CA) names the station.
 
         Rule: the subject has exactly one CN and it equals the identity in the URL.
         """
         ssl_object = connection.transport.get_extra_info("ssl_object")
         peercert = ssl_object.getpeercert() if ssl_object is not None else None
+        sid = safe_identity(identity)
         if not peercert:  # unreachable with CERT_REQUIRED; kept as a guard
-            self._security_event(peer, "cert_missing", f"{identity} presented no certificate")
-            return _refuse(http.HTTPStatus.FORBIDDEN, "client certificate required")
+            return _Refusal("cert_missing", f"{sid} presented no certificate",
+                            _refuse(http.HTTPStatus.FORBIDDEN, "client certificate required"))
         names = certificate_common_names(peercert)
         if names != [identity]:
-            self._security_event(peer, "cert_identity_mismatch",
-                                 f"certificate CN {names} does not name station {identity!r}")
-            return _refuse(http.HTTPStatus.FORBIDDEN,
-                           "client certificate does not name this station")
+            return _Refusal("cert_identity_mismatch",
+                            f"certificate CN {[n[:64] for n in names[:3]]} does not name "
+                            f"station {sid}",
+                            _refuse(http.HTTPStatus.FORBIDDEN,
+                                    "client certificate does not name this station"))
         connection.username = identity
         return None
 
     def _tls_handshake_failed(self, exc: ssl.SSLError) -> None:
         # The peer's address is not known here (see server_ssl_context).
-        self._security_event(None, "tls_handshake_failed", describe_ssl_error(exc))
+        self.audit.record("tls_handshake_failed", describe_ssl_error(exc))
 
-    def _security_event(self, peer: str | None, kind: str, detail: str) -> None:
-        log.warning("refused connection from %s: %s", peer or "an unknown peer", detail,
-                    extra={"event": "refused", "peer": peer, "kind": kind})
-        self.core.store.record_security_event(iso(self.core.clock()), peer, kind, detail)
+    def _handshake_timed_out(self, connection: ServerConnection) -> None:
+        """An opening handshake ran past ``open_timeout_s`` (see :class:`_AuditedConnection`)."""
+        peer = str(connection.remote_address)
+        host = peer_host(connection.remote_address)
+        request = connection.request
+        if request is None:
+            # Connected and never sent a complete request: counted as a
+            # failure (it held a socket for the whole timeout).
+            self.throttle.failure(host, "")
+            self.audit.record("handshake_timeout",
+                              f"no HTTP upgrade request within {self.open_timeout_s:g} s",
+                              peer=peer, host=host)
+        else:
+            # The request came but the server did not answer in time: our
+            # fault (overload), not the peer's, so it is not counted.
+            self.audit.record("handshake_timeout",
+                              f"{safe_identity(self._identity(request.path))}: upgrade not "
+                              f"answered within {self.open_timeout_s:g} s",
+                              peer=peer, host=host)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, holding a strong reference until it ends."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _retire(self, old: ServerConnection, identity: str) -> None:
+        """Close a connection replaced by a reconnect; drop its socket if the close stalls.
+
+        A station that lost its link silently never answers the closing
+        handshake, and websockets would wait ``close_timeout`` (10 s) for it,
+        so this runs beside the new connection, not before it.
+        """
+        closing = asyncio.ensure_future(old.close(code=1000,
+                                                  reason="replaced by a new connection"))
+        done, _ = await asyncio.wait({closing}, timeout=self.replaced_close_timeout_s)
+        if not done:
+            log.info("%s: the replaced connection did not close within %g s; dropped",
+                     identity, self.replaced_close_timeout_s,
+                     extra={"event": "replaced_dropped", "station": identity})
+            old.transport.abort()
+        with contextlib.suppress(Exception):  # the socket is gone either way
+            await closing
 
     async def _handler(self, connection: ServerConnection) -> None:
         identity = self._identity(connection.request.path if connection.request else "")
@@ -255,16 +456,20 @@ class CSMSServer:
         self._sockets[identity] = connection
         if previous is not None:
             # The newest connection wins (a station that lost its link and came
-            # back); the stale one is closed so no one answers on it.
-            log.info("%s reconnected; closing the old connection", identity)
+            # back); the stale one is closed so no one answers on it, in the
+            # background: the new connection is served at once.
+            log.info("%s reconnected; closing the old connection", identity,
+                     extra={"event": "reconnected", "station": identity})
             old = self._sockets_by_cp.pop(id(previous), None)
             if old is not None:
-                await old.close(code=1000, reason="replaced by a new connection")
+                self._spawn(self._retire(old, identity))
         self._sockets_by_cp[id(cp)] = connection
         try:
             await cp.start()
         except FloodError as exc:
-            self._security_event(str(connection.remote_address), "flood", f"{identity}: {exc}")
+            self.audit.record("flood", f"{safe_identity(identity)}: {exc}",
+                              peer=str(connection.remote_address),
+                              host=peer_host(connection.remote_address))
             await connection.close(code=1008, reason="rate limit exceeded")
         except Exception as exc:
             log.info("%s disconnected: %s", identity, exc,
@@ -284,11 +489,17 @@ class CSMSServer:
         tls: dict[str, Any] = {}
         if ssl_context is not None:
             tls = {"ssl": ssl_context, "ssl_handshake_timeout": self.tls_handshake_timeout_s}
+        connection_class = cast(type[ServerConnection],
+                                type("CSMSConnection", (_AuditedConnection,), {"csms": self}))
         self._server = await serve(
             self._handler, self.host, self.port,
             subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
             process_request=self._process_request,
             max_size=self.max_frame_bytes,
+            open_timeout=self.open_timeout_s,
+            create_connection=connection_class,
+            logger=_RedactingLogger(logging.getLogger("websockets.server"), {}),
+            backlog=self.backlog,
             **tls,
         )
         sock = next(iter(self._server.sockets))
@@ -296,6 +507,26 @@ class CSMSServer:
         if self.security.profile == 1:
             log.warning("security profile 1 sends station passwords unencrypted; "
                         "use it only on a trusted network", extra={"event": "insecure"})
+        if self.security.basic_auth:
+            self._warn_legacy_hashes()
+
+    def _warn_legacy_hashes(self, named: int = 20) -> None:
+        """Once per start: name the stations whose password hash is still scrypt.
+
+        Each costs ~50 ms of CPU per uncached login; a new hash
+        (`evtwin csms hash-password`) costs microseconds. At most ``named``
+        stations are named one per line, the rest counted in one line.
+        """
+        legacy = sorted(sid for sid, h in self.security.password_hashes.items()
+                        if is_legacy_hash(h))
+        for sid in legacy[:named]:
+            log.warning("station %s has a legacy scrypt password hash (slow to check); "
+                        "re-hash its password with `evtwin csms hash-password`", sid,
+                        extra={"event": "legacy_hash", "station": sid})
+        if len(legacy) > named:
+            log.warning("%d more stations have legacy scrypt password hashes",
+                        len(legacy) - named, extra={"event": "legacy_hash",
+                                                    "stations": len(legacy) - named})
 
     async def stop(self) -> None:
         """Close every connection and stop listening."""
@@ -303,6 +534,12 @@ class CSMSServer:
             self._server.close()
             await self._server.wait_closed()
             self._server = None
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.wait(self._background)
+        self.audit.close()  # suppressed counts are written, not lost
+        self.verifier.close()
 
     async def __aenter__(self) -> CSMSServer:
         await self.start()
@@ -316,6 +553,10 @@ class CSMSServer:
 
         Calls to different stations run concurrently; calls to one station go
         one after another (OCPP-J allows one outstanding CALL per connection).
+        Each station's sends are isolated: one that drops, times out or answers
+        wrongly costs one log line, its remaining limits are skipped, and every
+        other station still gets its own. A limit that was not confirmed is
+        not recorded as sent, so the next cycle sends it again.
         """
         by_station: dict[str, list[Any]] = {}
         for cmd in self.core.control_commands():
@@ -328,9 +569,17 @@ class CSMSServer:
                 # because it was never recorded as accepted.
                 log.warning("%s", StationNotConnectedError(station_id))
                 return 0
-            for cmd in cmds:
-                await cp.send_limit(cmd)
-            return len(cmds)
+            sent = 0
+            try:
+                for cmd in cmds:
+                    await cp.send_limit(cmd)
+                    sent += 1
+            except Exception as exc:  # one station's trouble must not stop the others
+                reason = str(exc)[:120] or type(exc).__name__
+                log.warning("control cycle: %s: %d of %d limits not sent: %s: %s", station_id,
+                            len(cmds) - sent, len(cmds), type(exc).__name__, reason,
+                            extra={"event": "control_send_failed", "station": station_id})
+            return sent
 
         results = await asyncio.gather(*(send_all(s, c) for s, c in by_station.items()))
         return sum(results)

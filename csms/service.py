@@ -9,12 +9,12 @@ import logging
 import signal
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from .api import OperatorAPI
-from .clock import wall_clock
+from .clock import iso, wall_clock
 from .config import ServeConfig
 from .core import CSMSCore
 from .exceptions import ConfigError
@@ -73,6 +73,45 @@ async def control_loop(server: CSMSServer, interval_s: float, *, poll_s: float =
                 log.info("control cycle", extra={"event": "control", "profiles_sent": sent})
 
 
+def prune_security_events(server: CSMSServer, *, retention_days: float | None,
+                          max_rows: int | None) -> int:
+    """Delete security events older than ``retention_days`` and beyond the newest
+    ``max_rows`` (None: no such limit); log and return how many went."""
+    if retention_days is None and max_rows is None:
+        return 0
+    before = (iso(server.core.clock() - timedelta(days=retention_days))
+              if retention_days is not None else None)
+    deleted = server.core.store.prune_security_events(before=before, max_rows=max_rows)
+    if deleted:
+        log.info("pruned %d security events", deleted,
+                 extra={"event": "security_events_pruned", "deleted": deleted})
+    return deleted
+
+
+async def security_housekeeping(server: CSMSServer, *, retention_days: float | None = 90.0,
+                                max_rows: int | None = 100_000, flush_s: float = 10.0,
+                                prune_s: float = 3600.0,
+                                monotonic: Callable[[], float] = time.monotonic) -> None:
+    """Write suppressed-event summaries every ``flush_s`` and prune every ``prune_s``.
+
+    Pruning runs at once too, so a database left large by an older version
+    shrinks at start-up. Runs until cancelled; a failing round is logged and
+    the next one tried.
+    """
+    last_prune: float | None = None
+    while True:
+        try:
+            server.audit.flush()
+            now = monotonic()
+            if last_prune is None or now - last_prune >= prune_s:
+                last_prune = now
+                prune_security_events(server, retention_days=retention_days,
+                                      max_rows=max_rows)
+        except Exception:  # housekeeping must outlive one bad round
+            log.exception("security event housekeeping failed")
+        await asyncio.sleep(flush_s)
+
+
 async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = None,
                 port: int | None = None, stop: asyncio.Event | None = None,
                 api_port: int | None = None, api_token_hash: str | None = None,
@@ -95,7 +134,13 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                             response_timeout_s=s.response_timeout_s,
                             security=config.security_config(),
                             max_frames_per_s=s.max_frames_per_s,
-                            max_frames_burst=s.max_frames_burst)
+                            max_frames_burst=s.max_frames_burst,
+                            open_timeout_s=s.open_timeout_s, backlog=s.backlog,
+                            auth_failures_per_peer=s.auth_failures_per_peer,
+                            auth_failures_per_identity=s.auth_failures_per_identity,
+                            auth_failure_window_s=s.auth_failure_window_s,
+                            security_events_per_minute=s.security_events_per_minute,
+                            security_events_total_per_minute=s.security_events_total_per_minute)
         api = None
         if api_port is not None:
             assert api_token_hash is not None  # checked above
@@ -116,10 +161,14 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                 "schema_version": store.schema_version,
                 "open_transactions": len(core.open_sessions()), "stations": len(core.stations)})
             controller = asyncio.create_task(control_loop(server, config.control.interval_s))
+            housekeeper = asyncio.create_task(security_housekeeping(
+                server, retention_days=s.security_event_retention_days,
+                max_rows=s.security_event_max_rows))
             try:
                 await stop.wait()
             finally:
                 controller.cancel()
+                housekeeper.cancel()
         finally:
             if api is not None:
                 await api.stop()

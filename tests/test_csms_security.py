@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -42,6 +43,14 @@ OCPP201 = [Subprotocol("ocpp2.0.1")]
 T0 = dt.datetime(2026, 6, 1, 12, 0, tzinfo=dt.UTC)
 PASSWORDS = {"CS1": "correct-horse-battery-1", "CS2": "another-station-pw-22"}
 HEARTBEAT = json.dumps([2, "hb", "Heartbeat", {}])
+
+
+def legacy_scrypt_hash(password: str) -> str:
+    """A hash in the old ``scrypt$N$r$p$salt$hash`` format operators still have."""
+    salt = os.urandom(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    return (f"scrypt$16384$8$1${base64.b64encode(salt).decode()}$"
+            f"{base64.b64encode(digest).decode()}")
 
 
 @pytest.fixture(scope="session")
@@ -113,10 +122,19 @@ def test_hash_is_salted_and_is_not_the_password() -> None:
     first, second = hash_password(pw), hash_password(pw)
     assert first != second  # a random salt per hash
     assert pw not in first
-    assert first.startswith("scrypt$16384$8$1$")
+    assert first.startswith("sha256$")
     assert verify_password(pw, first) and verify_password(pw, second)
     assert not verify_password(pw + "x", first)
     assert not verify_password(pw.upper(), first)
+
+
+def test_legacy_scrypt_hashes_still_verify() -> None:
+    pw = PASSWORDS["CS1"]
+    legacy = legacy_scrypt_hash(pw)
+    assert legacy.startswith("scrypt$16384$8$1$")
+    assert verify_password(pw, legacy)
+    assert not verify_password(pw + "x", legacy)
+    SecurityConfig(profile=1, password_hashes={"CS1": legacy})  # still a valid config
 
 
 @pytest.mark.parametrize("length", [15, 41])
@@ -132,7 +150,11 @@ def test_hash_password_enforces_the_ocpp_length(length: int) -> None:
     "scrypt$1000$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA==",  # N not a power of 2
     "scrypt$16384$8$1$not base64!$aGFzaGhhc2hoYXNoaGFzaA==",
     "scrypt$1048576$8$1$c2FsdHNhbHQ=$aGFzaGhhc2hoYXNoaGFzaA==",  # 1 GiB per login
-], ids=["plaintext", "no-hash", "bad-n", "bad-base64", "too-costly"])
+    "sha256$c2FsdA==$aGFzaA==",  # salt and hash too short
+    "sha256$not base64!$aGFzaGhhc2hoYXNoaGFzaA==",
+    "sha256$c2FsdHNhbHRzYWx0c2FsdA==",  # no hash
+], ids=["plaintext", "no-hash", "bad-n", "bad-base64", "too-costly", "sha256-short",
+        "sha256-bad-base64", "sha256-no-hash"])
 def test_malformed_hashes_are_refused(encoded: str) -> None:
     with pytest.raises(ValueError):
         verify_password("p" * 20, encoded)
@@ -143,7 +165,7 @@ def test_malformed_hashes_are_refused(encoded: str) -> None:
 def test_hash_password_command() -> None:
     pw = PASSWORDS["CS1"]
     line = hash_password_command(stdin=io.StringIO(pw + "\n"))
-    assert line.startswith('password_hash = "scrypt$') and pw not in line
+    assert line.startswith('password_hash = "sha256$') and pw not in line
     assert verify_password(pw, line.split('"')[1])
 
     answers = iter([pw, pw])
@@ -201,14 +223,20 @@ def test_profile_1_refuses_with_401(password_hashes: dict[str, str], identity: s
         assert pw not in events[0]["detail"]
 
 
-def test_profile_1_unknown_station_is_still_404(password_hashes: dict[str, str]) -> None:
+def test_profile_1_unknown_station_looks_like_a_wrong_password(
+        password_hashes: dict[str, str]) -> None:
+    # The same status, challenge and body for both: identities cannot be probed.
     async def scenario(server: CSMSServer) -> None:
-        exc = await refused_status(server, "NOPE", additional_headers=basic("NOPE", "x" * 20))
-        assert exc.response.status_code == 404
+        unknown = await refused_status(server, "NOPE", additional_headers=basic("NOPE", "x" * 20))
+        wrong = await refused_status(server, "CS1", additional_headers=basic("CS1", "x" * 20))
+        for exc in (unknown, wrong):
+            assert exc.response.status_code == 401
+            assert exc.response.headers["WWW-Authenticate"].startswith('Basic realm="evtwin"')
+        assert unknown.response.body == wrong.response.body
         await connect_ok(server, "CS1", additional_headers=basic("CS1", PASSWORDS["CS1"]))
 
     events = run(SecurityConfig(profile=1, password_hashes=password_hashes), scenario)
-    assert kinds(events) == ["unknown_station"]
+    assert kinds(events) == ["unknown_station", "auth_failed"]
 
 
 def test_profile_0_ignores_credentials() -> None:

@@ -84,8 +84,9 @@ def test_profile_2_process_refuses_each_bad_connection(tmp_path: Path, pki: PKI)
             assert await refused_status(f"{base}/CS1", ssl=tls, additional_headers=basic(
                 "CS2", PASSWORDS["CS2"])) == 401
             assert await refused_status(f"{base}/CS1", ssl=tls) == 401
+            # An unknown station gets the wrong password's 401: no enumeration.
             assert await refused_status(f"{base}/CS9", ssl=tls, additional_headers=basic(
-                "CS9", PASSWORDS["CS1"])) == 404
+                "CS9", PASSWORDS["CS1"])) == 401
             assert await refused_status(f"{base}/CS:1", ssl=tls) == 400
             await handshake_fails(f"{base}/CS1", ssl=tls11_client(pki),
                                   additional_headers=basic("CS1", PASSWORDS["CS1"]))
