@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test bench soak lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,9 +22,14 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pytest tests/bench_*.py --benchmark-only --benchmark-columns=mean,stddev,rounds -s
 
+# Load, reconnect storm, kill -9 and fuzz against a real `evtwin csms serve` on
+# 127.0.0.1; sizes from EVTWIN_SOAK_* (see tests/soak_csms.py).
+soak: $(STAMP)
+	$(BIN)/python -m pytest tests/soak_csms.py -m soak -s
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy sim agents csms grid
+	$(BIN)/mypy sim agents csms grid ocppj
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks

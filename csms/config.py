@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ssl
 import tomllib
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
@@ -283,8 +284,9 @@ def _cross_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
         problems.append(("api.token_hash", "required when api.port is set"))
     stations = data.get("stations")
     if isinstance(stations, list):
-        ids = [s.get("id") for s in stations if isinstance(s, dict)]
-        dupes = sorted({i for i in ids if isinstance(i, str) and ids.count(i) > 1})
+        counts = Counter(str(s["id"]) for s in stations
+                         if isinstance(s, dict) and isinstance(s.get("id"), str))
+        dupes = sorted(i for i, n in counts.items() if n > 1)
         if dupes:
             problems.append(("stations", f"duplicate station ids {dupes}"))
     security = data.get("security")

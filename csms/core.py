@@ -85,6 +85,19 @@ class ProfileCommand:
     limit_w: float
 
 
+def _state_row(s: Session) -> dict[str, Any]:
+    """A session's state as the store's transactions row keeps it."""
+    return {"evse_id": s.evse_id, "id_token": s.id_token, "started_at": iso(s.started_at),
+            "ended_at": iso(s.ended_at) if s.ended_at is not None else None,
+            "meter_start_wh": s.meter_start_wh, "meter_stop_wh": s.meter_stop_wh,
+            "stopped_reason": s.stopped_reason, "last_seq_no": s.last_seq_no,
+            "meter_last_wh": s.meter_last_wh,
+            "meter_last_at": iso(s.meter_last_at) if s.meter_last_at is not None else None,
+            "power_w": s.power_w, "voltage_v": s.voltage_v, "soc_percent": s.soc_percent,
+            "export_start_wh": s.export_start_wh, "export_last_wh": s.export_last_wh,
+            "charging_state": s.charging_state}
+
+
 class CSMSCore:
     """Business logic of the CSMS, written once for every transport.
 
@@ -126,8 +139,9 @@ class CSMSCore:
         self._warned: set[tuple[str, ...]] = set()
         for spec in config.stations:
             self.site_limits.setdefault(spec.site, None)
-            store.upsert_station(spec.station_id, spec.site,
-                                 [(e.evse_id, e.max_power_w) for e in spec.evses])
+        store.upsert_stations([(spec.station_id, spec.site,
+                                [(e.evse_id, e.max_power_w) for e in spec.evses])
+                               for spec in config.stations])
         self._restore()
 
     def _restore(self) -> None:
@@ -226,9 +240,6 @@ class CSMSCore:
         current = self.sessions.get(key)
         if current is None:
             current = self.load_session(station_id, ev.transaction_id)
-        if current is not None and (ev.seq_no in current.seen_seq_nos
-                                    or (digest is not None and digest in current.seen_digests)):
-            return self._tx_response(ev.id_token)
         if current is None:
             evse_id = ev.evse_id or 1
             # Checked before anything is stored: a session on an EVSE the CSMS
@@ -237,20 +248,21 @@ class CSMSCore:
             session = Session(transaction_id=ev.transaction_id, station_id=station_id,
                               evse_id=evse_id, id_token=ev.id_token, started_at=ev.at)
         else:
-            session = replace(current, seen_seq_nos=set(current.seen_seq_nos),
-                              seen_digests=set(current.seen_digests))
+            session = replace(current)
         evse_id = ev.evse_id or session.evse_id
         seq_no = ev.seq_no if ev.seq_no is not None else session.last_seq_no + 1
-        self._apply_event(session, ev, seq_no, digest)
+        self._apply_event(session, ev, seq_no)
         cdr = self._cdr(session) if session.ended_at is not None else None
-        self.store.record_transaction_event(
-            station_id=station_id, transaction_id=ev.transaction_id, evse_id=evse_id,
-            seq_no=seq_no, event_type=ev.event_type, trigger_reason=ev.trigger_reason,
-            timestamp=ev.timestamp, id_token=session.id_token,
-            meter_wh=ev.energy_wh if ev.event_type in ("Started", "Ended") else None,
-            stopped_reason=session.stopped_reason, payload=payload,
-            samples=[sample[:5] for sample in ev.samples],
-            digest=digest, cdr=cdr)
+        applied = self.store.record_transaction_event(
+            station_id=station_id, transaction_id=ev.transaction_id, seq_no=seq_no,
+            event_type=ev.event_type, trigger_reason=ev.trigger_reason,
+            timestamp=ev.timestamp, payload=payload,
+            samples=[sample[:5] for sample in ev.samples], evse_id=evse_id,
+            state=_state_row(session), digest=digest, cdr=cdr)
+        if not applied:
+            # A re-sent message (its seqNo or content is stored): answered as the
+            # original was; the copy is dropped and nothing changes.
+            return self._tx_response(ev.id_token)
         # Stored: from here on it is the CSMS's state (the session object others
         # hold stays the one in use).
         was_open = None if current is None else current.is_open
@@ -352,14 +364,10 @@ class CSMSCore:
                 f"{self.config.max_event_lead_s / 3600:g} h after the CSMS's time)")
         return at
 
-    def _apply_event(self, session: Session, ev: TxEvent, seq_no: int,
-                     digest: str | None) -> None:
-        """Apply a validated, new event to ``session`` (a copy the caller commits)."""
+    def _apply_event(self, session: Session, ev: TxEvent, seq_no: int) -> None:
+        """Apply a validated event to ``session`` (a copy the caller commits)."""
         if ev.id_token and session.id_token is None:
             session.id_token = ev.id_token
-        session.seen_seq_nos.add(seq_no)
-        if digest is not None:
-            session.seen_digests.add(digest)
         at = ev.at
         state = ev.charging_state
         fresh = session.meter_last_at is None or at >= session.meter_last_at
@@ -410,31 +418,21 @@ class CSMSCore:
 
     @staticmethod
     def _session_from_store(tx: dict[str, Any]) -> Session:
-        last = tx["last"]
-        energy = last[ENERGY]
-        session = Session(
+        def at(text: str | None) -> datetime | None:
+            return parse_iso(text) if text else None
+
+        started = at(tx["started_at"])
+        assert started is not None
+        return Session(
             transaction_id=tx["transaction_id"], station_id=tx["station_id"],
-            evse_id=int(tx["evse_id"]), id_token=tx["id_token"],
-            started_at=parse_iso(tx["started_at"]), meter_start_wh=tx["meter_start_wh"],
-            meter_last_wh=(energy[0] * _WH_PER_UNIT.get(energy[1] or "Wh", 1.0)
-                           if energy else None),
-            last_seq_no=int(tx["last_seq_no"]), seen_seq_nos=set(tx["seq_nos"]),
-            seen_digests=set(tx["digests"]),
-            ended_at=parse_iso(tx["ended_at"]) if tx["ended_at"] else None,
-            stopped_reason=tx["stopped_reason"], meter_stop_wh=tx["meter_stop_wh"],
-        )
-        if energy and tx.get("last_at"):
-            session.meter_last_at = parse_iso(tx["last_at"])
-        for measurand, attr in ((POWER, "power_w"), (VOLTAGE, "voltage_v"),
-                                (SOC, "soc_percent")):
-            if last[measurand] is not None:
-                value = last[measurand][0]
-                if measurand == POWER:
-                    value *= _W_PER_UNIT.get(last[measurand][1] or "W", 1.0)
-                setattr(session, attr, value)
-        if session.ended_at is not None:
-            session.power_w = 0.0
-        return session
+            evse_id=int(tx["evse_id"]), id_token=tx["id_token"], started_at=started,
+            meter_start_wh=tx["meter_start_wh"], meter_last_wh=tx["meter_last_wh"],
+            power_w=0.0 if tx["ended_at"] else (tx["power_w"] or 0.0),
+            voltage_v=tx["voltage_v"], soc_percent=tx["soc_percent"],
+            last_seq_no=int(tx["last_seq_no"]), ended_at=at(tx["ended_at"]),
+            stopped_reason=tx["stopped_reason"], meter_last_at=at(tx["meter_last_at"]),
+            meter_stop_wh=tx["meter_stop_wh"], export_start_wh=tx["export_start_wh"],
+            export_last_wh=tx["export_last_wh"], charging_state=tx["charging_state"])
 
     def _tx_response(self, id_token: str | None) -> dict[str, Any]:
         response: dict[str, Any] = {}

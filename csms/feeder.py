@@ -38,12 +38,18 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-from scipy.optimize import linprog
 
-from evtwin.grid import Feeder, GridLimits, GridResult, PowerFlowError
+# The exceptions and result types only: ``evtwin.grid.feeder`` imports pandapower
+# and power-grid-model, which a CSMS needs only once it builds a FeederModel.
+from evtwin.grid.exceptions import PowerFlowError
+from evtwin.grid.results import GridLimits, GridResult
+
+if TYPE_CHECKING:
+    from evtwin.grid.feeder import Feeder
 
 from .model import ControlView, SessionView
 from .strategies import Limits, equal_share, register, usable_cap_kw
@@ -184,6 +190,8 @@ class FeederModel:
     ) -> FeederModel:
         """A model on its own copy of ``feeder``'s network (power-grid-model engine),
         so computing sensitivities never touches the feeder being simulated."""
+        from evtwin.grid.feeder import Feeder
+
         net = copy.deepcopy(feeder.net)
         # Drop the station loads the feeder added; the new Feeder adds its own.
         net.load = net.load.iloc[: feeder.n_households]
@@ -421,6 +429,8 @@ def feeder_aware(view: ControlView) -> Limits:
         a_ub = np.vstack([a_ub, np.hstack([np.vstack(a_site), np.zeros((len(a_site), r))])])
         b_ub = np.concatenate([b_ub, b_site])
     bounds = [(0.0, float(cap)) for cap in caps] + [(0.0, None)] * r
+    from scipy.optimize import linprog  # here: scipy.optimize costs ~0.5 s to import
+
     res = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
     if res.status != 0:
         log.warning("feeder_aware: LP failed (%s); no EV charging this cycle", res.message)

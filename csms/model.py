@@ -147,10 +147,6 @@ class Session:
     ended_at: datetime | None = None
     stopped_reason: str | None = None
     limit_w: float | None = None
-    seen_seq_nos: set[int] = field(default_factory=set)
-    seen_digests: set[str] = field(default_factory=set)
-    """OCPP 1.6: digests of the messages applied (1.6 has no seqNo; a re-sent
-    message is recognised by its content)."""
     meter_last_at: datetime | None = None
     meter_stop_wh: float | None = None
     export_start_wh: float | None = None

@@ -32,8 +32,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
-from scipy.optimize import linprog
-from scipy.sparse import coo_matrix
 
 from .model import ControlView, SessionView, SiteView
 from .strategies import (
@@ -269,6 +267,11 @@ def plan_schedule(prices: Sequence[tuple[datetime, float]], now: datetime,
     ``-floor_i <= E_i(t) <= remaining_i`` at every slot end, ``0 <= d[i, t] <=
     max_discharge_i`` (scaled likewise) and ``sum_i d[i, t] - c[i, t] <= limit``.
     """
+    # Imported here, not at the top: scipy costs ~0.5 s, and a CSMS running edf or
+    # llf (this module) never solves an LP.
+    from scipy.optimize import linprog
+    from scipy.sparse import coo_matrix
+
     dt_h = _hours(SLOT)
     deadlines = [s.departure if s.departure is not None else now + HORIZON for s in sessions]
     # A session past its departure is still plugged in: it should finish in the first slot.

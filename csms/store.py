@@ -1,17 +1,29 @@
-"""SQLite persistence for the CSMS.
+"""Persistence for the CSMS: an embedded SQLite file, or a PostgreSQL server.
 
-The schema is versioned (``PRAGMA user_version``) and migrated on open. The
-file runs in WAL mode; every write is committed before the handler that made
-it returns, so a CALLRESULT never goes out for data that is not on disk.
-``synchronous=NORMAL`` keeps commits durable across a crash of the process
-(WAL's documented trade-off: the last commits may be lost on power loss).
+SQLite is the default: one file, one ``csms serve`` process. The schema is
+versioned (``PRAGMA user_version``) and migrated on open; the file runs in WAL
+mode with ``synchronous=NORMAL``, which keeps commits durable across a crash
+of the process (WAL's documented trade-off: the last commits may be lost on
+power loss).
+
+PostgreSQL (``postgresql://user@host:port/db``) lets several ``csms serve``
+processes share stations, transactions and CDRs (:attr:`Store.shared`); the
+schema is created at the current version (``schema_meta``).
+
+Either way every write is committed before the handler that made it returns,
+so a CALLRESULT never goes out for data that is not stored, and each
+station message's changes are one transaction: all stored or none. The SQL is
+written once (``?`` placeholders, ``ON CONFLICT``, a ``rowid`` column that
+PostgreSQL's tables declare) and adapted per backend.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,28 +127,147 @@ _MIGRATIONS: dict[int, str] = {
     """,
     4: """
     ALTER TABLE transaction_events ADD COLUMN digest TEXT;
-    CREATE INDEX transaction_events_digest ON transaction_events(station_id, digest)
+    CREATE UNIQUE INDEX transaction_events_digest
+        ON transaction_events(station_id, transaction_id, digest) WHERE digest IS NOT NULL;
+    CREATE INDEX transaction_events_by_digest ON transaction_events(station_id, digest)
         WHERE digest IS NOT NULL;
+    ALTER TABLE transactions ADD COLUMN meter_last_wh REAL;
+    ALTER TABLE transactions ADD COLUMN meter_last_at TEXT;
+    ALTER TABLE transactions ADD COLUMN power_w REAL;
+    ALTER TABLE transactions ADD COLUMN voltage_v REAL;
+    ALTER TABLE transactions ADD COLUMN soc_percent REAL;
+    ALTER TABLE transactions ADD COLUMN export_start_wh REAL;
+    ALTER TABLE transactions ADD COLUMN export_last_wh REAL;
+    ALTER TABLE transactions ADD COLUMN charging_state TEXT;
+    CREATE INDEX transactions_open ON transactions(station_id) WHERE ended_at IS NULL;
+    CREATE TABLE commands (
+        id          INTEGER PRIMARY KEY,
+        station_id  TEXT NOT NULL,
+        command     TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
     """,
 }
+#: A database from before v4 keeps each session's live values only as meter
+#: values: copied into the transactions row once, on migration.
+_BACKFILL_V4 = """
+UPDATE transactions SET
+    meter_last_wh = (SELECT value * CASE unit WHEN 'kWh' THEN 1000.0 ELSE 1.0 END
+                     FROM meter_values m WHERE m.station_id = transactions.station_id
+                     AND m.transaction_id = transactions.transaction_id AND phase IS NULL
+                     AND measurand = 'Energy.Active.Import.Register'
+                     ORDER BY timestamp DESC, rowid DESC LIMIT 1),
+    meter_last_at = (SELECT timestamp FROM meter_values m
+                     WHERE m.station_id = transactions.station_id
+                     AND m.transaction_id = transactions.transaction_id AND phase IS NULL
+                     AND measurand = 'Energy.Active.Import.Register'
+                     ORDER BY timestamp DESC, rowid DESC LIMIT 1),
+    power_w = CASE WHEN ended_at IS NOT NULL THEN 0.0 ELSE
+                (SELECT value * CASE unit WHEN 'kW' THEN 1000.0 ELSE 1.0 END
+                 FROM meter_values m WHERE m.station_id = transactions.station_id
+                 AND m.transaction_id = transactions.transaction_id AND phase IS NULL
+                 AND measurand = 'Power.Active.Import'
+                 ORDER BY timestamp DESC, rowid DESC LIMIT 1) END,
+    voltage_v = (SELECT value FROM meter_values m WHERE m.station_id = transactions.station_id
+                 AND m.transaction_id = transactions.transaction_id AND phase IS NULL
+                 AND measurand = 'Voltage' ORDER BY timestamp DESC, rowid DESC LIMIT 1),
+    soc_percent = (SELECT value FROM meter_values m
+                   WHERE m.station_id = transactions.station_id
+                   AND m.transaction_id = transactions.transaction_id AND phase IS NULL
+                   AND measurand = 'SoC' ORDER BY timestamp DESC, rowid DESC LIMIT 1)
+"""
+
+#: The same schema for PostgreSQL, created at the current version in one go.
+_POSTGRES_SCHEMA = """
+CREATE TABLE schema_meta (version INTEGER NOT NULL);
+CREATE TABLE stations (
+    station_id TEXT PRIMARY KEY, site TEXT NOT NULL, vendor TEXT, model TEXT, booted_at TEXT);
+CREATE TABLE evses (
+    station_id TEXT NOT NULL REFERENCES stations(station_id), evse_id INTEGER NOT NULL,
+    max_power_w DOUBLE PRECISION NOT NULL, status TEXT, status_at TEXT,
+    PRIMARY KEY (station_id, evse_id));
+CREATE TABLE transactions (
+    transaction_id TEXT NOT NULL, station_id TEXT NOT NULL, evse_id INTEGER NOT NULL,
+    id_token TEXT, started_at TEXT NOT NULL, ended_at TEXT,
+    meter_start_wh DOUBLE PRECISION, meter_stop_wh DOUBLE PRECISION, stopped_reason TEXT,
+    last_seq_no BIGINT NOT NULL DEFAULT -1,
+    meter_last_wh DOUBLE PRECISION, meter_last_at TEXT, power_w DOUBLE PRECISION,
+    voltage_v DOUBLE PRECISION, soc_percent DOUBLE PRECISION,
+    export_start_wh DOUBLE PRECISION, export_last_wh DOUBLE PRECISION, charging_state TEXT,
+    PRIMARY KEY (station_id, transaction_id));
+CREATE INDEX transactions_open ON transactions(station_id) WHERE ended_at IS NULL;
+CREATE TABLE transaction_events (
+    station_id TEXT NOT NULL, transaction_id TEXT NOT NULL, seq_no BIGINT NOT NULL,
+    event_type TEXT NOT NULL, trigger_reason TEXT NOT NULL, timestamp TEXT NOT NULL,
+    payload TEXT NOT NULL, digest TEXT, PRIMARY KEY (station_id, transaction_id, seq_no));
+CREATE UNIQUE INDEX transaction_events_digest
+    ON transaction_events(station_id, transaction_id, digest) WHERE digest IS NOT NULL;
+CREATE INDEX transaction_events_by_digest ON transaction_events(station_id, digest)
+    WHERE digest IS NOT NULL;
+CREATE TABLE meter_values (
+    rowid BIGSERIAL PRIMARY KEY, station_id TEXT NOT NULL, evse_id INTEGER NOT NULL,
+    transaction_id TEXT, timestamp TEXT NOT NULL, measurand TEXT NOT NULL, phase TEXT,
+    value DOUBLE PRECISION NOT NULL, unit TEXT);
+CREATE INDEX meter_values_tx ON meter_values(station_id, transaction_id);
+CREATE TABLE charging_profiles (
+    rowid BIGSERIAL PRIMARY KEY, station_id TEXT NOT NULL, evse_id INTEGER NOT NULL,
+    profile_id BIGINT NOT NULL, purpose TEXT NOT NULL, stack_level INTEGER NOT NULL,
+    limit_value DOUBLE PRECISION NOT NULL, unit TEXT NOT NULL, sent_at TEXT NOT NULL,
+    status TEXT NOT NULL, limit_w DOUBLE PRECISION);
+CREATE TABLE security_events (
+    rowid BIGSERIAL PRIMARY KEY, at TEXT NOT NULL, peer TEXT, kind TEXT NOT NULL, detail TEXT);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+CREATE TABLE cdrs (
+    station_id TEXT NOT NULL, transaction_id TEXT NOT NULL, id_token TEXT,
+    started_at TEXT NOT NULL, ended_at TEXT NOT NULL, duration_s DOUBLE PRECISION NOT NULL,
+    energy_wh DOUBLE PRECISION NOT NULL, cost DOUBLE PRECISION NOT NULL,
+    currency TEXT NOT NULL, PRIMARY KEY (station_id, transaction_id));
+CREATE TABLE installed_profiles (
+    station_id TEXT NOT NULL, position INTEGER NOT NULL, profile TEXT NOT NULL,
+    PRIMARY KEY (station_id, position));
+CREATE TABLE commands (
+    id BIGSERIAL PRIMARY KEY, station_id TEXT NOT NULL, command TEXT NOT NULL,
+    created_at TEXT NOT NULL);
+"""
+
+#: Columns of a transaction's row that the core writes from the session's state.
+TRANSACTION_STATE = (
+    "evse_id", "id_token", "started_at", "ended_at", "meter_start_wh", "meter_stop_wh",
+    "stopped_reason", "last_seq_no", "meter_last_wh", "meter_last_at", "power_w",
+    "voltage_v", "soc_percent", "export_start_wh", "export_last_wh", "charging_state")
+_MEASURANDS = ("Energy.Active.Import.Register", "Power.Active.Import", "Voltage", "SoC")
+
+
+def is_database_url(target: str | Path) -> bool:
+    """Whether ``target`` names a PostgreSQL server (else it is a SQLite file)."""
+    return str(target).startswith(("postgresql://", "postgres://"))
 
 
 class Store:
-    """The CSMS's SQLite database. ``path=":memory:"`` only when asked for."""
+    """The CSMS's database: a SQLite file (``path``; ``":memory:"`` only when asked
+    for) or a PostgreSQL server (a ``postgresql://`` URL)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
+        #: True when several CSMS processes may share this database (PostgreSQL).
+        self.shared = is_database_url(self.path)
+        self._pg: Any = None
+        self._db: sqlite3.Connection | None = None
+        if self.shared:
+            self._open_postgres()
+        else:
+            self._open_sqlite()
+
+    # -- backends ----------------------------------------------------------
+    def _open_sqlite(self) -> None:
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._db.row_factory = sqlite3.Row
         if self.path != ":memory:":
             self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
-
-    def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        #: The schema the file had when opened (0: a new file).
+        #: The schema the database had when opened (0: a new one).
         self.opened_schema_version = int(version)
         if version > SCHEMA_VERSION:
             raise RuntimeError(
@@ -146,43 +277,122 @@ class Store:
         for target in range(version + 1, SCHEMA_VERSION + 1):
             with self._tx():
                 self._db.executescript(_MIGRATIONS[target])
+                if target == 4 and version > 0:
+                    self._db.execute(_BACKFILL_V4)
                 self._db.execute(f"PRAGMA user_version={target}")
 
-    def _tx(self) -> sqlite3.Connection:
+    def _open_postgres(self) -> None:
+        import psycopg  # only a shared store needs it
+        from psycopg.rows import dict_row
+
+        self._pg = psycopg.connect(self.path, autocommit=True, row_factory=dict_row)
+        with self._tx():
+            # One process creates the schema; the others wait on the lock.
+            self._pg.execute("SELECT pg_advisory_xact_lock(7315001)")
+            exists = self._pg.execute(
+                "SELECT to_regclass('schema_meta') IS NOT NULL AS e").fetchone()["e"]
+            if not exists:
+                self._pg.execute(_POSTGRES_SCHEMA)
+                self._pg.execute("INSERT INTO schema_meta VALUES (%s)", (SCHEMA_VERSION,))
+                self.opened_schema_version = 0
+            else:
+                version = int(self._pg.execute(
+                    "SELECT version FROM schema_meta").fetchone()["version"])
+                if version != SCHEMA_VERSION:
+                    raise RuntimeError(f"{self.path}: database schema v{version}; this "
+                                       f"evtwin needs v{SCHEMA_VERSION}")
+                self.opened_schema_version = version
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[None]:
+        """One transaction: committed on success, rolled back on any error."""
+        if self._pg is not None:
+            with self._pg.transaction():
+                yield
+            return
+        assert self._db is not None
         # sqlite3's context manager commits on success and rolls back on error;
         # with isolation_level=None we open the transaction ourselves.
         self._db.execute("BEGIN")
-        return self._db
+        with self._db:
+            yield
+
+    @staticmethod
+    def _sql(sql: str, named: bool = False) -> str:
+        """A statement in PostgreSQL's placeholder style (``%s``, ``%(name)s``)."""
+        return _NAMED.sub(r"%(\1)s", sql) if named else sql.replace("?", "%s")
+
+    def _run(self, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+        """Execute one statement; returns the cursor (``rowcount``, ``fetchone``, ...)."""
+        if self._pg is not None:
+            return self._pg.execute(self._sql(sql, isinstance(params, dict)), params)
+        assert self._db is not None
+        return self._db.execute(sql, params)
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        if not rows:
+            return
+        if self._pg is not None:
+            with self._pg.cursor() as cur:
+                cur.executemany(self._sql(sql), rows)
+            return
+        assert self._db is not None
+        self._db.executemany(sql, rows)
+
+    def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        return [dict(r) for r in self._run(sql, params).fetchall()]
+
+    def _one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
+        row = self._run(sql, params).fetchone()
+        return None if row is None else dict(row)
 
     @property
     def schema_version(self) -> int:
-        """The schema version of the open file."""
+        """The schema version of the open database."""
+        if self._pg is not None:
+            return int(self._pg.execute("SELECT version FROM schema_meta").fetchone()["version"])
+        assert self._db is not None
         return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
-        """Close the database file."""
-        self._db.close()
+        """Close the database."""
+        if self._pg is not None:
+            self._pg.close()
+        elif self._db is not None:
+            self._db.close()
 
     # -- provisioning ------------------------------------------------------
     def upsert_station(self, station_id: str, site: str,
                        evses: Iterable[tuple[int, float]]) -> None:
         """Record a provisioned station and its EVSEs (idempotent)."""
         with self._tx():
-            self._db.execute(
+            self._run(
                 "INSERT INTO stations(station_id, site) VALUES (?, ?) "
                 "ON CONFLICT(station_id) DO UPDATE SET site=excluded.site",
                 (station_id, site),
             )
-            self._db.executemany(
+            self._many(
                 "INSERT INTO evses(station_id, evse_id, max_power_w) VALUES (?, ?, ?) "
                 "ON CONFLICT(station_id, evse_id) DO UPDATE SET max_power_w=excluded.max_power_w",
                 [(station_id, e, p) for e, p in evses],
             )
 
+    def upsert_stations(self, stations: Sequence[tuple[str, str, Sequence[tuple[int, float]]]]
+                        ) -> None:
+        """Record many provisioned stations in one transaction: ``(id, site, evses)``."""
+        with self._tx():
+            self._many("INSERT INTO stations(station_id, site) VALUES (?, ?) "
+                       "ON CONFLICT(station_id) DO UPDATE SET site=excluded.site",
+                       [(sid, site) for sid, site, _ in stations])
+            self._many(
+                "INSERT INTO evses(station_id, evse_id, max_power_w) VALUES (?, ?, ?) "
+                "ON CONFLICT(station_id, evse_id) DO UPDATE SET max_power_w=excluded.max_power_w",
+                [(sid, e, p) for sid, _, evses in stations for e, p in evses])
+
     def record_boot(self, station_id: str, vendor: str, model: str, at: str) -> None:
         """Store the vendor/model a station reported at boot."""
         with self._tx():
-            self._db.execute(
+            self._run(
                 "UPDATE stations SET vendor=?, model=?, booted_at=? WHERE station_id=?",
                 (vendor, model, at, station_id),
             )
@@ -190,7 +400,7 @@ class Store:
     def record_status(self, station_id: str, evse_id: int, status: str, at: str) -> None:
         """Store a connector status change."""
         with self._tx():
-            self._db.execute(
+            self._run(
                 "UPDATE evses SET status=?, status_at=? WHERE station_id=? AND evse_id=?",
                 (status, at, station_id, evse_id),
             )
@@ -201,69 +411,51 @@ class Store:
         *,
         station_id: str,
         transaction_id: str,
-        evse_id: int,
         seq_no: int,
         event_type: str,
         trigger_reason: str,
         timestamp: str,
-        id_token: str | None,
-        meter_wh: float | None,
-        stopped_reason: str | None,
         payload: dict[str, Any],
         samples: Sequence[tuple[str, str, str | None, float, str | None]],
+        evse_id: int,
+        state: dict[str, Any],
         digest: str | None = None,
         cdr: dict[str, Any] | None = None,
-    ) -> None:
-        """Store one TransactionEvent, its sampled values and, for an ended transaction,
-        its charge detail record ``cdr`` (the columns of ``cdrs`` by name), all in one
-        transaction: all of it is on disk or none of it.
+    ) -> bool:
+        """Store one TransactionEvent, its sampled values, the transaction's new
+        ``state`` (the columns in :data:`TRANSACTION_STATE`) and, for an ended
+        transaction, its charge detail record ``cdr`` (the columns of ``cdrs`` by
+        name), all in one transaction: all of it is stored or none of it.
 
-        ``samples`` are ``(timestamp, measurand, phase, value, unit)`` tuples;
-        ``digest`` identifies an OCPP 1.6 message by content. A repeated ``seq_no``
-        is ignored rather than stored twice (the core answers duplicates before
-        they get here).
+        ``samples`` are ``(timestamp, measurand, phase, value, unit)`` tuples on
+        ``evse_id``. Returns False, storing nothing, when the transaction already
+        has an event with this ``seq_no`` or (OCPP 1.6) content ``digest``: a re-sent
+        message, which must change nothing.
         """
         with self._tx():
-            cur = self._db.execute(
-                "INSERT OR IGNORE INTO transaction_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            cur = self._run(
+                "INSERT INTO transaction_events(station_id, transaction_id, seq_no, "
+                "event_type, trigger_reason, timestamp, payload, digest) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
                 (station_id, transaction_id, seq_no, event_type, trigger_reason, timestamp,
                  json.dumps(payload, separators=(",", ":")), digest),
             )
             if cur.rowcount == 0:
-                return
-            # Any event creates the transaction row (events may arrive out of
-            # order); Started and Ended then fix their own columns.
-            self._db.execute(
-                "INSERT OR IGNORE INTO transactions(transaction_id, station_id, evse_id, "
-                "id_token, started_at, last_seq_no) VALUES (?, ?, ?, ?, ?, ?)",
-                (transaction_id, station_id, evse_id, id_token, timestamp, seq_no),
-            )
-            self._db.execute(
-                "UPDATE transactions SET last_seq_no=MAX(last_seq_no, ?), "
-                "id_token=COALESCE(id_token, ?), "
-                "started_at=CASE WHEN ? < started_at THEN ? ELSE started_at END "
-                "WHERE station_id=? AND transaction_id=?",
-                (seq_no, id_token, timestamp, timestamp, station_id, transaction_id),
-            )
-            if event_type == "Started":
-                self._db.execute(
-                    "UPDATE transactions SET started_at=?, meter_start_wh=? "
-                    "WHERE station_id=? AND transaction_id=?",
-                    (timestamp, meter_wh, station_id, transaction_id),
-                )
-            if event_type == "Ended":
-                self._db.execute(
-                    "UPDATE transactions SET ended_at=?, meter_stop_wh=?, stopped_reason=? "
-                    "WHERE station_id=? AND transaction_id=?",
-                    (timestamp, meter_wh, stopped_reason, station_id, transaction_id),
-                )
-            if samples:
-                self._db.executemany(
-                    "INSERT INTO meter_values VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(station_id, evse_id, transaction_id, *s) for s in samples],
-                )
+                return False
+            cols = ("station_id", "transaction_id", *TRANSACTION_STATE)
+            values = [station_id, transaction_id, *(state[c] for c in TRANSACTION_STATE)]
+            self._run(
+                f"INSERT INTO transactions({', '.join(cols)}) "
+                f"VALUES ({', '.join('?' * len(cols))}) "
+                "ON CONFLICT(station_id, transaction_id) DO UPDATE SET "
+                + ", ".join(f"{c}=excluded.{c}" for c in TRANSACTION_STATE), values)
+            self._many(
+                "INSERT INTO meter_values(station_id, evse_id, transaction_id, timestamp, "
+                "measurand, phase, value, unit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(station_id, evse_id, transaction_id, *s) for s in samples])
             if cdr is not None:
                 self._write_cdr(cdr)
+        return True
 
     def record_meter_values(
         self,
@@ -273,10 +465,10 @@ class Store:
     ) -> None:
         """Store sampled values reported outside a transaction (MeterValues)."""
         with self._tx():
-            self._db.executemany(
-                "INSERT INTO meter_values VALUES (?, ?, NULL, ?, ?, ?, ?, ?)",
-                [(station_id, evse_id, *s) for s in samples],
-            )
+            self._many(
+                "INSERT INTO meter_values(station_id, evse_id, transaction_id, timestamp, "
+                "measurand, phase, value, unit) VALUES (?, ?, NULL, ?, ?, ?, ?, ?)",
+                [(station_id, evse_id, *s) for s in samples])
 
     def record_profile(
         self, station_id: str, evse_id: int, profile_id: int, purpose: str, stack_level: int,
@@ -284,8 +476,10 @@ class Store:
     ) -> None:
         """Store a charging profile the CSMS sent and the station's answer."""
         with self._tx():
-            self._db.execute(
-                "INSERT INTO charging_profiles VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            self._run(
+                "INSERT INTO charging_profiles(station_id, evse_id, profile_id, purpose, "
+                "stack_level, limit_value, unit, sent_at, status, limit_w) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (station_id, evse_id, profile_id, purpose, stack_level, limit_value, unit,
                  sent_at, status, limit_w),
             )
@@ -293,31 +487,35 @@ class Store:
     def save_installed_profiles(self, station_id: str, profiles: list[str]) -> None:
         """Replace what a station has installed: its profiles as JSON, in install order."""
         with self._tx():
-            self._db.execute("DELETE FROM installed_profiles WHERE station_id=?", (station_id,))
-            self._db.executemany("INSERT INTO installed_profiles VALUES (?, ?, ?)",
-                                 [(station_id, i, p) for i, p in enumerate(profiles)])
+            self._run("DELETE FROM installed_profiles WHERE station_id=?", (station_id,))
+            self._many("INSERT INTO installed_profiles(station_id, position, profile) "
+                       "VALUES (?, ?, ?)", [(station_id, i, p) for i, p in enumerate(profiles)])
 
-    def installed_profiles(self) -> dict[str, list[str]]:
-        """Every station's installed profiles (JSON, in install order)."""
+    def installed_profiles(self, station_id: str | None = None) -> dict[str, list[str]]:
+        """Every station's (or one station's) installed profiles, JSON in install order."""
         out: dict[str, list[str]] = {}
-        for r in self._db.execute(
-                "SELECT station_id, profile FROM installed_profiles ORDER BY station_id, position"):
-            out.setdefault(r[0], []).append(r[1])
+        where, params = ("WHERE station_id=? ", (station_id,)) if station_id else ("", ())
+        for r in self._rows(f"SELECT station_id, profile FROM installed_profiles {where}"
+                            "ORDER BY station_id, position", params):
+            out.setdefault(r["station_id"], []).append(r["profile"])
         return out
 
     def max_profile_id(self) -> int:
         """The highest charging-profile id ever sent (0 if none)."""
-        row = self._db.execute("SELECT MAX(profile_id) FROM charging_profiles").fetchone()
-        return int(row[0] or 0)
+        row = self._one("SELECT MAX(profile_id) AS m FROM charging_profiles")
+        return int((row or {}).get("m") or 0)
 
-    def next_counter(self, name: str) -> int:
-        """Increment and return a persistent counter (e.g. OCPP 1.6 transaction ids)."""
+    def next_counter(self, name: str, *, floor: int = 0) -> int:
+        """Increment and return a persistent counter (OCPP 1.6 transaction ids, request
+        ids, ...); atomic, so processes sharing the database never get the same value.
+        A new counter starts after ``floor``."""
         with self._tx():
-            self._db.execute(
-                "INSERT INTO counters(name, value) VALUES (?, 1) "
-                "ON CONFLICT(name) DO UPDATE SET value = value + 1", (name,))
-            row = self._db.execute("SELECT value FROM counters WHERE name=?", (name,)).fetchone()
-        return int(row[0])
+            row = self._one(
+                "INSERT INTO counters(name, value) VALUES (?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = counters.value + 1 RETURNING value",
+                (name, floor + 1))
+        assert row is not None
+        return int(row["value"])
 
     def record_cdr(self, **cdr: Any) -> None:
         """Store (or replace, if late events changed it) a charge detail record."""
@@ -326,81 +524,55 @@ class Store:
 
     def _write_cdr(self, cdr: dict[str, Any]) -> None:
         # Inside a transaction. Rewritten only when a value changed.
-        self._db.execute(
-            "INSERT INTO cdrs VALUES (:station_id, :transaction_id, :id_token, :started_at, "
-            ":ended_at, :duration_s, :energy_wh, :cost, :currency) "
+        self._run(
+            "INSERT INTO cdrs(station_id, transaction_id, id_token, started_at, ended_at, "
+            "duration_s, energy_wh, cost, currency) VALUES (:station_id, :transaction_id, "
+            ":id_token, :started_at, :ended_at, :duration_s, :energy_wh, :cost, :currency) "
             "ON CONFLICT(station_id, transaction_id) DO UPDATE SET id_token=excluded.id_token, "
             "started_at=excluded.started_at, ended_at=excluded.ended_at, "
             "duration_s=excluded.duration_s, energy_wh=excluded.energy_wh, cost=excluded.cost, "
             "currency=excluded.currency WHERE (cdrs.id_token, cdrs.started_at, cdrs.ended_at, "
-            "cdrs.duration_s, cdrs.energy_wh, cdrs.cost, cdrs.currency) IS NOT "
+            "cdrs.duration_s, cdrs.energy_wh, cdrs.cost, cdrs.currency) IS DISTINCT FROM "
             "(excluded.id_token, excluded.started_at, excluded.ended_at, excluded.duration_s, "
             "excluded.energy_wh, excluded.cost, excluded.currency)", cdr)
 
     def cdrs(self) -> list[dict[str, Any]]:
         """All charge detail records, oldest first."""
-        return [dict(r) for r in self._db.execute("SELECT * FROM cdrs ORDER BY ended_at")]
+        return self._rows("SELECT * FROM cdrs ORDER BY ended_at, station_id, transaction_id")
 
-    def open_transactions(self) -> list[dict[str, Any]]:
-        """Transactions not Ended, each as :meth:`transaction_state` gives it."""
-        rows = self._db.execute(
-            "SELECT * FROM transactions WHERE ended_at IS NULL "
-            "ORDER BY started_at, station_id, transaction_id").fetchall()
-        return [self._state(r) for r in rows]
+    def open_transactions(self, station_id: str | None = None) -> list[dict[str, Any]]:
+        """Transactions not Ended (of one station, if given), with their live state."""
+        where, params = ("AND station_id=? ", (station_id,)) if station_id else ("", ())
+        return self._rows(f"SELECT * FROM transactions WHERE ended_at IS NULL {where}"
+                          "ORDER BY started_at, station_id, transaction_id", params)
 
     def transaction_state(self, station_id: str, transaction_id: str) -> dict[str, Any] | None:
-        """One transaction's row with what it takes to rebuild the session: ``last``
-        (latest value and unit per measurand), ``last_at`` (time of the latest energy
-        register), ``seq_nos`` and ``digests`` of the events applied; None if unknown."""
-        row = self._db.execute(
-            "SELECT * FROM transactions WHERE station_id=? AND transaction_id=?",
-            (station_id, transaction_id)).fetchone()
-        return None if row is None else self._state(row)
-
-    def _state(self, row: sqlite3.Row) -> dict[str, Any]:
-        tx = dict(row)
-        key = (tx["station_id"], tx["transaction_id"])
-        last: dict[str, tuple[float, str | None] | None] = {}
-        for measurand in ("Energy.Active.Import.Register", "Power.Active.Import",
-                          "Voltage", "SoC"):
-            found = self._db.execute(
-                "SELECT value, unit, timestamp FROM meter_values WHERE station_id=? AND "
-                "transaction_id=? AND measurand=? AND phase IS NULL "
-                "ORDER BY timestamp DESC, rowid DESC LIMIT 1", (*key, measurand)).fetchone()
-            last[measurand] = (found[0], found[1]) if found else None
-            if measurand == "Energy.Active.Import.Register":
-                tx["last_at"] = found[2] if found else None
-        tx["last"] = last
-        events = self._db.execute(
-            "SELECT seq_no, digest FROM transaction_events WHERE station_id=? AND "
-            "transaction_id=?", key).fetchall()
-        tx["seq_nos"] = [e[0] for e in events]
-        tx["digests"] = [e[1] for e in events if e[1] is not None]
-        return tx
+        """One transaction's row with its live state, or None if unknown."""
+        return self._one("SELECT * FROM transactions WHERE station_id=? AND transaction_id=?",
+                         (station_id, transaction_id))
 
     def transaction_with_digest(self, station_id: str, digest: str) -> str | None:
         """The transaction an event with this content digest (OCPP 1.6) belongs to."""
-        row = self._db.execute(
+        row = self._one(
             "SELECT transaction_id FROM transaction_events WHERE station_id=? AND digest=? "
-            "LIMIT 1", (station_id, digest)).fetchone()
-        return None if row is None else str(row[0])
+            "LIMIT 1", (station_id, digest))
+        return None if row is None else str(row["transaction_id"])
 
     def last_accepted_limits_w(self) -> dict[tuple[str, int], float]:
         """The last limit (W) each EVSE accepted, by (station, evse)."""
         out: dict[tuple[str, int], float] = {}
-        for r in self._db.execute(
+        for r in self._rows(
                 "SELECT station_id, evse_id, limit_w FROM charging_profiles "
                 "WHERE status='Accepted' AND limit_w IS NOT NULL ORDER BY rowid"):
-            out[(r[0], r[1])] = float(r[2])
+            out[(r["station_id"], r["evse_id"])] = float(r["limit_w"])
         return out
 
     def record_security_event(self, at: str, peer: str | None, kind: str,
                               detail: str) -> None:
         """Store a refused connection or other security-relevant event."""
         with self._tx():
-            self._db.execute(
-                "INSERT INTO security_events VALUES (?, ?, ?, ?)", (at, peer, kind, detail)
-            )
+            self._run("INSERT INTO security_events(at, peer, kind, detail) VALUES (?, ?, ?, ?)",
+                      (at, peer, kind, detail))
 
     def prune_security_events(self, *, before: str | None = None,
                               max_rows: int | None = None) -> int:
@@ -409,45 +581,65 @@ class Store:
         deleted = 0
         with self._tx():
             if before is not None:
-                deleted += self._db.execute(
-                    "DELETE FROM security_events WHERE at < ?", (before,)).rowcount
+                deleted += self._run("DELETE FROM security_events WHERE at < ?",
+                                     (before,)).rowcount
             if max_rows is not None:
-                deleted += self._db.execute(
+                deleted += self._run(
                     "DELETE FROM security_events WHERE rowid NOT IN (SELECT rowid FROM "
                     "security_events ORDER BY rowid DESC LIMIT ?)", (max_rows,)).rowcount
         return deleted
 
+    # -- commands between processes sharing the database -------------------
+    def queue_command(self, station_id: str, command: str, at: str) -> None:
+        """Leave a command (JSON) for whichever process holds the station's connection."""
+        with self._tx():
+            self._run("INSERT INTO commands(station_id, command, created_at) VALUES (?, ?, ?)",
+                      (station_id, command, at))
+
+    def take_commands(self, station_ids: Iterable[str], *, older_than: str | None = None
+                      ) -> list[tuple[str, str]]:
+        """Claim (delete and return) the queued commands for these stations, oldest first;
+        commands created before ``older_than`` are dropped unclaimed."""
+        ids = list(station_ids)
+        out: list[tuple[str, str]] = []
+        with self._tx():
+            if older_than is not None:
+                self._run("DELETE FROM commands WHERE created_at < ?", (older_than,))
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                marks = ", ".join("?" * len(chunk))
+                out += [(r["station_id"], r["command"]) for r in self._rows(
+                    f"DELETE FROM commands WHERE station_id IN ({marks}) "
+                    "RETURNING id, station_id, command", chunk)]
+        return out
+
     # -- queries -----------------------------------------------------------
     def transactions(self) -> list[dict[str, Any]]:
         """All transactions with their metered energy (Wh), oldest first."""
-        rows = self._db.execute(
+        return self._rows(
             "SELECT *, meter_stop_wh - meter_start_wh AS energy_wh FROM transactions "
-            "ORDER BY started_at, station_id, transaction_id"
-        ).fetchall()
-        return [dict(r) for r in rows]
+            "ORDER BY started_at, station_id, transaction_id")
 
     def transaction(self, station_id: str, transaction_id: str) -> dict[str, Any] | None:
         """One transaction with its metered energy (Wh), or None if unknown."""
-        row = self._db.execute(
+        return self._one(
             "SELECT *, meter_stop_wh - meter_start_wh AS energy_wh FROM transactions "
-            "WHERE station_id=? AND transaction_id=?", (station_id, transaction_id)).fetchone()
-        return None if row is None else dict(row)
+            "WHERE station_id=? AND transaction_id=?", (station_id, transaction_id))
 
     def meter_values(self, station_id: str, transaction_id: str) -> list[dict[str, Any]]:
         """Every sampled value stored for one transaction, in time order."""
-        return [dict(r) for r in self._db.execute(
+        return self._rows(
             "SELECT evse_id, timestamp, measurand, phase, value, unit FROM meter_values "
             "WHERE station_id=? AND transaction_id=? ORDER BY timestamp, rowid",
-            (station_id, transaction_id))]
+            (station_id, transaction_id))
 
     def stations(self) -> list[dict[str, Any]]:
         """Every station with its boot data and its EVSEs' last status, by station id."""
         out = []
-        for r in self._db.execute("SELECT * FROM stations ORDER BY station_id").fetchall():
-            station = dict(r)
-            station["evses"] = [dict(e) for e in self._db.execute(
+        for station in self._rows("SELECT * FROM stations ORDER BY station_id"):
+            station["evses"] = self._rows(
                 "SELECT evse_id, max_power_w, status, status_at FROM evses "
-                "WHERE station_id=? ORDER BY evse_id", (station["station_id"],))]
+                "WHERE station_id=? ORDER BY evse_id", (station["station_id"],))
             out.append(station)
         return out
 
@@ -455,10 +647,14 @@ class Store:
         """Number of rows in one of the CSMS's tables."""
         if table not in {"stations", "evses", "transactions", "transaction_events",
                          "meter_values", "charging_profiles", "security_events",
-                         "installed_profiles"}:
+                         "installed_profiles", "cdrs", "commands"}:
             raise ValueError(f"unknown table {table!r}")
-        return int(self._db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+        row = self._one(f"SELECT COUNT(*) AS n FROM {table}")
+        return int((row or {}).get("n") or 0)
 
     def security_events(self) -> list[dict[str, Any]]:
         """All recorded security events, oldest first."""
-        return [dict(r) for r in self._db.execute("SELECT * FROM security_events ORDER BY rowid")]
+        return self._rows("SELECT at, peer, kind, detail FROM security_events ORDER BY rowid")
+
+
+_NAMED = re.compile(r":([a-z_]+)\b")

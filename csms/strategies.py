@@ -8,6 +8,7 @@ the simulator: the same function runs in the twin and on a real site.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 
 from .exceptions import UnknownStrategyError
@@ -18,6 +19,21 @@ Limits = dict[EvseKey, float | None]
 Strategy = Callable[[ControlView], Limits]
 
 _REGISTRY: dict[str, Strategy] = {}
+
+#: Strategies defined in modules that are imported on first use, by name. Their
+#: modules pull in numpy, scipy and (feeder_aware) the grid model; a CSMS that
+#: runs ``equal_share`` should not pay seconds of start-up for them.
+#: ``tests/test_csms_startup.py`` checks this table against the ``@register``
+#: calls in those modules.
+_LAZY: dict[str, str] = {
+    "edf": "evtwin.csms.scheduling",
+    "llf": "evtwin.csms.scheduling",
+    "price": "evtwin.csms.scheduling",
+    "pv_self_consumption": "evtwin.csms.scheduling",
+    "feeder_aware": "evtwin.csms.feeder",
+    "v2g_peak_shaving": "evtwin.csms.v2g",
+    "v2g_price": "evtwin.csms.v2g",
+}
 
 
 def register(name: str) -> Callable[[Strategy], Strategy]:
@@ -31,22 +47,29 @@ def register(name: str) -> Callable[[Strategy], Strategy]:
 
 
 def get_strategy(name: str) -> Strategy:
-    """Return the strategy registered as ``name`` or raise UnknownStrategyError."""
+    """Return the strategy registered as ``name`` or raise UnknownStrategyError.
+
+    A built-in strategy whose module is not imported yet is imported here.
+    """
+    if name not in _REGISTRY and name in _LAZY:
+        importlib.import_module(_LAZY[name])
+        if name not in _REGISTRY:  # the table above is out of date
+            raise RuntimeError(f"{_LAZY[name]} does not register strategy {name!r}")
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UnknownStrategyError(name, sorted(_REGISTRY)) from None
+        raise UnknownStrategyError(name, strategy_names()) from None
 
 
 def strategy_names() -> list[str]:
-    """Names of all registered strategies, sorted."""
-    return sorted(_REGISTRY)
+    """Names of all strategies, registered or built in (not yet imported), sorted."""
+    return sorted(_REGISTRY.keys() | _LAZY.keys())
 
 
 def check_strategy_name(name: str) -> str:
-    """Return ``name`` if a strategy is registered under it, else raise ValueError
-    listing the known ones (for config validators)."""
-    if name not in _REGISTRY:
+    """Return ``name`` if a strategy is known under it, else raise ValueError
+    listing the known ones (for config validators). Imports nothing."""
+    if name not in _REGISTRY and name not in _LAZY:
         raise ValueError(f"unknown strategy {name!r}; known: {', '.join(strategy_names())}")
     return name
 

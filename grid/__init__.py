@@ -2,7 +2,14 @@
 
 Loads pandapower networks, places EV stations on them and solves the power flow
 every step with power-grid-model (fast) or pandapower (reference).
+
+The exceptions are imported eagerly; everything else (pandapower,
+power-grid-model, pandas) on first use, through module ``__getattr__``, so that
+catching a :class:`GridError` costs nothing.
 """
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from evtwin.grid.exceptions import (
     BusMappingError,
@@ -11,11 +18,13 @@ from evtwin.grid.exceptions import (
     PowerFlowError,
     UnknownNetworkError,
 )
-from evtwin.grid.feeder import Engine, Feeder, place_stations, supplied_buses
-from evtwin.grid.networks import NETWORKS, load_network
-from evtwin.grid.profiles import BaseLoadProfile, ProfileShape
-from evtwin.grid.pv import PVProfile, clear_sky_pu, read_pv_csv
-from evtwin.grid.results import GridLimits, GridResult
+
+if TYPE_CHECKING:
+    from evtwin.grid.feeder import Engine, Feeder, place_stations, supplied_buses
+    from evtwin.grid.networks import NETWORKS, load_network
+    from evtwin.grid.profiles import BaseLoadProfile, ProfileShape
+    from evtwin.grid.pv import PVProfile, clear_sky_pu, read_pv_csv
+    from evtwin.grid.results import GridLimits, GridResult
 
 __all__ = [
     "NETWORKS",
@@ -37,3 +46,28 @@ __all__ = [
     "read_pv_csv",
     "supplied_buses",
 ]
+
+#: Where each lazily imported public name lives (submodule of this package).
+_SOURCES: dict[str, str] = {
+    "Engine": "feeder", "Feeder": "feeder", "place_stations": "feeder",
+    "supplied_buses": "feeder",
+    "NETWORKS": "networks", "load_network": "networks",
+    "BaseLoadProfile": "profiles", "ProfileShape": "profiles",
+    "PVProfile": "pv", "clear_sky_pu": "pv", "read_pv_csv": "pv",
+    "GridLimits": "results", "GridResult": "results",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's submodule on first use (PEP 562)."""
+    module = _SOURCES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazy public ones included."""
+    return sorted(set(globals()) | set(__all__))

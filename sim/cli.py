@@ -12,8 +12,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from evtwin.csms import ConfigError
-from evtwin.grid import GridError, PowerFlowError
+# Exceptions only, from their own modules: ``evtwin csms serve`` must start
+# without importing the twin (agents, grid model, pandas, scipy).
+from evtwin.csms.exceptions import ConfigError
+from evtwin.grid.exceptions import GridError, PowerFlowError
 
 from .exceptions import ScenarioError, SimError, SweepError
 

@@ -1,0 +1,83 @@
+"""Benchmark: a real ``evtwin csms serve`` under N stations (``make bench``).
+
+The issue's targets, for 10,000 stations sending a TransactionEvent every
+10 s: round-trip p99 < 100 ms, every station back within 60 s after a
+reconnect storm, memory per station, and start-up (spawn to ``listening``)
+< 2 s. The figures are printed as a table, with a baseline of
+``EVTWIN_LOAD_BASELINE`` (1,000) stations measured in the same run so the
+ratios mean something on any machine. Nothing here asserts wall-clock numbers.
+
+Sizes from the environment: ``EVTWIN_LOAD_STATIONS`` (10000),
+``EVTWIN_LOAD_BASELINE`` (1000; 0 skips it), ``EVTWIN_LOAD_PERIOD_S`` (10),
+``EVTWIN_LOAD_DURATION_S`` (60, steady phase), ``EVTWIN_LOAD_RAMP_PER_S``
+(250 new stations a second), ``EVTWIN_LOAD_WORKERS`` (client processes;
+default one per 5,000 stations). Harness: tests/loadgen.py.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.loadgen import LoadReport, env_float, env_int, format_report, run_load
+
+
+def _ratio(a: float, b: float) -> str:
+    if math.isnan(a) or math.isnan(b) or b == 0:
+        return "n/a"
+    return f"{a / b:.1f}x"
+
+
+@pytest.mark.benchmark(group="csms-load")
+def test_csms_load_storm_memory_startup(benchmark: Any, tmp_path: Path) -> None:
+    stations = env_int("EVTWIN_LOAD_STATIONS", 10000)
+    baseline = env_int("EVTWIN_LOAD_BASELINE", 1000)
+    workers = env_int("EVTWIN_LOAD_WORKERS", 0) or None
+    kwargs: dict[str, Any] = {
+        "period_s": env_float("EVTWIN_LOAD_PERIOD_S", 10.0),
+        "steady_s": env_float("EVTWIN_LOAD_DURATION_S", 60.0),
+        "ramp_per_s": env_float("EVTWIN_LOAD_RAMP_PER_S", 250.0),
+        "workers": workers,
+    }
+    reports: list[LoadReport] = []
+    if 0 < baseline < stations:
+        reports.append(run_load(tmp_path, baseline, **kwargs))
+
+    def run() -> None:
+        reports.append(run_load(tmp_path, stations, **kwargs))
+
+    benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=0)
+    big = reports[-1]
+    print("\n" + format_report(reports, f"CSMS load: {stations:,} stations, TransactionEvent "
+                                        f"every {big.period_s:g} s"))
+    te = big.latency_by_action.get("TransactionEvent")
+    p99 = te.p99 if te else math.nan
+    all_back = bool(big.storm_dropped) and big.storm_back_within_timeout == big.storm_dropped
+    targets = [
+        f"p99 TransactionEvent round trip < 100 ms: {p99:.1f} ms "
+        f"-> {'met' if p99 < 100 else 'NOT met'}",
+        f"all {big.storm_dropped:,} stations back within 60 s after the storm: "
+        f"{big.storm_back_within_timeout:,} -> "
+        f"{'met' if all_back else 'NOT met'}",
+        f"start-up (spawn -> listening) < 2 s: {big.startup_listening_s:.2f} s -> "
+        f"{'met' if big.startup_listening_s < 2 else 'NOT met'}",
+        f"memory per station: {big.kib_per_station:.1f} KiB",
+    ]
+    if len(reports) == 2:
+        small = reports[0]
+        targets.append(
+            f"ratios {stations:,} / {small.stations:,} stations: steady p99 "
+            f"{_ratio(big.steady.p99, small.steady.p99)}, storm recovery "
+            f"{_ratio(big.storm_all_back_s, small.storm_all_back_s)}, memory per station "
+            f"{_ratio(big.kib_per_station, small.kib_per_station)}, start-up "
+            f"{_ratio(big.startup_listening_s, small.startup_listening_s)}")
+    print("targets:\n  " + "\n  ".join(targets))
+    benchmark.extra_info.update({
+        "stations": stations, "p99_ms": p99, "storm_back": big.storm_back,
+        "storm_dropped": big.storm_dropped, "storm_all_back_s": big.storm_all_back_s,
+        "kib_per_station": big.kib_per_station, "startup_s": big.startup_listening_s,
+        "first_boot_s": big.startup_first_boot_s})
+    assert big.started > 0, "no station got as far as a transaction"
