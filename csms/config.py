@@ -93,6 +93,9 @@ class ServerSection(_Strict):
     and recorded (``handshake_timeout``)."""
     backlog: int = Field(1024, ge=1)
     """Listen queue for connections not yet accepted (a restart is a reconnect storm)."""
+    reuse_port: bool | None = None
+    """Let several ``csms serve`` processes listen on this port (Linux SO_REUSEPORT);
+    default: on when the database is a shared PostgreSQL server."""
     auth_failures_per_peer: int = Field(100, ge=0)
     """Failed upgrades (bad credentials, unknown or invalid identity) from one IP
     address (IPv6: one /64) per ``auth_failure_window_s`` before it is throttled

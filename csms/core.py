@@ -156,10 +156,16 @@ class CSMSCore:
         for tx in self.store.open_transactions():
             session = self._session_from_store(tx)
             self.sessions[(session.station_id, session.transaction_id)] = session
-        open_evses = {(s.station_id, s.evse_id) for s in self.sessions.values()}
-        tx_of = {(s.station_id, s.evse_id): s.transaction_id for s in self.sessions.values()}
+        self._restore_limits(None)
+
+    def _restore_limits(self, station_id: str | None) -> None:
+        """The limits the open sessions' EVSEs accepted (all stations, or one)."""
+        tx_of = {(s.station_id, s.evse_id): s.transaction_id for s in self.sessions.values()
+                 if s.is_open and station_id in (None, s.station_id)}
+        for key in [k for k in self.sent_limits_w if station_id in (None, k[0])]:
+            del self.sent_limits_w[key]
         for key, limit_w in self.store.last_accepted_limits_w().items():
-            if key not in open_evses:
+            if key not in tx_of:
                 continue
             if 0 < self.store.opened_schema_version < 3:
                 # A database from before installed profiles were kept: the
@@ -697,8 +703,51 @@ class CSMSCore:
             tx_start=tx.started_at if tx else None)
 
     def next_profile_id(self) -> int:
-        """A fresh charging-profile id (deterministic per CSMS instance)."""
+        """A fresh charging-profile id (deterministic per CSMS instance; from the
+        database's counter when several processes share it)."""
+        if self.store.shared:
+            return self.store.next_counter("charging_profile_id",
+                                           floor=self.store.max_profile_id())
         return next(self._profile_ids)
+
+    # -- several processes on one database (a shared store) --------------------
+    def reload_station(self, station_id: str) -> None:
+        """Take a station's state from the store (it may have been served by another
+        process sharing the database since this one last saw it): its open sessions,
+        installed profiles and the limits its EVSEs accepted."""
+        evs_needs = {(s.station_id, s.evse_id): s.ev_needs for s in self.sessions.values()
+                     if s.station_id == station_id}
+        for key in [k for k in self.sessions if k[0] == station_id]:
+            del self.sessions[key]
+        for tx in self.store.open_transactions(station_id):
+            session = self._session_from_store(tx)
+            session.ev_needs = evs_needs.get((station_id, session.evse_id))
+            self.sessions[(station_id, session.transaction_id)] = session
+        profiles = self.profiles[station_id] = ProfileSet()
+        for text in self.store.installed_profiles(station_id).get(station_id, []):
+            try:
+                profiles.install(profile_from_json(text))
+            except (ProfileError, ValueError, KeyError, TypeError) as exc:
+                log.warning("%s: stored profile not restored: %s", station_id, exc)
+        self._restore_limits(station_id)
+        self.sessions_changed = True
+
+    def refresh_sessions(self) -> None:
+        """Take every open session's state from the store (the controlling process of
+        several sharing a database, before each control cycle). What only this process
+        knew (an EV's stated needs) is kept."""
+        needs = {k: s.ev_needs for k, s in self.sessions.items() if s.ev_needs is not None}
+        fresh = {}
+        for tx in self.store.open_transactions():
+            session = self._session_from_store(tx)
+            key = (session.station_id, session.transaction_id)
+            session.ev_needs = needs.get(key)
+            limit = self.sessions.get(key)
+            if limit is not None:
+                session.limit_w = limit.limit_w
+            fresh[key] = session
+        self.sessions = fresh
+        self._restore_limits(None)
 
     def profile_sent(self, cmd: ProfileCommand, profile_id: int, status: str) -> None:
         """Record the station's answer to a SetChargingProfile."""

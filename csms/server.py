@@ -38,7 +38,7 @@ from websockets.headers import build_www_authenticate_basic, parse_authorization
 from websockets.http11 import Request, Response
 
 from .audit import FailureThrottle, SecurityAudit, peer_host, safe_identity
-from .core import CSMSCore
+from .core import CSMSCore, ProfileCommand
 from .exceptions import StationNotConnectedError
 from .ocpp16 import CSMS16
 from .ocpp201 import CSMS21, CSMS201
@@ -214,7 +214,7 @@ class CSMSServer:
                  security: SecurityConfig | None = None,
                  max_frames_per_s: float | None = None, max_frames_burst: float = 200.0,
                  tls_handshake_timeout_s: float = 10.0, open_timeout_s: float = 10.0,
-                 backlog: int = 1024,
+                 backlog: int = 1024, reuse_port: bool = False,
                  auth_failures_per_peer: int = 100, auth_failures_per_identity: int = 10,
                  auth_failure_window_s: float = 60.0,
                  security_events_per_minute: int = 10,
@@ -230,6 +230,9 @@ class CSMSServer:
         self.tls_handshake_timeout_s = tls_handshake_timeout_s
         self.open_timeout_s = open_timeout_s
         self.backlog = backlog
+        #: Let several processes listen on the same port (Linux SO_REUSEPORT spreads
+        #: the connections over them); for processes sharing a PostgreSQL store.
+        self.reuse_port = reuse_port
         self.replaced_close_timeout_s = replaced_close_timeout_s
         self.frames = {"in": 0, "out": 0}
         # None: no limit (the twin's own stations run faster than any real one).
@@ -246,6 +249,12 @@ class CSMSServer:
         self._sockets_by_cp: dict[int, ServerConnection] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._server: Server | None = None
+        #: Called with the identity of every station that connects, before its first
+        #: message is read (a shared store reloads the station's state there).
+        self.on_connect: list[Callable[[str], None]] = []
+        #: Where a limit for a station connected to no one here goes (several
+        #: processes on one database): returns True if it was passed on.
+        self.relay: Callable[[ProfileCommand], bool] | None = None
 
     @property
     def url(self) -> str:
@@ -464,6 +473,8 @@ class CSMSServer:
             if old is not None:
                 self._spawn(self._retire(old, identity))
         self._sockets_by_cp[id(cp)] = connection
+        for hook in self.on_connect:
+            hook(identity)
         try:
             await cp.start()
         except FloodError as exc:
@@ -499,7 +510,7 @@ class CSMSServer:
             open_timeout=self.open_timeout_s,
             create_connection=connection_class,
             logger=_RedactingLogger(logging.getLogger("websockets.server"), {}),
-            backlog=self.backlog,
+            backlog=self.backlog, reuse_port=self.reuse_port or None,
             **tls,
         )
         sock = next(iter(self._server.sockets))
@@ -564,6 +575,9 @@ class CSMSServer:
 
         async def send_all(station_id: str, cmds: list[Any]) -> int:
             cp = self.connections.get(station_id)
+            if cp is None and self.relay is not None:
+                # Another process sharing the database may hold the connection.
+                return sum(1 for cmd in cmds if self.relay(cmd))
             if cp is None:
                 # Keep serving everyone else; the limit is re-sent next cycle
                 # because it was never recorded as accepted.

@@ -15,6 +15,7 @@ from typing import Any
 
 from .api import OperatorAPI
 from .clock import iso, wall_clock
+from .cluster import Cluster
 from .config import ServeConfig
 from .core import CSMSCore
 from .exceptions import ConfigError
@@ -140,7 +141,9 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                             auth_failures_per_identity=s.auth_failures_per_identity,
                             auth_failure_window_s=s.auth_failure_window_s,
                             security_events_per_minute=s.security_events_per_minute,
-                            security_events_total_per_minute=s.security_events_total_per_minute)
+                            security_events_total_per_minute=s.security_events_total_per_minute,
+                            reuse_port=s.reuse_port if s.reuse_port is not None
+                            else store.shared)
         api = None
         if api_port is not None:
             assert api_token_hash is not None  # checked above
@@ -159,15 +162,27 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                 "api_url": api.url if api is not None else None,
                 "security_profile": server.security.profile, "db": str(db_path),
                 "schema_version": store.schema_version,
-                "open_transactions": len(core.open_sessions()), "stations": len(core.stations)})
-            controller = asyncio.create_task(control_loop(server, config.control.interval_s))
+                "open_transactions": len(core.open_sessions()), "stations": len(core.stations),
+                "shared_store": store.shared})
+            cluster: Cluster | None = None
+            controller: asyncio.Task[None] | None = None
+            if store.shared:
+                # Several processes on one database: one of them controls charging.
+                cluster = Cluster(server, interval_s=config.control.interval_s)
+                await cluster.start()
+            else:
+                controller = asyncio.create_task(control_loop(server,
+                                                              config.control.interval_s))
             housekeeper = asyncio.create_task(security_housekeeping(
                 server, retention_days=s.security_event_retention_days,
                 max_rows=s.security_event_max_rows))
             try:
                 await stop.wait()
             finally:
-                controller.cancel()
+                if controller is not None:
+                    controller.cancel()
+                if cluster is not None:
+                    await cluster.stop()
                 housekeeper.cancel()
         finally:
             if api is not None:

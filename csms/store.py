@@ -23,7 +23,7 @@ import contextlib
 import json
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Container, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -596,21 +596,25 @@ class Store:
             self._run("INSERT INTO commands(station_id, command, created_at) VALUES (?, ?, ?)",
                       (station_id, command, at))
 
-    def take_commands(self, station_ids: Iterable[str], *, older_than: str | None = None
+    def take_commands(self, station_ids: Container[str], *, older_than: str | None = None
                       ) -> list[tuple[str, str]]:
-        """Claim (delete and return) the queued commands for these stations, oldest first;
-        commands created before ``older_than`` are dropped unclaimed."""
-        ids = list(station_ids)
+        """Claim (delete and return) the queued commands for the stations in
+        ``station_ids``, oldest first; commands created before ``older_than`` are dropped
+        unclaimed."""
         out: list[tuple[str, str]] = []
         with self._tx():
             if older_than is not None:
                 self._run("DELETE FROM commands WHERE created_at < ?", (older_than,))
-            for i in range(0, len(ids), 500):
-                chunk = ids[i:i + 500]
+            pending = [r["station_id"] for r in self._rows(
+                "SELECT DISTINCT station_id FROM commands")]
+            mine = [sid for sid in pending if sid in station_ids]
+            for i in range(0, len(mine), 500):
+                chunk = mine[i:i + 500]
                 marks = ", ".join("?" * len(chunk))
-                out += [(r["station_id"], r["command"]) for r in self._rows(
-                    f"DELETE FROM commands WHERE station_id IN ({marks}) "
-                    "RETURNING id, station_id, command", chunk)]
+                rows = self._rows(f"DELETE FROM commands WHERE station_id IN ({marks}) "
+                                  "RETURNING id, station_id, command", chunk)
+                out += [(r["station_id"], r["command"])
+                        for r in sorted(rows, key=lambda r: r["id"])]
         return out
 
     # -- queries -----------------------------------------------------------

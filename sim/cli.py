@@ -409,7 +409,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv = csms_sub.add_parser("serve", help="run the CSMS server on the wall clock")
     srv.add_argument("--host", help="address to bind (default from config: 127.0.0.1)")
     srv.add_argument("--port", type=int, help="port (0 picks a free one; default 9000)")
-    srv.add_argument("--db", default="csms.sqlite", help="SQLite file (default csms.sqlite)")
+    srv.add_argument("--db", default="csms.sqlite",
+                     help="SQLite file (default csms.sqlite), or a postgresql:// URL "
+                          "that several csms serve processes share")
     srv.add_argument("--config", help="CSMS config TOML (stations, tokens, strategy, tariff)")
     srv.add_argument("--api-port", type=int,
                      help="operator HTTP API port (0: a free one; needs [api] token_hash)")

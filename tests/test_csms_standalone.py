@@ -90,14 +90,16 @@ class ServerProcess:
 
 
 @contextmanager
-def csms_process(tmp_path: Path, config_file: Path | None = None) -> Iterator[ServerProcess]:
-    """Run ``evtwin csms serve`` with its database in ``tmp_path``."""
+def csms_process(tmp_path: Path, config_file: Path | None = None, *, db: str | None = None,
+                 port: int = 0) -> Iterator[ServerProcess]:
+    """Run ``evtwin csms serve`` with its database in ``tmp_path`` (or ``db``, a URL)."""
     cfg = config_file or tmp_path / "csms.toml"
     if config_file is None:
         cfg.write_text(CONFIG)
     proc = subprocess.Popen(
         [sys.executable, "-m", "evtwin.sim.cli", "csms", "serve", "--host", "127.0.0.1",
-         "--port", "0", "--db", str(tmp_path / "csms.sqlite"), "--config", str(cfg)],
+         "--port", str(port), "--db", db or str(tmp_path / "csms.sqlite"), "--config",
+         str(cfg)],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
     server = ServerProcess(proc)
 
