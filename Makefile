@@ -25,7 +25,7 @@ bench: $(STAMP)
 # Load, reconnect storm, kill -9 and fuzz against a real `evtwin csms serve` on
 # 127.0.0.1; sizes from EVTWIN_SOAK_* (see tests/soak_csms.py).
 soak: $(STAMP)
-	$(BIN)/python -m pytest tests/soak_csms.py -m soak -s
+	$(BIN)/python -m pytest tests/soak_csms.py tests/test_csms_auth_hardening.py -m soak -s
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
