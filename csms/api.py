@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from websockets.exceptions import ConnectionClosed
 
-from .audit import peer_host
+from .audit import auth_scheme, peer_host
 from .exceptions import ConfigError, StationNotConnectedError, UnknownStationError
 from .model import EVChargingNeeds, Session
 from .security import PasswordVerifier, VerifierBusy, check_password_hash, hash_password
@@ -624,11 +624,12 @@ class OperatorAPI:
                                "the URL (URLs are logged by proxies); replace this token")
 
     async def _authenticate(self, request: web.Request) -> None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        header = request.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             self._security_event(request, "api_token_missing",
                                  f"{request.method} {request.path[:100]} without a bearer "
-                                 f"token (scheme {scheme[:16]!r})")
+                                 f"token (scheme {auth_scheme(header)!r})")
             raise _HTTPProblem(401, "unauthorized", "send Authorization: Bearer <token>")
         try:
             ok = await self._check_token(token.strip())

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -64,6 +65,17 @@ def safe_identity(identity: str) -> str:
     if len(identity) <= IDENTITY_MAX_CHARS:
         return repr(identity)
     return f"{identity[:IDENTITY_MAX_CHARS]!r}... ({len(identity)} characters)"
+
+
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9_-]{0,15}) ")
+
+
+def auth_scheme(header: str) -> str:
+    """The scheme of an Authorization header, safe to log: the token before its first
+    space if it looks like a scheme name, else ``"none"`` (a header that is only
+    credentials, ``Authorization: <base64>``, must not be quoted)."""
+    m = _SCHEME.match(header)
+    return m.group(1) if m else "none"
 
 
 def _cap(text: str, limit: int = DETAIL_MAX_CHARS) -> str:

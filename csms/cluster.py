@@ -61,6 +61,7 @@ class Cluster:
         self._lock_conn: Any = None
         self._tasks: list[asyncio.Task[None]] = []
         self._senders: dict[str, asyncio.Task[None]] = {}
+        self._pending: dict[str, dict[int, ProfileCommand]] = {}
 
     async def start(self) -> None:
         """Join: reload stations on connect, relay limits, compete for control."""
@@ -82,17 +83,30 @@ class Cluster:
         self.is_leader = False
 
     # -- control -----------------------------------------------------------------
-    def _try_lead(self) -> bool:
+    def _lock_query(self) -> bool:
+        """Take the control lock, or (holding it) prove the session that holds it is
+        alive: a session lock lasts exactly as long as its connection. Blocking: run
+        in a thread."""
         import psycopg
 
         try:
-            if self._lock_conn is None or self._lock_conn.closed:
-                self._lock_conn = psycopg.connect(self.core.store.path, autocommit=True)
-            row = self._lock_conn.execute("SELECT pg_try_advisory_lock(%s)",
-                                          (LEADER_LOCK,)).fetchone()
-            return bool(row and row[0])
+            if self._lock_conn is None or self._lock_conn.closed or self._lock_conn.broken:
+                self._lock_conn = psycopg.connect(
+                    self.core.store.path, autocommit=True, connect_timeout=5, keepalives=1,
+                    keepalives_idle=5, keepalives_interval=2, keepalives_count=3)
+                row = self._lock_conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                              (LEADER_LOCK,)).fetchone()
+                return bool(row and row[0])
+            if not self.is_leader:
+                row = self._lock_conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                              (LEADER_LOCK,)).fetchone()
+                return bool(row and row[0])
+            self._lock_conn.execute("SELECT 1")
+            return True
         except psycopg.Error as exc:
-            log.warning("cluster: cannot reach the database for the control lock: %s", exc)
+            log.warning("cluster: control lock: %s", str(exc).strip()[:200],
+                        extra={"event": "cluster_lock_lost" if self.is_leader else
+                               "cluster_lock_unavailable"})
             if self._lock_conn is not None:
                 self._lock_conn.close()
                 self._lock_conn = None
@@ -100,33 +114,45 @@ class Cluster:
 
     async def _control_forever(self) -> None:
         last = 0.0
+        failures = 0
         while True:
+            was_leader = self.is_leader
+            self.is_leader = await asyncio.to_thread(self._lock_query)
             if not self.is_leader:
-                self.is_leader = self._try_lead()
-                if self.is_leader:
-                    log.info("cluster: this process controls charging",
-                             extra={"event": "cluster_leader"})
-                    last = 0.0
-                else:
-                    await asyncio.sleep(self.leader_retry_s)
-                    continue
-            elif self._lock_conn is None or self._lock_conn.closed:
-                self.is_leader = False  # the lock went with the connection
+                if was_leader:
+                    log.warning("cluster: this process no longer controls charging",
+                                extra={"event": "cluster_follower"})
+                await asyncio.sleep(self.leader_retry_s)
                 continue
+            if not was_leader:
+                log.info("cluster: this process controls charging",
+                         extra={"event": "cluster_leader"})
+                last = 0.0
             now = time.monotonic()
             if now - last >= self.interval_s or self.core.sessions_changed:
                 last = now
                 try:
                     self.core.refresh_sessions()
                     sent = await self.server.control_cycle()
+                    failures = 0
                 except Exception as exc:  # the loop must outlive one bad cycle
+                    failures += 1
                     log.warning("cluster: control cycle failed: %s: %s", type(exc).__name__,
-                                exc, extra={"event": "control_failed"})
+                                str(exc)[:200], extra={"event": "control_failed"})
+                    if failures >= 3:
+                        # Let a process that can reach the database take over.
+                        await asyncio.to_thread(self._resign)
                 else:
                     if sent:
                         log.info("control cycle", extra={"event": "control",
                                                          "profiles_sent": sent})
             await asyncio.sleep(min(self.poll_s * 2.5, self.interval_s))
+
+    def _resign(self) -> None:
+        if self._lock_conn is not None:
+            self._lock_conn.close()
+            self._lock_conn = None
+        self.is_leader = False
 
     # -- limits for stations connected elsewhere ---------------------------------
     def _relay(self, cmd: ProfileCommand) -> bool:
@@ -144,29 +170,27 @@ class Cluster:
             except Exception as exc:
                 log.warning("cluster: cannot read relayed commands: %s", exc)
                 continue
-            by_station: dict[str, list[ProfileCommand]] = {}
             for station_id, text in taken:
-                by_station.setdefault(station_id, []).append(ProfileCommand(**json.loads(text)))
-            for station_id, cmds in by_station.items():
-                previous = self._senders.get(station_id)
-                self._senders[station_id] = asyncio.create_task(
-                    self._send(station_id, cmds, previous))
+                cmd = ProfileCommand(**json.loads(text))
+                # Only the newest limit per EVSE waits to be sent (a slow station
+                # must not collect a queue of stale ones).
+                self._pending.setdefault(station_id, {})[cmd.evse_id] = cmd
+                if station_id not in self._senders:
+                    self._senders[station_id] = asyncio.create_task(self._send(station_id))
 
-    async def _send(self, station_id: str, cmds: list[ProfileCommand],
-                    previous: asyncio.Task[None] | None) -> None:
-        if previous is not None:  # one CALL at a time per station
-            with contextlib.suppress(Exception):
-                await previous
-        cp = self.server.connections.get(station_id)
-        if cp is None:
-            return
+    async def _send(self, station_id: str) -> None:
         try:
-            for cmd in cmds:
-                await cp.send_limit(cmd)
+            while self._pending.get(station_id):
+                cmds = self._pending.pop(station_id)
+                cp = self.server.connections.get(station_id)
+                if cp is None:
+                    return
+                for cmd in cmds.values():
+                    await cp.send_limit(cmd)
         except Exception as exc:  # the controller sends it again next cycle
             log.warning("cluster: relayed limit for %s not sent: %s: %s", station_id,
-                        type(exc).__name__, exc, extra={"event": "control_send_failed",
-                                                        "station": station_id})
+                        type(exc).__name__, str(exc)[:200],
+                        extra={"event": "control_send_failed", "station": station_id})
         finally:
-            if self._senders.get(station_id) is asyncio.current_task():
-                del self._senders[station_id]
+            self._pending.pop(station_id, None)
+            del self._senders[station_id]

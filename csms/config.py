@@ -91,8 +91,10 @@ class ServerSection(_Strict):
     open_timeout_s: float = Field(10.0, gt=0)
     """Time a connection has to complete its HTTP upgrade; longer ones are dropped
     and recorded (``handshake_timeout``)."""
-    backlog: int = Field(1024, ge=1)
-    """Listen queue for connections not yet accepted (a restart is a reconnect storm)."""
+    backlog: int = Field(4096, ge=1)
+    """Listen queue for connections not yet accepted (a restart is a reconnect storm:
+    connections beyond it are dropped and retried by the stations' TCP after 1, 3,
+    7 s...). Linux caps it at ``net.core.somaxconn`` (4096 since kernel 5.4)."""
     reuse_port: bool | None = None
     """Let several ``csms serve`` processes listen on this port (Linux SO_REUSEPORT);
     default: on when the database is a shared PostgreSQL server."""
@@ -133,6 +135,13 @@ class OCPPSection(_Strict):
     """Protocol settings."""
 
     heartbeat_interval_s: int = Field(300, gt=0)
+    max_event_age_days: float = Field(400.0, gt=0)
+    """Oldest timestamp accepted on a station's event, in days before the CSMS's time
+    (a station offline for long still delivers its queue); older is refused."""
+    max_event_lead_h: float = Field(24.0, gt=0)
+    """Latest timestamp accepted, in hours after the CSMS's time (clock skew; raise it
+    for virtual stations that run faster than the wall clock, ``evtwin stations
+    --speed``)."""
 
 
 class TariffSection(_Strict):
@@ -275,6 +284,8 @@ class ServeConfig(_Strict):
             charging_rate_unit=self.control.charging_rate_unit,
             v2g_peak_target_percent=self.control.v2g_peak_target_percent,
             heartbeat_interval_s=self.ocpp.heartbeat_interval_s,
+            max_event_age_s=self.ocpp.max_event_age_days * 86400.0,
+            max_event_lead_s=self.ocpp.max_event_lead_h * 3600.0,
             tariff=Tariff(self.tariff.energy_per_kwh, self.tariff.time_per_hour,
                           self.tariff.session_fee, self.tariff.currency),
         )

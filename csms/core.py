@@ -19,6 +19,7 @@ from .exceptions import InvalidMessageError, UnknownEvseError, UnknownStationErr
 from .model import (
     ControlView,
     CSMSConfig,
+    EvseSpec,
     Session,
     SessionView,
     SiteView,
@@ -130,7 +131,8 @@ class CSMSCore:
         #: Profiles each station accepted, as the CSMS believes them installed.
         self.profiles: dict[str, ProfileSet] = {}
         self.booted: set[str] = set()
-        self._profile_ids = itertools.count(store.max_profile_id() + 1)
+        self._profile_floor = store.max_profile_id()
+        self._profile_ids = itertools.count(self._profile_floor + 1)
         # Set when a session starts or ends: the control cycle should run now
         # rather than wait for its next interval (a new EV must not run
         # unlimited until then).
@@ -159,22 +161,25 @@ class CSMSCore:
         self._restore_limits(None)
 
     def _restore_limits(self, station_id: str | None) -> None:
-        """The limits the open sessions' EVSEs accepted (all stations, or one)."""
-        tx_of = {(s.station_id, s.evse_id): s.transaction_id for s in self.sessions.values()
-                 if s.is_open and station_id in (None, s.station_id)}
+        """The limits the open sessions' EVSEs accepted (all stations, or one), from
+        the transactions' rows, where only a limit whose TxProfile is still installed
+        counts (a cleared one stays cleared)."""
         for key in [k for k in self.sent_limits_w if station_id in (None, k[0])]:
             del self.sent_limits_w[key]
-        for key, limit_w in self.store.last_accepted_limits_w().items():
-            if key not in tx_of:
-                continue
-            if 0 < self.store.opened_schema_version < 3:
-                # A database from before installed profiles were kept: the
-                # last accepted limit is all there is.
-                self.sent_limits_w[key] = limit_w
-                self._install_tx_limit(key[0], key[1], tx_of[key], limit_w, self.clock())
-            elif self._has_tx_profile(key[0], tx_of[key]):
-                # (A TxProfile missing from the installed set was cleared: it stays so.)
-                self.sent_limits_w[key] = limit_w
+        open_sessions = [s for s in self.sessions.values()
+                         if s.is_open and station_id in (None, s.station_id)]
+        if 0 < self.store.opened_schema_version < 3:
+            # A database from before installed profiles were kept: the last
+            # accepted limit is all there is.
+            tx_of = {(s.station_id, s.evse_id): s.transaction_id for s in open_sessions}
+            for key, limit_w in self.store.last_accepted_limits_w().items():
+                if key in tx_of:
+                    self.sent_limits_w[key] = limit_w
+                    self._install_tx_limit(key[0], key[1], tx_of[key], limit_w, self.clock())
+            return
+        for s in open_sessions:
+            if s.limit_w is not None and self._has_tx_profile(s.station_id, s.transaction_id):
+                self.sent_limits_w[(s.station_id, s.evse_id)] = s.limit_w
 
     # -- registry ------------------------------------------------------------
     def knows(self, station_id: str) -> bool:
@@ -438,7 +443,8 @@ class CSMSCore:
             last_seq_no=int(tx["last_seq_no"]), ended_at=at(tx["ended_at"]),
             stopped_reason=tx["stopped_reason"], meter_last_at=at(tx["meter_last_at"]),
             meter_stop_wh=tx["meter_stop_wh"], export_start_wh=tx["export_start_wh"],
-            export_last_wh=tx["export_last_wh"], charging_state=tx["charging_state"])
+            export_last_wh=tx["export_last_wh"], charging_state=tx["charging_state"],
+            limit_w=tx["limit_w"])
 
     def _tx_response(self, id_token: str | None) -> dict[str, Any]:
         response: dict[str, Any] = {}
@@ -487,15 +493,30 @@ class CSMSCore:
         return sorted((s for s in self.sessions.values() if s.is_open),
                       key=lambda s: (s.station_id, s.evse_id, s.transaction_id))
 
-    def control_view(self, now: datetime | None = None) -> ControlView:
-        """Build the read-only view the strategy sees."""
+    def control_view(self, now: datetime | None = None, *,
+                     start_cycle: bool = False) -> ControlView:
+        """Build the read-only view the strategy sees.
+
+        ``start_cycle``: this view starts a control cycle (the cycle is no longer
+        due; a session that starts or ends from now on makes the next one due).
+        """
+        if start_cycle:
+            self.sessions_changed = False
+            self._last_control = self.clock()
         by_site: dict[str, list[SessionView]] = {name: [] for name in self.site_limits}
+        stations = self.stations
         for s in self.open_sessions():
-            spec = self.stations.get(s.station_id)
-            if spec is None or all(e.evse_id != s.evse_id for e in spec.evses):
+            spec = stations.get(s.station_id)
+            evse = None
+            if spec is not None:
+                for e in spec.evses:
+                    if e.evse_id == s.evse_id:
+                        evse = e
+                        break
+            if spec is None or evse is None:
                 continue  # not provisioned (only possible for a hand-built session)
             try:
-                by_site[spec.site].append(self._session_view(s, spec))
+                by_site[spec.site].append(self._session_view(s, spec, evse))
             except (ArithmeticError, ValueError) as exc:
                 # One session's data must not stop everyone's control (a date at
                 # the end of the calendar overflows its assumed departure).
@@ -513,9 +534,12 @@ class CSMSCore:
                            discharge_efficiency=self.config.assumed_discharge_efficiency,
                            v2g_peak_target_percent=self.config.v2g_peak_target_percent)
 
-    def _session_view(self, s: Session, spec: StationSpec) -> SessionView:
-        """One session as a strategy sees it, with its needs: stated or assumed."""
-        evse = spec.evse(s.evse_id)
+    def _session_view(self, s: Session, spec: StationSpec,
+                      evse: EvseSpec | None = None) -> SessionView:
+        """One session as a strategy sees it, with its needs: stated or assumed
+        (``evse``: the session's EVSE of ``spec``, if the caller looked it up)."""
+        if evse is None:
+            evse = spec.evse(s.evse_id)
         site = self.sites.get(spec.site)
         needs = s.ev_needs
         departure = needs.departure_time if needs is not None else None
@@ -598,17 +622,32 @@ class CSMSCore:
         elapsed = ((now or self.clock()) - self._last_control).total_seconds()
         return elapsed >= self.config.control_interval_s - 1e-9
 
-    def control_commands(self) -> list[ProfileCommand]:
-        """Run the strategy and return the limits that changed since last sent."""
-        self.sessions_changed = False
-        self._last_control = self.clock()
-        view = self.control_view()
-        limits = self._run_strategy(view)
+    def control_commands(self, view: ControlView | None = None,
+                         limits: dict[EvseKey, float | None] | None = None
+                         ) -> list[ProfileCommand]:
+        """Run the strategy and return the limits that changed since last sent.
+
+        With ``view`` (taken with ``control_view(start_cycle=True)``) and ``limits``
+        (the strategy's result on it, computed elsewhere, e.g. in a worker thread
+        while the connections are served) only the last step runs: the limits are
+        compared with what was sent, and a limit for an EVSE whose transaction is no
+        longer the one in the view is dropped (the change made the next cycle due).
+        """
+        if limits is None:
+            view = self.control_view(start_cycle=True)
+            limits = self._run_strategy(view)
+            viewed = None
+        else:
+            assert view is not None, "limits come with the view they were computed on"
+            viewed = {(v.station_id, v.evse_id): v.transaction_id
+                      for site in view.sites for v in site.sessions}
         tx_of = {(s.station_id, s.evse_id): s.transaction_id for s in self.open_sessions()}
         commands: list[ProfileCommand] = []
         for key, limit_kw in sorted(limits.items()):
             if limit_kw is None or key not in tx_of:
                 continue  # the station's own maximum applies
+            if viewed is not None and viewed.get(key) != tx_of[key]:
+                continue  # another transaction now: the next cycle decides
             limit_w = limit_kw * 1000.0
             previous = self.sent_limits_w.get(key)
             # Small increases of a charging limit are not worth a message;
@@ -706,8 +745,7 @@ class CSMSCore:
         """A fresh charging-profile id (deterministic per CSMS instance; from the
         database's counter when several processes share it)."""
         if self.store.shared:
-            return self.store.next_counter("charging_profile_id",
-                                           floor=self.store.max_profile_id())
+            return self.store.next_counter("charging_profile_id", floor=self._profile_floor)
         return next(self._profile_ids)
 
     # -- several processes on one database (a shared store) --------------------
@@ -715,13 +753,13 @@ class CSMSCore:
         """Take a station's state from the store (it may have been served by another
         process sharing the database since this one last saw it): its open sessions,
         installed profiles and the limits its EVSEs accepted."""
-        evs_needs = {(s.station_id, s.evse_id): s.ev_needs for s in self.sessions.values()
+        evs_needs = {s.transaction_id: s.ev_needs for s in self.sessions.values()
                      if s.station_id == station_id}
         for key in [k for k in self.sessions if k[0] == station_id]:
             del self.sessions[key]
         for tx in self.store.open_transactions(station_id):
             session = self._session_from_store(tx)
-            session.ev_needs = evs_needs.get((station_id, session.evse_id))
+            session.ev_needs = evs_needs.get(session.transaction_id)
             self.sessions[(station_id, session.transaction_id)] = session
         profiles = self.profiles[station_id] = ProfileSet()
         for text in self.store.installed_profiles(station_id).get(station_id, []):
@@ -742,11 +780,18 @@ class CSMSCore:
             session = self._session_from_store(tx)
             key = (session.station_id, session.transaction_id)
             session.ev_needs = needs.get(key)
-            limit = self.sessions.get(key)
-            if limit is not None:
-                session.limit_w = limit.limit_w
             fresh[key] = session
         self.sessions = fresh
+        # Profiles other processes installed on the stations they hold.
+        self.profiles = {}
+        for station_id, texts in self.store.installed_profiles().items():
+            profiles = self.profile_set(station_id)
+            for text in texts:
+                try:
+                    profiles.install(profile_from_json(text))
+                except (ProfileError, ValueError, KeyError, TypeError) as exc:
+                    self._warn_once(("profile", station_id), "%s: stored profile not "
+                                    "restored: %s", station_id, exc)
         self._restore_limits(None)
 
     def profile_sent(self, cmd: ProfileCommand, profile_id: int, status: str) -> None:
@@ -760,7 +805,7 @@ class CSMSCore:
                 session.limit_w = cmd.limit_w
         self.store.record_profile(cmd.station_id, cmd.evse_id, profile_id, "TxProfile", 0,
                                   cmd.limit, cmd.unit, iso(self.clock()), status,
-                                  limit_w=cmd.limit_w)
+                                  limit_w=cmd.limit_w, transaction_id=cmd.transaction_id)
 
     def next_transaction_id(self) -> str:
         """A new CSMS-assigned transaction id (OCPP 1.6 uses integers), persistent."""

@@ -61,3 +61,10 @@ class InvalidMessageError(CSMSError):
         self.code = code
         self.field = field
         self.message = message
+
+
+class StoreError(ConfigError):
+    """The database cannot be opened or reached (names it, never its password)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("db", message)

@@ -21,7 +21,7 @@ from ocpp.v16 import ChargePoint as _ChargePoint16
 from ocpp.v16.enums import Action as Action16
 
 from .clock import iso
-from .core import ENERGY, CSMSCore, ProfileCommand
+from .core import ENERGY, ProfileCommand
 from .shell import (
     PURPOSES_16,
     CallFailed,
@@ -102,10 +102,6 @@ class CSMS16(ShellBase, _ChargePoint16):
 
     version: ClassVar[str] = "1.6"
     known_actions: ClassVar[frozenset[str]] = frozenset(a.value for a in Action16)
-
-    def __init__(self, station_id: str, connection: Any, core: CSMSCore, **kw: Any) -> None:
-        super().__init__(station_id, connection, **kw)
-        self._init_shell(core)
 
     # -- station-initiated --------------------------------------------------
     @on("BootNotification")

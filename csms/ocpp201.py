@@ -19,7 +19,7 @@ from ocpp.v201 import ChargePoint as _ChargePoint201
 from ocpp.v201.enums import Action as Action201
 
 from .clock import iso, parse_iso
-from .core import CSMSCore, ProfileCommand
+from .core import ProfileCommand
 from .model import EVChargingNeeds
 from .shell import (
     PURPOSES_21,
@@ -39,6 +39,7 @@ from .shell import (
     profile_to_wire_2x,
     unknown_evse_is_a_property_violation,
     version_at_least,
+    wire,
 )
 
 #: What a 2.0.1 TriggerMessage may ask for (2.1 adds SignV2G20Certificate and
@@ -90,45 +91,46 @@ def ev_charging_needs(evse_id: int, needs: dict[str, Any], received_at: datetime
 class Handlers201(ShellBase):
     """Handlers for station-initiated 2.0.1/2.1 messages, answered in wire form."""
 
-    @on("BootNotification")
-    def on_boot_notification(self, charging_station: dict[str, Any], reason: str,
-                             **_: Any) -> Any:
-        r = self.core.on_boot(self.id, charging_station.get("vendor_name", ""),
-                              charging_station.get("model", ""))
-        return self._call_result.BootNotification(**r)  # type: ignore[attr-defined]
+    # The messages every station sends all the time take the wire payload and
+    # return the wire answer (see shell.wire); the rest go through @on.
+    @wire("BootNotification")
+    def on_boot_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
+        station = payload["chargingStation"]
+        r = self.core.on_boot(self.id, station.get("vendorName", ""), station.get("model", ""))
+        return {"currentTime": r["current_time"], "interval": r["interval"],
+                "status": r["status"]}
 
-    @on("Heartbeat")
-    def on_heartbeat(self, **_: Any) -> Any:
-        return self._call_result.Heartbeat(  # type: ignore[attr-defined]
-            current_time=self.core.on_heartbeat(self.id))
+    @wire("Heartbeat")
+    def on_heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"currentTime": self.core.on_heartbeat(self.id)}
 
-    @on("StatusNotification")
-    def on_status_notification(self, timestamp: str, connector_status: str, evse_id: int,
-                               connector_id: int, **_: Any) -> Any:
+    @wire("StatusNotification")
+    def on_status_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
         with unknown_evse_is_a_property_violation():
-            self.core.on_status(self.id, evse_id, connector_status, timestamp)
-        return self._call_result.StatusNotification()  # type: ignore[attr-defined]
+            self.core.on_status(self.id, payload["evseId"], payload["connectorStatus"],
+                                payload["timestamp"])
+        return {}
 
-    @on("Authorize")
-    def on_authorize(self, id_token: dict[str, Any], **_: Any) -> Any:
-        status = self.core.authorize(id_token["id_token"])
-        return self._call_result.Authorize(  # type: ignore[attr-defined]
-            id_token_info={"status": status})
+    @wire("Authorize")
+    def on_authorize(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"idTokenInfo": {"status": self.core.authorize(payload["idToken"]["idToken"])}}
 
-    @on("TransactionEvent")
-    def on_transaction_event(self, **_: Any) -> Any:
+    @wire("TransactionEvent")
+    def on_transaction_event(self, payload: dict[str, Any]) -> dict[str, Any]:
         with unknown_evse_is_a_property_violation(), invalid_message_is_a_call_error():
-            r = self.core.on_transaction_event(self.id, self._raw_payload)
-        return self._call_result.TransactionEvent(**r)  # type: ignore[attr-defined]
+            r = self.core.on_transaction_event(self.id, payload)
+        info = r.get("id_token_info")
+        return {} if info is None else {"idTokenInfo": info}
 
-    @on("MeterValues")
-    def on_meter_values(self, evse_id: int, **_: Any) -> Any:
+    @wire("MeterValues")
+    def on_meter_values(self, payload: dict[str, Any]) -> dict[str, Any]:
+        evse_id = payload["evseId"]
         if evse_id != 0:  # 0 is the station's main meter
             with unknown_evse_is_a_property_violation():
                 self.core.check_evse(self.id, evse_id)
         with invalid_message_is_a_call_error():
-            self.core.on_meter_values(self.id, evse_id, self._raw_payload["meterValue"])
-        return self._call_result.MeterValues()  # type: ignore[attr-defined]
+            self.core.on_meter_values(self.id, evse_id, payload["meterValue"])
+        return {}
 
     @on("NotifyEVChargingNeeds")
     def on_notify_ev_charging_needs(self, evse_id: int, **_: Any) -> Any:
@@ -396,18 +398,9 @@ class CSMS201(Handlers201, _ChargePoint201):
     version: ClassVar[str] = "2.0.1"
     known_actions: ClassVar[frozenset[str]] = frozenset(a.value for a in Action201)
 
-    def __init__(self, station_id: str, connection: Any, core: CSMSCore, **kw: Any) -> None:
-        super().__init__(station_id, connection, **kw)
-        self._init_shell(core)
-
 
 class CSMS21(Handlers201, _ChargePoint21):
     """One connected station speaking OCPP 2.1."""
 
     version: ClassVar[str] = "2.1"
     known_actions: ClassVar[frozenset[str]] = frozenset(a.value for a in Action21)
-
-    def __init__(self, station_id: str, connection: Any, core: CSMSCore, **kw: Any) -> None:
-        super().__init__(station_id, connection, **kw)
-        self._init_shell(core)
-

@@ -37,7 +37,7 @@ from websockets.exceptions import InvalidHeader
 from websockets.headers import build_www_authenticate_basic, parse_authorization_basic
 from websockets.http11 import Request, Response
 
-from .audit import FailureThrottle, SecurityAudit, peer_host, safe_identity
+from .audit import FailureThrottle, SecurityAudit, auth_scheme, peer_host, safe_identity
 from .core import CSMSCore, ProfileCommand
 from .exceptions import StationNotConnectedError
 from .ocpp16 import CSMS16
@@ -214,7 +214,7 @@ class CSMSServer:
                  security: SecurityConfig | None = None,
                  max_frames_per_s: float | None = None, max_frames_burst: float = 200.0,
                  tls_handshake_timeout_s: float = 10.0, open_timeout_s: float = 10.0,
-                 backlog: int = 1024, reuse_port: bool = False,
+                 backlog: int = 4096, reuse_port: bool = False,
                  auth_failures_per_peer: int = 100, auth_failures_per_identity: int = 10,
                  auth_failure_window_s: float = 60.0,
                  security_events_per_minute: int = 10,
@@ -339,9 +339,9 @@ class CSMSServer:
             username, password = parse_authorization_basic(headers[0])
         except InvalidHeader:
             # The exception's text quotes the header (the credentials): not used.
-            scheme = headers[0].split(" ", 1)[0][:16]
             return _Refusal("auth_malformed", f"{sid}: Authorization is not valid Basic "
-                                              f"credentials (scheme {scheme!r})",
+                                              f"credentials (scheme "
+                                              f"{auth_scheme(headers[0])!r})",
                             _unauthorized("malformed credentials"))
         if username != identity:
             return _Refusal("auth_identity_mismatch", f"username {safe_identity(username)} is "
@@ -473,9 +473,9 @@ class CSMSServer:
             if old is not None:
                 self._spawn(self._retire(old, identity))
         self._sockets_by_cp[id(cp)] = connection
-        for hook in self.on_connect:
-            hook(identity)
         try:
+            for hook in self.on_connect:
+                hook(identity)
             await cp.start()
         except FloodError as exc:
             self.audit.record("flood", f"{safe_identity(identity)}: {exc}",
@@ -559,8 +559,13 @@ class CSMSServer:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def control_cycle(self) -> int:
+    async def control_cycle(self, *, in_thread: bool = False) -> int:
         """Run the strategy once and send the changed limits; return how many were sent.
+
+        ``in_thread``: the strategy runs in a worker thread on the (immutable)
+        view taken here, so the connections are served meanwhile instead of
+        waiting for it (``csms serve``). The twin keeps the default: everything
+        in the loop, in one deterministic order.
 
         Calls to different stations run concurrently; calls to one station go
         one after another (OCPP-J allows one outstanding CALL per connection).
@@ -569,8 +574,15 @@ class CSMSServer:
         other station still gets its own. A limit that was not confirmed is
         not recorded as sent, so the next cycle sends it again.
         """
+        core = self.core
+        if in_thread:
+            view = core.control_view(start_cycle=True)
+            limits = await asyncio.to_thread(core._run_strategy, view)
+            commands = core.control_commands(view, limits)
+        else:
+            commands = core.control_commands()
         by_station: dict[str, list[Any]] = {}
-        for cmd in self.core.control_commands():
+        for cmd in commands:
             by_station.setdefault(cmd.station_id, []).append(cmd)
 
         async def send_all(station_id: str, cmds: list[Any]) -> int:

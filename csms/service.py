@@ -20,7 +20,7 @@ from .config import ServeConfig
 from .core import CSMSCore
 from .exceptions import ConfigError
 from .server import CSMSServer
-from .store import Store
+from .store import Store, redact_url
 
 log = logging.getLogger("evtwin.csms.service")
 
@@ -58,7 +58,12 @@ def setup_json_logging(level: int = logging.INFO) -> None:
 
 async def control_loop(server: CSMSServer, interval_s: float, *, poll_s: float = 0.5,
                        monotonic: Callable[[], float] = time.monotonic) -> None:
-    """Run the control cycle every ``interval_s`` and as soon as a session starts or ends."""
+    """Run the control cycle every ``interval_s`` and as soon as a session starts or ends.
+
+    The strategy runs in a worker thread (see :meth:`CSMSServer.control_cycle`): at
+    10,000 sessions a cycle takes a good part of a second, which the stations'
+    messages would otherwise wait for.
+    """
     last = monotonic()
     while True:
         await asyncio.sleep(min(poll_s, interval_s))
@@ -66,7 +71,7 @@ async def control_loop(server: CSMSServer, interval_s: float, *, poll_s: float =
         if now - last >= interval_s or server.core.sessions_changed:
             last = now
             try:
-                sent = await server.control_cycle()
+                sent = await server.control_cycle(in_thread=True)
             except Exception:  # the loop must outlive one bad cycle
                 log.exception("control cycle failed")
                 continue
@@ -160,7 +165,7 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
             log.info("listening", extra={
                 "event": "listening", "url": server.url, "port": server.port,
                 "api_url": api.url if api is not None else None,
-                "security_profile": server.security.profile, "db": str(db_path),
+                "security_profile": server.security.profile, "db": redact_url(db_path),
                 "schema_version": store.schema_version,
                 "open_transactions": len(core.open_sessions()), "stations": len(core.stations),
                 "shared_store": store.shared})

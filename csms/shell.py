@@ -24,8 +24,9 @@ import decimal
 import inspect
 import json
 import logging
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -42,6 +43,7 @@ from ocpp.messages import Call as _LibCall
 from ocpp.messages import CallError as _LibCallError
 from ocpp.messages import CallResult as _LibCallResult
 from ocpp.messages import MessageType, validate_payload
+from ocpp.routing import create_route_map
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from evtwin.ocppj import (
@@ -63,6 +65,8 @@ from .model import EVChargingNeeds
 from .profiles import ChargingProfile, Period, ProfileError
 
 log = logging.getLogger("evtwin.csms.ocpp")
+#: Compact JSON for the frames the CSMS sends (one encoder, made once).
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
 
 #: OCPP versions in order; a feature "needs 2.1" when the station speaks less.
 VERSIONS = ("1.6", "2.0.1", "2.1")
@@ -129,6 +133,28 @@ class InvalidOperation(CSMSError, ValueError):
 def version_at_least(version: str, minimum: str) -> bool:
     """Whether OCPP ``version`` has what ``minimum`` introduced."""
     return VERSIONS.index(version) >= VERSIONS.index(minimum)
+
+
+WireHandler = Callable[[Any, dict[str, Any]], dict[str, Any]]
+"""A shell method that takes a CALL's payload and returns its CALLRESULT payload,
+both in wire (camelCase) form."""
+
+
+def wire(action: str) -> Callable[[WireHandler], WireHandler]:
+    """Mark a shell method as the handler of ``action`` in wire form.
+
+    The method gets the request payload as received (already checked against the
+    version's schema) and returns the response payload as sent (checked against
+    the schema before it goes out), with no snake/camel conversion and no
+    dataclasses on the way: the cheap path for the messages every station sends
+    all the time. It must be synchronous; errors are raised as for ``@on``
+    handlers (an OCPPError names the CALLERROR). A wire handler takes precedence
+    over an ``@on`` handler of the same action.
+    """
+    def mark(func: WireHandler) -> WireHandler:
+        func._wire_action = action  # type: ignore[attr-defined]
+        return func
+    return mark
 
 
 def answer(payload: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
@@ -467,6 +493,12 @@ class ShellBase(ABC):
 
     known_actions: ClassVar[frozenset[str]] = frozenset()
     version: ClassVar[str] = ""
+    #: Action -> wire handler (see :func:`wire`), collected once per class.
+    wire_handlers: ClassVar[dict[str, WireHandler]] = {}
+    #: The ``ocpp`` library's route map of the class (unbound functions), built once
+    #: per class instead of once per connection (it looks up every ``@on`` name of
+    #: every loaded module on the object).
+    _class_routes: ClassVar[dict[str, dict[str, Any]]] = {}
 
     core: CSMSCore
     _raw_payload: dict[str, Any]
@@ -474,17 +506,42 @@ class ShellBase(ABC):
     _profile_reports: dict[int, ProfileReport]
 
     if TYPE_CHECKING:  # provided by ocpp.charge_point.ChargePoint, later in the MRO
-        id: str
-        route_map: dict[str, Any]
         _ocpp_version: str
-        _call_lock: Any
-        _response_queue: asyncio.Queue[Any]
-        _response_timeout: float
-        _unique_id_generator: Any
-
-        async def _send(self, message: str) -> None: ...
 
         async def _get_specific_response(self, unique_id: str, timeout: float) -> Any: ...
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # By name, so a subclass that overrides a wire method replaces it.
+        names = {name for klass in cls.__mro__ for name, attr in vars(klass).items()
+                 if isinstance(getattr(attr, "_wire_action", None), str)}
+        handlers: dict[str, WireHandler] = {}
+        for name in sorted(names):
+            attr = getattr(cls, name)
+            action = getattr(attr, "_wire_action", None)
+            if isinstance(action, str):
+                handlers[action] = attr
+        cls.wire_handlers = handlers
+        cls._class_routes = {}
+
+    def __init__(self, station_id: str, connection: Any, core: CSMSCore, *,
+                 response_timeout: float = 30, logger: logging.Logger | None = None) -> None:
+        # What ocpp.ChargePoint.__init__ sets (not called: it builds the route map
+        # anew for every connection), the route map taken from the class; its
+        # handlers are plain functions, called with the shell as first argument.
+        # tests/test_csms_server.py checks that the attributes stay the same.
+        self.id = station_id
+        self._response_timeout = response_timeout
+        self._connection = connection
+        cls = type(self)
+        if not cls._class_routes:
+            cls._class_routes = create_route_map(cls)
+        self.route_map: dict[str, dict[str, Any]] = cls._class_routes
+        self._call_lock = asyncio.Lock()
+        self._response_queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._unique_id_generator: Callable[[], Any] = uuid.uuid4
+        self.logger = logger if logger is not None else logging.getLogger("ocpp")
+        self._init_shell(core)
 
     def _init_shell(self, core: CSMSCore) -> None:
         self.core = core
@@ -501,7 +558,7 @@ class ShellBase(ABC):
         NotSupported when it is a known action this CSMS does not handle (the
         ``ocpp`` library has these two the other way round).
         """
-        if action in self.route_map and "_on_action" in self.route_map[action]:
+        if action in self.wire_handlers or "_on_action" in self.route_map.get(action, ()):
             return None
         if action in self.known_actions:
             return "NotSupported", f"{action} is not supported by this CSMS"
@@ -547,22 +604,35 @@ class ShellBase(ABC):
             log.info("%s: ignoring an OCPP 2.1 %s frame", self.id, type(frame).__name__,
                      extra={"event": "frame_ignored", "station": self.id})
 
+    async def start(self) -> None:
+        """Read and handle frames until the connection closes (one at a time, as the
+        ``ocpp`` library's loop does, without its per-frame log call)."""
+        recv = self._connection.recv
+        while True:
+            await self.route_message(await recv())
+
     async def _answer_call(self, call: Call) -> None:
         refusal = self._refuse_call(call.action)
         if refusal is not None:
             await self._send_error(call.message_id, *refusal)
             return
+        handlers: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {}
         try:
             schemas.validate(self.version, call.action, call.payload)
-            handlers = self.route_map[call.action]
-            # Handlers read the request in its wire (camelCase) form; the
-            # connection handles one message at a time, so this is safe.
-            self._raw_payload = call.payload
-            kwargs = camel_to_snake_case(call.payload)
-            result = handlers["_on_action"](**kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-            payload = snake_to_camel_case(remove_nones(serialize_as_dict(result)))
+            wire_handler = self.wire_handlers.get(call.action)
+            if wire_handler is not None:
+                payload = wire_handler(self, call.payload)
+            else:
+                handlers = self.route_map[call.action]
+                # Handlers read the request in its wire (camelCase) form; the
+                # connection handles one message at a time, so this is safe.
+                self._raw_payload = call.payload
+                kwargs = camel_to_snake_case(call.payload)
+                result = handlers["_on_action"](self, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                payload = snake_to_camel_case(remove_nones(serialize_as_dict(result)))
             # Our own answer failing its schema is our bug: InternalError below.
             schemas.validate(self.version, call.action, payload, request=False)
         except SchemaViolation as exc:
@@ -583,14 +653,17 @@ class ShellBase(ABC):
             return
         finally:
             self._raw_payload = {}
-        await self._send(json.dumps([3, call.message_id, payload], separators=(",", ":")))
+        await self._send(_dumps([3, call.message_id, payload]))
         after = handlers.get("_after_action")
         if after is not None:
-            follow_up = after(**kwargs)
+            follow_up = after(self, **kwargs)
             if inspect.isawaitable(follow_up):
                 task = asyncio.ensure_future(follow_up)
                 self._after_tasks.add(task)
                 task.add_done_callback(self._after_tasks.discard)
+
+    async def _send(self, message: str) -> None:
+        await self._connection.send(message)
 
     def _log_refusal(self, action: str, code: str, description: str) -> None:
         log.info("%s: %s refused: %s %.200s", self.id, action, code, description,

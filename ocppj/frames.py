@@ -11,8 +11,10 @@ other than FrameError out, whatever the input, and its work is bounded:
   (SQLite's range; Python would otherwise parse 4,300 digits and raise on more)
   and nesting limited to :data:`MAX_DEPTH` levels (the parser itself stops at the
   interpreter's recursion limit; OCPP payloads nest fewer than ten levels);
-- strings with lone UTF-16 surrogates (``"\\ud800"``) are refused: they are not
-  Unicode text and cannot be stored or sent on;
+- strings with lone UTF-16 surrogates (``"\\ud800"``) or NUL characters are
+  refused: the first are not Unicode text, neither can be stored everywhere;
+- numbers too large for a double (``1e999``, which would parse as infinity) are
+  refused;
 - the array must be ``[2, id, action, {payload}]``, ``[3, id, {payload}]``,
   ``[4, id, code, description, {details}]`` or, in OCPP 2.1, ``[5, ...]`` (a
   CALLRESULTERROR) and ``[6, id, action, {payload}]`` (a SEND). MessageTypeId
@@ -29,6 +31,7 @@ section 4.3).
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -128,6 +131,22 @@ def _bounded_int(text: str) -> int:
     return value
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (math.inf, -math.inf):  # 1e999: a literal too large for a double
+        raise _BadValue(f"a number outside the floating-point range ({text[:20]})")
+    return value
+
+
+#: The strict parser, built once (``json.loads`` with hooks builds a decoder per call).
+_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_bounded_int,
+                            parse_float=_finite_float)
+#: After the strict parser found a bad value: the frame's structure, values blanked,
+#: so the answer can still name the right code and message id.
+_LENIENT = json.JSONDecoder(parse_constant=lambda _: 0.0, parse_float=lambda _: 0.0,
+                            parse_int=lambda t: int(t) if len(t) <= 20 else 0)
+
+
 def _too_deep_or_surrogate(value: Any, max_depth: int, check_strings: bool) -> str | None:
     """What is wrong with a decoded value (nesting, lone surrogates), or None; iterative."""
     stack: list[tuple[Any, int]] = [(value, 1)]
@@ -138,18 +157,22 @@ def _too_deep_or_surrogate(value: Any, max_depth: int, check_strings: bool) -> s
                 return f"nested deeper than {max_depth} levels"
             for k, v in item.items():
                 if check_strings and _lone_surrogate(k):
-                    return "a string with a lone UTF-16 surrogate"
+                    return "a string with a lone UTF-16 surrogate or a NUL"
                 stack.append((v, depth + 1))
         elif isinstance(item, list):
             if depth > max_depth:
                 return f"nested deeper than {max_depth} levels"
             stack.extend((v, depth + 1) for v in item)
         elif check_strings and isinstance(item, str) and _lone_surrogate(item):
-            return "a string with a lone UTF-16 surrogate"
+            return "a string with a lone UTF-16 surrogate or a NUL"
     return None
 
 
 def _lone_surrogate(text: str) -> bool:
+    """A lone UTF-16 surrogate (not Unicode text) or a NUL (which PostgreSQL and most
+    C code cannot store): neither belongs in an OCPP string."""
+    if "\x00" in text:
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -181,13 +204,18 @@ def decode_frame(raw: str | bytes, *, version: str = "2.0.1",
     if not isinstance(raw, str):
         raise FrameError("RpcFrameworkError", UNKNOWN_MESSAGE_ID,
                          "binary frame: OCPP-J is sent in text frames")
+    bad: str | None = None
     try:
-        msg = json.loads(raw, parse_constant=_refuse_constant, parse_int=_bounded_int)
-    except (_BadValue, RecursionError) as exc:
+        msg = _DECODER.decode(raw)
+    except _BadValue as exc:
+        bad = str(exc)
+        msg = _LENIENT.decode(raw)  # the same text parsed once already: cannot fail
+    except RecursionError:
+        # Too deep for the parser itself: only the prefix can be trusted.
         message_id, is_call = _peek_message_id(raw)
         code = "FormatViolation" if message_id != UNKNOWN_MESSAGE_ID else "RpcFrameworkError"
-        what = exc if isinstance(exc, _BadValue) else f"nesting deeper than {max_depth} levels"
-        raise FrameError(code, message_id, f"payload contains {what}", answer=is_call) from None
+        raise FrameError(code, message_id, f"payload contains nesting deeper than "
+                         f"{max_depth} levels", answer=is_call) from None
     except ValueError:
         raise FrameError("RpcFrameworkError", UNKNOWN_MESSAGE_ID,
                          "frame is not valid JSON") from None
@@ -196,7 +224,7 @@ def decode_frame(raw: str | bytes, *, version: str = "2.0.1",
                          "frame is not an OCPP-J array with a message id")
     type_id, message_id = msg[0], msg[1]
     if not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID_CHARS \
-            or _lone_surrogate(message_id):
+            or _lone_surrogate(message_id.replace("\x00", "")):
         raise FrameError("RpcFrameworkError", UNKNOWN_MESSAGE_ID,
                          f"message id must be a string of 1 to {MAX_MESSAGE_ID_CHARS} "
                          "characters")
@@ -206,13 +234,16 @@ def decode_frame(raw: str | bytes, *, version: str = "2.0.1",
     if type_id not in known:
         raise FrameError("MessageTypeNotSupported", message_id,
                          f"MessageTypeId {type_id} is not supported in OCPP {version}")
-    check_strings = _SURROGATE_ESCAPE.search(raw) is not None
-    if check_strings or raw.count("[") + raw.count("{") > max_depth:
-        problem = _too_deep_or_surrogate(msg, max_depth, check_strings)
-        if problem is not None:
-            raise FrameError("FormatViolation", message_id, f"payload contains {problem}",
-                             answer=type_id == 2)
-    return _typed(msg, type_id, message_id)
+    frame = _typed(msg, type_id, message_id)
+    if bad is None:
+        check_strings = _SURROGATE_ESCAPE.search(raw) is not None
+        check_nul = "\\u0000" in raw
+        if check_strings or check_nul or raw.count("[") + raw.count("{") > max_depth:
+            bad = _too_deep_or_surrogate(msg, max_depth, check_strings or check_nul)
+    if bad is not None:
+        raise FrameError("FormatViolation", message_id, f"payload contains {bad}",
+                         answer=type_id == 2)
+    return frame
 
 
 def _typed(msg: list[Any], type_id: int, message_id: str) -> Frame:

@@ -9,11 +9,13 @@ message; and unlike that walk, formats are checked: a ``date-time`` must be an
 RFC 3339 date-time with its offset (``2024-05-01T08:00:00`` without ``Z`` or
 ``+hh:mm`` is refused).
 
-The error codes follow OCPP-J (and the ``ocpp`` library's established mapping,
-which stations see today): a value of the wrong JSON type is a
-TypeConstraintViolation, as is a string over its ``maxLength``; a missing
-required field an OccurrenceConstraintViolation; anything else (unknown field,
-enum value, format, bound) a FormatViolation.
+The error codes follow OCPP-J 2.0.1 section 4.3: a value of the wrong JSON type
+is a TypeConstraintViolation, as is a string over its ``maxLength`` (its data
+type, e.g. CiString36); a missing required field or too few or many array items
+an OccurrenceConstraintViolation; a well-formed value the field does not allow
+(an enum value it does not list, a number out of bounds) a
+PropertyConstraintViolation; anything else (unknown field, format, pattern) a
+FormatViolation.
 """
 
 from __future__ import annotations
@@ -28,7 +30,14 @@ import fastjsonschema
 
 _DIRS = {"1.6": "v16", "2.0.1": "v201", "2.1": "v21"}
 _CODES = {"type": "TypeConstraintViolation", "maxLength": "TypeConstraintViolation",
-          "required": "OccurrenceConstraintViolation"}
+          "required": "OccurrenceConstraintViolation",
+          "minItems": "OccurrenceConstraintViolation",
+          "maxItems": "OccurrenceConstraintViolation",
+          "enum": "PropertyConstraintViolation", "minimum": "PropertyConstraintViolation",
+          "maximum": "PropertyConstraintViolation",
+          "exclusiveMinimum": "PropertyConstraintViolation",
+          "exclusiveMaximum": "PropertyConstraintViolation",
+          "multipleOf": "PropertyConstraintViolation"}
 
 
 class SchemaViolation(Exception):

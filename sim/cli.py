@@ -263,13 +263,24 @@ def cmd_csms_serve(args: argparse.Namespace, console: Console) -> int:
     import asyncio
 
     from evtwin.csms.config import load_config
+    from evtwin.csms.gcpolicy import GCPolicy
     from evtwin.csms.service import serve, setup_json_logging
 
     config = load_config(args.config)
     setup_json_logging(logging.DEBUG if args.debug else logging.INFO)
-    asyncio.run(serve(config, args.db, host=args.host, port=args.port,
-                      api_port=config.api.port if args.api_port is None else args.api_port,
-                      api_token_hash=config.api.token_hash, api_host=config.api.host))
+
+    async def main() -> None:
+        # Process-wide, so set here and not in serve(): full collections over the
+        # connections' objects would stall every station (see csms.gcpolicy).
+        policy = asyncio.create_task(GCPolicy().run())
+        try:
+            await serve(config, args.db, host=args.host, port=args.port,
+                        api_port=config.api.port if args.api_port is None else args.api_port,
+                        api_token_hash=config.api.token_hash, api_host=config.api.host)
+        finally:
+            policy.cancel()
+
+    asyncio.run(main())
     return 0
 
 

@@ -20,7 +20,12 @@ and the workers in ``finally`` (each in its own process group).
 What is measured (see :class:`LoadReport`): round-trip latency per phase
 (p50/p95/p99/max), errors by kind, the reconnect storm (all connections dropped
 at once; time until every station is back and booted, failures within
-``storm_timeout_s``), the CSMS's RSS idle and loaded (``/proc/<pid>/status``),
+``storm_timeout_s``), a second storm with OCPP 2.0.1's reconnect back-off
+(``spec_storm_backoff_s``: each station waits RetryBackOffWaitMinimum plus a
+random part of RetryBackOffRandomRange before its first attempt, as a real
+station does after losing its CSMS; all at once is the worst case, the back-off
+the behaviour the specification asks of stations), the CSMS's RSS idle and
+loaded (``/proc/<pid>/status``),
 its start-up time (spawn to the ``listening`` log line, and to the first
 BootNotification accepted), and the client loops' own lag (if the clients are
 saturated, latencies are theirs, not the server's).
@@ -53,6 +58,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from evtwin.csms.gcpolicy import GCPolicy
 
 HOST = "127.0.0.1"
 SUBPROTOCOL = "ocpp2.0.1"
@@ -358,6 +365,10 @@ class WorkerSpec:
     hard_deadline_s: float = 600.0
     retry_s: tuple[float, float] = (0.2, 1.0)
     """Backoff range (s) between reconnect attempts after a failed one."""
+    reconnect_delay_s: tuple[float, float] = (0.0, 0.0)
+    """Before the first reconnect attempt after a drop: (RetryBackOffWaitMinimum,
+    RetryBackOffRandomRange) of OCPP 2.0.1 (B.10, reconnection); a station waits the
+    minimum plus a uniformly random part of the range. Set by ``drop MIN RANGE``."""
     fuzz_ids: list[str] = field(default_factory=list)
     fuzz_frames: int = 0
     fuzz_per_s: float = 10.0
@@ -411,6 +422,10 @@ class Worker:
             tasks.append(asyncio.create_task(self._fuzz_watch(fuzz_tasks)))
         tasks.append(asyncio.create_task(self._lag_monitor()))
         tasks.append(asyncio.create_task(self._ready_watch()))
+        # The CSMS's own garbage-collector policy: without it the clients' full
+        # collections over thousands of connections (hundreds of ms each) are
+        # counted as the server's latency.
+        gc_policy = asyncio.create_task(GCPolicy().run())
         deadline = loop.time() + self.spec.hard_deadline_s
         try:
             while not self.stopping.is_set():
@@ -425,11 +440,16 @@ class Worker:
                     self.phase = cmd.split(" ", 1)[1]
                 elif cmd == "watch":
                     self._start_watch()
-                elif cmd == "drop":
+                elif cmd == "drop" or cmd.startswith("drop "):
+                    # "drop MIN RANGE": reconnect with OCPP's back-off (see WorkerSpec).
+                    args = [float(a) for a in cmd.split()[1:3]]
+                    self.spec.reconnect_delay_s = (args[0], args[1]) if len(args) == 2 \
+                        else (0.0, 0.0)
                     self._start_watch()
                     for s in self.stations:
                         s.drop()
         finally:
+            gc_policy.cancel()
             self.stopping.set()
             for s in self.stations:
                 s.wake.set()
@@ -628,6 +648,7 @@ class Station:
         self.back_at: float | None = None
         self.was_up = False
         self.counted_start = False
+        self.reconnect_wait = False
 
     @property
     def ws(self) -> Connection | None:
@@ -635,8 +656,9 @@ class Station:
         return self.conn if self.conn is not None and not self.conn.closed else None
 
     def drop(self) -> None:
-        """Lose the connection now (storm)."""
+        """Lose the connection now (storm); reconnect after the spec's back-off."""
         if self.conn is not None:
+            self.reconnect_wait = True
             self.conn.abort()
 
     def _closed(self) -> None:
@@ -685,6 +707,14 @@ class Station:
         next_update = time.monotonic() + spec.period_s * (0.5 + self.w.rng.random())
         failures = 0
         while not self.w.stopping.is_set():
+            if self.ws is None and self.reconnect_wait:
+                # Dropped: OCPP's back-off before the first attempt (0 when all at once).
+                self.reconnect_wait = False
+                low, span = spec.reconnect_delay_s
+                until = time.monotonic() + low + self.w.rng.uniform(0.0, span)
+                while not self.w.stopping.is_set() and time.monotonic() < until:
+                    await self._sleep(until - time.monotonic())
+                continue
             if self.ws is None:
                 try:
                     await self._up()
@@ -981,6 +1011,8 @@ class LoadReport:
     storm_all_back_s: float = math.nan
     storm_p50_back_s: float = math.nan
     storm_connect_failures: int = 0
+    spec_storm: Storm | None = None
+    """The second storm, with OCPP's reconnect back-off (see ``run_load``)."""
     client_lag_p99_ms: float = math.nan
     client_lag_max_ms: float = math.nan
     server_alive: bool = True
@@ -1025,22 +1057,47 @@ def merge_reports(report: LoadReport, parts: Sequence[dict[str, Any]]) -> None:
     report.client_lag_max_ms = lag[-1] if lag else math.nan
 
 
+@dataclass
+class Storm:
+    """One reconnect storm's figures (times in s from the drop)."""
+
+    dropped: int = 0
+    back: int = 0
+    back_within_timeout: int = 0
+    all_back_s: float = math.nan
+    p50_back_s: float = math.nan
+    connect_failures: int = 0
+
+    @classmethod
+    def of(cls, storms: Sequence[dict[str, Any] | None], notes: list[str]) -> Storm:
+        """Fold the workers' storm events (a missing one is noted)."""
+        out = cls()
+        back: list[float] = []
+        for s in storms:
+            if s is None:
+                notes.append("a worker did not report its storm")
+                continue
+            out.dropped += s["watched"]
+            out.back += s["back"]
+            out.back_within_timeout += s["within_timeout"]
+            out.connect_failures += s["connect_failures"]
+            back.extend(s["back_s"])
+        back.sort()
+        if back and out.back == out.dropped:
+            out.all_back_s = back[-1]
+        out.p50_back_s = percentile(back, 50)
+        return out
+
+
 def merge_storm(report: LoadReport, storms: Sequence[dict[str, Any] | None]) -> None:
-    """Fold the workers' storm events into ``report``."""
-    back: list[float] = []
-    for s in storms:
-        if s is None:
-            report.notes.append("a worker did not report its storm")
-            continue
-        report.storm_dropped += s["watched"]
-        report.storm_back += s["back"]
-        report.storm_back_within_timeout += s["within_timeout"]
-        report.storm_connect_failures += s["connect_failures"]
-        back.extend(s["back_s"])
-    back.sort()
-    if back and report.storm_back == report.storm_dropped:
-        report.storm_all_back_s = back[-1]
-    report.storm_p50_back_s = percentile(back, 50)
+    """Fold the workers' events of the all-at-once storm into ``report``."""
+    st = Storm.of(storms, report.notes)
+    report.storm_dropped = st.dropped
+    report.storm_back = st.back
+    report.storm_back_within_timeout = st.back_within_timeout
+    report.storm_all_back_s = st.all_back_s
+    report.storm_p50_back_s = st.p50_back_s
+    report.storm_connect_failures = st.connect_failures
 
 
 def default_workers(stations: int) -> int:
@@ -1050,7 +1107,9 @@ def default_workers(stations: int) -> int:
 
 def run_load(tmp: Path, stations: int, *, period_s: float = 10.0, steady_s: float = 60.0,
              ramp_per_s: float = 500.0, workers: int | None = None, storm: bool = True,
-             storm_timeout_s: float = 60.0, strategy: str = "uncontrolled",
+             storm_timeout_s: float = 60.0,
+             spec_storm_backoff_s: tuple[float, float] | None = (0.0, 30.0),
+             strategy: str = "uncontrolled",
              site_size: int = 0, site_limit_kw: float | None = None,
              log: Callable[[str], None] = print) -> LoadReport:
     """Start a CSMS with ``stations`` stations, load it, storm it, and report.
@@ -1084,7 +1143,7 @@ def run_load(tmp: Path, stations: int, *, period_s: float = 10.0, steady_s: floa
         ramp_timeout = 3.0 * stations / ramp_per_s + 120.0
         with workers_for(url_base, ids, n_workers, period_s=period_s, ramp_per_s=ramp_per_s,
                          storm_timeout_s=storm_timeout_s,
-                         hard_deadline_s=ramp_timeout + steady_s + storm_timeout_s + 300.0
+                         hard_deadline_s=ramp_timeout + steady_s + 2 * storm_timeout_s + 300.0
                          ) as procs:
             t0 = time.monotonic()
             ready = wait_all(procs, "ready", ramp_timeout * SCALE)
@@ -1108,6 +1167,18 @@ def run_load(tmp: Path, stations: int, *, period_s: float = 10.0, steady_s: floa
                     f"all after {report.storm_all_back_s:.1f} s")
                 broadcast(procs, "phase after")
                 time.sleep(min(period_s, 10.0))
+                if spec_storm_backoff_s is not None and server.alive():
+                    # Real stations reconnect after RetryBackOffWaitMinimum plus a
+                    # random part of RetryBackOffRandomRange (OCPP 2.0.1 B.10).
+                    wait_min, random_range = spec_storm_backoff_s
+                    marks = broadcast(procs, f"drop {wait_min} {random_range}")
+                    report.spec_storm = Storm.of(
+                        wait_all(procs, "storm", (storm_timeout_s + 30.0) * SCALE, marks),
+                        report.notes)
+                    log(f"[{stations}] storm with back-off {wait_min:g} + 0-{random_range:g} s: "
+                        f"{report.spec_storm.back}/{report.spec_storm.dropped} back, all after "
+                        f"{report.spec_storm.all_back_s:.1f} s")
+                    time.sleep(min(period_s, 10.0))
             merge_reports(report, finish(procs))
         report.server_alive = server.alive()
         report.server_warnings = sum(n for e, n in server.events.items()
@@ -1157,6 +1228,14 @@ def format_report(reports: Sequence[LoadReport], title: str = "CSMS load") -> st
         ("storm: median back after (s)", [_fmt(r.storm_p50_back_s) for r in reports]),
         ("storm: failed connect attempts", [_fmt(r.storm_connect_failures, ",d")
                                             for r in reports]),
+        ("storm w/ back-off: dropped / back", [
+            f"{r.spec_storm.dropped:,} / {r.spec_storm.back:,}" if r.spec_storm else "n/a"
+            for r in reports]),
+        ("storm w/ back-off: back within 60 s", [
+            _fmt(r.spec_storm.back_within_timeout if r.spec_storm else None, ",d")
+            for r in reports]),
+        ("storm w/ back-off: all back after (s)", [
+            _fmt(r.spec_storm.all_back_s if r.spec_storm else None) for r in reports]),
         ("CSMS RSS idle (MiB)", [_fmt((r.rss_idle_kib or math.nan) / 1024) for r in reports]),
         ("CSMS RSS loaded (MiB)", [_fmt((r.rss_loaded_kib or math.nan) / 1024)
                                    for r in reports]),

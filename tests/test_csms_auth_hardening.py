@@ -797,3 +797,16 @@ def test_one_station_dropping_mid_cycle_does_not_stop_the_others(
     failed = [r for r in caplog.records if getattr(r, "event", "") == "control_send_failed"]
     assert len(failed) == 1 and failed[0].exc_info is None
     assert failed[0].getMessage().startswith("control cycle: CS1: 1 of 1 limits not sent")
+
+
+def test_an_authorization_header_without_a_scheme_is_never_quoted() -> None:
+    import base64
+
+    from evtwin.csms.audit import auth_scheme
+
+    creds = base64.b64encode(b"CS1:Sup3rSecretPassw0rd1234").decode()
+    assert auth_scheme(creds) == "none"  # the credentials alone: nothing of them logged
+    assert auth_scheme(f"{creds} trailing") == "none"
+    assert auth_scheme("Basic " + creds) == "Basic"
+    assert auth_scheme("Bearer abc") == "Bearer"
+    assert auth_scheme("x" * 40 + " y") == "none"

@@ -286,6 +286,51 @@ def test_a_version_2_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
         store.close()
 
 
+def test_a_v3_database_keeps_its_open_sessions_and_a_failed_migration_changes_nothing(
+        tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    import evtwin.csms.store as store_module
+
+    path = tmp_path / "v3.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(store_module._MIGRATIONS[1] + store_module._MIGRATIONS[2]
+                     + store_module._MIGRATIONS[3] + "PRAGMA user_version=3;")
+    db.execute("INSERT INTO stations VALUES ('CS1', 'site', NULL, NULL, NULL)")
+    db.execute("INSERT INTO transactions(transaction_id, station_id, evse_id, id_token, "
+               "started_at, meter_start_wh, last_seq_no) VALUES ('tx-1', 'CS1', 1, 'TOKEN1', "
+               "?, 1000, 1)", (iso(T0),))
+    db.executemany("INSERT INTO meter_values VALUES ('CS1', 1, 'tx-1', ?, ?, NULL, ?, ?)", [
+        (iso(T0), ENERGY, 1.0, "kWh"), (iso(T0 + timedelta(minutes=5)), ENERGY, 2.5, "kWh"),
+        (iso(T0 + timedelta(minutes=5)), "Power.Active.Import", 7.0, "kW")])
+    db.execute("INSERT INTO charging_profiles VALUES ('CS1', 1, 7, 'TxProfile', 0, 11000, "
+               "'W', ?, 'Accepted', 11000)", (iso(T0),))
+    db.execute("INSERT INTO transaction_events VALUES ('CS1', 'tx-1', 1, 'Updated', "
+               "'MeterValuePeriodic', ?, '{}')", (iso(T0 + timedelta(minutes=5)),))
+    db.commit()
+    db.close()
+    # A migration that fails half-way (or is killed) leaves the file at v3, openable.
+    monkeypatch.setattr(store_module, "_BACKFILL_V4", "UPDATE no_such_table SET x = 1")
+    with pytest.raises(sqlite3.OperationalError):
+        Store(path)
+    monkeypatch.undo()
+    check = sqlite3.connect(path)
+    assert check.execute("PRAGMA user_version").fetchone()[0] == 3
+    check.close()
+    core = CSMSCore(make_config(), Store(path), clock=clock)
+    try:
+        session = core.sessions[("CS1", "tx-1")]
+        assert (session.meter_last_wh, session.power_w) == (2500.0, 7000.0)
+        assert session.energy_wh == pytest.approx(1500.0)
+        assert session.limit_w == 11000.0
+        # A re-sent event (seqNo 1, stored before the migration) changes nothing.
+        core.on_transaction_event("CS1", tx_event(
+            "Updated", 1, "tx-1", T0 + timedelta(minutes=5), evse_id=None,
+            samples=[sample(ENERGY, 9.0, "kWh")]))
+        assert core.sessions[("CS1", "tx-1")].meter_last_wh == 2500.0
+        assert core.store.count("transaction_events") == 1
+    finally:
+        core.store.close()
+
+
 def test_a_cleared_controller_limit_stays_cleared_after_a_restart(tmp_path: Path,
                                                                    clock: FakeClock) -> None:
     path = tmp_path / "csms.sqlite"

@@ -184,3 +184,75 @@ def test_processes_can_share_one_port(tmp_path: Path, pg_url: str) -> None:
             if seen == {"a", "b"} and i >= 1:
                 break
         assert seen == {"a", "b"}
+
+
+def _two_station_config() -> CSMSConfig:
+    return CSMSConfig(stations=tuple(StationSpec(s, "depot", (EvseSpec(1, 11_000.0),))
+                                     for s in ("CS1", "CS2")),
+                      sites=(SiteSpec("depot", 7.0),), id_tokens=frozenset({"TAG1"}),
+                      strategy="equal_share")
+
+
+def test_the_controller_sees_limits_that_other_processes_had_accepted(pg_url: str) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    a = CSMSCore(_two_station_config(), Store(pg_url), clock=lambda: now)
+    b = CSMSCore(_two_station_config(), Store(pg_url), clock=lambda: now)
+    a.on_transaction_event("CS1", _event("Started", 0, 0, now - timedelta(minutes=5)))
+    started = _event("Started", 0, 0, now - timedelta(minutes=5))
+    started["transactionInfo"] = {"transactionId": "TX-B"}
+    b.on_transaction_event("CS2", started)
+    a.refresh_sessions()
+    cmds = a.control_commands()
+    assert sorted((c.station_id, c.limit_w) for c in cmds) == [("CS1", 3500.0),
+                                                               ("CS2", 3500.0)]
+    for cmd in cmds:  # CS2's limit is sent and recorded by the process holding CS2
+        (a if cmd.station_id == "CS1" else b).profile_sent(cmd, a.next_profile_id(),
+                                                           "Accepted")
+    a.refresh_sessions()
+    assert a.control_commands() == []  # nothing is sent again
+    a.store.close()
+    b.store.close()
+
+
+def test_a_controller_that_loses_its_lock_session_stops_controlling(pg_url: str) -> None:
+    import asyncio
+
+    import psycopg
+
+    from evtwin.csms import CSMSServer
+    from evtwin.csms.cluster import LEADER_LOCK, Cluster
+
+    async def scenario() -> None:
+        now = datetime.now(UTC)
+        servers = [CSMSServer(CSMSCore(_two_station_config(), Store(pg_url),
+                                       clock=lambda: now)) for _ in range(2)]
+        clusters = [Cluster(s, interval_s=0.5, poll_s=0.05, leader_retry_s=0.1)
+                    for s in servers]
+        for c in clusters:
+            await c.start()
+        try:
+            deadline = asyncio.get_running_loop().time() + 10
+            while sum(c.is_leader for c in clusters) != 1:
+                assert asyncio.get_running_loop().time() < deadline
+                await asyncio.sleep(0.05)
+            first = next(c for c in clusters if c.is_leader)
+            # The database ends the leader's session (restart, idle timeout, a NAT).
+            with psycopg.connect(pg_url, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(pid) FROM pg_locks WHERE "
+                              "locktype = 'advisory' AND objid = %s",
+                              (LEADER_LOCK & 0xFFFFFFFF,))
+            # The old controller notices at its next check (before any further cycle,
+            # within a loop period) and exactly one process controls again.
+            t0 = asyncio.get_running_loop().time()
+            while first.is_leader or sum(c.is_leader for c in clusters) != 1:
+                assert asyncio.get_running_loop().time() - t0 < 5, "no single controller"
+                await asyncio.sleep(0.02)
+            await asyncio.sleep(1.0)
+            assert sum(c.is_leader for c in clusters) == 1
+        finally:
+            for c in clusters:
+                await c.stop()
+            for s in servers:
+                s.core.store.close()
+
+    asyncio.run(scenario())

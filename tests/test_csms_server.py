@@ -281,3 +281,25 @@ def test_reconnect_drops_the_old_connection() -> None:
                 await asyncio.wait_for(old.recv(), min(TIMEOUT_S, 1.0))
 
     run(scenario)
+
+
+@pytest.mark.parametrize("shell_name", ["CSMS16", "CSMS201", "CSMS21"])
+def test_shell_sets_what_the_ocpp_library_sets(shell_name: str) -> None:
+    """ShellBase.__init__ stands in for ocpp.ChargePoint.__init__ (which builds the route
+    map anew for every connection): every attribute the library sets is there."""
+    import evtwin.csms.server as server_module
+
+    shell_cls = next(c for c in server_module.SHELLS.values() if c.__name__ == shell_name)
+    library_cls = next(c for c in shell_cls.__mro__ if c.__module__.startswith("ocpp.v"))
+
+    async def main() -> None:
+        core = make_core()
+        library = library_cls("CS1", object())
+        shell = shell_cls("CS1", object(), core, response_timeout=7)
+        assert set(vars(library)) <= set(vars(shell))
+        assert shell._response_timeout == 7
+        assert set(shell.route_map) | set(shell.wire_handlers) >= {
+            "BootNotification", "Heartbeat", "StatusNotification", "Authorize"}
+        core.store.close()
+
+    asyncio.run(main())

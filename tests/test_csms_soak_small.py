@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 def test_every_call_is_answered_and_a_storm_recovers(tmp_path: Path) -> None:
     report = run_load(tmp_path, 50, period_s=1.0, steady_s=6.0, ramp_per_s=200.0,
-                      storm_timeout_s=30.0)
+                      storm_timeout_s=30.0, spec_storm_backoff_s=(0.0, 2.0))
     print("\n" + format_report([report], "CSMS load, 50 stations"))
     assert report.server_alive
     assert report.started == 50 and report.start_failed == 0
@@ -31,6 +31,9 @@ def test_every_call_is_answered_and_a_storm_recovers(tmp_path: Path) -> None:
     assert {k: n for k, n in report.errors.items() if not k.startswith("dropped_by_storm")} == {}
     assert report.steady.n >= 50 * 4  # about 6 updates each; the harness really ran
     assert report.storm_dropped == 50 and report.storm_back == 50
+    # The second storm: every station back after OCPP's random reconnect back-off.
+    assert report.spec_storm is not None
+    assert report.spec_storm.dropped == 50 and report.spec_storm.back == 50
 
 
 def test_no_acknowledged_transaction_event_is_lost_after_kill_9(tmp_path: Path) -> None:
