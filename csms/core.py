@@ -148,13 +148,7 @@ class CSMSCore:
 
     def _restore(self) -> None:
         """Reload open transactions, installed profiles and accepted limits (after a restart)."""
-        for station_id, texts in self.store.installed_profiles().items():
-            profiles = self.profile_set(station_id)
-            for text in texts:
-                try:
-                    profiles.install(profile_from_json(text))
-                except (ProfileError, ValueError, KeyError, TypeError) as exc:
-                    log.warning("%s: stored profile not restored: %s", station_id, exc)
+        self._load_profiles(None)
         for tx in self.store.open_transactions():
             session = self._session_from_store(tx)
             self.sessions[(session.station_id, session.transaction_id)] = session
@@ -761,12 +755,7 @@ class CSMSCore:
             session = self._session_from_store(tx)
             session.ev_needs = evs_needs.get(session.transaction_id)
             self.sessions[(station_id, session.transaction_id)] = session
-        profiles = self.profiles[station_id] = ProfileSet()
-        for text in self.store.installed_profiles(station_id).get(station_id, []):
-            try:
-                profiles.install(profile_from_json(text))
-            except (ProfileError, ValueError, KeyError, TypeError) as exc:
-                log.warning("%s: stored profile not restored: %s", station_id, exc)
+        self._load_profiles(station_id)
         self._restore_limits(station_id)
         self.sessions_changed = True
 
@@ -783,16 +772,23 @@ class CSMSCore:
             fresh[key] = session
         self.sessions = fresh
         # Profiles other processes installed on the stations they hold.
-        self.profiles = {}
-        for station_id, texts in self.store.installed_profiles().items():
-            profiles = self.profile_set(station_id)
+        self._load_profiles(None)
+        self._restore_limits(None)
+
+    def _load_profiles(self, station_id: str | None) -> None:
+        """Take the installed profiles of every station (or one) from the store."""
+        if station_id is None:
+            self.profiles = {}
+        else:
+            self.profiles[station_id] = ProfileSet()
+        for sid, texts in self.store.installed_profiles(station_id).items():
+            profiles = self.profile_set(sid)
             for text in texts:
                 try:
                     profiles.install(profile_from_json(text))
                 except (ProfileError, ValueError, KeyError, TypeError) as exc:
-                    self._warn_once(("profile", station_id), "%s: stored profile not "
-                                    "restored: %s", station_id, exc)
-        self._restore_limits(None)
+                    self._warn_once(("profile", sid), "%s: stored profile not restored: %s",
+                                    sid, exc)
 
     def profile_sent(self, cmd: ProfileCommand, profile_id: int, status: str) -> None:
         """Record the station's answer to a SetChargingProfile."""
