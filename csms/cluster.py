@@ -133,7 +133,7 @@ class Cluster:
                 last = now
                 try:
                     self.core.refresh_sessions()
-                    sent = await self.server.control_cycle()
+                    sent = await self.server.control_cycle(in_thread=True)
                     failures = 0
                 except Exception as exc:  # the loop must outlive one bad cycle
                     failures += 1

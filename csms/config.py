@@ -114,6 +114,17 @@ class ServerSection(_Strict):
     """Security events older than this are deleted (checked hourly). None: kept."""
     security_event_max_rows: int | None = Field(100_000, ge=1)
     """At most this many security events are kept (the newest). None: no cap."""
+    ping_interval_s: float = Field(20.0, ge=0)
+    """Websocket ping to every station this often (0: never). Pings are how the
+    CSMS notices a station whose link died without a TCP reset; each costs a frame
+    each way (10,000 stations at 20 s: 500 pings a second). A longer interval saves
+    that CPU but keeps a dead station "connected" longer."""
+    ping_timeout_s: float = Field(20.0, ge=0)
+    """A ping not answered within this closes the connection (0: never)."""
+    stats_interval_s: float = Field(60.0, ge=0)
+    """Log a ``stats`` line this often: CALLs handled, server-side handling time
+    (p50/p99/max in ms, frame in to answer written) and event-loop lag since the
+    last line (also on SIGUSR1). 0: only on SIGUSR1."""
 
 
 class ControlSection(_Strict):

@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 from ocpp.exceptions import PropertyConstraintViolationError
-from ocpp.routing import on
 from ocpp.v16 import ChargePoint as _ChargePoint16
 from ocpp.v16.enums import Action as Action16
 
@@ -36,6 +35,7 @@ from .shell import (
     periods_from_wire,
     profile_to_wire_16,
     unknown_evse_is_a_property_violation,
+    wire,
 )
 
 #: 1.6 ``idTag``: CiString20.
@@ -104,38 +104,40 @@ class CSMS16(ShellBase, _ChargePoint16):
     known_actions: ClassVar[frozenset[str]] = frozenset(a.value for a in Action16)
 
     # -- station-initiated --------------------------------------------------
-    @on("BootNotification")
-    def on_boot_notification(self, charge_point_vendor: str, charge_point_model: str,
-                             **_: Any) -> Any:
-        r = self.core.on_boot(self.id, charge_point_vendor, charge_point_model)
-        return self._call_result.BootNotification(
-            current_time=r["current_time"], interval=r["interval"], status=r["status"])
+    # Wire handlers (see shell.wire): the request as received, the answer as sent,
+    # no snake/camel conversion and no dataclasses on the way.
+    @wire("BootNotification")
+    def on_boot_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
+        r = self.core.on_boot(self.id, payload["chargePointVendor"],
+                              payload["chargePointModel"])
+        return {"currentTime": r["current_time"], "interval": r["interval"],
+                "status": r["status"]}
 
-    @on("Heartbeat")
-    def on_heartbeat(self, **_: Any) -> Any:
-        return self._call_result.Heartbeat(
-            current_time=self.core.on_heartbeat(self.id))
+    @wire("Heartbeat")
+    def on_heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"currentTime": self.core.on_heartbeat(self.id)}
 
-    @on("StatusNotification")
-    def on_status_notification(self, connector_id: int, error_code: str, status: str,
-                               timestamp: str | None = None, **_: Any) -> Any:
+    @wire("StatusNotification")
+    def on_status_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
+        connector_id = payload["connectorId"]
         if connector_id != 0:  # 0 is the whole charge point
             with unknown_evse_is_a_property_violation():
-                self.core.on_status(self.id, connector_id, status,
-                                    timestamp or iso(self.core.clock()))
-        return self._call_result.StatusNotification()
+                self.core.on_status(self.id, connector_id, payload["status"],
+                                    payload.get("timestamp") or iso(self.core.clock()))
+        return {}
 
-    @on("Authorize")
-    def on_authorize(self, id_tag: str, **_: Any) -> Any:
-        return self._call_result.Authorize(
-            id_tag_info={"status": self.core.authorize(id_tag)})
+    @wire("Authorize")
+    def on_authorize(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return {"idTagInfo": {"status": self.core.authorize(payload["idTag"])}}
 
-    @on("StartTransaction")
-    def on_start_transaction(self, connector_id: int, id_tag: str, meter_start: int,
-                             timestamp: str, **_: Any) -> Any:
+    @wire("StartTransaction")
+    def on_start_transaction(self, payload: dict[str, Any]) -> dict[str, Any]:
+        connector_id = payload["connectorId"]
+        id_tag = payload["idTag"]
+        timestamp = payload["timestamp"]
         with unknown_evse_is_a_property_violation():
             self.core.check_evse(self.id, connector_id)
-        digest = message_digest("StartTransaction", self._raw_payload)
+        digest = message_digest("StartTransaction", payload)
         # A re-sent StartTransaction (its answer was lost) gets the transaction it
         # opened, not a second one.
         tx_id = self.core.store.transaction_with_digest(self.id, digest)
@@ -149,16 +151,17 @@ class CSMS16(ShellBase, _ChargePoint16):
                     "evse": {"id": connector_id, "connectorId": 1},
                     "idToken": {"idToken": id_tag, "type": "Central"},
                     "meterValue": [{"timestamp": timestamp, "sampledValue": [{
-                        "value": float(meter_start), "measurand": ENERGY,
+                        "value": float(payload["meterStart"]), "measurand": ENERGY,
                         "context": "Transaction.Begin", "unitOfMeasure": {"unit": "Wh"}}]}],
                 }, digest=digest)
-        return self._call_result.StartTransaction(
-            transaction_id=int(tx_id), id_tag_info={"status": self.core.authorize(id_tag)})
+        return {"transactionId": int(tx_id),
+                "idTagInfo": {"status": self.core.authorize(id_tag)}}
 
-    @on("MeterValues")
-    def on_meter_values(self, connector_id: int, meter_value: list[Any],
-                        transaction_id: int | None = None, **_: Any) -> Any:
-        samples = _samples_201(self._raw_payload["meterValue"], "meterValue")
+    @wire("MeterValues")
+    def on_meter_values(self, payload: dict[str, Any]) -> dict[str, Any]:
+        connector_id = payload["connectorId"]
+        transaction_id = payload.get("transactionId")
+        samples = _samples_201(payload["meterValue"], "meterValue")
         if transaction_id is not None:
             tx_id = str(transaction_id)
             with unknown_evse_is_a_property_violation(), invalid_message_is_a_call_error():
@@ -168,28 +171,27 @@ class CSMS16(ShellBase, _ChargePoint16):
                     "transactionInfo": {"transactionId": tx_id},
                     "evse": {"id": connector_id} if connector_id else None,
                     "meterValue": samples,
-                }, digest=message_digest("MeterValues", self._raw_payload))
+                }, digest=message_digest("MeterValues", payload))
         else:
             if connector_id != 0:
                 with unknown_evse_is_a_property_violation():
                     self.core.check_evse(self.id, connector_id)
             with invalid_message_is_a_call_error():
                 self.core.on_meter_values(self.id, connector_id, samples)
-        return self._call_result.MeterValues()
+        return {}
 
-    @on("StopTransaction")
-    def on_stop_transaction(self, meter_stop: int, timestamp: str, transaction_id: int,
-                            reason: str | None = None, id_tag: str | None = None,
-                            **_: Any) -> Any:
-        tx_id = str(transaction_id)
+    @wire("StopTransaction")
+    def on_stop_transaction(self, payload: dict[str, Any]) -> dict[str, Any]:
+        timestamp = payload["timestamp"]
+        tx_id = str(payload["transactionId"])
         # meterStop first: a Transaction.End register in transactionData (which
         # may carry decimals where meterStop is whole Wh) then refines it.
         samples = [{"timestamp": timestamp, "sampledValue": [{
-            "value": float(meter_stop), "measurand": ENERGY, "context": "Transaction.End",
-            "unitOfMeasure": {"unit": "Wh"}}]}]
-        samples += _samples_201(self._raw_payload.get("transactionData") or [],
-                                "transactionData")
-        payload: dict[str, Any] = {
+            "value": float(payload["meterStop"]), "measurand": ENERGY,
+            "context": "Transaction.End", "unitOfMeasure": {"unit": "Wh"}}]}]
+        samples += _samples_201(payload.get("transactionData") or [], "transactionData")
+        reason = payload.get("reason")
+        event: dict[str, Any] = {
             "eventType": "Ended", "timestamp": timestamp, "triggerReason": "EVDeparted",
             "seqNo": None,
             "transactionInfo": {"transactionId": tx_id,
@@ -200,11 +202,11 @@ class CSMS16(ShellBase, _ChargePoint16):
         # on connector 1: the core's default for a session it creates.
         with unknown_evse_is_a_property_violation(), invalid_message_is_a_call_error():
             self.core.on_transaction_event(
-                self.id, payload, digest=message_digest("StopTransaction", self._raw_payload))
-        result: dict[str, Any] = {}
-        if id_tag is not None:
-            result["id_tag_info"] = {"status": self.core.authorize(id_tag)}
-        return self._call_result.StopTransaction(**result)
+                self.id, event, digest=message_digest("StopTransaction", payload))
+        id_tag = payload.get("idTag")
+        if id_tag is None:
+            return {}
+        return {"idTagInfo": {"status": self.core.authorize(id_tag)}}
 
     # -- CSMS-initiated ---------------------------------------------------------
     async def send_limit(self, cmd: ProfileCommand) -> str:

@@ -55,7 +55,7 @@ from .security import (
     password_length_ok,
     verify_password,
 )
-from .shell import ShellBase
+from .shell import CallStats, ShellBase
 
 log = logging.getLogger("evtwin.csms.server")
 
@@ -207,6 +207,19 @@ class CSMSServer:
     ``replaced_close_timeout_s`` is how long the closing handshake of a
     connection replaced by a reconnect may take before its socket is dropped
     (it never delays the new connection).
+
+    ``ping_interval_s`` is how often the server pings every connection and
+    ``ping_timeout_s`` how long a pong may take before the connection is
+    considered lost (None: no pings / no timeout); websockets' defaults, 20 s
+    each. Pings are the CSMS's only way to notice a station whose link died
+    without a TCP reset (OCPP heartbeats only tell the station about the CSMS):
+    a longer interval costs fewer frames (at 10,000 stations 20 s is 500 pings a
+    second beside 1,000 TransactionEvents) but keeps a dead station's connection,
+    and its "connected" state, that much longer.
+
+    Every station CALL is timed from its frame's arrival until its answer is
+    written (:class:`~evtwin.csms.shell.CallStats` in ``call_stats``; see
+    :meth:`take_stats`).
     """
 
     def __init__(self, core: CSMSCore, *, host: str = "127.0.0.1", port: int = 0,
@@ -220,7 +233,9 @@ class CSMSServer:
                  security_events_per_minute: int = 10,
                  security_events_total_per_minute: int = 600,
                  scrypt_workers: int = 1, scrypt_queue: int = 32,
-                 replaced_close_timeout_s: float = 2.0) -> None:
+                 replaced_close_timeout_s: float = 2.0,
+                 ping_interval_s: float | None = 20.0,
+                 ping_timeout_s: float | None = 20.0) -> None:
         self.core = core
         self.host = host
         self.port = port
@@ -234,7 +249,12 @@ class CSMSServer:
         #: the connections over them); for processes sharing a PostgreSQL store.
         self.reuse_port = reuse_port
         self.replaced_close_timeout_s = replaced_close_timeout_s
+        self.ping_interval_s = ping_interval_s
+        self.ping_timeout_s = ping_timeout_s
         self.frames = {"in": 0, "out": 0}
+        #: Handling time of every station CALL since the last :meth:`take_stats`.
+        self.call_stats = CallStats()
+        self._frames_taken = dict(self.frames)
         # None: no limit (the twin's own stations run faster than any real one).
         self.max_frames_per_s = max_frames_per_s
         self.max_frames_burst = max_frames_burst
@@ -460,6 +480,7 @@ class CSMSServer:
                                       burst=self.max_frames_burst)
         cp = shell(identity, counting,
                    self.core, response_timeout=self.response_timeout_s)
+        cp.call_stats = self.call_stats
         previous = self.connections.get(identity)
         self.connections[identity] = cp
         self._sockets[identity] = connection
@@ -511,6 +532,7 @@ class CSMSServer:
             create_connection=connection_class,
             logger=_RedactingLogger(logging.getLogger("websockets.server"), {}),
             backlog=self.backlog, reuse_port=self.reuse_port or None,
+            ping_interval=self.ping_interval_s, ping_timeout=self.ping_timeout_s,
             **tls,
         )
         sock = next(iter(self._server.sockets))
@@ -551,6 +573,17 @@ class CSMSServer:
             await asyncio.wait(self._background)
         self.audit.close()  # suppressed counts are written, not lost
         self.verifier.close()
+
+    def take_stats(self) -> dict[str, Any]:
+        """The CALL timings (see :meth:`CallStats.take`), frames in and out and open
+        connections since the last call, and start a new window."""
+        out = self.call_stats.take()
+        frames = dict(self.frames)
+        out["frames_in"] = frames["in"] - self._frames_taken["in"]
+        out["frames_out"] = frames["out"] - self._frames_taken["out"]
+        self._frames_taken = frames
+        out["connections"] = len(self.connections)
+        return out
 
     async def __aenter__(self) -> CSMSServer:
         await self.start()

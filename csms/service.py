@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import json
 import logging
+import logging.handlers
+import math
+import queue
 import signal
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -42,18 +47,161 @@ class JsonFormatter(logging.Formatter):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:  # formatted already (a record that came through a queue)
+            out["exc"] = record.exc_text
         return json.dumps(out, default=str)
 
 
-def setup_json_logging(level: int = logging.INFO) -> None:
-    """Send structured logs to stderr (the ``ocpp`` library's per-frame logs stay quiet)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+class _LogQueueHandler(logging.handlers.QueueHandler):
+    """Hands records to the logging thread; drops (and counts) them if it is far behind.
+
+    Only the message's %-formatting and the traceback text happen in the caller
+    (so the record no longer refers to mutable arguments or frames); the JSON
+    and the write to stderr happen in the thread.
+    """
+
+    def __init__(self, q: queue.Queue[logging.LogRecord]) -> None:
+        super().__init__(q)
+        #: Records dropped because the queue was full (stderr not keeping up).
+        self.dropped = 0
+        self._exc_formatter = logging.Formatter()
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        """A copy of ``record`` with its message formatted and its traceback as text."""
+        record = logging.makeLogRecord(record.__dict__)
+        record.msg = record.getMessage()
+        record.args = None
+        if record.exc_info:
+            record.exc_text = self._exc_formatter.formatException(record.exc_info)
+            record.exc_info = None
+        return record
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        """Queue the record, or count it as dropped if the queue is full."""
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+
+#: The logging thread of :func:`setup_json_logging` (None before it ran).
+_listener: logging.handlers.QueueListener | None = None
+_queue_handler: _LogQueueHandler | None = None
+_listener_lock = threading.Lock()
+
+
+def stop_json_logging() -> None:
+    """Write every queued log line and stop the logging thread (idempotent; also at exit)."""
+    global _listener, _queue_handler
+    with _listener_lock:
+        listener, _listener = _listener, None
+        if listener is not None:
+            listener.stop()  # processes what is queued, then joins the thread
+            for handler in listener.handlers:
+                handler.flush()
+
+
+def log_lines_dropped() -> int:
+    """Log records dropped so far because the logging thread fell behind."""
+    return _queue_handler.dropped if _queue_handler is not None else 0
+
+
+def setup_json_logging(level: int = logging.INFO, *, max_queued: int = 100_000) -> None:
+    """Send structured logs to stderr (the ``ocpp`` library's per-frame logs stay quiet).
+
+    Formatting and writing happen in a thread (a QueueListener), so a reconnect
+    storm's thousands of lines, or a slow reader of stderr, do not stall the
+    event loop. At most ``max_queued`` records wait; beyond that new ones are
+    dropped and counted (:func:`log_lines_dropped`) rather than let memory grow.
+    What is queued is written at interpreter exit (or by :func:`stop_json_logging`);
+    a SIGKILL loses it.
+    """
+    global _listener, _queue_handler
+    stop_json_logging()
+    stream = logging.StreamHandler()
+    stream.setFormatter(JsonFormatter())
+    q: queue.Queue[logging.LogRecord] = queue.Queue(max_queued)
+    handler = _LogQueueHandler(q)
+    with _listener_lock:
+        _queue_handler = handler
+        _listener = logging.handlers.QueueListener(q, stream)
+        _listener.start()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("ocpp").setLevel(logging.WARNING)
     logging.getLogger("websockets").setLevel(logging.WARNING)
+
+
+# At exit, before the interpreter tears down: the last lines ("stopped") get out.
+atexit.register(stop_json_logging)
+
+
+class LoopLag:
+    """How late the event loop wakes a task that sleeps ``period_s`` (its lag, in ms).
+
+    Large lag means frames wait in buffers before any handler runs: time the
+    per-CALL handling figures do not include.
+    """
+
+    def __init__(self, period_s: float = 0.1) -> None:
+        self.period_s = period_s
+        self.samples_ms: list[float] = []
+
+    async def run(self) -> None:
+        """Sample until cancelled."""
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(self.period_s)
+            self.samples_ms.append((time.perf_counter() - t - self.period_s) * 1000.0)
+
+    def take(self) -> dict[str, float | None]:
+        """p50, p99 and max lag (ms) since the last call, and start anew."""
+        s = sorted(self.samples_ms)
+        self.samples_ms = []
+        if not s:
+            return {"loop_lag_p50_ms": None, "loop_lag_p99_ms": None, "loop_lag_max_ms": None}
+
+        def q(p: float) -> float:
+            return round(s[min(len(s), max(1, math.ceil(p / 100.0 * len(s)))) - 1], 2)
+
+        return {"loop_lag_p50_ms": q(50), "loop_lag_p99_ms": q(99),
+                "loop_lag_max_ms": round(s[-1], 2)}
+
+
+def log_stats(server: CSMSServer, lag: LoopLag | None, trigger: str) -> dict[str, Any]:
+    """Log one ``stats`` line (the window since the last one) and return its fields."""
+    fields: dict[str, Any] = {"event": "stats", "trigger": trigger, **server.take_stats()}
+    if lag is not None:
+        fields.update(lag.take())
+    fields["log_dropped"] = log_lines_dropped()
+    wal = server.core.store.checkpointer
+    if wal is not None:
+        fields.update(wal_frames=wal.wal_frames, wal_restarts=wal.restarts,
+                      wal_restart_max_ms=round(wal.longest_restart_s * 1000.0, 1))
+    hist = fields.pop("hist")
+    # Bucket -> count as strings, so the line stays plain JSON (see CallStats).
+    fields["hist"] = {str(k): v for k, v in hist.items()}
+    log.info("stats: %d calls, p50 %s ms, p99 %s ms, max %s ms", fields["calls"],
+             fields["p50_ms"], fields["p99_ms"], fields["max_ms"], extra=fields)
+    return fields
+
+
+async def stats_loop(server: CSMSServer, interval_s: float | None, wake: asyncio.Event, *,
+                     lag: LoopLag | None = None) -> None:
+    """Log a ``stats`` line every ``interval_s`` (None: never by time) and whenever
+    ``wake`` is set (SIGUSR1); runs until cancelled."""
+    while True:
+        try:
+            await asyncio.wait_for(wake.wait(), interval_s)
+            trigger = "signal"
+            wake.clear()  # only here: a signal that came just after a timeout is kept
+        except TimeoutError:
+            trigger = "timer"
+        try:
+            log_stats(server, lag, trigger)
+        except Exception:  # statistics must never take the CSMS down
+            log.exception("stats line failed")
 
 
 async def control_loop(server: CSMSServer, interval_s: float, *, poll_s: float = 0.5,
@@ -148,16 +296,21 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                             security_events_per_minute=s.security_events_per_minute,
                             security_events_total_per_minute=s.security_events_total_per_minute,
                             reuse_port=s.reuse_port if s.reuse_port is not None
-                            else store.shared)
+                            else store.shared,
+                            ping_interval_s=s.ping_interval_s or None,
+                            ping_timeout_s=s.ping_timeout_s or None)
         api = None
         if api_port is not None:
             assert api_token_hash is not None  # checked above
             api = OperatorAPI(server, token_hash=api_token_hash, host=api_host, port=api_port)
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
-                loop.add_signal_handler(sig, stop.set)
+        stats_wake = asyncio.Event()
+        for sig, callback in ((signal.SIGINT, stop.set), (signal.SIGTERM, stop.set),
+                              (signal.SIGUSR1, stats_wake.set)):
+            with contextlib.suppress(NotImplementedError, RuntimeError,  # not the main thread
+                                     AttributeError):  # no SIGUSR1 (Windows)
+                loop.add_signal_handler(sig, callback)
         await server.start()
         try:
             if api is not None:
@@ -181,9 +334,15 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
             housekeeper = asyncio.create_task(security_housekeeping(
                 server, retention_days=s.security_event_retention_days,
                 max_rows=s.security_event_max_rows))
+            lag = LoopLag()
+            lag_task = asyncio.create_task(lag.run())
+            stats_task = asyncio.create_task(stats_loop(
+                server, s.stats_interval_s or None, stats_wake, lag=lag))
             try:
                 await stop.wait()
             finally:
+                lag_task.cancel()
+                stats_task.cancel()
                 if controller is not None:
                     controller.cancel()
                 if cluster is not None:

@@ -24,6 +24,8 @@ import decimal
 import inspect
 import json
 import logging
+import math
+import time
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping
@@ -155,6 +157,80 @@ def wire(action: str) -> Callable[[WireHandler], WireHandler]:
         func._wire_action = action  # type: ignore[attr-defined]
         return func
     return mark
+
+
+class CallStats:
+    """Server-side handling time of station CALLs: frame received until its
+    CALLRESULT (or CALLERROR) is written to the transport, in a fixed log-scale
+    histogram.
+
+    Bucket ``i`` holds times up to ``2 ** ((i + 1) / BUCKETS_PER_DOUBLING)`` µs
+    (about 19 % wide), so recording is a log and two increments, and windows from
+    several log lines (or processes) merge exactly by adding their buckets.
+    :meth:`take` returns the window's figures and starts a new one.
+    """
+
+    BUCKETS_PER_DOUBLING = 4
+    #: Bucket 0 holds everything up to 2 ** (1/4) µs; the last everything from ~18 min.
+    N_BUCKETS = 4 * 30
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.counts = [0] * self.N_BUCKETS
+        self.by_action: dict[str, int] = {}
+        self.errors = 0
+        self.n = 0
+        self.max_s = 0.0
+        self.since = time.monotonic()
+
+    def record(self, action: str, took_s: float, *, error: bool = False) -> None:
+        """Count one handled CALL that took ``took_s`` seconds."""
+        us = took_s * 1e6
+        i = int(math.log2(us) * self.BUCKETS_PER_DOUBLING) if us > 1.0 else 0
+        self.counts[i if i < self.N_BUCKETS else self.N_BUCKETS - 1] += 1
+        self.n += 1
+        self.by_action[action] = self.by_action.get(action, 0) + 1
+        if error:
+            self.errors += 1
+        if took_s > self.max_s:
+            self.max_s = took_s
+
+    @classmethod
+    def upper_ms(cls, bucket: int) -> float:
+        """The upper edge of ``bucket`` in ms (what a percentile in it reports)."""
+        return 2.0 ** ((bucket + 1) / cls.BUCKETS_PER_DOUBLING) / 1000.0
+
+    @classmethod
+    def percentile_ms(cls, counts: Mapping[int, int], q: float) -> float:
+        """Nearest-rank percentile ``q`` (0-100) of a histogram, as its bucket's upper
+        edge in ms (an overestimate of at most one bucket width); NaN if empty."""
+        total = sum(counts.values())
+        if not total:
+            return math.nan
+        rank = max(1, math.ceil(q / 100.0 * total))
+        seen = 0
+        for bucket in sorted(counts):
+            seen += counts[bucket]
+            if seen >= rank:
+                return cls.upper_ms(bucket)
+        return math.nan  # unreachable
+
+    def take(self) -> dict[str, Any]:
+        """The window so far (counts, p50/p99/max in ms, the sparse histogram) and a new one."""
+        hist = {i: c for i, c in enumerate(self.counts) if c}
+        out = {"window_s": round(time.monotonic() - self.since, 3), "calls": self.n,
+               "errors": self.errors, "by_action": dict(sorted(self.by_action.items())),
+               # A bucket's edge may lie above the largest time in it: capped at the max.
+               "p50_ms": round(min(self.percentile_ms(hist, 50), self.max_s * 1000.0), 3)
+               if self.n else None,
+               "p99_ms": round(min(self.percentile_ms(hist, 99), self.max_s * 1000.0), 3)
+               if self.n else None,
+               "max_ms": round(self.max_s * 1000.0, 3) if self.n else None,
+               "hist": hist}
+        self._reset()
+        return out
 
 
 def answer(payload: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
@@ -499,6 +575,8 @@ class ShellBase(ABC):
     #: per class instead of once per connection (it looks up every ``@on`` name of
     #: every loaded module on the object).
     _class_routes: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Where handled CALLs are timed (the server sets it per connection); None: not timed.
+    call_stats: CallStats | None = None
 
     core: CSMSCore
     _raw_payload: dict[str, Any]
@@ -578,6 +656,7 @@ class ShellBase(ABC):
         station gets InternalError. Either way nothing was applied (the core
         validates before it changes state), so a corrected re-send is handled as new.
         """
+        received = time.perf_counter()
         try:
             frame = decode_frame(raw_msg, version=self.version)
         except FrameError as exc:
@@ -587,7 +666,12 @@ class ShellBase(ABC):
                 await self._send_error(exc.message_id, exc.code, exc.description)
             return
         if isinstance(frame, Call):
-            await self._answer_call(frame)
+            failed = await self._answer_call(frame)
+            stats = self.call_stats
+            if stats is not None:
+                # Only known names: a fuzzer's made-up actions must not grow the counts.
+                action = frame.action if frame.action in self.known_actions else "(unknown)"
+                stats.record(action, time.perf_counter() - received, error=failed)
         elif isinstance(frame, CallResult | CallError):
             if not self._call_lock.locked():
                 # A CALLRESULT/CALLERROR when we are waiting for none: an unknown
@@ -611,11 +695,12 @@ class ShellBase(ABC):
         while True:
             await self.route_message(await recv())
 
-    async def _answer_call(self, call: Call) -> None:
+    async def _answer_call(self, call: Call) -> bool:
+        """Answer one CALL; True if the answer was a CALLERROR."""
         refusal = self._refuse_call(call.action)
         if refusal is not None:
             await self._send_error(call.message_id, *refusal)
-            return
+            return True
         handlers: dict[str, Any] = {}
         kwargs: dict[str, Any] = {}
         try:
@@ -638,19 +723,19 @@ class ShellBase(ABC):
         except SchemaViolation as exc:
             self._log_refusal(call.action, exc.code, exc.message)
             await self._send_error(call.message_id, exc.code, exc.message)
-            return
+            return True
         except OCPPError as exc:
             description = str(exc.description or exc.code)
             self._log_refusal(call.action, exc.code, description)
             await self._send_error(call.message_id, exc.code, description)
-            return
+            return True
         except Exception as exc:
             log.error("%s: %s failed: %s: %.200s", self.id, call.action, type(exc).__name__,
                       exc, extra={"event": "handler_failed", "station": self.id,
                                   "action": call.action})
             await self._send_error(call.message_id, "InternalError",
                                    f"{call.action} could not be processed")
-            return
+            return True
         finally:
             self._raw_payload = {}
         await self._send(_dumps([3, call.message_id, payload]))
@@ -661,6 +746,7 @@ class ShellBase(ABC):
                 task = asyncio.ensure_future(follow_up)
                 self._after_tasks.add(task)
                 task.add_done_callback(self._after_tasks.discard)
+        return False
 
     async def _send(self, message: str) -> None:
         await self._connection.send(message)

@@ -21,8 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 import sqlite3
+import threading
+import time
+import weakref
 from collections.abc import Container, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,94 @@ from typing import Any
 from .exceptions import StoreError
 
 SCHEMA_VERSION = 4
+
+log = logging.getLogger("evtwin.csms.store")
+
+
+class WalCheckpointer:
+    """Checkpoints a SQLite file's write-ahead log from a thread of its own.
+
+    SQLite's automatic checkpoint runs inside the commit that fills the WAL, on
+    the connection that commits: in the CSMS that is the event loop, so every
+    station waited for the copy and its two fsyncs. With the serving
+    connection's ``wal_autocheckpoint`` off, this thread runs a PASSIVE
+    checkpoint on its own connection every ``interval_s``: it copies what was
+    committed without ever blocking the writer. Under steady writes a passive
+    checkpoint never catches up with the end of the log, so the log would only
+    grow; once it holds ``restart_frames`` frames a RESTART follows the passive
+    one: it blocks the writer only while it copies the few frames written since
+    (and syncs), and the next commit starts the log again from the beginning.
+
+    Durability is unchanged: a commit is in the WAL (synchronous=NORMAL) before
+    the CSMS answers, whoever copies it later; other processes read the WAL too.
+    """
+
+    def __init__(self, path: str, *, interval_s: float = 1.0, restart_frames: int = 16384,
+                 busy_timeout_s: float = 1.0) -> None:
+        self.path = path
+        self.interval_s = interval_s
+        self.restart_frames = restart_frames
+        self.busy_timeout_s = busy_timeout_s
+        #: Checkpoints run (passive, restart), the log's size in frames after the
+        #: last one, and the longest restart (s): for the ``stats`` log line.
+        self.passive = 0
+        self.restarts = 0
+        self.wal_frames = 0
+        self.longest_restart_s = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Start the thread (a daemon: an unclosed store does not keep a process alive)."""
+        self._thread = threading.Thread(target=self._run, name="wal-checkpoint", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        failing = False
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                 timeout=self.busy_timeout_s)
+        except sqlite3.Error as exc:
+            log.warning("%s: WAL checkpoints off: %s", self.path, exc,
+                        extra={"event": "wal_checkpoint_failed"})
+            return
+        try:
+            while not self._stop.wait(self.interval_s):
+                try:
+                    self.checkpoint(db)
+                    failing = False
+                except sqlite3.Error as exc:  # retried next round; logged once per streak
+                    if not failing:
+                        log.warning("%s: WAL checkpoint failed: %s", self.path, exc,
+                                    extra={"event": "wal_checkpoint_failed"})
+                    failing = True
+        finally:
+            db.close()
+
+    def checkpoint(self, db: sqlite3.Connection) -> None:
+        """One round: a passive checkpoint, and a restart if the log is long."""
+        _, frames, _ = db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self.passive += 1
+        self.wal_frames = frames
+        if frames >= self.restart_frames:
+            started = time.perf_counter()
+            busy, frames, _ = db.execute("PRAGMA wal_checkpoint(RESTART)").fetchone()
+            if not busy:
+                self.restarts += 1
+                self.wal_frames = frames
+                self.longest_restart_s = max(self.longest_restart_s,
+                                             time.perf_counter() - started)
+
+    def halt(self) -> None:
+        """Ask the thread to stop after its current round, without waiting."""
+        self._stop.set()
+
+    def stop(self) -> None:
+        """Stop the thread and wait for it (its connection closes with it)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -272,6 +364,9 @@ class Store:
         self.shared = is_database_url(self.path)
         self._pg: Any = None
         self._db: sqlite3.Connection | None = None
+        #: Checkpoints a SQLite file's WAL off the committing thread (None for
+        #: ":memory:" and PostgreSQL).
+        self.checkpointer: WalCheckpointer | None = None
         if self.shared:
             self._open_postgres()
         else:
@@ -286,15 +381,16 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
         self._db.row_factory = sqlite3.Row
-        if self.path != ":memory:":
-            self._db.execute("PRAGMA journal_mode=WAL")
+        wal = self.path != ":memory:" and str(self._db.execute(
+            "PRAGMA journal_mode=WAL").fetchone()[0]).lower() == "wal"
         self._db.execute("PRAGMA synchronous=NORMAL")
-        # A checkpoint (copying the WAL into the database, with the only fsyncs of
-        # synchronous=NORMAL) runs inside the commit that fills the WAL, so in the
-        # event loop: every 4,000 pages (16 MiB) instead of SQLite's 1,000 costs
-        # fewer, cheaper checkpoints per event (pages written again before a
-        # checkpoint are copied once) while each stays around 15 ms.
-        self._db.execute("PRAGMA wal_autocheckpoint=4000")
+        if wal:
+            # A checkpoint (copying the WAL into the database, with the only
+            # fsyncs of synchronous=NORMAL) would run inside the commit that fills
+            # the WAL, so in the event loop: a thread does it (WalCheckpointer).
+            self._db.execute("PRAGMA wal_autocheckpoint=0")
+            # When the log starts over, its file is cut back to this (bytes).
+            self._db.execute("PRAGMA journal_size_limit=67108864")
         self._db.execute("PRAGMA foreign_keys=ON")
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         #: The schema the database had when opened (0: a new one).
@@ -316,6 +412,11 @@ class Store:
                     if statement.strip():
                         self._db.execute(statement)
                 self._db.execute(f"PRAGMA user_version={target}")
+        if wal:
+            self.checkpointer = WalCheckpointer(self.path)
+            self.checkpointer.start()
+            # A store dropped without close() (tests) must not leave its thread running.
+            weakref.finalize(self, self.checkpointer.halt)
 
     def _connect_postgres(self) -> Any:
         import psycopg  # only a shared store needs it
@@ -411,6 +512,9 @@ class Store:
 
     def close(self) -> None:
         """Close the database."""
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
+            self.checkpointer = None
         if self._pg is not None:
             self._pg.close()
         elif self._db is not None:

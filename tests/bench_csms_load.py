@@ -11,8 +11,15 @@ Sizes from the environment: ``EVTWIN_LOAD_STATIONS`` (10000),
 ``EVTWIN_LOAD_BASELINE`` (1000; 0 skips it), ``EVTWIN_LOAD_PERIOD_S`` (10),
 ``EVTWIN_LOAD_DURATION_S`` (60, steady phase), ``EVTWIN_LOAD_RAMP_PER_S``
 (250 new stations a second), ``EVTWIN_LOAD_WORKERS`` (client processes;
-default one per 5,000 stations), ``EVTWIN_LOAD_BACKOFF_RANGE_S`` (30; the
-second storm's RetryBackOffRandomRange). Harness: tests/loadgen.py.
+default: see ``loadgen.default_workers``), ``EVTWIN_LOAD_BACKOFF_RANGE_S`` (30; the
+second storm's RetryBackOffRandomRange), ``EVTWIN_LOAD_PING_INTERVAL_S`` (20, the
+CSMS's websocket ping interval, its default; 0: none). Harness: tests/loadgen.py.
+
+Two latencies are reported and must not be confused: *end-to-end* is what the
+client stations measure (CALL sent until CALLRESULT read), which includes the
+clients' own event-loop lag (they share the machine's CPUs with the CSMS);
+*server-side* is the CSMS's own handling time (frame received until the
+answer is written), from its ``stats`` log lines, with its loop lag beside it.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ def test_csms_load_storm_memory_startup(benchmark: Any, tmp_path: Path) -> None:
         "ramp_per_s": env_float("EVTWIN_LOAD_RAMP_PER_S", 250.0),
         "workers": workers,
         "spec_storm_backoff_s": (0.0, env_float("EVTWIN_LOAD_BACKOFF_RANGE_S", 30.0)),
+        "ping_interval_s": env_float("EVTWIN_LOAD_PING_INTERVAL_S", 20.0),
     }
     reports: list[LoadReport] = []
     if 0 < baseline < stations:
@@ -58,9 +66,15 @@ def test_csms_load_storm_memory_startup(benchmark: Any, tmp_path: Path) -> None:
     te = big.latency_by_action.get("TransactionEvent")
     p99 = te.p99 if te else math.nan
     all_back = bool(big.storm_dropped) and big.storm_back_within_timeout == big.storm_dropped
+    srv = big.server_steady
     targets = [
-        f"p99 TransactionEvent round trip < 100 ms: {p99:.1f} ms "
-        f"-> {'met' if p99 < 100 else 'NOT met'}",
+        f"p99 TransactionEvent round trip < 100 ms: end-to-end (clients) {p99:.1f} ms "
+        f"-> {'met' if p99 < 100 else 'NOT met'}; server-side p99 {srv.p99:.2f} ms "
+        f"(max {srv.max:.1f} ms) -> {'met' if srv.p99 < 100 else 'NOT met'}; client loop "
+        f"lag p99 {big.client_lag_steady_p99_ms:.1f} ms, server loop lag p99 "
+        f"{srv.loop_lag_p99:.1f} ms",
+        f"answers/s in steady state: {big.steady_answers_per_s:.0f} (clients), "
+        f"{srv.answers_per_s:.0f} (server) for {big.stations / big.period_s:.0f} offered",
         f"all {big.storm_dropped:,} stations back within 60 s after the storm: "
         f"{big.storm_back_within_timeout:,} -> "
         f"{'met' if all_back else 'NOT met'}",
@@ -82,7 +96,9 @@ def test_csms_load_storm_memory_startup(benchmark: Any, tmp_path: Path) -> None:
             f"{_ratio(big.startup_listening_s, small.startup_listening_s)}")
     print("targets:\n  " + "\n  ".join(targets))
     benchmark.extra_info.update({
-        "stations": stations, "p99_ms": p99, "storm_back": big.storm_back,
+        "stations": stations, "p99_ms": p99, "server_p99_ms": srv.p99,
+        "server_p50_ms": srv.p50, "server_max_ms": srv.max,
+        "client_lag_p99_ms": big.client_lag_steady_p99_ms, "storm_back": big.storm_back,
         "storm_dropped": big.storm_dropped, "storm_all_back_s": big.storm_all_back_s,
         "spec_storm_back": big.spec_storm.back if big.spec_storm else None,
         "spec_storm_all_back_s": big.spec_storm.all_back_s if big.spec_storm else None,

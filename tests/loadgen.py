@@ -130,14 +130,18 @@ def station_ids(n: int, prefix: str = "LS") -> list[str]:
 def write_config(path: Path, ids: Sequence[str], *, strategy: str = "uncontrolled",
                  site_size: int = 0, site_limit_kw: float | None = None,
                  max_frames_per_s: float = 20.0, max_frames_burst: float = 200.0,
-                 max_frame_bytes: int = 65536, interval_s: float = 10.0) -> Path:
+                 max_frame_bytes: int = 65536, interval_s: float = 10.0,
+                 ping_interval_s: float = 20.0, stats_interval_s: float = 5.0) -> Path:
     """A CSMS config TOML accepting ``ids`` (one EVSE of 11 kW each) and the token ID_TAG.
 
     ``site_size`` > 0 groups the stations into sites of that many, each with
     ``site_limit_kw`` (so a controlling strategy has something to share);
-    0 puts them all on one site without a limit.
+    0 puts them all on one site without a limit. ``ping_interval_s`` is the CSMS's
+    websocket ping interval (0: none); ``stats_interval_s`` how often it logs its
+    ``stats`` line (server-side CALL handling time).
     """
     lines = ["[server]", f"max_frames_per_s = {max_frames_per_s}",
+             f"ping_interval_s = {ping_interval_s}", f"stats_interval_s = {stats_interval_s}",
              f"max_frames_burst = {max_frames_burst}", f"max_frame_bytes = {max_frame_bytes}",
              "", "[control]", f'strategy = "{strategy}"', f"interval_s = {interval_s}", "",
              "[tokens]", f'accepted = ["{ID_TAG}"]', ""]
@@ -176,6 +180,8 @@ class CsmsProcess:
         self.events: Counter[str] = Counter()
         self.lines: list[dict[str, Any]] = []
         self.listening: dict[str, Any] = {}
+        #: Every ``stats`` line (server-side CALL timings), in order.
+        self.stats: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     def __enter__(self) -> CsmsProcess:
@@ -209,6 +215,9 @@ class CsmsProcess:
             event = str(entry.get("event", entry.get("level", "raw")))
             with self._lock:
                 self.events[event] += 1
+                if event == "stats":
+                    self.stats.append(entry)
+                    continue
                 if event == "listening" and self.listening_at is None:
                     self.listening_at = time.monotonic()
                     self.listening = entry
@@ -238,6 +247,23 @@ class CsmsProcess:
                                    f"{self.lines[-20:]}")
             time.sleep(0.005)
         raise RuntimeError(f"csms serve did not log 'listening' within {timeout_s} s")
+
+    def mark(self, timeout_s: float = 30.0) -> int:
+        """Close the server's statistics window now (SIGUSR1); return the number of
+        ``stats`` lines up to and including the one that closed it (-1 if none came)."""
+        with self._lock:
+            seen = len(self.stats)
+        if not self.alive():
+            return -1
+        os.kill(self.pid, signal.SIGUSR1)
+        deadline = time.monotonic() + timeout_s * SCALE
+        while time.monotonic() < deadline and self.alive():
+            with self._lock:
+                for i in range(seen, len(self.stats)):
+                    if self.stats[i].get("trigger") == "signal":
+                        return i + 1
+            time.sleep(0.01)
+        return -1
 
     def url(self, station: str) -> str:
         """The websocket URL of ``station``."""
@@ -394,6 +420,7 @@ class Worker:
         self.started = 0
         self.start_failed = 0
         self.loop_lag_ms: list[float] = []
+        self.loop_lag_by_phase: dict[str, list[float]] = {}
         self.watch_at: float | None = None
         self.fuzz_stats: Counter[str] = Counter()
 
@@ -502,7 +529,9 @@ class Worker:
         while not self.stopping.is_set():
             t = time.perf_counter()
             await asyncio.sleep(0.1)
-            self.loop_lag_ms.append(round((time.perf_counter() - t - 0.1) * 1000, 2))
+            lag = round((time.perf_counter() - t - 0.1) * 1000, 2)
+            self.loop_lag_ms.append(lag)
+            self.loop_lag_by_phase.setdefault(self.phase, []).append(lag)
 
     def report(self) -> dict[str, Any]:
         """Everything the parent aggregates (raw samples, so workers merge exactly)."""
@@ -512,7 +541,8 @@ class Worker:
                 "calls": self.calls, "answered": self.answered, "started": self.started,
                 "start_failed": self.start_failed, "acked": acked,
                 "unacked_pending": sum(1 for s in self.stations if s.pending is not None),
-                "loop_lag_ms": self.loop_lag_ms, "fuzz": dict(self.fuzz_stats),
+                "loop_lag_ms": self.loop_lag_ms, "loop_lag_by_phase": self.loop_lag_by_phase,
+                "fuzz": dict(self.fuzz_stats),
                 "connects": sum(s.connects for s in self.stations)}
 
 
@@ -987,6 +1017,51 @@ class Latency:
 
 
 @dataclass
+class ServerLatency:
+    """The CSMS's own figures for a phase, from its ``stats`` lines: CALL handling time
+    (frame received until the answer is written; ms, to one bucket of ~19 %),
+    answers per second and its event-loop lag (ms; lag is time frames wait before
+    any handler runs, which the handling time does not include)."""
+
+    n: int = 0
+    p50: float = math.nan
+    p99: float = math.nan
+    max: float = math.nan
+    answers_per_s: float = math.nan
+    loop_lag_p99: float = math.nan
+    """The worst of the windows' p99 loop lag."""
+    loop_lag_max: float = math.nan
+    windows: int = 0
+
+    @classmethod
+    def of(cls, lines: Sequence[dict[str, Any]]) -> ServerLatency:
+        """Merge the histograms of consecutive ``stats`` lines."""
+        from evtwin.csms.shell import CallStats
+
+        hist: Counter[int] = Counter()
+        out = cls(windows=len(lines))
+        window_s = 0.0
+
+        def worst(key: str) -> float:
+            values = [float(line[key]) for line in lines if line.get(key) is not None]
+            return max(values) if values else math.nan
+
+        for line in lines:
+            hist.update({int(k): int(v) for k, v in line.get("hist", {}).items()})
+            out.n += int(line.get("calls", 0))
+            window_s += float(line.get("window_s", 0.0))
+        out.max = worst("max_ms")
+        out.loop_lag_p99 = worst("loop_lag_p99_ms")
+        out.loop_lag_max = worst("loop_lag_max_ms")
+        # A bucket's upper edge may lie above the largest time seen: capped at the max.
+        out.p50 = min(CallStats.percentile_ms(hist, 50), out.max)
+        out.p99 = min(CallStats.percentile_ms(hist, 99), out.max)
+        if window_s > 0:
+            out.answers_per_s = out.n / window_s
+        return out
+
+
+@dataclass
 class LoadReport:
     """The figures of one load run (times in s, latencies in ms, memory in KiB)."""
 
@@ -1015,6 +1090,12 @@ class LoadReport:
     """The second storm, with OCPP's reconnect back-off (see ``run_load``)."""
     client_lag_p99_ms: float = math.nan
     client_lag_max_ms: float = math.nan
+    client_lag_steady_p99_ms: float = math.nan
+    client_lag_steady_max_ms: float = math.nan
+    steady_s: float = math.nan
+    """How long the steady phase lasted (s)."""
+    server: dict[str, ServerLatency] = field(default_factory=dict)
+    """The CSMS's own figures per phase (``steady``, ``storm``), from its stats lines."""
     server_alive: bool = True
     server_warnings: int = 0
     notes: list[str] = field(default_factory=list)
@@ -1031,6 +1112,18 @@ class LoadReport:
         """Latency of every CALL in the steady phase."""
         return self.latency.get("steady", Latency())
 
+    @property
+    def steady_answers_per_s(self) -> float:
+        """CALLRESULTs the clients got per second in the steady phase."""
+        if not self.steady.n or not self.steady_s or math.isnan(self.steady_s):
+            return math.nan
+        return self.steady.n / self.steady_s
+
+    @property
+    def server_steady(self) -> ServerLatency:
+        """The CSMS's own figures for the steady phase."""
+        return self.server.get("steady", ServerLatency())
+
 
 def merge_reports(report: LoadReport, parts: Sequence[dict[str, Any]]) -> None:
     """Fold the workers' final reports into ``report``."""
@@ -1038,6 +1131,7 @@ def merge_reports(report: LoadReport, parts: Sequence[dict[str, Any]]) -> None:
     by_action: dict[str, list[float]] = {}
     errors: Counter[str] = Counter()
     lag: list[float] = []
+    steady_lag: list[float] = []
     for part in parts:
         for phase, samples in part["latency_ms"].items():
             lat.setdefault(phase, []).extend(samples)
@@ -1049,12 +1143,16 @@ def merge_reports(report: LoadReport, parts: Sequence[dict[str, Any]]) -> None:
         report.started += part["started"]
         report.start_failed += part["start_failed"]
         lag.extend(part["loop_lag_ms"])
+        steady_lag.extend(part.get("loop_lag_by_phase", {}).get("steady", []))
     report.latency = {k: Latency.of(v) for k, v in lat.items()}
     report.latency_by_action = {k: Latency.of(v) for k, v in by_action.items()}
     report.errors = dict(errors)
     lag.sort()
     report.client_lag_p99_ms = percentile(lag, 99)
     report.client_lag_max_ms = lag[-1] if lag else math.nan
+    steady_lag.sort()
+    report.client_lag_steady_p99_ms = percentile(steady_lag, 99)
+    report.client_lag_steady_max_ms = steady_lag[-1] if steady_lag else math.nan
 
 
 @dataclass
@@ -1111,11 +1209,15 @@ def run_load(tmp: Path, stations: int, *, period_s: float = 10.0, steady_s: floa
              spec_storm_backoff_s: tuple[float, float] | None = (0.0, 30.0),
              strategy: str = "uncontrolled",
              site_size: int = 0, site_limit_kw: float | None = None,
+             ping_interval_s: float = 20.0,
              log: Callable[[str], None] = print) -> LoadReport:
     """Start a CSMS with ``stations`` stations, load it, storm it, and report.
 
     Bounded: the ramp waits at most ``3 * stations / ramp_per_s + 120`` s, the
     steady phase ``steady_s``, the storm ``storm_timeout_s`` (+30 s slack).
+    The CSMS's own CALL timings are read from its ``stats`` lines, with a window
+    closed (SIGUSR1) at each phase boundary. ``ping_interval_s``: the CSMS's
+    websocket pings (0: none).
     """
     n_workers = workers or default_workers(stations)
     report = LoadReport(stations=stations, period_s=period_s, workers=n_workers)
@@ -1128,7 +1230,7 @@ def run_load(tmp: Path, stations: int, *, period_s: float = 10.0, steady_s: floa
     probe = "PROBE"
     config = write_config(tmp / f"csms-{stations}.toml", [*ids, probe], strategy=strategy,
                           site_size=site_size, site_limit_kw=site_limit_kw,
-                          interval_s=period_s)
+                          interval_s=period_s, ping_interval_s=ping_interval_s)
     db = tmp / f"csms-{stations}.sqlite"
     with CsmsProcess(config, db) as server:
         first_boot = first_boot_probe(server, probe)
@@ -1153,15 +1255,28 @@ def run_load(tmp: Path, stations: int, *, period_s: float = 10.0, steady_s: floa
             up = sum(r["started"] for r in ready if r)
             log(f"[{stations}] ramp: {up} stations in transaction after {report.ramp_s:.1f} s")
             broadcast(procs, "phase steady")
-            end = time.monotonic() + steady_s
+            steady_from = server.mark()
+            t_steady = time.monotonic()
+            end = t_steady + steady_s
             while time.monotonic() < end and server.alive():
                 time.sleep(0.2)
+            broadcast(procs, "phase steady-end")
+            steady_to = server.mark()
+            report.steady_s = time.monotonic() - t_steady
+            if 0 <= steady_from < steady_to:
+                report.server["steady"] = ServerLatency.of(server.stats[steady_from:steady_to])
+            else:
+                report.notes.append("no server stats for the steady phase")
             report.rss_loaded_kib = server.rss_kib()
             log(f"[{stations}] steady {steady_s:.0f} s done; RSS {report.rss_loaded_kib} KiB")
             if storm and server.alive():
                 broadcast(procs, "phase storm")
+                storm_from = server.mark()
                 marks = broadcast(procs, "drop")
                 storms = wait_all(procs, "storm", (storm_timeout_s + 30.0) * SCALE, marks)
+                storm_to = server.mark()
+                if 0 <= storm_from < storm_to:
+                    report.server["storm"] = ServerLatency.of(server.stats[storm_from:storm_to])
                 merge_storm(report, storms)
                 log(f"[{stations}] storm: {report.storm_back}/{report.storm_dropped} back, "
                     f"all after {report.storm_all_back_s:.1f} s")
@@ -1207,16 +1322,34 @@ def format_report(reports: Sequence[LoadReport], title: str = "CSMS load") -> st
         ("stations in transaction / failed", [f"{r.started:,} / {r.start_failed:,}"
                                               for r in reports]),
     ]
+    # End to end: what the client stations measured (send -> CALLRESULT read),
+    # including their own loop's lag; server-side: the CSMS's stats lines.
     for phase in ("ramp", "steady", "storm", "after"):
         if any(phase in r.latency for r in reports):
-            rows.append((f"latency {phase}: n", [_fmt(r.latency.get(phase, Latency()).n, ",d")
-                                                 for r in reports]))
+            rows.append((f"end-to-end {phase}: n", [
+                _fmt(r.latency.get(phase, Latency()).n, ",d") for r in reports]))
             for q in ("p50", "p95", "p99", "max"):
-                rows.append((f"latency {phase}: {q} (ms)",
+                rows.append((f"end-to-end {phase}: {q} (ms)",
                              [_fmt(getattr(r.latency.get(phase, Latency()), q))
                               for r in reports]))
-    rows.append(("steady TransactionEvent p99 (ms)", [
+    rows.append(("end-to-end steady TransactionEvent p99 (ms)", [
         _fmt(r.latency_by_action.get("TransactionEvent", Latency()).p99) for r in reports]))
+    rows.append(("end-to-end steady answers/s", [_fmt(r.steady_answers_per_s)
+                                                 for r in reports]))
+    for phase in ("steady", "storm"):
+        if any(phase in r.server for r in reports):
+            rows.append((f"server-side {phase}: CALLs handled", [
+                _fmt(r.server.get(phase, ServerLatency()).n, ",d") for r in reports]))
+            rows.append((f"server-side {phase}: answers/s", [
+                _fmt(r.server.get(phase, ServerLatency()).answers_per_s) for r in reports]))
+            rows.append((f"server-side {phase}: p50 / p99 / max (ms)", [
+                " / ".join(_fmt(getattr(r.server.get(phase, ServerLatency()), q),
+                                ".2f" if q != "max" else ".1f")
+                           for q in ("p50", "p99", "max")) for r in reports]))
+            rows.append((f"server loop lag {phase}: p99 / max (ms)", [
+                f"{_fmt(r.server.get(phase, ServerLatency()).loop_lag_p99)} / "
+                f"{_fmt(r.server.get(phase, ServerLatency()).loop_lag_max)}"
+                for r in reports]))
     rows += [
         ("CALLs sent / answered", [f"{r.calls:,} / {r.answered:,}" for r in reports]),
         ("errors (excl. CALLs cut by the storm's drop)", [
@@ -1240,7 +1373,10 @@ def format_report(reports: Sequence[LoadReport], title: str = "CSMS load") -> st
         ("CSMS RSS loaded (MiB)", [_fmt((r.rss_loaded_kib or math.nan) / 1024)
                                    for r in reports]),
         ("CSMS memory per station (KiB)", [_fmt(r.kib_per_station) for r in reports]),
-        ("client loop lag p99 / max (ms)", [f"{_fmt(r.client_lag_p99_ms)} / "
+        ("client loop lag steady p99 / max (ms)", [
+            f"{_fmt(r.client_lag_steady_p99_ms)} / {_fmt(r.client_lag_steady_max_ms)}"
+            for r in reports]),
+        ("client loop lag (all phases) p99 / max (ms)", [f"{_fmt(r.client_lag_p99_ms)} / "
                                             f"{_fmt(r.client_lag_max_ms)}" for r in reports]),
         ("CSMS alive at the end", [str(r.server_alive) for r in reports]),
     ]
