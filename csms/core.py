@@ -487,19 +487,32 @@ class CSMSCore:
         return sorted((s for s in self.sessions.values() if s.is_open),
                       key=lambda s: (s.station_id, s.evse_id, s.transaction_id))
 
+    def start_cycle(self) -> list[Session]:
+        """Start a control cycle: it is no longer due (a session that starts or ends
+        from now on makes the next one due). Returns the sessions it looks at, a
+        snapshot a :meth:`control_view` can be built from off the event loop."""
+        self.sessions_changed = False
+        self._last_control = self.clock()
+        return list(self.sessions.values())
+
     def control_view(self, now: datetime | None = None, *,
-                     start_cycle: bool = False) -> ControlView:
+                     start_cycle: bool = False,
+                     sessions: list[Session] | None = None) -> ControlView:
         """Build the read-only view the strategy sees.
 
-        ``start_cycle``: this view starts a control cycle (the cycle is no longer
-        due; a session that starts or ends from now on makes the next one due).
+        ``start_cycle``: this view starts a control cycle (see :meth:`start_cycle`).
+        ``sessions``: the snapshot :meth:`start_cycle` returned (the view may then be
+        built in a worker thread while the event loop changes the sessions).
         """
         if start_cycle:
-            self.sessions_changed = False
-            self._last_control = self.clock()
+            sessions = self.start_cycle()
+        if sessions is None:
+            sessions = list(self.sessions.values())
         by_site: dict[str, list[SessionView]] = {name: [] for name in self.site_limits}
         stations = self.stations
-        for s in self.open_sessions():
+        ordered = sorted((s for s in sessions if s.is_open),
+                         key=lambda s: (s.station_id, s.evse_id, s.transaction_id))
+        for s in ordered:
             spec = stations.get(s.station_id)
             evse = None
             if spec is not None:

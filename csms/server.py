@@ -609,7 +609,8 @@ class CSMSServer:
         """
         core = self.core
         if in_thread:
-            view = core.control_view(start_cycle=True)
+            snapshot = core.start_cycle()
+            view = await asyncio.to_thread(core.control_view, sessions=snapshot)
             limits = await asyncio.to_thread(core._run_strategy, view)
             commands = core.control_commands(view, limits)
         else:
