@@ -113,10 +113,6 @@ class CSMS16(ShellBase, _ChargePoint16):
         return {"currentTime": r["current_time"], "interval": r["interval"],
                 "status": r["status"]}
 
-    @wire("Heartbeat")
-    def on_heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {"currentTime": self.core.on_heartbeat(self.id)}
-
     @wire("StatusNotification")
     def on_status_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
         connector_id = payload["connectorId"]

@@ -100,10 +100,6 @@ class Handlers201(ShellBase):
         return {"currentTime": r["current_time"], "interval": r["interval"],
                 "status": r["status"]}
 
-    @wire("Heartbeat")
-    def on_heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {"currentTime": self.core.on_heartbeat(self.id)}
-
     @wire("StatusNotification")
     def on_status_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
         with unknown_evse_is_a_property_violation():

@@ -588,6 +588,11 @@ class ShellBase(ABC):
 
         async def _get_specific_response(self, unique_id: str, timeout: float) -> Any: ...
 
+    @wire("Heartbeat")
+    def on_heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Heartbeat, the same in every version: the CSMS's current time."""
+        return {"currentTime": self.core.on_heartbeat(self.id)}
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         # By name, so a subclass that overrides a wire method replaces it.

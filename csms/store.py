@@ -524,17 +524,7 @@ class Store:
     def upsert_station(self, station_id: str, site: str,
                        evses: Iterable[tuple[int, float]]) -> None:
         """Record a provisioned station and its EVSEs (idempotent)."""
-        with self._tx():
-            self._run(
-                "INSERT INTO stations(station_id, site) VALUES (?, ?) "
-                "ON CONFLICT(station_id) DO UPDATE SET site=excluded.site",
-                (station_id, site),
-            )
-            self._many(
-                "INSERT INTO evses(station_id, evse_id, max_power_w) VALUES (?, ?, ?) "
-                "ON CONFLICT(station_id, evse_id) DO UPDATE SET max_power_w=excluded.max_power_w",
-                [(station_id, e, p) for e, p in evses],
-            )
+        self.upsert_stations([(station_id, site, list(evses))])
 
     def upsert_stations(self, stations: Sequence[tuple[str, str, Sequence[tuple[int, float]]]]
                         ) -> None:
