@@ -125,6 +125,10 @@ class ServerSection(_Strict):
     """Log a ``stats`` line this often: CALLs handled, server-side handling time
     (p50/p99/max in ms, frame in to answer written) and event-loop lag since the
     last line (also on SIGUSR1). 0: only on SIGUSR1."""
+    stall_report_ms: float = Field(0.0, ge=0)
+    """Log a ``loop_stall`` line, with the code the event loop was running, each
+    time the loop is blocked longer than this (a watchdog thread samples its
+    stack; see :mod:`evtwin.csms.stallwatch`). 0: off."""
 
 
 class ControlSection(_Strict):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+from collections.abc import Generator
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -502,17 +503,36 @@ class CSMSCore:
 
         ``start_cycle``: this view starts a control cycle (see :meth:`start_cycle`).
         ``sessions``: the snapshot :meth:`start_cycle` returned (the view may then be
-        built in a worker thread while the event loop changes the sessions).
+        built in steps, see :meth:`control_view_steps`, while the sessions change).
         """
         if start_cycle:
             sessions = self.start_cycle()
+        steps = self.control_view_steps(now, sessions=sessions)
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                view: ControlView = done.value
+                return view
+
+    def control_view_steps(self, now: datetime | None = None, *,
+                           sessions: list[Session] | None = None, chunk: int = 500
+                           ) -> Generator[None, None, ControlView]:
+        """:meth:`control_view` in steps of ``chunk`` sessions: a generator that yields
+        between steps and returns the view. ``csms serve`` lets the event loop serve
+        the stations between steps: at 10,000 sessions the whole view takes ~50 ms,
+        and built in a worker thread instead it would fight the loop for the
+        interpreter (every socket write or database call the loop makes would
+        wait up to a GIL switch interval for it)."""
         if sessions is None:
             sessions = list(self.sessions.values())
         by_site: dict[str, list[SessionView]] = {name: [] for name in self.site_limits}
         stations = self.stations
         ordered = sorted((s for s in sessions if s.is_open),
                          key=lambda s: (s.station_id, s.evse_id, s.transaction_id))
-        for s in ordered:
+        for i, s in enumerate(ordered):
+            if i and i % chunk == 0:
+                yield
             spec = stations.get(s.station_id)
             evse = None
             if spec is not None:

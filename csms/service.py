@@ -25,6 +25,7 @@ from .config import ServeConfig
 from .core import CSMSCore
 from .exceptions import ConfigError
 from .server import CSMSServer
+from .stallwatch import StallWatch
 from .store import Store, redact_url
 
 log = logging.getLogger("evtwin.csms.service")
@@ -336,11 +337,17 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                 max_rows=s.security_event_max_rows))
             lag = LoopLag()
             lag_task = asyncio.create_task(lag.run())
+            stall_watch: StallWatch | None = None
+            if s.stall_report_ms > 0:
+                stall_watch = StallWatch(loop, threshold_s=s.stall_report_ms / 1000.0)
+                stall_watch.start()
             stats_task = asyncio.create_task(stats_loop(
                 server, s.stats_interval_s or None, stats_wake, lag=lag))
             try:
                 await stop.wait()
             finally:
+                if stall_watch is not None:
+                    stall_watch.stop()
                 lag_task.cancel()
                 stats_task.cancel()
                 if controller is not None:

@@ -13,7 +13,9 @@ Sizes from the environment: ``EVTWIN_LOAD_STATIONS`` (10000),
 (250 new stations a second), ``EVTWIN_LOAD_WORKERS`` (client processes;
 default: see ``loadgen.default_workers``), ``EVTWIN_LOAD_BACKOFF_RANGE_S`` (30; the
 second storm's RetryBackOffRandomRange), ``EVTWIN_LOAD_PING_INTERVAL_S`` (20, the
-CSMS's websocket ping interval, its default; 0: none). Harness: tests/loadgen.py.
+CSMS's websocket ping interval, its default; 0: none), ``EVTWIN_LOAD_STALL_REPORT_MS``
+(50: the CSMS reports where its event loop was blocked longer than that, and the
+run prints a summary; 0: off). Harness: tests/loadgen.py.
 
 Two latencies are reported and must not be confused: *end-to-end* is what the
 client stations measure (CALL sent until CALLRESULT read), which includes the
@@ -51,6 +53,7 @@ def test_csms_load_storm_memory_startup(benchmark: Any, tmp_path: Path) -> None:
         "workers": workers,
         "spec_storm_backoff_s": (0.0, env_float("EVTWIN_LOAD_BACKOFF_RANGE_S", 30.0)),
         "ping_interval_s": env_float("EVTWIN_LOAD_PING_INTERVAL_S", 20.0),
+        "stall_report_ms": env_float("EVTWIN_LOAD_STALL_REPORT_MS", 50.0),
     }
     reports: list[LoadReport] = []
     if 0 < baseline < stations:

@@ -131,17 +131,20 @@ def write_config(path: Path, ids: Sequence[str], *, strategy: str = "uncontrolle
                  site_size: int = 0, site_limit_kw: float | None = None,
                  max_frames_per_s: float = 20.0, max_frames_burst: float = 200.0,
                  max_frame_bytes: int = 65536, interval_s: float = 10.0,
-                 ping_interval_s: float = 20.0, stats_interval_s: float = 5.0) -> Path:
+                 ping_interval_s: float = 20.0, stats_interval_s: float = 5.0,
+                 stall_report_ms: float = 0.0) -> Path:
     """A CSMS config TOML accepting ``ids`` (one EVSE of 11 kW each) and the token ID_TAG.
 
     ``site_size`` > 0 groups the stations into sites of that many, each with
     ``site_limit_kw`` (so a controlling strategy has something to share);
     0 puts them all on one site without a limit. ``ping_interval_s`` is the CSMS's
     websocket ping interval (0: none); ``stats_interval_s`` how often it logs its
-    ``stats`` line (server-side CALL handling time).
+    ``stats`` line (server-side CALL handling time); ``stall_report_ms`` > 0 makes it
+    log where its event loop was each time it was blocked longer than that.
     """
     lines = ["[server]", f"max_frames_per_s = {max_frames_per_s}",
              f"ping_interval_s = {ping_interval_s}", f"stats_interval_s = {stats_interval_s}",
+             f"stall_report_ms = {stall_report_ms}",
              f"max_frames_burst = {max_frames_burst}", f"max_frame_bytes = {max_frame_bytes}",
              "", "[control]", f'strategy = "{strategy}"', f"interval_s = {interval_s}", "",
              "[tokens]", f'accepted = ["{ID_TAG}"]', ""]
@@ -182,6 +185,8 @@ class CsmsProcess:
         self.listening: dict[str, Any] = {}
         #: Every ``stats`` line (server-side CALL timings), in order.
         self.stats: list[dict[str, Any]] = []
+        #: Every ``loop_stall`` line (where the CSMS's event loop was blocked).
+        self.stalls: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     def __enter__(self) -> CsmsProcess:
@@ -217,6 +222,10 @@ class CsmsProcess:
                 self.events[event] += 1
                 if event == "stats":
                     self.stats.append(entry)
+                    continue
+                if event == "loop_stall":
+                    entry["_window"] = len(self.stats)  # the stats window it fell in
+                    self.stalls.append(entry)
                     continue
                 if event == "listening" and self.listening_at is None:
                     self.listening_at = time.monotonic()
@@ -983,10 +992,16 @@ def broadcast(procs: Sequence[WorkerProcess], line: str) -> list[int]:
     return marks
 
 
-def finish(procs: Sequence[WorkerProcess], timeout_s: float = 60.0) -> list[dict[str, Any]]:
-    """Stop every worker and collect their final reports."""
+def finish(procs: Sequence[WorkerProcess], timeout_s: float = 60.0,
+           notes: list[str] | None = None) -> list[dict[str, Any]]:
+    """Stop every worker and collect their final reports (a missing one is noted,
+    with the end of the worker's stderr)."""
     marks = broadcast(procs, "stop")
     reports = wait_all(procs, "report", timeout_s, marks)
+    for i, (r, p) in enumerate(zip(reports, procs, strict=True)):
+        if r is None and notes is not None:
+            tail = " | ".join(p.stderr[-3:]) or "no stderr"
+            notes.append(f"worker {i} sent no report (exit {p.proc.poll()}): {tail}")
     return [r for r in reports if r is not None]
 
 
@@ -1099,6 +1114,8 @@ class LoadReport:
     server_alive: bool = True
     server_warnings: int = 0
     notes: list[str] = field(default_factory=list)
+    #: Where the CSMS's event loop was blocked (see :func:`stall_summary`).
+    stalls: list[str] = field(default_factory=list)
 
     @property
     def kib_per_station(self) -> float:
@@ -1209,7 +1226,7 @@ def run_load(tmp: Path, stations: int, *, period_s: float = 10.0, steady_s: floa
              spec_storm_backoff_s: tuple[float, float] | None = (0.0, 30.0),
              strategy: str = "uncontrolled",
              site_size: int = 0, site_limit_kw: float | None = None,
-             ping_interval_s: float = 20.0,
+             ping_interval_s: float = 20.0, stall_report_ms: float = 0.0,
              log: Callable[[str], None] = print) -> LoadReport:
     """Start a CSMS with ``stations`` stations, load it, storm it, and report.
 
@@ -1217,7 +1234,8 @@ def run_load(tmp: Path, stations: int, *, period_s: float = 10.0, steady_s: floa
     steady phase ``steady_s``, the storm ``storm_timeout_s`` (+30 s slack).
     The CSMS's own CALL timings are read from its ``stats`` lines, with a window
     closed (SIGUSR1) at each phase boundary. ``ping_interval_s``: the CSMS's
-    websocket pings (0: none).
+    websocket pings (0: none). ``stall_report_ms`` > 0: the CSMS reports where its
+    event loop was blocked longer than that, summarised in ``report.stalls``.
     """
     n_workers = workers or default_workers(stations)
     report = LoadReport(stations=stations, period_s=period_s, workers=n_workers)
@@ -1230,7 +1248,8 @@ def run_load(tmp: Path, stations: int, *, period_s: float = 10.0, steady_s: floa
     probe = "PROBE"
     config = write_config(tmp / f"csms-{stations}.toml", [*ids, probe], strategy=strategy,
                           site_size=site_size, site_limit_kw=site_limit_kw,
-                          interval_s=period_s, ping_interval_s=ping_interval_s)
+                          interval_s=period_s, ping_interval_s=ping_interval_s,
+                          stall_report_ms=stall_report_ms)
     db = tmp / f"csms-{stations}.sqlite"
     with CsmsProcess(config, db) as server:
         first_boot = first_boot_probe(server, probe)
@@ -1294,12 +1313,45 @@ def run_load(tmp: Path, stations: int, *, period_s: float = 10.0, steady_s: floa
                         f"{report.spec_storm.back}/{report.spec_storm.dropped} back, all after "
                         f"{report.spec_storm.all_back_s:.1f} s")
                     time.sleep(min(period_s, 10.0))
-            merge_reports(report, finish(procs))
+            merge_reports(report, finish(procs, notes=report.notes))
         report.server_alive = server.alive()
         report.server_warnings = sum(n for e, n in server.events.items()
-                                     if e in ("warning", "error", "critical", "refused"))
+                                     if e in ("warning", "error", "critical", "refused")
+                                     ) - len(server.stalls)
         server.stop()
+        steady_stalls = [e for e in server.stalls
+                         if steady_from <= e["_window"] < steady_to]
+        report.stalls = stall_summary(steady_stalls)
+        if server.stalls:
+            dump = tmp / f"stalls-{stations}.json"
+            dump.write_text(json.dumps({"stalls": server.stalls, "stats": server.stats,
+                                        "lines": server.lines},
+                                       indent=1), encoding="utf-8")
+            log(f"[{stations}] {len(server.stalls)} loop stalls in all phases: {dump}")
+        for line in report.stalls:
+            log(f"[{stations}] steady {line}")
     return report
+
+
+def stall_summary(stalls: Sequence[dict[str, Any]], top: int = 6) -> list[str]:
+    """The CSMS's ``loop_stall`` lines folded by the code the loop was in (its
+    innermost frame in evtwin, else the innermost frame), longest total first."""
+    if not stalls:
+        return []
+    total: Counter[str] = Counter()
+    count: Counter[str] = Counter()
+    for entry in stalls:
+        stacks = entry.get("stacks") or []
+        frames: list[str] = stacks[0]["frames"] if stacks else []
+        ours = [f for f in frames if "/evtwin/" in f or "/csms/" in f or "/ocppj/" in f]
+        where = (ours or frames or ["unknown"])[-1]
+        total[where] += float(entry.get("ms", 0.0))
+        count[where] += 1
+    out = [f"loop stalls: {len(stalls)}, {sum(total.values()):.0f} ms in all, longest "
+           f"{max(float(e.get('ms', 0.0)) for e in stalls):.0f} ms"]
+    for where, ms in total.most_common(top):
+        out.append(f"  {ms:8.0f} ms in {count[where]:4d} stalls at {where}")
+    return out
 
 
 def _fmt(v: float | int | None, spec: str = ".1f") -> str:

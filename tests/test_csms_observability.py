@@ -186,3 +186,47 @@ def test_serve_logs_stats_on_sigusr1_and_stops_cleanly(tmp_path: Path) -> None:
         while not server.events["stopped"] and time.monotonic() < deadline:
             time.sleep(0.01)
         assert server.events["stopped"] == 1
+
+
+# --------------------------------------------------------------------------- StallWatch
+
+
+def _hold_the_loop_for(seconds: float) -> None:
+    time.sleep(seconds)  # stands for any blocking call made in the loop
+
+
+def test_stall_watch_names_the_code_that_blocked_the_loop() -> None:
+    import asyncio
+
+    from evtwin.csms.stallwatch import StallWatch
+
+    reports: list[tuple[float, list[tuple[int, list[str]]]]] = []
+
+    class Collect(StallWatch):
+        def report(self, took_s: float, stacks: list[tuple[int, list[str]]], *,
+                   gc_s: float = 0.0, gc_generation: int = -1,
+                   others: list[tuple[int, list[str]]] | None = None) -> None:
+            reports.append((took_s, stacks))
+
+    async def main() -> Collect:
+        watch = Collect(asyncio.get_running_loop(), threshold_s=0.05)
+        watch.start()
+        await asyncio.sleep(0.2)  # a healthy loop: nothing to report
+        healthy = len(reports)
+        _hold_the_loop_for(0.3)
+        await asyncio.sleep(0.2)  # the watchdog sees the beat and reports
+        watch.stop()
+        assert healthy == 0
+        return watch
+
+    watch = asyncio.run(main())
+    assert watch.stalls == 1 and len(reports) == 1
+    took_s, stacks = reports[0]
+    assert 0.25 <= took_s <= 0.3 + 0.5 * SCALE
+    assert stacks and any("_hold_the_loop_for" in frame for frame in stacks[0][1])
+
+
+def test_stall_report_option() -> None:
+    assert ServerSection().stall_report_ms == 0
+    with pytest.raises(ValueError, match="stall_report_ms"):
+        ServerSection(stall_report_ms=-1)
