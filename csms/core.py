@@ -516,7 +516,7 @@ class CSMSCore:
                 return view
 
     def control_view_steps(self, now: datetime | None = None, *,
-                           sessions: list[Session] | None = None, chunk: int = 500
+                           sessions: list[Session] | None = None, chunk: int = 100
                            ) -> Generator[None, None, ControlView]:
         """:meth:`control_view` in steps of ``chunk`` sessions: a generator that yields
         between steps and returns the view. ``csms serve`` lets the event loop serve

@@ -56,7 +56,7 @@ class WalCheckpointer:
     the CSMS answers, whoever copies it later; other processes read the WAL too.
     """
 
-    def __init__(self, path: str, *, interval_s: float = 1.0, restart_frames: int = 16384,
+    def __init__(self, path: str, *, interval_s: float = 0.25, restart_frames: int = 4096,
                  busy_timeout_s: float = 1.0) -> None:
         self.path = path
         self.interval_s = interval_s

@@ -5,11 +5,29 @@
   naming the OCPP-J error code the frame earns;
 - :mod:`.schemas`: each action's JSON schema compiled once (formats included) and
   the OCPP-J error code a payload that fails it earns;
-- :mod:`.errors`: the error codes and their spelling in each OCPP version.
+- :mod:`.errors`: the error codes and their spelling in each OCPP version;
+- :mod:`.endpoint`: one side of a connection as a protocol object: frames in,
+  typed events and frames to send out, pending calls and their timeouts on a
+  clock it is given (the Sans-I/O core both the stations and the CSMS build on).
 
 Never imports evtwin.csms, evtwin.agents, evtwin.sim or evtwin.grid.
 """
 
+from .endpoint import (
+    CallReceived,
+    Endpoint,
+    EndpointClosed,
+    ErrorReceived,
+    Event,
+    OutgoingCall,
+    Pipe,
+    Refused,
+    ResultErrorReceived,
+    ResultInvalid,
+    ResultReceived,
+    SendReceived,
+    TimedOut,
+)
 from .errors import CODES_16, ErrorCode, wire_code
 from .frames import (
     MAX_DEPTH,
@@ -30,13 +48,26 @@ __all__ = [
     "MAX_DEPTH",
     "Call",
     "CallError",
+    "CallReceived",
     "CallResult",
     "CallResultError",
+    "Endpoint",
+    "EndpointClosed",
     "ErrorCode",
+    "ErrorReceived",
+    "Event",
     "Frame",
     "FrameError",
+    "OutgoingCall",
+    "Pipe",
+    "Refused",
+    "ResultErrorReceived",
+    "ResultInvalid",
+    "ResultReceived",
     "SchemaViolation",
     "Send",
+    "SendReceived",
+    "TimedOut",
     "decode_frame",
     "encode_call_error",
     "validate",

@@ -62,10 +62,18 @@ def _schema_file(version: str, action: str, request: bool) -> str:
 
 @cache
 def _compiled(version: str, action: str, request: bool) -> Callable[[Any], Any] | None:
-    try:
-        folder = resources.files("ocpp") / _DIRS[version] / "schemas"
-        text = (folder / _schema_file(version, action, request)).read_text("utf-8-sig")
-    except (KeyError, FileNotFoundError, OSError):
+    names = [_schema_file(version, action, request)]
+    if request and version == "2.1":
+        names.append(f"{action}.json")  # a SEND message (NotifyPeriodicEventStream)
+    text = None
+    for name in names:
+        try:
+            text = (resources.files("ocpp") / _DIRS[version] / "schemas" / name
+                    ).read_text("utf-8-sig")
+            break
+        except (KeyError, FileNotFoundError, OSError):
+            continue
+    if text is None:
         return None
     schema = json.loads(text)
     # The 2.x schemas name themselves with a urn $id; fastjsonschema would try to
