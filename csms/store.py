@@ -27,15 +27,43 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Container, Iterable, Iterator, Sequence
+from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .exceptions import StoreError
 
 SCHEMA_VERSION = 4
 
 log = logging.getLogger("evtwin.csms.store")
+
+
+T = TypeVar("T")
+
+#: Longest a statement waits for another connection's lock (s) before it fails.
+LOCK_WAIT_S = 5.0
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+
+
+def _wait_unlocked(run: Callable[[], T], *, wait_s: float = LOCK_WAIT_S,
+                   poll_s: float = 0.0005) -> T:
+    """``run()``, tried again every ``poll_s`` while SQLite says the database is
+    busy or locked (another connection holds the lock), for at most ``wait_s``."""
+    deadline: float | None = None
+    while True:
+        try:
+            return run()
+        except sqlite3.OperationalError as exc:
+            code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+            if code not in (_SQLITE_BUSY, _SQLITE_LOCKED):
+                raise
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + wait_s
+            elif now >= deadline:
+                raise
+        time.sleep(poll_s)
 
 
 class WalCheckpointer:
@@ -384,6 +412,10 @@ class Store:
         wal = self.path != ":memory:" and str(self._db.execute(
             "PRAGMA journal_mode=WAL").fetchone()[0]).lower() == "wal"
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # No SQLite busy handler: it sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50 ...
+        # ms between tries, so a write lock held 30 ms by a WAL restart kept the
+        # serving loop waiting 53-78 ms. _wait_unlocked polls every 0.5 ms instead.
+        self._db.execute("PRAGMA busy_timeout=0")
         if wal:
             # A checkpoint (copying the WAL into the database, with the only
             # fsyncs of synchronous=NORMAL) would run inside the commit that fills
@@ -468,9 +500,11 @@ class Store:
             return
         assert self._db is not None
         # sqlite3's context manager commits on success and rolls back on error;
-        # with isolation_level=None we open the transaction ourselves.
-        self._db.execute("BEGIN")
-        with self._db:
+        # with isolation_level=None we open the transaction ourselves, taking the
+        # write lock at once (IMMEDIATE): the statements inside never wait for it.
+        db = self._db
+        _wait_unlocked(lambda: db.execute("BEGIN IMMEDIATE"))
+        with db:
             yield
 
     @staticmethod
@@ -482,8 +516,11 @@ class Store:
         """Execute one statement; returns the cursor (``rowcount``, ``fetchone``, ...)."""
         if self._pg is not None:
             return self._live_pg().execute(self._sql(sql, isinstance(params, dict)), params)
-        assert self._db is not None
-        return self._db.execute(sql, params)
+        db = self._db
+        assert db is not None
+        if db.in_transaction:  # holds the write lock (BEGIN IMMEDIATE): never busy
+            return db.execute(sql, params)
+        return _wait_unlocked(lambda: db.execute(sql, params))
 
     def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
         if not rows:

@@ -1338,18 +1338,18 @@ def stall_summary(stalls: Sequence[dict[str, Any]], top: int = 6) -> list[str]:
     innermost frame in evtwin, else the innermost frame), longest total first."""
     if not stalls:
         return []
-    total: Counter[str] = Counter()
+    total: dict[str, float] = {}
     count: Counter[str] = Counter()
     for entry in stalls:
         stacks = entry.get("stacks") or []
         frames: list[str] = stacks[0]["frames"] if stacks else []
         ours = [f for f in frames if "/evtwin/" in f or "/csms/" in f or "/ocppj/" in f]
         where = (ours or frames or ["unknown"])[-1]
-        total[where] += float(entry.get("ms", 0.0))
+        total[where] = total.get(where, 0.0) + float(entry.get("ms", 0.0))
         count[where] += 1
     out = [f"loop stalls: {len(stalls)}, {sum(total.values()):.0f} ms in all, longest "
            f"{max(float(e.get('ms', 0.0)) for e in stalls):.0f} ms"]
-    for where, ms in total.most_common(top):
+    for where, ms in sorted(total.items(), key=lambda kv: -kv[1])[:top]:
         out.append(f"  {ms:8.0f} ms in {count[where]:4d} stalls at {where}")
     return out
 

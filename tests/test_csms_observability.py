@@ -230,3 +230,44 @@ def test_stall_report_option() -> None:
     assert ServerSection().stall_report_ms == 0
     with pytest.raises(ValueError, match="stall_report_ms"):
         ServerSection(stall_report_ms=-1)
+
+
+# --------------------------------------------------------------------------- lock waits
+
+
+def test_a_write_waits_for_another_connections_lock_in_short_steps(tmp_path: Path) -> None:
+    """SQLite's own busy handler sleeps up to 25-100 ms between tries; the store
+    polls, so it goes on within about a millisecond of the lock's release."""
+    import threading
+
+    from evtwin.csms.store import _wait_unlocked
+
+    store = Store(tmp_path / "csms.sqlite")
+    try:
+        other = sqlite3.connect(tmp_path / "csms.sqlite", isolation_level=None,
+                                check_same_thread=False)
+        other.execute("BEGIN IMMEDIATE")  # holds the write lock, like a WAL restart
+        released = threading.Event()
+
+        def release() -> None:
+            time.sleep(0.06)
+            other.execute("COMMIT")
+            released.set()
+
+        threading.Thread(target=release).start()
+        t0 = time.perf_counter()
+        store.upsert_station("CS1", "site", [(1, 11000.0)])
+        waited = time.perf_counter() - t0
+        assert released.is_set()
+        assert 0.055 <= waited <= 0.06 + 0.02 * SCALE
+        assert store._one("SELECT COUNT(*) AS n FROM stations") == {"n": 1}
+        # A lock that is never released fails after the wait, naming the cause.
+        other.execute("BEGIN IMMEDIATE")
+        db = store._db
+        assert db is not None
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            _wait_unlocked(lambda: db.execute("BEGIN IMMEDIATE"), wait_s=0.05)
+        other.execute("ROLLBACK")
+        other.close()
+    finally:
+        store.close()
