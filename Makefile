@@ -29,7 +29,7 @@ soak: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy sim agents csms grid ocppj
+	$(BIN)/mypy sim agents csms grid ocppj transports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks

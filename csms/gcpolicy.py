@@ -62,8 +62,15 @@ class GCPolicy:
 
     def tick(self) -> None:
         """Collect the young generations, freeze the survivors, sweep if due."""
-        gc.collect(1)
+        started = time.perf_counter()
+        counts = gc.get_count()
+        collected = gc.collect(1)
         gc.freeze()
+        took_s = time.perf_counter() - started
+        if took_s >= 0.05:
+            log.info("young garbage collection took %.0f ms (%d freed)", took_s * 1000.0,
+                     collected, extra={"event": "gc_tick", "ms": round(took_s * 1000.0, 1),
+                                       "collected": collected, "counts": list(counts)})
         if self._peak_memory() > self._base * (1.0 + self.sweep_growth) \
                 or self._monotonic() - self._last_sweep >= self.sweep_s:
             self.sweep()

@@ -465,16 +465,35 @@ class CSMSServer:
             log.info("%s: the replaced connection did not close within %g s; dropped",
                      identity, self.replaced_close_timeout_s,
                      extra={"event": "replaced_dropped", "station": identity})
-            old.transport.abort()
+            abort = getattr(getattr(old, "transport", None), "abort", None)
+            if abort is not None:
+                abort()
         with contextlib.suppress(Exception):  # the socket is gone either way
             await closing
 
     async def _handler(self, connection: ServerConnection) -> None:
         identity = self._identity(connection.request.path if connection.request else "")
-        shell = SHELLS[connection.subprotocol or "ocpp2.0.1"]
-        log.info("%s connected (%s)", identity, connection.subprotocol,
+        await self.serve_connection(identity, connection.subprotocol or "ocpp2.0.1",
+                                    connection)
+
+    async def serve_connection(self, identity: str, subprotocol: str, connection: Any) -> None:
+        """Serve one station's OCPP-J connection until it closes.
+
+        The websocket endpoint calls it once the upgrade (identity, subprotocol,
+        credentials) is accepted; another transport calls it with any object
+        that has async ``recv``/``send``/``close`` and ``remote_address`` (an
+        in-memory pipe: :mod:`evtwin.transports.memory`), the identity it
+        vouches for and the OCPP subprotocol (``ocpp1.6``, ``ocpp2.0.1``,
+        ``ocpp2.1``). Frames are counted, rate limited and handled exactly as
+        over a websocket.
+        """
+        if subprotocol not in SHELLS:
+            raise ValueError(f"unknown OCPP subprotocol {subprotocol!r} "
+                             f"(one of {', '.join(SUBPROTOCOLS)})")
+        shell = SHELLS[subprotocol]
+        log.info("%s connected (%s)", identity, subprotocol,
                  extra={"event": "connected", "station": identity,
-                        "protocol": connection.subprotocol,
+                        "protocol": subprotocol,
                         "peer": str(connection.remote_address)})
         counting = CountingConnection(connection, self.frames, rate_per_s=self.max_frames_per_s,
                                       burst=self.max_frames_burst)

@@ -67,6 +67,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         overrides["control.strategy"] = args.strategy
     if args.seed is not None:
         overrides["seed"] = args.seed
+    if args.transport:
+        overrides["run.transport"] = args.transport
     scenario = load_scenario(args.scenario, overrides)
     out = new_run_dir(args.out, scenario.name)
     db = ":memory:" if scenario.csms.database == "memory" else out / "csms.sqlite"
@@ -200,6 +202,8 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
     overrides = _overrides(args.set, args.scenarios[0])
     if args.strategy:
         overrides["control.strategy"] = args.strategy
+    if args.transport:
+        overrides["run.transport"] = args.transport
     limits = load_limits(args.limits)
     baseline = (load_baseline(args.baseline)
                 if args.baseline and not args.update_baseline else None)
@@ -341,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="results", help="folder for run folders (default: results)")
     run.add_argument("--strategy", help="override control.strategy")
     run.add_argument("--seed", type=int, help="override the scenario's seed")
+    run.add_argument("--transport", choices=["websocket", "memory"],
+                     help="how OCPP frames travel to evtwin's CSMS (overrides run.transport): "
+                          "websocket (loopback sockets) or memory (in-process pipe)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a scenario field by dotted path, e.g. ev.count=20")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -404,6 +411,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="record the runs' KPIs into --baseline instead of comparing")
     ck.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
     ck.add_argument("--strategy", help="override control.strategy")
+    ck.add_argument("--transport", choices=["websocket", "memory"],
+                    help="how OCPP frames travel to evtwin's CSMS (overrides run.transport): "
+                         "websocket (loopback sockets) or memory (in-process pipe)")
     ck.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
     ck.add_argument("--workers", type=int, default=1, help="scenarios run in parallel")
     ck.add_argument("--verbose", action="store_true", help="list baseline KPIs that held too")

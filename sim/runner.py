@@ -59,6 +59,7 @@ from evtwin.grid import (
     place_stations,
     supplied_buses,
 )
+from evtwin.transports import memory_pair
 
 from .der import DerSet, Steps, build_der
 from .exceptions import RunError, ScenarioError
@@ -333,6 +334,26 @@ class Twin:
         await asyncio.gather(*(c.boot() for c in clients))
         return clients, tasks, sockets
 
+    async def _connect_memory(
+        self, server: CSMSServer
+    ) -> tuple[list[StationClient], list[asyncio.Task[Any]], list[Any]]:
+        """Join every station to ``server`` by an in-memory pipe (``transport = "memory"``)."""
+        clients: list[StationClient] = []
+        tasks: list[asyncio.Task[Any]] = []
+        pipes: list[Any] = []
+        subprotocol, client_class = CLIENTS[self.sc.csms.protocol]
+        for st in self.model.stations:
+            station_end, csms_end = memory_pair(st.station_id, subprotocol)
+            tasks.append(asyncio.create_task(
+                server.serve_connection(st.station_id, subprotocol, csms_end)))
+            client = client_class(st, station_end, to_datetime=self.to_datetime,
+                                  to_seconds=self.to_seconds, now_s=lambda: float(self.env.now))
+            pipes.append(station_end)
+            clients.append(client)
+            tasks.append(asyncio.create_task(client.start()))
+        await asyncio.gather(*(c.boot() for c in clients))
+        return clients, tasks, pipes
+
     async def run_async(self) -> RunResult:
         """Run the scenario to its end: on virtual time with our CSMS, or paced
         to the wall clock against an external one."""
@@ -363,10 +384,15 @@ class Twin:
                 self.feeder_model = FeederModel.from_feeder(
                     self.feeder, [st.station_id for st in self.model.stations])
             server = CSMSServer(core, host="127.0.0.1", port=0)
-            await server.start()
+            memory = self.sc.run.transport == "memory"
+            if not memory:
+                await server.start()
             tasks, sockets = [], []
             try:
-                clients, tasks, sockets = await self._connect(server.url)
+                if memory:
+                    clients, tasks, sockets = await self._connect_memory(server)
+                else:
+                    clients, tasks, sockets = await self._connect(server.url)
                 rows, power_rows, end_s = await self._loop(clients, server, pace=False)
             finally:
                 await self._close(tasks, sockets)

@@ -254,6 +254,16 @@ class Storage(_Strict):
         return self
 
 
+class RunSettings(_Strict):
+    """How the twin runs (not what it models): the results do not depend on it."""
+
+    transport: Literal["websocket", "memory"] = "websocket"
+    """How OCPP frames travel between the virtual stations and evtwin's CSMS:
+    ``websocket`` (real OCPP-J over loopback sockets) or ``memory`` (the same
+    frames, built, validated and handled the same way, through an in-process
+    pipe: no sockets, no websocket framing). Ignored against an external CSMS."""
+
+
 class Scenario(_Strict):
     """A whole twin run."""
 
@@ -274,6 +284,7 @@ class Scenario(_Strict):
     """Grid-operator events, delivered to the CSMS as external constraints."""
     pv: list[PV] = Field(default_factory=list)
     storage: list[Storage] = Field(default_factory=list)
+    run: RunSettings = RunSettings()
 
     @field_validator("start")
     @classmethod

@@ -187,6 +187,8 @@ class CsmsProcess:
         self.stats: list[dict[str, Any]] = []
         #: Every ``loop_stall`` line (where the CSMS's event loop was blocked).
         self.stalls: list[dict[str, Any]] = []
+        #: The garbage-collector policy's slow ticks and sweeps.
+        self.gc: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     def __enter__(self) -> CsmsProcess:
@@ -223,9 +225,9 @@ class CsmsProcess:
                 if event == "stats":
                     self.stats.append(entry)
                     continue
-                if event == "loop_stall":
+                if event in ("loop_stall", "gc_tick", "gc_sweep"):
                     entry["_window"] = len(self.stats)  # the stats window it fell in
-                    self.stalls.append(entry)
+                    (self.stalls if event == "loop_stall" else self.gc).append(entry)
                     continue
                 if event == "listening" and self.listening_at is None:
                     self.listening_at = time.monotonic()
@@ -1325,7 +1327,7 @@ def run_load(tmp: Path, stations: int, *, period_s: float = 10.0, steady_s: floa
         if server.stalls:
             dump = tmp / f"stalls-{stations}.json"
             dump.write_text(json.dumps({"stalls": server.stalls, "stats": server.stats,
-                                        "lines": server.lines},
+                                        "gc": server.gc, "lines": server.lines},
                                        indent=1), encoding="utf-8")
             log(f"[{stations}] {len(server.stalls)} loop stalls in all phases: {dump}")
         for line in report.stalls:

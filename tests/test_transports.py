@@ -1,0 +1,89 @@
+"""The transports carry the same OCPP: a run over the in-memory pipe gives exactly
+the results of the same run over websockets (KPIs, sessions, time series,
+profiles, transactions), and the pipe itself behaves like a websocket's messages."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from evtwin.sim import Twin, load_scenario
+from evtwin.transports import MemoryClosed, memory_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# --------------------------------------------------------------------------- the pipe
+
+
+def test_pipe_delivers_whole_frames_in_order_then_the_close() -> None:
+    async def main() -> None:
+        station, csms = memory_pair("CS1", "ocpp2.0.1")
+        await station.send("[2,\"1\",\"Heartbeat\",{}]")
+        await station.send(b"\x00binary")
+        got: list[Any] = []
+        reader = asyncio.create_task(csms.recv())
+        got.append(await reader)
+        got.append(await csms.recv())
+        waiting = asyncio.create_task(csms.recv())
+        await asyncio.sleep(0)
+        await station.send("[2,\"2\",\"Heartbeat\",{}]")
+        got.append(await waiting)
+        await csms.send("late")
+        await station.close(1000, "bye")
+        assert got == ["[2,\"1\",\"Heartbeat\",{}]", b"\x00binary", "[2,\"2\",\"Heartbeat\",{}]"]
+        assert await station.recv() == "late"  # sent before the close: still read
+        with pytest.raises(MemoryClosed):
+            await station.recv()
+        with pytest.raises(MemoryClosed, match="1000 bye"):
+            await csms.send("x")
+        assert csms.closed and csms.close_code == 1000 and station.sent == 3
+
+    asyncio.run(main())
+
+
+def test_a_waiting_reader_sees_the_close() -> None:
+    async def main() -> None:
+        station, csms = memory_pair("CS1", "ocpp1.6")
+        waiting = asyncio.create_task(csms.recv())
+        await asyncio.sleep(0)
+        await station.close()
+        with pytest.raises(MemoryClosed):
+            await waiting
+
+    asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- whole runs
+
+
+def _run(path: Path, transport: str, overrides: dict[str, Any]) -> Any:
+    return Twin(load_scenario(path, {**overrides, "run.transport": transport})).run()
+
+
+def _same_frame(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    pd.testing.assert_frame_equal(a.reset_index(drop=True), b.reset_index(drop=True),
+                                  check_exact=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("scenario", "overrides"), [
+    ("demo.toml", {"duration_h": 12}),
+    ("v2g.toml", {"duration_h": 12}),
+    ("pv_storage.toml", {"duration_h": 12}),
+    ("demo.toml", {"duration_h": 6, "csms.protocol": "1.6"}),
+])
+def test_memory_and_websocket_runs_are_identical(scenario: str,
+                                                 overrides: dict[str, Any]) -> None:
+    ws = _run(ROOT / "scenarios" / scenario, "websocket", overrides)
+    mem = _run(ROOT / "scenarios" / scenario, "memory", overrides)
+    assert ws.kpis == mem.kpis
+    assert ws.kpis["ocpp_messages"] > 0
+    _same_frame(ws.sessions, mem.sessions)
+    _same_frame(ws.timeseries, mem.timeseries)
+    _same_frame(ws.station_power_kw, mem.station_power_kw)
+    _same_frame(ws.profiles, mem.profiles)
+    assert ws.transactions == mem.transactions
