@@ -54,7 +54,7 @@ def kpi_name_problems(data: Any) -> list[tuple[str, str]]:
     Checked on the raw mapping so they are reported together with every other
     problem of the file.
     """
-    from .results import KPI_LABELS
+    from .kpis import KPI_LABELS
 
     out: list[tuple[str, str]] = []
 
@@ -318,7 +318,7 @@ def baseline_entry(check: ScenarioCheck) -> dict[str, Any]:
 
 def write_baseline(path: str | Path, checks: list[ScenarioCheck]) -> Path:
     """Record (or update, keeping other scenarios') the baseline of these runs."""
-    from .results import versions
+    from .records import current_versions as versions
 
     p = Path(path)
     data: dict[str, Any] = {"format": BASELINE_FORMAT, "scenarios": {}}
@@ -371,7 +371,7 @@ def compare_baseline(check: ScenarioCheck, baseline: dict[str, Any],
 # -- JUnit --------------------------------------------------------------------------------
 def junit_xml(checks: list[ScenarioCheck]) -> ET.ElementTree:
     """JUnit XML: a test suite per scenario, a test case per limit (failures with messages)."""
-    from .results import versions
+    from .records import current_versions as versions
 
     evtwin_version = versions().get("evtwin", "")
     root = ET.Element("testsuites", name="evtwin check")

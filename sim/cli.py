@@ -18,27 +18,15 @@ from evtwin.csms.exceptions import ConfigError
 from evtwin.grid.exceptions import GridError, PowerFlowError
 
 from .exceptions import ScenarioError, SimError, SweepError
+from .overrides import parse_overrides
 
 EXIT_USER_ERROR = 2
-
-
-def _parse_value(text: str) -> Any:
-    """A --set value: int, float, true/false, or a string."""
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
 
 
 def kpi_table(kpis: dict[str, float], performance: dict[str, float], title: str,
               currency: str = "EUR") -> Table:
     """The short KPI table printed after a run."""
-    from .results import KPI_LABELS
+    from .kpis import KPI_LABELS
 
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("KPI")
@@ -62,7 +50,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from .runner import Twin
     from .scenario import load_scenario
 
-    overrides = _overrides(args.set, args.scenario)
+    overrides = parse_overrides(args.set, args.scenario)
     if args.strategy:
         overrides["control.strategy"] = args.strategy
     if args.seed is not None:
@@ -105,11 +93,12 @@ def _run_and_report(twin: Any, args: argparse.Namespace, console: Console, out: 
 def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     """``evtwin compare SCENARIO --strategies a,b,c``: side by side, in parallel processes."""
     from .compare import compare, comparison_table, plot_comparison
-    from .results import KPI_LABELS, new_run_dir
+    from .kpis import KPI_LABELS
+    from .results import new_run_dir
     from .scenario import load_scenario
 
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
-    overrides = _overrides(args.set, args.scenario)
+    overrides = parse_overrides(args.set, args.scenario)
     scenario = load_scenario(args.scenario, overrides)
     with console.status(f"running {len(strategies)} strategies on {scenario.name} ..."):
         runs = compare(args.scenario, strategies, overrides=overrides, workers=args.workers)
@@ -135,24 +124,13 @@ def _say(console: Console, text: str) -> None:
     console.print(text, soft_wrap=True, highlight=False)
 
 
-def _overrides(items: list[str] | None, source: str) -> dict[str, Any]:
-    """``--set KEY=VALUE`` items as a mapping of dotted paths to parsed values."""
-    overrides: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ScenarioError(source, [("--set", f"expected KEY=VALUE, got {item!r}")])
-        key, value = item.split("=", 1)
-        overrides[key.strip()] = _parse_value(value.strip())
-    return overrides
-
-
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     """``evtwin sweep SCENARIO --set k=a,b --seeds N``: many runs, one table, resumable."""
     from .sweep import DEFAULT_FIGURE_KPIS, plan_sweep, run_sweep
 
     plan = plan_sweep(args.scenario, args.set or [], seeds=args.seeds, sample=args.sample,
                       command=["evtwin", *sys.argv[1:]])
-    from .results import KPI_LABELS
+    from .kpis import KPI_LABELS
 
     kpis = ([k.strip() for k in args.kpis.split(",") if k.strip()] if args.kpis
             else list(DEFAULT_FIGURE_KPIS))
@@ -199,7 +177,7 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
 
     if args.update_baseline and not args.baseline:
         raise ScenarioError("--update-baseline", [("", "give the file with --baseline FILE")])
-    overrides = _overrides(args.set, args.scenarios[0])
+    overrides = parse_overrides(args.set, args.scenarios[0])
     if args.strategy:
         overrides["control.strategy"] = args.strategy
     if args.transport:
@@ -305,7 +283,7 @@ def cmd_stations(args: argparse.Namespace, console: Console) -> int:
         overrides["duration_h"] = args.duration_h
     if args.count is not None:
         overrides["sites.0.stations"] = args.count
-    overrides.update(_overrides(args.set, args.scenario))
+    overrides.update(parse_overrides(args.set, args.scenario))
     scenario = load_scenario(args.scenario, overrides)
     external = ExternalCSMS(url=args.csms, password=args.password, ca_file=args.ca,
                             speed=args.speed, cert_dir=args.cert_dir)

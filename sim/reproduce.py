@@ -1,4 +1,4 @@
-"""Run records and ``evtwin reproduce``: run a recorded run again and compare its KPIs.
+"""``evtwin reproduce``: run a recorded run (:mod:`.records`) again and compare its KPIs.
 
 A run record (``run.json`` in a run folder, one per line in a sweep's
 ``journal.jsonl``) holds everything a run depends on: the exact validated
@@ -12,58 +12,20 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from .exceptions import CheckError
+from .records import RECORD_FORMAT, current_versions
 from .scenario import Scenario
-
-#: Format tag of a run record; bumped when its layout changes.
-RECORD_FORMAT = "evtwin-run/1"
 
 #: Two runs give "the same" KPI when they differ by at most this share of the larger value.
 KPI_RELATIVE_TOLERANCE = 1e-9
 #: ... or by at most this much in absolute terms (values at or near zero).
 KPI_ABSOLUTE_TOLERANCE = 1e-12
-
-
-def default_command() -> list[str]:
-    """The command line of this process, as a user would type it."""
-    return [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv and sys.argv[0] else []
-
-
-def run_record(scenario: Scenario, kpis: dict[str, float], *, command: list[str] | None = None,
-               versions: dict[str, str] | None = None,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A self-contained record of one run (JSON-serialisable).
-
-    Args:
-        scenario: the validated scenario exactly as run (its ``seed`` is the run's seed).
-        kpis: the KPIs the run gave.
-        command: the command that made the run; default this process's ``sys.argv``.
-        versions: evtwin and dependency versions; default :func:`evtwin.sim.results.versions`.
-        extra: more fields to record (e.g. a sweep's run id and parameters).
-    """
-    if versions is None:
-        from .results import versions as current_versions
-
-        versions = current_versions()
-    record: dict[str, Any] = {
-        "format": RECORD_FORMAT,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "scenario": scenario.model_dump(mode="json"),
-        "seed": scenario.seed,
-        "versions": versions,
-        "command": default_command() if command is None else list(command),
-        "kpis": dict(kpis),
-    }
-    record.update(extra or {})
-    return record
 
 
 def scenario_from_record(record: dict[str, Any], source: str) -> Scenario:
@@ -158,7 +120,6 @@ def compare_kpis(recorded: dict[str, float], now: dict[str, float]
 
 def reproduce(record: dict[str, Any], source: str) -> Reproduction:
     """Run the record's scenario again (CSMS database in memory) and compare KPIs."""
-    from .results import versions
     from .runner import Twin
 
     scenario = scenario_from_record(record, source)
@@ -168,7 +129,7 @@ def reproduce(record: dict[str, Any], source: str) -> Reproduction:
             "its KPIs cannot be reproduced with evtwin's own CSMS"))])
     result = Twin(scenario, database=":memory:").run()
     recorded_kpis = {k: float(v) for k, v in (record.get("kpis") or {}).items()}
-    now_versions = versions()
+    now_versions = current_versions()
     old_versions = record.get("versions") or {}
     changes = {k: (str(old_versions.get(k, "-")), str(now_versions.get(k, "-")))
                for k in sorted(set(old_versions) | set(now_versions))
@@ -177,5 +138,5 @@ def reproduce(record: dict[str, Any], source: str) -> Reproduction:
                         compare_kpis(recorded_kpis, result.kpis), changes)
 
 
-__all__ = ["RECORD_FORMAT", "Reproduction", "compare_kpis", "load_record", "reproduce",
-           "run_record", "same_value", "scenario_from_record"]
+__all__ = ["Reproduction", "compare_kpis", "load_record", "reproduce", "same_value",
+           "scenario_from_record"]

@@ -63,6 +63,7 @@ from evtwin.transports import memory_pair
 
 from .der import DerSet, Steps, build_der
 from .exceptions import RunError, ScenarioError
+from .kpis import compute_kpis
 from .prices import export_price_steps, price_at, price_steps
 from .scenario import Scenario, behaviour_overrides
 
@@ -550,7 +551,6 @@ class Twin:
                              columns=[st.station_id for st in self.model.stations])
         power.insert(0, "t_s", ts["t_s"])
         sessions = pd.DataFrame([asdict(r) for ev in self.model.evs for r in ev.records])
-        from .results import compute_kpis
 
         kpis = compute_kpis(sc, ts, sessions, transactions, frames, storage_cycles=max(
             (b.equivalent_full_cycles for b in self.der.batteries), default=0.0),

@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from .exceptions import RunError, ScenarioError, SweepError
+from .overrides import parse_value
 from .scenario import Scenario, load_scenario
 
 #: KPIs plotted when none are chosen.
@@ -86,9 +87,7 @@ class Parameter:
 
 
 def _parse_scalar(text: str) -> Any:
-    from .cli import _parse_value
-
-    return _parse_value(text)
+    return parse_value(text)
 
 
 def parse_parameter(item: str) -> Parameter:
@@ -340,8 +339,8 @@ def execute_run(spec: RunSpec) -> dict[str, Any]:
     the spec alone; networks are built once per worker process (see
     :func:`evtwin.grid.load_network`).
     """
-    from .reproduce import run_record
-    from .results import versions
+    from .records import current_versions as versions
+    from .records import run_record
     from .runner import Twin
 
     t0 = time.perf_counter()
@@ -627,7 +626,7 @@ def sweep_table(plan: SweepPlan, records: dict[str, dict[str, Any]]) -> pd.DataF
     Identical for the same plan whatever ran it (local pool, Dask) but for
     :data:`VOLATILE_COLUMNS`.
     """
-    from .results import KPI_LABELS
+    from .kpis import KPI_LABELS
 
     param_cols = [p.path for p in plan.parameters]
     rows = []
@@ -695,7 +694,7 @@ def plot_sweep(table: pd.DataFrame, parameters: Sequence[Parameter], kpis: Seque
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .results import KPI_LABELS
+    from .kpis import KPI_LABELS
 
     def label_of(kpi: str) -> str:
         return KPI_LABELS.get(kpi, (kpi, ""))[0].strip()

@@ -1,0 +1,157 @@
+"""The run's KPIs: what each one means and how it is computed from a run's tables."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .scenario import Scenario
+
+# KPI name -> (label, unit) for tables; order is the table's order.
+KPI_LABELS: dict[str, tuple[str, str]] = {
+    "energy_requested_kwh": ("Energy requested", "kWh"),
+    "energy_delivered_kwh": ("Energy delivered (to batteries)", "kWh"),
+    "energy_unmet_kwh": ("Energy unmet", "kWh"),
+    "energy_unmet_share": ("Unmet share", "%"),
+    "energy_short_at_departure_kwh": ("  of it: short when leaving", "kWh"),
+    "energy_turned_away_kwh": ("  of it: drivers turned away", "kWh"),
+    "energy_metered_kwh": ("Energy metered at stations", "kWh"),
+    "energy_billed_kwh": ("Energy billed by CSMS (closed tx)", "kWh"),
+    "evs_served": ("EV visits served", ""),
+    "evs_open_at_end": ("EV visits still plugged at end", ""),
+    "evs_turned_away": ("EV visits turned away", ""),
+    "evs_waiting_at_end": ("EV visits waiting for a station at end", ""),
+    "evs_rejected": ("EV visits rejected by CSMS", ""),
+    "peak_ev_power_kw": ("Peak EV power", "kW"),
+    "peak_trafo_loading_percent": ("Peak transformer loading", "%"),
+    "peak_line_loading_percent": ("Peak line loading", "%"),
+    "v_min_pu": ("Min voltage", "pu"),
+    "v_max_pu": ("Max voltage", "pu"),
+    "minutes_voltage_violation": ("Minutes outside voltage limits", "min"),
+    "minutes_thermal_violation": ("Minutes over thermal limits", "min"),
+    "minutes_site_limit_exceeded": ("Minutes over a site limit", "min"),
+    "energy_discharged_kwh": ("Energy fed back by V2G (from batteries)", "kWh"),
+    "v2g_revenue": ("V2G revenue", "cur"),
+    "max_equivalent_full_cycles": ("Max battery cycles in a visit (V2G ageing)", ""),
+    "evs_below_min_soc": ("EVs left below their minimum SoC", ""),
+    "energy_cost": ("Energy cost at the sites' connections", "cur"),
+    "net_energy_cost": ("Net cost (energy cost - V2G revenue)", "cur"),
+    "cost_per_kwh_delivered": ("Net cost per kWh delivered", "cur"),
+    "pv_energy_kwh": ("PV generation", "kWh"),
+    "pv_used_on_site_share": ("PV used at its site", "%"),
+    "storage_discharged_kwh": ("Stationary storage discharged", "kWh"),
+    "storage_equivalent_full_cycles": ("Stationary storage cycles", ""),
+    "peak_site_import_kw": ("Peak import at a site connection", "kW"),
+    "ocpp_messages": ("OCPP messages exchanged", ""),
+    "profiles_received": ("Charging profiles received by stations", ""),
+}
+
+
+def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
+                 transactions: list[dict[str, Any]], frames: dict[str, int],
+                 storage_cycles: float = 0.0,
+                 storage_discharged_kwh: float = 0.0) -> dict[str, float]:
+    """The run's KPIs (all deterministic for a scenario and seed).
+
+    ``storage_cycles``: the most equivalent full cycles of any stationary
+    battery; ``storage_discharged_kwh``: what all of them gave (grid side).
+    """
+    g = sc.grid
+    step_min = sc.step_s / 60.0
+    if sessions.empty:
+        sessions = pd.DataFrame(columns=["outcome", "energy_wanted_kwh", "energy_battery_kwh",
+                                         "energy_grid_kwh"])
+    # A visit skipped because the car was still away on its previous one
+    # requested nothing.
+    sessions = sessions[sessions["outcome"] != "skipped"]
+    requested = float(sessions["energy_wanted_kwh"].sum())
+    delivered = float(sessions["energy_battery_kwh"].sum())
+    short = sessions[sessions["outcome"] == "served"]
+    away = sessions[sessions["outcome"] == "turned_away"]
+    # Row k >= 1 is the state at the end of step k; the t = 0 row is the start.
+    steps = ts.iloc[1:]
+    volt_bad = (steps["vm_min_pu"] < g.v_min_pu) | (steps["vm_max_pu"] > g.v_max_pu)
+    thermal_bad = (steps["line_loading_max_percent"] > g.line_loading_max_percent) | (
+        steps["trafo_loading_percent"] > g.trafo_loading_max_percent)
+    site_bad = np.zeros(len(steps), dtype=bool)
+    for s in sc.sites:
+        # The limit in force at each step: the site's own, or a grid operator's.
+        limit = steps.get(f"site_{s.name}_limit_kw")
+        if limit is None:
+            limit = pd.Series(s.limit_kw if s.limit_kw is not None else np.nan, index=steps.index)
+        over = steps[f"site_{s.name}_kw"] > limit * 1.001 + 1e-9
+        site_bad |= over.fillna(False).to_numpy(dtype=bool)
+    step_h = sc.step_s / 3600.0
+    discharged = float(sessions["discharged_kwh"].sum()) if "discharged_kwh" in sessions else 0.0
+    left = sessions[sessions["outcome"].isin(["served", "open"])]
+    below_min = 0
+    if "min_soc" in left and len(left):
+        # V2G must never leave a driver below their floor (nor below where they came in).
+        floor = left[["min_soc", "soc_initial"]].min(axis=1)
+        below_min = int((left["soc_final"] < floor - 1e-9).sum())
+    # Energy is bought and sold at each site's connection point: EV charging
+    # plus storage minus the site's PV, netted within the site (one V2G car
+    # charging another saves buying, it earns nothing).
+    import_kw = np.zeros(len(steps))
+    v2g_export_kw = np.zeros(len(steps))
+    pv_used_kwh = 0.0
+    peak_site_kw = 0.0
+    for s in sc.sites:
+        net = steps.get(f"site_{s.name}_net_kw", steps[f"site_{s.name}_kw"]).to_numpy()
+        exported = steps.get(f"site_{s.name}_export_kw", pd.Series(0.0, index=steps.index))
+        import_kw += np.maximum(net, 0.0)
+        # What leaves the site up to what its stations fed back is V2G; beyond is PV.
+        v2g_export_kw += np.minimum(np.maximum(-net, 0.0), exported.to_numpy())
+        peak_site_kw = max(peak_site_kw, float(net.max()) if len(net) else 0.0)
+        pv_site = steps.get(f"site_{s.name}_pv_kw")
+        if pv_site is not None:
+            pv_used_kwh += float(np.minimum(pv_site.to_numpy(), np.maximum(
+                pv_site.to_numpy() + net, 0.0)).sum() * step_h)
+    cost = float((import_kw * steps["price_per_kwh"].to_numpy()).sum() * step_h)
+    export_price = steps.get("export_price_per_kwh",
+                             pd.Series(sc.prices.export_per_kwh, index=steps.index))
+    revenue = float((v2g_export_kw * export_price.to_numpy()).sum() * step_h)
+    site_pv_kwh = sum(float(steps[f"site_{s.name}_pv_kw"].sum()) * step_h for s in sc.sites
+                      if f"site_{s.name}_pv_kw" in steps)
+    billed = sum((t["energy_wh"] or 0.0) for t in transactions if t["ended_at"]) / 1000.0
+    outcome = sessions["outcome"]
+    return {
+        "energy_requested_kwh": requested,
+        "energy_delivered_kwh": delivered,
+        "energy_unmet_kwh": requested - delivered,
+        "energy_unmet_share": 100.0 * (requested - delivered) / requested if requested else 0.0,
+        "energy_short_at_departure_kwh": float(
+            (short["energy_wanted_kwh"] - short["energy_battery_kwh"]).sum()),
+        "energy_turned_away_kwh": float(away["energy_wanted_kwh"].sum()),
+        "energy_metered_kwh": float(sessions["energy_grid_kwh"].sum()),
+        "energy_billed_kwh": billed,
+        "evs_served": float((outcome == "served").sum()),
+        "evs_open_at_end": float((outcome == "open").sum()),
+        "evs_turned_away": float((outcome == "turned_away").sum()),
+        "evs_waiting_at_end": float((outcome == "waiting").sum()),
+        "evs_rejected": float((outcome == "rejected").sum()),
+        "peak_ev_power_kw": float(ts["ev_kw"].max()),
+        "peak_trafo_loading_percent": float(ts["trafo_loading_percent"].max()),
+        "peak_line_loading_percent": float(ts["line_loading_max_percent"].max()),
+        "v_min_pu": float(ts["vm_min_pu"].min()),
+        "v_max_pu": float(ts["vm_max_pu"].max()),
+        "minutes_voltage_violation": float(volt_bad.sum() * step_min),
+        "minutes_thermal_violation": float(thermal_bad.sum() * step_min),
+        "minutes_site_limit_exceeded": float(site_bad.sum() * step_min),
+        "energy_discharged_kwh": discharged,
+        "v2g_revenue": revenue,
+        "max_equivalent_full_cycles": float(
+            sessions.get("equivalent_full_cycles", pd.Series([0.0])).max() or 0.0),
+        "evs_below_min_soc": float(below_min),
+        "energy_cost": cost,
+        "net_energy_cost": cost - revenue,
+        "cost_per_kwh_delivered": (cost - revenue) / delivered if delivered > 0 else 0.0,
+        "pv_energy_kwh": float(steps["pv_kw"].sum() * step_h) if "pv_kw" in steps else 0.0,
+        "pv_used_on_site_share": 100.0 * pv_used_kwh / site_pv_kwh if site_pv_kwh > 0 else 0.0,
+        "storage_discharged_kwh": storage_discharged_kwh,
+        "storage_equivalent_full_cycles": storage_cycles,
+        "peak_site_import_kw": peak_site_kw,
+        "ocpp_messages": float(frames["in"] + frames["out"]),
+    }
