@@ -504,7 +504,7 @@ def _problem(exc: Exception) -> _HTTPProblem | None:
         return _HTTPProblem(404, "not_found", str(exc))
     if isinstance(exc, StationNotConnectedError):
         return _HTTPProblem(409, "not_connected", str(exc))
-    if isinstance(exc, ConnectionClosed):
+    if isinstance(exc, ConnectionClosed | ConnectionError):  # a websocket or a pipe
         return _HTTPProblem(409, "not_connected", "the station disconnected during the call")
     if isinstance(exc, ValidationError):
         return _HTTPProblem(422, "invalid_request", "the request has invalid fields",

@@ -184,6 +184,9 @@ class StationSection(_Strict):
     evse_max_kw: list[float] = Field(default_factory=lambda: [11.0], min_length=1)
     """Hardware limit of each EVSE (connector) in kW; EVSE ids are 1, 2, ..."""
     phases: Literal[1, 3] = 3
+    bus: int | None = None
+    """The feeder bus the station is connected to (index in the ``[feeder]``
+    network's bus table); needed for every station when ``[feeder]`` is set."""
     password_hash: str | None = None
     """Basic auth password hash for security profiles 1 and 2, as printed by
     ``evtwin csms hash-password`` (``sha256$salt$hash``; older ``scrypt$N$r$p$salt$hash``
@@ -263,6 +266,22 @@ class ApiSection(_Strict):
         return v
 
 
+class FeederSection(_Strict):
+    """The network the stations are connected to, for ``feeder_aware`` (and
+    ``v2g_peak_shaving``): the CSMS builds its sensitivity model of the feeder
+    from it and estimates the feeder's state each control cycle from the power
+    and voltage the stations report."""
+
+    network: str = Field(min_length=1)
+    """A network evtwin knows by name (``kerber_dorfnetz``, ``cigre_lv``, ...) or a
+    pandapower JSON file (its name ending in ``.json``; relative to the working
+    directory)."""
+    v_min_pu: float = Field(0.90, gt=0)
+    v_max_pu: float = Field(1.10, gt=0)
+    line_loading_max_percent: float = Field(100.0, gt=0)
+    trafo_loading_max_percent: float = Field(100.0, gt=0)
+
+
 class ServeConfig(_Strict):
     """The whole file."""
 
@@ -275,6 +294,7 @@ class ServeConfig(_Strict):
     tokens: TokensSection = TokensSection()
     security: SecuritySection = SecuritySection()
     api: ApiSection = ApiSection()
+    feeder: FeederSection | None = None
 
     def security_config(self) -> SecurityConfig:
         """The server's security settings (pass to ``CSMSServer(security=...)``)."""
@@ -329,6 +349,11 @@ def _cross_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
             (f"stations.{i}.password_hash", f"required for security profile {profile} "
                                             "(make one with `evtwin csms hash-password`)")
             for i, st in enumerate(stations) if isinstance(st, dict) and "password_hash" not in st)
+    if isinstance(data.get("feeder"), dict) and isinstance(stations, list):
+        problems.extend((f"stations.{i}.bus", "required when [feeder] is set (the station's "
+                                              "bus in the feeder network)")
+                        for i, st in enumerate(stations) if isinstance(st, dict)
+                        and "bus" not in st)
     return problems
 
 

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -51,10 +51,12 @@ from evtwin.grid.results import GridLimits, GridResult
 if TYPE_CHECKING:
     from evtwin.grid.feeder import Feeder
 
-from .model import ControlView, SessionView
+from .exceptions import ConfigError
+from .model import ControlView, Session, SessionView
 from .strategies import Limits, equal_share, register, usable_cap_kw
 
-__all__ = ["FEEDER_STRATEGIES", "FeederModel", "FeederView", "feeder_aware", "needs_feeder"]
+__all__ = ["FEEDER_STRATEGIES", "FeederModel", "FeederMonitor", "FeederView", "build_feeder_model",
+           "feeder_aware", "needs_feeder"]
 
 log = logging.getLogger("evtwin.csms.feeder")
 
@@ -223,16 +225,52 @@ class FeederModel:
             ((trafo[1:] - trafo[0]) / d).T,
         )
 
-    def _estimate_scale(self, bus_vm_pu: FloatArray, ev_p_kw: FloatArray) -> float:
-        """Household factor whose power flow best matches the measured voltages."""
+    def _estimate_scale(self, bus_vm_pu: FloatArray, ev_p_kw: FloatArray,
+                        rows: IntArray | None = None) -> float:
+        """Household factor whose power flow best matches the measured voltages
+        (of ``rows``; default every monitored bus)."""
         k = len(_SCALE_GRID)
         bus, _, _ = self.feeder.solve_batch(
             np.outer(_SCALE_GRID, self._hh_p_mw), np.outer(_SCALE_GRID, self._hh_q_mvar),
             np.tile(ev_p_kw, (k, 1)),
         )
-        rows = self._monitored
+        rows = self._monitored if rows is None else rows
         err = np.sqrt(np.mean((bus[:, rows] - bus_vm_pu[rows]) ** 2, axis=1))
         return float(_SCALE_GRID[int(np.argmin(err))])
+
+    def estimate(self, ev_p_kw: npt.ArrayLike, station_vm_pu: npt.ArrayLike) -> GridResult:
+        """The feeder's state as far as the stations' own reports tell it.
+
+        ``station_vm_pu``: the voltage each station last reported, p.u. (NaN: none).
+        The household load factor whose power flow best matches the reported
+        voltages is taken (nominal if no station reported one), and the power
+        flow at it with these EV powers is the estimate: every bus voltage and
+        every line and transformer loading, as a DSO's state estimation from a
+        few meters would give them.
+
+        Raises:
+            PowerFlowError: the power flow did not converge.
+        """
+        ev = np.asarray(ev_p_kw, dtype=np.float64)
+        vm = np.asarray(station_vm_pu, dtype=np.float64)
+        known = np.isfinite(vm)
+        scale = self.household_scale
+        if known.any():
+            full = np.full(len(self.feeder.bus_index), np.nan)
+            rows = self._station_rows[known]
+            full[rows] = vm[known]
+            # Several stations on one bus: the row keeps one of their reports.
+            scale = self._estimate_scale(full, ev, np.unique(rows))
+        bus, line, trafo = self.feeder.solve_batch(
+            (self._hh_p_mw * scale)[None, :], (self._hh_q_mvar * scale)[None, :], ev[None, :])
+        vm_bus, line_pct, trafo_pct = bus[0], line[0], trafo[0]
+        monitored = vm_bus[self._monitored]
+        return GridResult(
+            vm_min_pu=float(monitored.min()), vm_max_pu=float(monitored.max()),
+            line_loading_max_percent=float(line_pct.max()) if line_pct.size else 0.0,
+            trafo_loading_percent=float(trafo_pct.max()) if trafo_pct.size else 0.0,
+            station_vm_pu=_readonly(vm_bus[self._station_rows]), bus_vm_pu=_readonly(vm_bus),
+            line_loadings_percent=_readonly(line_pct), trafo_loadings_percent=_readonly(trafo_pct))
 
     def linearise(self, ev_p_kw: npt.ArrayLike, bus_vm_pu: npt.ArrayLike | None = None) -> None:
         """Compute the sensitivities around these EV powers (kW per station); the
@@ -305,6 +343,59 @@ class FeederModel:
             loading_margin_percent=self.loading_margin_percent,
             measured_at=at,
         )
+
+
+class FeederMonitor:
+    """Keeps ``feeder_aware``'s view of the feeder current where no simulator hands
+    it a power flow (``evtwin csms serve``): each control cycle it takes the EV
+    power and the voltage the stations last reported (their open sessions),
+    estimates the feeder's state from them (:meth:`FeederModel.estimate`) and
+    observes that (:meth:`FeederModel.observe`)."""
+
+    def __init__(self, model: FeederModel, nominal_voltage_v: float = 230.0) -> None:
+        self.model = model
+        self.nominal_voltage_v = nominal_voltage_v
+        self._col = {sid: j for j, sid in enumerate(model.station_ids)}
+
+    def update(self, sessions: Iterable[Session], at: datetime | None = None) -> FeederView:
+        """The view after this cycle's reports (PowerFlowError if the model fails)."""
+        n = len(self._col)
+        p_kw = np.zeros(n)
+        vm = np.full(n, np.nan)
+        for s in sessions:
+            j = self._col.get(s.station_id)
+            if j is None or not s.is_open:
+                continue
+            p_kw[j] += s.power_w / 1000.0
+            if s.voltage_v is not None and s.voltage_v > 0:
+                v = s.voltage_v / self.nominal_voltage_v
+                vm[j] = v if np.isnan(vm[j]) else min(vm[j], v)
+        view = self.model.observe(self.model.estimate(p_kw, vm), p_kw, at)
+        return replace(view, nominal_voltage_v=self.nominal_voltage_v)
+
+
+def build_feeder_model(network: str, station_buses: Sequence[tuple[str, int]],
+                       limits: GridLimits) -> FeederModel:
+    """A model of ``network`` (a known name or a pandapower JSON file) with each
+    station on its bus. Raises ConfigError naming ``feeder.network`` or the
+    ``stations.N.bus`` that is not in the network."""
+    from evtwin.grid import Feeder, GridError, load_network
+
+    try:
+        net = load_network(network)
+    except GridError as exc:
+        raise ConfigError("feeder.network", str(exc)) from None
+    known = {int(b) for b in net.bus.index}
+    for i, (_, bus) in enumerate(station_buses):
+        if bus not in known:
+            raise ConfigError(f"stations.{i}.bus", f"no bus {bus} in {network}")
+    try:
+        feeder = Feeder(net, n_stations=len(station_buses),
+                        station_buses=[b for _, b in station_buses], engine="pgm",
+                        limits=limits)
+    except GridError as exc:
+        raise ConfigError("feeder.network", str(exc)) from None
+    return FeederModel(feeder, [sid for sid, _ in station_buses])
 
 
 # ------------------------------------------------------------------------ strategy

@@ -29,7 +29,7 @@ import ssl
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -56,6 +56,9 @@ from .security import (
     verify_password,
 )
 from .shell import CallStats, ShellBase
+
+if TYPE_CHECKING:
+    from .feeder import FeederMonitor
 
 log = logging.getLogger("evtwin.csms.server")
 
@@ -275,6 +278,9 @@ class CSMSServer:
         #: Where a limit for a station connected to no one here goes (several
         #: processes on one database): returns True if it was passed on.
         self.relay: Callable[[ProfileCommand], bool] | None = None
+        #: Updates ``core.feeder_view`` from the stations' reports before each
+        #: control cycle (``csms serve`` with a ``[feeder]`` network); None: not.
+        self.feeder_monitor: FeederMonitor | None = None
 
     @property
     def url(self) -> str:
@@ -633,6 +639,14 @@ class CSMSServer:
         """
         core = self.core
         if in_thread:
+            monitor = self.feeder_monitor
+            if monitor is not None:
+                try:
+                    core.feeder_view = await asyncio.to_thread(
+                        monitor.update, list(core.sessions.values()), core.clock())
+                except Exception as exc:  # keep the last view; control goes on
+                    log.warning("feeder model not updated: %s: %s", type(exc).__name__, exc,
+                                extra={"event": "feeder_update_failed"})
             steps = core.control_view_steps(sessions=core.start_cycle())
             while True:
                 try:

@@ -132,6 +132,8 @@ def setup_json_logging(level: int = logging.INFO, *, max_queued: int = 100_000) 
     root.setLevel(level)
     logging.getLogger("ocpp").setLevel(logging.WARNING)
     logging.getLogger("websockets").setLevel(logging.WARNING)
+    # Imported with a [feeder] network; says on import that plotly is missing.
+    logging.getLogger("pandapower").setLevel(logging.WARNING)
 
 
 # At exit, before the interpreter tears down: the last lines ("stopped") get out.
@@ -300,6 +302,21 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                             else store.shared,
                             ping_interval_s=s.ping_interval_s or None,
                             ping_timeout_s=s.ping_timeout_s or None)
+        if config.feeder is not None:
+            # Only with a [feeder] network: it imports pandapower and power-grid-model.
+            from evtwin.grid import GridLimits
+
+            from .feeder import FeederMonitor, build_feeder_model, needs_feeder
+
+            if needs_feeder(config.control.strategy):
+                f = config.feeder
+                model = build_feeder_model(
+                    f.network, [(st.id, int(st.bus)) for st in config.stations
+                                if st.bus is not None],
+                    GridLimits(v_min_pu=f.v_min_pu, v_max_pu=f.v_max_pu,
+                               line_loading_max_percent=f.line_loading_max_percent,
+                               trafo_loading_max_percent=f.trafo_loading_max_percent))
+                server.feeder_monitor = FeederMonitor(model, core.config.nominal_voltage_v)
         api = None
         if api_port is not None:
             assert api_token_hash is not None  # checked above

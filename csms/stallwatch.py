@@ -59,21 +59,41 @@ class StallWatch:
         self.longest_s = 0.0
         self._window_start = time.monotonic()
         self._window_reports = 0
-        #: The generation of the garbage collection running now (-1: none). The
-        #: collector holds the GIL, so a sample usually lands just after it; the
-        #: time it took is what tells (``_gc_ms`` of the current stall).
+        # Garbage collections in the loop's thread, timed by a gc callback: the
+        # collector holds the GIL, so the watchdog cannot even send a beat while
+        # one runs; a collection that is itself a stall is reported from here.
         self._gc_started = 0.0
-        self._gc_s = 0.0
-        self._gc_max_gen = -1
+        self._gc_total_s = 0.0
+        self._gc_last_gen = -1
+        self._report_lock = threading.Lock()
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if threading.get_ident() != self._loop_thread_id:
             return
         if phase == "start":
             self._gc_started = time.perf_counter()
-        else:
-            self._gc_s += time.perf_counter() - self._gc_started
-            self._gc_max_gen = max(self._gc_max_gen, info.get("generation", 0))
+            return
+        took_s = time.perf_counter() - self._gc_started
+        self._gc_total_s += took_s
+        generation = int(info.get("generation", 0))
+        self._gc_last_gen = generation
+        if took_s >= self.threshold_s:
+            self._stall(took_s, [(1, [f"(garbage collection of generation {generation})"])],
+                        gc_s=took_s, gc_generation=generation)
+
+    def _stall(self, took_s: float, stacks: list[tuple[int, list[str]]], *, gc_s: float,
+               gc_generation: int, others: list[tuple[int, list[str]]] | None = None) -> None:
+        """Count a stall and report it, at most ``max_reports_per_minute`` a minute."""
+        with self._report_lock:
+            self.stalls += 1
+            self.longest_s = max(self.longest_s, took_s)
+            now = time.monotonic()
+            if now - self._window_start >= 60.0:
+                self._window_start, self._window_reports = now, 0
+            if self._window_reports >= self.max_reports_per_minute:
+                return
+            self._window_reports += 1
+        self.report(took_s, stacks, gc_s=gc_s, gc_generation=gc_generation, others=others)
 
     def start(self) -> None:
         """Start watching; call from the loop's own thread."""
@@ -87,6 +107,7 @@ class StallWatch:
         with contextlib.suppress(ValueError):
             gc.callbacks.remove(self._on_gc)
         self._stop.set()
+        self._beat.set()  # wakes a watchdog waiting for a beat
         if self._thread is not None:
             self._thread.join(timeout=2.0)
 
@@ -100,22 +121,22 @@ class StallWatch:
         while not self._stop.is_set():
             self._beat.clear()
             sent = time.perf_counter()
+            gc_before = self._gc_total_s
             try:
                 self.loop.call_soon_threadsafe(self._beat.set)
             except RuntimeError:  # the loop is closed
                 return
             if not self._beat.wait(self.threshold_s):
-                self._sample_until_beat(sent)
+                self._sample_until_beat(sent, gc_before)
             self._stop.wait(self.period_s)
 
-    def _sample_until_beat(self, sent: float) -> None:
+    def _sample_until_beat(self, sent: float, gc_before: float) -> None:
         stacks: collections.Counter[tuple[str, ...]] = collections.Counter()
         # Another thread of the process holding the interpreter (the GIL) stalls
         # the loop too: where the others were, by thread name and innermost frames.
         others: collections.Counter[tuple[str, ...]] = collections.Counter()
         names = {t.ident: t.name for t in threading.enumerate()}
         me = threading.get_ident()
-        self._gc_s, self._gc_max_gen = 0.0, -1  # racy but only for the report
         while not self._beat.wait(self.sample_s):
             if self._stop.is_set():
                 return
@@ -128,17 +149,12 @@ class StallWatch:
                 if ident not in (me, self._loop_thread_id):
                     others[(names.get(ident, str(ident)), *_where(other, 3))] += 1
         took_s = time.perf_counter() - sent
-        self.stalls += 1
-        self.longest_s = max(self.longest_s, took_s)
-        now = time.monotonic()
-        if now - self._window_start >= 60.0:
-            self._window_start, self._window_reports = now, 0
-        if self._window_reports >= self.max_reports_per_minute:
-            return
-        self._window_reports += 1
-        self.report(took_s, [(n, list(s)) for s, n in stacks.most_common(3)],
-                    gc_s=self._gc_s, gc_generation=self._gc_max_gen,
-                    others=[(n, list(s)) for s, n in others.most_common(4)])
+        gc_s = self._gc_total_s - gc_before
+        if gc_s >= self.threshold_s and gc_s >= 0.8 * took_s:
+            return  # a collection, already reported by the gc callback
+        self._stall(took_s, [(n, list(st)) for st, n in stacks.most_common(3)], gc_s=gc_s,
+                    gc_generation=self._gc_last_gen if gc_s > 0 else -1,
+                    others=[(n, list(st)) for st, n in others.most_common(4)])
 
     def report(self, took_s: float, stacks: list[tuple[int, list[str]]], *,
                gc_s: float = 0.0, gc_generation: int = -1,

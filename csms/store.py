@@ -43,7 +43,6 @@ T = TypeVar("T")
 #: Longest a statement waits for another connection's lock (s) before it fails.
 LOCK_WAIT_S = 5.0
 _SQLITE_BUSY = 5
-_SQLITE_LOCKED = 6
 
 
 def _wait_unlocked(run: Callable[[], T], *, wait_s: float = LOCK_WAIT_S,
@@ -56,7 +55,8 @@ def _wait_unlocked(run: Callable[[], T], *, wait_s: float = LOCK_WAIT_S,
             return run()
         except sqlite3.OperationalError as exc:
             code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-            if code not in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            # SQLITE_LOCKED (a lock of this same connection) would never clear.
+            if code != _SQLITE_BUSY:
                 raise
             now = time.monotonic()
             if deadline is None:
@@ -80,12 +80,17 @@ class WalCheckpointer:
     one: it blocks the writer only while it copies the few frames written since
     (and syncs), and the next commit starts the log again from the beginning.
 
+    A restart takes the write lock and then waits for readers still on the old
+    log; it waits at most ``busy_timeout_s`` (10 ms) for either and is otherwise
+    tried again next round, so a long reader (another process, a backup) never
+    holds the CSMS's writes up for long.
+
     Durability is unchanged: a commit is in the WAL (synchronous=NORMAL) before
     the CSMS answers, whoever copies it later; other processes read the WAL too.
     """
 
     def __init__(self, path: str, *, interval_s: float = 0.25, restart_frames: int = 4096,
-                 busy_timeout_s: float = 1.0) -> None:
+                 busy_timeout_s: float = 0.01) -> None:
         self.path = path
         self.interval_s = interval_s
         self.restart_frames = restart_frames
@@ -412,11 +417,13 @@ class Store:
         wal = self.path != ":memory:" and str(self._db.execute(
             "PRAGMA journal_mode=WAL").fetchone()[0]).lower() == "wal"
         self._db.execute("PRAGMA synchronous=NORMAL")
-        # No SQLite busy handler: it sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50 ...
-        # ms between tries, so a write lock held 30 ms by a WAL restart kept the
-        # serving loop waiting 53-78 ms. _wait_unlocked polls every 0.5 ms instead.
-        self._db.execute("PRAGMA busy_timeout=0")
         if wal:
+            # No SQLite busy handler: it sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50
+            # ... ms between tries, so a write lock held 30 ms by a WAL restart kept
+            # the serving loop waiting 53-78 ms; _wait_unlocked polls every 0.5 ms
+            # instead. (In WAL mode a COMMIT never waits: the writer holds the lock
+            # from BEGIN IMMEDIATE. Without WAL it would, so the handler stays.)
+            self._db.execute("PRAGMA busy_timeout=0")
             # A checkpoint (copying the WAL into the database, with the only
             # fsyncs of synchronous=NORMAL) would run inside the commit that fills
             # the WAL, so in the event loop: a thread does it (WalCheckpointer).

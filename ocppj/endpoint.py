@@ -76,6 +76,8 @@ class OutgoingCall:
     context: Any = None
     sent_at: float | None = None
     deadline: float | None = None
+    frame: str = ""
+    """The CALL as it goes on the wire (encoded when the call is made)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +234,11 @@ class Endpoint:
             raise EndpointClosed(f"OCPP {self.version} endpoint is closed")
         if self.validate:
             validate(self.version, action, payload, request=True)
-        call = OutgoingCall(f"{self._id_prefix}{next(self._ids)}", action, payload, context)
+        message_id = f"{self._id_prefix}{next(self._ids)}"
+        # Encoded now: a payload JSON cannot carry (NaN, a set) fails here, not
+        # later inside another call's receive().
+        frame = _dumps([2, message_id, action, payload])
+        call = OutgoingCall(message_id, action, payload, context, frame=frame)
         self._queue.append(call)
         if self._active is None:
             self._start_next()
@@ -246,10 +252,12 @@ class Endpoint:
             call.sent_at = now
             call.deadline = now + self.response_timeout_s
             self._active = call
-            self._out.append(_dumps([2, call.message_id, call.action, call.payload]))
+            self._out.append(call.frame)
 
     def send(self, action: str, payload: dict[str, Any]) -> None:
         """An OCPP 2.1 SEND (an unanswered message, e.g. NotifyPeriodicEventStream)."""
+        if self.closed:
+            raise EndpointClosed(f"OCPP {self.version} endpoint is closed")
         if self.version != "2.1":
             raise ValueError(f"SEND frames are OCPP 2.1; this endpoint speaks {self.version}")
         if self.validate:
@@ -294,8 +302,9 @@ class Endpoint:
     def reply_error(self, message_id: str, code: str, description: str = "",
                     details: dict[str, Any] | None = None) -> None:
         """Answer a received CALL with a CALLERROR; ``code`` in 2.0.1 spelling
-        (converted for 1.6, e.g. FormatViolation -> FormationViolation)."""
-        self._answering.pop(message_id, None)
+        (converted for 1.6, e.g. FormatViolation -> FormationViolation). KeyError
+        for an id that awaits no answer (answered already, or never received)."""
+        del self._answering[message_id]
         self._out.append(encode_call_error(message_id, wire_code(self.version, code),
                                            description[:255], details))
 
@@ -348,6 +357,10 @@ class Endpoint:
         return Refused(code, frame.message_id, reason, True, frame.action)
 
     def _on_send(self, frame: Send) -> Event:
+        if not has_schema(self.version, frame.action, request=True):
+            return Refused("NotImplemented", frame.message_id,
+                           f"OCPP {self.version} has no action {frame.action!r}", False,
+                           frame.action)
         if self.validate:
             try:
                 validate(self.version, frame.action, frame.payload, request=True)

@@ -83,9 +83,35 @@ def _compiled(version: str, action: str, request: bool) -> Callable[[Any], Any] 
     return fastjsonschema.compile(schema)
 
 
+@cache
+def actions(version: str) -> frozenset[str]:
+    """Every action OCPP ``version`` has a schema for (from the schema files' names)."""
+    try:
+        names = [f.name for f in (resources.files("ocpp") / _DIRS[version] / "schemas"
+                                  ).iterdir()]
+    except (KeyError, FileNotFoundError, OSError):
+        return frozenset()
+    out = set()
+    for name in names:
+        if not name.endswith(".json"):
+            continue
+        stem = name[: -len(".json")]
+        for suffix in ("Request", "Response"):
+            if version != "1.6" and stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        else:
+            if version == "1.6" and stem.endswith("Response"):
+                stem = stem[: -len("Response")]
+        out.add(stem)
+    return frozenset(out)
+
+
 def has_schema(version: str, action: str, *, request: bool = True) -> bool:
-    """Whether the specification has a schema for this action and direction."""
-    return _compiled(version, action, request) is not None
+    """Whether the specification has a schema for this action and direction (only
+    names of :func:`actions` are looked up: a peer's action name never reaches a
+    file path)."""
+    return action in actions(version) and _compiled(version, action, request) is not None
 
 
 def validate(version: str, action: str, payload: Any, *, request: bool = True) -> None:
@@ -94,7 +120,7 @@ def validate(version: str, action: str, payload: Any, *, request: bool = True) -
     Raises SchemaViolation naming the OCPP-J error code and the field; LookupError
     if the version has no such action.
     """
-    check = _compiled(version, action, request)
+    check = _compiled(version, action, request) if action in actions(version) else None
     if check is None:
         raise LookupError(f"OCPP {version} has no schema for {action}")
     try:

@@ -59,7 +59,7 @@ from evtwin.grid import (
     place_stations,
     supplied_buses,
 )
-from evtwin.transports import memory_pair
+from evtwin.transports import MemoryClosed, memory_pair
 
 from .der import DerSet, Steps, build_der
 from .exceptions import RunError, ScenarioError
@@ -530,7 +530,7 @@ class Twin:
                 if ev.current is not None:
                     rec = ev.current
                     ev.end_visit("open" if rec.outcome == "plugged" else "waiting", None)
-        except ConnectionClosed as exc:
+        except (ConnectionClosed, MemoryClosed) as exc:
             raise RunError(f"a station's connection to the CSMS closed: {exc}") from exc
         except (OSError, TimeoutError, OCPPError) as exc:
             raise RunError(f"OCPP exchange failed: {exc!r}") from exc

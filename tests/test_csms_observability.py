@@ -271,3 +271,40 @@ def test_a_write_waits_for_another_connections_lock_in_short_steps(tmp_path: Pat
         other.close()
     finally:
         store.close()
+
+
+def test_stall_watch_reports_a_long_garbage_collection() -> None:
+    """The collector holds the GIL: the watchdog cannot even send a beat while it
+    runs, so the gc callback reports a collection that is itself a stall."""
+    import asyncio
+    import gc
+
+    from evtwin.csms.stallwatch import StallWatch
+
+    reports: list[tuple[float, list[tuple[int, list[str]]], float, int]] = []
+
+    class Collect(StallWatch):
+        def report(self, took_s: float, stacks: list[tuple[int, list[str]]], *,
+                   gc_s: float = 0.0, gc_generation: int = -1,
+                   others: list[tuple[int, list[str]]] | None = None) -> None:
+            reports.append((took_s, stacks, gc_s, gc_generation))
+
+    async def main() -> None:
+        watch = Collect(asyncio.get_running_loop(), threshold_s=0.01)
+        watch.start()
+        garbage = [[i] for i in range(600_000)]  # tracked containers for the collector
+        t0 = time.perf_counter()
+        gc.collect()
+        took = time.perf_counter() - t0
+        del garbage
+        await asyncio.sleep(0.1)
+        watch.stop()
+        if took < 0.01:
+            pytest.skip(f"a full collection took only {took * 1000:.1f} ms here")
+
+    asyncio.run(main())
+    # Ours, and the automatic ones that building the garbage set off.
+    gc_reports = [r for r in reports if r[3] == 2]
+    assert gc_reports
+    for took_s, stacks, gc_s, _ in gc_reports:
+        assert took_s == gc_s >= 0.01 and "garbage collection" in stacks[0][1][0]

@@ -218,3 +218,29 @@ def test_ids_are_deterministic_and_validation_can_be_turned_off() -> None:
     lax.receive(json.dumps([2, "z", "BootNotification", {"reason": "Sunshine"}]))
     lax.reply("z", {"status": "whatever"})
     assert json.loads(lax.data_to_send()[0]) == [3, "z", {"status": "whatever"}]
+
+
+def test_a_payload_json_cannot_carry_fails_when_the_call_is_made() -> None:
+    station, _, _ = pair(validate=False)
+    with pytest.raises(ValueError):
+        station.call("Heartbeat", {"x": float("nan")})
+    assert station.pending is None and station.data_to_send() == []
+
+
+def test_only_the_versions_own_action_names_are_looked_up() -> None:
+    _, csms, _ = pair("2.1")
+    for action in ("../../v16/schemas/BootNotification", "BootNotificationResponse"):
+        events = csms.receive(json.dumps([2, "t", action, {}]))
+        assert isinstance(events[0], Refused) and events[0].code == "NotImplemented"
+    assert [json.loads(f)[2] for f in csms.data_to_send()] == ["NotImplemented"] * 2
+
+
+def test_each_received_call_is_answered_once() -> None:
+    _, csms, _ = pair()
+    csms.receive(json.dumps([2, "q", "Heartbeat", {}]))
+    csms.reply_error("q", "GenericError", "no")
+    with pytest.raises(KeyError):
+        csms.reply_error("q", "GenericError", "again")
+    with pytest.raises(KeyError):
+        csms.reply_error("never-received", "GenericError", "x")
+    assert len(csms.data_to_send()) == 1

@@ -57,6 +57,18 @@ def test_a_waiting_reader_sees_the_close() -> None:
     asyncio.run(main())
 
 
+def test_two_readers_on_one_end_are_refused() -> None:
+    async def main() -> None:
+        _, csms = memory_pair("CS1", "ocpp2.0.1")
+        first = asyncio.create_task(csms.recv())
+        await asyncio.sleep(0)
+        with pytest.raises(RuntimeError, match="already waiting"):
+            await csms.recv()
+        first.cancel()
+
+    asyncio.run(main())
+
+
 # --------------------------------------------------------------------------- whole runs
 
 

@@ -42,6 +42,8 @@ class MemoryConnection:
 
     async def recv(self) -> str | bytes:
         """The next frame from the other end; MemoryClosed once the pipe is closed."""
+        if self._waiter is not None:
+            raise RuntimeError(f"{self.name}: another coroutine is already waiting in recv()")
         while not self._inbox:
             if self.closed:
                 raise MemoryClosed(f"{self.name}: closed ({self.close_code} {self.close_reason})")
