@@ -17,6 +17,7 @@ from typing import Any
 
 from .clock import Clock, iso, parse_iso, wall_clock
 from .exceptions import InvalidMessageError, UnknownEvseError, UnknownStationError
+from .inputs import InputPort
 from .model import (
     ControlView,
     CSMSConfig,
@@ -114,17 +115,9 @@ class CSMSCore:
         self.stations: dict[str, StationSpec] = {s.station_id: s for s in config.stations}
         self.site_limits = {s.name: s.limit_kw for s in config.sites}
         self.sites = {s.name: s for s in config.sites}
-        #: Context that strategies may use, fed from outside the OCPP traffic
-        #: (the DSO's feeder model and measurements, price and PV forecasts).
-        self.feeder_view: Any = None
-        #: Import limits a grid operator imposes on sites for a while (kW), on top
-        #: of their own limits (OCPP's ChargingStationExternalConstraints).
-        self.external_limits_kw: dict[str, float] = {}
-        self.prices: tuple[tuple[datetime, float], ...] = ()
-        self.pv_forecast_kw: tuple[tuple[datetime, float], ...] = ()
-        self.export_prices: tuple[tuple[datetime, float], ...] = ()
-        #: PV forecast per site (kW steps), for strategies that follow local PV.
-        self.site_pv_forecast_kw: dict[str, tuple[tuple[datetime, float], ...]] = {}
+        #: What the CSMS learns from other systems than its stations (prices, PV
+        #: forecasts, grid-operator limits, the feeder model): the one way in.
+        self.inputs = InputPort(self.sites, on_change=self._input_changed)
         self.strategy = get_strategy(config.strategy)
         self.sessions: dict[tuple[str, str], Session] = {}
         self.status: dict[EvseKey, str] = {}
@@ -550,13 +543,14 @@ class CSMSCore:
                 self._warn_once(("session", s.station_id, s.transaction_id),
                                 "%s/%s left out of control: %s", s.station_id,
                                 s.transaction_id, exc)
+        inputs = self.inputs
         sites = tuple(SiteView(name=n, limit_kw=self.effective_site_limit_kw(n),
                                sessions=tuple(v),
-                               pv_forecast_kw=self.site_pv_forecast_kw.get(n, ()))
+                               pv_forecast_kw=inputs.site_pv_forecast_kw.get(n, ()))
                       for n, v in sorted(by_site.items()))
-        return ControlView(now=now or self.clock(), sites=sites, feeder=self.feeder_view,
-                           prices=self.prices, pv_forecast_kw=self.pv_forecast_kw,
-                           export_prices=self.export_prices,
+        return ControlView(now=now or self.clock(), sites=sites, feeder=inputs.feeder,
+                           prices=inputs.prices, pv_forecast_kw=inputs.pv_forecast_kw,
+                           export_prices=inputs.export_prices,
                            charge_efficiency=self.config.assumed_efficiency,
                            discharge_efficiency=self.config.assumed_discharge_efficiency,
                            v2g_peak_target_percent=self.config.v2g_peak_target_percent)
@@ -626,19 +620,12 @@ class CSMSCore:
 
     def effective_site_limit_kw(self, site: str) -> float | None:
         """A site's own import limit or the grid operator's, whichever is lower."""
-        limits = [x for x in (self.site_limits.get(site), self.external_limits_kw.get(site))
+        limits = [x for x in (self.site_limits.get(site), self.inputs.grid_limits_kw.get(site))
                   if x is not None]
         return min(limits) if limits else None
 
-    def set_external_constraint(self, site: str, limit_kw: float | None) -> None:
-        """A grid operator limits (or, with None, releases) a site's import; the
-        control cycle reacts at once."""
-        if limit_kw is None:
-            self.external_limits_kw.pop(site, None)
-        else:
-            self.external_limits_kw[site] = limit_kw
-        log.info("external constraint on %s: %s kW", site, limit_kw,
-                 extra={"event": "external_constraint", "site": site, "limit_kw": limit_kw})
+    def _input_changed(self) -> None:
+        """An outside input changed what control would decide: control at once."""
         self.sessions_changed = True
 
     def control_due(self, now: datetime | None = None) -> bool:

@@ -68,3 +68,12 @@ class StoreError(ConfigError):
 
     def __init__(self, message: str) -> None:
         super().__init__("db", message)
+
+
+class InputError(CSMSError, ValueError):
+    """An input from outside the OCPP traffic (prices, forecasts, grid limits) that
+    the CSMS refuses; names the field and what is wrong. Nothing was changed."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field

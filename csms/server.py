@@ -278,7 +278,7 @@ class CSMSServer:
         #: Where a limit for a station connected to no one here goes (several
         #: processes on one database): returns True if it was passed on.
         self.relay: Callable[[ProfileCommand], bool] | None = None
-        #: Updates ``core.feeder_view`` from the stations' reports before each
+        #: Updates the core's feeder input from the stations' reports before each
         #: control cycle (``csms serve`` with a ``[feeder]`` network); None: not.
         self.feeder_monitor: FeederMonitor | None = None
 
@@ -642,8 +642,8 @@ class CSMSServer:
             monitor = self.feeder_monitor
             if monitor is not None:
                 try:
-                    core.feeder_view = await asyncio.to_thread(
-                        monitor.update, list(core.sessions.values()), core.clock())
+                    core.inputs.observe_feeder(await asyncio.to_thread(
+                        monitor.update, list(core.sessions.values()), core.clock()))
                 except Exception as exc:  # keep the last view; control goes on
                     log.warning("feeder model not updated: %s: %s", type(exc).__name__, exc,
                                 extra={"event": "feeder_update_failed"})

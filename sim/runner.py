@@ -121,13 +121,6 @@ def clock_boundary(t_of_day_s: float, step_s: float, interval_s: float) -> bool:
     return (t_of_day_s // interval_s) > ((t_of_day_s - step_s) // interval_s)
 
 
-def _sum_steps(series: list[Steps]) -> Steps:
-    """Pointwise sum of step series that share their step times."""
-    if not series:
-        return ()
-    return tuple((t, sum(s[i][1] for s in series)) for i, (t, _) in enumerate(series[0]))
-
-
 def build_model(sc: Scenario) -> ChargingModel:
     """The mesa model (stations and EVs with their visits) for a scenario."""
     counts = sc.ev_counts()
@@ -293,11 +286,11 @@ class Twin:
         yield self.env.timeout(start_s)
         self.dr_limits_kw[site] = limit_kw
         if self.core is not None:
-            self.core.set_external_constraint(site, limit_kw)
+            self.core.inputs.set_grid_limit(site, limit_kw)
         yield self.env.timeout(duration_s)
         self.dr_limits_kw.pop(site, None)
         if self.core is not None:
-            self.core.set_external_constraint(site, None)
+            self.core.inputs.set_grid_limit(site, None)
 
     # -- the run ----------------------------------------------------------------------
     async def _connect(
@@ -374,11 +367,12 @@ class Twin:
         store = Store(self.database)
         try:
             core = CSMSCore(csms_config(self.sc, self.model), store, clock=self.now)
-            core.prices = self.prices  # the day-ahead signal, known for the whole run
-            core.export_prices = self.export_prices
+            # The day-ahead signal, known for the whole run.
+            core.inputs.set_prices(self.prices, self.export_prices)
             # PV behind each site's connection: the forecast the CSMS plans with.
-            core.site_pv_forecast_kw = self.der.site_forecasts(self.sc.start, self.sc.step_s)
-            core.pv_forecast_kw = _sum_steps(list(core.site_pv_forecast_kw.values()))
+            site_pv = self.der.site_forecasts(self.sc.start, self.sc.step_s)
+            for site, steps in site_pv.items():
+                core.inputs.set_pv_forecast(steps, site=site)
             self.core = core
             # feeder_aware hook: the CSMS's own sensitivity model of the feeder.
             if needs_feeder(self.sc.control.strategy):
@@ -478,7 +472,8 @@ class Twin:
                                         der_p_kw=der.der_p_kw)
                 if server is not None and self.feeder_model is not None:
                     # feeder_aware hook: this power flow is the DSO measurement the CSMS sees.
-                    server.core.feeder_view = self.feeder_model.observe(res, ev_kw, self.now())
+                    server.core.inputs.observe_feeder(
+                        self.feeder_model.observe(res, ev_kw, self.now()))
                 for st, vm in zip(self.model.stations, res.station_vm_pu, strict=True):
                     st.voltage_v = float(vm) * 230.0
                 row: dict[str, Any] = {
