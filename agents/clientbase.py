@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ocpp.exceptions import OCPPError
+from ocpp.exceptions import (
+    FormatViolationError,
+    OccurenceConstraintViolationError,
+    OCPPError,
+    PropertyConstraintViolationError,
+    TypeConstraintViolationError,
+)
+from ocpp.messages import MessageType
+
+from evtwin.ocppj import schemas
 
 from .station import Profile, VirtualStation
 
@@ -18,6 +28,13 @@ log = logging.getLogger("evtwin.agents.client")
 _REPORTS = frozenset({"Heartbeat", "MeterValues", "StatusNotification"})
 
 ENERGY = "Energy.Active.Import.Register"
+
+#: OCPP-J error code of a schema violation -> the ``ocpp`` library's exception.
+_VIOLATIONS: dict[str, type[OCPPError]] = {
+    "OccurrenceConstraintViolation": OccurenceConstraintViolationError,
+    "PropertyConstraintViolation": PropertyConstraintViolationError,
+    "TypeConstraintViolation": TypeConstraintViolationError,
+}
 
 
 def record_profile(log: list[dict[str, Any]], client: Any, evse_id: int, profile: Profile,
@@ -54,8 +71,10 @@ class ClientBase(ABC):
 
     if TYPE_CHECKING:  # provided by the ocpp ChargePoint class later in the MRO
         id: str
+        _ocpp_version: str
 
-        async def call(self, payload: Any, suppress: bool = True) -> Any: ...
+        async def call(self, payload: Any, suppress: bool = True,
+                       skip_schema_validation: bool = False) -> Any: ...
 
         async def start(self) -> None: ...
 
@@ -75,11 +94,18 @@ class ClientBase(ABC):
         self.call_errors = 0
         #: Every SetChargingProfile received, with its answer (what a CSMS did).
         self.received_profiles: list[dict[str, Any]] = []
+        #: The action of the call being made (for its answer's schema).
+        self._calling = ""
 
     async def _send_call(self, payload: Any) -> Any:
         self.calls_sent += 1
+        # The library's generic validator (jsonschema, ~0.4 ms a message and no
+        # formats) is skipped for the compiled schemas of evtwin.ocppj (a few us,
+        # formats checked): the request in _send, the answer in
+        # _get_specific_response, both against the specification's schemas.
+        self._calling = type(payload).__name__
         try:
-            return await self.call(payload, suppress=False)
+            return await self.call(payload, suppress=False, skip_schema_validation=True)
         except OCPPError as exc:
             # A CSMS that refuses a report does not stop the station; one that
             # refuses a boot or a transaction message does (the caller decides).
@@ -88,6 +114,27 @@ class ClientBase(ABC):
             self.call_errors += 1
             log.warning("%s: %s answered %s", self.id, type(payload).__name__, exc)
             return None
+
+    async def _send(self, message: str) -> None:
+        """Send one frame; a CALL is checked against its schema first (a payload
+        the station builds wrong is a bug: SchemaViolation, nothing sent)."""
+        if message.startswith("[2,"):
+            frame = json.loads(message)
+            schemas.validate(self._ocpp_version, frame[2], frame[3], request=True)
+        await super()._send(message)  # type: ignore[misc]
+
+    async def _get_specific_response(self, unique_id: str, timeout: float) -> Any:
+        """The answer to the pending call, its payload checked against the
+        action's response schema (an OCPPError naming the violation otherwise)."""
+        response = await super()._get_specific_response(unique_id, timeout)  # type: ignore[misc]
+        if response.message_type_id == MessageType.CallResult:
+            try:
+                schemas.validate(self._ocpp_version, self._calling, response.payload,
+                                 request=False)
+            except schemas.SchemaViolation as exc:
+                raise _VIOLATIONS.get(exc.code, FormatViolationError)(
+                    description=f"{self._calling} answer: {exc}") from None
+        return response
 
     def _ts(self, at_s: float) -> str:
         return iso_ts(self.to_datetime(at_s))
