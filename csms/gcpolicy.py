@@ -10,10 +10,13 @@ a quarter, so all through a ramp-up or a reconnect storm, and now and then in
 steady traffic.
 
 :class:`GCPolicy` moves the long-lived objects out of the collector's way
-(``gc.freeze``): every ``check_s`` it first collects the young generations (the
-cyclic garbage of the messages just handled goes there and then) and freezes
-what survives, so automatic collections only look at objects younger than
-``check_s``. Frozen objects are still freed by reference counting; only a
+(``gc.freeze``): every ``check_s`` (1 s) it first collects the youngest
+generation (the cyclic garbage of the messages just handled goes there and then)
+and freezes what survives, so automatic collections only look at objects younger
+than ``check_s``. (With a 10 s period and generations 0 and 1 collected, the
+stall watch measured automatic generation-1 collections of 70-150 ms every few
+seconds at 10,000 stations: ten seconds of survivors, every TransactionEvent's
+new session state among them.) Frozen objects are still freed by reference counting; only a
 reference cycle that dies after it was frozen (a closed connection's objects)
 waits for the next *sweep*: unfreeze, one full collection, freeze again. A sweep
 runs when the process's peak resident memory has grown by ``sweep_growth`` since
@@ -42,7 +45,7 @@ class GCPolicy:
     growth of the peak RSS (a fraction: 0.5 is +50 %) or every ``sweep_s`` s.
     ``peak_memory`` returns the peak RSS in any unit (tests pass their own)."""
 
-    def __init__(self, *, check_s: float = 10.0, sweep_growth: float = 0.5,
+    def __init__(self, *, check_s: float = 1.0, sweep_growth: float = 0.5,
                  sweep_s: float = 3600.0,
                  monotonic: Callable[[], float] = time.monotonic,
                  peak_memory: Callable[[], float] | None = None) -> None:
@@ -61,10 +64,10 @@ class GCPolicy:
         self.longest_sweep_s = 0.0
 
     def tick(self) -> None:
-        """Collect the young generations, freeze the survivors, sweep if due."""
+        """Collect the youngest generation, freeze the survivors, sweep if due."""
         started = time.perf_counter()
         counts = gc.get_count()
-        collected = gc.collect(1)
+        collected = gc.collect(0)
         gc.freeze()
         took_s = time.perf_counter() - started
         if took_s >= 0.05:
