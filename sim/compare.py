@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,9 +54,19 @@ def compare(path: str, strategies: list[str], *, overrides: dict[str, Any] | Non
     workers = workers or min(len(strategies), os.cpu_count() or 1)
     if workers <= 1:
         return [_run_one(path, overrides, s) for s in strategies]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = [pool.submit(_run_one, path, overrides, s) for s in strategies]
+    # The executor sweep and check use too (spawned workers that leave Ctrl-C to us).
+    from .sweep import make_backend
+
+    backend = make_backend(workers=workers)
+    interrupted = False
+    try:
+        futures = [backend.submit_call(_run_one, path, overrides, s) for s in strategies]
         return [f.result() for f in futures]
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        backend.close(interrupted=interrupted)
 
 
 def comparison_table(runs: list[StrategyRun]) -> pd.DataFrame:

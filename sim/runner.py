@@ -320,13 +320,19 @@ class Twin:
                                compression=None if ext is None else "deflate",
                                max_size=2**20, additional_headers=headers, ssl=ssl_ctx)
             conn: Any = ws if frames is None else CountingConnection(ws, frames)
-            client = client_class(st, conn, to_datetime=self.to_datetime,
-                                  to_seconds=self.to_seconds, now_s=lambda: float(self.env.now))
             sockets.append(ws)
-            clients.append(client)
-            tasks.append(asyncio.create_task(client.start()))
+            clients.append(self._station_client(client_class, st, conn, tasks))
         await asyncio.gather(*(c.boot() for c in clients))
         return clients, tasks, sockets
+
+    def _station_client(self, client_class: Any, st: VirtualStation, conn: Any,
+                        tasks: list[asyncio.Task[Any]]) -> StationClient:
+        """A station's OCPP client on ``conn``, its receive loop started (in ``tasks``)."""
+        client: StationClient = client_class(st, conn, to_datetime=self.to_datetime,
+                                             to_seconds=self.to_seconds,
+                                             now_s=lambda: float(self.env.now))
+        tasks.append(asyncio.create_task(client.start()))
+        return client
 
     async def _connect_memory(
         self, server: CSMSServer
@@ -340,11 +346,8 @@ class Twin:
             station_end, csms_end = memory_pair(st.station_id, subprotocol)
             tasks.append(asyncio.create_task(
                 server.serve_connection(st.station_id, subprotocol, csms_end)))
-            client = client_class(st, station_end, to_datetime=self.to_datetime,
-                                  to_seconds=self.to_seconds, now_s=lambda: float(self.env.now))
             pipes.append(station_end)
-            clients.append(client)
-            tasks.append(asyncio.create_task(client.start()))
+            clients.append(self._station_client(client_class, st, station_end, tasks))
         await asyncio.gather(*(c.boot() for c in clients))
         return clients, tasks, pipes
 

@@ -373,13 +373,20 @@ def _failed_record(spec: RunSpec, error: str) -> dict[str, Any]:
 
 # -- executors ----------------------------------------------------------------------------
 class Backend(ABC):
-    """Where runs execute: submit specs, get finished futures back in completion order."""
+    """Where runs execute (sweep, check and compare all use one): submit work, get
+    finished futures back in completion order."""
 
     description = ""
 
-    @abstractmethod
     def submit(self, spec: RunSpec) -> Any:
         """Start ``execute_run(spec)``; returns a future with ``.result()``."""
+        return self.submit_call(execute_run, spec, key=f"evtwin-run-{spec.run_id}")
+
+    @abstractmethod
+    def submit_call(self, fn: Callable[..., Any], *args: Any, key: str | None = None) -> Any:
+        """Start ``fn(*args)`` (a module-level function: it is pickled to a worker);
+        returns a future with ``.result()``. ``key`` names the task where the
+        backend keeps names (Dask)."""
 
     @abstractmethod
     def as_completed(self, futures: list[Any]) -> Iterator[Any]:
@@ -405,8 +412,9 @@ class LocalBackend(Backend):
                                         mp_context=multiprocessing.get_context("spawn"),
                                         initializer=_ignore_sigint)
 
-    def submit(self, spec: RunSpec) -> Future[dict[str, Any]]:
-        return self.pool.submit(execute_run, spec)
+    def submit_call(self, fn: Callable[..., Any], *args: Any,
+                    key: str | None = None) -> Future[Any]:
+        return self.pool.submit(fn, *args)
 
     def as_completed(self, futures: list[Any]) -> Iterator[Any]:
         return futures_completed(futures)
@@ -432,10 +440,10 @@ class DaskBackend(Backend):
         n = len(self.client.scheduler_info().get("workers", {}))
         self.description = f"Dask cluster {address} ({n} worker{'s' if n != 1 else ''})"
 
-    def submit(self, spec: RunSpec) -> Any:
+    def submit_call(self, fn: Callable[..., Any], *args: Any, key: str | None = None) -> Any:
         # pure=False: a run is never taken from another client's cache.
-        return self.client.submit(execute_run, spec, key=f"evtwin-run-{spec.run_id}",
-                                  pure=False)
+        extra = {"key": key} if key is not None else {}
+        return self.client.submit(fn, *args, pure=False, **extra)
 
     def as_completed(self, futures: list[Any]) -> Iterator[Any]:
         from distributed import as_completed

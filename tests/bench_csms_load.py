@@ -27,12 +27,20 @@ answer is written), from its ``stats`` log lines, with its loop lag beside it.
 from __future__ import annotations
 
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.loadgen import LoadReport, env_float, env_int, format_report, run_load
+from tests.loadgen import (
+    LoadReport,
+    env_float,
+    env_int,
+    format_report,
+    measure_startup,
+    run_load,
+)
 
 
 def _ratio(a: float, b: float) -> str:
@@ -55,6 +63,9 @@ def test_csms_load_storm_memory_startup(benchmark: Any, tmp_path: Path) -> None:
         "ping_interval_s": env_float("EVTWIN_LOAD_PING_INTERVAL_S", 20.0),
         "stall_report_ms": env_float("EVTWIN_LOAD_STALL_REPORT_MS", 50.0),
     }
+    # Start-up on its own first (the load run's own start is reported too, but
+    # one spawn is one sample): median and worst of five.
+    startups = sorted(measure_startup(tmp_path, stations))
     reports: list[LoadReport] = []
     if 0 < baseline < stations:
         reports.append(run_load(tmp_path, baseline, **kwargs))
@@ -85,8 +96,10 @@ def test_csms_load_storm_memory_startup(benchmark: Any, tmp_path: Path) -> None:
          f"{big.spec_storm.dropped:,} back within 60 s, all after "
          f"{big.spec_storm.all_back_s:.1f} s" if big.spec_storm else
          "with OCPP's reconnect back-off: not measured"),
-        f"start-up (spawn -> listening) < 2 s: {big.startup_listening_s:.2f} s -> "
-        f"{'met' if big.startup_listening_s < 2 else 'NOT met'}",
+        f"start-up (spawn -> listening) < 2 s, {len(startups)} starts with a "
+        f"{stations:,}-station config: median {statistics.median(startups):.2f} s, worst "
+        f"{startups[-1]:.2f} s -> {'met' if startups[-1] < 2 else 'NOT met'} (the load "
+        f"run's own start: {big.startup_listening_s:.2f} s)",
         f"memory per station: {big.kib_per_station:.1f} KiB",
     ]
     if len(reports) == 2:
@@ -106,5 +119,6 @@ def test_csms_load_storm_memory_startup(benchmark: Any, tmp_path: Path) -> None:
         "spec_storm_back": big.spec_storm.back if big.spec_storm else None,
         "spec_storm_all_back_s": big.spec_storm.all_back_s if big.spec_storm else None,
         "kib_per_station": big.kib_per_station, "startup_s": big.startup_listening_s,
+        "startup_median_s": statistics.median(startups), "startup_worst_s": startups[-1],
         "first_boot_s": big.startup_first_boot_s})
     assert big.started > 0, "no station got as far as a transaction"

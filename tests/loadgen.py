@@ -1356,6 +1356,19 @@ def stall_summary(stalls: Sequence[dict[str, Any]], top: int = 6) -> list[str]:
     return out
 
 
+def measure_startup(tmp: Path, stations: int, runs: int = 5) -> list[float]:
+    """Seconds from spawn to the ``listening`` line of ``csms serve`` with a config
+    of ``stations`` stations and a new database, ``runs`` times, one after another
+    on a quiet machine (nothing else of the bench is running)."""
+    config = write_config(tmp / f"startup-{stations}.toml", station_ids(stations))
+    out: list[float] = []
+    for i in range(runs):
+        with CsmsProcess(config, tmp / f"startup-{stations}-{i}.sqlite") as server:
+            out.append(server.wait_listening())
+            server.stop()
+    return out
+
+
 def _fmt(v: float | int | None, spec: str = ".1f") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "n/a"
