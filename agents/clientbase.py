@@ -103,7 +103,6 @@ class ClientBase(ABC):
         # formats) is skipped for the compiled schemas of evtwin.ocppj (a few us,
         # formats checked): the request in _send, the answer in
         # _get_specific_response, both against the specification's schemas.
-        self._calling = type(payload).__name__
         try:
             return await self.call(payload, suppress=False, skip_schema_validation=True)
         except OCPPError as exc:
@@ -121,6 +120,9 @@ class ClientBase(ABC):
         if message.startswith("[2,"):
             frame = json.loads(message)
             schemas.validate(self._ocpp_version, frame[2], frame[3], request=True)
+            # Set here, under the library's call lock: the action whose answer
+            # _get_specific_response checks next.
+            self._calling = frame[2]
         await super()._send(message)  # type: ignore[misc]
 
     async def _get_specific_response(self, unique_id: str, timeout: float) -> Any:

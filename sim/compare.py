@@ -62,7 +62,7 @@ def compare(path: str, strategies: list[str], *, overrides: dict[str, Any] | Non
     try:
         futures = [backend.submit_call(_run_one, path, overrides, s) for s in strategies]
         return [f.result() for f in futures]
-    except KeyboardInterrupt:
+    except BaseException:  # Ctrl-C or a failed run: do not wait for the others
         interrupted = True
         raise
     finally:

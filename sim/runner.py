@@ -50,6 +50,7 @@ from evtwin.csms import (
     StationSpec,
     Store,
 )
+from evtwin.csms.exceptions import InputError
 from evtwin.csms.feeder import FeederModel, needs_feeder  # also registers feeder_aware
 from evtwin.grid import (
     BaseLoadProfile,
@@ -370,12 +371,16 @@ class Twin:
         store = Store(self.database)
         try:
             core = CSMSCore(csms_config(self.sc, self.model), store, clock=self.now)
-            # The day-ahead signal, known for the whole run.
-            core.inputs.set_prices(self.prices, self.export_prices)
-            # PV behind each site's connection: the forecast the CSMS plans with.
-            site_pv = self.der.site_forecasts(self.sc.start, self.sc.step_s)
-            for site, steps in site_pv.items():
-                core.inputs.set_pv_forecast(steps, site=site)
+            try:
+                # The day-ahead signal, known for the whole run.
+                core.inputs.set_prices(self.prices, self.export_prices)
+                # PV behind each site's connection: the forecast the CSMS plans with.
+                site_pv = self.der.site_forecasts(self.sc.start, self.sc.step_s)
+                for site, steps in site_pv.items():
+                    core.inputs.set_pv_forecast(steps, site=site)
+            except InputError as exc:  # e.g. two price bands starting at the same hour
+                raise ScenarioError(self.sc.name, [(exc.field, str(exc).split(": ", 1)[-1])]
+                                    ) from None
             self.core = core
             # feeder_aware hook: the CSMS's own sensitivity model of the feeder.
             if needs_feeder(self.sc.control.strategy):
