@@ -455,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err.print(f"[red]run failed:[/red] {exc}", highlight=False)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C before a command installs its own handling
+        if args.debug:
+            raise
+        err.print("interrupted", highlight=False)
+        return 130
 
 
 if __name__ == "__main__":
