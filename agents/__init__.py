@@ -2,7 +2,6 @@
 
 from .battery import ChargeResult, charge
 from .behaviour import DEFAULTS, Behaviour, Vehicle, Visit, behaviour_for
-from .client import StationClient
 from .ev import EV, VisitRecord
 from .exceptions import AgentsError, ProfileRejected
 from .model import ChargingModel, SiteConfig
@@ -10,6 +9,6 @@ from .station import Evse, Profile, VirtualStation
 
 __all__ = [
     "DEFAULTS", "EV", "AgentsError", "Behaviour", "ChargeResult", "ChargingModel", "Evse",
-    "Profile", "ProfileRejected", "SiteConfig", "StationClient", "Vehicle", "VirtualStation",
+    "Profile", "ProfileRejected", "SiteConfig", "Vehicle", "VirtualStation",
     "Visit", "VisitRecord", "behaviour_for", "charge",
 ]

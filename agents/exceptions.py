@@ -13,3 +13,8 @@ class ProfileRejected(AgentsError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ProtocolError(AgentsError):
+    """The OCPP exchange cannot go on: a CSMS refused a boot or transaction message,
+    answered wrongly, did not answer in time, or the connection closed."""

@@ -15,12 +15,15 @@ from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from evtwin.ocppj.domain import ENERGY, ENERGY_EXPORT, POWER, POWER_EXPORT, SOC, VOLTAGE
+
 from .clock import Clock, iso, parse_iso, wall_clock
 from .exceptions import InvalidMessageError, UnknownEvseError, UnknownStationError
 from .inputs import InputPort
 from .model import (
     ControlView,
     CSMSConfig,
+    EVChargingNeeds,
     EvseSpec,
     Session,
     SessionView,
@@ -40,12 +43,6 @@ from .strategies import EvseKey, get_strategy
 
 log = logging.getLogger("evtwin.csms")
 
-ENERGY = "Energy.Active.Import.Register"
-POWER = "Power.Active.Import"
-POWER_EXPORT = "Power.Active.Export"
-ENERGY_EXPORT = "Energy.Active.Export.Register"
-SOC = "SoC"
-VOLTAGE = "Voltage"
 
 _WH_PER_UNIT = {"Wh": 1.0, "kWh": 1000.0}
 _W_PER_UNIT = {"W": 1.0, "kW": 1000.0}
@@ -86,6 +83,10 @@ class ProfileCommand:
     limit: float
     unit: str
     limit_w: float
+    profile_id: int = 0
+    """The id of the profile that carries it (0: a fresh one when it is sent). The
+    control cycle numbers its commands in their order before sending any, so the
+    ids do not depend on which station answers first."""
 
 
 def _state_row(s: Session) -> dict[str, Any]:
@@ -234,7 +235,14 @@ class CSMSCore:
         fixes the start reading whenever it arrives. An ended transaction leaves
         memory (the store keeps it; a late event reloads it).
         """
-        ev = self._parse_event(payload)
+        return self.transaction_event(station_id, self._parse_event(payload), record=payload,
+                                      digest=digest)
+
+    def transaction_event(self, station_id: str, ev: TxEvent, *, record: dict[str, Any],
+                          digest: str | None = None) -> dict[str, Any]:
+        """Apply a checked transaction event (see :meth:`on_transaction_event`); ``record``
+        is what the event log keeps of it (the payload as received, or the message of
+        a transport with no wire form)."""
         key = (station_id, ev.transaction_id)
         current = self.sessions.get(key)
         if current is None:
@@ -255,7 +263,7 @@ class CSMSCore:
         applied = self.store.record_transaction_event(
             station_id=station_id, transaction_id=ev.transaction_id, seq_no=seq_no,
             event_type=ev.event_type, trigger_reason=ev.trigger_reason,
-            timestamp=ev.timestamp, payload=payload,
+            timestamp=ev.timestamp, payload=record,
             samples=[sample[:5] for sample in ev.samples], evse_id=evse_id,
             state=_state_row(session), digest=digest, cdr=cdr)
         if not applied:
@@ -471,9 +479,20 @@ class CSMSCore:
     def on_meter_values(self, station_id: str, evse_id: int,
                         meter_value: list[dict[str, Any]]) -> None:
         """MeterValues outside a transaction: check (InvalidMessageError) and persist them."""
-        samples = self._parse_samples(meter_value, self.clock())
+        self.meter_samples(station_id, evse_id, self._parse_samples(meter_value, self.clock()))
+
+    def meter_samples(self, station_id: str, evse_id: int,
+                      samples: tuple[ParsedSample, ...]) -> None:
+        """Persist checked meter samples taken outside a transaction."""
         if samples:
             self.store.record_meter_values(station_id, evse_id, [s[:5] for s in samples])
+
+    def note_ev_needs(self, station_id: str, needs: EVChargingNeeds) -> None:
+        """An EV's charging needs (ISO 15118 via NotifyEVChargingNeeds): kept on the open
+        session of its EVSE, where strategies see them."""
+        for session in self.open_sessions():
+            if session.station_id == station_id and session.evse_id == needs.evse_id:
+                session.ev_needs = needs
 
     # -- control -------------------------------------------------------------
     def open_sessions(self) -> list[Session]:

@@ -23,6 +23,7 @@ from .clock import iso
 from .core import ENERGY, ProfileCommand
 from .shell import (
     PURPOSES_16,
+    STOP_REASONS_16,
     CallFailed,
     IdTokenType,
     InvalidOperation,
@@ -32,6 +33,7 @@ from .shell import (
     TriggerMessageName,
     answer,
     invalid_message_is_a_call_error,
+    limit_period,
     periods_from_wire,
     profile_to_wire_16,
     unknown_evse_is_a_property_violation,
@@ -47,11 +49,6 @@ TRIGGER_MESSAGES_16 = frozenset({"BootNotification", "DiagnosticsStatusNotificat
                                  "StatusNotification"})
 
 # 1.6 StopTransaction reasons -> 2.0.1 stoppedReason.
-_STOP_REASONS = {"EVDisconnected": "EVDisconnected", "Local": "Local", "Remote": "Remote",
-                 "EmergencyStop": "EmergencyStop", "HardReset": "ImmediateReset",
-                 "SoftReset": "ImmediateReset", "PowerLoss": "PowerLoss", "Reboot": "Reboot",
-                 "DeAuthorized": "DeAuthorized", "UnlockCommand": "Local", "Other": "Other"}
-
 
 def _number(text: Any, field: str) -> float:
     """A 1.6 sampled value (a string holding a decimal number) as a finite float."""
@@ -191,7 +188,7 @@ class CSMS16(ShellBase, _ChargePoint16):
             "eventType": "Ended", "timestamp": timestamp, "triggerReason": "EVDeparted",
             "seqNo": None,
             "transactionInfo": {"transactionId": tx_id,
-                                "stoppedReason": _STOP_REASONS.get(reason or "Local", "Other")},
+                                "stoppedReason": STOP_REASONS_16.get(reason or "Local", "Other")},
             "meterValue": samples,
         }
         # A transaction this CSMS never saw start is still billed (1.6 expects it),
@@ -207,7 +204,7 @@ class CSMS16(ShellBase, _ChargePoint16):
     # -- CSMS-initiated ---------------------------------------------------------
     async def send_limit(self, cmd: ProfileCommand) -> str:
         """Send a TxProfile (1.6 csChargingProfiles) at ``cmd.limit``; record the status."""
-        profile_id = self.core.next_profile_id()
+        profile_id = cmd.profile_id or self.core.next_profile_id()
         payload = {"connectorId": cmd.evse_id, "csChargingProfiles": {
             "chargingProfileId": profile_id, "transactionId": int(cmd.transaction_id),
             "stackLevel": 0, "chargingProfilePurpose": "TxProfile",
@@ -215,7 +212,8 @@ class CSMS16(ShellBase, _ChargePoint16):
             "chargingSchedule": {
                 "startSchedule": iso(self.core.clock()), "chargingRateUnit": cmd.unit,
                 # 1.6 has no discharge: a negative (V2G) limit only stops charging.
-                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": max(cmd.limit, 0.0)}]},
+                "chargingSchedulePeriod": [{
+                    "startPeriod": 0, "limit": limit_period(cmd.limit, self.version).limit}]},
         }}
         try:
             status = str((await self.call_json("SetChargingProfile", payload))["status"])

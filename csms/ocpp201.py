@@ -35,6 +35,7 @@ from .shell import (
     TriggerMessageName,
     answer,
     invalid_message_is_a_call_error,
+    limit_period,
     periods_from_wire,
     profile_to_wire_2x,
     unknown_evse_is_a_property_violation,
@@ -136,9 +137,7 @@ class Handlers201(ShellBase):
         at = parse_iso(raw["timestamp"]) if raw.get("timestamp") else self.core.clock()
         needs = ev_charging_needs(evse_id, raw["chargingNeeds"], at)
         self.ev_charging_needs[evse_id] = needs
-        for session in self.core.open_sessions():
-            if session.station_id == self.id and session.evse_id == evse_id:
-                session.ev_needs = needs
+        self.core.note_ev_needs(self.id, needs)
         return self._call_result.NotifyEVChargingNeeds(  # type: ignore[attr-defined]
             status="Accepted")
 
@@ -171,23 +170,16 @@ class Handlers201(ShellBase):
         }
 
     def _limit_period(self, cmd: ProfileCommand) -> dict[str, Any]:
-        """One schedule period for a limit; a negative one is V2G.
-
-        OCPP 2.1: operationMode CentralSetpoint with a negative setpoint (the
-        spec's combination for a CSMS-controlled discharge in a TxProfile) and
-        dischargeLimit as its floor. 2.0.1 gives a negative limit no meaning,
-        so there the station is only stopped from charging (limit 0).
-        """
-        if cmd.limit >= 0:
-            return {"startPeriod": 0, "limit": cmd.limit}
-        if self.version != "2.1":
-            return {"startPeriod": 0, "limit": 0.0}
-        return {"startPeriod": 0, "operationMode": "CentralSetpoint", "setpoint": cmd.limit,
-                "dischargeLimit": cmd.limit}
+        """The limit's one schedule period (see :func:`~evtwin.csms.shell.limit_period`)."""
+        period = limit_period(cmd.limit, self.version)
+        if period.setpoint is None:
+            return {"startPeriod": 0, "limit": period.limit}
+        return {"startPeriod": 0, "operationMode": "CentralSetpoint",
+                "setpoint": period.setpoint, "dischargeLimit": period.setpoint}
 
     async def send_limit(self, cmd: ProfileCommand) -> str:
         """Send a TxProfile with one period at ``cmd.limit``; record and return the status."""
-        profile_id = self.core.next_profile_id()
+        profile_id = cmd.profile_id or self.core.next_profile_id()
         payload = {"evseId": cmd.evse_id, "chargingProfile": self._tx_profile(profile_id, cmd)}
         try:
             status = str((await self.call_json("SetChargingProfile", payload))["status"])

@@ -22,7 +22,7 @@ Rules (OCPP 2.0.1 K01/K08, 1.6 §3.13):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -137,11 +137,16 @@ class ChargingProfile:
 
 
 _TIME_FIELDS = ("start_schedule", "valid_from", "valid_to")
+_FIELDS = fields(ChargingProfile)
 
 
 def profile_to_json(profile: ChargingProfile) -> str:
     """A profile as JSON text, for the store (times in ISO 8601)."""
-    record: dict[str, Any] = asdict(profile)
+    # Field by field, not dataclasses.asdict (which deep-copies every value: it was
+    # a fifth of a 250-station run, the control cycle persisting each new limit).
+    record: dict[str, Any] = {f.name: getattr(profile, f.name) for f in _FIELDS}
+    record["periods"] = [{"start_s": p.start_s, "limit": p.limit, "phases": p.phases}
+                         for p in profile.periods]
     for name in _TIME_FIELDS:
         if record[name] is not None:
             record[name] = record[name].isoformat()

@@ -28,7 +28,7 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
 
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -39,6 +39,7 @@ from websockets.http11 import Request, Response
 
 from .audit import FailureThrottle, SecurityAudit, auth_scheme, peer_host, safe_identity
 from .core import CSMSCore, ProfileCommand
+from .direct import DirectShell
 from .exceptions import StationNotConnectedError
 from .ocpp16 import CSMS16
 from .ocpp201 import CSMS21, CSMS201
@@ -268,6 +269,8 @@ class CSMSServer:
                                         window_s=auth_failure_window_s)
         self.verifier = PasswordVerifier(max_workers=scrypt_workers, max_waiting=scrypt_queue)
         self.connections: dict[str, ShellBase] = {}
+        #: Stations on the ``direct`` transport (no connection: called in-process).
+        self.direct: dict[str, DirectShell] = {}
         self._sockets: dict[str, ServerConnection] = {}
         self._sockets_by_cp: dict[int, ServerConnection] = {}
         self._background: set[asyncio.Task[None]] = set()
@@ -659,12 +662,16 @@ class CSMSServer:
             commands = core.control_commands(view, limits)
         else:
             commands = core.control_commands()
+        # Numbered in the cycle's own order, before any is sent (see ProfileCommand).
+        commands = [cmd if cmd.profile_id else replace(cmd, profile_id=core.next_profile_id())
+                    for cmd in commands]
         by_station: dict[str, list[Any]] = {}
         for cmd in commands:
             by_station.setdefault(cmd.station_id, []).append(cmd)
 
         async def send_all(station_id: str, cmds: list[Any]) -> int:
-            cp = self.connections.get(station_id)
+            cp: ShellBase | DirectShell | None = (self.connections.get(station_id)
+                                                  or self.direct.get(station_id))
             if cp is None and self.relay is not None:
                 # Another process sharing the database may hold the connection.
                 return sum(1 for cmd in cmds if self.relay(cmd))

@@ -55,6 +55,7 @@ from evtwin.ocppj import (
     FrameError,
     SchemaViolation,
     decode_frame,
+    domain,
     encode_call_error,
     schemas,
     wire_code,
@@ -135,6 +136,28 @@ class InvalidOperation(CSMSError, ValueError):
 def version_at_least(version: str, minimum: str) -> bool:
     """Whether OCPP ``version`` has what ``minimum`` introduced."""
     return VERSIONS.index(version) >= VERSIONS.index(minimum)
+
+
+#: OCPP 1.6 stop reasons in OCPP 2.x's stoppedReason vocabulary.
+STOP_REASONS_16 = {"EVDisconnected": "EVDisconnected", "Local": "Local", "Remote": "Remote",
+                   "EmergencyStop": "EmergencyStop", "HardReset": "ImmediateReset",
+                   "SoftReset": "ImmediateReset", "PowerLoss": "PowerLoss", "Reboot": "Reboot",
+                   "DeAuthorized": "DeAuthorized", "UnlockCommand": "Local", "Other": "Other"}
+
+
+def limit_period(limit: float, version: str) -> domain.PeriodData:
+    """The one schedule period of a limit the control cycle sends; a negative one is V2G.
+
+    OCPP 2.1: operationMode CentralSetpoint with a negative setpoint (the
+    spec's combination for a CSMS-controlled discharge in a TxProfile) and
+    dischargeLimit as its floor. 1.6 and 2.0.1 give a negative limit no
+    meaning, so there the station is only stopped from charging (limit 0).
+    """
+    if limit >= 0:
+        return domain.PeriodData(0.0, limit)
+    if version != "2.1":
+        return domain.PeriodData(0.0, 0.0)
+    return domain.PeriodData(0.0, None, setpoint=limit)
 
 
 WireHandler = Callable[[Any, dict[str, Any]], dict[str, Any]]

@@ -323,9 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default="results", help="folder for run folders (default: results)")
     run.add_argument("--strategy", help="override control.strategy")
     run.add_argument("--seed", type=int, help="override the scenario's seed")
-    run.add_argument("--transport", choices=["websocket", "memory"],
-                     help="how OCPP frames travel to evtwin's CSMS (overrides run.transport): "
-                          "websocket (loopback sockets) or memory (in-process pipe)")
+    run.add_argument("--transport", choices=["websocket", "memory", "direct"],
+                     help="how the stations reach evtwin's CSMS (overrides run.transport): "
+                          "websocket (loopback sockets), memory (in-process pipe) or direct "
+                          "(direct calls, no OCPP-J frames)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a scenario field by dotted path, e.g. ev.count=20")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -389,9 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="record the runs' KPIs into --baseline instead of comparing")
     ck.add_argument("--junit", metavar="FILE", help="write a JUnit XML report")
     ck.add_argument("--strategy", help="override control.strategy")
-    ck.add_argument("--transport", choices=["websocket", "memory"],
-                    help="how OCPP frames travel to evtwin's CSMS (overrides run.transport): "
-                         "websocket (loopback sockets) or memory (in-process pipe)")
+    ck.add_argument("--transport", choices=["websocket", "memory", "direct"],
+                    help="how the stations reach evtwin's CSMS (overrides run.transport): "
+                         "websocket (loopback sockets), memory (in-process pipe) or direct "
+                         "(direct calls, no OCPP-J frames)")
     ck.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
     ck.add_argument("--workers", type=int, default=1, help="scenarios run in parallel")
     ck.add_argument("--verbose", action="store_true", help="list baseline KPIs that held too")

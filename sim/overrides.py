@@ -8,7 +8,10 @@ from .exceptions import ScenarioError
 
 
 def parse_value(text: str) -> Any:
-    """A --set value: int, float, true/false, or a string."""
+    """A --set value: int, float, true/false, or a string (quoted: always a string, so
+    ``csms.protocol="1.6"`` is the version, not a number)."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        return text[1:-1]
     lowered = text.lower()
     if lowered in ("true", "false"):
         return lowered == "true"

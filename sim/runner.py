@@ -36,10 +36,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from evtwin.agents import ChargingModel, SiteConfig, VirtualStation, behaviour_for
-from evtwin.agents.client import StationClient21, StationClient201
-from evtwin.agents.client16 import StationClient16
-from evtwin.agents.clientbase import ClientBase
 from evtwin.agents.ev import EV
+from evtwin.agents.exceptions import ProtocolError
+from evtwin.agents.link import DirectLink, EndpointLink, StationLink
+from evtwin.agents.protocol import StationProtocol
 from evtwin.csms import (
     CountingConnection,
     CSMSConfig,
@@ -50,6 +50,7 @@ from evtwin.csms import (
     StationSpec,
     Store,
 )
+from evtwin.csms.direct import DirectShell
 from evtwin.csms.exceptions import InputError
 from evtwin.csms.feeder import FeederModel, needs_feeder  # also registers feeder_aware
 from evtwin.grid import (
@@ -71,14 +72,10 @@ from .scenario import Scenario, behaviour_overrides
 log = logging.getLogger("evtwin.sim")
 
 ProgressFn = Callable[[int, int], None]
-StationClient: TypeAlias = ClientBase
+StationClient: TypeAlias = StationLink
 
-#: OCPP version in a scenario -> (websocket subprotocol, virtual station client).
-CLIENTS: dict[str, tuple[str, type[ClientBase]]] = {
-    "1.6": ("ocpp1.6", StationClient16),
-    "2.0.1": ("ocpp2.0.1", StationClient201),
-    "2.1": ("ocpp2.1", StationClient21),
-}
+#: OCPP version in a scenario -> its websocket subprotocol.
+SUBPROTOCOLS: dict[str, str] = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1", "2.1": "ocpp2.1"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +297,7 @@ class Twin:
         clients: list[StationClient] = []
         tasks: list[asyncio.Task[Any]] = []
         sockets: list[Any] = []
-        subprotocol, client_class = CLIENTS[self.sc.csms.protocol]
+        subprotocol = SUBPROTOCOLS[self.sc.csms.protocol]
         ext = self.external
         for st in self.model.stations:
             ssl_ctx = None
@@ -322,18 +319,20 @@ class Twin:
                                max_size=2**20, additional_headers=headers, ssl=ssl_ctx)
             conn: Any = ws if frames is None else CountingConnection(ws, frames)
             sockets.append(ws)
-            clients.append(self._station_client(client_class, st, conn, tasks))
+            clients.append(self._endpoint_link(st, conn, tasks))
         await asyncio.gather(*(c.boot() for c in clients))
         return clients, tasks, sockets
 
-    def _station_client(self, client_class: Any, st: VirtualStation, conn: Any,
-                        tasks: list[asyncio.Task[Any]]) -> StationClient:
-        """A station's OCPP client on ``conn``, its receive loop started (in ``tasks``)."""
-        client: StationClient = client_class(st, conn, to_datetime=self.to_datetime,
-                                             to_seconds=self.to_seconds,
-                                             now_s=lambda: float(self.env.now))
-        tasks.append(asyncio.create_task(client.start()))
-        return client
+    def _protocol(self, st: VirtualStation) -> StationProtocol:
+        return StationProtocol(st, self.sc.csms.protocol, to_datetime=self.to_datetime,
+                               to_seconds=self.to_seconds, now_s=lambda: float(self.env.now))
+
+    def _endpoint_link(self, st: VirtualStation, conn: Any,
+                       tasks: list[asyncio.Task[Any]]) -> StationClient:
+        """A station's OCPP-J link on ``conn``, its receive loop started (in ``tasks``)."""
+        link = EndpointLink(self._protocol(st), conn)
+        tasks.append(asyncio.create_task(link.run()))
+        return link
 
     async def _connect_memory(
         self, server: CSMSServer
@@ -342,19 +341,39 @@ class Twin:
         clients: list[StationClient] = []
         tasks: list[asyncio.Task[Any]] = []
         pipes: list[Any] = []
-        subprotocol, client_class = CLIENTS[self.sc.csms.protocol]
+        subprotocol = SUBPROTOCOLS[self.sc.csms.protocol]
         for st in self.model.stations:
             station_end, csms_end = memory_pair(st.station_id, subprotocol)
             tasks.append(asyncio.create_task(
                 server.serve_connection(st.station_id, subprotocol, csms_end)))
             pipes.append(station_end)
-            clients.append(self._station_client(client_class, st, station_end, tasks))
+            clients.append(self._endpoint_link(st, station_end, tasks))
         await asyncio.gather(*(c.boot() for c in clients))
         return clients, tasks, pipes
+
+    async def _connect_direct(self, server: CSMSServer) -> list[StationClient]:
+        """Join every station to ``server``'s core by direct calls (``transport = "direct"``)."""
+        links: list[StationClient] = []
+        for st in self.model.stations:
+            shell = DirectShell(st.station_id, server.core, self.sc.csms.protocol,
+                                frames=server.frames)
+            link = DirectLink(self._protocol(st), shell.handle)
+            shell.peer = link.handle
+            server.direct[st.station_id] = shell
+            links.append(link)
+        for link in links:
+            await link.boot()
+        return links
 
     async def run_async(self) -> RunResult:
         """Run the scenario to its end: on virtual time with our CSMS, or paced
         to the wall clock against an external one."""
+        try:
+            return await self._run_async()
+        except ProtocolError as exc:  # e.g. a refused BootNotification
+            raise RunError(f"OCPP exchange failed: {exc}") from exc
+
+    async def _run_async(self) -> RunResult:
         # Validate in the event loop's thread: the executor hop costs more than
         # validating these small payloads.
         ocpp.messages.ASYNC_VALIDATION = False
@@ -387,13 +406,16 @@ class Twin:
                 self.feeder_model = FeederModel.from_feeder(
                     self.feeder, [st.station_id for st in self.model.stations])
             server = CSMSServer(core, host="127.0.0.1", port=0)
-            memory = self.sc.run.transport == "memory"
-            if not memory:
+            transport = self.sc.run.transport
+            if transport == "websocket":
                 await server.start()
             tasks, sockets = [], []
+            clients = []
             try:
-                if memory:
+                if transport == "memory":
                     clients, tasks, sockets = await self._connect_memory(server)
+                elif transport == "direct":
+                    clients = await self._connect_direct(server)
                 else:
                     clients, tasks, sockets = await self._connect(server.url)
                 rows, power_rows, end_s = await self._loop(clients, server, pace=False)
@@ -535,6 +557,8 @@ class Twin:
                     ev.end_visit("open" if rec.outcome == "plugged" else "waiting", None)
         except (ConnectionClosed, MemoryClosed) as exc:
             raise RunError(f"a station's connection to the CSMS closed: {exc}") from exc
+        except ProtocolError as exc:
+            raise RunError(f"OCPP exchange failed: {exc}") from exc
         except (OSError, TimeoutError, OCPPError) as exc:
             raise RunError(f"OCPP exchange failed: {exc!r}") from exc
         return rows, power_rows, end_s

@@ -257,11 +257,13 @@ class Storage(_Strict):
 class RunSettings(_Strict):
     """How the twin runs (not what it models): the results do not depend on it."""
 
-    transport: Literal["websocket", "memory"] = "websocket"
-    """How OCPP frames travel between the virtual stations and evtwin's CSMS:
-    ``websocket`` (real OCPP-J over loopback sockets) or ``memory`` (the same
-    frames, built, validated and handled the same way, through an in-process
-    pipe: no sockets, no websocket framing). Ignored against an external CSMS."""
+    transport: Literal["websocket", "memory", "direct"] = "websocket"
+    """How the virtual stations reach evtwin's CSMS: ``websocket`` (real OCPP-J
+    over loopback sockets), ``memory`` (the same frames, built, validated and
+    handled the same way, through an in-process pipe: no sockets, no websocket
+    framing) or ``direct`` (the stations' and the CSMS's logic exchange OCPP's
+    messages as objects: no frames, no JSON, no schema checks; for large
+    sweeps). The same results on all three. Ignored against an external CSMS."""
 
 
 class Scenario(_Strict):

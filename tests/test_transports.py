@@ -83,19 +83,24 @@ def _same_frame(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("scenario", "overrides"), [
-    ("demo.toml", {"duration_h": 12}),
-    ("v2g.toml", {"duration_h": 12}),
-    ("pv_storage.toml", {"duration_h": 12}),
+    ("demo.toml", {}),
+    ("v2g.toml", {}),
+    ("pv_storage.toml", {}),
     ("demo.toml", {"duration_h": 6, "csms.protocol": "1.6"}),
+    ("v2g.toml", {"duration_h": 12, "csms.protocol": "2.0.1"}),
 ])
-def test_memory_and_websocket_runs_are_identical(scenario: str,
-                                                 overrides: dict[str, Any]) -> None:
+def test_the_three_transports_give_identical_runs(scenario: str,
+                                                  overrides: dict[str, Any]) -> None:
+    """websocket (real sockets), memory (the same frames through a pipe) and direct
+    (no frames at all): the same KPIs, sessions, time series, profiles and
+    transactions, to the last bit."""
     ws = _run(ROOT / "scenarios" / scenario, "websocket", overrides)
-    mem = _run(ROOT / "scenarios" / scenario, "memory", overrides)
-    assert ws.kpis == mem.kpis
-    assert ws.kpis["ocpp_messages"] > 0
-    _same_frame(ws.sessions, mem.sessions)
-    _same_frame(ws.timeseries, mem.timeseries)
-    _same_frame(ws.station_power_kw, mem.station_power_kw)
-    _same_frame(ws.profiles, mem.profiles)
-    assert ws.transactions == mem.transactions
+    assert ws.kpis["ocpp_messages"] > 0 and ws.kpis["profiles_received"] > 0
+    for transport in ("memory", "direct"):
+        other = _run(ROOT / "scenarios" / scenario, transport, overrides)
+        assert other.kpis == ws.kpis, transport
+        _same_frame(ws.sessions, other.sessions)
+        _same_frame(ws.timeseries, other.timeseries)
+        _same_frame(ws.station_power_kw, other.station_power_kw)
+        _same_frame(ws.profiles, other.profiles)
+        assert other.transactions == ws.transactions, transport
