@@ -7,10 +7,11 @@ only from the injected clock.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -113,6 +114,8 @@ class CSMSCore:
         self.config = config
         self.store = store
         self.clock = clock
+        #: Inside :meth:`batch`: stations whose installed profiles await writing.
+        self._dirty_profiles: set[str] | None = None
         self.stations: dict[str, StationSpec] = {s.station_id: s for s in config.stations}
         self.site_limits = {s.name: s.limit_kw for s in config.sites}
         self.sites = {s.name: s for s in config.sites}
@@ -750,8 +753,28 @@ class CSMSCore:
                                                                         s.transaction_id):
                 self.sent_limits_w.pop((station_id, s.evse_id), None)
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Write what happens inside in one store transaction (:meth:`Store.batch`); a
+        station's installed profiles, rewritten whole on every change, are written
+        once, at the end. The twin runs each simulation step in one batch."""
+        if self._dirty_profiles is not None:
+            yield
+            return
+        with self.store.batch():
+            self._dirty_profiles = set()
+            try:
+                yield
+            finally:
+                dirty, self._dirty_profiles = self._dirty_profiles, None
+                for station_id in sorted(dirty):
+                    self.persist_profiles(station_id)
+
     def persist_profiles(self, station_id: str) -> None:
         """Write a station's installed profiles to the store (replacing the old set)."""
+        if self._dirty_profiles is not None:
+            self._dirty_profiles.add(station_id)
+            return
         self.store.save_installed_profiles(
             station_id, [profile_to_json(p) for p in self.profile_set(station_id).profiles])
 

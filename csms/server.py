@@ -692,5 +692,9 @@ class CSMSServer:
                             extra={"event": "control_send_failed", "station": station_id})
             return sent
 
+        if not self.connections:
+            # Only direct stations (or none): each send completes at once, so one
+            # after another, without a task per station.
+            return sum([await send_all(s, c) for s, c in by_station.items()])
         results = await asyncio.gather(*(send_all(s, c) for s, c in by_station.items()))
         return sum(results)

@@ -397,6 +397,8 @@ class Store:
         self.shared = is_database_url(self.path)
         self._pg: Any = None
         self._db: sqlite3.Connection | None = None
+        #: Inside :meth:`batch`: each transaction is a savepoint of the batch's one.
+        self._batching = False
         #: Checkpoints a SQLite file's WAL off the committing thread (None for
         #: ":memory:" and PostgreSQL).
         self.checkpointer: WalCheckpointer | None = None
@@ -510,9 +512,46 @@ class Store:
         # with isolation_level=None we open the transaction ourselves, taking the
         # write lock at once (IMMEDIATE): the statements inside never wait for it.
         db = self._db
+        if self._batching:
+            db.execute("SAVEPOINT tx")
+            try:
+                yield
+            except BaseException:
+                db.execute("ROLLBACK TO tx")
+                db.execute("RELEASE tx")
+                raise
+            db.execute("RELEASE tx")
+            return
         _wait_unlocked(lambda: db.execute("BEGIN IMMEDIATE"))
         with db:
             yield
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Commit everything written inside at once, at the end (SQLite).
+
+        Each write keeps its own all-or-nothing transaction, as a savepoint of
+        the batch's one: a write that fails is undone alone. What the batch
+        gives up is durability in between: a crash loses the whole batch. The
+        twin, whose CSMS runs on virtual time in the same process, writes each
+        simulation step as one batch (a commit per OCPP message was a third of
+        a run); ``csms serve`` never batches. A no-op on PostgreSQL and when
+        already batching.
+        """
+        db = self._db
+        if self._pg is not None or db is None or self._batching:
+            yield
+            return
+        _wait_unlocked(lambda: db.execute("BEGIN IMMEDIATE"))
+        self._batching = True
+        try:
+            yield
+        except BaseException:
+            self._batching = False
+            db.execute("ROLLBACK")
+            raise
+        self._batching = False
+        db.execute("COMMIT")
 
     @staticmethod
     def _sql(sql: str, named: bool = False) -> str:

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -429,6 +430,16 @@ class Twin:
         return self._results(rows, power_rows, transactions, server.frames, wall, end_s,
                              clients)
 
+    async def _each(self, exchanges: Iterable[Coroutine[Any, Any, None]]) -> None:
+        """Run every station's exchange: concurrently over a connection; one after
+        another on the direct transport, where each completes without waiting (no
+        task per station and step)."""
+        if self.sc.run.transport == "direct" and self.external is None:
+            for exchange in exchanges:
+                await exchange
+        else:
+            await asyncio.gather(*exchanges)
+
     @staticmethod
     async def _close(tasks: list[asyncio.Task[Any]], sockets: list[Any]) -> None:
         for t_ in tasks:
@@ -452,7 +463,7 @@ class Twin:
             env.step()
             busy = [c for c in clients if c.station.events]
             if busy:
-                await asyncio.gather(*(c.flush_events(float(env.now)) for c in busy))
+                await self._each(c.flush_events(float(env.now)) for c in busy)
             if server is not None and server.core.sessions_changed:
                 await server.control_cycle()
         if env.now < t:
@@ -475,80 +486,83 @@ class Twin:
                                                            microsecond=0)).total_seconds()
             site_of = np.array([st.site for st in self.model.stations])
             at_site = {s.name: site_of == s.name for s in sc.sites}
+            batch = server.core.batch if server is not None else contextlib.nullcontext
             for k in range(n_steps + 1):
-                t = float(k * step)
-                if pace:
-                    # Wall-clock pacing for a CSMS that lives in real time.
-                    await asyncio.sleep(max(0.0, loop_t0 + t / speed - time.monotonic()))
-                dr_at_step_start = dict(self.dr_limits_kw)
-                if k > 0:
-                    await self._events_until(t, clients, server)
-                    self.model.step(t, step)
-                ev_w = np.array([sum(e.power_w for e in st.evses.values())
-                                 for st in self.model.stations])
-                ev_kw = ev_w / 1000.0
-                site_ev_kw = {name: float(ev_kw[mask].sum()) for name, mask in at_site.items()}
-                step_start = self.to_datetime(max(t - step, 0.0))
-                price_now = price_at(self.prices, step_start)
-                # The import limit in force at each site's connection (batteries keep it).
-                connection_kw = {
-                    s.name: min(x for x in (s.limit_kw, self.dr_limits_kw.get(s.name))
-                                if x is not None)
-                    for s in sc.sites
-                    if s.limit_kw is not None or s.name in self.dr_limits_kw
-                } if self.der.batteries else None
-                der = self.der.step(k, site_ev_kw, price_now, step / 3600.0, connection_kw)
-                res = self.feeder.solve(start_of_day_s + t, ev_kw, self.grid_rng,
-                                        der_p_kw=der.der_p_kw)
-                if server is not None and self.feeder_model is not None:
-                    # feeder_aware hook: this power flow is the DSO measurement the CSMS sees.
-                    server.core.inputs.observe_feeder(
-                        self.feeder_model.observe(res, ev_kw, self.now()))
-                for st, vm in zip(self.model.stations, res.station_vm_pu, strict=True):
-                    st.voltage_v = float(vm) * 230.0
-                row: dict[str, Any] = {
-                    "t_s": t, "ev_kw": float(ev_kw.sum()),
-                    "base_kw": self.feeder.sum_household_p_kw,
-                    "vm_min_pu": res.vm_min_pu, "vm_max_pu": res.vm_max_pu,
-                    "line_loading_max_percent": res.line_loading_max_percent,
-                    "trafo_loading_percent": res.trafo_loading_percent,
-                    "evs_plugged": sum(1 for st in self.model.stations
-                                       for e in st.evses.values() if e.ev is not None),
-                    # The prices over the step that ends at t.
-                    "price_per_kwh": price_now,
-                    "export_price_per_kwh": price_at(self.export_prices, step_start),
-                    "pv_kw": der.pv_kw, "storage_kw": der.storage_kw,
-                }
-                for s in sc.sites:
-                    here = ev_kw[at_site[s.name]]
-                    row[f"site_{s.name}_kw"] = site_ev_kw[s.name]
-                    # V2G: what the site's stations fed back (before netting at the site).
-                    row[f"site_{s.name}_export_kw"] = float(-here[here < 0].sum())
-                    pv_here = der.pv_kw_by_site.get(s.name, 0.0)
-                    st_here = der.storage_kw_by_site.get(s.name, 0.0)
-                    row[f"site_{s.name}_pv_kw"] = pv_here
-                    row[f"site_{s.name}_storage_kw"] = st_here
-                    # At the site's grid connection: EVs plus storage minus own PV.
-                    row[f"site_{s.name}_net_kw"] = site_ev_kw[s.name] + st_here - pv_here
-                    # The limit over the step: where a grid-operator window opened or
-                    # closed inside it, the looser of the two ends.
-                    ends = [min([x for x in (s.limit_kw, dr.get(s.name)) if x is not None],
-                                default=float("inf"))
-                            for dr in (dr_at_step_start, self.dr_limits_kw)]
-                    limit = max(ends)
-                    row[f"site_{s.name}_limit_kw"] = limit if limit != float("inf") else float(
-                        "nan")
-                rows.append(row)
-                power_rows.append(ev_kw)
-                await asyncio.gather(*(c.flush(
-                    t, sample=k > 0 and t % sc.csms.meter_interval_s == 0,
-                    aligned=k == 0 or clock_boundary(start_of_day_s + t, step,
-                                                     sc.csms.aligned_interval_s),
-                    heartbeat=k > 0 and k % hb_every == 0) for c in clients))
-                if server is not None and server.core.control_due():
-                    await server.control_cycle()
-                if self.progress is not None:
-                    self.progress(k + 1, n_steps + 1)
+                # One store transaction per step for the CSMS (see CSMSCore.batch).
+                with batch():
+                    t = float(k * step)
+                    if pace:
+                        # Wall-clock pacing for a CSMS that lives in real time.
+                        await asyncio.sleep(max(0.0, loop_t0 + t / speed - time.monotonic()))
+                    dr_at_step_start = dict(self.dr_limits_kw)
+                    if k > 0:
+                        await self._events_until(t, clients, server)
+                        self.model.step(t, step)
+                    ev_w = np.array([sum(e.power_w for e in st.evses.values())
+                                     for st in self.model.stations])
+                    ev_kw = ev_w / 1000.0
+                    site_ev_kw = {name: float(ev_kw[mask].sum()) for name, mask in at_site.items()}
+                    step_start = self.to_datetime(max(t - step, 0.0))
+                    price_now = price_at(self.prices, step_start)
+                    # The import limit in force at each site's connection (batteries keep it).
+                    connection_kw = {
+                        s.name: min(x for x in (s.limit_kw, self.dr_limits_kw.get(s.name))
+                                    if x is not None)
+                        for s in sc.sites
+                        if s.limit_kw is not None or s.name in self.dr_limits_kw
+                    } if self.der.batteries else None
+                    der = self.der.step(k, site_ev_kw, price_now, step / 3600.0, connection_kw)
+                    res = self.feeder.solve(start_of_day_s + t, ev_kw, self.grid_rng,
+                                            der_p_kw=der.der_p_kw)
+                    if server is not None and self.feeder_model is not None:
+                        # feeder_aware hook: this power flow is the DSO measurement the CSMS sees.
+                        server.core.inputs.observe_feeder(
+                            self.feeder_model.observe(res, ev_kw, self.now()))
+                    for st, vm in zip(self.model.stations, res.station_vm_pu, strict=True):
+                        st.voltage_v = float(vm) * 230.0
+                    row: dict[str, Any] = {
+                        "t_s": t, "ev_kw": float(ev_kw.sum()),
+                        "base_kw": self.feeder.sum_household_p_kw,
+                        "vm_min_pu": res.vm_min_pu, "vm_max_pu": res.vm_max_pu,
+                        "line_loading_max_percent": res.line_loading_max_percent,
+                        "trafo_loading_percent": res.trafo_loading_percent,
+                        "evs_plugged": sum(1 for st in self.model.stations
+                                           for e in st.evses.values() if e.ev is not None),
+                        # The prices over the step that ends at t.
+                        "price_per_kwh": price_now,
+                        "export_price_per_kwh": price_at(self.export_prices, step_start),
+                        "pv_kw": der.pv_kw, "storage_kw": der.storage_kw,
+                    }
+                    for s in sc.sites:
+                        here = ev_kw[at_site[s.name]]
+                        row[f"site_{s.name}_kw"] = site_ev_kw[s.name]
+                        # V2G: what the site's stations fed back (before netting at the site).
+                        row[f"site_{s.name}_export_kw"] = float(-here[here < 0].sum())
+                        pv_here = der.pv_kw_by_site.get(s.name, 0.0)
+                        st_here = der.storage_kw_by_site.get(s.name, 0.0)
+                        row[f"site_{s.name}_pv_kw"] = pv_here
+                        row[f"site_{s.name}_storage_kw"] = st_here
+                        # At the site's grid connection: EVs plus storage minus own PV.
+                        row[f"site_{s.name}_net_kw"] = site_ev_kw[s.name] + st_here - pv_here
+                        # The limit over the step: where a grid-operator window opened or
+                        # closed inside it, the looser of the two ends.
+                        ends = [min([x for x in (s.limit_kw, dr.get(s.name)) if x is not None],
+                                    default=float("inf"))
+                                for dr in (dr_at_step_start, self.dr_limits_kw)]
+                        limit = max(ends)
+                        row[f"site_{s.name}_limit_kw"] = limit if limit != float("inf") else float(
+                            "nan")
+                    rows.append(row)
+                    power_rows.append(ev_kw)
+                    await self._each(c.flush(
+                        t, sample=k > 0 and t % sc.csms.meter_interval_s == 0,
+                        aligned=k == 0 or clock_boundary(start_of_day_s + t, step,
+                                                         sc.csms.aligned_interval_s),
+                        heartbeat=k > 0 and k % hb_every == 0) for c in clients)
+                    if server is not None and server.core.control_due():
+                        await server.control_cycle()
+                    if self.progress is not None:
+                        self.progress(k + 1, n_steps + 1)
             # Sessions still open at the end are integrated to the end and reported open.
             end_s = float(n_steps * step)
             for ev in self.model.evs:
@@ -565,7 +579,16 @@ class Twin:
 
     def run(self) -> RunResult:
         """Run synchronously (creates an event loop)."""
-        return asyncio.run(self.run_async())
+        results: list[RunResult] = []
+
+        async def main() -> None:
+            # The result is not the coroutine's: Python 3.11's asyncio.run formats
+            # repr() of its finished main task when it restores the SIGINT handler,
+            # and the repr of a RunResult (its data frames) took 0.4 s.
+            results.append(await self.run_async())
+
+        asyncio.run(main())
+        return results[0]
 
     # -- results ------------------------------------------------------------------------
     def _results(self, rows: list[dict[str, Any]], power_rows: list[np.ndarray],
