@@ -130,7 +130,6 @@ class EndpointLink(StationLink):
         self._waiter: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._writing: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ driving
 
@@ -143,6 +142,8 @@ class EndpointLink(StationLink):
             if self._failure is not None:
                 raise self._failure
             return
+        if self._waiter is not None:
+            raise RuntimeError(f"{self.station.station_id}: a flush is already waiting")
         self._waiter = self._loop.create_future()
         try:
             await self._waiter
@@ -153,6 +154,8 @@ class EndpointLink(StationLink):
         """Hand the endpoint the next message if none is in flight; wake the waiter when idle."""
         protocol = self.protocol
         endpoint = self.endpoint
+        if self._failure is not None:
+            return  # the exchange cannot go on: nothing more is sent
         try:
             if endpoint.pending is None:
                 message = protocol.next_message()
@@ -240,9 +243,16 @@ class EndpointLink(StationLink):
             self.endpoint.reply_error(event.message_id, "NotSupported",
                                       f"{event.action} is not supported by this station")
             return
-        request = self.codec.decode_request(event.action, event.payload)
-        answer = self.protocol.handle(request)
-        self.endpoint.reply(event.message_id, self.codec.encode_answer(answer))
+        try:
+            request = self.codec.decode_request(event.action, event.payload)
+            payload = self.codec.encode_answer(self.protocol.handle(request))
+        except Exception as exc:  # our bug: answered, logged, and the station goes on
+            log.error("%s: %s failed: %s: %.200s", self.station.station_id, event.action,
+                      type(exc).__name__, exc)
+            self.endpoint.reply_error(event.message_id, "InternalError",
+                                      f"{event.action} could not be processed")
+            return
+        self.endpoint.reply(event.message_id, payload)
 
     async def close(self) -> None:
         if self._timer is not None:

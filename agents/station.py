@@ -1,8 +1,8 @@
 """Virtual charging stations: EVSE state, meters and charging profiles, no I/O.
 
-The OCPP shell (:mod:`evtwin.agents.client`) feeds this logic the messages it
-receives and sends what it queues. Everything here runs on simulated
-seconds; the shell turns them into OCPP timestamps.
+The station's OCPP behaviour (:mod:`evtwin.agents.protocol`) tells the CSMS
+what happens here and applies what the CSMS asks. Everything here runs on
+simulated seconds; the protocol turns them into OCPP timestamps.
 """
 
 from __future__ import annotations

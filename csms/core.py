@@ -765,10 +765,12 @@ class CSMSCore:
             self._dirty_profiles = set()
             try:
                 yield
-            finally:
-                dirty, self._dirty_profiles = self._dirty_profiles, None
-                for station_id in sorted(dirty):
-                    self.persist_profiles(station_id)
+            except BaseException:
+                self._dirty_profiles = None  # the batch is rolled back
+                raise
+            dirty, self._dirty_profiles = self._dirty_profiles, None
+            for station_id in sorted(dirty):
+                self.persist_profiles(station_id)
 
     def persist_profiles(self, station_id: str) -> None:
         """Write a station's installed profiles to the store (replacing the old set)."""

@@ -15,6 +15,7 @@ state; a 2.0.1 station cannot be told to discharge.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,8 @@ from .core import CSMSCore, ProfileCommand, TxEvent
 from .exceptions import InvalidMessageError, UnknownEvseError
 from .model import EVChargingNeeds
 from .shell import STOP_REASONS_16, limit_period
+
+log = logging.getLogger("evtwin.csms.ocpp")
 
 Peer = Callable[[d.CSMSRequest], d.StationAnswer]
 
@@ -62,6 +65,12 @@ class DirectShell:
             raise d.Refusal("PropertyConstraintViolation", str(exc)) from None
         except InvalidMessageError as exc:
             raise d.Refusal(exc.code, str(exc)) from None
+        except Exception as exc:
+            # As a wire shell answers it: InternalError, one log line, never the payload.
+            name = type(m).__name__
+            log.error("%s: %s failed: %s: %.200s", self.id, name, type(exc).__name__, exc,
+                      extra={"event": "handler_failed", "station": self.id, "action": name})
+            raise d.Refusal("InternalError", f"{name} could not be processed") from None
 
     def _handle(self, m: d.StationMessage) -> d.CSMSAnswer:
         core = self.core
@@ -95,9 +104,11 @@ class DirectShell:
             if not v16:
                 return self._tx(m, "Ended", "EVDeparted", m.seq_no, "Idle", m.reason, m.reading,
                                 m.evse_id)
-            # 1.6 StopTransaction names no connector: the session's own is kept.
+            # 1.6 StopTransaction names no connector: the session's own is kept; its
+            # whole-Wh meterStop comes before the exact register (as on the wire).
             self._tx(m, "Ended", "EVDeparted", None, None,
-                     STOP_REASONS_16.get(m.reason, "Other"), m.reading, 0)
+                     STOP_REASONS_16.get(m.reason, "Other"), m.reading, 0,
+                     meter_stop_wh=float(round(m.reading.register_wh)))
             return d.TransactionAnswer()
         if isinstance(m, d.ChargingNeeds):
             core.check_evse(self.id, m.evse_id)
@@ -112,11 +123,13 @@ class DirectShell:
 
     def _tx(self, m: Any, event_type: str, trigger: str, seq_no: int | None,
             charging_state: str | None, stopped_reason: str | None, reading: d.Reading,
-            evse_id: int, *, id_token: str | None = None,
-            transaction_id: str | None = None) -> d.TransactionAnswer:
+            evse_id: int, *, id_token: str | None = None, transaction_id: str | None = None,
+            meter_stop_wh: float | None = None) -> d.TransactionAnswer:
         ts = iso(m.at)
         samples = _samples(reading, ts)
-        energy_wh = next((s[3] for s in samples if s[1] == d.ENERGY), None)
+        if meter_stop_wh is not None:
+            samples = ((ts, d.ENERGY, None, meter_stop_wh, "Wh", reading.at), *samples)
+        energy_wh = next((s[3] for s in reversed(samples) if s[1] == d.ENERGY), None)
         ev = TxEvent(
             transaction_id=transaction_id or m.transaction_id, event_type=event_type,
             seq_no=seq_no, evse_id=evse_id, at=m.at, timestamp=ts, trigger_reason=trigger,

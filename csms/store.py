@@ -513,12 +513,17 @@ class Store:
         # write lock at once (IMMEDIATE): the statements inside never wait for it.
         db = self._db
         if self._batching:
+            if not db.in_transaction:
+                # SQLite rolled the batch back on its own (disk full, I/O error):
+                # nothing more is written in it, not even on its own.
+                raise StoreError(f"{self.path}: the batch's transaction was rolled back")
             db.execute("SAVEPOINT tx")
             try:
                 yield
             except BaseException:
-                db.execute("ROLLBACK TO tx")
-                db.execute("RELEASE tx")
+                if db.in_transaction:
+                    db.execute("ROLLBACK TO tx")
+                    db.execute("RELEASE tx")
                 raise
             db.execute("RELEASE tx")
             return
@@ -548,9 +553,12 @@ class Store:
             yield
         except BaseException:
             self._batching = False
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         self._batching = False
+        if not db.in_transaction:
+            raise StoreError(f"{self.path}: the batch's transaction was rolled back")
         db.execute("COMMIT")
 
     @staticmethod

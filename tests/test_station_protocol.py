@@ -292,3 +292,52 @@ def test_the_direct_shell_refuses_what_the_wire_shell_refuses(tmp_path: Any) -> 
     assert [s.transaction_id for s in core.open_sessions()] == ["T1"]
     assert shell.frames == {"in": 4, "out": 4}
     store.close()
+
+
+def _core(tmp_path: Any) -> Any:
+    from evtwin.csms import CSMSConfig, CSMSCore, EvseSpec, StationSpec, Store
+
+    store = Store(str(tmp_path / "c.sqlite"))
+    return CSMSCore(CSMSConfig(stations=(StationSpec("CS1", "site", (EvseSpec(1, 11e3),)),),
+                               id_tokens=frozenset({"TOK1"})), store, clock=lambda: START)
+
+
+def test_a_batch_commits_once_and_undoes_a_failed_write_alone(tmp_path: Any) -> None:
+    import sqlite3
+
+    core = _core(tmp_path)
+    store = core.store
+    other = sqlite3.connect(tmp_path / "c.sqlite")  # a reader sees only committed data
+
+    def status() -> str:
+        return str(other.execute("SELECT status FROM evses WHERE station_id='CS1'").fetchone()[0])
+
+    before = status()
+    with core.batch():
+        store.record_status("CS1", 1, "Occupied", "2026-06-01T12:00:00.000Z")
+        assert status() == before  # not committed yet
+        with pytest.raises(sqlite3.IntegrityError), store._tx():
+            store._run("UPDATE evses SET status='Faulted' WHERE station_id='CS1'")
+            store._run("INSERT INTO evses(station_id, evse_id) VALUES ('nobody', 1)")
+        # Inside the batch: the failed write is undone, the one before it kept.
+        assert store._run("SELECT status FROM evses WHERE station_id='CS1'"
+                          ).fetchone()[0] == "Occupied"
+        store.record_status("CS1", 1, "Charging", "2026-06-01T12:00:01.000Z")
+    assert status() == "Charging"  # committed at the end
+    with pytest.raises(RuntimeError), core.batch():
+        store.record_status("CS1", 1, "Available", "2026-06-01T12:00:02.000Z")
+        raise RuntimeError("the step failed")
+    assert status() == "Charging"  # a failed batch leaves nothing behind
+    other.close()
+    store.close()
+
+
+def test_an_unexpected_failure_in_the_direct_shell_is_an_internal_error(tmp_path: Any) -> None:
+    from evtwin.csms.direct import DirectShell
+
+    core = _core(tmp_path)
+    shell = DirectShell("CS1", core, "2.0.1")
+    core.store.close()  # every write now fails inside the core
+    with pytest.raises(d.Refusal) as refused:
+        shell.handle(d.StatusChanged(1, "Available", START))
+    assert refused.value.code == "InternalError"
