@@ -41,6 +41,21 @@ class Codec:
     #: CSMS requests the station handles; any other action is answered NotSupported.
     requests: frozenset[str] = frozenset({"SetChargingProfile", "ClearChargingProfile"})
 
+    @staticmethod
+    def sampled_value(s: d.Sample, context: str) -> dict[str, Any]:
+        """One sampled value in the version's form (without its location)."""
+        raise NotImplementedError
+
+    def meter_value(self, reading: d.Reading) -> dict[str, Any]:
+        """A reading as one MeterValue: its timestamp and its sampled values."""
+        values = []
+        for s in reading.samples():
+            value = self.sampled_value(s, reading.context)
+            if s.location is not None:
+                value["location"] = s.location
+            values.append(value)
+        return {"timestamp": iso(reading.at), "sampledValue": values}
+
     def encode(self, message: d.StationMessage) -> tuple[str, dict[str, Any]]:
         raise NotImplementedError
 
@@ -61,16 +76,9 @@ class Codec2x(Codec):
         self.version = version
 
     @staticmethod
-    def meter_value(reading: d.Reading) -> dict[str, Any]:
-        values = []
-        for s in reading.samples():
-            value: dict[str, Any] = {"value": s.value, "context": reading.context,
-                                     "measurand": s.measurand,
-                                     "unitOfMeasure": {"unit": s.unit}}
-            if s.location is not None:
-                value["location"] = s.location
-            values.append(value)
-        return {"timestamp": iso(reading.at), "sampledValue": values}
+    def sampled_value(s: d.Sample, context: str) -> dict[str, Any]:
+        return {"value": s.value, "context": context, "measurand": s.measurand,
+                "unitOfMeasure": {"unit": s.unit}}
 
     def encode(self, message: d.StationMessage) -> tuple[str, dict[str, Any]]:
         m = message
@@ -178,16 +186,9 @@ class Codec16(Codec):
     version = "1.6"
 
     @staticmethod
-    def meter_value(reading: d.Reading) -> dict[str, Any]:
-        values = []
-        for s in reading.samples():
-            value: dict[str, Any] = {"value": f"{s.value:.{_DECIMALS_16.get(s.measurand, 2)}f}",
-                                     "context": reading.context, "measurand": s.measurand,
-                                     "unit": s.unit}
-            if s.location is not None:
-                value["location"] = s.location
-            values.append(value)
-        return {"timestamp": iso(reading.at), "sampledValue": values}
+    def sampled_value(s: d.Sample, context: str) -> dict[str, Any]:
+        return {"value": f"{s.value:.{_DECIMALS_16.get(s.measurand, 2)}f}", "context": context,
+                "measurand": s.measurand, "unit": s.unit}
 
     def encode(self, message: d.StationMessage) -> tuple[str, dict[str, Any]]:
         m = message

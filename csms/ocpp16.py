@@ -16,7 +16,6 @@ from datetime import datetime
 from typing import Any, ClassVar, Literal
 
 from ocpp.exceptions import PropertyConstraintViolationError
-from ocpp.v16 import ChargePoint as _ChargePoint16
 from ocpp.v16.enums import Action as Action16
 
 from .clock import iso
@@ -94,7 +93,7 @@ def message_digest(action: str, payload: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-class CSMS16(ShellBase, _ChargePoint16):
+class CSMS16(ShellBase):
     """One connected station speaking OCPP 1.6J."""
 
     version: ClassVar[str] = "1.6"

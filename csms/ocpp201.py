@@ -12,10 +12,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from ocpp.routing import on
-from ocpp.v21 import ChargePoint as _ChargePoint21
 from ocpp.v21.enums import Action as Action21
-from ocpp.v201 import ChargePoint as _ChargePoint201
 from ocpp.v201.enums import Action as Action201
 
 from .clock import iso, parse_iso
@@ -129,30 +126,28 @@ class Handlers201(ShellBase):
             self.core.on_meter_values(self.id, evse_id, payload["meterValue"])
         return {}
 
-    @on("NotifyEVChargingNeeds")
-    def on_notify_ev_charging_needs(self, evse_id: int, **_: Any) -> Any:
+    @wire("NotifyEVChargingNeeds")
+    def on_notify_ev_charging_needs(self, payload: dict[str, Any]) -> dict[str, Any]:
+        evse_id = payload["evseId"]
         with unknown_evse_is_a_property_violation():
             self.core.check_evse(self.id, evse_id)
-        raw = self._raw_payload
-        at = parse_iso(raw["timestamp"]) if raw.get("timestamp") else self.core.clock()
-        needs = ev_charging_needs(evse_id, raw["chargingNeeds"], at)
+        at = parse_iso(payload["timestamp"]) if payload.get("timestamp") else self.core.clock()
+        needs = ev_charging_needs(evse_id, payload["chargingNeeds"], at)
         self.ev_charging_needs[evse_id] = needs
         self.core.note_ev_needs(self.id, needs)
-        return self._call_result.NotifyEVChargingNeeds(  # type: ignore[attr-defined]
-            status="Accepted")
+        return {"status": "Accepted"}
 
-    @on("ReportChargingProfiles")
-    def on_report_charging_profiles(self, request_id: int, evse_id: int, tbc: bool = False,
-                                    **_: Any) -> Any:
-        report = self._profile_reports.get(request_id)
+    @wire("ReportChargingProfiles")
+    def on_report_charging_profiles(self, payload: dict[str, Any]) -> dict[str, Any]:
+        report = self._profile_reports.get(payload["requestId"])
         if report is not None:  # else a late report for a request we gave up on
-            source = self._raw_payload["chargingLimitSource"]
-            report.profiles.extend({"evse_id": evse_id, "charging_limit_source": source,
-                                    "charging_profile": p}
-                                   for p in self._raw_payload["chargingProfile"])
-            if not tbc:
+            source = payload["chargingLimitSource"]
+            report.profiles.extend({"evse_id": payload["evseId"],
+                                    "charging_limit_source": source, "charging_profile": p}
+                                   for p in payload["chargingProfile"])
+            if not payload.get("tbc", False):
                 report.done.set()
-        return self._call_result.ReportChargingProfiles()  # type: ignore[attr-defined]
+        return {}
 
     def _tx_profile(self, profile_id: int, cmd: ProfileCommand) -> dict[str, Any]:
         return {
@@ -380,14 +375,14 @@ class Handlers201(ShellBase):
                       complete=complete)
 
 
-class CSMS201(Handlers201, _ChargePoint201):
+class CSMS201(Handlers201):
     """One connected station speaking OCPP 2.0.1."""
 
     version: ClassVar[str] = "2.0.1"
     known_actions: ClassVar[frozenset[str]] = frozenset(a.value for a in Action201)
 
 
-class CSMS21(Handlers201, _ChargePoint21):
+class CSMS21(Handlers201):
     """One connected station speaking OCPP 2.1."""
 
     version: ClassVar[str] = "2.1"

@@ -32,33 +32,21 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
+from typing import Any, ClassVar, Literal, cast
 
-from ocpp.charge_point import (
-    camel_to_snake_case,
-    remove_nones,
-    serialize_as_dict,
-    snake_to_camel_case,
-)
 from ocpp.exceptions import OCPPError, PropertyConstraintViolationError
-from ocpp.messages import Call as _LibCall
-from ocpp.messages import CallError as _LibCallError
-from ocpp.messages import CallResult as _LibCallResult
-from ocpp.messages import MessageType
-from ocpp.routing import create_route_map
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from evtwin.ocppj import (
-    Call,
-    CallError,
-    CallResult,
-    FrameError,
+    CallReceived,
+    Endpoint,
+    EndpointClosed,
+    ErrorReceived,
+    Refused,
+    ResultInvalid,
+    ResultReceived,
     SchemaViolation,
-    decode_frame,
     domain,
-    encode_call_error,
-    schemas,
-    wire_code,
 )
 
 from .clock import iso
@@ -588,28 +576,20 @@ def as_profile(profile: ProfileSpec | Mapping[str, Any]) -> ProfileSpec:
 
 
 class ShellBase(ABC):
-    """Mixin placed before an ``ocpp`` ChargePoint class in a shell's bases."""
+    """One connected station: its version's messages in, the core's answers out, over
+    the Sans-I/O :class:`~evtwin.ocppj.Endpoint` (framing, message ids, pending calls,
+    timeouts, schema checks both ways); this class only reads, writes and routes."""
 
     known_actions: ClassVar[frozenset[str]] = frozenset()
     version: ClassVar[str] = ""
     #: Action -> wire handler (see :func:`wire`), collected once per class.
     wire_handlers: ClassVar[dict[str, WireHandler]] = {}
-    #: The ``ocpp`` library's route map of the class (unbound functions), built once
-    #: per class instead of once per connection (it looks up every ``@on`` name of
-    #: every loaded module on the object).
-    _class_routes: ClassVar[dict[str, dict[str, Any]]] = {}
     #: Where handled CALLs are timed (the server sets it per connection); None: not timed.
     call_stats: CallStats | None = None
 
     core: CSMSCore
-    _raw_payload: dict[str, Any]
     ev_charging_needs: dict[int, EVChargingNeeds]
     _profile_reports: dict[int, ProfileReport]
-
-    if TYPE_CHECKING:  # provided by ocpp.charge_point.ChargePoint, later in the MRO
-        _ocpp_version: str
-
-        async def _get_specific_response(self, unique_id: str, timeout: float) -> Any: ...
 
     @wire("Heartbeat")
     def on_heartbeat(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -628,31 +608,23 @@ class ShellBase(ABC):
             if isinstance(action, str):
                 handlers[action] = attr
         cls.wire_handlers = handlers
-        cls._class_routes = {}
 
     def __init__(self, station_id: str, connection: Any, core: CSMSCore, *,
-                 response_timeout: float = 30, logger: logging.Logger | None = None) -> None:
-        # What ocpp.ChargePoint.__init__ sets (not called: it builds the route map
-        # anew for every connection), the route map taken from the class; its
-        # handlers are plain functions, called with the shell as first argument.
-        # tests/test_csms_server.py checks that the attributes stay the same.
+                 response_timeout: float = 30) -> None:
         self.id = station_id
         self._response_timeout = response_timeout
         self._connection = connection
-        cls = type(self)
-        if not cls._class_routes:
-            cls._class_routes = create_route_map(cls)
-        self.route_map: dict[str, dict[str, Any]] = cls._class_routes
-        self._call_lock = asyncio.Lock()
-        self._response_queue: asyncio.Queue[Any] = asyncio.Queue()
-        self._unique_id_generator: Callable[[], Any] = uuid.uuid4
-        self.logger = logger if logger is not None else logging.getLogger("ocpp")
+        # Ids unique beyond this connection too (OCPP-J asks only within it): a
+        # station must never mistake a restarted CSMS's call for one it answered.
+        self._endpoint = Endpoint(self.version, clock=time.monotonic,
+                                  response_timeout_s=response_timeout,
+                                  id_prefix=f"{uuid.uuid4().hex[:12]}-")
+        self._timer: asyncio.TimerHandle | None = None
+        self._writers: set[asyncio.Task[None]] = set()
         self._init_shell(core)
 
     def _init_shell(self, core: CSMSCore) -> None:
         self.core = core
-        self._raw_payload = {}
-        self._after_tasks: set[asyncio.Future[Any]] = set()
         #: The last NotifyEVChargingNeeds per EVSE (2.x), also kept on the open session.
         self.ev_charging_needs: dict[int, EVChargingNeeds] = {}
         self._profile_reports: dict[int, ProfileReport] = {}
@@ -660,19 +632,68 @@ class ShellBase(ABC):
     def _refuse_call(self, action: str) -> tuple[str, str] | None:
         """The CALLERROR (code, text) for a CALL that cannot be routed, or None.
 
-        OCPP-J: NotImplemented when the action is not known at all,
-        NotSupported when it is a known action this CSMS does not handle (the
-        ``ocpp`` library has these two the other way round).
+        OCPP-J: NotImplemented when the action is not known at all (the endpoint
+        answers those), NotSupported when it is a known action this CSMS does not
+        handle.
         """
-        if action in self.wire_handlers or "_on_action" in self.route_map.get(action, ()):
+        if action in self.wire_handlers:
             return None
         if action in self.known_actions:
             return "NotSupported", f"{action} is not supported by this CSMS"
         return "NotImplemented", f"{action[:64]!r} is not an OCPP {self.version} action"
 
-    async def _send_error(self, message_id: str, code: str, description: str) -> None:
-        await self._send(encode_call_error(message_id, wire_code(self.version, code),
-                                           description))
+    # ------------------------------------------------------------------ I/O
+
+    async def _write(self) -> None:
+        """Send what the endpoint has queued (answers, CALLs, CALLERRORs), in order."""
+        send = self._connection.send
+        for frame in self._endpoint.data_to_send():
+            await send(frame)
+
+    def _write_soon(self) -> None:
+        task = asyncio.ensure_future(self._write())
+        self._writers.add(task)
+        task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._writers.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("%s: a frame could not be sent: %s", self.id, task.exception())
+
+    def _arm(self) -> None:
+        """Time the pending call out at its deadline (the endpoint's clock is monotonic)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = self._endpoint.next_deadline()
+        if deadline is not None:
+            self._timer = asyncio.get_running_loop().call_later(
+                max(0.0, deadline - time.monotonic()), self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        for event in self._endpoint.expire():
+            self._settle(event)
+        self._arm()
+        self._write_soon()  # the next queued call, if any, goes out now
+
+    def _settle(self, event: Any) -> None:
+        """Complete one of our calls with what came back (or did not)."""
+        call = event.call
+        future = call.context
+        if future is None or future.done():
+            return  # the caller gave up (cancelled)
+        if isinstance(event, ResultReceived):
+            future.set_result(event.payload)
+        elif isinstance(event, ErrorReceived):
+            future.set_exception(CallFailed(call.action, event.code, event.description))
+        elif isinstance(event, ResultInvalid):
+            future.set_exception(InvalidCallResult(
+                call.action, event.violation.code,
+                f"the station's answer fails the schema: {event.violation}"))
+        else:  # TimedOut
+            future.set_exception(TimeoutError(f"{self.id}: no answer to {call.action} "
+                                              f"within {self._response_timeout} s"))
 
     async def route_message(self, raw_msg: str | bytes) -> None:
         """Handle one frame: answer every CALL (with a CALLRESULT or the CALLERROR OCPP-J
@@ -685,99 +706,89 @@ class ShellBase(ABC):
         validates before it changes state), so a corrected re-send is handled as new.
         """
         received = time.perf_counter()
-        try:
-            frame = decode_frame(raw_msg, version=self.version)
-        except FrameError as exc:
-            log.warning("%s: refused a frame: %s %s", self.id, exc.code, exc.description,
-                        extra={"event": "frame_refused", "station": self.id, "code": exc.code})
-            if exc.answer:
-                await self._send_error(exc.message_id, exc.code, exc.description)
-            return
-        if isinstance(frame, Call):
-            failed = await self._answer_call(frame)
-            stats = self.call_stats
-            if stats is not None:
-                # Only known names: a fuzzer's made-up actions must not grow the counts.
-                action = frame.action if frame.action in self.known_actions else "(unknown)"
-                stats.record(action, time.perf_counter() - received, error=failed)
-        elif isinstance(frame, CallResult | CallError):
-            if not self._call_lock.locked():
-                # A CALLRESULT/CALLERROR when we are waiting for none: an unknown
-                # message id. Dropped (queueing it would grow without bound).
-                log.warning("%s: ignoring a reply to no pending call (id %r)", self.id,
-                            frame.message_id)
-                return
-            reply: Any = (_LibCallResult(frame.message_id, frame.payload)
-                          if isinstance(frame, CallResult) else
-                          _LibCallError(frame.message_id, frame.code, frame.description,
-                                        frame.details))
-            self._response_queue.put_nowait(reply)
-        else:  # OCPP 2.1 CALLRESULTERROR or SEND: never answered
-            log.info("%s: ignoring an OCPP 2.1 %s frame", self.id, type(frame).__name__,
-                     extra={"event": "frame_ignored", "station": self.id})
+        for event in self._endpoint.receive(raw_msg):
+            if isinstance(event, CallReceived):
+                failed = await self._answer_call(event)
+                self._record_call(event.action, received, failed)
+            elif isinstance(event, Refused):
+                self._refused(event, received)
+            elif isinstance(event, ResultReceived | ErrorReceived | ResultInvalid):
+                self._settle(event)
+            else:  # OCPP 2.1 CALLRESULTERROR or SEND: never answered
+                log.info("%s: ignoring an OCPP 2.1 %s frame", self.id, type(event).__name__,
+                         extra={"event": "frame_ignored", "station": self.id})
+        self._arm()
+        await self._write()
+
+    def _record_call(self, action: str, received: float, failed: bool) -> None:
+        stats = self.call_stats
+        if stats is not None:
+            # Only known names: a fuzzer's made-up actions must not grow the counts.
+            name = action if action in self.known_actions else "(unknown)"
+            stats.record(name, time.perf_counter() - received, error=failed)
+
+    def _refused(self, event: Refused, received: float) -> None:
+        if event.action is not None and event.answered:  # a CALL the endpoint refused
+            if event.code != "NotImplemented":
+                self._log_refusal(event.action, event.code, event.reason)
+            self._record_call(event.action, received, True)
+        elif event.answered or "not pending" not in event.reason:
+            log.warning("%s: refused a frame: %s %s", self.id, event.code, event.reason,
+                        extra={"event": "frame_refused", "station": self.id,
+                               "code": event.code})
+        else:
+            # A CALLRESULT/CALLERROR when we are waiting for none: an unknown id.
+            log.warning("%s: ignoring a reply to no pending call (id %r)", self.id,
+                        event.message_id)
 
     async def start(self) -> None:
-        """Read and handle frames until the connection closes (one at a time, as the
-        ``ocpp`` library's loop does, without its per-frame log call)."""
+        """Read and handle frames until the connection closes; then every call still
+        waiting for its answer fails with ConnectionError."""
         recv = self._connection.recv
-        while True:
-            await self.route_message(await recv())
+        try:
+            while True:
+                await self.route_message(await recv())
+        finally:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            for event in self._endpoint.close():
+                future = event.call.context
+                if future is not None and not future.done():
+                    future.set_exception(ConnectionError(
+                        f"{self.id}: the connection closed before {event.call.action} "
+                        "was answered"))
 
-    async def _answer_call(self, call: Call) -> bool:
+    async def _answer_call(self, call: CallReceived) -> bool:
         """Answer one CALL; True if the answer was a CALLERROR."""
+        endpoint = self._endpoint
         refusal = self._refuse_call(call.action)
         if refusal is not None:
-            await self._send_error(call.message_id, *refusal)
+            endpoint.reply_error(call.message_id, *refusal)
             return True
-        handlers: dict[str, Any] = {}
-        kwargs: dict[str, Any] = {}
         try:
-            schemas.validate(self.version, call.action, call.payload)
-            wire_handler = self.wire_handlers.get(call.action)
-            if wire_handler is not None:
-                payload = wire_handler(self, call.payload)
-            else:
-                handlers = self.route_map[call.action]
-                # Handlers read the request in its wire (camelCase) form; the
-                # connection handles one message at a time, so this is safe.
-                self._raw_payload = call.payload
-                kwargs = camel_to_snake_case(call.payload)
-                result = handlers["_on_action"](self, **kwargs)
-                if inspect.isawaitable(result):
-                    result = await result
-                payload = snake_to_camel_case(remove_nones(serialize_as_dict(result)))
-            # Our own answer failing its schema is our bug: InternalError below.
-            schemas.validate(self.version, call.action, payload, request=False)
+            payload = self.wire_handlers[call.action](self, call.payload)
+            if inspect.isawaitable(payload):
+                payload = await payload
+            # Checked against the response schema: our own answer failing it is a bug.
+            endpoint.reply(call.message_id, payload)
         except SchemaViolation as exc:
             self._log_refusal(call.action, exc.code, exc.message)
-            await self._send_error(call.message_id, exc.code, exc.message)
+            endpoint.reply_error(call.message_id, exc.code, exc.message)
             return True
         except OCPPError as exc:
             description = str(exc.description or exc.code)
             self._log_refusal(call.action, exc.code, description)
-            await self._send_error(call.message_id, exc.code, description)
+            endpoint.reply_error(call.message_id, exc.code, description)
             return True
         except Exception as exc:
             log.error("%s: %s failed: %s: %.200s", self.id, call.action, type(exc).__name__,
                       exc, extra={"event": "handler_failed", "station": self.id,
                                   "action": call.action})
-            await self._send_error(call.message_id, "InternalError",
-                                   f"{call.action} could not be processed")
+            endpoint.reply_error(call.message_id, "InternalError",
+                                 f"{call.action} could not be processed")
             return True
-        finally:
-            self._raw_payload = {}
-        await self._send(_dumps([3, call.message_id, payload]))
-        after = handlers.get("_after_action")
-        if after is not None:
-            follow_up = after(self, **kwargs)
-            if inspect.isawaitable(follow_up):
-                task = asyncio.ensure_future(follow_up)
-                self._after_tasks.add(task)
-                task.add_done_callback(self._after_tasks.discard)
         return False
-
-    async def _send(self, message: str) -> None:
-        await self._connection.send(message)
 
     def _log_refusal(self, action: str, code: str, description: str) -> None:
         log.info("%s: %s refused: %s %.200s", self.id, action, code, description,
@@ -787,40 +798,27 @@ class ShellBase(ABC):
     async def call_json(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
         """Send a CALL whose payload is already in wire form; return the result payload.
 
-        The payload goes out exactly as given (no snake/camel conversion, which
-        mangles some OCPP 2.1 field names), after validation against the
-        version's schema (InvalidOperation if it fails). Raises CallFailed on a
-        CALLERROR, InvalidCallResult on an answer that fails the schema and
-        TimeoutError when no answer comes within the response timeout.
+        The payload goes out exactly as given, after validation against the
+        version's schema (InvalidOperation if it fails). Calls to one station go
+        one after another (the endpoint queues them: OCPP-J allows one outstanding
+        CALL per direction). Raises CallFailed on a CALLERROR, InvalidCallResult on
+        an answer that fails the schema, TimeoutError when no answer comes within
+        the response timeout and ConnectionError when the connection closes first.
         """
-        call = _LibCall(unique_id=str(self._unique_id_generator()), action=action,
-                        payload=payload)
-        # The specification's schemas, compiled once (evtwin.ocppj.schemas): the
-        # ocpp library's generic validator took a third of a 250-station run.
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         try:
-            schemas.validate(self.version, action, payload, request=True)
+            self._endpoint.call(action, payload, context=future)
         except SchemaViolation as exc:
             raise InvalidOperation("", f"{action} fails the OCPP {self.version} schema: "
                                        f"{exc}") from exc
         except LookupError as exc:
             raise InvalidOperation("", f"{action} is not an OCPP {self.version} call"
                                    ) from exc
-        async with self._call_lock:
-            await self._send(call.to_json())
-            try:
-                response = await self._get_specific_response(call.unique_id,
-                                                             self._response_timeout)
-            except TimeoutError:
-                raise TimeoutError(f"{self.id}: no answer to {action} within "
-                                   f"{self._response_timeout} s") from None
-        if response.message_type_id == MessageType.CallError:
-            raise CallFailed(action, response.error_code, response.error_description)
-        try:
-            schemas.validate(self.version, action, response.payload, request=False)
-        except SchemaViolation as exc:
-            raise InvalidCallResult(action, exc.code, f"the station's answer fails the "
-                                    f"schema: {exc}") from exc
-        return dict(_plain(response.payload))
+        except EndpointClosed as exc:
+            raise ConnectionError(f"{self.id}: the connection is closed") from exc
+        self._arm()
+        await self._write()
+        return dict(_plain(await future))
 
     # -- helpers for the operations ---------------------------------------------
     def _check_evse_arg(self, evse_id: int | None, *, field: str = "evse_id",
