@@ -14,90 +14,15 @@ from typing import TYPE_CHECKING, Any
 
 import mesa
 
+from evtwin.ocppj.smartcharging import NOMINAL_VOLTAGE_V, Profile, composite_limit
+
 from .battery import charge, charge_power_kw, discharge
 from .exceptions import ProfileRejected
 
 if TYPE_CHECKING:
     from .ev import EV
 
-NOMINAL_VOLTAGE_V = 230.0
-
-
-_RECURRENCY_S = {"Daily": 86400.0, "Weekly": 7 * 86400.0}
-
-
-@dataclass(slots=True)
-class Profile:
-    """A charging profile as the station stores it (from SetChargingProfile)."""
-
-    profile_id: int
-    purpose: str
-    stack_level: int
-    kind: str
-    unit: str
-    periods: list[tuple[float, float, int | None]]  # (start_s, limit, number_phases)
-    start_s: float | None  # schedule start in simulated seconds (Absolute, Recurring)
-    duration_s: float | None
-    transaction_id: str | None
-    valid_from_s: float | None = None
-    valid_to_s: float | None = None
-    recurrency: str | None = None  # "Daily" | "Weekly" for kind Recurring
-    setpoints: list[float | None] | None = None
-    """OCPP 2.1 CentralSetpoint per period, in the profile's unit (negative =
-    discharge); None where a period has none."""
-
-    def _origin(self, now_s: float, tx_start_s: float | None) -> float:
-        if self.kind == "Relative":
-            return tx_start_s if tx_start_s is not None else now_s
-        origin = self.start_s if self.start_s is not None else now_s
-        if self.kind == "Recurring" and self.recurrency in _RECURRENCY_S:
-            period = _RECURRENCY_S[self.recurrency]
-            origin += period * ((now_s - origin) // period)
-        return origin
-
-    def limit_w(self, now_s: float, tx_start_s: float | None, phases: int) -> float | None:
-        """The limit this profile sets at ``now_s`` in W, or None if not active."""
-        if self.valid_from_s is not None and now_s < self.valid_from_s:
-            return None
-        if self.valid_to_s is not None and now_s >= self.valid_to_s:
-            return None
-        elapsed = now_s - self._origin(now_s, tx_start_s)
-        if elapsed < 0 or (self.duration_s is not None and elapsed >= self.duration_s):
-            return None
-        current: tuple[float, float, int | None] | None = None
-        for period in self.periods:
-            if period[0] <= elapsed:
-                current = period
-        if current is None:
-            return None
-        _, limit, n_phases = current
-        if self.unit == "A":
-            return limit * NOMINAL_VOLTAGE_V * (n_phases or phases)
-        return limit
-
-    def setpoint_w(self, now_s: float, tx_start_s: float | None, phases: int) -> float | None:
-        """The 2.1 setpoint in force at ``now_s`` in W (negative = discharge), if any."""
-        if self.setpoints is None or self.limit_w(now_s, tx_start_s, phases) is None:
-            return None
-        elapsed = now_s - self._origin(now_s, tx_start_s)
-        value: float | None = None
-        for period, sp in zip(self.periods, self.setpoints, strict=True):
-            if period[0] <= elapsed:
-                value = sp
-        if value is None:
-            return None
-        return value * NOMINAL_VOLTAGE_V * phases if self.unit == "A" else value
-
-    def switch_times(self, t0: float, t1: float, tx_start_s: float | None) -> list[float]:
-        """Times in (t0, t1) where this profile's limit may change."""
-        points = [self.valid_from_s, self.valid_to_s]
-        # A recurring schedule restarts every period: list its origins in range.
-        origins = {self._origin(t0, tx_start_s), self._origin(t1, tx_start_s)}
-        for origin in origins:
-            points += [origin + p[0] for p in self.periods]
-            if self.duration_s is not None:
-                points.append(origin + self.duration_s)
-        return sorted({p for p in points if p is not None and t0 < p < t1})
+__all__ = ["NOMINAL_VOLTAGE_V", "Event", "Evse", "Profile", "VirtualStation"]
 
 
 @dataclass(slots=True)
@@ -234,37 +159,17 @@ class VirtualStation(mesa.Agent):
 
     # -- physics ------------------------------------------------------------
     def limit_w(self, evse: Evse, now_s: float) -> float:
-        """The effective limit on an EVSE at ``now_s``: hardware, then profiles.
-
-        A TxProfile for the running transaction overrides TxDefaultProfiles;
-        within a purpose the highest stack level that is active wins; a
-        ChargingStationMaxProfile caps the station's total, shared equally by
-        the EVSEs that are charging.
-        """
-        limit = evse.max_power_w
-        chosen: float | None = None
-        for purpose in ("TxProfile", "TxDefaultProfile"):
-            candidates = [p for p in evse.profiles if p.purpose == purpose]
-            if purpose == "TxDefaultProfile":
-                candidates += [p for p in self.station_profiles if p.purpose == purpose]
-            if purpose == "TxProfile":
-                candidates = [p for p in candidates if p.transaction_id == evse.transaction_id]
-            for p in sorted(candidates, key=lambda p: -p.stack_level):
-                value = p.limit_w(now_s, evse.tx_started_s, self._phases(evse))
-                if value is not None:
-                    chosen = value
-                    break
-            if chosen is not None:
-                break
-        if chosen is not None:
-            limit = min(limit, chosen)
-        cap = self.station_cap_w(now_s, self._phases(evse))
-        if cap is not None:
-            # The station maximum limits the station as a whole: the EVSEs
-            # that are charging share it equally.
-            sharing = sum(1 for e in self.evses.values() if e.charging) or 1
-            limit = min(limit, cap / sharing)
-        return max(limit, 0.0)
+        """The effective limit on an EVSE at ``now_s`` (W): its hardware, then its
+        profiles by the rules of :mod:`evtwin.ocppj.smartcharging` (the CSMS's too).
+        A station-wide maximum is shared equally by the EVSEs that are charging."""
+        profiles = [(0, p) for p in self.station_profiles]
+        profiles += [(evse.evse_id, p) for p in evse.profiles]
+        sharing = sum(1 for e in self.evses.values() if e.charging)
+        limit = composite_limit(profiles, now_s, evse_id=evse.evse_id, unit="W",
+                                phases=self._phases(evse), evse_max=evse.max_power_w,
+                                transaction_id=evse.transaction_id,
+                                tx_start_s=evse.tx_started_s, sharing=sharing)
+        return evse.max_power_w if limit is None else limit
 
     @staticmethod
     def _phases(evse: Evse) -> int:

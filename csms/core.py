@@ -789,15 +789,19 @@ class CSMSCore:
 
     def effective_limit_w(self, station_id: str, evse_id: int, at: datetime | None = None
                           ) -> float | None:
-        """The composite limit (W) the CSMS believes an EVSE has, from accepted profiles."""
+        """The composite limit (W) the CSMS believes an EVSE has, from accepted profiles
+        (by the rules the station follows: :mod:`evtwin.ocppj.smartcharging`)."""
         spec = self.station(station_id)
         evse = spec.evse(evse_id)
-        tx = next((s for s in self.open_sessions()
-                   if s.station_id == station_id and s.evse_id == evse_id), None)
+        here = [s for s in self.open_sessions() if s.station_id == station_id]
+        tx = next((s for s in here if s.evse_id == evse_id), None)
         return self.profile_set(station_id).limit_at(
             at or self.clock(), evse_id=evse_id, unit="W", phases=evse.phases,
             evse_max=evse.max_power_w, transaction_id=tx.transaction_id if tx else None,
-            tx_start=tx.started_at if tx else None)
+            tx_start=tx.started_at if tx else None,
+            # A station-wide maximum is shared by the EVSEs with a session, as the
+            # station shares it among those charging.
+            sharing=len(here))
 
     def next_profile_id(self) -> int:
         """A fresh charging-profile id (deterministic per CSMS instance; from the

@@ -26,13 +26,14 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from evtwin.ocppj import smartcharging as sc
+
 Purpose = Literal["ChargingStationMaxProfile", "TxDefaultProfile", "TxProfile",
                   "ChargingStationExternalConstraints"]
 Kind = Literal["Absolute", "Recurring", "Relative"]
 Unit = Literal["W", "A"]
 
-_RECURRENCE = {"Daily": timedelta(days=1), "Weekly": timedelta(days=7)}
-NOMINAL_VOLTAGE_V = 230.0
+NOMINAL_VOLTAGE_V = sc.NOMINAL_VOLTAGE_V
 
 
 class ProfileError(ValueError):
@@ -86,54 +87,31 @@ class ChargingProfile:
         if self.stack_level < 0:
             raise ProfileError("stack level must be >= 0")
 
-    def _origin(self, at: datetime, tx_start: datetime | None) -> datetime | None:
-        if self.kind == "Relative":
-            return tx_start
-        origin = self.start_schedule
-        if origin is None:
-            return None
-        if self.kind == "Recurring" and self.recurrency in _RECURRENCE:
-            period = _RECURRENCE[self.recurrency]
-            if at >= origin:
-                origin += period * ((at - origin) // period)
-        return origin
+    def rules(self) -> sc.Profile:
+        """This profile on POSIX seconds, for the shared rules of
+        :mod:`evtwin.ocppj.smartcharging` (the stations' too)."""
+        def secs(at: datetime | None) -> float | None:
+            return None if at is None else at.timestamp()
+        return sc.Profile(
+            profile_id=self.profile_id, purpose=self.purpose, stack_level=self.stack_level,
+            kind=self.kind, unit=self.unit,
+            periods=[(p.start_s, p.limit, p.phases) for p in self.periods],
+            start_s=secs(self.start_schedule), duration_s=self.duration_s,
+            transaction_id=self.transaction_id, valid_from_s=secs(self.valid_from),
+            valid_to_s=secs(self.valid_to), recurrency=self.recurrency)
 
     def limit_at(self, at: datetime, tx_start: datetime | None) -> Period | None:
         """The period in force at ``at``, or None if the profile is not active then."""
-        if self.valid_from is not None and at < self.valid_from:
-            return None
-        if self.valid_to is not None and at >= self.valid_to:
-            return None
-        origin = self._origin(at, tx_start)
-        if origin is None:
-            return None
-        elapsed = (at - origin).total_seconds()
-        if elapsed < 0 or (self.duration_s is not None and elapsed >= self.duration_s):
-            return None
-        current = None
-        for p in self.periods:
-            if p.start_s <= elapsed:
-                current = p
-        return current
+        i = self.rules().period_index(at.timestamp(),
+                                      None if tx_start is None else tx_start.timestamp())
+        return None if i is None else self.periods[i]
 
     def changes_between(self, t0: datetime, t1: datetime, tx_start: datetime | None
                         ) -> list[datetime]:
         """Instants in (t0, t1) at which this profile's limit may change."""
-        points = {self.valid_from, self.valid_to}
-        origins = {self._origin(t0, tx_start), self._origin(t1, tx_start)}
-        if self.kind == "Recurring" and self.recurrency in _RECURRENCE:
-            origin = self._origin(t0, tx_start)
-            step = _RECURRENCE[self.recurrency]
-            while origin is not None and origin < t1:
-                origins.add(origin)
-                origin += step
-        for origin in origins:
-            if origin is None:
-                continue
-            points.update(origin + timedelta(seconds=p.start_s) for p in self.periods)
-            if self.duration_s is not None:
-                points.add(origin + timedelta(seconds=self.duration_s))
-        return sorted(p for p in points if p is not None and t0 < p < t1)
+        times = self.rules().switch_times(
+            t0.timestamp(), t1.timestamp(), None if tx_start is None else tx_start.timestamp())
+        return [datetime.fromtimestamp(t, t0.tzinfo) for t in times]
 
 
 _TIME_FIELDS = ("start_schedule", "valid_from", "valid_to")
@@ -165,11 +143,7 @@ def profile_from_json(text: str) -> ChargingProfile:
 
 def to_unit(value: float, unit: Unit, target: Unit, phases: int) -> float:
     """Convert a limit between W and A at the nominal voltage."""
-    if unit == target:
-        return value
-    if unit == "A":
-        return value * NOMINAL_VOLTAGE_V * phases
-    return value / (NOMINAL_VOLTAGE_V * phases)
+    return sc.to_unit(value, unit, target, phases)
 
 
 @dataclass
@@ -208,33 +182,21 @@ class ProfileSet:
 
     def limit_at(self, at: datetime, *, evse_id: int, unit: Unit, phases: int,
                  evse_max: float | None = None, transaction_id: str | None = None,
-                 tx_start: datetime | None = None) -> float | None:
-        """The composite limit on an EVSE at ``at`` in ``unit`` (None: unlimited)."""
-
-        def best(candidates: list[ChargingProfile]) -> float | None:
-            for p in sorted(candidates, key=lambda p: (-p.stack_level, -p.evse_id)):
-                period = p.limit_at(at, tx_start)
-                if period is not None:
-                    return to_unit(period.limit, p.unit, unit, period.phases or phases)
-            return None
-
-        mine = [p for p in self.profiles if p.evse_id in (0, evse_id)]
-        tx = best([p for p in mine if p.purpose == "TxProfile" and p.evse_id == evse_id
-                   and transaction_id is not None and p.transaction_id == transaction_id])
-        limit = tx if tx is not None else best(
-            [p for p in mine if p.purpose == "TxDefaultProfile"])
-        for purpose in ("ChargingStationMaxProfile", "ChargingStationExternalConstraints"):
-            cap = best([p for p in mine if p.purpose == purpose])
-            if cap is not None:
-                limit = cap if limit is None else min(limit, cap)
-        if evse_max is not None:
-            limit = evse_max if limit is None else min(limit, evse_max)
-        return limit
+                 tx_start: datetime | None = None, sharing: int = 1) -> float | None:
+        """The composite limit on an EVSE at ``at`` in ``unit`` (None: unlimited), by the
+        rules the stations follow (:func:`evtwin.ocppj.smartcharging.composite_limit`);
+        ``sharing``: how many EVSEs share a station-wide maximum."""
+        return sc.composite_limit(
+            ((p.evse_id, p.rules()) for p in self.profiles), at.timestamp(),
+            evse_id=evse_id, unit=unit, phases=phases, evse_max=evse_max,
+            transaction_id=transaction_id,
+            tx_start_s=None if tx_start is None else tx_start.timestamp(), sharing=sharing)
 
     def composite_schedule(self, start: datetime, duration_s: float, *, evse_id: int,
                            unit: Unit, phases: int, evse_max: float | None = None,
                            transaction_id: str | None = None,
-                           tx_start: datetime | None = None) -> list[Period]:
+                           tx_start: datetime | None = None, sharing: int = 1
+                           ) -> list[Period]:
         """The composite schedule on an EVSE from ``start`` for ``duration_s``.
 
         Periods are relative to ``start``; consecutive equal limits are
@@ -250,7 +212,7 @@ class ProfileSet:
         for at in sorted(cuts):
             limit = self.limit_at(at, evse_id=evse_id, unit=unit, phases=phases,
                                   evse_max=evse_max, transaction_id=transaction_id,
-                                  tx_start=tx_start)
+                                  tx_start=tx_start, sharing=sharing)
             value = float("inf") if limit is None else limit
             if not out or out[-1].limit != value:
                 out.append(Period((at - start).total_seconds(), value))
