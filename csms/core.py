@@ -19,18 +19,21 @@ from typing import Any
 from evtwin.ocppj.domain import ENERGY, ENERGY_EXPORT, POWER, POWER_EXPORT, SOC, VOLTAGE
 
 from .clock import Clock, iso, parse_iso, wall_clock
-from .exceptions import InvalidMessageError, UnknownEvseError, UnknownStationError
+from .exceptions import UnknownEvseError, UnknownStationError
 from .inputs import InputPort
 from .model import (
     ControlView,
     CSMSConfig,
     EVChargingNeeds,
     EvseSpec,
+    ParsedSample,
     Session,
     SessionView,
     SiteView,
     StationSpec,
+    TxEvent,
 )
+from .parse import WH_PER_UNIT, samples_2x, tx_event_2x
 from .profiles import (
     ChargingProfile,
     Period,
@@ -45,33 +48,10 @@ from .strategies import EvseKey, get_strategy
 log = logging.getLogger("evtwin.csms")
 
 
-_WH_PER_UNIT = {"Wh": 1.0, "kWh": 1000.0}
 _W_PER_UNIT = {"W": 1.0, "kW": 1000.0}
 
 Sample = tuple[str, str, str | None, float, str | None]
 """(timestamp as sent, measurand, phase, value, unit): a sampled value as stored."""
-ParsedSample = tuple[str, str, str | None, float, str | None, datetime]
-"""A sampled value with its timestamp parsed."""
-#: OCPP's integer: 32 bits, signed (OCPP 2.0.1 Part 2, primitive datatypes).
-_INT32_MAX = 2**31 - 1
-
-
-@dataclass(frozen=True, slots=True)
-class TxEvent:
-    """A TransactionEvent as the core reads it, every field checked."""
-
-    transaction_id: str
-    event_type: str
-    seq_no: int | None
-    evse_id: int
-    at: datetime
-    timestamp: str
-    trigger_reason: str
-    id_token: str | None
-    charging_state: str | None
-    stopped_reason: str | None
-    samples: tuple[ParsedSample, ...]
-    energy_wh: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,11 +198,21 @@ class CSMSCore:
 
     def on_transaction_event(self, station_id: str, payload: dict[str, Any], *,
                              digest: str | None = None) -> dict[str, Any]:
-        """TransactionEvent: track the session, persist it, return idTokenInfo if asked.
+        """A TransactionEvent in OCPP 2.x's wire (camelCase) form: checked
+        (:func:`.parse.tx_event_2x`) and applied (:meth:`transaction_event`)."""
+        return self.transaction_event(station_id, tx_event_2x(payload, self.clock(), self.config),
+                                      record=payload, digest=digest)
 
-        ``payload`` is the request in OCPP 2.x's camelCase form; its ``seqNo``
-        may be None when the CSMS numbers the events itself (OCPP 1.6, whose
-        messages are then told apart by ``digest``, a hash of their content).
+    def transaction_event(self, station_id: str, ev: TxEvent, *, record: dict[str, Any],
+                          digest: str | None = None) -> dict[str, Any]:
+        """A transaction event, whatever the version or transport (each shell translates
+        its messages into a checked :class:`TxEvent`): track the session, persist it,
+        return idTokenInfo if asked.
+
+        ``record`` is what the event log keeps (the message as received, or the
+        message of a transport with no wire form). ``ev.seq_no`` is None when the
+        CSMS numbers the events itself (OCPP 1.6, whose messages are then told
+        apart by ``digest``, a hash of their content).
 
         Idempotent and atomic: the event is validated completely first
         (InvalidMessageError, nothing changed); a duplicate (a seqNo or digest
@@ -238,14 +228,6 @@ class CSMSCore:
         fixes the start reading whenever it arrives. An ended transaction leaves
         memory (the store keeps it; a late event reloads it).
         """
-        return self.transaction_event(station_id, self._parse_event(payload), record=payload,
-                                      digest=digest)
-
-    def transaction_event(self, station_id: str, ev: TxEvent, *, record: dict[str, Any],
-                          digest: str | None = None) -> dict[str, Any]:
-        """Apply a checked transaction event (see :meth:`on_transaction_event`); ``record``
-        is what the event log keeps of it (the payload as received, or the message of
-        a transport with no wire form)."""
         key = (station_id, ev.transaction_id)
         current = self.sessions.get(key)
         if current is None:
@@ -296,83 +278,6 @@ class CSMSCore:
             self.profile_set(station_id).end_transaction(ev.transaction_id)
             self.persist_profiles(station_id)
         return self._tx_response(ev.id_token)
-
-    def _parse_event(self, payload: dict[str, Any]) -> TxEvent:
-        """Everything the core reads from a TransactionEvent, checked; InvalidMessageError
-        names the field of the first problem. Changes nothing."""
-        now = self.clock()
-        tx = payload.get("transactionInfo")
-        if not isinstance(tx, dict) or not isinstance(tx.get("transactionId"), str) \
-                or not tx["transactionId"]:
-            raise InvalidMessageError("FormatViolation", "transactionInfo.transactionId",
-                                      "a transaction id is required")
-        seq_no = payload.get("seqNo")
-        if seq_no is not None and (type(seq_no) is not int or not 0 <= seq_no <= _INT32_MAX):
-            raise InvalidMessageError("PropertyConstraintViolation", "seqNo",
-                                      f"must be an integer from 0 to {_INT32_MAX}")
-        evse_id = (payload.get("evse") or {}).get("id", 0)
-        if type(evse_id) is not int or not 0 <= evse_id <= _INT32_MAX:
-            raise InvalidMessageError("PropertyConstraintViolation", "evse.id",
-                                      "must be a non-negative integer")
-        timestamp = payload.get("timestamp")
-        at = self._event_time(timestamp, "timestamp", now)
-        samples = self._parse_samples(payload.get("meterValue") or [], now)
-        energy_wh: float | None = None
-        for _ts, measurand, phase, value, unit, _at in samples:
-            if measurand == ENERGY and phase is None:
-                energy_wh = value * _WH_PER_UNIT.get(unit or "Wh", 1.0)
-        id_token = (payload.get("idToken") or {}).get("idToken")
-        return TxEvent(
-            transaction_id=tx["transactionId"], event_type=str(payload.get("eventType")),
-            seq_no=seq_no, evse_id=evse_id, at=at, timestamp=str(timestamp),
-            trigger_reason=str(payload.get("triggerReason")),
-            id_token=id_token if isinstance(id_token, str) else None,
-            charging_state=tx.get("chargingState"), stopped_reason=tx.get("stoppedReason"),
-            samples=tuple(samples), energy_wh=energy_wh)
-
-    def _parse_samples(self, meter_value: list[dict[str, Any]], now: datetime
-                       ) -> tuple[ParsedSample, ...]:
-        """Sampled values with their parsed timestamps; InvalidMessageError names the field
-        of a timestamp outside the window or a value that is not a finite number."""
-        samples: list[ParsedSample] = []
-        for i, mv in enumerate(meter_value):
-            path = f"meterValue.{i}"
-            mv_at = self._event_time(mv.get("timestamp"), f"{path}.timestamp", now)
-            for j, sv in enumerate(mv.get("sampledValue") or ()):
-                value = sv.get("value")
-                if isinstance(value, bool) or not isinstance(value, int | float) \
-                        or not math.isfinite(value):
-                    raise InvalidMessageError("PropertyConstraintViolation",
-                                              f"{path}.sampledValue.{j}.value",
-                                              "must be a finite number")
-                unit = (sv.get("unitOfMeasure") or {}).get("unit")
-                samples.append((mv["timestamp"], sv.get("measurand", ENERGY), sv.get("phase"),
-                                float(value), unit, mv_at))
-        return tuple(samples)
-
-    def _event_time(self, text: Any, field: str, now: datetime) -> datetime:
-        """A station timestamp: RFC 3339 with an offset, within the accepted window."""
-        if not isinstance(text, str):
-            raise InvalidMessageError("FormatViolation", field, "a date-time is required")
-        try:
-            at = parse_iso(text)
-        except (ValueError, OverflowError):
-            raise InvalidMessageError("FormatViolation", field,
-                                      f"{text[:40]!r} is not an RFC 3339 date-time") from None
-        if at.tzinfo is None or at.utcoffset() is None:
-            raise InvalidMessageError("FormatViolation", field,
-                                      f"{text[:40]!r} has no UTC offset")
-        try:
-            lead_s = (at - now).total_seconds()
-        except OverflowError:  # pragma: no cover - aware datetimes subtract safely
-            lead_s = math.inf
-        if lead_s > self.config.max_event_lead_s or -lead_s > self.config.max_event_age_s:
-            raise InvalidMessageError(
-                "PropertyConstraintViolation", field,
-                f"{text[:40]} is outside the accepted window (at most "
-                f"{self.config.max_event_age_s / 86400:g} days before and "
-                f"{self.config.max_event_lead_s / 3600:g} h after the CSMS's time)")
-        return at
 
     def _apply_event(self, session: Session, ev: TxEvent, seq_no: int) -> None:
         """Apply a validated event to ``session`` (a copy the caller commits)."""
@@ -461,12 +366,12 @@ class CSMSCore:
             fresh = session.meter_last_at is None or at >= session.meter_last_at
             if measurand == ENERGY and phase is None:
                 if fresh:
-                    session.meter_last_wh = value * _WH_PER_UNIT.get(unit or "Wh", 1.0)
+                    session.meter_last_wh = value * WH_PER_UNIT.get(unit or "Wh", 1.0)
                     session.meter_last_at = at
             elif not fresh:
                 continue
             elif measurand == ENERGY_EXPORT and phase is None:
-                session.export_last_wh = value * _WH_PER_UNIT.get(unit or "Wh", 1.0)
+                session.export_last_wh = value * WH_PER_UNIT.get(unit or "Wh", 1.0)
                 if session.export_start_wh is None:
                     session.export_start_wh = session.export_last_wh
             elif measurand == POWER and phase is None:
@@ -482,7 +387,8 @@ class CSMSCore:
     def on_meter_values(self, station_id: str, evse_id: int,
                         meter_value: list[dict[str, Any]]) -> None:
         """MeterValues outside a transaction: check (InvalidMessageError) and persist them."""
-        self.meter_samples(station_id, evse_id, self._parse_samples(meter_value, self.clock()))
+        self.meter_samples(station_id, evse_id,
+                           samples_2x(meter_value, self.clock(), self.config))
 
     def meter_samples(self, station_id: str, evse_id: int,
                       samples: tuple[ParsedSample, ...]) -> None:

@@ -22,9 +22,9 @@ from typing import Any
 from evtwin.ocppj import domain as d
 
 from .clock import iso
-from .core import CSMSCore, ProfileCommand, TxEvent
+from .core import CSMSCore, ProfileCommand
 from .exceptions import InvalidMessageError, UnknownEvseError
-from .model import EVChargingNeeds
+from .model import EVChargingNeeds, TxEvent
 from .shell import STOP_REASONS_16, limit_period
 
 log = logging.getLogger("evtwin.csms.ocpp")

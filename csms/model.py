@@ -255,3 +255,27 @@ class ControlView:
     offline for a long time still delivers its queue; older is a broken clock)."""
     max_event_lead_s: float = 86400.0
     """Latest timestamp accepted on a station event, after the CSMS's now (clock skew)."""
+
+
+ParsedSample = tuple[str, str, str | None, float, str | None, datetime]
+"""A sampled value: (timestamp as sent, measurand, phase, value, unit, timestamp parsed)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TxEvent:
+    """A transaction event as the core takes it, whatever the version or transport
+    (2.x TransactionEvent, 1.6 Start/MeterValues/StopTransaction, a direct message),
+    every field checked."""
+
+    transaction_id: str
+    event_type: str  # Started | Updated | Ended
+    seq_no: int | None  # None: the CSMS numbers the events (1.6)
+    evse_id: int  # 0: not stated (the session's own is kept)
+    at: datetime
+    timestamp: str
+    trigger_reason: str
+    id_token: str | None
+    charging_state: str | None
+    stopped_reason: str | None
+    samples: tuple[ParsedSample, ...]
+    energy_wh: float | None

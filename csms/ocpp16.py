@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from ocpp.exceptions import PropertyConstraintViolationError
 from ocpp.v16.enums import Action as Action16
 
+from evtwin.ocppj.domain import ENERGY
+
 from .clock import iso
-from .core import ENERGY, ProfileCommand
+from .core import ProfileCommand
+from .model import ParsedSample, TxEvent
+from .parse import energy_wh, event_time, samples_16
 from .shell import (
     PURPOSES_16,
     STOP_REASONS_16,
@@ -48,44 +51,6 @@ TRIGGER_MESSAGES_16 = frozenset({"BootNotification", "DiagnosticsStatusNotificat
                                  "StatusNotification"})
 
 # 1.6 StopTransaction reasons -> 2.0.1 stoppedReason.
-
-def _number(text: Any, field: str) -> float:
-    """A 1.6 sampled value (a string holding a decimal number) as a finite float."""
-    try:
-        value = float(text)
-    except (TypeError, ValueError):
-        value = math.nan
-    if not math.isfinite(value):
-        raise PropertyConstraintViolationError(
-            description=f"{field}: {str(text)[:40]!r} is not a finite decimal number")
-    return value
-
-
-def _samples_201(meter_value: list[dict[str, Any]], path: str) -> list[dict[str, Any]]:
-    """1.6 meterValue (string values, flat unit) in the 2.0.1 shape the core reads.
-
-    Values in SignedData format are kept out (they are not numbers the CSMS
-    can use); every other value must be a finite decimal number.
-    """
-    out = []
-    for i, mv in enumerate(meter_value):
-        sampled = []
-        for j, sv in enumerate(mv.get("sampledValue", [])):
-            if sv.get("format") == "SignedData":
-                continue
-            item: dict[str, Any] = {
-                "value": _number(sv["value"], f"{path}.{i}.sampledValue.{j}.value"),
-                "measurand": sv.get("measurand", ENERGY)}
-            if sv.get("phase"):
-                item["phase"] = sv["phase"]
-            if sv.get("unit"):
-                item["unitOfMeasure"] = {"unit": sv["unit"]}
-            if sv.get("context"):
-                item["context"] = sv["context"]
-            sampled.append(item)
-        out.append({"timestamp": mv["timestamp"], "sampledValue": sampled})
-    return out
-
 
 def message_digest(action: str, payload: dict[str, Any]) -> str:
     """A 1.6 message's identity by content (1.6 has no seqNo): a hash of action and payload."""
@@ -122,6 +87,24 @@ class CSMS16(ShellBase):
     def on_authorize(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {"idTagInfo": {"status": self.core.authorize(payload["idTag"])}}
 
+    # 1.6's transaction messages go to the core as the neutral TxEvent it takes from
+    # every version; their events are numbered by the CSMS (no seqNo in 1.6) and a
+    # re-sent one is recognised by its digest (a hash of its content).
+    def _tx_event(self, transaction_id: str, event_type: str, timestamp: Any,
+                  samples: tuple[ParsedSample, ...], *, evse_id: int = 0, seq_no: int | None = None,
+                  trigger: str, id_token: str | None = None,
+                  stopped_reason: str | None = None) -> TxEvent:
+        at = event_time(timestamp, "timestamp", self.core.clock(), self.core.config)
+        return TxEvent(transaction_id=transaction_id, event_type=event_type, seq_no=seq_no,
+                       evse_id=evse_id, at=at, timestamp=str(timestamp), trigger_reason=trigger,
+                       id_token=id_token, charging_state=None, stopped_reason=stopped_reason,
+                       samples=samples, energy_wh=energy_wh(samples))
+
+    def _register(self, text: Any, value: float, at_text: Any) -> ParsedSample:
+        """meterStart/meterStop: a whole-Wh register reading at the message's time."""
+        at = event_time(at_text, "timestamp", self.core.clock(), self.core.config)
+        return (str(at_text), ENERGY, None, value, "Wh", at)
+
     @wire("StartTransaction")
     def on_start_transaction(self, payload: dict[str, Any]) -> dict[str, Any]:
         connector_id = payload["connectorId"]
@@ -134,18 +117,13 @@ class CSMS16(ShellBase):
         # opened, not a second one.
         tx_id = self.core.store.transaction_with_digest(self.id, digest)
         if tx_id is None:
-            tx_id = self.core.next_transaction_id()
             with invalid_message_is_a_call_error():
-                self.core.on_transaction_event(self.id, {
-                    "eventType": "Started", "timestamp": timestamp,
-                    "triggerReason": "Authorized", "seqNo": 0,
-                    "transactionInfo": {"transactionId": tx_id},
-                    "evse": {"id": connector_id, "connectorId": 1},
-                    "idToken": {"idToken": id_tag, "type": "Central"},
-                    "meterValue": [{"timestamp": timestamp, "sampledValue": [{
-                        "value": float(payload["meterStart"]), "measurand": ENERGY,
-                        "context": "Transaction.Begin", "unitOfMeasure": {"unit": "Wh"}}]}],
-                }, digest=digest)
+                start = self._register("meterStart", float(payload["meterStart"]), timestamp)
+                ev = self._tx_event("", "Started", timestamp, (start,), evse_id=connector_id,
+                                    seq_no=0, trigger="Authorized", id_token=id_tag)
+                tx_id = self.core.next_transaction_id()
+                self.core.transaction_event(self.id, replace(ev, transaction_id=tx_id),
+                                            record=payload, digest=digest)
         return {"transactionId": int(tx_id),
                 "idTagInfo": {"status": self.core.authorize(id_tag)}}
 
@@ -153,48 +131,38 @@ class CSMS16(ShellBase):
     def on_meter_values(self, payload: dict[str, Any]) -> dict[str, Any]:
         connector_id = payload["connectorId"]
         transaction_id = payload.get("transactionId")
-        samples = _samples_201(payload["meterValue"], "meterValue")
-        if transaction_id is not None:
-            tx_id = str(transaction_id)
-            with unknown_evse_is_a_property_violation(), invalid_message_is_a_call_error():
-                self.core.on_transaction_event(self.id, {
-                    "eventType": "Updated", "timestamp": samples[0]["timestamp"],
-                    "triggerReason": "MeterValuePeriodic", "seqNo": None,
-                    "transactionInfo": {"transactionId": tx_id},
-                    "evse": {"id": connector_id} if connector_id else None,
-                    "meterValue": samples,
-                }, digest=message_digest("MeterValues", payload))
-        else:
-            if connector_id != 0:
-                with unknown_evse_is_a_property_violation():
+        now, config = self.core.clock(), self.core.config
+        with unknown_evse_is_a_property_violation(), invalid_message_is_a_call_error():
+            samples = samples_16(payload["meterValue"], now, config)
+            if transaction_id is not None:
+                ev = self._tx_event(str(transaction_id), "Updated",
+                                    payload["meterValue"][0]["timestamp"], samples,
+                                    evse_id=connector_id, trigger="MeterValuePeriodic")
+                self.core.transaction_event(self.id, ev, record=payload,
+                                            digest=message_digest("MeterValues", payload))
+            else:
+                if connector_id != 0:
                     self.core.check_evse(self.id, connector_id)
-            with invalid_message_is_a_call_error():
-                self.core.on_meter_values(self.id, connector_id, samples)
+                self.core.meter_samples(self.id, connector_id, samples)
         return {}
 
     @wire("StopTransaction")
     def on_stop_transaction(self, payload: dict[str, Any]) -> dict[str, Any]:
         timestamp = payload["timestamp"]
-        tx_id = str(payload["transactionId"])
-        # meterStop first: a Transaction.End register in transactionData (which
-        # may carry decimals where meterStop is whole Wh) then refines it.
-        samples = [{"timestamp": timestamp, "sampledValue": [{
-            "value": float(payload["meterStop"]), "measurand": ENERGY,
-            "context": "Transaction.End", "unitOfMeasure": {"unit": "Wh"}}]}]
-        samples += _samples_201(payload.get("transactionData") or [], "transactionData")
         reason = payload.get("reason")
-        event: dict[str, Any] = {
-            "eventType": "Ended", "timestamp": timestamp, "triggerReason": "EVDeparted",
-            "seqNo": None,
-            "transactionInfo": {"transactionId": tx_id,
-                                "stoppedReason": STOP_REASONS_16.get(reason or "Local", "Other")},
-            "meterValue": samples,
-        }
         # A transaction this CSMS never saw start is still billed (1.6 expects it),
         # on connector 1: the core's default for a session it creates.
         with unknown_evse_is_a_property_violation(), invalid_message_is_a_call_error():
-            self.core.on_transaction_event(
-                self.id, event, digest=message_digest("StopTransaction", payload))
+            # meterStop first: a Transaction.End register in transactionData (which
+            # may carry decimals where meterStop is whole Wh) then refines it.
+            samples = (self._register("meterStop", float(payload["meterStop"]), timestamp),
+                       *samples_16(payload.get("transactionData") or [], self.core.clock(),
+                                   self.core.config, path="transactionData"))
+            ev = self._tx_event(str(payload["transactionId"]), "Ended", timestamp, samples,
+                                trigger="EVDeparted",
+                                stopped_reason=STOP_REASONS_16.get(reason or "Local", "Other"))
+            self.core.transaction_event(self.id, ev, record=payload,
+                                        digest=message_digest("StopTransaction", payload))
         id_tag = payload.get("idTag")
         if id_tag is None:
             return {}

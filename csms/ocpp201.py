@@ -18,6 +18,7 @@ from ocpp.v201.enums import Action as Action201
 from .clock import iso, parse_iso
 from .core import ProfileCommand
 from .model import EVChargingNeeds
+from .parse import samples_2x, tx_event_2x
 from .shell import (
     PURPOSES_21,
     PURPOSES_201,
@@ -111,8 +112,10 @@ class Handlers201(ShellBase):
 
     @wire("TransactionEvent")
     def on_transaction_event(self, payload: dict[str, Any]) -> dict[str, Any]:
+        core = self.core
         with unknown_evse_is_a_property_violation(), invalid_message_is_a_call_error():
-            r = self.core.on_transaction_event(self.id, payload)
+            r = core.transaction_event(self.id, tx_event_2x(payload, core.clock(), core.config),
+                                       record=payload)
         info = r.get("id_token_info")
         return {} if info is None else {"idTokenInfo": info}
 
@@ -122,8 +125,10 @@ class Handlers201(ShellBase):
         if evse_id != 0:  # 0 is the station's main meter
             with unknown_evse_is_a_property_violation():
                 self.core.check_evse(self.id, evse_id)
+        core = self.core
         with invalid_message_is_a_call_error():
-            self.core.on_meter_values(self.id, evse_id, payload["meterValue"])
+            core.meter_samples(self.id, evse_id,
+                               samples_2x(payload["meterValue"], core.clock(), core.config))
         return {}
 
     @wire("NotifyEVChargingNeeds")
