@@ -21,8 +21,9 @@ from evtwin.ocppj.domain import ENERGY
 
 from .clock import iso
 from .core import ProfileCommand
+from .exceptions import InvalidMessageError
 from .model import ParsedSample, TxEvent
-from .parse import energy_wh, event_time, samples_16
+from .parse import INT32_MAX, energy_wh, event_time, samples_16
 from .shell import (
     PURPOSES_16,
     STOP_REASONS_16,
@@ -133,6 +134,9 @@ class CSMS16(ShellBase):
         transaction_id = payload.get("transactionId")
         now, config = self.core.clock(), self.core.config
         with unknown_evse_is_a_property_violation(), invalid_message_is_a_call_error():
+            if not 0 <= connector_id <= INT32_MAX:
+                raise InvalidMessageError("PropertyConstraintViolation", "connectorId",
+                                          "must be an integer from 0 to 2147483647")
             samples = samples_16(payload["meterValue"], now, config)
             if transaction_id is not None:
                 ev = self._tx_event(str(transaction_id), "Updated",

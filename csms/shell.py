@@ -618,7 +618,8 @@ class ShellBase(ABC):
         # station must never mistake a restarted CSMS's call for one it answered.
         self._endpoint = Endpoint(self.version, clock=time.monotonic,
                                   response_timeout_s=response_timeout,
-                                  id_prefix=f"{uuid.uuid4().hex[:12]}-")
+                                  id_prefix=f"{uuid.uuid4().hex[:12]}-",
+                                  supported=self.wire_handlers.__contains__)
         self._timer: asyncio.TimerHandle | None = None
         self._writers: set[asyncio.Task[None]] = set()
         self._init_shell(core)
@@ -706,12 +707,13 @@ class ShellBase(ABC):
         validates before it changes state), so a corrected re-send is handled as new.
         """
         received = time.perf_counter()
+        handled: list[tuple[str, bool]] = []  # timed once the answer is written
         for event in self._endpoint.receive(raw_msg):
             if isinstance(event, CallReceived):
-                failed = await self._answer_call(event)
-                self._record_call(event.action, received, failed)
+                handled.append((event.action, await self._answer_call(event)))
             elif isinstance(event, Refused):
-                self._refused(event, received)
+                if self._refused(event):
+                    handled.append((event.action or "", True))
             elif isinstance(event, ResultReceived | ErrorReceived | ResultInvalid):
                 self._settle(event)
             else:  # OCPP 2.1 CALLRESULTERROR or SEND: never answered
@@ -719,6 +721,8 @@ class ShellBase(ABC):
                          extra={"event": "frame_ignored", "station": self.id})
         self._arm()
         await self._write()
+        for action, failed in handled:
+            self._record_call(action, received, failed)
 
     def _record_call(self, action: str, received: float, failed: bool) -> None:
         stats = self.call_stats
@@ -727,19 +731,22 @@ class ShellBase(ABC):
             name = action if action in self.known_actions else "(unknown)"
             stats.record(name, time.perf_counter() - received, error=failed)
 
-    def _refused(self, event: Refused, received: float) -> None:
+    def _refused(self, event: Refused) -> bool:
+        """Log a frame the endpoint refused; True if it was a CALL (answered with a
+        CALLERROR, timed like any other)."""
         if event.action is not None and event.answered:  # a CALL the endpoint refused
             if event.code != "NotImplemented":
                 self._log_refusal(event.action, event.code, event.reason)
-            self._record_call(event.action, received, True)
-        elif event.answered or "not pending" not in event.reason:
+            return True
+        if event.answered or "not pending" not in event.reason:
             log.warning("%s: refused a frame: %s %s", self.id, event.code, event.reason,
                         extra={"event": "frame_refused", "station": self.id,
                                "code": event.code})
         else:
-            # A CALLRESULT/CALLERROR when we are waiting for none: an unknown id.
-            log.warning("%s: ignoring a reply to no pending call (id %r)", self.id,
-                        event.message_id)
+            # A CALLRESULT/CALLERROR whose id is not the one of the pending call.
+            log.warning("%s: ignoring a reply to a call that is not pending (id %r)",
+                        self.id, event.message_id)
+        return False
 
     async def start(self) -> None:
         """Read and handle frames until the connection closes; then every call still
@@ -807,7 +814,7 @@ class ShellBase(ABC):
         """
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         try:
-            self._endpoint.call(action, payload, context=future)
+            call = self._endpoint.call(action, payload, context=future)
         except SchemaViolation as exc:
             raise InvalidOperation("", f"{action} fails the OCPP {self.version} schema: "
                                        f"{exc}") from exc
@@ -816,9 +823,17 @@ class ShellBase(ABC):
                                    ) from exc
         except EndpointClosed as exc:
             raise ConnectionError(f"{self.id}: the connection is closed") from exc
-        self._arm()
-        await self._write()
-        return dict(_plain(await future))
+        try:
+            self._arm()
+            await self._write()
+            return dict(_plain(await future))
+        except BaseException:
+            # Given up (cancelled, or the write failed): a call still queued is never
+            # sent; one already sent stays pending until answered or timed out.
+            self._endpoint.withdraw(call)
+            if not future.done():
+                future.cancel()
+            raise
 
     # -- helpers for the operations ---------------------------------------------
     def _check_evse_arg(self, evse_id: int | None, *, field: str = "evse_id",

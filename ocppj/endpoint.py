@@ -183,7 +183,8 @@ class Endpoint:
 
     def __init__(self, version: str, *, clock: Callable[[], float],
                  response_timeout_s: float = 30.0, validate: bool = True,
-                 id_prefix: str = "") -> None:
+                 id_prefix: str = "",
+                 supported: Callable[[str], bool] | None = None) -> None:
         if version not in VERSIONS:
             raise ValueError(f"unknown OCPP version {version!r} (one of {', '.join(VERSIONS)})")
         if response_timeout_s <= 0:
@@ -199,6 +200,9 @@ class Endpoint:
         self._answering: dict[str, _Answering] = {}
         self._out: list[str] = []
         self.closed = False
+        #: Which of the version's actions the application handles (None: all). A CALL
+        #: of one it does not is answered NotSupported before its payload is checked.
+        self.supported = supported
 
     # ------------------------------------------------------------------ output
 
@@ -254,6 +258,16 @@ class Endpoint:
             self._active = call
             self._out.append(call.frame)
 
+    def withdraw(self, call: OutgoingCall) -> bool:
+        """Take back a call that has not been sent yet (its caller gave up); True if it
+        was. One already sent stays pending until answered or timed out: OCPP-J
+        allows no second call before that."""
+        try:
+            self._queue.remove(call)
+        except ValueError:
+            return False
+        return True
+
     def send(self, action: str, payload: dict[str, Any]) -> None:
         """An OCPP 2.1 SEND (an unanswered message, e.g. NotifyPeriodicEventStream)."""
         if self.closed:
@@ -296,8 +310,9 @@ class Endpoint:
         answering = self._answering[message_id]
         if self.validate:
             validate(self.version, answering.action, payload, request=False)
+        frame = _dumps([3, message_id, payload])  # may fail (NaN): still answerable then
         del self._answering[message_id]
-        self._out.append(_dumps([3, message_id, payload]))
+        self._out.append(frame)
 
     def reply_error(self, message_id: str, code: str, description: str = "",
                     details: dict[str, Any] | None = None) -> None:
@@ -338,6 +353,9 @@ class Endpoint:
         if not has_schema(self.version, frame.action, request=True):
             return self._refuse_call(frame, "NotImplemented",
                                      f"OCPP {self.version} has no action {frame.action!r}")
+        if self.supported is not None and not self.supported(frame.action):
+            return self._refuse_call(frame, "NotSupported",
+                                     f"{frame.action} is not supported here")
         if frame.message_id in self._answering:
             # OCPP-J: ids are unique per sender; a second CALL with the id of one
             # still unanswered cannot be told apart from it.

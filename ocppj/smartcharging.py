@@ -167,8 +167,10 @@ def composite_limit(profiles: Iterable[tuple[int, Profile]], t: float, *, evse_i
         # constraints may be) applies to it in full.
         levels = [(0, max(sharing, 1))] + ([(evse_id, 1)] if evse_id != 0 else [])
         for level, divide in levels:
+            # A Relative cap on the whole station is not timed from one EVSE's
+            # transaction (its start is the station's own: now).
             cap = _best(((e, p) for e, p in mine if e == level and p.purpose == purpose),
-                        t, tx_start_s, unit, phases)
+                        t, tx_start_s if level != 0 else None, unit, phases)
             if cap is not None:
                 limit = cap / divide if limit is None else min(limit, cap / divide)
     if evse_max is not None:

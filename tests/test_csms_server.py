@@ -304,3 +304,36 @@ def test_shells_stand_on_the_ocppj_endpoint_not_the_ocpp_library(shell_name: str
         core.store.close()
 
     asyncio.run(main())
+
+
+def test_a_call_given_up_before_it_is_sent_never_reaches_the_station() -> None:
+    """Calls to one station queue (one outstanding CALL per direction); a caller that
+    gives up while its call waits takes it back: the station never sees it."""
+    import contextlib
+
+    from evtwin.csms.ocpp201 import CSMS201
+
+    sent: list[str] = []
+
+    class Conn:
+        async def send(self, frame: str) -> None:
+            sent.append(frame)
+
+    async def main() -> None:
+        core = make_core()
+        shell = CSMS201("CS1", Conn(), core, response_timeout=5)
+        first = asyncio.create_task(shell.call_json("Reset", {"type": "Immediate"}))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(shell.call_json("Reset", {"type": "OnIdle"}))
+        await asyncio.sleep(0)
+        assert len(sent) == 1
+        second.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await second
+        await shell.route_message(json.dumps([3, json.loads(sent[0])[1],
+                                              {"status": "Accepted"}]))
+        assert (await first)["status"] == "Accepted"
+        assert len(sent) == 1  # the withdrawn call never went out
+        core.store.close()
+
+    asyncio.run(main())

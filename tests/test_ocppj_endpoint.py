@@ -244,3 +244,36 @@ def test_each_received_call_is_answered_once() -> None:
     with pytest.raises(KeyError):
         csms.reply_error("never-received", "GenericError", "x")
     assert len(csms.data_to_send()) == 1
+
+
+def test_a_queued_call_can_be_withdrawn_a_sent_one_cannot() -> None:
+    station, _, _ = pair()
+    first = station.call("Heartbeat", {})
+    second = station.call("Heartbeat", {})
+    assert station.queued == 1 and len(station.data_to_send()) == 1
+    assert station.withdraw(second) and station.queued == 0
+    assert not station.withdraw(first)  # on the wire: pending until answered or timed out
+    assert station.pending is first
+    station.receive(json.dumps([3, first.message_id, {"currentTime": "2026-12-02T08:00:00Z"}]))
+    assert station.pending is None and station.data_to_send() == []  # the second never went
+
+
+def test_an_action_the_application_does_not_handle_is_not_supported_whatever_its_payload(
+) -> None:
+    csms = Endpoint("2.0.1", clock=Clock(), supported=lambda action: action != "DataTransfer")
+    events = csms.receive(json.dumps([2, "7", "DataTransfer", {"bad": True}]))
+    assert isinstance(events[0], Refused) and events[0].code == "NotSupported"
+    assert json.loads(csms.data_to_send()[0])[:3] == [4, "7", "NotSupported"]
+    # A handled action still gets its schema's verdict.
+    events = csms.receive(json.dumps([2, "8", "Heartbeat", {"x": 1}]))
+    assert isinstance(events[0], Refused) and events[0].code != "NotSupported"
+
+
+def test_an_answer_json_cannot_carry_leaves_the_call_answerable() -> None:
+    csms = Endpoint("2.0.1", clock=Clock(), validate=False)
+    csms.receive(json.dumps([2, "9", "Heartbeat", {}]))
+    with pytest.raises(ValueError):
+        csms.reply("9", {"currentTime": float("nan")})
+    assert csms.awaiting_reply() == ["9"]
+    csms.reply_error("9", "InternalError", "Heartbeat could not be processed")
+    assert json.loads(csms.data_to_send()[0])[:3] == [4, "9", "InternalError"]
