@@ -135,10 +135,12 @@ class Profile:
         return sorted(p for p in points if p is not None and t0 < p < t1)
 
 
-def _best(candidates: Iterable[tuple[int, Profile]], t: float, tx_start_s: float | None,
+def _best(candidates: list[tuple[int, Profile]], t: float, tx_start_s: float | None,
           unit: str, phases: int) -> float | None:
     """The limit of the winning active profile: highest stack level, then the EVSE's own."""
-    for _, p in sorted(candidates, key=lambda c: (-c[1].stack_level, -c[0])):
+    if len(candidates) > 1:
+        candidates = sorted(candidates, key=lambda c: (-c[1].stack_level, -c[0]))
+    for _, p in candidates:
         value = p.limit(t, tx_start_s, unit, phases)
         if value is not None:
             return value
@@ -154,25 +156,37 @@ def composite_limit(profiles: Iterable[tuple[int, Profile]], t: float, *, evse_i
     ``profiles`` are (EVSE id, profile) pairs of one station, 0 for station-wide
     ones; ``sharing`` is how many EVSEs share a station cap (those drawing power).
     """
-    mine = [(e, p) for e, p in profiles if e in (0, evse_id)]
-    limit = None
-    if transaction_id is not None:
-        limit = _best(((e, p) for e, p in mine if e == evse_id and p.purpose == "TxProfile"
-                       and p.transaction_id == transaction_id), t, tx_start_s, unit, phases)
-    if limit is None:
-        limit = _best(((e, p) for e, p in mine if p.purpose == "TxDefaultProfile"),
-                      t, tx_start_s, unit, phases)
-    for purpose in STATION_CAPS:
-        # A cap on the station is shared; one set on this EVSE (external
-        # constraints may be) applies to it in full.
+    # One pass sorts them by purpose (this runs for every integration step of a station).
+    tx: list[tuple[int, Profile]] = []
+    default: list[tuple[int, Profile]] = []
+    caps: list[tuple[int, Profile]] = []
+    for e, p in profiles:
+        if e != 0 and e != evse_id:
+            continue
+        purpose = p.purpose
+        if purpose == "TxProfile":
+            if e == evse_id and transaction_id is not None \
+                    and p.transaction_id == transaction_id:
+                tx.append((e, p))
+        elif purpose == "TxDefaultProfile":
+            default.append((e, p))
+        elif purpose in STATION_CAPS:
+            caps.append((e, p))
+    limit = _best(tx, t, tx_start_s, unit, phases) if tx else None
+    if limit is None and default:
+        limit = _best(default, t, tx_start_s, unit, phases)
+    if caps:
         levels = [(0, max(sharing, 1))] + ([(evse_id, 1)] if evse_id != 0 else [])
-        for level, divide in levels:
-            # A Relative cap on the whole station is not timed from one EVSE's
-            # transaction (its start is the station's own: now).
-            cap = _best(((e, p) for e, p in mine if e == level and p.purpose == purpose),
-                        t, tx_start_s if level != 0 else None, unit, phases)
-            if cap is not None:
-                limit = cap / divide if limit is None else min(limit, cap / divide)
+        for purpose in STATION_CAPS:
+            # A cap on the station is shared; one set on this EVSE (external
+            # constraints may be) applies to it in full. A Relative cap on the whole
+            # station is not timed from one EVSE's transaction (its start: now).
+            for level, divide in levels:
+                found = [(e, p) for e, p in caps if e == level and p.purpose == purpose]
+                cap = _best(found, t, tx_start_s if level != 0 else None, unit, phases) \
+                    if found else None
+                if cap is not None:
+                    limit = cap / divide if limit is None else min(limit, cap / divide)
     if evse_max is not None:
         limit = evse_max if limit is None else min(limit, evse_max)
     return None if limit is None else max(limit, 0.0)
