@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
@@ -40,7 +41,7 @@ from .wire import codec
 log = logging.getLogger("evtwin.agents.link")
 
 
-class StationLink:
+class StationLink(ABC):
     """A station's protocol and the way its messages reach a CSMS."""
 
     def __init__(self, protocol: StationProtocol) -> None:
@@ -73,11 +74,13 @@ class StationLink:
         self.protocol.queue_due(now_s, sample=sample, aligned=aligned, heartbeat=heartbeat)
         await self._drain()
 
+    @abstractmethod
     async def _drain(self) -> None:
-        raise NotImplementedError
+        """Exchange everything the protocol has queued; return when all is answered."""
 
     async def close(self) -> None:
         """Let go of the connection (nothing to do for a direct link)."""
+        return None
 
 
 class DirectLink(StationLink):

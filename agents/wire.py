@@ -10,6 +10,7 @@ the endpoint validates them against the specification's schemas both ways.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from typing import Any
 
@@ -34,7 +35,7 @@ def _opt_float(value: Any) -> float | None:
     return None if value is None else float(value)
 
 
-class Codec:
+class Codec(ABC):
     """One OCPP version's wire form of the station's messages."""
 
     version = ""
@@ -42,9 +43,9 @@ class Codec:
     requests: frozenset[str] = frozenset({"SetChargingProfile", "ClearChargingProfile"})
 
     @staticmethod
+    @abstractmethod
     def sampled_value(s: d.Sample, context: str) -> dict[str, Any]:
         """One sampled value in the version's form (without its location)."""
-        raise NotImplementedError
 
     def meter_value(self, reading: d.Reading) -> dict[str, Any]:
         """A reading as one MeterValue: its timestamp and its sampled values."""
@@ -56,17 +57,21 @@ class Codec:
             values.append(value)
         return {"timestamp": iso(reading.at), "sampledValue": values}
 
+    @abstractmethod
     def encode(self, message: d.StationMessage) -> tuple[str, dict[str, Any]]:
-        raise NotImplementedError
+        """A station message as (action, payload)."""
 
+    @abstractmethod
     def decode_answer(self, message: d.StationMessage, payload: dict[str, Any]) -> Any:
-        raise NotImplementedError
+        """The CSMS's answer payload to ``message`` as a neutral answer."""
 
+    @abstractmethod
     def decode_request(self, action: str, payload: dict[str, Any]) -> d.CSMSRequest:
-        raise NotImplementedError
+        """A CSMS CALL (one of :attr:`requests`) as a neutral request."""
 
+    @abstractmethod
     def encode_answer(self, answer: d.StationAnswer) -> dict[str, Any]:
-        raise NotImplementedError
+        """The station's answer in the version's wire form."""
 
 
 class Codec2x(Codec):
