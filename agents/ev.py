@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import mesa
 
 from .behaviour import Vehicle, Visit
+from .fleet import Fleet, fleet_of
 
 
 @dataclass(slots=True)
@@ -46,23 +47,92 @@ class EV(mesa.Agent):
         super().__init__(model)
         self.ev_id = ev_id
         self.site = site
+        #: This EV's row in the model's fleet arrays (its battery state lives there).
+        self.fleet: Fleet = fleet_of(model)
+        self.row = self.fleet.add()
         self.vehicle = vehicle
         self.visits = visits
         self.id_token = id_token
         self.soc = visits[0].soc_initial if visits else 0.5
         self.target_soc = self.soc
-        self.energy_battery_kwh = 0.0
-        self.energy_grid_kwh = 0.0
         self.records: list[VisitRecord] = []
         self.current: VisitRecord | None = None
         #: Talks ISO 15118: tells the station its departure time and energy need.
         self.states_needs = False
         #: The driver's floor: V2G never takes the battery below it.
         self.min_soc = 0.2
-        #: Energy that went out of the battery to the grid this visit (kWh, >= 0).
-        self.discharged_kwh = 0.0
-        #: Energy moved through the battery in either direction, for ageing (kWh).
-        self.throughput_kwh = 0.0
+
+    # -- battery state: views of this EV's row in the fleet arrays ------------------
+    @property
+    def vehicle(self) -> Vehicle:
+        return self._vehicle
+
+    @vehicle.setter
+    def vehicle(self, vehicle: Vehicle) -> None:
+        self._vehicle = vehicle
+        for name in ("capacity_kwh", "max_power_kw", "max_discharge_kw", "efficiency",
+                     "taper_soc"):
+            self.fleet.set(name, self.row, getattr(vehicle, name))
+
+    @property
+    def soc(self) -> float:
+        return self.fleet.get("soc", self.row)
+
+    @soc.setter
+    def soc(self, value: float) -> None:
+        self.fleet.set("soc", self.row, value)
+
+    @property
+    def target_soc(self) -> float:
+        return self.fleet.get("target_soc", self.row)
+
+    @target_soc.setter
+    def target_soc(self, value: float) -> None:
+        self.fleet.set("target_soc", self.row, value)
+
+    @property
+    def min_soc(self) -> float:
+        return self.fleet.get("min_soc", self.row)
+
+    @min_soc.setter
+    def min_soc(self, value: float) -> None:
+        self.fleet.set("min_soc", self.row, value)
+
+    @property
+    def energy_battery_kwh(self) -> float:
+        """Energy into the battery this visit (kWh; V2G counts negative)."""
+        return self.fleet.get("energy_battery_kwh", self.row)
+
+    @energy_battery_kwh.setter
+    def energy_battery_kwh(self, value: float) -> None:
+        self.fleet.set("energy_battery_kwh", self.row, value)
+
+    @property
+    def energy_grid_kwh(self) -> float:
+        """Energy through the meter this visit (kWh; V2G counts negative)."""
+        return self.fleet.get("energy_grid_kwh", self.row)
+
+    @energy_grid_kwh.setter
+    def energy_grid_kwh(self, value: float) -> None:
+        self.fleet.set("energy_grid_kwh", self.row, value)
+
+    @property
+    def discharged_kwh(self) -> float:
+        """Energy that went out of the battery to the grid this visit (kWh, >= 0)."""
+        return self.fleet.get("discharged_kwh", self.row)
+
+    @discharged_kwh.setter
+    def discharged_kwh(self, value: float) -> None:
+        self.fleet.set("discharged_kwh", self.row, value)
+
+    @property
+    def throughput_kwh(self) -> float:
+        """Energy moved through the battery in either direction, for ageing (kWh)."""
+        return self.fleet.get("throughput_kwh", self.row)
+
+    @throughput_kwh.setter
+    def throughput_kwh(self, value: float) -> None:
+        self.fleet.set("throughput_kwh", self.row, value)
 
     def begin_visit(self, visit: Visit) -> VisitRecord:
         """Reset the per-visit state at arrival and open its record."""

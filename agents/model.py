@@ -15,7 +15,8 @@ import numpy as np
 
 from .behaviour import Behaviour, draw_vehicle, draw_visit
 from .ev import EV
-from .station import VirtualStation
+from .fleet import Fleet, apply_charge, charge_rows
+from .station import Evse, VirtualStation
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +47,8 @@ class ChargingModel(mesa.Model):
                  min_soc: float = 0.2, start_weekday: int = 0) -> None:
         super().__init__(rng=np.random.default_rng(seed))
         self.sites = {s.name: s for s in sites}
+        #: Battery state of every EV, one row each (the EVs' attributes are views).
+        self.fleet = Fleet(sum(s.ev_count for s in sites))
         self.stations: list[VirtualStation] = []
         self.evs: list[EV] = []
         for site in sites:
@@ -90,5 +93,32 @@ class ChargingModel(mesa.Model):
         return [s for s in self.stations if s.site == site]
 
     def step(self, now_s: float = 0.0, step_s: float = 60.0) -> None:
-        """Advance every station's EVs over the step ending at ``now_s``."""
-        self.agents_by_type[VirtualStation].do("advance", now_s, step_s)
+        """Advance every station's EVs over the step ending at ``now_s``.
+
+        Every EV that charges at one limit through its interval is integrated
+        in one vector operation over the fleet arrays; an EVSE whose profiles
+        change its limit inside the interval, or that feeds back (V2G), is
+        integrated piece by piece by its station. Both give the same result.
+        """
+        batch: list[tuple[VirtualStation, Evse]] = []
+        rows: list[int] = []
+        limits_kw: list[float] = []
+        hours: list[float] = []
+        for st in self.stations:
+            for evse in st.evses.values():
+                limit_kw = st.constant_limit_kw(evse, now_s)
+                if limit_kw is None or evse.ev is None:
+                    st.advance_evse(evse, now_s)
+                    continue
+                batch.append((st, evse))
+                rows.append(evse.ev.row)
+                limits_kw.append(limit_kw)
+                hours.append((now_s - evse.last_update_s) / 3600.0)
+        if batch:
+            at = np.array(rows, dtype=np.intp)
+            result = charge_rows(self.fleet, at, np.array(limits_kw), np.array(hours))
+            apply_charge(self.fleet, at, result)
+            for (st, evse), grid_kwh in zip(batch, result.grid_kwh.tolist(), strict=True):
+                st.charged(evse, now_s, grid_kwh)
+        for st in self.stations:
+            st.close_step(step_s)

@@ -226,12 +226,10 @@ class VirtualStation(mesa.Agent):
                 ev.discharged_kwh -= result.battery_kwh
                 evse.export_register_wh -= result.grid_kwh * 1000.0
             else:
-                limit_kw = self.limit_w(evse, a) / 1000.0
-                if setpoint is not None:  # a charging setpoint is a target, not a cap
-                    limit_kw = min(limit_kw, max(setpoint, 0.0) / 1000.0)
                 result = charge(
                     soc=ev.soc, target_soc=ev.target_soc, capacity_kwh=v.capacity_kwh,
-                    limit_kw=limit_kw, ev_max_kw=v.max_power_kw, efficiency=v.efficiency,
+                    limit_kw=self._charge_limit_kw(evse, a, setpoint),
+                    ev_max_kw=v.max_power_kw, efficiency=v.efficiency,
                     taper_soc=v.taper_soc, duration_h=hours)
                 evse.register_wh += result.grid_kwh * 1000.0
             ev.soc = result.soc_end
@@ -253,12 +251,52 @@ class VirtualStation(mesa.Agent):
             evse.power_now_w = (-min(-setpoint / 1000.0, v.max_discharge_kw) * 1000.0
                                 if ev.soc > ev.min_soc + 1e-9 else 0.0)
             return
-        limit_kw = self.limit_w(evse, now_s) / 1000.0
-        if setpoint is not None:
-            limit_kw = min(limit_kw, max(setpoint, 0.0) / 1000.0)
         evse.power_now_w = 1000.0 * charge_power_kw(
-            soc=ev.soc, target_soc=ev.target_soc, limit_kw=limit_kw, ev_max_kw=v.max_power_kw,
+            soc=ev.soc, target_soc=ev.target_soc,
+            limit_kw=self._charge_limit_kw(evse, now_s, setpoint), ev_max_kw=v.max_power_kw,
             taper_soc=v.taper_soc)
+
+    def _charge_limit_kw(self, evse: Evse, at_s: float, setpoint_w: float | None) -> float:
+        """The limit a charging EV draws up to at ``at_s`` (kW): the EVSE's limit,
+        and a charging setpoint is a target, not a cap, so the lower of the two."""
+        limit_kw = self.limit_w(evse, at_s) / 1000.0
+        if setpoint_w is not None:
+            limit_kw = min(limit_kw, max(setpoint_w, 0.0) / 1000.0)
+        return limit_kw
+
+    def constant_limit_kw(self, evse: Evse, now_s: float) -> float | None:
+        """The one charging limit (kW) over the EVSE's interval up to ``now_s``.
+
+        None unless the EV charges (not V2G) and no profile changes its limit
+        inside the interval: the case a control step integrates for the whole
+        fleet at once (see :meth:`evtwin.agents.model.ChargingModel.step`).
+        """
+        t0 = evse.last_update_s
+        ev = evse.ev
+        if now_s <= t0 or not evse.charging or ev is None:
+            return None
+        if self._switch_times(evse, t0, now_s):
+            return None
+        setpoint = self.setpoint_w(evse, t0)
+        if setpoint is not None and setpoint < 0 and ev.vehicle.bidirectional:
+            return None
+        return self._charge_limit_kw(evse, t0, setpoint)
+
+    def charged(self, evse: Evse, now_s: float, grid_kwh: float) -> None:
+        """Book an interval integrated elsewhere (the fleet step) on the EVSE's meter."""
+        evse.last_update_s = now_s
+        evse.register_wh += grid_kwh * 1000.0
+        evse.step_wh += grid_kwh * 1000.0
+        self._power_now(evse, now_s)
+
+    def close_step(self, step_s: float) -> float:
+        """Each EVSE's mean power over the step just integrated; returns the station's (W)."""
+        total_wh = 0.0
+        for evse in self.evses.values():
+            evse.power_w = evse.step_wh * 3600.0 / step_s
+            total_wh += evse.step_wh
+            evse.step_wh = 0.0
+        return total_wh * 3600.0 / step_s
 
     def advance_all(self, now_s: float) -> None:
         """Integrate every EVSE up to ``now_s`` (before its limits change)."""
@@ -267,13 +305,9 @@ class VirtualStation(mesa.Agent):
 
     def advance(self, now_s: float, step_s: float) -> float:
         """Advance every EVSE to ``now_s``; returns the station's mean power (W) over the step."""
-        total_wh = 0.0
         for evse in self.evses.values():
             self.advance_evse(evse, now_s)
-            evse.power_w = evse.step_wh * 3600.0 / step_s
-            total_wh += evse.step_wh
-            evse.step_wh = 0.0
-        return total_wh * 3600.0 / step_s
+        return self.close_step(step_s)
 
     # -- smart charging (from the CSMS) ---------------------------------------
     def set_profile(self, evse_id: int, profile: Profile) -> None:

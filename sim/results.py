@@ -52,8 +52,9 @@ def write_results(result: RunResult, out: Path, scenario_text: str | None = None
     record.write_text(json.dumps(run_record(result.scenario, result.kpis, command=command,
                                             versions=found, extra=extra), indent=2))
     written.append(record)
+    result.station_power.to_csv(out / "station_power_kw.csv")  # chunk by chunk
+    written.append(out / "station_power_kw.csv")
     for name, df in (("timeseries.csv", result.timeseries),
-                     ("station_power_kw.csv", result.station_power_kw),
                      ("sessions.csv", result.sessions),
                      ("profiles.csv", result.profiles)):
         df.to_csv(out / name, index=False)

@@ -69,6 +69,7 @@ from .exceptions import RunError, ScenarioError
 from .kpis import compute_kpis
 from .prices import export_price_steps, price_at, price_steps
 from .scenario import Scenario, behaviour_overrides
+from .series import Spool, SpoolDir
 
 log = logging.getLogger("evtwin.sim")
 
@@ -106,13 +107,20 @@ class RunResult:
     kpis: dict[str, float]
     performance: dict[str, float]
     timeseries: pd.DataFrame
-    station_power_kw: pd.DataFrame
+    station_power: Spool
+    """Every station's mean power per step (kW), kept on disk: read it with
+    :attr:`station_power_kw`, or write it with ``station_power.to_csv``."""
     sessions: pd.DataFrame
     transactions: list[dict[str, Any]] = field(default_factory=list)
     database: str = ":memory:"
     profiles: pd.DataFrame = field(default_factory=pd.DataFrame)
     external_csms: str | None = None
     """The URL of the CSMS the stations spoke to, when it was not evtwin's own."""
+
+    @property
+    def station_power_kw(self) -> pd.DataFrame:
+        """``t_s`` and one column per station: its mean power over each step (kW)."""
+        return self.station_power.frame()
 
 
 def clock_boundary(t_of_day_s: float, step_s: float, interval_s: float) -> bool:
@@ -383,11 +391,11 @@ class Twin:
             frames = {"in": 0, "out": 0}
             clients, tasks, sockets = await self._connect(self.external.url, frames)
             try:
-                rows, power_rows, end_s = await self._loop(clients, None, pace=True)
+                series, power, end_s = await self._loop(clients, None, pace=True)
             finally:
                 await self._close(tasks, sockets)
             wall = time.perf_counter() - wall0
-            return self._results(rows, power_rows, [], frames, wall, end_s, clients)
+            return self._results(series, power, [], frames, wall, end_s, clients)
         store = Store(self.database)
         try:
             core = CSMSCore(csms_config(self.sc, self.model), store, clock=self.now)
@@ -419,7 +427,7 @@ class Twin:
                     clients = await self._connect_direct(server)
                 else:
                     clients, tasks, sockets = await self._connect(server.url)
-                rows, power_rows, end_s = await self._loop(clients, server, pace=False)
+                series, power, end_s = await self._loop(clients, server, pace=False)
             finally:
                 await self._close(tasks, sockets)
                 await server.stop()
@@ -427,7 +435,7 @@ class Twin:
             transactions = store.transactions()
         finally:
             store.close()  # also when the run fails: no open file or WAL left behind
-        return self._results(rows, power_rows, transactions, server.frames, wall, end_s,
+        return self._results(series, power, transactions, server.frames, wall, end_s,
                              clients)
 
     async def _each(self, exchanges: Iterable[Coroutine[Any, Any, None]]) -> None:
@@ -470,11 +478,15 @@ class Twin:
             env.run(until=t)
 
     async def _loop(self, clients: list[StationClient], server: CSMSServer | None, *,
-                    pace: bool) -> tuple[list[dict[str, Any]], list[np.ndarray], float]:
-        """The step loop (see the module docstring); returns rows, station powers, end time."""
+                    pace: bool) -> tuple[Spool, Spool, float]:
+        """The step loop (see the module docstring); returns the per-step series and
+        the station powers (both spooled to disk as the run goes) and the end time."""
         sc = self.sc
-        rows: list[dict[str, Any]] = []
-        power_rows: list[np.ndarray] = []
+        spools = SpoolDir()
+        power = spools.spool("station_power_kw",
+                             ["t_s", *(st.station_id for st in self.model.stations)])
+        power.keep = spools
+        series: Spool | None = None
         speed = self.external.speed if self.external is not None else 1.0
         loop_t0 = time.monotonic()
         try:
@@ -552,8 +564,11 @@ class Twin:
                         limit = max(ends)
                         row[f"site_{s.name}_limit_kw"] = limit if limit != float("inf") else float(
                             "nan")
-                    rows.append(row)
-                    power_rows.append(ev_kw)
+                    if series is None:  # its columns are known once the first row is
+                        series = spools.spool("timeseries", list(row))
+                        series.keep = spools
+                    series.append(list(row.values()))
+                    power.append(np.concatenate(((t,), ev_kw)))
                     await self._each(c.flush(
                         t, sample=k > 0 and t % sc.csms.meter_interval_s == 0,
                         aligned=k == 0 or clock_boundary(start_of_day_s + t, step,
@@ -575,7 +590,8 @@ class Twin:
             raise RunError(f"OCPP exchange failed: {exc}") from exc
         except (OSError, TimeoutError, OCPPError) as exc:
             raise RunError(f"OCPP exchange failed: {exc!r}") from exc
-        return rows, power_rows, end_s
+        assert series is not None  # the loop ran at least step 0
+        return series, power, end_s
 
     def run(self) -> RunResult:
         """Run synchronously (creates an event loop)."""
@@ -591,15 +607,13 @@ class Twin:
         return results[0]
 
     # -- results ------------------------------------------------------------------------
-    def _results(self, rows: list[dict[str, Any]], power_rows: list[np.ndarray],
+    def _results(self, series: Spool, power: Spool,
                  transactions: list[dict[str, Any]], frames: dict[str, int], wall_s: float,
                  end_s: float, clients: list[StationClient]) -> RunResult:
         sc = self.sc
-        ts = pd.DataFrame(rows)
+        ts = series.frame()
+        ts["evs_plugged"] = ts["evs_plugged"].astype(int)
         ts.insert(1, "time", [self.to_datetime(t).isoformat() for t in ts["t_s"]])
-        power = pd.DataFrame(np.vstack(power_rows),
-                             columns=[st.station_id for st in self.model.stations])
-        power.insert(0, "t_s", ts["t_s"])
         sessions = pd.DataFrame([asdict(r) for ev in self.model.evs for r in ev.records])
 
         kpis = compute_kpis(sc, ts, sessions, transactions, frames, storage_cycles=max(
