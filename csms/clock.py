@@ -7,6 +7,7 @@ the clock it was given.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -19,8 +20,13 @@ def wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
+@functools.lru_cache(maxsize=4096)
 def iso(ts: datetime) -> str:
-    """Format an aware datetime as the OCPP timestamp form (RFC 3339, 'Z', ms)."""
+    """Format an aware datetime as the OCPP timestamp form (RFC 3339, 'Z', ms).
+
+    Cached: on virtual time every message of a step carries the same few
+    instants (equal instants in other zones format the same, as UTC).
+    """
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 

@@ -227,11 +227,17 @@ class Twin:
         self.dr_limits_kw: dict[str, float] = {}  # grid-operator limits in force
         self.feeder_model: FeederModel | None = None  # the CSMS's feeder model (feeder_aware)
         self.station_by_id = {s.station_id: s for s in self.model.stations}
+        self._datetimes: dict[float, datetime] = {}
 
     # -- time -----------------------------------------------------------------
     def to_datetime(self, t_s: float) -> datetime:
-        """Simulated seconds to an aware datetime."""
-        return self.sc.start + timedelta(seconds=t_s)
+        """Simulated seconds to an aware datetime (the instants of a step repeat: cached)."""
+        ts = self._datetimes.get(t_s)
+        if ts is None:
+            if len(self._datetimes) > 4096:
+                self._datetimes.clear()
+            ts = self._datetimes[t_s] = self.sc.start + timedelta(seconds=t_s)
+        return ts
 
     def to_seconds(self, ts: datetime) -> float:
         """An aware datetime to simulated seconds."""

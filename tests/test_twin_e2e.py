@@ -22,14 +22,21 @@ pytestmark = pytest.mark.slow
 
 
 PROTOCOLS = ["1.6", "2.0.1", "2.1"]
+#: Every OCPP version over websockets; the in-memory pipe and direct calls on a
+#: 2.x version and on 1.6 (each version's shell translates on every transport).
+RUNS = [(p, "websocket") for p in PROTOCOLS] + [("2.0.1", "memory"), ("2.1", "direct"),
+                                                ("1.6", "direct")]
 
 
-@pytest.fixture(scope="module", params=PROTOCOLS)
+@pytest.fixture(scope="module", params=RUNS, ids=[f"{p}-{t}" for p, t in RUNS])
 def demo_run(request: pytest.FixtureRequest,
              tmp_path_factory: pytest.TempPathFactory) -> tuple[Twin, RunResult, Path]:
-    """The demo run once per OCPP version the stations can speak."""
+    """The demo run once per OCPP version the stations can speak, and on the
+    other transports."""
+    protocol, transport = request.param
     db = tmp_path_factory.mktemp("demo") / "csms.sqlite"
-    twin = Twin(load_scenario(DEMO, {"csms.protocol": request.param}), database=db)
+    twin = Twin(load_scenario(DEMO, {"csms.protocol": protocol, "run.transport": transport}),
+                database=db)
     return twin, twin.run(), db
 
 
@@ -96,7 +103,7 @@ def test_same_seed_gives_identical_kpis(demo_run):
 
 def test_other_seed_gives_other_kpis(demo_run):
     _, first, _ = demo_run
-    if first.scenario.csms.protocol != "2.0.1":
+    if first.scenario.csms.protocol != "2.0.1" or first.scenario.run.transport != "websocket":
         pytest.skip("seed sensitivity does not depend on the protocol; checked once")
     other = Twin(load_scenario(DEMO, {"seed": 8})).run()
     assert other.kpis != first.kpis
@@ -106,6 +113,8 @@ def test_every_protocol_gives_the_same_physics(demo_run):
     """The OCPP version changes the messages, not what happens to EVs and grid
     (with no EV stating its needs: over 2.x those would inform the CSMS)."""
     protocol = demo_run[1].scenario.csms.protocol
+    if demo_run[1].scenario.run.transport != "websocket":
+        pytest.skip("the transports give identical results (see test_transports.py)")
     result = Twin(load_scenario(DEMO, {"csms.protocol": protocol,
                                        "ev.iso15118_share": 0.0})).run()
     reference = Twin(load_scenario(DEMO, {"ev.iso15118_share": 0.0})).run()
