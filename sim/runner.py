@@ -64,6 +64,7 @@ from evtwin.grid import (
 )
 from evtwin.transports import MemoryClosed, memory_pair
 
+from .csmslink import CSMSLink, LocalCSMS, ProcessCSMS
 from .der import DerSet, Steps, build_der
 from .exceptions import RunError, ScenarioError
 from .kpis import compute_kpis
@@ -223,7 +224,8 @@ class Twin:
                                              self.prices)
         self.grid_rng = np.random.default_rng([scenario.seed, 1])
         self.free: dict[str, simpy.Store] = {}
-        self.core: CSMSCore | None = None  # our CSMS, once a run has started
+        self.core: CSMSCore | None = None  # our CSMS in this process, once a run has started
+        self.csms: CSMSLink | None = None  # how the loop drives our CSMS (here or elsewhere)
         self.dr_limits_kw: dict[str, float] = {}  # grid-operator limits in force
         self.feeder_model: FeederModel | None = None  # the CSMS's feeder model (feeder_aware)
         self.station_by_id = {s.station_id: s for s in self.model.stations}
@@ -298,12 +300,12 @@ class Twin:
         """The grid operator's window: the CSMS gets an external constraint, then its release."""
         yield self.env.timeout(start_s)
         self.dr_limits_kw[site] = limit_kw
-        if self.core is not None:
-            self.core.inputs.set_grid_limit(site, limit_kw)
+        if self.csms is not None:
+            self.csms.inputs.set_grid_limit(site, limit_kw)
         yield self.env.timeout(duration_s)
         self.dr_limits_kw.pop(site, None)
-        if self.core is not None:
-            self.core.inputs.set_grid_limit(site, None)
+        if self.csms is not None:
+            self.csms.inputs.set_grid_limit(site, None)
 
     # -- the run ----------------------------------------------------------------------
     async def _connect(
@@ -402,47 +404,57 @@ class Twin:
                 await self._close(tasks, sockets)
             wall = time.perf_counter() - wall0
             return self._results(series, power, [], frames, wall, end_s, clients)
-        store = Store(self.database)
+        config = csms_config(self.sc, self.model)
+        transport = self.sc.run.transport
+        link: CSMSLink
+        if self.sc.run.csms_process:
+            link = await ProcessCSMS.start(config, self.database, self.now())
+        else:
+            store = Store(self.database)
+            try:
+                self.core = CSMSCore(config, store, clock=self.now)
+            except BaseException:
+                store.close()
+                raise
+            server = CSMSServer(self.core, host="127.0.0.1", port=0)
+            link = LocalCSMS(server)
         try:
-            core = CSMSCore(csms_config(self.sc, self.model), store, clock=self.now)
             try:
                 # The day-ahead signal, known for the whole run.
-                core.inputs.set_prices(self.prices, self.export_prices)
+                link.inputs.set_prices(self.prices, self.export_prices)
                 # PV behind each site's connection: the forecast the CSMS plans with.
                 site_pv = self.der.site_forecasts(self.sc.start, self.sc.step_s)
                 for site, steps in site_pv.items():
-                    core.inputs.set_pv_forecast(steps, site=site)
+                    link.inputs.set_pv_forecast(steps, site=site)
+                await link.sync(self.now())
             except InputError as exc:  # e.g. two price bands starting at the same hour
                 raise ScenarioError(self.sc.name, [(exc.field, str(exc).split(": ", 1)[-1])]
                                     ) from None
-            self.core = core
+            self.csms = link
             # feeder_aware hook: the CSMS's own sensitivity model of the feeder.
             if needs_feeder(self.sc.control.strategy):
                 self.feeder_model = FeederModel.from_feeder(
                     self.feeder, [st.station_id for st in self.model.stations])
-            server = CSMSServer(core, host="127.0.0.1", port=0)
-            transport = self.sc.run.transport
-            if transport == "websocket":
-                await server.start()
             tasks, sockets = [], []
             clients = []
             try:
-                if transport == "memory":
-                    clients, tasks, sockets = await self._connect_memory(server)
+                if isinstance(link, ProcessCSMS):
+                    clients, tasks, sockets = await self._connect(link.url)
+                elif transport == "memory":
+                    clients, tasks, sockets = await self._connect_memory(link.server)
                 elif transport == "direct":
-                    clients = await self._connect_direct(server)
+                    clients = await self._connect_direct(link.server)
                 else:
-                    clients, tasks, sockets = await self._connect(server.url)
-                series, power, end_s = await self._loop(clients, server, pace=False)
+                    await link.server.start()
+                    clients, tasks, sockets = await self._connect(link.server.url)
+                series, power, end_s = await self._loop(clients, link, pace=False)
             finally:
                 await self._close(tasks, sockets)
-                await server.stop()
             wall = time.perf_counter() - wall0
-            transactions = store.transactions()
+            transactions = await link.finish()
         finally:
-            store.close()  # also when the run fails: no open file or WAL left behind
-        return self._results(series, power, transactions, server.frames, wall, end_s,
-                             clients)
+            await link.close()  # also when the run fails: no open file, WAL or process left
+        return self._results(series, power, transactions, link.frames, wall, end_s, clients)
 
     async def _each(self, exchanges: Iterable[Coroutine[Any, Any, None]]) -> None:
         """Run every station's exchange: concurrently over a connection; one after
@@ -462,7 +474,7 @@ class Twin:
             await ws.close()
 
     async def _events_until(self, t: float, clients: list[StationClient],
-                            server: CSMSServer | None) -> None:
+                            csms: CSMSLink | None) -> None:
         """Run the discrete events up to and including ``t``, each at its own time.
 
         A plug-in or departure is exchanged with the CSMS (StatusNotification,
@@ -475,15 +487,17 @@ class Twin:
         env = self.env
         while env.peek() <= t:
             env.step()
+            if csms is not None:
+                await csms.sync(self.now())
             busy = [c for c in clients if c.station.events]
             if busy:
                 await self._each(c.flush_events(float(env.now)) for c in busy)
-            if server is not None and server.core.sessions_changed:
-                await server.control_cycle()
+            if csms is not None:
+                await csms.react(self.now())
         if env.now < t:
             env.run(until=t)
 
-    async def _loop(self, clients: list[StationClient], server: CSMSServer | None, *,
+    async def _loop(self, clients: list[StationClient], csms: CSMSLink | None, *,
                     pace: bool) -> tuple[Spool, Spool, float]:
         """The step loop (see the module docstring); returns the per-step series and
         the station powers (both spooled to disk as the run goes) and the end time."""
@@ -504,17 +518,16 @@ class Twin:
                                                            microsecond=0)).total_seconds()
             site_of = np.array([st.site for st in self.model.stations])
             at_site = {s.name: site_of == s.name for s in sc.sites}
-            batch = server.core.batch if server is not None else contextlib.nullcontext
             for k in range(n_steps + 1):
                 # One store transaction per step for the CSMS (see CSMSCore.batch).
-                with batch():
+                async with (csms.step() if csms is not None else contextlib.nullcontext()):
                     t = float(k * step)
                     if pace:
                         # Wall-clock pacing for a CSMS that lives in real time.
                         await asyncio.sleep(max(0.0, loop_t0 + t / speed - time.monotonic()))
                     dr_at_step_start = dict(self.dr_limits_kw)
                     if k > 0:
-                        await self._events_until(t, clients, server)
+                        await self._events_until(t, clients, csms)
                         self.model.step(t, step)
                     ev_w = np.array([sum(e.power_w for e in st.evses.values())
                                      for st in self.model.stations])
@@ -532,9 +545,9 @@ class Twin:
                     der = self.der.step(k, site_ev_kw, price_now, step / 3600.0, connection_kw)
                     res = self.feeder.solve(start_of_day_s + t, ev_kw, self.grid_rng,
                                             der_p_kw=der.der_p_kw)
-                    if server is not None and self.feeder_model is not None:
+                    if csms is not None and self.feeder_model is not None:
                         # feeder_aware hook: this power flow is the DSO measurement the CSMS sees.
-                        server.core.inputs.observe_feeder(
+                        csms.inputs.observe_feeder(
                             self.feeder_model.observe(res, ev_kw, self.now()))
                     for st, vm in zip(self.model.stations, res.station_vm_pu, strict=True):
                         st.voltage_v = float(vm) * 230.0
@@ -575,13 +588,15 @@ class Twin:
                         series.keep = spools
                     series.append(list(row.values()))
                     power.append(np.concatenate(((t,), ev_kw)))
+                    if csms is not None:
+                        await csms.sync(self.now())
                     await self._each(c.flush(
                         t, sample=k > 0 and t % sc.csms.meter_interval_s == 0,
                         aligned=k == 0 or clock_boundary(start_of_day_s + t, step,
                                                          sc.csms.aligned_interval_s),
                         heartbeat=k > 0 and k % hb_every == 0) for c in clients)
-                    if server is not None and server.core.control_due():
-                        await server.control_cycle()
+                    if csms is not None:
+                        await csms.control_if_due(self.now())
                     if self.progress is not None:
                         self.progress(k + 1, n_steps + 1)
             # Sessions still open at the end are integrated to the end and reported open.

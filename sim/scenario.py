@@ -264,6 +264,18 @@ class RunSettings(_Strict):
     framing) or ``direct`` (the stations' and the CSMS's logic exchange OCPP's
     messages as objects: no frames, no JSON, no schema checks; for large
     sweeps). The same results on all three. Ignored against an external CSMS."""
+    csms_process: bool = False
+    """Run evtwin's CSMS in a process of its own (its own event loop and websocket
+    server on loopback; the twin drives its clock and inputs over a pipe), as a
+    CSMS deployed elsewhere would be. Needs ``transport = "websocket"``; the same
+    results as in-process."""
+
+    @model_validator(mode="after")
+    def _process_needs_sockets(self) -> RunSettings:
+        if self.csms_process and self.transport != "websocket":
+            raise ValueError('csms_process = true needs transport = "websocket" '
+                             f'(not "{self.transport}")')
+        return self
 
 
 class Scenario(_Strict):

@@ -104,3 +104,43 @@ def test_the_three_transports_give_identical_runs(scenario: str,
         _same_frame(ws.station_power_kw, other.station_power_kw)
         _same_frame(ws.profiles, other.profiles)
         assert other.transactions == ws.transactions, transport
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("scenario", "overrides"), [
+    # Grid-operator windows (the input port) and V2G set points.
+    ("v2g.toml", {"duration_h": 12}),
+    # feeder_aware: a feeder measurement crosses the pipe every step.
+    ("feeder_stress.toml", {"control.strategy": "feeder_aware", "duration_h": 6}),
+])
+def test_csms_in_its_own_process_gives_the_same_run(scenario: str,
+                                                    overrides: dict[str, Any]) -> None:
+    """``[run] csms_process = true``: the CSMS in a child process (its own event loop
+    and websocket server), clock and inputs sent over a pipe, the same results."""
+    here = _run(ROOT / "scenarios" / scenario, "websocket", overrides)
+    apart = _run(ROOT / "scenarios" / scenario, "websocket",
+                 {**overrides, "run.csms_process": True})
+    assert here.kpis["ocpp_messages"] > 0 and here.kpis["profiles_received"] > 0
+    assert apart.kpis == here.kpis
+    _same_frame(here.timeseries, apart.timeseries)
+    _same_frame(here.sessions, apart.sessions)
+    _same_frame(here.profiles, apart.profiles)
+    assert apart.transactions == here.transactions
+
+
+def test_csms_process_that_cannot_start_fails_the_run_with_its_reason(tmp_path: Path) -> None:
+    from evtwin.sim.exceptions import RunError
+
+    sc = load_scenario(ROOT / "scenarios" / "demo.toml",
+                       {"duration_h": 1, "run.csms_process": True})
+    with pytest.raises(RunError, match="CSMS process stopped") as err:
+        Twin(sc, database=tmp_path / "missing" / "csms.sqlite").run()
+    assert "missing/csms.sqlite: cannot open the database" in str(err.value)
+
+
+def test_csms_process_needs_the_websocket_transport() -> None:
+    from evtwin.sim import ScenarioError
+
+    with pytest.raises(ScenarioError, match="csms_process"):
+        load_scenario(ROOT / "scenarios" / "demo.toml",
+                      {"run.csms_process": True, "run.transport": "direct"})
