@@ -8,6 +8,7 @@ Every error in a file is reported at once with the path to its field::
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -449,6 +450,7 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     data.setdefault("name", p.stem)
     for dotted, value in (overrides or {}).items():
         _override(data, dotted, value, source)
+    _transport_from_environment(data, source)
     net = (data.get("grid") or {}).get("network")
     if isinstance(net, str) and net.endswith(".json") and not Path(net).is_absolute():
         data["grid"]["network"] = str((p.parent / net).resolve())
@@ -460,6 +462,25 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         if isinstance(pv_csv, str) and not Path(pv_csv).is_absolute():
             plant["csv"] = str((p.parent / pv_csv).resolve())
     return parse_scenario(data, source)
+
+
+#: Environment variable: the transport of every run whose scenario (file or
+#: overrides) does not choose one, e.g. to run a whole test suite over ``direct``.
+TRANSPORT_ENV = "EVTWIN_TRANSPORT"
+
+
+def _transport_from_environment(data: dict[str, Any], source: str) -> None:
+    wanted = os.environ.get(TRANSPORT_ENV)
+    run = data.get("run")
+    if not wanted or (isinstance(run, dict) and ("transport" in run or "csms_process" in run)):
+        return
+    if wanted not in ("websocket", "memory", "direct"):
+        raise ScenarioError(source, [("run.transport", f"{TRANSPORT_ENV}={wanted!r} is not "
+                                      "one of websocket, memory, direct")])
+    if run is None:
+        data["run"] = {"transport": wanted}
+    elif isinstance(run, dict):
+        run["transport"] = wanted
 
 
 def behaviour_overrides(site: Site) -> dict[str, float]:

@@ -314,3 +314,19 @@ tou = [{start_h = 0, price_per_kwh = 0.20}, {start_h = 17, price_per_kwh = 0.45}
     assert price_at(steps, csv.start + timedelta(hours=2)) == 0.5
     with pytest.raises(ScenarioError, match=r"prices\.tou"):
         load_scenario(write(tmp_path, VALID + '[prices]\nkind = "tou"\n', "bad.toml"))
+
+
+def test_transport_from_the_environment_where_the_scenario_chooses_none(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from evtwin.sim.scenario import TRANSPORT_ENV
+
+    demo = SCENARIOS / "demo.toml"
+
+    monkeypatch.setenv(TRANSPORT_ENV, "direct")
+    assert load_scenario(demo).run.transport == "direct"
+    # A choice in the overrides (or the file) wins.
+    assert load_scenario(demo, {"run.transport": "memory"}).run.transport == "memory"
+    assert load_scenario(demo, {"run.csms_process": True}).run.transport == "websocket"
+    monkeypatch.setenv(TRANSPORT_ENV, "pigeon")
+    with pytest.raises(ScenarioError, match="EVTWIN_TRANSPORT='pigeon'"):
+        load_scenario(demo)
