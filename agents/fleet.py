@@ -106,6 +106,7 @@ def apply_charge(fleet: Fleet, rows: np.ndarray, result: RowsCharged) -> None:
     """Write an interval's charging into the rows' SoC and energy counters."""
     d = fleet._data
     d[_COL["soc"], rows] = result.soc_end
-    d[_COL["energy_battery_kwh"], rows] += result.battery_kwh
-    d[_COL["energy_grid_kwh"], rows] += result.grid_kwh
-    d[_COL["throughput_kwh"], rows] += np.abs(result.battery_kwh)
+    # np.add.at: a row listed twice gets both intervals' energy (``+=`` would keep one).
+    np.add.at(d[_COL["energy_battery_kwh"]], rows, result.battery_kwh)
+    np.add.at(d[_COL["energy_grid_kwh"]], rows, result.grid_kwh)
+    np.add.at(d[_COL["throughput_kwh"]], rows, np.abs(result.battery_kwh))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timezone
 
 Clock = Callable[[], datetime]
 """A zero-argument callable returning the current time as an aware UTC datetime."""
@@ -20,13 +20,24 @@ def wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
-@functools.lru_cache(maxsize=4096)
 def iso(ts: datetime) -> str:
     """Format an aware datetime as the OCPP timestamp form (RFC 3339, 'Z', ms).
 
-    Cached: on virtual time every message of a step carries the same few
-    instants (equal instants in other zones format the same, as UTC).
+    Cached for UTC and fixed offsets: on virtual time every message of a step
+    carries the same few instants. (Not for zones with daylight saving, whose
+    wall times in the repeated hour compare equal although they are not.)
     """
+    if isinstance(ts.tzinfo, timezone):
+        return _iso_fixed(ts)
+    return _format(ts)
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_fixed(ts: datetime) -> str:
+    return _format(ts)
+
+
+def _format(ts: datetime) -> str:
     return ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 

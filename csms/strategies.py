@@ -66,6 +66,13 @@ def strategy_names() -> list[str]:
     return sorted(_REGISTRY.keys() | _LAZY.keys())
 
 
+def strategy_module(name: str) -> str | None:
+    """The module that registered strategy ``name`` (None if it is not registered yet:
+    a built-in one is imported on first use). Another process imports it to know it."""
+    fn = _REGISTRY.get(name)
+    return None if fn is None else fn.__module__
+
+
 def check_strategy_name(name: str) -> str:
     """Return ``name`` if a strategy is known under it, else raise ValueError
     listing the known ones (for config validators). Imports nothing."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import multiprocessing.connection
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from typing import Any
 
 from evtwin.csms import CSMSConfig, CSMSCore, CSMSServer, Store
 from evtwin.csms.exceptions import InputError
+from evtwin.csms.strategies import strategy_module
 
 from .exceptions import RunError
 
@@ -149,6 +151,12 @@ class ProcessCSMS(CSMSLink):
         # A fresh interpreter (not a fork of this one's running event loop, and not
         # multiprocessing's spawn, which would re-run the caller's main script),
         # joined to this one by a socket pair; its output goes to a file we read on failure.
+        # A strategy registered in this process must be importable there too.
+        module = strategy_module(config.strategy)
+        if module == "__main__":
+            raise RunError(f"strategy {config.strategy!r} is registered in the main script; "
+                           "with run.csms_process = true the CSMS process imports it, so it "
+                           "must live in an importable module")
         ours, theirs = socket.socketpair()
         stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in _stop)
         code = f"from evtwin.sim.csmslink import child_main; child_main({theirs.fileno()})"
@@ -157,7 +165,7 @@ class ProcessCSMS(CSMSLink):
         theirs.close()
         link = cls(process, multiprocessing.connection.Connection(ours.detach()), stderr)
         try:
-            link._conn.send((config, database, now))
+            link._conn.send((config, database, now, module))
             link.url = await link._call("hello")
         except BaseException:
             await link.close()
@@ -227,7 +235,13 @@ class ProcessCSMS(CSMSLink):
     @contextlib.asynccontextmanager
     async def step(self) -> AsyncIterator[None]:
         await self._call("begin")
-        yield
+        try:
+            yield
+        except BaseException:
+            # As in-process: what the failed step wrote is rolled back, not committed.
+            with contextlib.suppress(Exception):
+                await self._call("abort")
+            raise
         await self._call("end")
 
     async def finish(self) -> list[dict[str, Any]]:
@@ -267,7 +281,9 @@ def child_main(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     conn = multiprocessing.connection.Connection(fd)
     try:
-        config, database, now = conn.recv()
+        config, database, now, module = conn.recv()
+        if module is not None:
+            importlib.import_module(module)  # registers the run's own strategy
         asyncio.run(_child(conn, config, database, now))
     except EOFError:
         pass
@@ -315,6 +331,8 @@ async def _child(conn: multiprocessing.connection.Connection, config: CSMSConfig
                     batch.enter_context(core.batch())
                 elif command == "end":
                     batch.close()
+                elif command == "abort":
+                    _roll_back(batch)
                 elif command == "finish":
                     batch.close()
                     await server.stop()
@@ -327,6 +345,11 @@ async def _child(conn: multiprocessing.connection.Connection, config: CSMSConfig
                 conn.send(("error", (type(exc).__name__, field,
                                      str(exc).split(": ", 1)[-1] if field else str(exc))))
     finally:
-        batch.close()
+        _roll_back(batch)  # the twin went away mid-step: that step is not committed
         await server.stop()
         store.close()
+
+
+def _roll_back(batch: contextlib.ExitStack) -> None:
+    """Leave an open store batch as a failure does: rolled back."""
+    batch.__exit__(RuntimeError, RuntimeError("the twin abandoned the step"), None)

@@ -472,7 +472,7 @@ TRANSPORT_ENV = "EVTWIN_TRANSPORT"
 def _transport_from_environment(data: dict[str, Any], source: str) -> None:
     wanted = os.environ.get(TRANSPORT_ENV)
     run = data.get("run")
-    if not wanted or (isinstance(run, dict) and ("transport" in run or "csms_process" in run)):
+    if not wanted or (isinstance(run, dict) and ("transport" in run or run.get("csms_process"))):
         return
     if wanted not in ("websocket", "memory", "direct"):
         raise ScenarioError(source, [("run.transport", f"{TRANSPORT_ENV}={wanted!r} is not "

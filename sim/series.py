@@ -14,6 +14,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -67,6 +68,11 @@ class Spool:
         values = np.vstack(parts) if parts else np.empty((0, len(self.columns)))
         return pd.DataFrame(values, columns=self.columns)
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """A copy (pickle, deepcopy) gets its own folder with the rows, never a
+        second owner of this one's file."""
+        return _spool_of, (self.path.stem, self.columns, self.frame().to_numpy())
+
     def to_csv(self, path: Path) -> None:
         """Write the rows as CSV, one chunk at a time (same format as ``DataFrame.to_csv``)."""
         first = True
@@ -92,3 +98,14 @@ class SpoolDir:
 
     def __del__(self) -> None:
         self.close()
+
+
+def _spool_of(name: str, columns: list[str], rows: np.ndarray) -> Spool:
+    """A new spool, in a folder of its own, holding ``rows``."""
+    folder = SpoolDir()
+    spool = folder.spool(name, columns)
+    spool.keep = folder
+    for row in rows:
+        spool.append(row)
+    spool.flush()
+    return spool

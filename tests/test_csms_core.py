@@ -604,3 +604,17 @@ def test_offline_queue_out_of_order_is_merged_and_billed_once(store: Store, cloc
     # A seqNo gap is fine; a repeated one is not applied or stored twice.
     core.on_transaction_event("CS1", late_update)
     assert store.count("transaction_events") == 3
+
+
+def test_ocpp_timestamps_of_a_repeated_wall_hour_are_two_instants() -> None:
+    """The formatter's cache never confuses the two 02:30 of a DST change."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from evtwin.csms.clock import iso
+
+    berlin = ZoneInfo("Europe/Berlin")
+    first = datetime(2026, 10, 25, 2, 30, tzinfo=berlin)
+    second = datetime(2026, 10, 25, 2, 30, tzinfo=berlin, fold=1)
+    assert iso(first) == "2026-10-25T00:30:00.000Z"
+    assert iso(second) == "2026-10-25T01:30:00.000Z"

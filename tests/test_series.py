@@ -43,3 +43,21 @@ def test_spool_folder_is_removed_when_closed() -> None:
     assert spool.path.exists()
     folder.close()
     assert not folder.path.exists()
+
+
+def test_a_copied_spool_owns_its_own_rows(tmp_path: Path) -> None:
+    import copy
+    import gc
+    import pickle
+
+    folder = SpoolDir()
+    spool = folder.spool("power", ["t_s", "a"])
+    spool.keep = folder
+    for k in range(5):
+        spool.append([float(k), 2.0 * k])
+    for twin in (copy.deepcopy(spool), pickle.loads(pickle.dumps(spool))):
+        assert twin.path != spool.path
+        assert twin.frame().equals(spool.frame())
+        del twin
+        gc.collect()
+        assert spool.frame()["a"].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]

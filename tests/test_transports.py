@@ -144,3 +144,52 @@ def test_csms_process_needs_the_websocket_transport() -> None:
     with pytest.raises(ScenarioError, match="csms_process"):
         load_scenario(ROOT / "scenarios" / "demo.toml",
                       {"run.csms_process": True, "run.transport": "direct"})
+
+
+@pytest.mark.slow
+def test_a_failed_run_leaves_the_same_csms_database_in_and_out_of_process(
+        tmp_path: Path) -> None:
+    """The step a run fails in is rolled back, whether the CSMS runs here or apart."""
+    import sqlite3
+
+    seen = {}
+    for apart in (False, True):
+        db = tmp_path / f"apart-{apart}.sqlite"
+        sc = load_scenario(ROOT / "scenarios" / "demo.toml",
+                           {"duration_h": 8, "run.csms_process": apart})
+
+        def progress(done: int, total: int) -> None:
+            if done == 301:  # the step at 5 h: a meter sample is due in it
+                raise RuntimeError("stop here")
+
+        with pytest.raises(RuntimeError, match="stop here"):
+            Twin(sc, database=db, progress=progress).run()
+        con = sqlite3.connect(db)
+        seen[apart] = con.execute("SELECT COUNT(*), MAX(timestamp) FROM meter_values").fetchone()
+        con.close()
+    assert seen[True] == seen[False]
+    assert seen[True][0] > 0
+
+
+@pytest.mark.slow
+def test_csms_process_knows_a_strategy_registered_in_an_importable_module(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import tests.strategy_plugin  # noqa: F401  (registers half_share here)
+    from evtwin.csms import strategies
+    from evtwin.sim.exceptions import RunError
+
+    overrides = {"duration_h": 4, "start": "2026-06-01T16:00:00",
+                 "control.strategy": "half_share"}
+    here = _run(ROOT / "scenarios" / "demo.toml", "websocket", overrides)
+    apart = _run(ROOT / "scenarios" / "demo.toml", "websocket",
+                 {**overrides, "run.csms_process": True})
+    assert apart.kpis == here.kpis and here.kpis["profiles_received"] > 0
+
+    def in_main(view: Any) -> Any:
+        return {}
+
+    in_main.__module__ = "__main__"
+    monkeypatch.setitem(strategies._REGISTRY, "from_main", in_main)
+    with pytest.raises(RunError, match="registered in the main script"):
+        _run(ROOT / "scenarios" / "demo.toml", "websocket",
+             {"duration_h": 1, "control.strategy": "from_main", "run.csms_process": True})
