@@ -245,16 +245,29 @@ class CSMSCore:
         seq_no = ev.seq_no if ev.seq_no is not None else session.last_seq_no + 1
         self._apply_event(session, ev, seq_no)
         cdr = self._cdr(session) if session.ended_at is not None else None
-        applied = self.store.record_transaction_event(
-            station_id=station_id, transaction_id=ev.transaction_id, seq_no=seq_no,
-            event_type=ev.event_type, trigger_reason=ev.trigger_reason,
-            timestamp=ev.timestamp, payload=record,
-            samples=[sample[:5] for sample in ev.samples], evse_id=evse_id,
-            state=_state_row(session), digest=digest, cdr=cdr)
+        # One live transaction per EVSE: a new one there ends what the station
+        # never ended (its Ended was lost, or it rebooted without sending it).
+        stale = [] if current is not None or not session.is_open else [
+            self._closed(old, ev.at, "Other") for old in self.open_sessions()
+            if old.station_id == station_id and old.evse_id == session.evse_id]
+        # The new event and the ghosts it ends: all or nothing.
+        with self.store.batch() if stale else contextlib.nullcontext():
+            applied = self.store.record_transaction_event(
+                station_id=station_id, transaction_id=ev.transaction_id, seq_no=seq_no,
+                event_type=ev.event_type, trigger_reason=ev.trigger_reason,
+                timestamp=ev.timestamp, payload=record,
+                samples=[sample[:5] for sample in ev.samples], evse_id=evse_id,
+                state=_state_row(session), digest=digest, cdr=cdr)
+            if applied:
+                for old in stale:
+                    self.store.close_transaction(station_id, old.transaction_id,
+                                                 _state_row(old), self._cdr(old))
         if not applied:
             # A re-sent message (its seqNo or content is stored): answered as the
             # original was; the copy is dropped and nothing changes.
             return self._tx_response(ev.id_token)
+        for old in stale:
+            self._forget(old, f"transaction {ev.transaction_id} started on its EVSE")
         # Stored: from here on it is the CSMS's state (the session object others
         # hold stays the one in use).
         was_open = None if current is None else current.is_open
@@ -278,6 +291,34 @@ class CSMSCore:
             self.profile_set(station_id).end_transaction(ev.transaction_id)
             self.persist_profiles(station_id)
         return self._tx_response(ev.id_token)
+
+    @staticmethod
+    def _closed(session: Session, by: datetime, reason: str) -> Session:
+        """A copy of an open session, ended by the CSMS: at its last sign of life
+        (its last meter reading, not after ``by``), with ``reason``."""
+        closed = replace(session)
+        last = max(session.started_at, session.meter_last_at or session.started_at)
+        closed.ended_at = min(last, max(by, session.started_at))
+        closed.stopped_reason = reason
+        closed.power_w = 0.0
+        if closed.meter_stop_wh is None:
+            closed.meter_stop_wh = closed.meter_last_wh
+        return closed
+
+    def _forget(self, closed: Session, why: str) -> None:
+        """Drop a session the CSMS ended itself (stored already) from the live state."""
+        key = (closed.station_id, closed.transaction_id)
+        self.sessions.pop(key, None)
+        self.sessions_changed = True
+        self.sent_limits_w.pop((closed.station_id, closed.evse_id), None)
+        self.profile_set(closed.station_id).end_transaction(closed.transaction_id)
+        self.persist_profiles(closed.station_id)
+        log.warning("transaction %s on %s EVSE %d ended by the CSMS (%s): %s",
+                    closed.transaction_id, closed.station_id, closed.evse_id,
+                    closed.stopped_reason, why, extra={
+                        "event": "transaction_closed_stale", "station": closed.station_id,
+                        "transaction": closed.transaction_id, "evse": closed.evse_id,
+                        "energy_wh": round(closed.billed_energy_wh, 3)})
 
     def _apply_event(self, session: Session, ev: TxEvent, seq_no: int) -> None:
         """Apply a validated event to ``session`` (a copy the caller commits)."""

@@ -682,13 +682,7 @@ class Store:
             )
             if cur.rowcount == 0:
                 return False
-            cols = ("station_id", "transaction_id", *TRANSACTION_STATE)
-            values = [station_id, transaction_id, *(state[c] for c in TRANSACTION_STATE)]
-            self._run(
-                f"INSERT INTO transactions({', '.join(cols)}) "
-                f"VALUES ({', '.join('?' * len(cols))}) "
-                "ON CONFLICT(station_id, transaction_id) DO UPDATE SET "
-                + ", ".join(f"{c}=excluded.{c}" for c in TRANSACTION_STATE), values)
+            self._write_state(station_id, transaction_id, state)
             self._many(
                 "INSERT INTO meter_values(station_id, evse_id, transaction_id, timestamp, "
                 "measurand, phase, value, unit) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -696,6 +690,25 @@ class Store:
             if cdr is not None:
                 self._write_cdr(cdr)
         return True
+
+    def _write_state(self, station_id: str, transaction_id: str, state: dict[str, Any]) -> None:
+        # Inside a transaction.
+        cols = ("station_id", "transaction_id", *TRANSACTION_STATE)
+        values = [station_id, transaction_id, *(state[c] for c in TRANSACTION_STATE)]
+        self._run(
+            f"INSERT INTO transactions({', '.join(cols)}) "
+            f"VALUES ({', '.join('?' * len(cols))}) "
+            "ON CONFLICT(station_id, transaction_id) DO UPDATE SET "
+            + ", ".join(f"{c}=excluded.{c}" for c in TRANSACTION_STATE), values)
+
+    def close_transaction(self, station_id: str, transaction_id: str, state: dict[str, Any],
+                          cdr: dict[str, Any]) -> None:
+        """Store a transaction the CSMS closed itself (the station never ended it):
+        its final ``state`` and its charge detail record, in one transaction. No
+        event is logged: a late Ended from the station is still applied as new."""
+        with self._tx():
+            self._write_state(station_id, transaction_id, state)
+            self._write_cdr(cdr)
 
     def record_meter_values(
         self,

@@ -618,3 +618,66 @@ def test_ocpp_timestamps_of_a_repeated_wall_hour_are_two_instants() -> None:
     second = datetime(2026, 10, 25, 2, 30, tzinfo=berlin, fold=1)
     assert iso(first) == "2026-10-25T00:30:00.000Z"
     assert iso(second) == "2026-10-25T01:30:00.000Z"
+
+
+# --------------------------------------------------------------------------- one live tx per EVSE
+def _tx(core: CSMSCore, kind: str, tx_id: str, seq: int, at: datetime, wh: float,
+        evse: int = 1, reason: str | None = None) -> None:
+    payload: dict[str, Any] = {
+        "eventType": kind, "timestamp": iso(at), "seqNo": seq,
+        "triggerReason": {"Started": "CablePluggedIn", "Ended": "EVDeparted"}.get(
+            kind, "MeterValuePeriodic"),
+        "transactionInfo": {"transactionId": tx_id, "chargingState": "Charging"},
+        "evse": {"id": evse, "connectorId": 1},
+        "meterValue": [{"timestamp": iso(at), "sampledValue": [
+            {"value": wh, "measurand": ENERGY, "unitOfMeasure": {"unit": "Wh"}},
+            {"value": 7000.0, "measurand": "Power.Active.Import",
+             "unitOfMeasure": {"unit": "W"}}]}],
+    }
+    if kind == "Started":
+        payload["idToken"] = {"idToken": TOKEN, "type": "ISO14443"}
+    if reason is not None:
+        payload["transactionInfo"]["stoppedReason"] = reason
+    core.on_transaction_event("CS1", payload)
+
+
+def test_a_new_transaction_on_an_evse_ends_the_one_its_station_never_ended(
+        clock: FakeClock, store: Store) -> None:
+    core = CSMSCore(make_config(), store, clock=clock)
+    _tx(core, "Started", "old", 0, T0, 1000.0)
+    _tx(core, "Updated", "old", 1, T0 + timedelta(minutes=30), 4500.0)
+    # The Ended of "old" is lost; an hour later a new EV starts on the same EVSE.
+    _tx(core, "Started", "new", 0, T0 + timedelta(hours=1), 9000.0)
+    _tx(core, "Started", "other", 0, T0 + timedelta(hours=1), 0.0, evse=2)
+    open_here = [s for s in core.open_sessions() if s.station_id == "CS1" and s.evse_id == 1]
+    assert [s.transaction_id for s in open_here] == ["new"]
+    assert len(store.open_transactions("CS1")) == 2  # "new" and EVSE 2's "other"
+    old = store.transaction("CS1", "old")
+    assert old is not None
+    # Ended at its last sign of life, with the energy it was seen to take.
+    assert old["ended_at"] == iso(T0 + timedelta(minutes=30))
+    assert old["stopped_reason"] == "Other"
+    cdr = {c["transaction_id"]: c for c in store.cdrs()}["old"]
+    assert cdr["energy_wh"] == pytest.approx(3500.0)
+    # The controller's limit goes to the live transaction.
+    commands = core.control_commands()
+    assert {(c.evse_id, c.transaction_id) for c in commands} <= {(1, "new"), (2, "other")}
+    assert (1, "new") in {(c.evse_id, c.transaction_id) for c in commands}
+    # The station's Ended for "old", late, still counts: its own time and reason.
+    _tx(core, "Ended", "old", 2, T0 + timedelta(minutes=45), 5000.0, reason="EVDisconnected")
+    old = store.transaction("CS1", "old")
+    assert old is not None and old["ended_at"] == iso(T0 + timedelta(minutes=45))
+    assert old["stopped_reason"] == "EVDisconnected"
+    assert {c["transaction_id"]: c for c in store.cdrs()}["old"]["energy_wh"] == \
+        pytest.approx(4000.0)
+    assert [s.transaction_id for s in core.open_sessions()
+            if s.station_id == "CS1" and s.evse_id == 1] == ["new"]
+
+
+def test_a_resent_started_of_the_live_transaction_ends_nothing(
+        clock: FakeClock, store: Store) -> None:
+    core = CSMSCore(make_config(), store, clock=clock)
+    _tx(core, "Started", "tx", 0, T0, 1000.0)
+    _tx(core, "Started", "tx", 0, T0, 1000.0)  # the same message again
+    assert [s.transaction_id for s in core.open_sessions()] == ["tx"]
+    assert store.cdrs() == []
