@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import mesa
 
 from .behaviour import Vehicle, Visit
-from .fleet import Fleet, fleet_of
+from .fleet import Fleet, FleetField, fleet_of
 
 
 @dataclass(slots=True)
@@ -42,6 +42,20 @@ class VisitRecord:
 class EV(mesa.Agent):
     """An EV and its driver: a vehicle, a home site, and visits to charge."""
 
+    # Battery state: views of this EV's row in the fleet arrays (kWh; V2G counts negative).
+    soc = FleetField()
+    target_soc = FleetField()
+    min_soc = FleetField()
+    """The driver's floor: V2G never takes the battery below it."""
+    energy_battery_kwh = FleetField()
+    """Energy into the battery this visit."""
+    energy_grid_kwh = FleetField()
+    """Energy through the meter this visit."""
+    discharged_kwh = FleetField()
+    """Energy that went out of the battery to the grid this visit (>= 0)."""
+    throughput_kwh = FleetField()
+    """Energy moved through the battery in either direction, for ageing."""
+
     def __init__(self, model: mesa.Model, ev_id: str, site: str, vehicle: Vehicle,
                  visits: list[Visit], id_token: str) -> None:
         super().__init__(model)
@@ -59,10 +73,9 @@ class EV(mesa.Agent):
         self.current: VisitRecord | None = None
         #: Talks ISO 15118: tells the station its departure time and energy need.
         self.states_needs = False
-        #: The driver's floor: V2G never takes the battery below it.
         self.min_soc = 0.2
 
-    # -- battery state: views of this EV's row in the fleet arrays ------------------
+    # -- the vehicle: its figures are copied into the fleet row ----------------------
     @property
     def vehicle(self) -> Vehicle:
         return self._vehicle
@@ -73,66 +86,6 @@ class EV(mesa.Agent):
         for name in ("capacity_kwh", "max_power_kw", "max_discharge_kw", "efficiency",
                      "taper_soc"):
             self.fleet.set(name, self.row, getattr(vehicle, name))
-
-    @property
-    def soc(self) -> float:
-        return self.fleet.get("soc", self.row)
-
-    @soc.setter
-    def soc(self, value: float) -> None:
-        self.fleet.set("soc", self.row, value)
-
-    @property
-    def target_soc(self) -> float:
-        return self.fleet.get("target_soc", self.row)
-
-    @target_soc.setter
-    def target_soc(self, value: float) -> None:
-        self.fleet.set("target_soc", self.row, value)
-
-    @property
-    def min_soc(self) -> float:
-        return self.fleet.get("min_soc", self.row)
-
-    @min_soc.setter
-    def min_soc(self, value: float) -> None:
-        self.fleet.set("min_soc", self.row, value)
-
-    @property
-    def energy_battery_kwh(self) -> float:
-        """Energy into the battery this visit (kWh; V2G counts negative)."""
-        return self.fleet.get("energy_battery_kwh", self.row)
-
-    @energy_battery_kwh.setter
-    def energy_battery_kwh(self, value: float) -> None:
-        self.fleet.set("energy_battery_kwh", self.row, value)
-
-    @property
-    def energy_grid_kwh(self) -> float:
-        """Energy through the meter this visit (kWh; V2G counts negative)."""
-        return self.fleet.get("energy_grid_kwh", self.row)
-
-    @energy_grid_kwh.setter
-    def energy_grid_kwh(self, value: float) -> None:
-        self.fleet.set("energy_grid_kwh", self.row, value)
-
-    @property
-    def discharged_kwh(self) -> float:
-        """Energy that went out of the battery to the grid this visit (kWh, >= 0)."""
-        return self.fleet.get("discharged_kwh", self.row)
-
-    @discharged_kwh.setter
-    def discharged_kwh(self, value: float) -> None:
-        self.fleet.set("discharged_kwh", self.row, value)
-
-    @property
-    def throughput_kwh(self) -> float:
-        """Energy moved through the battery in either direction, for ageing (kWh)."""
-        return self.fleet.get("throughput_kwh", self.row)
-
-    @throughput_kwh.setter
-    def throughput_kwh(self, value: float) -> None:
-        self.fleet.set("throughput_kwh", self.row, value)
 
     def begin_visit(self, visit: Visit) -> VisitRecord:
         """Reset the per-visit state at arrival and open its record."""

@@ -10,6 +10,7 @@ charging EV at once (:func:`charge_rows`, the vector form of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -47,6 +48,23 @@ class Fleet:
 
     def set(self, name: str, row: int, value: float) -> None:
         self._data[_COL[name], row] = value
+
+
+class FleetField:
+    """An agent's attribute that lives in its row of the fleet (``obj.fleet``, ``obj.row``)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        if name not in _COL:
+            raise TypeError(f"{owner.__name__}.{name}: no fleet column {name!r}")
+        self.name = name
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return obj.fleet.get(self.name, obj.row)
+
+    def __set__(self, obj: Any, value: float) -> None:
+        obj.fleet.set(self.name, obj.row, value)
 
 
 def fleet_of(model: object) -> Fleet:
