@@ -86,6 +86,8 @@ class StationProtocol:
         self._sent: _Send | None = None
         #: OCPP 1.6: the station's own transaction id -> the one the CSMS assigned.
         self._csms_tx: dict[str, str] = {}
+        #: 1.6: the charging status last sent per EVSE (Charging/SuspendedEV/SuspendedEVSE).
+        self._status16: dict[int, str] = {}
 
     # ------------------------------------------------------------------ state
 
@@ -217,14 +219,20 @@ class StationProtocol:
             tx = evse.transaction_id
             if tx is None or tx in st.rejected:
                 continue
+            state = self._charging_state(evse, now_s)
             if self.version == "1.6":
                 if tx not in self._csms_tx.values():
                     continue  # StartTransaction not answered: no CSMS id to report on
                 seq_no = None
+                if self._status16.get(evse.evse_id, "Charging") != state:
+                    # 1.6 tells who stopped the power by the connector's status, when
+                    # the state is sampled (2.x: chargingState in the same sample).
+                    self._status16[evse.evse_id] = state
+                    out.append(_Send(d.StatusChanged(evse.evse_id, state, at)))
             else:
                 seq_no = st.next_seq_no(evse.evse_id)
             out.append(_Send(d.TransactionUpdated(
-                evse.evse_id, tx, at, seq_no, self._charging_state(evse, now_s),
+                evse.evse_id, tx, at, seq_no, state,
                 self._reading(evse, at, "Sample.Periodic", full=True))))
         return out
 
@@ -271,6 +279,7 @@ class StationProtocol:
 
                 def charging(_: Any) -> list[_Item]:
                     st.begin_charging(evse_id, csms_tx, now_s)
+                    self._status16[evse_id] = "Charging"
                     return []
                 return [_Send(d.StatusChanged(evse_id, "Charging", at), charging)]
             if status != "Accepted":
@@ -326,6 +335,7 @@ class StationProtocol:
                     evse_id, tx, at, seq_no, "EVDisconnected",
                     d.Reading(at, "Transaction.End", info["register_wh"]))))
             out.append(_Send(d.StatusChanged(evse_id, "Available", at)))
+            self._status16.pop(evse_id, None)
             return out
         return build
 

@@ -83,6 +83,19 @@ def _state_row(s: Session) -> dict[str, Any]:
             "charging_state": s.charging_state}
 
 
+#: OCPP 1.6 connector statuses that are a running session's charging state.
+CHARGING_STATES = frozenset({"Charging", "SuspendedEV", "SuspendedEVSE"})
+
+
+def _note_charging_state(session: Session, state: str) -> None:
+    """A session's charging state as reported. An EV seen taking nothing
+    (SuspendedEV) stays so while the station holds it at 0 (SuspendedEVSE): only
+    drawing again clears it. Else a full EV would look hungry every time its
+    limit is cut."""
+    if not (state == "SuspendedEVSE" and session.charging_state == "SuspendedEV"):
+        session.charging_state = state
+
+
 class CSMSCore:
     """Business logic of the CSMS, written once for every transport.
 
@@ -187,10 +200,16 @@ class CSMSCore:
             raise UnknownEvseError(station_id, evse_id) from None
 
     def on_status(self, station_id: str, evse_id: int, status: str, timestamp: str) -> None:
-        """StatusNotification: remember and persist the connector status."""
+        """StatusNotification: remember and persist the connector status. OCPP 1.6's
+        Charging, SuspendedEV and SuspendedEVSE are the running session's charging
+        state (2.x reports it in TransactionEvent), so strategies see the same."""
         self.check_evse(station_id, evse_id)
         self.status[(station_id, evse_id)] = status
         self.store.record_status(station_id, evse_id, status, timestamp)
+        if status in CHARGING_STATES:
+            for session in self.open_sessions():
+                if session.station_id == station_id and session.evse_id == evse_id:
+                    _note_charging_state(session, status)
 
     def authorize(self, id_token: str) -> str:
         """Authorization status of an id token against the provisioned list."""
@@ -327,12 +346,8 @@ class CSMSCore:
         at = ev.at
         state = ev.charging_state
         fresh = session.meter_last_at is None or at >= session.meter_last_at
-        # An EV seen taking nothing (SuspendedEV) stays so while the station holds
-        # it at 0 (SuspendedEVSE): only drawing again clears it. Else a full EV
-        # would look hungry every time its limit is cut.
-        held = state == "SuspendedEVSE" and session.charging_state == "SuspendedEV"
-        if state and fresh and not held:
-            session.charging_state = state
+        if state and fresh:
+            _note_charging_state(session, state)
         self._apply_samples(session, ev.samples)
         energy_wh = ev.energy_wh
         if ev.event_type == "Started":
