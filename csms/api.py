@@ -298,6 +298,34 @@ class CdrList(_Model):
     cdrs: list[CdrOut]
 
 
+class StationMessagesQuery(_Model):
+    """Filters of ``GET /stations/{station_id}/messages``."""
+
+    action: str | None = Field(None, pattern=r"^[A-Za-z0-9]{1,64}$")
+    """Only messages of this OCPP action (e.g. NotifyEvent, SecurityEventNotification)."""
+    after: int = Field(0, ge=0)
+    """Only messages after this id (the previous page's ``next_after``)."""
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class StationMessageOut(_Model):
+    """A message a station sent for the record, as received."""
+
+    id: int
+    station_id: str
+    action: str
+    received_at: str
+    payload: dict[str, Any]
+
+
+class StationMessageList(_Model):
+    """A page of a station's kept messages, oldest first."""
+
+    messages: list[StationMessageOut]
+    next_after: int | None
+    """Pass as ``after`` for the next page; null when this page is the last."""
+
+
 class SessionsQuery(_Model):
     """Filters of ``GET /sessions``."""
 
@@ -395,6 +423,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/sessions/{station_id}/{transaction_id}/meter-values", "get_meter_values",
           "Every meter value of one transaction", MeterValues, errors=(404,)),
     Route("GET", "/cdrs", "list_cdrs", "List charge detail records", CdrList),
+    Route("GET", "/stations/{station_id}/messages", "list_station_messages",
+          "Events, security events, reports and status notices a station sent",
+          StationMessageList, query=StationMessagesQuery, errors=(404, 422)),
     Route("POST", "/stations/{station_id}/request-start", "request_start",
           "Ask the station to start a transaction", OperationAnswer, body=RequestStartBody,
           errors=_OPERATION_ERRORS),
@@ -749,6 +780,18 @@ class OperatorAPI:
         return _json(MeterValues.model_validate({
             "station_id": station_id, "transaction_id": tx_id,
             "meter_values": self.core.store.meter_values(station_id, tx_id)}))
+
+    async def list_station_messages(self, request: web.Request) -> web.Response:
+        """``GET /stations/{station_id}/messages?action=...&after=...&limit=...``."""
+        station_id = request.match_info["station_id"]
+        self.core.station(station_id)
+        query = StationMessagesQuery.model_validate(dict(request.query))
+        rows = self.core.store.station_messages(station_id, query.action,
+                                                after_id=query.after, limit=query.limit + 1)
+        page = rows[:query.limit]
+        return _json(StationMessageList.model_validate({
+            "messages": page,
+            "next_after": page[-1]["id"] if len(rows) > query.limit else None}))
 
     async def list_cdrs(self, request: web.Request) -> web.Response:
         """``GET /cdrs``."""

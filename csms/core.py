@@ -211,6 +211,18 @@ class CSMSCore:
                 if session.station_id == station_id and session.evse_id == evse_id:
                     _note_charging_state(session, status)
 
+    def on_station_message(self, station_id: str, action: str, payload: dict[str, Any]) -> None:
+        """A message a station sends for the record (NotifyEvent, SecurityEventNotification,
+        NotifyReport, firmware, log and diagnostics status, DataTransfer, ...): kept as
+        received with the time it came (``Store.station_messages``)."""
+        self.station(station_id)
+        self.store.record_station_message(station_id, action, iso(self.clock()), payload)
+        if action == "SecurityEventNotification":
+            log.warning("station %s reports security event %s", station_id,
+                        payload.get("type"), extra={"event": "station_security_event",
+                                                    "station": station_id,
+                                                    "type": payload.get("type")})
+
     def authorize(self, id_token: str) -> str:
         """Authorization status of an id token against the provisioned list."""
         return "Accepted" if id_token in self.config.id_tokens else "Invalid"

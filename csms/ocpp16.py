@@ -25,6 +25,7 @@ from .exceptions import InvalidMessageError
 from .model import ParsedSample, TxEvent
 from .parse import INT32_MAX, energy_wh, event_time, samples_16
 from .shell import (
+    DATA_TRANSFER_ANSWER,
     PURPOSES_16,
     STOP_REASONS_16,
     CallFailed,
@@ -39,6 +40,7 @@ from .shell import (
     limit_period,
     periods_from_wire,
     profile_to_wire_16,
+    recorded,
     unknown_evse_is_a_property_violation,
     wire,
 )
@@ -64,6 +66,15 @@ class CSMS16(ShellBase):
 
     version: ClassVar[str] = "1.6"
     known_actions: ClassVar[frozenset[str]] = frozenset(a.value for a in Action16)
+
+    # What stations send for the record (Core, Firmware Management and the security
+    # whitepaper's messages): kept as received, answered as the spec says.
+    on_data_transfer = recorded("DataTransfer", DATA_TRANSFER_ANSWER)
+    on_diagnostics_status_notification = recorded("DiagnosticsStatusNotification")
+    on_firmware_status_notification = recorded("FirmwareStatusNotification")
+    on_security_event_notification = recorded("SecurityEventNotification")
+    on_log_status_notification = recorded("LogStatusNotification")
+    on_signed_firmware_status_notification = recorded("SignedFirmwareStatusNotification")
 
     # -- station-initiated --------------------------------------------------
     # Wire handlers (see shell.wire): the request as received, the answer as sent,

@@ -20,6 +20,7 @@ from .core import ProfileCommand
 from .model import EVChargingNeeds
 from .parse import samples_2x, tx_event_2x
 from .shell import (
+    DATA_TRANSFER_ANSWER,
     PURPOSES_21,
     PURPOSES_201,
     CallFailed,
@@ -36,6 +37,7 @@ from .shell import (
     limit_period,
     periods_from_wire,
     profile_to_wire_2x,
+    recorded,
     unknown_evse_is_a_property_violation,
     version_at_least,
     wire,
@@ -89,6 +91,23 @@ def ev_charging_needs(evse_id: int, needs: dict[str, Any], received_at: datetime
 
 class Handlers201(ShellBase):
     """Handlers for station-initiated 2.0.1/2.1 messages, answered in wire form."""
+
+    # What stations send for the record: kept as received, answered as the spec says.
+    on_notify_event = recorded("NotifyEvent")
+    on_security_event_notification = recorded("SecurityEventNotification")
+    on_notify_report = recorded("NotifyReport")
+    on_notify_monitoring_report = recorded("NotifyMonitoringReport")
+    on_log_status_notification = recorded("LogStatusNotification")
+    on_firmware_status_notification = recorded("FirmwareStatusNotification")
+    on_publish_firmware_status_notification = recorded("PublishFirmwareStatusNotification")
+    on_notify_customer_information = recorded("NotifyCustomerInformation")
+    on_notify_display_messages = recorded("NotifyDisplayMessages")
+    on_reservation_status_update = recorded("ReservationStatusUpdate")
+    on_notify_charging_limit = recorded("NotifyChargingLimit")
+    on_cleared_charging_limit = recorded("ClearedChargingLimit")
+    on_notify_ev_charging_schedule = recorded("NotifyEVChargingSchedule",
+                                              {"status": "Accepted"})
+    on_data_transfer = recorded("DataTransfer", DATA_TRANSFER_ANSWER)
 
     # The messages every station sends all the time take the wire payload and
     # return the wire answer (see shell.wire); the rest go through @on.

@@ -170,6 +170,25 @@ def wire(action: str) -> Callable[[WireHandler], WireHandler]:
     return mark
 
 
+def recorded(action: str, answer: dict[str, Any] | None = None) -> WireHandler:
+    """The wire handler of a message a station sends for the record (events,
+    reports, firmware/log/diagnostics status, data transfers): kept as received
+    (:meth:`CSMSCore.on_station_message`, queryable through the operator API) and
+    answered with ``answer`` (the spec's response; ``{}`` when it has no fields)."""
+    reply = dict(answer or {})
+
+    def handler(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
+        self.core.on_station_message(self.id, action, payload)
+        return dict(reply)
+
+    handler.__name__ = handler.__qualname__ = f"on_{action}"
+    return wire(action)(handler)
+
+
+#: DataTransfer: this CSMS has no vendor extensions (the spec's answer for an unknown vendor).
+DATA_TRANSFER_ANSWER = {"status": "UnknownVendorId"}
+
+
 class CallStats:
     """Server-side handling time of station CALLs: frame received until its
     CALLRESULT (or CALLERROR) is written to the transport, in a fixed log-scale

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from .exceptions import StoreError
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 log = logging.getLogger("evtwin.csms.store")
 
@@ -275,6 +275,16 @@ _MIGRATIONS: dict[int, str] = {
         created_at  TEXT NOT NULL
     );
     """,
+    5: """
+    CREATE TABLE station_messages (
+        id          INTEGER PRIMARY KEY,
+        station_id  TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        payload     TEXT NOT NULL
+    );
+    CREATE INDEX station_messages_by_station ON station_messages(station_id, action, id);
+    """,
 }
 #: A database from before v4 keeps each session's live values only as meter
 #: values: copied into the transactions row once, on migration.
@@ -364,7 +374,20 @@ CREATE TABLE installed_profiles (
 CREATE TABLE commands (
     id BIGSERIAL PRIMARY KEY, station_id TEXT NOT NULL, command TEXT NOT NULL,
     created_at TEXT NOT NULL);
+CREATE TABLE station_messages (
+    id BIGSERIAL PRIMARY KEY, station_id TEXT NOT NULL, action TEXT NOT NULL,
+    received_at TEXT NOT NULL, payload TEXT NOT NULL);
+CREATE INDEX station_messages_by_station ON station_messages(station_id, action, id);
 """
+#: PostgreSQL databases made by an earlier evtwin: what each version adds.
+_POSTGRES_MIGRATIONS: dict[int, str] = {
+    5: """
+CREATE TABLE station_messages (
+    id BIGSERIAL PRIMARY KEY, station_id TEXT NOT NULL, action TEXT NOT NULL,
+    received_at TEXT NOT NULL, payload TEXT NOT NULL);
+CREATE INDEX station_messages_by_station ON station_messages(station_id, action, id);
+""",
+}
 
 #: Columns of a transaction's row that the core writes from the session's state.
 TRANSACTION_STATE = (
@@ -495,9 +518,13 @@ class Store:
             else:
                 version = int(self._pg.execute(
                     "SELECT version FROM schema_meta").fetchone()["version"])
-                if version != SCHEMA_VERSION:
+                if version > SCHEMA_VERSION or (
+                        version < SCHEMA_VERSION and version + 1 not in _POSTGRES_MIGRATIONS):
                     raise RuntimeError(f"{redact_url(self.path)}: database schema "
                                        f"v{version}; this evtwin needs v{SCHEMA_VERSION}")
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    self._pg.execute(_POSTGRES_MIGRATIONS[target])
+                    self._pg.execute("UPDATE schema_meta SET version = %s", (target,))
                 self.opened_schema_version = version
 
     @contextlib.contextmanager
@@ -636,6 +663,37 @@ class Store:
                 "UPDATE stations SET vendor=?, model=?, booted_at=? WHERE station_id=?",
                 (vendor, model, at, station_id),
             )
+
+    def record_station_message(self, station_id: str, action: str, received_at: str,
+                               payload: dict[str, Any]) -> int:
+        """Keep a message a station reported (events, reports, status of its firmware,
+        logs and diagnostics, data transfers) as received; returns its id."""
+        sql = ("INSERT INTO station_messages(station_id, action, received_at, payload) "
+               "VALUES (?, ?, ?, ?)")
+        values = (station_id, action, received_at, json.dumps(payload, separators=(",", ":")))
+        with self._tx():
+            if self._pg is not None:
+                return int(self._run(sql + " RETURNING id", values).fetchone()["id"])
+            # (No RETURNING: SQLite has it only since 3.35.)
+            return int(self._run(sql, values).lastrowid)
+
+    def station_messages(self, station_id: str | None = None, action: str | None = None, *,
+                         after_id: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+        """Kept station messages, oldest first from ``after_id`` (payloads decoded)."""
+        where: list[str] = ["id > ?"]
+        params: list[Any] = [after_id]
+        if station_id is not None:
+            where.append("station_id = ?")
+            params.append(station_id)
+        if action is not None:
+            where.append("action = ?")
+            params.append(action)
+        rows = self._rows(
+            "SELECT id, station_id, action, received_at, payload FROM station_messages "
+            f"WHERE {' AND '.join(where)} ORDER BY id LIMIT ?", [*params, limit])
+        for row in rows:
+            row["payload"] = json.loads(row["payload"])
+        return rows
 
     def record_status(self, station_id: str, evse_id: int, status: str, at: str) -> None:
         """Store a connector status change."""
