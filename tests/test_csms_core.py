@@ -277,11 +277,16 @@ def test_a_version_2_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
     db.close()
     store = Store(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 4
+        assert store.schema_version == SCHEMA_VERSION == 5
         assert store.max_profile_id() == 7
         assert store.installed_profiles() == {}
         store.save_installed_profiles("CS1", ["{}"])
         assert store.count("installed_profiles") == 1
+        # v5: the messages stations send for the record.
+        first = store.record_station_message("CS1", "NotifyEvent", "2026-06-01T12:00:00Z",
+                                             {"seqNo": 0})
+        assert [(m["id"], m["payload"]) for m in store.station_messages("CS1")] == [
+            (first, {"seqNo": 0})]
     finally:
         store.close()
 

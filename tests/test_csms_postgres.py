@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from evtwin.csms import CSMSConfig, CSMSCore, EvseSpec, SiteSpec, StationSpec, Store, iso
+from evtwin.csms.store import SCHEMA_VERSION
 from tests.pg import postgres_server
 from tests.test_csms_standalone import (
     TIMEOUT_S,
@@ -86,7 +87,7 @@ def _event(kind: str, seq: int, wh: float, ts: datetime) -> dict[str, object]:
 def test_the_store_on_postgres_keeps_the_sqlite_guarantees(pg_url: str) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     core = _core(pg_url, now)
-    assert core.store.shared and core.store.schema_version == 4
+    assert core.store.shared and core.store.schema_version == SCHEMA_VERSION
     t0 = now - timedelta(hours=2)
     core.on_transaction_event("CS1", _event("Started", 0, 1000, t0))
     core.on_transaction_event("CS1", _event("Updated", 1, 4000, t0 + timedelta(hours=1)))
