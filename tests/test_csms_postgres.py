@@ -257,3 +257,24 @@ def test_a_controller_that_loses_its_lock_session_stops_controlling(pg_url: str)
                 s.core.store.close()
 
     asyncio.run(scenario())
+
+
+def test_a_v4_postgres_database_is_migrated_in_place(pg_url: str) -> None:
+    """A database an earlier evtwin made (schema v4) gets the tables added since."""
+    import psycopg
+
+    from evtwin.csms.store import _POSTGRES_MIGRATIONS, _POSTGRES_SCHEMA
+
+    v4 = _POSTGRES_SCHEMA.replace(_POSTGRES_MIGRATIONS[5].strip(), "")
+    assert "station_messages" not in v4
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        db.execute(v4)
+        db.execute("INSERT INTO schema_meta VALUES (4)")
+        db.execute("INSERT INTO stations VALUES ('CS1', 'depot', NULL, NULL, NULL)")
+    store = Store(pg_url)
+    try:
+        assert store.schema_version == SCHEMA_VERSION and store.opened_schema_version == 4
+        store.record_station_message("CS1", "NotifyEvent", "2026-06-01T12:00:00Z", {"seqNo": 0})
+        assert [m["action"] for m in store.station_messages("CS1")] == ["NotifyEvent"]
+    finally:
+        store.close()
