@@ -303,7 +303,7 @@ class StationMessagesQuery(_Model):
 
     action: str | None = Field(None, pattern=r"^[A-Za-z0-9]{1,64}$")
     """Only messages of this OCPP action (e.g. NotifyEvent, SecurityEventNotification)."""
-    after: int = Field(0, ge=0)
+    after: int = Field(0, ge=0, le=2**63 - 1)
     """Only messages after this id (the previous page's ``next_after``)."""
     limit: int = Field(100, ge=1, le=1000)
 

@@ -87,6 +87,12 @@ def _state_row(s: Session) -> dict[str, Any]:
 CHARGING_STATES = frozenset({"Charging", "SuspendedEV", "SuspendedEVSE"})
 
 
+def _last_seen(session: Session) -> datetime:
+    """The last time a session showed life: its latest meter reading, or its start."""
+    last = session.meter_last_at
+    return session.started_at if last is None or last < session.started_at else last
+
+
 def _note_charging_state(session: Session, state: str) -> None:
     """A session's charging state as reported. An EV seen taking nothing
     (SuspendedEV) stays so while the station holds it at 0 (SuspendedEVSE): only
@@ -207,9 +213,14 @@ class CSMSCore:
         self.status[(station_id, evse_id)] = status
         self.store.record_status(station_id, evse_id, status, timestamp)
         if status in CHARGING_STATES:
-            for session in self.open_sessions():
-                if session.station_id == station_id and session.evse_id == evse_id:
+            at = parse_iso(timestamp)
+            for session in self.sessions.values():
+                if (session.station_id == station_id and session.evse_id == evse_id
+                        and session.is_open
+                        and (session.meter_last_at is None or at >= session.meter_last_at)):
                     _note_charging_state(session, status)
+                    self.store.record_charging_state(station_id, session.transaction_id,
+                                                     session.charging_state)
 
     def on_station_message(self, station_id: str, action: str, payload: dict[str, Any]) -> None:
         """A message a station sends for the record (NotifyEvent, SecurityEventNotification,
@@ -218,7 +229,7 @@ class CSMSCore:
         self.station(station_id)
         self.store.record_station_message(station_id, action, iso(self.clock()), payload)
         if action == "SecurityEventNotification":
-            log.warning("station %s reports security event %s", station_id,
+            log.info("station %s reports security event %s", station_id,
                         payload.get("type"), extra={"event": "station_security_event",
                                                     "station": station_id,
                                                     "type": payload.get("type")})
@@ -276,23 +287,22 @@ class CSMSCore:
         seq_no = ev.seq_no if ev.seq_no is not None else session.last_seq_no + 1
         self._apply_event(session, ev, seq_no)
         cdr = self._cdr(session) if session.ended_at is not None else None
-        # One live transaction per EVSE: a new one there ends what the station
-        # never ended (its Ended was lost, or it rebooted without sending it).
-        stale = [] if current is not None or not session.is_open else [
-            self._closed(old, ev.at, "Other") for old in self.open_sessions()
-            if old.station_id == station_id and old.evse_id == session.evse_id]
-        # The new event and the ghosts it ends: all or nothing.
-        with self.store.batch() if stale else contextlib.nullcontext():
-            applied = self.store.record_transaction_event(
-                station_id=station_id, transaction_id=ev.transaction_id, seq_no=seq_no,
-                event_type=ev.event_type, trigger_reason=ev.trigger_reason,
-                timestamp=ev.timestamp, payload=record,
-                samples=[sample[:5] for sample in ev.samples], evse_id=evse_id,
-                state=_state_row(session), digest=digest, cdr=cdr)
-            if applied:
-                for old in stale:
-                    self.store.close_transaction(station_id, old.transaction_id,
-                                                 _state_row(old), self._cdr(old))
+        # One live transaction per EVSE: a new one Started there, on a named EVSE,
+        # after the open one's last sign of life, ends what the station never ended
+        # (its Ended was lost). A late event of an older transaction ends nothing.
+        stale = [] if (current is not None or not session.is_open
+                       or ev.event_type != "Started" or ev.evse_id is None) else [
+            self._closed(old, ev.at, "Other") for old in self.sessions.values()
+            if old.station_id == station_id and old.evse_id == session.evse_id
+            and old.is_open and _last_seen(old) < ev.at]
+        # The new event and the ghosts it ends are stored in one transaction.
+        applied = self.store.record_transaction_event(
+            station_id=station_id, transaction_id=ev.transaction_id, seq_no=seq_no,
+            event_type=ev.event_type, trigger_reason=ev.trigger_reason,
+            timestamp=ev.timestamp, payload=record,
+            samples=[sample[:5] for sample in ev.samples], evse_id=evse_id,
+            state=_state_row(session), digest=digest, cdr=cdr,
+            closes=[(old.transaction_id, _state_row(old), self._cdr(old)) for old in stale])
         if not applied:
             # A re-sent message (its seqNo or content is stored): answered as the
             # original was; the copy is dropped and nothing changes.
@@ -326,14 +336,12 @@ class CSMSCore:
     @staticmethod
     def _closed(session: Session, by: datetime, reason: str) -> Session:
         """A copy of an open session, ended by the CSMS: at its last sign of life
-        (its last meter reading, not after ``by``), with ``reason``."""
+        (its last meter reading, not after ``by``), with ``reason``. Its billed
+        energy stays its latest reading, so a late reading still counts."""
         closed = replace(session)
-        last = max(session.started_at, session.meter_last_at or session.started_at)
-        closed.ended_at = min(last, max(by, session.started_at))
+        closed.ended_at = min(_last_seen(session), max(by, session.started_at))
         closed.stopped_reason = reason
         closed.power_w = 0.0
-        if closed.meter_stop_wh is None:
-            closed.meter_stop_wh = closed.meter_last_wh
         return closed
 
     def _forget(self, closed: Session, why: str) -> None:

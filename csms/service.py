@@ -242,6 +242,12 @@ def prune_security_events(server: CSMSServer, *, retention_days: float | None,
     if deleted:
         log.info("pruned %d security events", deleted,
                  extra={"event": "security_events_pruned", "deleted": deleted})
+    # What stations sent for the record is kept as long, and up to ten times as many.
+    messages = server.core.store.prune_station_messages(
+        before=before, max_rows=None if max_rows is None else 10 * max_rows)
+    if messages:
+        log.info("pruned %d station messages", messages,
+                 extra={"event": "station_messages_pruned", "deleted": messages})
     return deleted
 
 

@@ -719,6 +719,7 @@ class Store:
         state: dict[str, Any],
         digest: str | None = None,
         cdr: dict[str, Any] | None = None,
+        closes: Sequence[tuple[str, dict[str, Any], dict[str, Any]]] = (),
     ) -> bool:
         """Store one TransactionEvent, its sampled values, the transaction's new
         ``state`` (the columns in :data:`TRANSACTION_STATE`) and, for an ended
@@ -747,6 +748,11 @@ class Store:
                 [(station_id, evse_id, transaction_id, *s) for s in samples])
             if cdr is not None:
                 self._write_cdr(cdr)
+            # Transactions the CSMS ends because this one supersedes them: final
+            # state and CDR, no event logged (a late Ended still applies as new).
+            for closed_id, closed_state, closed_cdr in closes:
+                self._write_state(station_id, closed_id, closed_state)
+                self._write_cdr(closed_cdr)
         return True
 
     def _write_state(self, station_id: str, transaction_id: str, state: dict[str, Any]) -> None:
@@ -759,14 +765,12 @@ class Store:
             "ON CONFLICT(station_id, transaction_id) DO UPDATE SET "
             + ", ".join(f"{c}=excluded.{c}" for c in TRANSACTION_STATE), values)
 
-    def close_transaction(self, station_id: str, transaction_id: str, state: dict[str, Any],
-                          cdr: dict[str, Any]) -> None:
-        """Store a transaction the CSMS closed itself (the station never ended it):
-        its final ``state`` and its charge detail record, in one transaction. No
-        event is logged: a late Ended from the station is still applied as new."""
+    def record_charging_state(self, station_id: str, transaction_id: str,
+                              state: str | None) -> None:
+        """A running transaction's charging state, reported outside its events (1.6)."""
         with self._tx():
-            self._write_state(station_id, transaction_id, state)
-            self._write_cdr(cdr)
+            self._run("UPDATE transactions SET charging_state=? WHERE station_id=? AND "
+                      "transaction_id=?", (state, station_id, transaction_id))
 
     def record_meter_values(
         self,
@@ -896,6 +900,21 @@ class Store:
             self._run("INSERT INTO security_events(at, peer, kind, detail) VALUES (?, ?, ?, ?)",
                       (at, peer, kind, detail))
 
+    def prune_station_messages(self, *, before: str | None = None,
+                               max_rows: int | None = None) -> int:
+        """Delete kept station messages received before ``before`` (ISO time) and all
+        but the newest ``max_rows``; return how many were deleted."""
+        deleted = 0
+        with self._tx():
+            if before is not None:
+                deleted += self._run("DELETE FROM station_messages WHERE received_at < ?",
+                                     (before,)).rowcount
+            if max_rows is not None:
+                deleted += self._run(
+                    "DELETE FROM station_messages WHERE id NOT IN (SELECT id FROM "
+                    "station_messages ORDER BY id DESC LIMIT ?)", (max_rows,)).rowcount
+        return deleted
+
     def prune_security_events(self, *, before: str | None = None,
                               max_rows: int | None = None) -> int:
         """Delete security events older than ``before`` (ISO time) and all but the newest
@@ -978,7 +997,7 @@ class Store:
         """Number of rows in one of the CSMS's tables."""
         if table not in {"stations", "evses", "transactions", "transaction_events",
                          "meter_values", "charging_profiles", "security_events",
-                         "installed_profiles", "cdrs", "commands"}:
+                         "installed_profiles", "cdrs", "commands", "station_messages"}:
             raise ValueError(f"unknown table {table!r}")
         row = self._one(f"SELECT COUNT(*) AS n FROM {table}")
         return int((row or {}).get("n") or 0)

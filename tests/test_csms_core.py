@@ -679,6 +679,32 @@ def test_a_new_transaction_on_an_evse_ends_the_one_its_station_never_ended(
             if s.station_id == "CS1" and s.evse_id == 1] == ["new"]
 
 
+def test_late_or_vague_events_of_other_transactions_end_nothing(
+        clock: FakeClock, store: Store) -> None:
+    core = CSMSCore(make_config(), store, clock=clock)
+    _tx(core, "Started", "live", 0, T0 + timedelta(hours=1), 1000.0)
+    # An older transaction's Started arrives late (queued while offline): it began
+    # before the live one's last sign of life, so it is not what replaced it.
+    _tx(core, "Started", "older", 0, T0, 500.0)
+    # An Updated of a transaction never seen, naming no EVSE.
+    core.on_transaction_event("CS1", {
+        "eventType": "Updated", "timestamp": iso(T0 + timedelta(hours=2)), "seqNo": 3,
+        "triggerReason": "MeterValuePeriodic", "transactionInfo": {"transactionId": "vague"}})
+    assert {s.transaction_id for s in core.open_sessions()} >= {"live"}
+    assert store.cdrs() == []
+
+
+def test_a_late_reading_of_a_closed_ghost_still_counts(clock: FakeClock, store: Store) -> None:
+    core = CSMSCore(make_config(), store, clock=clock)
+    _tx(core, "Started", "old", 0, T0, 1000.0)
+    _tx(core, "Started", "new", 0, T0 + timedelta(hours=1), 9000.0)
+    assert {c["transaction_id"]: c for c in store.cdrs()}["old"]["energy_wh"] == 0.0
+    _tx(core, "Updated", "old", 1, T0 + timedelta(minutes=50), 8000.0)
+    assert {c["transaction_id"]: c for c in store.cdrs()}["old"]["energy_wh"] == \
+        pytest.approx(7000.0)
+    assert [s.transaction_id for s in core.open_sessions()] == ["new"]
+
+
 def test_a_resent_started_of_the_live_transaction_ends_nothing(
         clock: FakeClock, store: Store) -> None:
     core = CSMSCore(make_config(), store, clock=clock)
@@ -686,3 +712,22 @@ def test_a_resent_started_of_the_live_transaction_ends_nothing(
     _tx(core, "Started", "tx", 0, T0, 1000.0)  # the same message again
     assert [s.transaction_id for s in core.open_sessions()] == ["tx"]
     assert store.cdrs() == []
+
+
+def test_a_16_suspended_status_is_the_sessions_charging_state_and_is_stored(
+        clock: FakeClock, store: Store) -> None:
+    core = CSMSCore(make_config(), store, clock=clock)
+    store.upsert_station("CS1", SITE, [(1, 11_000.0), (2, 11_000.0)])
+    _tx(core, "Started", "tx", 0, T0, 1000.0)
+    later = iso(T0 + timedelta(minutes=5))
+    core.on_status("CS1", 1, "SuspendedEV", later)
+    assert core.sessions[("CS1", "tx")].charging_state == "SuspendedEV"
+    row = store.transaction("CS1", "tx")
+    assert row is not None and row["charging_state"] == "SuspendedEV"
+    # The station holding it at 0 does not make a full EV look hungry again ...
+    core.on_status("CS1", 1, "SuspendedEVSE", later)
+    assert core.sessions[("CS1", "tx")].charging_state == "SuspendedEV"
+    # ... and a status older than the session's last reading changes nothing.
+    _tx(core, "Updated", "tx", 1, T0 + timedelta(minutes=10), 1500.0)
+    core.on_status("CS1", 1, "SuspendedEV", iso(T0 + timedelta(minutes=7)))
+    assert core.sessions[("CS1", "tx")].charging_state == "Charging"
