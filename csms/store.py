@@ -904,30 +904,25 @@ class Store:
                                max_rows: int | None = None) -> int:
         """Delete kept station messages received before ``before`` (ISO time) and all
         but the newest ``max_rows``; return how many were deleted."""
-        deleted = 0
-        with self._tx():
-            if before is not None:
-                deleted += self._run("DELETE FROM station_messages WHERE received_at < ?",
-                                     (before,)).rowcount
-            if max_rows is not None:
-                deleted += self._run(
-                    "DELETE FROM station_messages WHERE id NOT IN (SELECT id FROM "
-                    "station_messages ORDER BY id DESC LIMIT ?)", (max_rows,)).rowcount
-        return deleted
+        return self._prune("station_messages", "received_at", "id", before, max_rows)
 
     def prune_security_events(self, *, before: str | None = None,
                               max_rows: int | None = None) -> int:
         """Delete security events older than ``before`` (ISO time) and all but the newest
         ``max_rows``; return how many were deleted."""
+        return self._prune("security_events", "at", "rowid", before, max_rows)
+
+    def _prune(self, table: str, time_column: str, id_column: str, before: str | None,
+               max_rows: int | None) -> int:
         deleted = 0
         with self._tx():
             if before is not None:
-                deleted += self._run("DELETE FROM security_events WHERE at < ?",
+                deleted += self._run(f"DELETE FROM {table} WHERE {time_column} < ?",
                                      (before,)).rowcount
             if max_rows is not None:
                 deleted += self._run(
-                    "DELETE FROM security_events WHERE rowid NOT IN (SELECT rowid FROM "
-                    "security_events ORDER BY rowid DESC LIMIT ?)", (max_rows,)).rowcount
+                    f"DELETE FROM {table} WHERE {id_column} NOT IN (SELECT {id_column} "
+                    f"FROM {table} ORDER BY {id_column} DESC LIMIT ?)", (max_rows,)).rowcount
         return deleted
 
     # -- commands between processes sharing the database -------------------

@@ -731,3 +731,13 @@ def test_a_16_suspended_status_is_the_sessions_charging_state_and_is_stored(
     _tx(core, "Updated", "tx", 1, T0 + timedelta(minutes=10), 1500.0)
     core.on_status("CS1", 1, "SuspendedEV", iso(T0 + timedelta(minutes=7)))
     assert core.sessions[("CS1", "tx")].charging_state == "Charging"
+
+
+def test_station_messages_are_pruned_by_age_and_count(store: Store) -> None:
+    for n in range(6):
+        store.record_station_message("CS1", "NotifyEvent", f"2026-06-0{n + 1}T00:00:00Z",
+                                     {"n": n})
+    assert store.prune_station_messages(before="2026-06-03T00:00:00Z") == 2
+    assert store.prune_station_messages(max_rows=3) == 1
+    assert [m["payload"]["n"] for m in store.station_messages("CS1")] == [3, 4, 5]
+    assert store.count("station_messages") == 3
