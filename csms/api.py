@@ -289,7 +289,11 @@ class CdrOut(_Model):
     duration_s: float
     energy_wh: float
     cost: float
+    """Fee, energy and time, less the credit for energy fed back."""
     currency: str
+    exported_wh: float = 0.0
+    """Energy the session fed back to the grid (V2G)."""
+    export_credit: float = 0.0
 
 
 class CdrList(_Model):

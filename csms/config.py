@@ -166,6 +166,8 @@ class TariffSection(_Strict):
     time_per_hour: float = Field(0.0, ge=0)
     session_fee: float = Field(0.0, ge=0)
     currency: str = Field("EUR", min_length=3, max_length=3)
+    export_per_kwh: float = Field(0.0, ge=0)
+    """Credit per kWh a session feeds back to the grid (V2G)."""
 
 
 class SiteSection(_Strict):
@@ -322,7 +324,8 @@ class ServeConfig(_Strict):
             max_event_age_s=self.ocpp.max_event_age_days * 86400.0,
             max_event_lead_s=self.ocpp.max_event_lead_h * 3600.0,
             tariff=Tariff(self.tariff.energy_per_kwh, self.tariff.time_per_hour,
-                          self.tariff.session_fee, self.tariff.currency),
+                          self.tariff.session_fee, self.tariff.currency,
+                          self.tariff.export_per_kwh),
         )
 
 

@@ -331,7 +331,10 @@ class CSMSCore:
             self.sent_limits_w.pop((station_id, session.evse_id), None)
             self.profile_set(station_id).end_transaction(ev.transaction_id)
             self.persist_profiles(station_id)
-        return self._tx_response(ev.id_token)
+        response = self._tx_response(ev.id_token)
+        if ev.event_type == "Ended" and cdr is not None:
+            response["total_cost"] = cdr["cost"]  # 2.x: the final cost, in the Ended answer
+        return response
 
     @staticmethod
     def _closed(session: Session, by: datetime, reason: str) -> Session:
@@ -395,12 +398,15 @@ class CSMSCore:
         energy_wh = session.billed_energy_wh
         duration_s = max((session.ended_at - session.started_at).total_seconds(), 0.0)
         t = self.config.tariff
+        exported_wh = max(session.exported_wh, 0.0)
+        credit = t.export_per_kwh * exported_wh / 1000.0
         cost = (t.session_fee + t.energy_per_kwh * energy_wh / 1000.0
-                + t.time_per_hour * duration_s / 3600.0)
+                + t.time_per_hour * duration_s / 3600.0 - credit)
         return {"station_id": session.station_id, "transaction_id": session.transaction_id,
                 "id_token": session.id_token, "started_at": iso(session.started_at),
                 "ended_at": iso(session.ended_at), "duration_s": duration_s,
-                "energy_wh": energy_wh, "cost": round(cost, 4), "currency": t.currency}
+                "energy_wh": energy_wh, "cost": round(cost, 4), "currency": t.currency,
+                "exported_wh": exported_wh, "export_credit": round(credit, 4)}
 
     def load_session(self, station_id: str, transaction_id: str) -> Session | None:
         """A transaction as the store has it (ended ones leave memory), or None if unknown."""

@@ -51,12 +51,15 @@ class SiteSpec:
 
 @dataclass(frozen=True, slots=True)
 class Tariff:
-    """What a session costs: a fee, a price per kWh and a price per hour plugged in."""
+    """What a session costs: a fee, a price per kWh and a price per hour plugged in,
+    less a credit per kWh fed back."""
 
     energy_per_kwh: float = 0.30
     time_per_hour: float = 0.0
     session_fee: float = 0.0
     currency: str = "EUR"
+    export_per_kwh: float = 0.0
+    """Credit per kWh a session feeds back (V2G), taken off its cost."""
 
 
 #: Grid-to-battery efficiency the CSMS assumes when an EV does not say (AC charging).

@@ -135,8 +135,12 @@ class Handlers201(ShellBase):
         with unknown_evse_is_a_property_violation(), invalid_message_is_a_call_error():
             r = core.transaction_event(self.id, tx_event_2x(payload, core.clock(), core.config),
                                        record=payload)
-        info = r.get("id_token_info")
-        return {} if info is None else {"idTokenInfo": info}
+        out: dict[str, Any] = {}
+        if r.get("id_token_info") is not None:
+            out["idTokenInfo"] = r["id_token_info"]
+        if r.get("total_cost") is not None:
+            out["totalCost"] = r["total_cost"]
+        return out
 
     @wire("MeterValues")
     def on_meter_values(self, payload: dict[str, Any]) -> dict[str, Any]:

@@ -284,6 +284,8 @@ _MIGRATIONS: dict[int, str] = {
         payload     TEXT NOT NULL
     );
     CREATE INDEX station_messages_by_station ON station_messages(station_id, action, id);
+    ALTER TABLE cdrs ADD COLUMN exported_wh REAL NOT NULL DEFAULT 0;
+    ALTER TABLE cdrs ADD COLUMN export_credit REAL NOT NULL DEFAULT 0;
     """,
 }
 #: A database from before v4 keeps each session's live values only as meter
@@ -323,8 +325,9 @@ UPDATE transactions SET limit_w = (
 WHERE ended_at IS NULL
 """
 
-#: The same schema for PostgreSQL, created at the current version in one go.
-_POSTGRES_SCHEMA = """
+#: The same schema for PostgreSQL at v4 (where PostgreSQL support began); the
+#: migrations below bring it to the current version.
+_POSTGRES_V4 = """
 CREATE TABLE schema_meta (version INTEGER NOT NULL);
 CREATE TABLE stations (
     station_id TEXT PRIMARY KEY, site TEXT NOT NULL, vendor TEXT, model TEXT, booted_at TEXT);
@@ -374,10 +377,6 @@ CREATE TABLE installed_profiles (
 CREATE TABLE commands (
     id BIGSERIAL PRIMARY KEY, station_id TEXT NOT NULL, command TEXT NOT NULL,
     created_at TEXT NOT NULL);
-CREATE TABLE station_messages (
-    id BIGSERIAL PRIMARY KEY, station_id TEXT NOT NULL, action TEXT NOT NULL,
-    received_at TEXT NOT NULL, payload TEXT NOT NULL);
-CREATE INDEX station_messages_by_station ON station_messages(station_id, action, id);
 """
 #: PostgreSQL databases made by an earlier evtwin: what each version adds.
 _POSTGRES_MIGRATIONS: dict[int, str] = {
@@ -386,8 +385,17 @@ CREATE TABLE station_messages (
     id BIGSERIAL PRIMARY KEY, station_id TEXT NOT NULL, action TEXT NOT NULL,
     received_at TEXT NOT NULL, payload TEXT NOT NULL);
 CREATE INDEX station_messages_by_station ON station_messages(station_id, action, id);
+ALTER TABLE cdrs ADD COLUMN exported_wh DOUBLE PRECISION NOT NULL DEFAULT 0;
+ALTER TABLE cdrs ADD COLUMN export_credit DOUBLE PRECISION NOT NULL DEFAULT 0;
 """,
 }
+#: A new PostgreSQL database: created at the current version in one go.
+_POSTGRES_SCHEMA = _POSTGRES_V4 + "".join(_POSTGRES_MIGRATIONS[v]
+                                          for v in sorted(_POSTGRES_MIGRATIONS))
+
+#: A CDR's columns besides its key (rewritten when any of them changes).
+_CDR_VALUES = ("id_token", "started_at", "ended_at", "duration_s", "energy_wh", "cost",
+               "currency", "exported_wh", "export_credit")
 
 #: Columns of a transaction's row that the core writes from the session's state.
 TRANSACTION_STATE = (
@@ -849,15 +857,13 @@ class Store:
         same = "IS NOT DISTINCT FROM" if self._pg is not None else "IS"
         self._run(
             "INSERT INTO cdrs(station_id, transaction_id, id_token, started_at, ended_at, "
-            "duration_s, energy_wh, cost, currency) VALUES (:station_id, :transaction_id, "
-            ":id_token, :started_at, :ended_at, :duration_s, :energy_wh, :cost, :currency) "
-            "ON CONFLICT(station_id, transaction_id) DO UPDATE SET id_token=excluded.id_token, "
-            "started_at=excluded.started_at, ended_at=excluded.ended_at, "
-            "duration_s=excluded.duration_s, energy_wh=excluded.energy_wh, cost=excluded.cost, "
-            "currency=excluded.currency WHERE NOT ("
-            + " AND ".join(f"cdrs.{c} {same} excluded.{c}" for c in (
-                "id_token", "started_at", "ended_at", "duration_s", "energy_wh", "cost",
-                "currency")) + ")", cdr)
+            "duration_s, energy_wh, cost, currency, exported_wh, export_credit) VALUES "
+            "(:station_id, :transaction_id, :id_token, :started_at, :ended_at, :duration_s, "
+            ":energy_wh, :cost, :currency, :exported_wh, :export_credit) "
+            "ON CONFLICT(station_id, transaction_id) DO UPDATE SET "
+            + ", ".join(f"{c}=excluded.{c}" for c in _CDR_VALUES)
+            + " WHERE NOT (" + " AND ".join(f"cdrs.{c} {same} excluded.{c}"
+                                            for c in _CDR_VALUES) + ")", cdr)
 
     def cdrs(self) -> list[dict[str, Any]]:
         """All charge detail records, oldest first."""

@@ -741,3 +741,35 @@ def test_station_messages_are_pruned_by_age_and_count(store: Store) -> None:
     assert store.prune_station_messages(max_rows=3) == 1
     assert [m["payload"]["n"] for m in store.station_messages("CS1")] == [3, 4, 5]
     assert store.count("station_messages") == 3
+
+
+def test_a_v2g_cdr_has_its_export_and_credits_it(clock: FakeClock, store: Store) -> None:
+    from evtwin.csms.model import Tariff
+
+    tariff = Tariff(energy_per_kwh=0.30, session_fee=1.0, export_per_kwh=0.10)
+    core = CSMSCore(make_config(tariff=tariff), store, clock=clock)
+
+    def event(kind: str, seq: int, minutes: int, import_wh: float, export_wh: float
+              ) -> dict[str, Any]:
+        ts = iso(T0 + timedelta(minutes=minutes))
+        payload: dict[str, Any] = {
+            "eventType": kind, "timestamp": ts, "seqNo": seq,
+            "triggerReason": "MeterValuePeriodic", "evse": {"id": 1, "connectorId": 1},
+            "transactionInfo": {"transactionId": "v2g"},
+            "meterValue": [{"timestamp": ts, "sampledValue": [
+                {"value": import_wh, "measurand": ENERGY, "unitOfMeasure": {"unit": "Wh"}},
+                {"value": export_wh, "measurand": "Energy.Active.Export.Register",
+                 "unitOfMeasure": {"unit": "Wh"}}]}]}
+        if kind == "Started":
+            payload["idToken"] = {"idToken": TOKEN, "type": "ISO14443"}
+        return payload
+
+    core.on_transaction_event("CS1", event("Started", 0, 0, 1000.0, 500.0))
+    core.on_transaction_event("CS1", event("Updated", 1, 60, 12_000.0, 500.0))
+    answer = core.on_transaction_event("CS1", event("Ended", 2, 120, 12_000.0, 9_800.0))
+    cdr = store.cdrs()[0]
+    assert cdr["energy_wh"] == pytest.approx(11_000.0)
+    assert cdr["exported_wh"] == pytest.approx(9_300.0)
+    assert cdr["export_credit"] == pytest.approx(0.93)
+    assert cdr["cost"] == pytest.approx(1.0 + 0.30 * 11.0 - 0.93)
+    assert answer["total_cost"] == pytest.approx(cdr["cost"])

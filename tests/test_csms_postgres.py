@@ -263,12 +263,10 @@ def test_a_v4_postgres_database_is_migrated_in_place(pg_url: str) -> None:
     """A database an earlier evtwin made (schema v4) gets the tables added since."""
     import psycopg
 
-    from evtwin.csms.store import _POSTGRES_MIGRATIONS, _POSTGRES_SCHEMA
+    from evtwin.csms.store import _POSTGRES_V4
 
-    v4 = _POSTGRES_SCHEMA.replace(_POSTGRES_MIGRATIONS[5].strip(), "")
-    assert "station_messages" not in v4
     with psycopg.connect(pg_url, autocommit=True) as db:
-        db.execute(v4)
+        db.execute(_POSTGRES_V4)
         db.execute("INSERT INTO schema_meta VALUES (4)")
         db.execute("INSERT INTO stations VALUES ('CS1', 'depot', NULL, NULL, NULL)")
     store = Store(pg_url)
@@ -276,5 +274,11 @@ def test_a_v4_postgres_database_is_migrated_in_place(pg_url: str) -> None:
         assert store.schema_version == SCHEMA_VERSION and store.opened_schema_version == 4
         store.record_station_message("CS1", "NotifyEvent", "2026-06-01T12:00:00Z", {"seqNo": 0})
         assert [m["action"] for m in store.station_messages("CS1")] == ["NotifyEvent"]
+        assert store.cdrs() == []  # the v5 CDR columns are there to be read
+        store.record_cdr(station_id="CS1", transaction_id="t", id_token=None,
+                         started_at="2026-06-01T10:00:00Z", ended_at="2026-06-01T11:00:00Z",
+                         duration_s=3600.0, energy_wh=1000.0, cost=0.3, currency="EUR",
+                         exported_wh=500.0, export_credit=0.05)
+        assert store.cdrs()[0]["exported_wh"] == 500.0
     finally:
         store.close()

@@ -302,6 +302,8 @@ def test_session_survives_a_killed_csms_and_bills_the_metered_energy(
                 r = st.call("TransactionEvent", tx_event("Ended", 3, 9000,
                                                          at("09:30")))
                 assert r[0] == 3
+                # E06: the final cost comes back in the Ended answer.
+                assert r[2]["totalCost"] == pytest.approx(1.0 + 0.40 * 8.0)
         server.proc.send_signal(signal.SIGTERM)
         assert server.proc.wait(timeout=TIMEOUT_S) == 0
         assert server.event("stopped")
