@@ -27,6 +27,7 @@ import math
 import re
 import ssl
 import time
+import urllib.parse
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, cast
@@ -68,7 +69,31 @@ SHELLS: dict[str, type[CSMS16 | CSMS201 | CSMS21]] = {
     "ocpp2.1": CSMS21, "ocpp2.0.1": CSMS201, "ocpp1.6": CSMS16}
 SUBPROTOCOLS = tuple(SHELLS)
 # OCPP-J: identity is the last path segment, at most 48 characters, no ':'.
-_IDENTITY = re.compile(r"^[^:/]{1,48}$")
+_IDENTITY = re.compile(r"^[^:/\x00-\x1f\x7f]{1,48}$")
+#: The path stations connect under: ``/ocpp/<identity>``.
+PATH_PREFIX = "/ocpp"
+
+
+def station_identity(path: str) -> tuple[str, str | None]:
+    """The station identity of an upgrade's request path, and what is wrong with it.
+
+    OCPP-J appends the identity to the CSMS's URL as one path segment, URL-encoded
+    where it needs it: the identity is that segment percent-decoded (``CS%231`` is
+    ``CS#1``); a query string is not part of it. The problem is ``"bad_path"`` when
+    the path is not ``/ocpp/<identity>``, ``"bad_identity"`` when the identity is not
+    one OCPP-J allows (or not UTF-8 once decoded), else None.
+    """
+    raw = path.split("?", 1)[0]
+    prefix, _, segment = raw.rstrip("/").rpartition("/")
+    try:
+        identity = urllib.parse.unquote(segment, errors="strict")
+    except UnicodeDecodeError:
+        return segment, "bad_identity"
+    if not _IDENTITY.match(identity):
+        return identity, "bad_identity"
+    if prefix != PATH_PREFIX:
+        return identity, "bad_path"
+    return identity, None
 #: Realm of the Basic auth challenge (profiles 1 and 2).
 REALM = "evtwin"
 # Checked against for unknown stations so that their refusal costs what a
@@ -291,16 +316,14 @@ class CSMSServer:
         scheme = "wss" if self.security.tls else "ws"
         return f"{scheme}://{self.host}:{self.port}/ocpp"
 
-    def _identity(self, path: str) -> str:
-        return path.rstrip("/").rsplit("/", 1)[-1]
-
     async def _process_request(self, connection: ServerConnection,
                                request: Request) -> Response | None:
-        identity = self._identity(request.path)
+        identity, problem = station_identity(request.path)
         peer = str(connection.remote_address)
         host = peer_host(connection.remote_address)
         retry_after = self.throttle.retry_after(host, identity)
-        refusal = await self._check(connection, request, identity, slow_ok=not retry_after)
+        refusal = await self._check(connection, request, identity, problem,
+                                    slow_ok=not retry_after)
         if refusal is None:
             return None
         if retry_after and refusal.counts:
@@ -314,17 +337,21 @@ class CSMSServer:
         self.audit.record(refusal.kind, refusal.detail, peer=peer, host=host)
         return refusal.response
 
-    async def _check(self, connection: ServerConnection, request: Request, identity: str, *,
-                     slow_ok: bool) -> _Refusal | None:
+    async def _check(self, connection: ServerConnection, request: Request, identity: str,
+                     problem: str | None, *, slow_ok: bool) -> _Refusal | None:
         """Every check of the upgrade in order; None if the station may connect.
 
         ``slow_ok`` False (a throttled peer): refuse rather than run a slow
         (scrypt) password check.
         """
         sid = safe_identity(identity)
-        if not _IDENTITY.match(identity):
+        if problem == "bad_identity":
             return _Refusal("bad_identity", f"identity {sid} is not valid",
                             _refuse(http.HTTPStatus.BAD_REQUEST, "invalid station identity"))
+        if problem == "bad_path":
+            return _Refusal("bad_path", f"{sid} asked under another path than {PATH_PREFIX}",
+                            _refuse(http.HTTPStatus.NOT_FOUND,
+                                    f"stations connect at {PATH_PREFIX}/<identity>"))
         known = self.core.knows(identity)
         if self.security.basic_auth:
             # Unknown stations are refused like wrong passwords (401), after
@@ -450,7 +477,7 @@ class CSMSServer:
             # The request came but the server did not answer in time: our
             # fault (overload), not the peer's, so it is not counted.
             self.audit.record("handshake_timeout",
-                              f"{safe_identity(self._identity(request.path))}: upgrade not "
+                              f"{safe_identity(station_identity(request.path)[0])}: upgrade not "
                               f"answered within {self.open_timeout_s:g} s",
                               peer=peer, host=host)
 
@@ -481,7 +508,7 @@ class CSMSServer:
             await closing
 
     async def _handler(self, connection: ServerConnection) -> None:
-        identity = self._identity(connection.request.path if connection.request else "")
+        identity = station_identity(connection.request.path if connection.request else "")[0]
         await self.serve_connection(identity, connection.subprotocol or "ocpp2.0.1",
                                     connection)
 

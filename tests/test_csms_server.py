@@ -46,7 +46,7 @@ def call(unique_id: str, action: str, payload: dict[str, Any]) -> str:
 def make_core() -> CSMSCore:
     config = CSMSConfig(
         stations=tuple(StationSpec(sid, "site", (EvseSpec(1, 11_000.0),))
-                       for sid in ("CS1", "CS2", LONG_ID)),
+                       for sid in ("CS1", "CS2", LONG_ID, "CS#1 ü")),
         sites=(SiteSpec("site", 20.0),),
         id_tokens=frozenset({"TOKEN1"}),
     )
@@ -239,6 +239,32 @@ def test_upgrade_refusals_are_recorded(identity: str, subprotocols: list[Subprot
         assert events[0]["at"] == iso_ts(T0)
         assert events[0]["peer"] and "127.0.0.1" in events[0]["peer"]
         assert server.connections == {}
+
+    run(scenario)
+
+
+def test_identity_is_the_percent_decoded_segment_after_ocpp_without_the_query() -> None:
+    """OCPP-J: the identity is URL-encoded into the last path segment under the CSMS's
+    path; a query string is not part of it; other paths are not the OCPP endpoint."""
+    async def scenario(server: CSMSServer) -> None:
+        base = server.url  # ws://127.0.0.1:port/ocpp
+        # Provisioned as "CS#1 ü": only its decoded form is known.
+        async with connect(f"{base}/CS%231%20%C3%BC", subprotocols=OCPP201,
+                           open_timeout=TIMEOUT_S) as ws:
+            await heartbeat_ok(ws)
+        async with connect(f"{base}/CS1?vendor=x", subprotocols=OCPP201,
+                           open_timeout=TIMEOUT_S) as ws:
+            await heartbeat_ok(ws)
+        root = base.rsplit("/", 1)[0]
+        for path, status in ((f"{root}/CS1", 404), (f"{root}/elsewhere/CS1", 404),
+                             (f"{base}/CS%3A1", 400), (f"{base}/CS%FF", 400),
+                             (f"{base}/CS%0A1", 400)):
+            with pytest.raises(InvalidStatus) as info:
+                async with connect(path, subprotocols=OCPP201, open_timeout=TIMEOUT_S):
+                    pass
+            assert info.value.response.status_code == status, path
+        kinds = [e["kind"] for e in server.core.store.security_events()]
+        assert kinds == ["bad_path", "bad_path", "bad_identity", "bad_identity", "bad_identity"]
 
     run(scenario)
 
