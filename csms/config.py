@@ -217,10 +217,19 @@ class SecuritySection(_Strict):
     """Server private key, PEM, unencrypted (profiles 2 and 3)."""
     ca_cert: Path | None = None
     """CA certificate(s), PEM, that station certificates must chain to (profile 3)."""
+    tls_cert_2: Path | None = None
+    """A second server certificate of the other key type (RSA beside ECDSA), PEM:
+    OCPP 2.0.1's TLS suites need both (A00.FR.319)."""
+    tls_key_2: Path | None = None
+    """Its private key, PEM, unencrypted."""
+    tls_ciphers: Literal["spec", "ecdhe"] = "spec"
+    """TLS 1.2 suites: ``spec`` (the four OCPP 2.0.1 names, ECDHE-RSA too) or ``ecdhe``
+    (forward secrecy only: no TLS_RSA_WITH_AES_* static-RSA suites)."""
 
     def resolved(self, base: Path) -> SecuritySection:
         """This section with relative paths taken from the folder ``base``."""
-        update = {name: base / p for name in ("tls_cert", "tls_key", "ca_cert")
+        update = {name: base / p for name in ("tls_cert", "tls_key", "ca_cert", "tls_cert_2",
+                                              "tls_key_2")
                   if (p := getattr(self, name)) is not None and not p.is_absolute()}
         return self.model_copy(update=update)
 
@@ -238,6 +247,20 @@ class SecuritySection(_Strict):
             server_ssl_context(self.tls_cert, self.tls_key)
         except (ssl.SSLError, OSError) as exc:
             problems.append(("security.tls_key", f"cannot load with tls_cert: {exc}"))
+        if (self.tls_cert_2 is None) != (self.tls_key_2 is None):
+            problems.append(("security.tls_cert_2", "tls_cert_2 and tls_key_2 go together"))
+        elif self.tls_cert_2 is not None and self.tls_key_2 is not None and not problems:
+            for name in ("tls_cert_2", "tls_key_2"):
+                if not getattr(self, name).is_file():
+                    problems.append((f"security.{name}", f"file not found: "
+                                                         f"{getattr(self, name)}"))
+            if not problems:
+                try:
+                    server_ssl_context(self.tls_cert, self.tls_key,
+                                       second=(self.tls_cert_2, self.tls_key_2))
+                except (ssl.SSLError, OSError) as exc:
+                    problems.append(("security.tls_key_2", f"cannot load with tls_cert_2: "
+                                                           f"{exc}"))
         if self.profile == 3 and self.ca_cert is not None:
             try:
                 ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cafile=self.ca_cert)
@@ -306,6 +329,7 @@ class ServeConfig(_Strict):
             password_hashes={st.id: st.password_hash for st in self.stations
                              if st.password_hash is not None},
             tls_cert=s.tls_cert, tls_key=s.tls_key, ca_cert=s.ca_cert,
+            tls_cert_2=s.tls_cert_2, tls_key_2=s.tls_key_2, tls_ciphers=s.tls_ciphers,
         )
 
     def csms_config(self) -> CSMSConfig:

@@ -28,9 +28,13 @@ storm, starve the server. :func:`hash_password` therefore only takes
 passwords of at least 16 characters and is meant for generated ones
 (``evtwin csms hash-password --generate``); a human-chosen password of that
 length may carry far less entropy, and the docs say to generate instead.
-- TLS: 1.2 or newer; for TLS 1.2 the CSMS offers only the ECDHE-ECDSA and
-  ECDHE-RSA AES-GCM suites the OCPP spec names; TLS 1.3 keeps OpenSSL's
-  defaults (all of them AEAD suites).
+- TLS: 1.2 or newer. For TLS 1.2 the CSMS offers the four suites OCPP 2.0.1
+  names (A00.FR.319: TLS_ECDHE_ECDSA_WITH_AES_128/256_GCM, which need an ECDSA
+  certificate, and TLS_RSA_WITH_AES_128/256_GCM, which need an RSA one), and
+  the ECDHE-RSA AES-GCM suites before them (forward secrecy with an RSA
+  certificate); ``tls_ciphers = "ecdhe"`` leaves out the static-RSA suites.
+  One certificate of each key type can be configured (``tls_cert`` and
+  ``tls_cert_2``). TLS 1.3 keeps OpenSSL's defaults (all of them AEAD suites).
 - Mutual TLS: the certificate must chain to the configured CA (checked by
   OpenSSL during the handshake) and its subject CN must equal the station
   identity in the URL path. The spec only says the CN *contains* the serial
@@ -85,14 +89,19 @@ __all__ = [
 PASSWORD_MIN_CHARS = 16
 PASSWORD_MAX_CHARS = 40
 
-#: TLS 1.2 suites a CSMS must offer (OCPP 2.0.1 Part 2, A00.FR.318 and .319):
-#: ECDHE with ECDSA or RSA certificates, AES-GCM. OpenSSL names.
-TLS12_CIPHERS = (
+#: TLS 1.2 suites with forward secrecy: ECDHE with an ECDSA certificate (two of
+#: the four OCPP 2.0.1 Part 2 A00.FR.319 names) or an RSA one. OpenSSL names.
+TLS12_CIPHERS_ECDHE = (
     "ECDHE-ECDSA-AES128-GCM-SHA256",
     "ECDHE-ECDSA-AES256-GCM-SHA384",
     "ECDHE-RSA-AES128-GCM-SHA256",
     "ECDHE-RSA-AES256-GCM-SHA384",
 )
+#: The TLS 1.2 suites a CSMS offers by default: the above, then A00.FR.319's other
+#: two, TLS_RSA_WITH_AES_128/256_GCM (static RSA key exchange, RSA certificate).
+TLS12_CIPHERS = (*TLS12_CIPHERS_ECDHE, "AES128-GCM-SHA256", "AES256-GCM-SHA384")
+#: ``[security] tls_ciphers``: which TLS 1.2 suites the CSMS offers.
+CIPHER_SETS = {"spec": TLS12_CIPHERS, "ecdhe": TLS12_CIPHERS_ECDHE}
 
 # The hash every new password gets: HMAC-SHA256 keyed with a random salt (see
 # the module docstring for why a fast hash is safe for OCPP passwords).
@@ -364,6 +373,11 @@ class SecurityConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     ca_cert: Path | None = None
+    tls_cert_2: Path | None = None
+    """A second server certificate, of the other key type (RSA beside ECDSA)."""
+    tls_key_2: Path | None = None
+    tls_ciphers: str = "spec"
+    """``spec`` (OCPP 2.0.1's four TLS 1.2 suites and ECDHE-RSA) or ``ecdhe``."""
 
     def __post_init__(self) -> None:
         if self.profile not in (0, 1, 2, 3):
@@ -375,6 +389,12 @@ class SecurityConfig:
                                       f"required for security profile {self.profile}")
         if self.profile == 3 and self.ca_cert is None:
             raise ConfigError("security.ca_cert", "required for security profile 3")
+        if (self.tls_cert_2 is None) != (self.tls_key_2 is None):
+            raise ConfigError("security.tls_key_2" if self.tls_key_2 is None
+                              else "security.tls_cert_2", "tls_cert_2 and tls_key_2 go together")
+        if self.tls_ciphers not in CIPHER_SETS:
+            raise ConfigError("security.tls_ciphers",
+                              f"must be one of {', '.join(CIPHER_SETS)}, got {self.tls_ciphers!r}")
         for identity, encoded in self.password_hashes.items():
             try:
                 check_password_hash(encoded)
@@ -403,19 +423,26 @@ class SecurityConfig:
         if not self.tls:
             return None
         assert self.tls_cert is not None and self.tls_key is not None  # __post_init__
+        second = ((self.tls_cert_2, self.tls_key_2)
+                  if self.tls_cert_2 is not None and self.tls_key_2 is not None else None)
         return server_ssl_context(self.tls_cert, self.tls_key,
                                   ca_cert=self.ca_cert if self.client_certificates else None,
-                                  on_handshake_error=on_handshake_error)
+                                  on_handshake_error=on_handshake_error, second=second,
+                                  ciphers=self.tls_ciphers)
 
 
 # --------------------------------------------------------------------------- TLS
 def server_ssl_context(cert: str | Path, key: str | Path, *, ca_cert: str | Path | None = None,
                        on_handshake_error: Callable[[ssl.SSLError], None] | None = None,
-                       ) -> ssl.SSLContext:
+                       second: tuple[str | Path, str | Path] | None = None,
+                       ciphers: str = "spec") -> ssl.SSLContext:
     """A TLS server context for OCPP security profile 2, or 3 when ``ca_cert`` is given.
 
-    TLS 1.2 minimum; for TLS 1.2 only :data:`TLS12_CIPHERS`; TLS 1.3 suites
-    are OpenSSL's defaults. With ``ca_cert`` a client certificate chaining to
+    TLS 1.2 minimum; for TLS 1.2 only the suites of ``ciphers`` (see
+    :data:`CIPHER_SETS`); TLS 1.3 suites are OpenSSL's defaults. ``second`` is
+    another certificate and key, of the other key type: OpenSSL then picks the
+    one the client's suite needs (an RSA one for TLS_RSA_WITH_AES_128_GCM).
+    With ``ca_cert`` a client certificate chaining to
     it is required, so a client without one, or with one from another CA,
     fails the handshake. ``on_handshake_error`` is called with every
     handshake that fails (wrong TLS version, bad or missing client
@@ -426,14 +453,34 @@ def server_ssl_context(cert: str | Path, key: str | Path, *, ca_cert: str | Path
     """
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.set_ciphers(":".join(TLS12_CIPHERS))
+    ctx.set_ciphers(":".join(CIPHER_SETS[ciphers]))
     ctx.load_cert_chain(cert, key)
+    if second is not None:
+        _check_other_key_type(key, second[1])
+        ctx.load_cert_chain(*second)
     if ca_cert is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(cafile=ca_cert)
     if on_handshake_error is not None:
         ctx.sslobject_class = _reporting_sslobject(on_handshake_error)
     return ctx
+
+
+def _check_other_key_type(first_key: str | Path, second_key: str | Path) -> None:
+    """A second certificate must have the other key type: OpenSSL keeps one per type,
+    so a second of the same type would silently replace the first."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    kinds = []
+    for path in (first_key, second_key):
+        try:
+            key = load_pem_private_key(Path(path).read_bytes(), password=None)
+        except (ValueError, TypeError) as exc:
+            raise ssl.SSLError(f"{path}: not an unencrypted PEM private key: {exc}") from None
+        kinds.append(type(key).__name__.removeprefix("_").split("PrivateKey")[0])
+    if kinds[0] == kinds[1]:
+        raise ssl.SSLError(f"both certificates have {kinds[0]} keys; tls_cert_2 must have "
+                           "the other key type (RSA beside ECDSA)")
 
 
 def _reporting_sslobject(callback: Callable[[ssl.SSLError], None]) -> type[ssl.SSLObject]:

@@ -257,6 +257,62 @@ def test_server_offers_the_ocpp_tls12_suites(pki: PKI) -> None:
     assert "TLS_AES_256_GCM_SHA384" in offered  # TLS 1.3 defaults kept
 
 
+def test_a_client_offering_only_tls_rsa_aes128_gcm_connects_with_both_certificates(
+        pki: PKI, password_hashes: dict[str, str]) -> None:
+    """OCPP 2.0.1 A00.FR.319: the CSMS supports TLS_RSA_WITH_AES_128_GCM_SHA256 (and the
+    ECDHE-ECDSA suites), so it serves an RSA and an ECDSA certificate side by side."""
+    security = SecurityConfig(profile=2, password_hashes=password_hashes,
+                              tls_cert=pki.server_ec.cert, tls_key=pki.server_ec.key,
+                              tls_cert_2=pki.server_rsa.cert, tls_key_2=pki.server_rsa.key)
+    auth = basic("CS1", PASSWORDS["CS1"])
+
+    def only(suite: str) -> ssl.SSLContext:
+        ctx = client_ctx(pki)
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(suite)
+        return ctx
+
+    async def scenario(server: CSMSServer) -> None:
+        for suite, key_type in (("AES128-GCM-SHA256", "rsa"),
+                                ("ECDHE-ECDSA-AES128-GCM-SHA256", "ec")):
+            async with connect(f"{server.url}/CS1", subprotocols=OCPP201, ssl=only(suite),
+                               additional_headers=auth, open_timeout=TIMEOUT_S) as ws:
+                tls = ws.transport.get_extra_info("ssl_object")
+                assert tls.cipher()[0] == suite
+                served = ssl.DER_cert_to_PEM_cert(tls.getpeercert(binary_form=True))
+                wanted = (pki.server_rsa if key_type == "rsa" else pki.server_ec).cert
+                assert served.strip() == wanted.read_text().strip()
+                await heartbeat_ok(ws)
+
+    assert kinds(run(security, scenario)) == []
+
+
+def test_ecdhe_only_ciphers_refuse_static_rsa(pki: PKI, password_hashes: dict[str, str]
+                                             ) -> None:
+    security = SecurityConfig(profile=2, password_hashes=password_hashes,
+                              tls_cert=pki.server_ec.cert, tls_key=pki.server_ec.key,
+                              tls_cert_2=pki.server_rsa.cert, tls_key_2=pki.server_rsa.key,
+                              tls_ciphers="ecdhe")
+    client = client_ctx(pki)
+    client.maximum_version = ssl.TLSVersion.TLSv1_2
+    client.set_ciphers("AES128-GCM-SHA256")
+
+    async def scenario(server: CSMSServer) -> None:
+        with pytest.raises(OSError):
+            async with connect(f"{server.url}/CS1", subprotocols=OCPP201, ssl=client,
+                               additional_headers=basic("CS1", PASSWORDS["CS1"]),
+                               open_timeout=TIMEOUT_S):
+                pass
+
+    run(security, scenario)
+
+
+def test_a_second_certificate_of_the_same_key_type_is_refused(pki: PKI) -> None:
+    with pytest.raises(ssl.SSLError, match="other key type"):
+        server_ssl_context(pki.server_ec.cert, pki.server_ec.key,
+                           second=(pki.server_ec.cert, pki.server_ec.key))
+
+
 @pytest.mark.parametrize("server_cert", ["server_ec", "server_rsa"])
 def test_profile_2_accepts_basic_auth_over_tls(pki: PKI, password_hashes: dict[str, str],
                                                server_cert: str) -> None:
