@@ -497,3 +497,38 @@ def test_security_config_needs_its_files() -> None:
         SecurityConfig(profile=2)
     with pytest.raises(ConfigError, match="ca_cert"):
         SecurityConfig(profile=3, tls_cert=Path("a"), tls_key=Path("b"))
+
+
+def test_config_takes_a_second_certificate_and_names_its_problems(tmp_path: Path,
+                                                                  pki: PKI) -> None:
+    path = _write(tmp_path, f"""
+[security]
+profile = 2
+tls_cert = "{pki.server_ec.cert}"
+tls_key = "{pki.server_ec.key}"
+tls_cert_2 = "{pki.server_rsa.cert}"
+tls_key_2 = "{pki.server_rsa.key}"
+tls_ciphers = "ecdhe"
+""")
+    sec = load_config(path).security_config()
+    assert (sec.tls_cert_2, sec.tls_ciphers) == (pki.server_rsa.cert, "ecdhe")
+    assert sec.ssl_context() is not None
+    path = _write(tmp_path, f"""
+[security]
+profile = 2
+tls_cert = "{pki.server_ec.cert}"
+tls_key = "{pki.server_ec.key}"
+tls_cert_2 = "{pki.cs1.cert}"
+tls_key_2 = "{pki.cs1.key}"
+""")
+    with pytest.raises(FileConfigError, match=r"security\.tls_key_2: .*other key type"):
+        load_config(path)
+    path = _write(tmp_path, f"""
+[security]
+profile = 2
+tls_cert = "{pki.server_ec.cert}"
+tls_key = "{pki.server_ec.key}"
+tls_cert_2 = "{pki.server_rsa.cert}"
+""")
+    with pytest.raises(FileConfigError, match=r"security\.tls_cert_2: .*go together"):
+        load_config(path)
