@@ -480,10 +480,13 @@ class CSMSCore:
 
     def note_ev_needs(self, station_id: str, needs: EVChargingNeeds) -> None:
         """An EV's charging needs (ISO 15118 via NotifyEVChargingNeeds): kept on the open
-        session of its EVSE, where strategies see them."""
-        for session in self.open_sessions():
-            if session.station_id == station_id and session.evse_id == needs.evse_id:
+        session of its EVSE, where strategies see them. The control cycle is due at
+        once (K15-K17: the CSMS answers needs with a schedule, not at its next turn)."""
+        for session in self.sessions.values():
+            if (session.station_id == station_id and session.evse_id == needs.evse_id
+                    and session.is_open):
                 session.ev_needs = needs
+                self.sessions_changed = True
 
     # -- control -------------------------------------------------------------
     def open_sessions(self) -> list[Session]:

@@ -773,3 +773,24 @@ def test_a_v2g_cdr_has_its_export_and_credits_it(clock: FakeClock, store: Store)
     assert cdr["export_credit"] == pytest.approx(0.93)
     assert cdr["cost"] == pytest.approx(1.0 + 0.30 * 11.0 - 0.93)
     assert answer["total_cost"] == pytest.approx(cdr["cost"])
+
+
+def test_stated_needs_make_the_control_cycle_due_at_once(clock: FakeClock,
+                                                         store: Store) -> None:
+    """K15-K17: the CSMS answers an EV's NotifyEVChargingNeeds with a schedule now."""
+    from evtwin.csms.model import EVChargingNeeds
+
+    core = CSMSCore(make_config(control_interval_s=900), store, clock=clock)
+    _tx(core, "Started", "tx", 0, T0, 1000.0)
+    core.control_commands()
+    core.sessions_changed = False  # as after the cycle the Started triggered
+    clock.now = T0 + timedelta(seconds=30)
+    assert not core.control_due()
+    core.note_ev_needs("CS1", EVChargingNeeds(evse_id=2, received_at=clock.now,
+                                              energy_transfer="AC_three_phase"))
+    assert not core.control_due()  # no session on EVSE 2
+    core.note_ev_needs("CS1", EVChargingNeeds(
+        evse_id=1, received_at=clock.now, energy_transfer="AC_three_phase",
+        departure_time=T0 + timedelta(hours=2), energy_amount_wh=20_000.0))
+    assert core.control_due()
+    assert core.sessions[("CS1", "tx")].ev_needs is not None
