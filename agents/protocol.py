@@ -253,9 +253,10 @@ class StationProtocol:
         def begin_reading() -> d.Reading:
             if v16:  # 1.6 meterStart is whole Wh
                 return d.Reading(at, "Transaction.Begin", float(round(info["register_wh"])))
-            export = st.evses[evse_id].export_register_wh
+            # The export register too, 0 included: the CSMS bills what is fed
+            # back from it (a lifetime register is not a session's export).
             return d.Reading(at, "Transaction.Begin", info["register_wh"],
-                             export if export > 0 else None)
+                             st.evses[evse_id].export_register_wh)
 
         def authorized(answer: d.AuthorizeAnswer) -> list[_Item]:
             if answer.status != "Accepted":

@@ -162,11 +162,11 @@ class OCPPSection(_Strict):
 class TariffSection(_Strict):
     """Prices for charge detail records."""
 
-    energy_per_kwh: float = Field(0.30, ge=0)
-    time_per_hour: float = Field(0.0, ge=0)
-    session_fee: float = Field(0.0, ge=0)
+    energy_per_kwh: float = Field(0.30, ge=0, allow_inf_nan=False)
+    time_per_hour: float = Field(0.0, ge=0, allow_inf_nan=False)
+    session_fee: float = Field(0.0, ge=0, allow_inf_nan=False)
     currency: str = Field("EUR", min_length=3, max_length=3)
-    export_per_kwh: float = Field(0.0, ge=0)
+    export_per_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
     """Credit per kWh a session feeds back to the grid (V2G)."""
 
 
@@ -219,7 +219,7 @@ class SecuritySection(_Strict):
     """CA certificate(s), PEM, that station certificates must chain to (profile 3)."""
     tls_cert_2: Path | None = None
     """A second server certificate of the other key type (RSA beside ECDSA), PEM:
-    OCPP 2.0.1's TLS suites need both (A00.FR.319)."""
+    OCPP 2.0.1's TLS suites need both (A00.FR.318)."""
     tls_key_2: Path | None = None
     """Its private key, PEM, unencrypted."""
     tls_ciphers: Literal["spec", "ecdhe"] = "spec"
@@ -248,7 +248,8 @@ class SecuritySection(_Strict):
         except (ssl.SSLError, OSError) as exc:
             problems.append(("security.tls_key", f"cannot load with tls_cert: {exc}"))
         if (self.tls_cert_2 is None) != (self.tls_key_2 is None):
-            problems.append(("security.tls_cert_2", "tls_cert_2 and tls_key_2 go together"))
+            missing = "tls_key_2" if self.tls_key_2 is None else "tls_cert_2"
+            problems.append((f"security.{missing}", "tls_cert_2 and tls_key_2 go together"))
         elif self.tls_cert_2 is not None and self.tls_key_2 is not None and not problems:
             for name in ("tls_cert_2", "tls_key_2"):
                 if not getattr(self, name).is_file():

@@ -306,7 +306,12 @@ class CSMSCore:
         if not applied:
             # A re-sent message (its seqNo or content is stored): answered as the
             # original was; the copy is dropped and nothing changes.
-            return self._tx_response(ev.id_token)
+            response = self._tx_response(ev.id_token)
+            if ev.event_type == "Ended":
+                cost = self.store.cdr_cost(station_id, ev.transaction_id)
+                if cost is not None:
+                    response["total_cost"] = cost
+            return response
         for old in stale:
             self._forget(old, f"transaction {ev.transaction_id} started on its EVSE")
         # Stored: from here on it is the CSMS's state (the session object others
@@ -375,9 +380,6 @@ class CSMSCore:
         energy_wh = ev.energy_wh
         if ev.event_type == "Started":
             session.started_at = at
-            if session.export_start_wh is None:
-                # A station that has never fed back sends no export register.
-                session.export_start_wh = 0.0
             if energy_wh is not None:
                 session.meter_start_wh = energy_wh
         elif session.meter_start_wh is None and energy_wh is not None:
@@ -485,8 +487,12 @@ class CSMSCore:
         for session in self.sessions.values():
             if (session.station_id == station_id and session.evse_id == needs.evse_id
                     and session.is_open):
+                old = session.ev_needs
+                changed = old is None or replace(needs, received_at=old.received_at) != old
                 session.ev_needs = needs
-                self.sessions_changed = True
+                # Only new needs make a cycle due: a station repeating itself
+                # cannot make the CSMS re-plan twice a second.
+                self.sessions_changed |= changed
 
     # -- control -------------------------------------------------------------
     def open_sessions(self) -> list[Session]:

@@ -29,7 +29,7 @@ passwords of at least 16 characters and is meant for generated ones
 (``evtwin csms hash-password --generate``); a human-chosen password of that
 length may carry far less entropy, and the docs say to generate instead.
 - TLS: 1.2 or newer. For TLS 1.2 the CSMS offers the four suites OCPP 2.0.1
-  names (A00.FR.319: TLS_ECDHE_ECDSA_WITH_AES_128/256_GCM, which need an ECDSA
+  names (A00.FR.318: TLS_ECDHE_ECDSA_WITH_AES_128/256_GCM, which need an ECDSA
   certificate, and TLS_RSA_WITH_AES_128/256_GCM, which need an RSA one), and
   the ECDHE-RSA AES-GCM suites before them (forward secrecy with an RSA
   certificate); ``tls_ciphers = "ecdhe"`` leaves out the static-RSA suites.
@@ -90,14 +90,14 @@ PASSWORD_MIN_CHARS = 16
 PASSWORD_MAX_CHARS = 40
 
 #: TLS 1.2 suites with forward secrecy: ECDHE with an ECDSA certificate (two of
-#: the four OCPP 2.0.1 Part 2 A00.FR.319 names) or an RSA one. OpenSSL names.
+#: the four OCPP 2.0.1 Part 2 A00.FR.318 names) or an RSA one. OpenSSL names.
 TLS12_CIPHERS_ECDHE = (
     "ECDHE-ECDSA-AES128-GCM-SHA256",
     "ECDHE-ECDSA-AES256-GCM-SHA384",
     "ECDHE-RSA-AES128-GCM-SHA256",
     "ECDHE-RSA-AES256-GCM-SHA384",
 )
-#: The TLS 1.2 suites a CSMS offers by default: the above, then A00.FR.319's other
+#: The TLS 1.2 suites a CSMS offers by default: the above, then A00.FR.318's other
 #: two, TLS_RSA_WITH_AES_128/256_GCM (static RSA key exchange, RSA certificate).
 TLS12_CIPHERS = (*TLS12_CIPHERS_ECDHE, "AES128-GCM-SHA256", "AES256-GCM-SHA384")
 #: ``[security] tls_ciphers``: which TLS 1.2 suites the CSMS offers.

@@ -865,6 +865,12 @@ class Store:
             + " WHERE NOT (" + " AND ".join(f"cdrs.{c} {same} excluded.{c}"
                                             for c in _CDR_VALUES) + ")", cdr)
 
+    def cdr_cost(self, station_id: str, transaction_id: str) -> float | None:
+        """The cost on a transaction's charge detail record (None: it has none)."""
+        row = self._one("SELECT cost FROM cdrs WHERE station_id = ? AND transaction_id = ?",
+                        (station_id, transaction_id))
+        return None if row is None else float(row["cost"])
+
     def cdrs(self) -> list[dict[str, Any]]:
         """All charge detail records, oldest first."""
         return self._rows("SELECT * FROM cdrs ORDER BY ended_at, station_id, transaction_id")

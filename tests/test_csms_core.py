@@ -773,6 +773,22 @@ def test_a_v2g_cdr_has_its_export_and_credits_it(clock: FakeClock, store: Store)
     assert cdr["export_credit"] == pytest.approx(0.93)
     assert cdr["cost"] == pytest.approx(1.0 + 0.30 * 11.0 - 0.93)
     assert answer["total_cost"] == pytest.approx(cdr["cost"])
+    # The same Ended again is answered as the first time, with its cost.
+    again = core.on_transaction_event("CS1", event("Ended", 2, 120, 12_000.0, 9_800.0))
+    assert again["total_cost"] == pytest.approx(cdr["cost"])
+    # A station whose Started has no export register and whose later samples carry
+    # its lifetime register: only what the register gains in the session counts.
+    core.on_transaction_event("CS1", {**event("Started", 0, 200, 20_000.0, 0.0),
+                                      "transactionInfo": {"transactionId": "plain"},
+                                      "meterValue": [{"timestamp": iso(
+                                          T0 + timedelta(minutes=200)), "sampledValue": [{
+                                              "value": 20_000.0, "measurand": ENERGY,
+                                              "unitOfMeasure": {"unit": "Wh"}}]}]})
+    for seq, minutes, kind in ((1, 230, "Updated"), (2, 260, "Ended")):
+        core.on_transaction_event("CS1", {**event(kind, seq, minutes, 25_000.0, 1_200_000.0),
+                                          "transactionInfo": {"transactionId": "plain"}})
+    plain = {c["transaction_id"]: c for c in store.cdrs()}["plain"]
+    assert plain["exported_wh"] == 0.0 and plain["export_credit"] == 0.0
 
 
 def test_stated_needs_make_the_control_cycle_due_at_once(clock: FakeClock,
@@ -794,3 +810,10 @@ def test_stated_needs_make_the_control_cycle_due_at_once(clock: FakeClock,
         departure_time=T0 + timedelta(hours=2), energy_amount_wh=20_000.0))
     assert core.control_due()
     assert core.sessions[("CS1", "tx")].ev_needs is not None
+    # The same needs again (a station repeating itself) do not make another cycle due.
+    core.sessions_changed = False
+    core.note_ev_needs("CS1", EVChargingNeeds(
+        evse_id=1, received_at=clock.now + timedelta(seconds=1),
+        energy_transfer="AC_three_phase", departure_time=T0 + timedelta(hours=2),
+        energy_amount_wh=20_000.0))
+    assert not core.control_due()

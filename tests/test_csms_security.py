@@ -259,7 +259,7 @@ def test_server_offers_the_ocpp_tls12_suites(pki: PKI) -> None:
 
 def test_a_client_offering_only_tls_rsa_aes128_gcm_connects_with_both_certificates(
         pki: PKI, password_hashes: dict[str, str]) -> None:
-    """OCPP 2.0.1 A00.FR.319: the CSMS supports TLS_RSA_WITH_AES_128_GCM_SHA256 (and the
+    """OCPP 2.0.1 A00.FR.318: the CSMS supports TLS_RSA_WITH_AES_128_GCM_SHA256 (and the
     ECDHE-ECDSA suites), so it serves an RSA and an ECDSA certificate side by side."""
     security = SecurityConfig(profile=2, password_hashes=password_hashes,
                               tls_cert=pki.server_ec.cert, tls_key=pki.server_ec.key,
@@ -530,5 +530,5 @@ tls_cert = "{pki.server_ec.cert}"
 tls_key = "{pki.server_ec.key}"
 tls_cert_2 = "{pki.server_rsa.cert}"
 """)
-    with pytest.raises(FileConfigError, match=r"security\.tls_cert_2: .*go together"):
+    with pytest.raises(FileConfigError, match=r"security\.tls_key_2: .*go together"):
         load_config(path)
