@@ -214,10 +214,8 @@ class CSMSCore:
         self.store.record_status(station_id, evse_id, status, timestamp)
         if status in CHARGING_STATES:
             at = parse_iso(timestamp)
-            for session in self.sessions.values():
-                if (session.station_id == station_id and session.evse_id == evse_id
-                        and session.is_open
-                        and (session.meter_last_at is None or at >= session.meter_last_at)):
+            for session in self._open_on(station_id, evse_id):
+                if session.meter_last_at is None or at >= session.meter_last_at:
                     _note_charging_state(session, status)
                     self.store.record_charging_state(station_id, session.transaction_id,
                                                      session.charging_state)
@@ -229,10 +227,9 @@ class CSMSCore:
         self.station(station_id)
         self.store.record_station_message(station_id, action, iso(self.clock()), payload)
         if action == "SecurityEventNotification":
-            log.info("station %s reports security event %s", station_id,
-                        payload.get("type"), extra={"event": "station_security_event",
-                                                    "station": station_id,
-                                                    "type": payload.get("type")})
+            log.info("station %s reports security event %s", station_id, payload.get("type"),
+                     extra={"event": "station_security_event", "station": station_id,
+                            "type": payload.get("type")})
 
     def authorize(self, id_token: str) -> str:
         """Authorization status of an id token against the provisioned list."""
@@ -292,9 +289,8 @@ class CSMSCore:
         # (its Ended was lost). A late event of an older transaction ends nothing.
         stale = [] if (current is not None or not session.is_open
                        or ev.event_type != "Started" or ev.evse_id is None) else [
-            self._closed(old, ev.at, "Other") for old in self.sessions.values()
-            if old.station_id == station_id and old.evse_id == session.evse_id
-            and old.is_open and _last_seen(old) < ev.at]
+            self._closed(old, ev.at, "Other")
+            for old in self._open_on(station_id, session.evse_id) if _last_seen(old) < ev.at]
         # The new event and the ghosts it ends are stored in one transaction.
         applied = self.store.record_transaction_event(
             station_id=station_id, transaction_id=ev.transaction_id, seq_no=seq_no,
@@ -484,15 +480,19 @@ class CSMSCore:
         """An EV's charging needs (ISO 15118 via NotifyEVChargingNeeds): kept on the open
         session of its EVSE, where strategies see them. The control cycle is due at
         once (K15-K17: the CSMS answers needs with a schedule, not at its next turn)."""
-        for session in self.sessions.values():
-            if (session.station_id == station_id and session.evse_id == needs.evse_id
-                    and session.is_open):
-                old = session.ev_needs
-                changed = old is None or replace(needs, received_at=old.received_at) != old
-                session.ev_needs = needs
-                # Only new needs make a cycle due: a station repeating itself
-                # cannot make the CSMS re-plan twice a second.
-                self.sessions_changed |= changed
+        for session in self._open_on(station_id, needs.evse_id):
+            old = session.ev_needs
+            changed = old is None or replace(needs, received_at=old.received_at) != old
+            session.ev_needs = needs
+            # Only new needs make a cycle due: a station repeating itself
+            # cannot make the CSMS re-plan twice a second.
+            self.sessions_changed |= changed
+
+    def _open_on(self, station_id: str, evse_id: int) -> list[Session]:
+        """The open sessions on one EVSE (one, unless a ghost is about to be ended);
+        unsorted, unlike :meth:`open_sessions`, which sorts every session."""
+        return [s for s in self.sessions.values()
+                if s.station_id == station_id and s.evse_id == evse_id and s.is_open]
 
     # -- control -------------------------------------------------------------
     def open_sessions(self) -> list[Session]:
