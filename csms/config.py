@@ -13,8 +13,16 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
+from .auth import IdTokenType, TokenRecord, TokenStatus
 from .exceptions import ConfigError
 from .model import CSMSConfig, EvseSpec, SiteSpec, StationSpec, Tariff
 from .security import SecurityConfig, check_password_hash, server_ssl_context
@@ -270,10 +278,34 @@ class SecuritySection(_Strict):
         return problems
 
 
+class TokenEntry(_Strict):
+    """One token with more than "accepted": its status, group, expiry."""
+
+    id: str = Field(min_length=1, max_length=255)
+    status: TokenStatus = "Accepted"
+    group: str | None = Field(None, min_length=1, max_length=36)
+    """Group id token (2.x groupIdToken, 1.6 parentIdTag): any token of the group may
+    stop a transaction another one started."""
+    expires: AwareDatetime | None = None
+    """After this the token is Expired (and the auth cache drops it then)."""
+    local: bool = True
+    """Sent in stations' local authorization lists."""
+    type: IdTokenType = "ISO14443"
+    """How the token is presented (2.x IdTokenEnumType), for the local list."""
+
+
 class TokensSection(_Strict):
     """Id tokens (RFID uids, contract ids) the CSMS accepts."""
 
     accepted: list[str] = Field(default_factory=list)
+    """Tokens that are simply Accepted."""
+    entries: list[TokenEntry] = Field(default_factory=list)
+    """Tokens with a status, group or expiry of their own."""
+    master_pass_group: str | None = Field(None, min_length=1, max_length=36)
+    """Tokens of this group are master passes: they stop any transaction (OCPP 2.0.1
+    C16; set the stations' MasterPassGroupId to the same value)."""
+    allow_concurrent_tx: bool = True
+    """false: a token already in an open transaction is answered ConcurrentTx."""
 
 
 class ApiSection(_Strict):
@@ -341,6 +373,10 @@ class ServeConfig(_Strict):
                 for s in self.stations),
             sites=tuple(SiteSpec(s.name, s.limit_kw) for s in self.sites),
             id_tokens=frozenset(self.tokens.accepted),
+            tokens=tuple(TokenRecord(e.id, e.status, e.group, e.expires, e.local, e.type)
+                         for e in self.tokens.entries),
+            master_pass_group=self.tokens.master_pass_group,
+            allow_concurrent_tx=self.tokens.allow_concurrent_tx,
             strategy=self.control.strategy,
             control_interval_s=self.control.interval_s,
             charging_rate_unit=self.control.charging_rate_unit,
@@ -359,6 +395,16 @@ def _cross_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
     api = data.get("api")
     if isinstance(api, dict) and api.get("port") is not None and not api.get("token_hash"):
         problems.append(("api.token_hash", "required when api.port is set"))
+    tokens = data.get("tokens")
+    if isinstance(tokens, dict) and isinstance(tokens.get("entries"), list):
+        seen = set(t for t in tokens.get("accepted") or [] if isinstance(t, str))
+        for i, entry in enumerate(tokens["entries"]):
+            token = entry.get("id") if isinstance(entry, dict) else None
+            if isinstance(token, str):
+                if token in seen:
+                    problems.append((f"tokens.entries.{i}.id",
+                                     f"token {token!r} is given twice"))
+                seen.add(token)
     stations = data.get("stations")
     if isinstance(stations, list):
         counts = Counter(str(s["id"]) for s in stations

@@ -18,6 +18,7 @@ from typing import Any
 
 from evtwin.ocppj.domain import ENERGY, ENERGY_EXPORT, POWER, POWER_EXPORT, SOC, VOLTAGE
 
+from .auth import Authorizer, TokenInfo, TokenRecord
 from .clock import Clock, iso, parse_iso, wall_clock
 from .exceptions import UnknownEvseError, UnknownStationError
 from .inputs import InputPort
@@ -122,6 +123,10 @@ class CSMSCore:
         #: forecasts, grid-operator limits, the feeder model): the one way in.
         self.inputs = InputPort(self.sites, on_change=self._input_changed)
         self.strategy = get_strategy(config.strategy)
+        self.authorizer = Authorizer(
+            [*(TokenRecord(t) for t in sorted(config.id_tokens)), *config.tokens],
+            master_pass_group=config.master_pass_group,
+            allow_concurrent_tx=config.allow_concurrent_tx)
         self.sessions: dict[tuple[str, str], Session] = {}
         self.status: dict[EvseKey, str] = {}
         self.sent_limits_w: dict[EvseKey, float | None] = {}
@@ -231,9 +236,19 @@ class CSMSCore:
                      extra={"event": "station_security_event", "station": station_id,
                             "type": payload.get("type")})
 
+    def token_info(self, id_token: str, *, transaction: tuple[str, str] | None = None
+                   ) -> TokenInfo:
+        """What the CSMS answers for ``id_token`` (status, group, expiry: see
+        :mod:`.auth`). ``transaction`` (station, transaction id): the transaction the
+        token comes with, which does not count as another one it is in."""
+        in_open_tx = not self.authorizer.allow_concurrent_tx and any(
+            s.id_token == id_token and s.is_open and key != transaction
+            for key, s in self.sessions.items())
+        return self.authorizer.info(id_token, self.clock(), in_open_tx=in_open_tx)
+
     def authorize(self, id_token: str) -> str:
-        """Authorization status of an id token against the provisioned list."""
-        return "Accepted" if id_token in self.config.id_tokens else "Invalid"
+        """Authorization status of an id token (:meth:`token_info`'s status)."""
+        return self.token_info(id_token).status
 
     def on_transaction_event(self, station_id: str, payload: dict[str, Any], *,
                              digest: str | None = None) -> dict[str, Any]:
@@ -302,7 +317,7 @@ class CSMSCore:
         if not applied:
             # A re-sent message (its seqNo or content is stored): answered as the
             # original was; the copy is dropped and nothing changes.
-            response = self._tx_response(ev.id_token)
+            response = self._tx_response(ev.id_token, key)
             if ev.event_type == "Ended":
                 cost = self.store.cdr_cost(station_id, ev.transaction_id)
                 if cost is not None:
@@ -332,7 +347,7 @@ class CSMSCore:
             self.sent_limits_w.pop((station_id, session.evse_id), None)
             self.profile_set(station_id).end_transaction(ev.transaction_id)
             self.persist_profiles(station_id)
-        response = self._tx_response(ev.id_token)
+        response = self._tx_response(ev.id_token, key)
         if ev.event_type == "Ended" and cdr is not None:
             response["total_cost"] = cdr["cost"]  # 2.x: the final cost, in the Ended answer
         return response
@@ -430,10 +445,10 @@ class CSMSCore:
             export_last_wh=tx["export_last_wh"], charging_state=tx["charging_state"],
             limit_w=tx["limit_w"])
 
-    def _tx_response(self, id_token: str | None) -> dict[str, Any]:
+    def _tx_response(self, id_token: str | None, key: tuple[str, str]) -> dict[str, Any]:
         response: dict[str, Any] = {}
         if id_token is not None:
-            response["id_token_info"] = {"status": self.authorize(id_token)}
+            response["id_token_info"] = self.token_info(id_token, transaction=key)
         return response
 
     def _apply_samples(self, session: Session, samples: tuple[ParsedSample, ...]) -> None:

@@ -99,7 +99,8 @@ class DirectShell:
             tx_id = core.next_transaction_id()
             self._tx(m, "Started", "Authorized", 0, None, None, m.reading, m.evse_id,
                      id_token=m.id_token, transaction_id=tx_id)
-            return d.TransactionAnswer(core.authorize(m.id_token), tx_id)
+            return d.TransactionAnswer(
+                core.token_info(m.id_token, transaction=(self.id, tx_id)).status, tx_id)
         if isinstance(m, d.TransactionEnded):
             if not v16:
                 return self._tx(m, "Ended", "EVDeparted", m.seq_no, "Idle", m.reason, m.reading,
@@ -137,7 +138,7 @@ class DirectShell:
             samples=samples, energy_wh=energy_wh)
         r = self.core.transaction_event(self.id, ev, record=d.record(m))
         info = r.get("id_token_info")
-        return d.TransactionAnswer(None if info is None else info["status"])
+        return d.TransactionAnswer(None if info is None else info.status)
 
     def _needs(self, m: d.ChargingNeeds) -> EVChargingNeeds:
         v = m.v2x

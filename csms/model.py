@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from .auth import TokenRecord
+
 ChargingRateUnit = Literal["W", "A"]
 
 
@@ -80,6 +82,11 @@ class CSMSConfig:
     stations: tuple[StationSpec, ...]
     sites: tuple[SiteSpec, ...] = ()
     id_tokens: frozenset[str] = frozenset()
+    """Tokens that are simply Accepted."""
+    tokens: tuple[TokenRecord, ...] = ()
+    """Tokens with a status, group or expiry of their own."""
+    master_pass_group: str | None = None
+    allow_concurrent_tx: bool = True
     strategy: str = "uncontrolled"
     control_interval_s: float = 300.0
     charging_rate_unit: ChargingRateUnit = "W"

@@ -97,7 +97,7 @@ class CSMS16(ShellBase):
 
     @wire("Authorize")
     def on_authorize(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {"idTagInfo": {"status": self.core.authorize(payload["idTag"])}}
+        return {"idTagInfo": self.core.token_info(payload["idTag"]).to_16()}
 
     # 1.6's transaction messages go to the core as the neutral TxEvent it takes from
     # every version; their events are numbered by the CSMS (no seqNo in 1.6) and a
@@ -136,8 +136,10 @@ class CSMS16(ShellBase):
                 tx_id = self.core.next_transaction_id()
                 self.core.transaction_event(self.id, replace(ev, transaction_id=tx_id),
                                             record=payload, digest=digest)
-        return {"transactionId": int(tx_id),
-                "idTagInfo": {"status": self.core.authorize(id_tag)}}
+        # The token's status as it was when the transaction started (ConcurrentTx
+        # counts transactions other than this one).
+        info = self.core.token_info(id_tag, transaction=(self.id, tx_id))
+        return {"transactionId": int(tx_id), "idTagInfo": info.to_16()}
 
     @wire("MeterValues")
     def on_meter_values(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +183,8 @@ class CSMS16(ShellBase):
         id_tag = payload.get("idTag")
         if id_tag is None:
             return {}
-        return {"idTagInfo": {"status": self.core.authorize(id_tag)}}
+        return {"idTagInfo": self.core.token_info(
+            id_tag, transaction=(self.id, str(payload["transactionId"]))).to_16()}
 
     # -- CSMS-initiated ---------------------------------------------------------
     async def send_limit(self, cmd: ProfileCommand) -> str:

@@ -127,7 +127,7 @@ class Handlers201(ShellBase):
 
     @wire("Authorize")
     def on_authorize(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {"idTokenInfo": {"status": self.core.authorize(payload["idToken"]["idToken"])}}
+        return {"idTokenInfo": self.core.token_info(payload["idToken"]["idToken"]).to_2x()}
 
     @wire("TransactionEvent")
     def on_transaction_event(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +137,7 @@ class Handlers201(ShellBase):
                                        record=payload)
         out: dict[str, Any] = {}
         if r.get("id_token_info") is not None:
-            out["idTokenInfo"] = r["id_token_info"]
+            out["idTokenInfo"] = r["id_token_info"].to_2x()
         if r.get("total_cost") is not None:
             out["totalCost"] = r["total_cost"]
         return out

@@ -49,6 +49,7 @@ from evtwin.ocppj import (
     domain,
 )
 
+from .auth import IdTokenType
 from .clock import iso
 from .core import CSMSCore, ProfileCommand
 from .exceptions import CSMSError, InvalidMessageError, UnknownEvseError
@@ -304,10 +305,6 @@ OperationMode = Literal["Idle", "ChargingOnly", "CentralSetpoint", "ExternalSetp
                         "ExternalLimits", "CentralFrequency", "LocalFrequency",
                         "LocalLoadBalancing"]
 """OCPP 2.1 V2X operation modes of a schedule period."""
-
-IdTokenType = Literal["Central", "eMAID", "ISO14443", "ISO15693", "KeyCode", "Local",
-                      "MacAddress", "NoAuthorization"]
-"""OCPP 2.x id token types (1.6 id tags have none)."""
 
 TriggerMessageName = Literal[
     "BootNotification", "DiagnosticsStatusNotification", "FirmwareStatusNotification",

@@ -31,6 +31,7 @@ from evtwin.csms import (
     iso,
     strategy_names,
 )
+from evtwin.csms.auth import TokenInfo
 from evtwin.csms.core import ProfileCommand
 from evtwin.csms.store import SCHEMA_VERSION
 from evtwin.csms.strategies import equal_share, uncontrolled, water_fill
@@ -179,10 +180,10 @@ def test_started_and_ended_set_sessions_changed(core: CSMSCore) -> None:
 
 
 def test_transaction_event_answers_id_token_info(core: CSMSCore) -> None:
-    assert start(core, "CS1", 1, "tx-1") == {"id_token_info": {"status": "Accepted"}}
+    assert start(core, "CS1", 1, "tx-1") == {"id_token_info": TokenInfo("Accepted")}
     r = core.on_transaction_event("CS1", tx_event("Started", 0, "tx-2", T0, evse_id=2,
                                                   id_token="STRANGER"))
-    assert r == {"id_token_info": {"status": "Invalid"}}
+    assert r == {"id_token_info": TokenInfo("Invalid")}
     assert core.on_transaction_event("CS1", tx_event("Updated", 1, "tx-1", T0)) == {}
 
 
