@@ -30,11 +30,11 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from websockets.exceptions import ConnectionClosed
 
@@ -48,9 +48,15 @@ from .shell import (
     IdTokenType,
     InvalidCallResult,
     InvalidOperation,
+    LogType,
     ProfileSpec,
+    Purpose,
+    PurposeFilter,
+    ReportBase,
     ShellBase,
     TriggerMessageName,
+    UpdateType,
+    VariableSpec,
 )
 
 log = logging.getLogger("evtwin.csms.api")
@@ -366,6 +372,153 @@ class ChargingProfileBody(_Model):
     evse_id: int = Field(ge=0)
     """0: the whole station (purpose ChargingStationMaxProfile)."""
     profile: ProfileSpec
+    profile_id: int | None = Field(None, ge=1, le=2**31 - 1)
+    """Your own id: replaces the station's profile of that id (the CSMS's own ids
+    continue after it). Absent: the CSMS assigns a fresh one."""
+
+
+class ClearChargingProfileBody(_Model):
+    """Clear charging profiles (ClearChargingProfile): one by id, or all that match."""
+
+    profile_id: int | None = Field(None, ge=1, le=2**31 - 1)
+    evse_id: int | None = Field(None, ge=0)
+    purpose: Purpose | None = None
+    stack_level: int | None = Field(None, ge=0)
+
+
+class CompositeScheduleBody(_Model):
+    """Ask for the schedule an EVSE's profiles make (GetCompositeSchedule)."""
+
+    evse_id: int = Field(ge=0)
+    duration_s: int = Field(gt=0, le=2**31 - 1)
+    unit: Literal["W", "A"] | None = None
+
+
+class ChargingProfilesBody(_Model):
+    """Ask a 2.x station which profiles it has (GetChargingProfiles + reports)."""
+
+    evse_id: int | None = Field(None, ge=0)
+    purpose: PurposeFilter | None = None
+    stack_level: int | None = Field(None, ge=0)
+    profile_ids: list[int] | None = Field(None, min_length=1)
+
+
+class ChangeAvailabilityBody(_Model):
+    """Make an EVSE (0: the station) operative or inoperative."""
+
+    evse_id: int = Field(0, ge=0)
+    operative: bool
+
+
+class ReserveNowBody(_Model):
+    """Reserve an EVSE (absent: any) for a token until ``expiry``."""
+
+    reservation_id: int | None = Field(None, ge=0, le=2**31 - 1)
+    """Assigned by the CSMS when absent."""
+    id_token: str = Field(min_length=1, max_length=255)
+    id_token_type: IdTokenType = "Central"
+    expiry: AwareDatetime
+    evse_id: int | None = Field(None, ge=1)
+    group_id_token: str | None = Field(None, min_length=1, max_length=36)
+
+
+class CancelReservationBody(_Model):
+    reservation_id: int = Field(ge=0, le=2**31 - 1)
+
+
+class UnlockConnectorBody(_Model):
+    """Release a connector's cable."""
+
+    evse_id: int = Field(ge=1)
+    connector_id: int = Field(1, ge=1)
+
+
+class EmptyBody(_Model):
+    """No fields."""
+
+
+class LocalListBody(_Model):
+    """Send the local authorization list."""
+
+    update_type: UpdateType = "Full"
+    version: int | None = Field(None, ge=1, le=2**31 - 1)
+    """Absent: one more than the version the station last accepted."""
+    tokens: list[str] | None = None
+    """Absent: every token marked local; a Differential update removes an id the
+    CSMS does not know."""
+
+
+class VariablesBody(_Model):
+    """Variables to read or write (1.6: configuration keys, component empty)."""
+
+    variables: list[VariableSpec] = Field(min_length=1)
+
+
+class BaseReportBody(_Model):
+    report_base: ReportBase = "FullInventory"
+
+
+class TransactionStatusBody(_Model):
+    """GetTransactionStatus (2.x)."""
+
+    transaction_id: str | None = Field(None, min_length=1, max_length=36)
+
+
+class UpdateFirmwareBody(_Model):
+    """Download and install firmware (progress: FirmwareStatusNotification messages)."""
+
+    location: str = Field(min_length=1, max_length=512)
+    retrieve_at: AwareDatetime
+    install_at: AwareDatetime | None = None
+    retries: int | None = Field(None, ge=0)
+    retry_interval_s: int | None = Field(None, ge=0)
+    signing_certificate: str | None = Field(None, min_length=1, max_length=5500)
+    signature: str | None = Field(None, min_length=1, max_length=800)
+
+
+class GetLogBody(_Model):
+    """Upload a log (progress: LogStatusNotification / DiagnosticsStatusNotification)."""
+
+    location: str = Field(min_length=1, max_length=512)
+    log_type: LogType = "DiagnosticsLog"
+    oldest: AwareDatetime | None = None
+    latest: AwareDatetime | None = None
+    retries: int | None = Field(None, ge=0)
+    retry_interval_s: int | None = Field(None, ge=0)
+
+
+class VariablesQuery(_Model):
+    """Filters of ``GET /stations/{station_id}/variables``."""
+
+    component: str | None = Field(None, max_length=50)
+    variable: str | None = Field(None, max_length=50)
+
+
+class VariableOut(_Model):
+    """A variable of the station's device model as last reported."""
+
+    component: str
+    component_instance: str
+    evse_id: int
+    """0: not an EVSE's."""
+    connector_id: int
+    variable: str
+    variable_instance: str
+    attribute_type: str
+    value: str | None
+    mutability: str | None
+    source: str
+    """What reported it: NotifyReport, GetVariables, SetVariables, GetConfiguration, ..."""
+    updated_at: str
+
+
+class VariableList(_Model):
+    """A station's device model (2.x) or configuration keys (1.6)."""
+
+    station_id: str
+    local_list_version: int
+    """The local authorization list version the station last accepted (0: none)."""
+    variables: list[VariableOut]
 
 
 class TriggerMessageBody(_Model):
@@ -377,10 +530,12 @@ class TriggerMessageBody(_Model):
 
 
 class ResetBody(_Model):
-    """Reboot the station."""
+    """Reboot the station (2.x: or one EVSE)."""
 
     hard: bool = False
     """true: 1.6 Hard / 2.x Immediate; false: 1.6 Soft / 2.x OnIdle."""
+    evse_id: int | None = Field(None, ge=1)
+    """2.x only: reset this EVSE alone."""
 
 
 class OperationAnswer(_Model):
@@ -393,7 +548,26 @@ class OperationAnswer(_Model):
     """RequestStartTransaction (2.x): the transaction the station already has."""
     remote_start_id: int | None = None
     profile_id: int | None = None
-    """Id the CSMS gave the charging profile it sent."""
+    """Id of the charging profile sent."""
+    reservation_id: int | None = None
+    request_id: int | None = None
+    """Request id of an operation the station answers later (reports, logs, firmware)."""
+    list_version: int | None = None
+    """Local authorization list version (sent, or the station's)."""
+    filename: str | None = None
+    """Log / diagnostics upload: the file the station will upload."""
+    ongoing: bool | None = None
+    """GetTransactionStatus: the transaction is still ongoing."""
+    messages_in_queue: bool | None = None
+    """GetTransactionStatus: the station still has messages of it queued."""
+    complete: bool | None = None
+    """GetChargingProfiles: every report came."""
+    schedule: dict[str, Any] | None = None
+    """GetCompositeSchedule: evse_id, schedule_start, duration_s, unit, periods."""
+    profiles: list[dict[str, Any]] | None = None
+    """GetChargingProfiles: evse_id, charging_limit_source, charging_profile (as sent)."""
+    variables: list[dict[str, Any]] | None = None
+    """get/set-variables, base-report (1.6): per variable its status and value."""
 
 
 # --------------------------------------------------------------------------- routes
@@ -415,6 +589,13 @@ class Route:
 
 
 _OPERATION_ERRORS = (400, 404, 409, 422, 502, 504)
+
+
+def _operation(path: str, handler: str, body: type[BaseModel], summary: str) -> Route:
+    """A CSMS-initiated operation on one station: ``POST /stations/{id}/<path>``."""
+    return Route("POST", "/stations/{station_id}/" + path, handler, summary, OperationAnswer,
+                 body=body, errors=_OPERATION_ERRORS)
+
 
 ROUTES: tuple[Route, ...] = (
     Route("GET", "/stations", "list_stations", "List stations with connection and EVSE status",
@@ -444,6 +625,41 @@ ROUTES: tuple[Route, ...] = (
           errors=_OPERATION_ERRORS),
     Route("POST", "/stations/{station_id}/reset", "reset", "Reboot the station",
           OperationAnswer, body=ResetBody, errors=_OPERATION_ERRORS),
+    _operation("clear-charging-profile", "clear_charging_profile", ClearChargingProfileBody,
+               "Clear charging profiles"),
+    _operation("composite-schedule", "composite_schedule", CompositeScheduleBody,
+               "The schedule an EVSE's profiles make (GetCompositeSchedule)"),
+    _operation("charging-profiles", "charging_profiles", ChargingProfilesBody,
+               "The profiles a 2.x station has (GetChargingProfiles)"),
+    _operation("change-availability", "change_availability", ChangeAvailabilityBody,
+               "Make an EVSE or the station (in)operative"),
+    _operation("reserve-now", "reserve_now", ReserveNowBody,
+               "Reserve an EVSE for a token"),
+    _operation("cancel-reservation", "cancel_reservation", CancelReservationBody,
+               "Cancel a reservation"),
+    _operation("unlock-connector", "unlock_connector", UnlockConnectorBody,
+               "Release a connector's cable"),
+    _operation("clear-cache", "clear_cache", EmptyBody,
+               "Empty the station's authorization cache"),
+    _operation("local-list", "send_local_list", LocalListBody,
+               "Send the local authorization list"),
+    _operation("local-list-version", "local_list_version", EmptyBody,
+               "The station's local list version"),
+    _operation("get-variables", "get_variables", VariablesBody,
+               "Read variables (1.6: configuration keys)"),
+    _operation("set-variables", "set_variables", VariablesBody,
+               "Write variables (1.6: ChangeConfiguration)"),
+    _operation("base-report", "base_report", BaseReportBody,
+               "Ask for the device model (2.x GetBaseReport; 1.6 every configuration key)"),
+    _operation("transaction-status", "transaction_status", TransactionStatusBody,
+               "Ask a 2.x station about a transaction (GetTransactionStatus)"),
+    _operation("update-firmware", "update_firmware", UpdateFirmwareBody,
+               "Have the station install firmware"),
+    _operation("get-log", "get_log", GetLogBody,
+               "Have the station upload a log or diagnostics"),
+    Route("GET", "/stations/{station_id}/variables", "list_variables",
+          "The station's device model (2.x) or configuration (1.6) as last reported",
+          VariableList, query=VariablesQuery, errors=(404, 422)),
     Route("GET", "/openapi.json", "openapi", "This API's OpenAPI 3.1 description", None,
           public=True),
 )
@@ -816,9 +1032,8 @@ class OperatorAPI:
 
     async def charging_profile(self, request: web.Request) -> web.Response:
         """``POST /stations/{station_id}/charging-profile``."""
-        return await self._operate(request, ChargingProfileBody,
-                                   lambda shell, b: shell.set_charging_profile(b.evse_id,
-                                                                               b.profile))
+        return await self._operate(request, ChargingProfileBody, lambda shell, b: (
+            shell.set_charging_profile(b.evse_id, b.profile, profile_id=b.profile_id)))
 
     async def trigger_message(self, request: web.Request) -> web.Response:
         """``POST /stations/{station_id}/trigger-message``."""
@@ -827,7 +1042,111 @@ class OperatorAPI:
 
     async def reset(self, request: web.Request) -> web.Response:
         """``POST /stations/{station_id}/reset``."""
-        return await self._operate(request, ResetBody, lambda shell, b: shell.reset(b.hard))
+        return await self._operate(request, ResetBody,
+                                   lambda shell, b: shell.reset(b.hard, b.evse_id))
+
+    async def clear_charging_profile(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/clear-charging-profile``."""
+        return await self._operate(request, ClearChargingProfileBody, lambda shell, b: (
+            shell.clear_charging_profile(profile_id=b.profile_id, evse_id=b.evse_id,
+                                         purpose=b.purpose, stack_level=b.stack_level)))
+
+    async def composite_schedule(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/composite-schedule``."""
+        return await self._operate(request, CompositeScheduleBody, lambda shell, b: (
+            shell.get_composite_schedule(b.evse_id, b.duration_s, b.unit)))
+
+    async def charging_profiles(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/charging-profiles``."""
+        return await self._operate(request, ChargingProfilesBody, lambda shell, b: (
+            shell.get_charging_profiles(evse_id=b.evse_id, purpose=b.purpose,
+                                        stack_level=b.stack_level, profile_ids=b.profile_ids)))
+
+    async def change_availability(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/change-availability``."""
+        return await self._operate(request, ChangeAvailabilityBody, lambda shell, b: (
+            shell.change_availability(b.evse_id, b.operative)))
+
+    async def reserve_now(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/reserve-now``."""
+        async def op(shell: ShellBase, b: ReserveNowBody) -> dict[str, Any]:
+            rid = b.reservation_id
+            if rid is None:
+                rid = self.core.store.next_counter("reservation_id")
+            result = await shell.reserve_now(rid, b.id_token, b.expiry, evse_id=b.evse_id,
+                                             id_token_type=b.id_token_type,
+                                             group_id_token=b.group_id_token)
+            return {**result, "reservation_id": rid}
+        return await self._operate(request, ReserveNowBody, op)
+
+    async def cancel_reservation(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/cancel-reservation``."""
+        return await self._operate(request, CancelReservationBody, lambda shell, b: (
+            shell.cancel_reservation(b.reservation_id)))
+
+    async def unlock_connector(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/unlock-connector``."""
+        return await self._operate(request, UnlockConnectorBody, lambda shell, b: (
+            shell.unlock_connector(b.evse_id, b.connector_id)))
+
+    async def clear_cache(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/clear-cache``."""
+        return await self._operate(request, EmptyBody, lambda shell, b: shell.clear_cache())
+
+    async def send_local_list(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/local-list``."""
+        return await self._operate(request, LocalListBody, lambda shell, b: (
+            shell.send_local_list(b.update_type, version=b.version, tokens=b.tokens)))
+
+    async def local_list_version(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/local-list-version``."""
+        return await self._operate(request, EmptyBody,
+                                   lambda shell, b: shell.get_local_list_version())
+
+    async def get_variables(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/get-variables``."""
+        return await self._operate(request, VariablesBody,
+                                   lambda shell, b: shell.get_variables(b.variables))
+
+    async def set_variables(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/set-variables``."""
+        return await self._operate(request, VariablesBody,
+                                   lambda shell, b: shell.set_variables(b.variables))
+
+    async def base_report(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/base-report``."""
+        return await self._operate(request, BaseReportBody,
+                                   lambda shell, b: shell.get_base_report(b.report_base))
+
+    async def transaction_status(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/transaction-status``."""
+        return await self._operate(request, TransactionStatusBody, lambda shell, b: (
+            shell.get_transaction_status(b.transaction_id)))
+
+    async def update_firmware(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/update-firmware``."""
+        return await self._operate(request, UpdateFirmwareBody, lambda shell, b: (
+            shell.update_firmware(b.location, b.retrieve_at, retries=b.retries,
+                                  retry_interval_s=b.retry_interval_s, install_at=b.install_at,
+                                  signing_certificate=b.signing_certificate,
+                                  signature=b.signature)))
+
+    async def get_log(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/get-log``."""
+        return await self._operate(request, GetLogBody, lambda shell, b: (
+            shell.get_log(b.location, b.log_type, oldest=b.oldest, latest=b.latest,
+                          retries=b.retries, retry_interval_s=b.retry_interval_s)))
+
+    async def list_variables(self, request: web.Request) -> web.Response:
+        """``GET /stations/{station_id}/variables?component=...&variable=...``."""
+        station_id = request.match_info["station_id"]
+        self.core.station(station_id)
+        query = VariablesQuery.model_validate(dict(request.query))
+        return _json(VariableList.model_validate({
+            "station_id": station_id,
+            "local_list_version": self.core.store.local_list_version(station_id),
+            "variables": self.core.store.variables(station_id, query.component,
+                                                   query.variable)}))
 
     async def openapi(self, request: web.Request) -> web.Response:
         """``GET /openapi.json`` (no token needed)."""

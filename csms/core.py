@@ -815,6 +815,13 @@ class CSMSCore:
             # station shares it among those charging.
             sharing=len(here))
 
+    def claim_profile_id(self, profile_id: int) -> None:
+        """An id an operator chose: the CSMS's own ids continue after it."""
+        if self.store.shared:
+            self.store.raise_counter("charging_profile_id", max(profile_id, self._profile_floor))
+        else:
+            self._profile_ids = itertools.count(max(profile_id + 1, next(self._profile_ids)))
+
     def next_profile_id(self) -> int:
         """A fresh charging-profile id (deterministic per CSMS instance; from the
         database's counter when several processes share it)."""

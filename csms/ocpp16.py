@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar, Literal
@@ -31,11 +31,15 @@ from .shell import (
     CallFailed,
     IdTokenType,
     InvalidOperation,
+    LogType,
     ProfileSpec,
     Purpose,
+    ReportBase,
     ShellBase,
     TriggerMessageName,
+    VariableSpec,
     answer,
+    as_variables,
     invalid_message_is_a_call_error,
     limit_period,
     periods_from_wire,
@@ -296,8 +300,11 @@ class CSMS16(ShellBase):
         return answer(await self.call_json("ChangeAvailability", {
             "connectorId": evse_id, "type": "Operative" if operative else "Inoperative"}))
 
-    async def reset(self, hard: bool) -> dict[str, Any]:
-        """Reset Hard or Soft."""
+    async def reset(self, hard: bool, evse_id: int | None = None) -> dict[str, Any]:
+        """Reset Hard or Soft (1.6 resets the whole charge point only)."""
+        if evse_id is not None:
+            raise InvalidOperation("evse_id", "OCPP 1.6 resets the whole charge point; "
+                                              "resetting one EVSE needs 2.0.1")
         return answer(await self.call_json("Reset", {"type": "Hard" if hard else "Soft"}))
 
     async def trigger_message(self, message: TriggerMessageName,
@@ -332,3 +339,162 @@ class CSMS16(ShellBase):
         """CancelReservation."""
         return answer(await self.call_json("CancelReservation",
                                            {"reservationId": reservation_id}))
+
+
+    # -- connectors, local authorization, configuration, firmware and logs -------
+    async def unlock_connector(self, evse_id: int, connector_id: int = 1) -> dict[str, Any]:
+        """UnlockConnector (a 1.6 connector is an EVSE here)."""
+        self._check_evse_arg(evse_id, station_wide=False)
+        if connector_id != 1:
+            raise InvalidOperation("connector_id", "OCPP 1.6 names the connector by evse_id")
+        return answer(await self.call_json("UnlockConnector", {"connectorId": evse_id}))
+
+    async def get_local_list_version(self) -> dict[str, Any]:
+        """GetLocalListVersion."""
+        result = await self.call_json("GetLocalListVersion", {})
+        return {"status": "Accepted", "list_version": result["listVersion"]}
+
+    def _local_list_payload(self, version: int, update_type: str,
+                            entries: list[tuple[Any, str, Any]]) -> dict[str, Any]:
+        items = []
+        for _record, token, info in entries:
+            if len(token) > ID_TAG_MAX:
+                raise InvalidOperation("tokens", f"{token!r}: OCPP 1.6 id tags have at most "
+                                                 f"{ID_TAG_MAX} characters")
+            item: dict[str, Any] = {"idTag": token}
+            if info is not None:
+                item["idTagInfo"] = info.to_16()
+            items.append(item)
+        return {"listVersion": version, "localAuthorizationList": items,
+                "updateType": update_type}
+
+    @staticmethod
+    def _keys(specs: list[VariableSpec], field: str) -> list[str]:
+        for n, spec in enumerate(specs):
+            if spec.component or spec.evse_id is not None or spec.attribute_type != "Actual":
+                raise InvalidOperation(f"{field}.{n}", "OCPP 1.6 configuration keys have no "
+                                                       "component, EVSE or attribute type")
+        return [spec.variable for spec in specs]
+
+    def _keep_configuration(self, result: dict[str, Any]) -> dict[str, VariableSpec]:
+        known = {}
+        rows = []
+        for item in result.get("configurationKey") or []:
+            spec = VariableSpec(variable=item["key"][:50])
+            known[item["key"]] = spec
+            rows.append(spec.row(item.get("value"),
+                                 "ReadOnly" if item["readonly"] else "ReadWrite"))
+        self._keep_variables(rows, "GetConfiguration")
+        return known
+
+    async def get_variables(self, items: Sequence[VariableSpec | Mapping[str, Any]]
+                            ) -> dict[str, Any]:
+        """GetConfiguration of the keys named; known keys are kept in the device model."""
+        specs = as_variables(items, field="variables", need_value=False)
+        keys = self._keys(specs, "variables")
+        result = await self.call_json("GetConfiguration", {"key": keys})
+        values = {item["key"]: item for item in result.get("configurationKey") or []}
+        self._keep_configuration(result)
+        out = []
+        for spec in specs:
+            item = values.get(spec.variable)
+            if item is None:
+                out.append(spec.out("UnknownVariable"))
+            else:
+                out.append(spec.out("Accepted", item.get("value"),
+                                    mutability="ReadOnly" if item["readonly"] else "ReadWrite"))
+        return {"status": "Accepted", "variables": out}
+
+    async def set_variables(self, items: Sequence[VariableSpec | Mapping[str, Any]]
+                            ) -> dict[str, Any]:
+        """ChangeConfiguration, one key after another; accepted values are kept."""
+        specs = as_variables(items, field="variables", need_value=True)
+        self._keys(specs, "variables")
+        for n, spec in enumerate(specs):
+            if spec.value is not None and len(spec.value) > 500:
+                raise InvalidOperation(f"variables.{n}.value",
+                                       "OCPP 1.6 values have at most 500 characters")
+        out, rows = [], []
+        for spec in specs:
+            result = await self.call_json("ChangeConfiguration",
+                                          {"key": spec.variable, "value": spec.value})
+            status = result["status"]
+            if status in ("Accepted", "RebootRequired"):
+                rows.append(spec.row(spec.value))
+            out.append(spec.out(status, spec.value))
+        self._keep_variables(rows, "ChangeConfiguration")
+        return {"status": "Accepted", "variables": out}
+
+    async def get_base_report(self, report_base: ReportBase = "FullInventory"
+                              ) -> dict[str, Any]:
+        """GetConfiguration of every key (1.6 has no base reports): all kept."""
+        if report_base == "SummaryInventory":
+            raise InvalidOperation("report_base", "OCPP 1.6 reports its whole configuration")
+        known = self._keep_configuration(await self.call_json("GetConfiguration", {}))
+        return {"status": "Accepted", "variables": [
+            spec.out("Accepted") for spec in known.values()]}
+
+    async def update_firmware(self, location: str, retrieve_at: datetime, *,
+                              retries: int | None = None,
+                              retry_interval_s: int | None = None,
+                              install_at: datetime | None = None,
+                              signing_certificate: str | None = None,
+                              signature: str | None = None) -> dict[str, Any]:
+        """UpdateFirmware, or SignedUpdateFirmware (security whitepaper) when signed."""
+        extra: dict[str, Any] = {}
+        if retries is not None:
+            extra["retries"] = retries
+        if retry_interval_s is not None:
+            extra["retryInterval"] = retry_interval_s
+        if signing_certificate is None and signature is None:
+            if install_at is not None:
+                raise InvalidOperation("install_at", "OCPP 1.6 UpdateFirmware has no "
+                                                     "install time (only a signed update)")
+            await self.call_json("UpdateFirmware", {"location": location,
+                                                    "retrieveDate": iso(retrieve_at), **extra})
+            return {"status": "Accepted"}  # 1.6 UpdateFirmware.conf is empty
+        if signing_certificate is None or signature is None:
+            raise InvalidOperation("signature", "a signed update needs both the signature "
+                                                "and the signing certificate")
+        request_id = self.core.store.next_counter("request_id")
+        firmware: dict[str, Any] = {"location": location, "retrieveDateTime": iso(retrieve_at),
+                                    "signingCertificate": signing_certificate,
+                                    "signature": signature}
+        if install_at is not None:
+            firmware["installDateTime"] = iso(install_at)
+        result = await self.call_json("SignedUpdateFirmware", {
+            "requestId": request_id, "firmware": firmware, **extra})
+        return answer(result, request_id=request_id)
+
+    async def get_log(self, location: str, log_type: LogType = "DiagnosticsLog", *,
+                      oldest: datetime | None = None, latest: datetime | None = None,
+                      retries: int | None = None, retry_interval_s: int | None = None
+                      ) -> dict[str, Any]:
+        """GetDiagnostics (DiagnosticsLog) or the security whitepaper's GetLog (SecurityLog)."""
+        extra: dict[str, Any] = {}
+        if retries is not None:
+            extra["retries"] = retries
+        if retry_interval_s is not None:
+            extra["retryInterval"] = retry_interval_s
+        if log_type == "DiagnosticsLog":
+            payload: dict[str, Any] = {"location": location, **extra}
+            if oldest is not None:
+                payload["startTime"] = iso(oldest)
+            if latest is not None:
+                payload["stopTime"] = iso(latest)
+            result = await self.call_json("GetDiagnostics", payload)
+            # GetDiagnostics.conf names the file, or nothing when there is none.
+            return {"status": "Accepted" if result.get("fileName") else "NoFile",
+                    **({"filename": result["fileName"]} if result.get("fileName") else {})}
+        if log_type != "SecurityLog":
+            raise InvalidOperation("log_type", "OCPP 1.6 stations upload a DiagnosticsLog or "
+                                               "a SecurityLog")
+        request_id = self.core.store.next_counter("request_id")
+        log: dict[str, Any] = {"remoteLocation": location}
+        if oldest is not None:
+            log["oldestTimestamp"] = iso(oldest)
+        if latest is not None:
+            log["latestTimestamp"] = iso(latest)
+        result = await self.call_json("GetLog", {"log": log, "logType": log_type,
+                                                 "requestId": request_id, **extra})
+        return answer(result, request_id=request_id, filename=result.get("filename"))

@@ -8,7 +8,7 @@ version) and in what 2.1 adds (V2X fields in charging schedules).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
@@ -26,13 +26,17 @@ from .shell import (
     CallFailed,
     IdTokenType,
     InvalidOperation,
+    LogType,
     ProfileReport,
     ProfileSpec,
     Purpose,
     PurposeFilter,
+    ReportBase,
     ShellBase,
     TriggerMessageName,
+    VariableSpec,
     answer,
+    as_variables,
     invalid_message_is_a_call_error,
     limit_period,
     periods_from_wire,
@@ -95,7 +99,6 @@ class Handlers201(ShellBase):
     # What stations send for the record: kept as received, answered as the spec says.
     on_notify_event = recorded("NotifyEvent")
     on_security_event_notification = recorded("SecurityEventNotification")
-    on_notify_report = recorded("NotifyReport")
     on_notify_monitoring_report = recorded("NotifyMonitoringReport")
     on_log_status_notification = recorded("LogStatusNotification")
     on_firmware_status_notification = recorded("FirmwareStatusNotification")
@@ -318,10 +321,13 @@ class Handlers201(ShellBase):
         payload["operationalStatus"] = "Operative" if operative else "Inoperative"
         return answer(await self.call_json("ChangeAvailability", payload))
 
-    async def reset(self, hard: bool) -> dict[str, Any]:
-        """Reset Immediate (hard) or OnIdle."""
-        return answer(await self.call_json("Reset",
-                                           {"type": "Immediate" if hard else "OnIdle"}))
+    async def reset(self, hard: bool, evse_id: int | None = None) -> dict[str, Any]:
+        """Reset Immediate (hard) or OnIdle, of the station or one EVSE."""
+        self._check_evse_arg(evse_id, station_wide=False)
+        payload: dict[str, Any] = {"type": "Immediate" if hard else "OnIdle"}
+        if evse_id is not None:
+            payload["evseId"] = evse_id
+        return answer(await self.call_json("Reset", payload))
 
     async def trigger_message(self, message: TriggerMessageName,
                               evse_id: int | None = None) -> dict[str, Any]:
@@ -401,6 +407,168 @@ class Handlers201(ShellBase):
             del self._profile_reports[request_id]
         return answer(result, request_id=request_id, profiles=report.profiles,
                       complete=complete)
+
+    # -- connectors, local authorization, device model, firmware and logs ---------
+    async def unlock_connector(self, evse_id: int, connector_id: int = 1) -> dict[str, Any]:
+        """UnlockConnector."""
+        self._check_evse_arg(evse_id, station_wide=False)
+        return answer(await self.call_json("UnlockConnector",
+                                           {"evseId": evse_id, "connectorId": connector_id}))
+
+    async def get_local_list_version(self) -> dict[str, Any]:
+        """GetLocalListVersion."""
+        result = await self.call_json("GetLocalListVersion", {})
+        return {"status": "Accepted", "list_version": result["versionNumber"]}
+
+    def _local_list_payload(self, version: int, update_type: str,
+                            entries: list[tuple[Any, str, Any]]) -> dict[str, Any]:
+        items = []
+        for record, token, info in entries:
+            item: dict[str, Any] = {"idToken": {
+                "idToken": token, "type": record.token_type if record else "ISO14443"}}
+            if info is not None:
+                item["idTokenInfo"] = info.to_2x()
+            items.append(item)
+        payload: dict[str, Any] = {"versionNumber": version, "updateType": update_type}
+        if items:  # an empty Full list clears the station's list
+            payload["localAuthorizationList"] = items
+        return payload
+
+    @staticmethod
+    def _variable_wire(spec: VariableSpec) -> dict[str, Any]:
+        component: dict[str, Any] = {"name": spec.component}
+        if spec.component_instance is not None:
+            component["instance"] = spec.component_instance
+        if spec.evse_id is not None:
+            component["evse"] = {"id": spec.evse_id}
+            if spec.connector_id is not None:
+                component["evse"]["connectorId"] = spec.connector_id
+        variable: dict[str, Any] = {"name": spec.variable}
+        if spec.variable_instance is not None:
+            variable["instance"] = spec.variable_instance
+        return {"component": component, "variable": variable,
+                "attributeType": spec.attribute_type}
+
+    def _check_components(self, specs: list[VariableSpec], field: str) -> None:
+        for n, spec in enumerate(specs):
+            if not spec.component:
+                raise InvalidOperation(f"{field}.{n}.component",
+                                       "OCPP 2.x variables belong to a component")
+
+    async def get_variables(self, items: Sequence[VariableSpec | Mapping[str, Any]]
+                            ) -> dict[str, Any]:
+        """GetVariables; Accepted values are kept in the device model."""
+        specs = as_variables(items, field="variables", need_value=False)
+        self._check_components(specs, "variables")
+        result = await self.call_json("GetVariables", {
+            "getVariableData": [self._variable_wire(v) for v in specs]})
+        out, rows = [], []
+        for spec, r in zip(specs, result["getVariableResult"], strict=False):
+            value = r.get("attributeValue")
+            status = r["attributeStatus"]
+            if status == "Accepted":
+                rows.append(spec.row(value))
+            out.append(spec.out(status, value))
+        self._keep_variables(rows, "GetVariables")
+        return {"status": "Accepted", "variables": out}
+
+    async def set_variables(self, items: Sequence[VariableSpec | Mapping[str, Any]]
+                            ) -> dict[str, Any]:
+        """SetVariables; Accepted (and RebootRequired) values are kept."""
+        specs = as_variables(items, field="variables", need_value=True)
+        self._check_components(specs, "variables")
+        result = await self.call_json("SetVariables", {"setVariableData": [
+            {**self._variable_wire(v), "attributeValue": v.value} for v in specs]})
+        out, rows = [], []
+        for spec, r in zip(specs, result["setVariableResult"], strict=False):
+            status = r["attributeStatus"]
+            if status in ("Accepted", "RebootRequired"):
+                rows.append(spec.row(spec.value))
+            out.append(spec.out(status, spec.value))
+        self._keep_variables(rows, "SetVariables")
+        return {"status": "Accepted", "variables": out}
+
+    async def get_base_report(self, report_base: ReportBase = "FullInventory"
+                              ) -> dict[str, Any]:
+        """GetBaseReport; the station's NotifyReports fill the device model."""
+        request_id = self.core.store.next_counter("request_id")
+        result = await self.call_json("GetBaseReport",
+                                      {"requestId": request_id, "reportBase": report_base})
+        return answer(result, request_id=request_id)
+
+    @wire("NotifyReport")
+    def on_notify_report(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """NotifyReport: kept as received, and its variables in the device model."""
+        self.core.on_station_message(self.id, "NotifyReport", payload)
+        rows = []
+        for item in payload.get("reportData") or []:
+            component, variable = item["component"], item["variable"]
+            evse = component.get("evse") or {}
+            for attribute in item.get("variableAttribute") or []:
+                rows.append({
+                    "component": component["name"],
+                    "component_instance": component.get("instance"),
+                    "evse_id": evse.get("id"), "connector_id": evse.get("connectorId"),
+                    "variable": variable["name"], "variable_instance": variable.get("instance"),
+                    "attribute_type": attribute.get("type", "Actual"),
+                    "value": attribute.get("value"), "mutability": attribute.get("mutability")})
+        self._keep_variables(rows, "NotifyReport")
+        return {}
+
+    async def get_transaction_status(self, transaction_id: str | None = None
+                                     ) -> dict[str, Any]:
+        """GetTransactionStatus: is the transaction ongoing, are messages queued?"""
+        payload = {} if transaction_id is None else {"transactionId": transaction_id}
+        result = await self.call_json("GetTransactionStatus", payload)
+        return {"status": "Accepted", "ongoing": result.get("ongoingIndicator"),
+                "messages_in_queue": result["messagesInQueue"]}
+
+    async def update_firmware(self, location: str, retrieve_at: datetime, *,
+                              retries: int | None = None,
+                              retry_interval_s: int | None = None,
+                              install_at: datetime | None = None,
+                              signing_certificate: str | None = None,
+                              signature: str | None = None) -> dict[str, Any]:
+        """UpdateFirmware."""
+        request_id = self.core.store.next_counter("request_id")
+        firmware: dict[str, Any] = {"location": location, "retrieveDateTime": iso(retrieve_at)}
+        if install_at is not None:
+            firmware["installDateTime"] = iso(install_at)
+        if signing_certificate is not None:
+            firmware["signingCertificate"] = signing_certificate
+        if signature is not None:
+            firmware["signature"] = signature
+        payload: dict[str, Any] = {"requestId": request_id, "firmware": firmware}
+        if retries is not None:
+            payload["retries"] = retries
+        if retry_interval_s is not None:
+            payload["retryInterval"] = retry_interval_s
+        return answer(await self.call_json("UpdateFirmware", payload), request_id=request_id)
+
+    async def get_log(self, location: str, log_type: LogType = "DiagnosticsLog", *,
+                      oldest: datetime | None = None, latest: datetime | None = None,
+                      retries: int | None = None, retry_interval_s: int | None = None
+                      ) -> dict[str, Any]:
+        """GetLog."""
+        request_id = self.core.store.next_counter("request_id")
+        log: dict[str, Any] = {"remoteLocation": location}
+        if oldest is not None:
+            log["oldestTimestamp"] = iso(oldest)
+        if latest is not None:
+            log["latestTimestamp"] = iso(latest)
+        payload: dict[str, Any] = {"log": log, "logType": log_type, "requestId": request_id}
+        if retries is not None:
+            payload["retries"] = retries
+        if retry_interval_s is not None:
+            payload["retryInterval"] = retry_interval_s
+        result = await self.call_json("GetLog", payload)
+        return answer(result, request_id=request_id, filename=result.get("filename"))
+
+    async def cost_updated(self, transaction_id: str, total_cost: float) -> dict[str, Any]:
+        """CostUpdated: the running cost of a transaction (its answer is empty)."""
+        await self.call_json("CostUpdated", {"totalCost": total_cost,
+                                             "transactionId": transaction_id})
+        return {"status": "Accepted"}
 
 
 class CSMS201(Handlers201):

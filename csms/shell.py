@@ -28,7 +28,7 @@ import math
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -577,6 +577,56 @@ def profile_to_wire_2x(profile: ProfileSpec, profile_id: int, now: datetime,
     return wire
 
 
+AttributeType = Literal["Actual", "Target", "MinSet", "MaxSet"]
+ReportBase = Literal["ConfigurationInventory", "FullInventory", "SummaryInventory"]
+LogType = Literal["DiagnosticsLog", "SecurityLog", "DataCollectorLog"]
+UpdateType = Literal["Full", "Differential"]
+
+
+class VariableSpec(_Neutral):
+    """A variable of a station's device model (2.x), or a 1.6 configuration key
+    (``component`` empty, ``variable`` the key)."""
+
+    component: str = Field("", max_length=50)
+    """2.x component name (OCPPCommCtrlr, EVSE, ...); empty for a 1.6 configuration key."""
+    component_instance: str | None = Field(None, min_length=1, max_length=50)
+    evse_id: int | None = Field(None, ge=1)
+    """The component's EVSE, if it belongs to one."""
+    connector_id: int | None = Field(None, ge=1)
+    variable: str = Field(min_length=1, max_length=50)
+    """2.x variable name, or the 1.6 configuration key."""
+    variable_instance: str | None = Field(None, min_length=1, max_length=50)
+    attribute_type: AttributeType = "Actual"
+    value: str | None = Field(None, max_length=1000)
+    """The value to set (set-variables; 1.6 allows 500 characters)."""
+
+    def row(self, value: str | None, mutability: str | None = None) -> dict[str, Any]:
+        """The device-model row the store keeps for it."""
+        return {"component": self.component, "component_instance": self.component_instance,
+                "evse_id": self.evse_id, "connector_id": self.connector_id,
+                "variable": self.variable, "variable_instance": self.variable_instance,
+                "attribute_type": self.attribute_type, "value": value,
+                "mutability": mutability}
+
+    def out(self, status: str, value: str | None = None, **extra: Any) -> dict[str, Any]:
+        """One result of get/set-variables as the operations return it."""
+        return {**{k: v for k, v in self.model_dump().items() if v is not None},
+                "status": status, **({"value": value} if value is not None else {}),
+                **{k: v for k, v in extra.items() if v is not None}}
+
+
+def as_variables(items: Sequence[VariableSpec | Mapping[str, Any]], *, field: str,
+                 need_value: bool) -> list[VariableSpec]:
+    """Variables given to get/set-variables, checked (InvalidOperation names the item)."""
+    out = [i if isinstance(i, VariableSpec) else VariableSpec.model_validate(i) for i in items]
+    if not out:
+        raise InvalidOperation(field, "name at least one variable")
+    for n, spec in enumerate(out):
+        if need_value and spec.value is None:
+            raise InvalidOperation(f"{field}.{n}.value", "required to set a variable")
+    return out
+
+
 @dataclass
 class ProfileReport:
     """ReportChargingProfiles messages collected for one GetChargingProfiles request."""
@@ -959,16 +1009,21 @@ class ShellBase(ABC):
         integers; 2.x RequestStopTransaction). Returns ``status``."""
 
     async def set_charging_profile(self, evse_id: int,
-                                   profile: ProfileSpec | Mapping[str, Any]
-                                   ) -> dict[str, Any]:
+                                   profile: ProfileSpec | Mapping[str, Any], *,
+                                   profile_id: int | None = None) -> dict[str, Any]:
         """Install a charging profile on an EVSE (0: the whole station).
 
-        The CSMS assigns the profile id and records the profile with the
+        ``profile_id`` None: the CSMS assigns a fresh id; an operator's own id
+        replaces the station's profile of that id (K01.FR.05), and the CSMS
+        never assigns it to another profile. The profile is recorded with the
         answer. Returns ``status`` and ``profile_id``.
         """
         prof = as_profile(profile)
         self._check_profile_target(evse_id, prof)
-        profile_id = self.core.next_profile_id()
+        if profile_id is None:
+            profile_id = self.core.next_profile_id()
+        else:
+            self.core.claim_profile_id(profile_id)
         now = self.core.clock()
         payload = self._set_profile_payload(evse_id, prof, profile_id, now)
         result = await self._send_profile("SetChargingProfile", payload, evse_id, profile_id,
@@ -1004,9 +1059,9 @@ class ShellBase(ABC):
         Returns ``status`` (Accepted, Rejected or Scheduled)."""
 
     @abstractmethod
-    async def reset(self, hard: bool) -> dict[str, Any]:
-        """Reboot the station: ``hard`` is 1.6 Hard / 2.x Immediate, else 1.6 Soft /
-        2.x OnIdle. Returns ``status``."""
+    async def reset(self, hard: bool, evse_id: int | None = None) -> dict[str, Any]:
+        """Reboot the station (or, 2.x, one EVSE): ``hard`` is 1.6 Hard / 2.x
+        Immediate, else 1.6 Soft / 2.x OnIdle. Returns ``status``."""
 
     @abstractmethod
     async def trigger_message(self, message: TriggerMessageName,
@@ -1034,3 +1089,93 @@ class ShellBase(ABC):
         """Ask a 2.x station which profiles it has (InvalidOperation on 1.6)."""
         raise InvalidOperation("", f"GetChargingProfiles needs OCPP 2.0.1; "
                                    f"the station speaks {self.version}")
+
+    # -- connectors, local authorization, device model, firmware and logs ---------
+    @abstractmethod
+    async def unlock_connector(self, evse_id: int, connector_id: int = 1) -> dict[str, Any]:
+        """Release the cable of a connector (1.6: connector ``evse_id``). Returns ``status``."""
+
+    async def clear_cache(self) -> dict[str, Any]:
+        """Empty the station's authorization cache (ClearCache). Returns ``status``."""
+        return answer(await self.call_json("ClearCache", {}))
+
+    @abstractmethod
+    async def get_local_list_version(self) -> dict[str, Any]:
+        """The version of the station's local authorization list: ``list_version``
+        (0: none, -1 on 1.6: no list support)."""
+
+    async def send_local_list(self, update_type: UpdateType, *, version: int | None = None,
+                              tokens: Sequence[str] | None = None) -> dict[str, Any]:
+        """Send the local authorization list (SendLocalList).
+
+        ``tokens`` None: every token the CSMS marks ``local``; otherwise those ids,
+        where a Differential update removes an id the CSMS does not know. The
+        version is the last one the station accepted plus one unless given; an
+        accepted version is kept (``Store.local_list_version``). Returns
+        ``status`` and ``list_version``.
+        """
+        now = self.core.clock()
+        entries = self.core.authorizer.local_list(now, tokens)
+        unknown = [token for record, token, _ in entries if record is None]
+        if update_type == "Full" and unknown:
+            raise InvalidOperation("tokens", f"unknown tokens in a full list: {unknown}")
+        if version is None:
+            version = self.core.store.local_list_version(self.id) + 1
+        payload = self._local_list_payload(version, update_type, entries)
+        result = await self.call_json("SendLocalList", payload)
+        if result["status"] == "Accepted":
+            self.core.store.record_local_list(self.id, version, iso(now))
+        return answer(result, list_version=version)
+
+    @abstractmethod
+    def _local_list_payload(self, version: int, update_type: str,
+                            entries: list[tuple[Any, str, Any]]) -> dict[str, Any]:
+        """SendLocalList in this version's wire form."""
+
+    @abstractmethod
+    async def get_variables(self, items: Sequence[VariableSpec | Mapping[str, Any]]
+                            ) -> dict[str, Any]:
+        """Read variables (2.x GetVariables, 1.6 GetConfiguration); what the station
+        reports is kept in the device model. Returns ``status`` and ``variables``."""
+
+    @abstractmethod
+    async def set_variables(self, items: Sequence[VariableSpec | Mapping[str, Any]]
+                            ) -> dict[str, Any]:
+        """Write variables (2.x SetVariables, 1.6 ChangeConfiguration per key); accepted
+        values are kept in the device model. Returns ``status`` and ``variables``."""
+
+    @abstractmethod
+    async def get_base_report(self, report_base: ReportBase = "FullInventory"
+                              ) -> dict[str, Any]:
+        """Ask for the station's device model (2.x GetBaseReport, answered later by
+        NotifyReport; 1.6 GetConfiguration of every key). Returns ``status``."""
+
+    async def get_transaction_status(self, transaction_id: str | None = None
+                                     ) -> dict[str, Any]:
+        """Ask a 2.x station about a transaction (E14). InvalidOperation on 1.6."""
+        raise InvalidOperation("", f"GetTransactionStatus needs OCPP 2.0.1; "
+                                   f"the station speaks {self.version}")
+
+    @abstractmethod
+    async def update_firmware(self, location: str, retrieve_at: datetime, *,
+                              retries: int | None = None,
+                              retry_interval_s: int | None = None,
+                              install_at: datetime | None = None,
+                              signing_certificate: str | None = None,
+                              signature: str | None = None) -> dict[str, Any]:
+        """Have the station download and install firmware from ``location``; progress
+        comes as (Signed)FirmwareStatusNotification. Returns ``status`` and
+        ``request_id`` (1.6 UpdateFirmware answers nothing: status Accepted)."""
+
+    @abstractmethod
+    async def get_log(self, location: str, log_type: LogType = "DiagnosticsLog", *,
+                      oldest: datetime | None = None, latest: datetime | None = None,
+                      retries: int | None = None, retry_interval_s: int | None = None
+                      ) -> dict[str, Any]:
+        """Have the station upload a log to ``location`` (2.x GetLog; 1.6
+        GetDiagnostics for DiagnosticsLog, the security whitepaper's GetLog else).
+        Returns ``status``, ``filename`` and ``request_id`` where they apply."""
+
+    def _keep_variables(self, rows: list[dict[str, Any]], source: str) -> None:
+        self.core.store.record_variables(self.id, rows, source=source,
+                                         at=iso(self.core.clock()))

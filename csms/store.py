@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from .exceptions import StoreError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 log = logging.getLogger("evtwin.csms.store")
 
@@ -287,6 +287,29 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE cdrs ADD COLUMN exported_wh REAL NOT NULL DEFAULT 0;
     ALTER TABLE cdrs ADD COLUMN export_credit REAL NOT NULL DEFAULT 0;
     """,
+    6: """
+    CREATE TABLE device_model (
+        station_id         TEXT NOT NULL,
+        component          TEXT NOT NULL,
+        component_instance TEXT NOT NULL,
+        evse_id            INTEGER NOT NULL,
+        connector_id       INTEGER NOT NULL,
+        variable           TEXT NOT NULL,
+        variable_instance  TEXT NOT NULL,
+        attribute_type     TEXT NOT NULL,
+        value              TEXT,
+        mutability         TEXT,
+        source             TEXT NOT NULL,
+        updated_at         TEXT NOT NULL,
+        PRIMARY KEY (station_id, component, component_instance, evse_id, connector_id,
+                     variable, variable_instance, attribute_type)
+    );
+    CREATE TABLE local_lists (
+        station_id  TEXT PRIMARY KEY,
+        version     INTEGER NOT NULL,
+        sent_at     TEXT NOT NULL
+    );
+    """,
 }
 #: A database from before v4 keeps each session's live values only as meter
 #: values: copied into the transactions row once, on migration.
@@ -387,6 +410,17 @@ CREATE TABLE station_messages (
 CREATE INDEX station_messages_by_station ON station_messages(station_id, action, id);
 ALTER TABLE cdrs ADD COLUMN exported_wh DOUBLE PRECISION NOT NULL DEFAULT 0;
 ALTER TABLE cdrs ADD COLUMN export_credit DOUBLE PRECISION NOT NULL DEFAULT 0;
+""",
+    6: """
+CREATE TABLE device_model (
+    station_id TEXT NOT NULL, component TEXT NOT NULL, component_instance TEXT NOT NULL,
+    evse_id INTEGER NOT NULL, connector_id INTEGER NOT NULL, variable TEXT NOT NULL,
+    variable_instance TEXT NOT NULL, attribute_type TEXT NOT NULL, value TEXT,
+    mutability TEXT, source TEXT NOT NULL, updated_at TEXT NOT NULL,
+    PRIMARY KEY (station_id, component, component_instance, evse_id, connector_id,
+                 variable, variable_instance, attribute_type));
+CREATE TABLE local_lists (
+    station_id TEXT PRIMARY KEY, version BIGINT NOT NULL, sent_at TEXT NOT NULL);
 """,
 }
 #: A new PostgreSQL database: created at the current version in one go.
@@ -703,6 +737,57 @@ class Store:
             row["payload"] = json.loads(row["payload"])
         return rows
 
+    def record_variables(self, station_id: str, rows: Sequence[dict[str, Any]], *,
+                         source: str, at: str) -> None:
+        """Keep what a station reported of its device model (2.x NotifyReport,
+        Get/SetVariables results; 1.6 configuration keys): one row per component,
+        variable and attribute, the latest report winning."""
+        if not rows:
+            return
+        with self._tx():
+            self._many(
+                "INSERT INTO device_model(station_id, component, component_instance, evse_id, "
+                "connector_id, variable, variable_instance, attribute_type, value, mutability, "
+                "source, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(station_id, component, component_instance, evse_id, connector_id, "
+                "variable, variable_instance, attribute_type) DO UPDATE SET "
+                "value = excluded.value, mutability = COALESCE(excluded.mutability, "
+                "device_model.mutability), source = excluded.source, "
+                "updated_at = excluded.updated_at",
+                [(station_id, r["component"], r.get("component_instance") or "",
+                  r.get("evse_id") or 0, r.get("connector_id") or 0, r["variable"],
+                  r.get("variable_instance") or "", r.get("attribute_type") or "Actual",
+                  r.get("value"), r.get("mutability"), source, at) for r in rows])
+
+    def variables(self, station_id: str, component: str | None = None,
+                  variable: str | None = None) -> list[dict[str, Any]]:
+        """A station's device model as reported, by component and variable."""
+        where, params = ["station_id = ?"], [station_id]
+        if component is not None:
+            where.append("component = ?")
+            params.append(component)
+        if variable is not None:
+            where.append("variable = ?")
+            params.append(variable)
+        return self._rows(
+            "SELECT component, component_instance, evse_id, connector_id, variable, "
+            "variable_instance, attribute_type, value, mutability, source, updated_at "
+            f"FROM device_model WHERE {' AND '.join(where)} ORDER BY component, "
+            "component_instance, evse_id, connector_id, variable, variable_instance, "
+            "attribute_type", params)
+
+    def record_local_list(self, station_id: str, version: int, at: str) -> None:
+        """The local authorization list version a station accepted."""
+        with self._tx():
+            self._run("INSERT INTO local_lists(station_id, version, sent_at) VALUES (?, ?, ?) "
+                      "ON CONFLICT(station_id) DO UPDATE SET version = excluded.version, "
+                      "sent_at = excluded.sent_at", (station_id, version, at))
+
+    def local_list_version(self, station_id: str) -> int:
+        """The last local list version the station accepted (0: none)."""
+        row = self._one("SELECT version FROM local_lists WHERE station_id = ?", (station_id,))
+        return int(row["version"]) if row else 0
+
     def record_status(self, station_id: str, evse_id: int, status: str, at: str) -> None:
         """Store a connector status change."""
         with self._tx():
@@ -846,6 +931,14 @@ class Store:
             row = self._one("SELECT value FROM counters WHERE name=?", (name,))
         assert row is not None
         return int(row["value"])
+
+    def raise_counter(self, name: str, value: int) -> None:
+        """Make sure the counter's next value is above ``value``."""
+        with self._tx():
+            self._run("INSERT INTO counters(name, value) VALUES (?, ?) "
+                      "ON CONFLICT(name) DO UPDATE SET value = "
+                      "CASE WHEN counters.value < excluded.value THEN excluded.value "
+                      "ELSE counters.value END", (name, value))
 
     def record_cdr(self, **cdr: Any) -> None:
         """Store (or replace, if late events changed it) a charge detail record."""
@@ -1004,7 +1097,8 @@ class Store:
         """Number of rows in one of the CSMS's tables."""
         if table not in {"stations", "evses", "transactions", "transaction_events",
                          "meter_values", "charging_profiles", "security_events",
-                         "installed_profiles", "cdrs", "commands", "station_messages"}:
+                         "installed_profiles", "cdrs", "commands", "station_messages",
+                         "device_model", "local_lists"}:
             raise ValueError(f"unknown table {table!r}")
         row = self._one(f"SELECT COUNT(*) AS n FROM {table}")
         return int((row or {}).get("n") or 0)

@@ -278,7 +278,7 @@ def test_a_version_2_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
     db.close()
     store = Store(path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 5
+        assert store.schema_version == SCHEMA_VERSION == 6
         assert store.max_profile_id() == 7
         assert store.installed_profiles() == {}
         store.save_installed_profiles("CS1", ["{}"])
@@ -288,6 +288,18 @@ def test_a_version_2_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
                                              {"seqNo": 0})
         assert [(m["id"], m["payload"]) for m in store.station_messages("CS1")] == [
             (first, {"seqNo": 0})]
+        # v6: the device model as reported, and local list versions.
+        row = {"component": "OCPPCommCtrlr", "variable": "HeartbeatInterval", "value": "60",
+               "mutability": "ReadWrite"}
+        store.record_variables("CS1", [row], source="NotifyReport", at="t1")
+        store.record_variables("CS1", [{**row, "value": "30", "mutability": None}],
+                               source="SetVariables", at="t2")
+        [kept] = store.variables("CS1", "OCPPCommCtrlr")
+        assert (kept["value"], kept["mutability"], kept["source"]) == (
+            "30", "ReadWrite", "SetVariables")
+        assert store.local_list_version("CS1") == 0
+        store.record_local_list("CS1", 3, "t3")
+        assert store.local_list_version("CS1") == 3
     finally:
         store.close()
 
