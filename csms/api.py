@@ -205,6 +205,9 @@ class EvseOut(_Model):
     effective_limit_w: float | None
     """Composite limit the CSMS believes applies now (profiles the station accepted,
     capped by the EVSE's maximum), in W."""
+    external_limit_w: float | None = None
+    """Lowest limit the station reported from outside the CSMS (NotifyChargingLimit:
+    an EMS, the grid operator), on the EVSE or the whole station, in W."""
 
 
 class StationOut(_Model):
@@ -939,6 +942,7 @@ class OperatorAPI:
                 "status_at": stored.get(e.evse_id, {}).get("status_at"),
                 "limit_w": self.core.sent_limits_w.get((station_id, e.evse_id)),
                 "effective_limit_w": self.core.effective_limit_w(station_id, e.evse_id),
+                "external_limit_w": self.core.external_limit_w(station_id, e.evse_id),
             } for e in spec.evses],
         }
 

@@ -176,6 +176,9 @@ class TariffSection(_Strict):
     currency: str = Field("EUR", min_length=3, max_length=3)
     export_per_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
     """Credit per kWh a session feeds back to the grid (V2G)."""
+    cost_updated_interval_s: float = Field(0.0, ge=0, le=86400, allow_inf_nan=False)
+    """OCPP 2.x: tell stations a session's running cost (CostUpdated) at most this often,
+    as its meter reports; 0 (default) never does."""
 
 
 class SiteSection(_Strict):
@@ -386,7 +389,7 @@ class ServeConfig(_Strict):
             max_event_lead_s=self.ocpp.max_event_lead_h * 3600.0,
             tariff=Tariff(self.tariff.energy_per_kwh, self.tariff.time_per_hour,
                           self.tariff.session_fee, self.tariff.currency,
-                          self.tariff.export_per_kwh),
+                          self.tariff.export_per_kwh, self.tariff.cost_updated_interval_s),
         )
 
 

@@ -133,6 +133,10 @@ class CSMSCore:
         #: Profiles each station accepted, as the CSMS believes them installed.
         self.profiles: dict[str, ProfileSet] = {}
         self.booted: set[str] = set()
+        self.open_at_boot: dict[str, set[str]] = {}
+        #: External limits stations reported (NotifyChargingLimit), W, by
+        #: (station, EVSE or 0 for the station, source).
+        self.external_limits_w: dict[tuple[str, int, str], float] = {}
         self._profile_floor = store.max_profile_id()
         self._profile_ids = itertools.count(self._profile_floor + 1)
         # Set when a session starts or ends: the control cycle should run now
@@ -196,6 +200,9 @@ class CSMSCore:
         now = self.clock()
         self.store.record_boot(station_id, vendor, model, iso(now))
         self.booted.add(station_id)
+        #: Transactions open when the station (re)booted: to reconcile (1.6: its
+        #: connector's next Available ends them; 2.x: GetTransactionStatus).
+        self.open_at_boot[station_id] = set(self.open_transactions(station_id))
         return {"status": "Accepted", "current_time": iso(now),
                 "interval": self.config.heartbeat_interval_s}
 
@@ -224,6 +231,23 @@ class CSMSCore:
                     _note_charging_state(session, status)
                     self.store.record_charging_state(station_id, session.transaction_id,
                                                      session.charging_state)
+
+    def available_after_boot(self, station_id: str, evse_id: int) -> list[str]:
+        """OCPP 1.6: an EVSE reports Available after the station rebooted, so no
+        transaction that was open there at the reboot goes on (a 1.6 transaction
+        needs its EV plugged in): they are ended with reason Reboot (their Ended was
+        lost in the reboot; one still queued applies when it comes). Returns their ids."""
+        pending = self.open_at_boot.get(station_id)
+        if not pending:
+            return []
+        ended = []
+        for tx_id in self.open_transactions(station_id, evse_id):
+            if tx_id in pending:
+                pending.discard(tx_id)
+                if self.close_transaction(station_id, tx_id, "Reboot",
+                                          f"EVSE {evse_id} Available after a reboot"):
+                    ended.append(tx_id)
+        return ended
 
     def on_station_message(self, station_id: str, action: str, payload: dict[str, Any]) -> None:
         """A message a station sends for the record (NotifyEvent, SecurityEventNotification,
@@ -296,6 +320,9 @@ class CSMSCore:
         else:
             session = replace(current)
         evse_id = ev.evse_id or session.evse_id
+        # 2.x numbers a transaction's events from 0: a number beyond the next one
+        # means events are missing (lost, or still in the station's queue).
+        gap = ev.seq_no is not None and ev.seq_no > session.last_seq_no + 1
         seq_no = ev.seq_no if ev.seq_no is not None else session.last_seq_no + 1
         self._apply_event(session, ev, seq_no)
         cdr = self._cdr(session) if session.ended_at is not None else None
@@ -348,9 +375,32 @@ class CSMSCore:
             self.profile_set(station_id).end_transaction(ev.transaction_id)
             self.persist_profiles(station_id)
         response = self._tx_response(ev.id_token, key)
+        if gap and session.is_open:
+            response["seq_gap"] = True
         if ev.event_type == "Ended" and cdr is not None:
             response["total_cost"] = cdr["cost"]  # 2.x: the final cost, in the Ended answer
         return response
+
+    def close_transaction(self, station_id: str, transaction_id: str, reason: str,
+                          why: str) -> bool:
+        """End an open transaction the station reports over (GetTransactionStatus: not
+        ongoing, nothing queued; 1.6: its connector Available after a reboot) though its
+        Ended never came: at its last sign of life, with ``reason`` and a CDR. A late
+        Ended still applies. False if it is not open (any more)."""
+        session = self.sessions.get((station_id, transaction_id))
+        if session is None or not session.is_open:
+            return False
+        closed = self._closed(session, self.clock(), reason)
+        self.store.close_transactions(station_id, [
+            (transaction_id, _state_row(closed), self._cdr(closed))])
+        self._forget(closed, why)
+        return True
+
+    def open_transactions(self, station_id: str, evse_id: int | None = None) -> list[str]:
+        """Ids of a station's open transactions (on one EVSE), oldest first."""
+        return [s.transaction_id for s in sorted(
+            (s for s in self.sessions.values() if s.station_id == station_id and s.is_open
+             and evse_id in (None, s.evse_id)), key=lambda s: s.started_at)]
 
     @staticmethod
     def _closed(session: Session, by: datetime, reason: str) -> Session:
@@ -420,6 +470,15 @@ class CSMSCore:
                 "ended_at": iso(session.ended_at), "duration_s": duration_s,
                 "energy_wh": energy_wh, "cost": round(cost, 4), "currency": t.currency,
                 "exported_wh": exported_wh, "export_credit": round(credit, 4)}
+
+    def running_cost(self, station_id: str, transaction_id: str) -> float | None:
+        """What an open session costs so far (its CDR if it ended now), or None."""
+        session = self.sessions.get((station_id, transaction_id))
+        if session is None or not session.is_open:
+            return None
+        # Energy so far, time plugged in until now.
+        now = max(self.clock(), session.started_at)
+        return float(self._cdr(replace(session, ended_at=now))["cost"])
 
     def load_session(self, station_id: str, transaction_id: str) -> Session | None:
         """A transaction as the store has it (ended ones leave memory), or None if unknown."""
@@ -502,6 +561,38 @@ class CSMSCore:
             # Only new needs make a cycle due: a station repeating itself
             # cannot make the CSMS re-plan twice a second.
             self.sessions_changed |= changed
+
+    def note_charging_limit(self, station_id: str, evse_id: int, source: str,
+                            limit_w: float | None) -> None:
+        """An external limit a station reports (NotifyChargingLimit, K12: from an EMS,
+        the grid operator, ...) on an EVSE (0: the whole station, shared by the EVSEs
+        with a session); ``limit_w`` None: the source limits without a schedule, which
+        caps nothing. The control cycle is due at once and keeps within it until the
+        station reports the limit cleared (:meth:`clear_charging_limit`)."""
+        key = (station_id, evse_id, source)
+        if limit_w is None:
+            self.external_limits_w.pop(key, None)
+        elif self.external_limits_w.get(key) != limit_w:
+            self.external_limits_w[key] = limit_w
+            self.sessions_changed = True
+
+    def clear_charging_limit(self, station_id: str, evse_id: int | None, source: str) -> None:
+        """ClearedChargingLimit (K13): the source's limit on an EVSE (None: on all) ends."""
+        gone = [k for k in self.external_limits_w if k[0] == station_id and k[2] == source
+                and evse_id in (None, k[1])]
+        for key in gone:
+            del self.external_limits_w[key]
+        self.sessions_changed |= bool(gone)
+
+    def external_limit_w(self, station_id: str, evse_id: int, sharing: int = 1
+                         ) -> float | None:
+        """The lowest external limit on an EVSE (W): its own, or its share of the
+        station's (``sharing``: the EVSEs with a session); None if there is none."""
+        limits = [w for (sid, e, _), w in self.external_limits_w.items() if sid == station_id
+                  and e == evse_id]
+        limits += [w / max(sharing, 1) for (sid, e, _), w in self.external_limits_w.items()
+                   if sid == station_id and e == 0]
+        return min(limits) if limits else None
 
     def _open_on(self, station_id: str, evse_id: int) -> list[Session]:
         """The open sessions on one EVSE (one, unless a ghost is about to be ended);
@@ -618,9 +709,16 @@ class CSMSCore:
             0.0, (wanted_wh / self.config.assumed_efficiency - net_wh) / 1000.0)
         limit = self.sent_limits_w.get((s.station_id, s.evse_id))
         v2x_kw, spare = self._v2x(s)
+        max_w = evse.max_power_w
+        if self.external_limits_w:
+            sharing = len({x.evse_id for x in self.sessions.values()
+                           if x.station_id == s.station_id and x.is_open})
+            external = self.external_limit_w(s.station_id, s.evse_id, sharing)
+            if external is not None:
+                max_w = min(max_w, external)
         return SessionView(
             station_id=s.station_id, evse_id=s.evse_id, transaction_id=s.transaction_id,
-            max_power_kw=evse.max_power_w / 1000.0, power_kw=s.power_w / 1000.0,
+            max_power_kw=max_w / 1000.0, power_kw=s.power_w / 1000.0,
             energy_kwh=s.energy_wh / 1000.0, voltage_v=s.voltage_v, soc_percent=s.soc_percent,
             started_at=s.started_at, departure=departure, energy_remaining_kwh=remaining,
             needs_stated=stated, ev_max_kw=ev_max_kw,

@@ -62,6 +62,9 @@ class Tariff:
     currency: str = "EUR"
     export_per_kwh: float = 0.0
     """Credit per kWh a session feeds back (V2G), taken off its cost."""
+    cost_updated_interval_s: float = 0.0
+    """OCPP 2.x: send a charging session's running cost (CostUpdated) at most this
+    often, when its meter reports (0: never)."""
 
 
 #: Grid-to-battery efficiency the CSMS assumes when an EV does not say (AC charging).

@@ -97,6 +97,8 @@ class CSMS16(ShellBase):
             with unknown_evse_is_a_property_violation():
                 self.core.on_status(self.id, connector_id, payload["status"],
                                     payload.get("timestamp") or iso(self.core.clock()))
+            if payload["status"] == "Available":
+                self.core.available_after_boot(self.id, connector_id)
         return {}
 
     @wire("Authorize")

@@ -8,7 +8,9 @@ version) and in what 2.1 adds (V2X fields in charging schedules).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import logging
+import math
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
@@ -16,7 +18,7 @@ from ocpp.v21.enums import Action as Action21
 from ocpp.v201.enums import Action as Action201
 
 from .clock import iso, parse_iso
-from .core import ProfileCommand
+from .core import CSMSCore, ProfileCommand
 from .model import EVChargingNeeds
 from .parse import samples_2x, tx_event_2x
 from .shell import (
@@ -57,6 +59,8 @@ TRIGGER_MESSAGES_21 = TRIGGER_MESSAGES_201 | {"SignV2G20Certificate"}
 
 #: IdTokenType.idToken: 36 characters in 2.0.1, 255 in 2.1.
 ID_TOKEN_MAX = {"2.0.1": 36, "2.1": 255}
+
+log = logging.getLogger("evtwin.csms")
 
 
 def _number(value: Any) -> float | None:
@@ -106,8 +110,6 @@ class Handlers201(ShellBase):
     on_notify_customer_information = recorded("NotifyCustomerInformation")
     on_notify_display_messages = recorded("NotifyDisplayMessages")
     on_reservation_status_update = recorded("ReservationStatusUpdate")
-    on_notify_charging_limit = recorded("NotifyChargingLimit")
-    on_cleared_charging_limit = recorded("ClearedChargingLimit")
     on_notify_ev_charging_schedule = recorded("NotifyEVChargingSchedule",
                                               {"status": "Accepted"})
     on_data_transfer = recorded("DataTransfer", DATA_TRANSFER_ANSWER)
@@ -118,8 +120,104 @@ class Handlers201(ShellBase):
     def on_boot_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
         station = payload["chargingStation"]
         r = self.core.on_boot(self.id, station.get("vendorName", ""), station.get("model", ""))
+        reason = payload["reason"]
+        pending = self.core.open_at_boot.pop(self.id, set())
+        if pending and reason != "Triggered":  # Triggered: asked to, not a reboot
+            # Transactions open before the reboot whose Ended never came: asked about
+            # once the answer is out (E14); PowerUp means the power was lost.
+            self._in_background(self._reconcile(
+                sorted(pending), "PowerLoss" if reason == "PowerUp" else "Reboot",
+                f"not ongoing after a reboot ({reason})"))
         return {"currentTime": r["current_time"], "interval": r["interval"],
                 "status": r["status"]}
+
+    @wire("NotifyChargingLimit")
+    def on_notify_charging_limit(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """NotifyChargingLimit (K12): kept, and its limit (the schedule's period in force
+        now, all phases, in W) capped on the EVSE until cleared."""
+        evse_id = payload.get("evseId") or 0
+        if evse_id:
+            with unknown_evse_is_a_property_violation():
+                self.core.check_evse(self.id, evse_id)
+        self.core.on_station_message(self.id, "NotifyChargingLimit", payload)
+        source = payload["chargingLimit"]["chargingLimitSource"]
+        self.core.note_charging_limit(self.id, evse_id, source,
+                                      self._limit_now_w(payload.get("chargingSchedule") or [],
+                                                        evse_id))
+        return {}
+
+    def _limit_now_w(self, schedules: list[dict[str, Any]], evse_id: int) -> float | None:
+        """The lowest limit the schedules set now, in W (A at the nominal voltage)."""
+        now = self.core.clock()
+        phases = self.core.station(self.id).evse(evse_id).phases if evse_id else 3
+        out = None
+        for schedule in schedules:
+            start = schedule.get("startSchedule")
+            elapsed = (now - parse_iso(start)).total_seconds() if start else 0.0
+            if elapsed < 0 or elapsed > schedule.get("duration", math.inf):
+                continue
+            current = None
+            for period in schedule["chargingSchedulePeriod"]:
+                if period["startPeriod"] <= elapsed and period.get("limit") is not None:
+                    current = period
+            if current is None:
+                continue
+            limit = float(current["limit"])
+            if schedule["chargingRateUnit"] == "A":
+                n = int(current.get("numberPhases", phases))
+                limit *= self.core.config.nominal_voltage_v * n
+            out = limit if out is None else min(out, limit)
+        return out
+
+    @wire("ClearedChargingLimit")
+    def on_cleared_charging_limit(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """ClearedChargingLimit (K13): kept, and the source's limit no longer applies."""
+        self.core.on_station_message(self.id, "ClearedChargingLimit", payload)
+        self.core.clear_charging_limit(self.id, payload.get("evseId"),
+                                       payload["chargingLimitSource"])
+        return {}
+
+    def _cost_update(self, tx_id: str, interval_s: float) -> None:
+        """CostUpdated with the session's running cost, at most every ``interval_s``."""
+        now = self.core.clock().timestamp()
+        if now - self._cost_sent.get(tx_id, -math.inf) < interval_s:
+            return
+        cost = self.core.running_cost(self.id, tx_id)
+        if cost is None:
+            return
+        self._cost_sent[tx_id] = now
+
+        async def send() -> None:
+            try:
+                await self.cost_updated(tx_id, cost)
+            except (CallFailed, TimeoutError, ConnectionError) as exc:
+                log.info("%s: CostUpdated for %s not delivered: %s", self.id, tx_id, exc)
+        self._in_background(send())
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _reconcile(self, transaction_ids: list[str], reason: str, why: str) -> None:
+        """Ask the station about transactions whose events may be lost
+        (GetTransactionStatus, E14) and end those it says are over with nothing
+        queued. No answer or a refusal ends nothing."""
+        for tx_id in transaction_ids:
+            try:
+                status = await self.get_transaction_status(tx_id)
+            except (CallFailed, InvalidOperation, TimeoutError, ConnectionError) as exc:
+                log.info("%s: transaction %s not reconciled: %s", self.id, tx_id, exc,
+                         extra={"event": "transaction_status_unknown", "station": self.id,
+                                "transaction": tx_id})
+                continue
+            log.info("%s: transaction %s ongoing=%s queued=%s", self.id, tx_id,
+                     status["ongoing"], status["messages_in_queue"], extra={
+                         "event": "transaction_status", "station": self.id,
+                         "transaction": tx_id, "ongoing": status["ongoing"],
+                         "messages_in_queue": status["messages_in_queue"]})
+            if status["ongoing"] is False and not status["messages_in_queue"]:
+                self.core.close_transaction(self.id, tx_id, reason, why)
 
     @wire("StatusNotification")
     def on_status_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +241,15 @@ class Handlers201(ShellBase):
             out["idTokenInfo"] = r["id_token_info"].to_2x()
         if r.get("total_cost") is not None:
             out["totalCost"] = r["total_cost"]
+        interval = core.config.tariff.cost_updated_interval_s
+        if interval > 0 and payload["eventType"] == "Updated" and payload.get("meterValue"):
+            self._cost_update(payload["transactionInfo"]["transactionId"], interval)
+        elif payload["eventType"] == "Ended":
+            self._cost_sent.pop(payload["transactionInfo"]["transactionId"], None)
+        if r.get("seq_gap"):
+            tx_id = payload["transactionInfo"]["transactionId"]
+            self._in_background(self._reconcile([tx_id], "Other",
+                                                f"events missing before seqNo {payload['seqNo']}"))
         return out
 
     @wire("MeterValues")
@@ -179,6 +286,12 @@ class Handlers201(ShellBase):
             if not payload.get("tbc", False):
                 report.done.set()
         return {}
+
+    def _init_shell(self, core: CSMSCore) -> None:
+        super()._init_shell(core)
+        self._background: set[asyncio.Future[None]] = set()
+        #: When CostUpdated last went out per transaction (the core's clock, epoch s).
+        self._cost_sent: dict[str, float] = {}
 
     def _tx_profile(self, profile_id: int, cmd: ProfileCommand) -> dict[str, Any]:
         return {

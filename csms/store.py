@@ -848,6 +848,15 @@ class Store:
                 self._write_cdr(closed_cdr)
         return True
 
+    def close_transactions(self, station_id: str,
+                           closes: Sequence[tuple[str, dict[str, Any], dict[str, Any]]]) -> None:
+        """Transactions the CSMS ends itself (the station said they are over but its
+        Ended never came): final state and CDR each, all in one transaction."""
+        with self._tx():
+            for closed_id, closed_state, closed_cdr in closes:
+                self._write_state(station_id, closed_id, closed_state)
+                self._write_cdr(closed_cdr)
+
     def _write_state(self, station_id: str, transaction_id: str, state: dict[str, Any]) -> None:
         # Inside a transaction.
         cols = ("station_id", "transaction_id", *TRANSACTION_STATE)
