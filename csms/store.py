@@ -1076,13 +1076,15 @@ class Store:
     def transactions(self) -> list[dict[str, Any]]:
         """All transactions with their metered energy (Wh), oldest first."""
         return self._rows(
-            "SELECT *, meter_stop_wh - meter_start_wh AS energy_wh FROM transactions "
+            "SELECT *, COALESCE(meter_stop_wh, meter_last_wh) - meter_start_wh AS energy_wh "
+            "FROM transactions "
             "ORDER BY started_at, station_id, transaction_id")
 
     def transaction(self, station_id: str, transaction_id: str) -> dict[str, Any] | None:
         """One transaction with its metered energy (Wh), or None if unknown."""
         return self._one(
-            "SELECT *, meter_stop_wh - meter_start_wh AS energy_wh FROM transactions "
+            "SELECT *, COALESCE(meter_stop_wh, meter_last_wh) - meter_start_wh AS energy_wh "
+            "FROM transactions "
             "WHERE station_id=? AND transaction_id=?", (station_id, transaction_id))
 
     def meter_values(self, station_id: str, transaction_id: str) -> list[dict[str, Any]]:
