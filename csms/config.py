@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from .auth import IdTokenType, TokenRecord, TokenStatus
+from .certs import StationCA
 from .exceptions import ConfigError
 from .model import CSMSConfig, EvseSpec, SiteSpec, StationSpec, Tariff
 from .security import SecurityConfig, check_password_hash, server_ssl_context
@@ -236,16 +237,47 @@ class SecuritySection(_Strict):
     tls_ciphers: Literal["spec", "ecdhe"] = "spec"
     """TLS 1.2 suites: ``spec`` (the four OCPP 2.0.1 names, ECDHE-RSA too) or ``ecdhe``
     (forward secrecy only: no TLS_RSA_WITH_AES_* static-RSA suites)."""
+    station_ca_cert: Path | None = None
+    """CA certificate, PEM, that signs stations' certificate requests (SignCertificate);
+    without it they are answered Rejected."""
+    station_ca_key: Path | None = None
+    """Its private key, PEM, unencrypted."""
+    station_cert_days: int = Field(365, ge=1, le=3650)
+    """Validity of the certificates it signs."""
+
+    def station_ca(self) -> StationCA | None:
+        """The CA that signs station certificates, if configured (paths resolved)."""
+        if self.station_ca_cert is None or self.station_ca_key is None:
+            return None
+        return StationCA(self.station_ca_cert, self.station_ca_key,
+                         validity_days=self.station_cert_days)
 
     def resolved(self, base: Path) -> SecuritySection:
         """This section with relative paths taken from the folder ``base``."""
         update = {name: base / p for name in ("tls_cert", "tls_key", "ca_cert", "tls_cert_2",
-                                              "tls_key_2")
+                                              "tls_key_2", "station_ca_cert", "station_ca_key")
                   if (p := getattr(self, name)) is not None and not p.is_absolute()}
         return self.model_copy(update=update)
 
     def file_problems(self) -> list[tuple[str, str]]:
-        """Missing or unloadable files among those the profile uses, as ``(path, message)``."""
+        """Missing or unloadable files among those configured, as ``(path, message)``."""
+        return self._station_ca_problems() + self._tls_problems()
+
+    def _station_ca_problems(self) -> list[tuple[str, str]]:
+        if (self.station_ca_cert is None) != (self.station_ca_key is None):
+            missing = "station_ca_key" if self.station_ca_key is None else "station_ca_cert"
+            return [(f"security.{missing}", "station_ca_cert and station_ca_key go together")]
+        try:
+            self.station_ca()
+        except FileNotFoundError as exc:
+            name = ("station_ca_cert" if exc.filename == str(self.station_ca_cert)
+                    else "station_ca_key")
+            return [(f"security.{name}", f"file not found: {exc.filename}")]
+        except (OSError, ValueError, TypeError) as exc:
+            return [("security.station_ca_key", f"cannot load with station_ca_cert: {exc}")]
+        return []
+
+    def _tls_problems(self) -> list[tuple[str, str]]:
         used = {2: ("tls_cert", "tls_key"), 3: ("tls_cert", "tls_key", "ca_cert")}
         problems = []
         for name in used.get(self.profile, ()):

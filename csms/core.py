@@ -19,6 +19,7 @@ from typing import Any
 from evtwin.ocppj.domain import ENERGY, ENERGY_EXPORT, POWER, POWER_EXPORT, SOC, VOLTAGE
 
 from .auth import Authorizer, TokenInfo, TokenRecord
+from .certs import StationCA
 from .clock import Clock, iso, parse_iso, wall_clock
 from .exceptions import UnknownEvseError, UnknownStationError
 from .inputs import InputPort
@@ -137,6 +138,8 @@ class CSMSCore:
         #: External limits stations reported (NotifyChargingLimit), W, by
         #: (station, EVSE or 0 for the station, source).
         self.external_limits_w: dict[tuple[str, int, str], float] = {}
+        #: The CA that signs stations' certificate requests (None: they are refused).
+        self.station_ca: StationCA | None = None
         self._profile_floor = store.max_profile_id()
         self._profile_ids = itertools.count(self._profile_floor + 1)
         # Set when a session starts or ends: the control cycle should run now

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Coroutine, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 
 from ocpp.v21.enums import Action as Action21
@@ -113,6 +113,15 @@ class Handlers201(ShellBase):
     on_notify_ev_charging_schedule = recorded("NotifyEVChargingSchedule",
                                               {"status": "Accepted"})
     on_data_transfer = recorded("DataTransfer", DATA_TRANSFER_ANSWER)
+    # ISO 15118 certificate services need a V2G PKI and an OCSP responder this CSMS
+    # does not have: answered Failed, as the spec has them answer when they cannot.
+    on_get_certificate_status = recorded("GetCertificateStatus", {
+        "status": "Failed", "statusInfo": {"reasonCode": "NoOCSPResponder",
+                                           "additionalInfo": "no OCSP responder to ask"}})
+    on_get_15118_ev_certificate = recorded("Get15118EVCertificate", {
+        "status": "Failed", "exiResponse": "",
+        "statusInfo": {"reasonCode": "NoV2GPKI",
+                       "additionalInfo": "no contract certificate pool to ask"}})
 
     # The messages every station sends all the time take the wire payload and
     # return the wire answer (see shell.wire); the rest go through @on.
@@ -193,11 +202,6 @@ class Handlers201(ShellBase):
             except (CallFailed, TimeoutError, ConnectionError) as exc:
                 log.info("%s: CostUpdated for %s not delivered: %s", self.id, tx_id, exc)
         self._in_background(send())
-
-    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
 
     async def _reconcile(self, transaction_ids: list[str], reason: str, why: str) -> None:
         """Ask the station about transactions whose events may be lost
@@ -289,7 +293,6 @@ class Handlers201(ShellBase):
 
     def _init_shell(self, core: CSMSCore) -> None:
         super()._init_shell(core)
-        self._background: set[asyncio.Future[None]] = set()
         #: When CostUpdated last went out per transaction (the core's clock, epoch s).
         self._cost_sent: dict[str, float] = {}
 
@@ -696,3 +699,34 @@ class CSMS21(Handlers201):
 
     version: ClassVar[str] = "2.1"
     known_actions: ClassVar[frozenset[str]] = frozenset(a.value for a in Action21)
+
+    # 2.1's messages for the record (DER, battery swap, payment, priority charging).
+    on_battery_swap = recorded("BatterySwap")
+    on_notify_der_alarm = recorded("NotifyDERAlarm")
+    on_notify_der_start_stop = recorded("NotifyDERStartStop")
+    on_report_der_control = recorded("ReportDERControl")
+    on_notify_priority_charging = recorded("NotifyPriorityCharging")
+    on_notify_settlement = recorded("NotifySettlement")
+    on_notify_web_payment_started = recorded("NotifyWebPaymentStarted")
+    on_close_periodic_event_stream = recorded("ClosePeriodicEventStream")
+    # What this CSMS cannot do is refused as the spec lets it be: no periodic event
+    # streams (it would drop their data), no dynamic schedules, no VAT registry.
+    on_open_periodic_event_stream = recorded("OpenPeriodicEventStream", {
+        "status": "Rejected", "statusInfo": {"reasonCode": "NotSupported"}})
+    on_pull_dynamic_schedule_update = recorded("PullDynamicScheduleUpdate", {
+        "status": "Rejected", "statusInfo": {"reasonCode": "NoDynamicProfile"}})
+    on_vat_number_validation = recorded("VatNumberValidation", lambda p: {
+        "vatNumber": p["vatNumber"], **({"evseId": p["evseId"]} if "evseId" in p else {}),
+        "status": "Rejected", "statusInfo": {"reasonCode": "NotSupported",
+                                             "additionalInfo": "no VAT number registry"}})
+
+    @wire("GetCertificateChainStatus")
+    def on_get_certificate_chain_status(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """GetCertificateChainStatus: kept; each certificate's status Failed (no OCSP
+        responder or CRL to ask), to be asked again in an hour."""
+        self.core.on_station_message(self.id, "GetCertificateChainStatus", payload)
+        retry = iso(self.core.clock() + timedelta(hours=1))
+        return {"certificateStatus": [
+            {"certificateHashData": r["certificateHashData"], "source": r["source"],
+             "status": "Failed", "nextUpdate": retry}
+            for r in payload["certificateStatusRequests"]]}

@@ -291,6 +291,7 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
     store = Store(db_path)
     try:
         core = CSMSCore(config.csms_config(), store, clock=wall_clock)
+        core.station_ca = config.security.station_ca()
         s = config.server
         server = CSMSServer(core, host=host or s.host, port=s.port if port is None else port,
                             max_frame_bytes=s.max_frame_bytes,

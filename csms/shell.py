@@ -28,7 +28,7 @@ import math
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,6 +50,7 @@ from evtwin.ocppj import (
 )
 
 from .auth import IdTokenType
+from .certs import CertificateRequestError
 from .clock import iso
 from .core import CSMSCore, ProfileCommand
 from .exceptions import CSMSError, InvalidMessageError, UnknownEvseError
@@ -171,16 +172,18 @@ def wire(action: str) -> Callable[[WireHandler], WireHandler]:
     return mark
 
 
-def recorded(action: str, answer: dict[str, Any] | None = None) -> WireHandler:
+def recorded(action: str, answer: dict[str, Any] | Callable[[dict[str, Any]], dict[str, Any]]
+             | None = None) -> WireHandler:
     """The wire handler of a message a station sends for the record (events,
     reports, firmware/log/diagnostics status, data transfers): kept as received
     (:meth:`CSMSCore.on_station_message`, queryable through the operator API) and
-    answered with ``answer`` (the spec's response; ``{}`` when it has no fields)."""
-    reply = dict(answer or {})
+    answered with ``answer`` (the spec's response, or a function of the request;
+    ``{}`` when it has no fields)."""
+    reply = answer if callable(answer) else (lambda _p, fixed=dict(answer or {}): dict(fixed))
 
     def handler(self: Any, payload: dict[str, Any]) -> dict[str, Any]:
         self.core.on_station_message(self.id, action, payload)
-        return dict(reply)
+        return reply(payload)
 
     handler.__name__ = handler.__qualname__ = f"on_{action}"
     return wire(action)(handler)
@@ -692,9 +695,59 @@ class ShellBase(ABC):
 
     def _init_shell(self, core: CSMSCore) -> None:
         self.core = core
+        #: Calls the CSMS makes after answering a station (reconciliation, certificates).
+        self._background: set[asyncio.Future[None]] = set()
         #: The last NotifyEVChargingNeeds per EVSE (2.x), also kept on the open session.
         self.ev_charging_needs: dict[int, EVChargingNeeds] = {}
         self._profile_reports: dict[int, ProfileReport] = {}
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` after the current answer is out (its calls queue behind it)."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- certificates (2.0.1 A02/A03; 1.6 security whitepaper) ---------------------
+    @wire("SignCertificate")
+    def on_sign_certificate(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """SignCertificate: checked, answered, and (Accepted) the certificate sent with
+        CertificateSigned once the CSMS's station CA has signed it."""
+        self.core.on_station_message(self.id, "SignCertificate", payload)
+        ca = self.core.station_ca
+        kind = payload.get("certificateType", "ChargingStationCertificate")
+        if ca is None:
+            return self._sign_refused("NoCA", "this CSMS signs no station certificates")
+        if kind != "ChargingStationCertificate":
+            return self._sign_refused("UnsupportedType",
+                                      f"this CSMS signs no {kind} (no V2G PKI)")
+        try:
+            csr = ca.check(payload["csr"], self.id)
+        except CertificateRequestError as exc:
+            return self._sign_refused("InvalidCSR", str(exc))
+        self._in_background(self._send_certificate(ca.sign(csr), kind))
+        return {"status": "Accepted"}
+
+    def _sign_refused(self, reason: str, why: str) -> dict[str, Any]:
+        log.info("%s: certificate request refused: %s", self.id, why, extra={
+            "event": "certificate_request_refused", "station": self.id, "reason": reason})
+        out: dict[str, Any] = {"status": "Rejected"}
+        if self.version != "1.6":
+            out["statusInfo"] = {"reasonCode": reason, "additionalInfo": why[:512]}
+        return out
+
+    async def _send_certificate(self, chain: str, kind: str) -> None:
+        payload = {"certificateChain": chain}
+        if self.version != "1.6":
+            payload["certificateType"] = kind
+        try:
+            result = await self.call_json("CertificateSigned", payload)
+        except (CallFailed, TimeoutError, ConnectionError) as exc:
+            log.warning("%s: CertificateSigned not delivered: %s", self.id, exc,
+                        extra={"event": "certificate_not_delivered", "station": self.id})
+            return
+        log.info("%s: certificate signed, station answers %s", self.id, result["status"],
+                 extra={"event": "certificate_signed", "station": self.id,
+                        "status": result["status"]})
 
     def _refuse_call(self, action: str) -> tuple[str, str] | None:
         """The CALLERROR (code, text) for a CALL that cannot be routed, or None.

@@ -532,3 +532,22 @@ tls_cert_2 = "{pki.server_rsa.cert}"
 """)
     with pytest.raises(FileConfigError, match=r"security\.tls_key_2: .*go together"):
         load_config(path)
+
+
+def test_config_takes_a_station_ca_and_names_its_problems(tmp_path: Path, pki: PKI) -> None:
+    ca_key = pki.ca.with_suffix(".key")
+    path = _write(tmp_path, f'[security]\nstation_ca_cert = "{pki.ca}"\n'
+                            f'station_ca_key = "{ca_key}"\nstation_cert_days = 30\n')
+    ca = load_config(path).security.station_ca()
+    assert ca is not None and ca.validity_days == 30
+    path = _write(tmp_path, f'[security]\nstation_ca_cert = "{pki.ca}"\n')
+    with pytest.raises(FileConfigError, match=r"security\.station_ca_key: .*go together"):
+        load_config(path)
+    path = _write(tmp_path, f'[security]\nstation_ca_cert = "{pki.ca}"\n'
+                            f'station_ca_key = "{pki.cs1.key}"\n')
+    with pytest.raises(FileConfigError, match=r"security\.station_ca_key: .*does not belong"):
+        load_config(path)
+    path = _write(tmp_path, f'[security]\nstation_ca_cert = "{tmp_path / "nope.pem"}"\n'
+                            f'station_ca_key = "{ca_key}"\n')
+    with pytest.raises(FileConfigError, match=r"security\.station_ca_cert: file not found"):
+        load_config(path)

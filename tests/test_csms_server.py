@@ -146,7 +146,7 @@ def test_boot_missing_required_field_is_rejected_and_connection_survives() -> No
     run(scenario)
 
 
-@pytest.mark.parametrize("action", ["FooBar", "SignCertificate"])
+@pytest.mark.parametrize("action", ["FooBar", "Reset"])
 def test_unknown_or_unhandled_action(action: str) -> None:
     async def scenario(server: CSMSServer) -> None:
         async with station(server) as ws:
@@ -162,7 +162,7 @@ def test_unknown_action_codes_follow_ocpp_j() -> None:
     async def scenario(server: CSMSServer) -> None:
         async with station(server) as ws:
             unknown = await rpc(ws, call("u-1", "FooBar", {}))
-            unhandled = await rpc(ws, call("u-2", "SignCertificate", {"csr": "x"}))
+            unhandled = await rpc(ws, call("u-2", "Reset", {"type": "Immediate"}))
             # NotImplemented: "Requested Action is not known by receiver";
             # NotSupported: "Requested Action is recognized but not supported".
             assert unknown[2] == "NotImplemented"

@@ -336,7 +336,7 @@ BAD_FRAMES: dict[str, list[tuple[str, str]]] = {
         ('{"a": 1}', "RpcFrameworkError"),
         ('[7, "x1", {}]', "MessageTypeNotSupported"),
         ('[2, "x2", "FooBar", {}]', "NotImplemented"),
-        ('[2, "x3", "SignCertificate", {"csr": "v"}]', "NotSupported"),
+        ('[2, "x3", "Reset", {"type": "Immediate"}]', "NotSupported"),  # a CSMS-to-station action
         ('[2, "x4", "Heartbeat", {"surprise": 1}]', "FormatViolation"),
         ('[2, "x5", "BootNotification", {"reason": "PowerUp"}]', "OccurenceConstraintViolation"),
         ('[2, "x6", "StatusNotification", {"timestamp": 5, "connectorStatus": "Occupied", '

@@ -34,13 +34,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from websockets.sync.client import ClientConnection, connect
 
 from evtwin.csms.api import hash_token
+from tests.pki import make_pki
 
 pytestmark = pytest.mark.slow
 
@@ -95,7 +101,7 @@ port = 0
 token_hash = "{hash_token(TOKEN)}"
 """
 STATIONS = [f"{name}-{v}" for name in ("AUTH", "LIST", "DM", "FW", "OPS", "COST", "E14",
-                                        "LIM", "CONC")
+                                        "LIM", "CONC", "CERT", "MISC")
             for v in ("16", "201", "21")]
 # Each station a site of its own; LIM's have a 7 kW limit.
 CONFIG += "".join(
@@ -115,6 +121,7 @@ class Server:
     logs: list[dict[str, Any]] = field(default_factory=list)
     port: int = 0
     api_url: str = ""
+    ca_paths: tuple[str, ...] = ()
 
     def wait_log(self, where: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         deadline = time.monotonic() + TIMEOUT_S
@@ -147,7 +154,11 @@ class Server:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("use_cases")
-    (tmp / "csms.toml").write_text(CONFIG)
+    pki = make_pki(tmp)
+    ca_key = next(p for p in tmp.glob("ca.key"))
+    (tmp / "csms.toml").write_text(
+        CONFIG.replace("[tokens]", f'[security]\nstation_ca_cert = "{pki.ca}"\n'
+                                   f'station_ca_key = "{ca_key}"\n\n[tokens]', 1))
     proc = subprocess.Popen(
         [sys.executable, "-m", "evtwin.sim.cli", "csms", "serve", "--host", "127.0.0.1",
          "--port", "0", "--db", str(tmp / "csms.sqlite"), "--config", str(tmp / "csms.toml")],
@@ -167,6 +178,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         listening = srv.wait_log(lambda e: e.get("event") == "listening")
         srv.port = int(listening["port"])
         srv.api_url = listening["api_url"]
+        srv.ca_paths = (str(pki.ca),)
         yield srv
     finally:
         proc.kill()
@@ -752,3 +764,106 @@ def test_external_charging_limit_caps_the_evse_until_cleared(server: Server,
         assert detail["evses"][0]["external_limit_w"] == 3000.0
         st.call("ClearedChargingLimit", {"chargingLimitSource": "EMS", "evseId": 1})
         st.wait_call("SetChargingProfile", lambda p: limit(p) == 7000.0)
+
+
+# --------------------------------------------------------------------- certificates
+def _csr(cn: str) -> tuple[str, Any]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "CPO"),
+                                    x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM).decode(), key
+
+
+@pytest.mark.parametrize("protocol", VERSIONS)
+def test_station_certificate_signed_on_request(server: Server, protocol: str) -> None:
+    """A03 (and the 1.6 security whitepaper): the station's CSR is checked and its
+    certificate, issued by the station CA, comes back in CertificateSigned; a CSR for
+    another identity is Rejected, and so (2.x) is a V2G certificate request."""
+    v16 = protocol == "ocpp1.6"
+    name = f"CERT-{suffix(protocol)}"
+    with connected(server, name, protocol) as st:
+        st.replies["CertificateSigned"] = {"status": "Accepted"}
+        csr, key = _csr(name)
+        request: dict[str, Any] = {"csr": csr}
+        if not v16:
+            request["certificateType"] = "ChargingStationCertificate"
+        assert st.call("SignCertificate", request) == {"status": "Accepted"}
+        sent = st.wait_call("CertificateSigned")
+        certs = x509.load_pem_x509_certificates(sent["certificateChain"].encode())
+        ca = x509.load_pem_x509_certificate(
+            next(Path(p) for p in server.ca_paths).read_bytes())
+        assert certs[-1] == ca
+        certs[0].verify_directly_issued_by(ca)
+        assert certs[0].subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == name
+        assert certs[0].public_key() == key.public_key()
+        server.wait_log(lambda e: e.get("event") == "certificate_signed"
+                        and e.get("station") == name)
+        wrong, _ = _csr("SOMEONE-ELSE")
+        refused = st.call("SignCertificate", {**request, "csr": wrong})
+        assert refused["status"] == "Rejected"
+        if not v16:
+            assert refused["statusInfo"]["reasonCode"] == "InvalidCSR"
+            v2g = st.call("SignCertificate", {"csr": csr, "certificateType": "V2GCertificate"})
+            assert v2g["status"] == "Rejected"
+        assert [a for a, _ in st.seen].count("CertificateSigned") == 1
+
+
+# --------------------------------------------------------------------- the rest of 2.x
+@pytest.mark.parametrize("protocol", V2X)
+def test_certificate_services_without_a_v2g_pki_answer_failed(server: Server,
+                                                              protocol: str) -> None:
+    """M06 (GetCertificateStatus) and M01/M02 (Get15118EVCertificate) need an OCSP
+    responder and a contract certificate pool: answered Failed, as the spec allows."""
+    with connected(server, f"MISC-{suffix(protocol)}", protocol) as st:
+        ocsp = st.call("GetCertificateStatus", {"ocspRequestData": {
+            "hashAlgorithm": "SHA256", "issuerNameHash": "a" * 64, "issuerKeyHash": "b" * 64,
+            "serialNumber": "01", "responderURL": "http://ocsp.example"}})
+        assert ocsp["status"] == "Failed"
+        ev = st.call("Get15118EVCertificate", {"iso15118SchemaVersion": "urn:iso:15118:2:2013",
+                                               "action": "Install", "exiRequest": "AAAA"})
+        assert ev["status"] == "Failed"
+
+
+def test_ocpp21_station_messages_are_answered_and_kept(server: Server) -> None:
+    """OCPP 2.1's own station messages (DER, battery swap, payment, priority charging,
+    periodic streams, certificate chains): each answered as its schema says and kept."""
+    name = "MISC-21"
+    now = now_iso()
+    token = {"idToken": "OK1", "type": "ISO14443"}
+    hash_data = {"hashAlgorithm": "SHA256", "issuerNameHash": "a" * 64,
+                 "issuerKeyHash": "b" * 64, "serialNumber": "01"}
+    messages: list[tuple[str, dict[str, Any], Callable[[dict[str, Any]], bool]]] = [
+        ("NotifyDERAlarm", {"controlType": "FreqDroop", "timestamp": now}, lambda r: r == {}),
+        ("NotifyDERStartStop", {"controlId": "c1", "started": True, "timestamp": now},
+         lambda r: r == {}),
+        ("ReportDERControl", {"requestId": 1}, lambda r: r == {}),
+        ("BatterySwap", {"eventType": "BatteryIn", "requestId": 1, "idToken": token,
+                         "batteryData": [{"evseId": 1, "serialNumber": "B1", "soC": 80,
+                                          "soH": 95}]}, lambda r: r == {}),
+        ("NotifyPriorityCharging", {"transactionId": "T1", "activated": True},
+         lambda r: r == {}),
+        ("NotifySettlement", {"pspRef": "p1", "status": "Settled", "settlementAmount": 5.0,
+                              "settlementTime": now}, lambda r: "receiptUrl" not in r),
+        ("NotifyWebPaymentStarted", {"evseId": 1, "timeout": 60}, lambda r: r == {}),
+        ("OpenPeriodicEventStream", {"constantStreamData": {
+            "id": 1, "variableMonitoringId": 1, "params": {"interval": 60, "values": 1}}},
+         lambda r: r["status"] == "Rejected"),
+        ("ClosePeriodicEventStream", {"id": 1}, lambda r: r == {}),
+        ("PullDynamicScheduleUpdate", {"chargingProfileId": 1},
+         lambda r: r["status"] == "Rejected"),
+        ("VatNumberValidation", {"vatNumber": "NL123", "evseId": 1},
+         lambda r: r["vatNumber"] == "NL123" and r["status"] == "Rejected"),
+        ("GetCertificateChainStatus", {"certificateStatusRequests": [
+            {"certificateHashData": hash_data, "source": "OCSP",
+             "urls": ["http://ocsp.example"]}]},
+         lambda r: r["certificateStatus"][0]["status"] == "Failed"),
+    ]
+    with connected(server, name, "ocpp2.1") as st:
+        for action, payload, ok in messages:
+            assert ok(st.call(action, payload)), action
+    _, kept = server.api("GET", f"/stations/{name}/messages?limit=100")
+    # (After the certificate-service messages of the test before, on the same station.)
+    actions = [m["action"] for m in kept["messages"]]
+    assert actions[-len(messages):] == [a for a, _, _ in messages]
