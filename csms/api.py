@@ -339,6 +339,32 @@ class StationMessageList(_Model):
     """Pass as ``after`` for the next page; null when this page is the last."""
 
 
+class SecurityEventsQuery(_Model):
+    """Filters of ``GET /security-events``."""
+
+    kind: str | None = Field(None, pattern=r"^[A-Za-z0-9_]{1,64}$")
+    """Only events of this kind (bad_password, tls_failed, api_token_invalid, ...)."""
+    after: int = Field(0, ge=0, le=2**63 - 1)
+    limit: int = Field(100, ge=1, le=1000)
+
+
+class SecurityEventOut(_Model):
+    """Something the CSMS refused or noticed at its doors (never a credential)."""
+
+    id: int
+    at: str
+    peer: str | None
+    kind: str
+    detail: str | None
+
+
+class SecurityEventList(_Model):
+    """A page of the CSMS's security events, oldest first."""
+
+    events: list[SecurityEventOut]
+    next_after: int | None
+
+
 class SessionsQuery(_Model):
     """Filters of ``GET /sessions``."""
 
@@ -611,6 +637,9 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/sessions/{station_id}/{transaction_id}/meter-values", "get_meter_values",
           "Every meter value of one transaction", MeterValues, errors=(404,)),
     Route("GET", "/cdrs", "list_cdrs", "List charge detail records", CdrList),
+    Route("GET", "/security-events", "list_security_events",
+          "What the CSMS refused at its doors (connections, credentials, API tokens)",
+          SecurityEventList, query=SecurityEventsQuery, errors=(422,)),
     Route("GET", "/stations/{station_id}/messages", "list_station_messages",
           "Events, security events, reports and status notices a station sent",
           StationMessageList, query=StationMessagesQuery, errors=(404, 422)),
@@ -1016,6 +1045,15 @@ class OperatorAPI:
         return _json(StationMessageList.model_validate({
             "messages": page,
             "next_after": page[-1]["id"] if len(rows) > query.limit else None}))
+
+    async def list_security_events(self, request: web.Request) -> web.Response:
+        """``GET /security-events?kind=...&after=...&limit=...``."""
+        query = SecurityEventsQuery.model_validate(dict(request.query))
+        rows = self.core.store.security_events_page(after_id=query.after,
+                                                    limit=query.limit + 1, kind=query.kind)
+        page = rows[:query.limit]
+        return _json(SecurityEventList.model_validate({
+            "events": page, "next_after": page[-1]["id"] if len(rows) > query.limit else None}))
 
     async def list_cdrs(self, request: web.Request) -> web.Response:
         """``GET /cdrs``."""

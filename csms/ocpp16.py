@@ -57,6 +57,10 @@ TRIGGER_MESSAGES_16 = frozenset({"BootNotification", "DiagnosticsStatusNotificat
                                  "FirmwareStatusNotification", "Heartbeat", "MeterValues",
                                  "StatusNotification"})
 
+#: Asked for with the security whitepaper's ExtendedTriggerMessage (its wire name).
+EXTENDED_TRIGGERS_16 = {"LogStatusNotification": "LogStatusNotification",
+                        "SignChargingStationCertificate": "SignChargePointCertificate"}
+
 # 1.6 StopTransaction reasons -> 2.0.1 stoppedReason.
 
 def message_digest(action: str, payload: dict[str, Any]) -> str:
@@ -311,15 +315,18 @@ class CSMS16(ShellBase):
 
     async def trigger_message(self, message: TriggerMessageName,
                               evse_id: int | None = None) -> dict[str, Any]:
-        """TriggerMessage."""
-        if message not in TRIGGER_MESSAGES_16:
-            raise InvalidOperation("message", f"OCPP 1.6 can trigger only "
-                                              f"{', '.join(sorted(TRIGGER_MESSAGES_16))}")
+        """TriggerMessage; the security whitepaper's ExtendedTriggerMessage for a log
+        status or a new station certificate (SignChargePointCertificate)."""
+        extended = EXTENDED_TRIGGERS_16.get(message)
+        if message not in TRIGGER_MESSAGES_16 and extended is None:
+            allowed = sorted(TRIGGER_MESSAGES_16 | EXTENDED_TRIGGERS_16.keys())
+            raise InvalidOperation("message", f"OCPP 1.6 can trigger only {', '.join(allowed)}")
         self._check_evse_arg(evse_id)
-        payload: dict[str, Any] = {"requestedMessage": message}
+        payload: dict[str, Any] = {"requestedMessage": extended or message}
         if evse_id is not None:
             payload["connectorId"] = evse_id
-        return answer(await self.call_json("TriggerMessage", payload))
+        action = "TriggerMessage" if extended is None else "ExtendedTriggerMessage"
+        return answer(await self.call_json(action, payload))
 
     async def reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,
                           evse_id: int | None = None, id_token_type: IdTokenType = "Central",

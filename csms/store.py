@@ -1114,6 +1114,18 @@ class Store:
         row = self._one(f"SELECT COUNT(*) AS n FROM {table}")
         return int((row or {}).get("n") or 0)
 
+    def security_events_page(self, *, after_id: int = 0, limit: int = 100,
+                             kind: str | None = None) -> list[dict[str, Any]]:
+        """Security events after ``after_id``, oldest first, with their ``id``."""
+        where: list[str] = ["rowid > ?"]
+        params: list[Any] = [after_id]
+        if kind is not None:
+            where.append("kind = ?")
+            params.append(kind)
+        return self._rows("SELECT rowid AS id, at, peer, kind, detail FROM security_events "
+                          f"WHERE {' AND '.join(where)} ORDER BY rowid LIMIT ?",
+                          [*params, limit])
+
     def security_events(self) -> list[dict[str, Any]]:
         """All recorded security events, oldest first."""
         return self._rows("SELECT at, peer, kind, detail FROM security_events ORDER BY rowid")

@@ -43,6 +43,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from evtwin.csms.api import hash_token
@@ -778,13 +779,25 @@ def _csr(cn: str) -> tuple[str, Any]:
 
 @pytest.mark.parametrize("protocol", VERSIONS)
 def test_station_certificate_signed_on_request(server: Server, protocol: str) -> None:
-    """A03 (and the 1.6 security whitepaper): the station's CSR is checked and its
+    """A02/A03 (and the 1.6 security whitepaper): asked to (TriggerMessage, 1.6
+    ExtendedTriggerMessage) or of its own accord, the station sends a CSR; it is checked and its
     certificate, issued by the station CA, comes back in CertificateSigned; a CSR for
     another identity is Rejected, and so (2.x) is a V2G certificate request."""
     v16 = protocol == "ocpp1.6"
     name = f"CERT-{suffix(protocol)}"
     with connected(server, name, protocol) as st:
         st.replies["CertificateSigned"] = {"status": "Accepted"}
+        # A02: the operator asks the station to renew its certificate.
+        st.replies["ExtendedTriggerMessage" if v16 else "TriggerMessage"] = {
+            "status": "Accepted"}
+        assert server.op(name, "trigger-message", {
+            "message": "SignChargingStationCertificate"})["status"] == "Accepted"
+        if v16:
+            assert st.wait_call("ExtendedTriggerMessage") == {
+                "requestedMessage": "SignChargePointCertificate"}
+        else:
+            assert st.wait_call("TriggerMessage") == {
+                "requestedMessage": "SignChargingStationCertificate"}
         csr, key = _csr(name)
         request: dict[str, Any] = {"csr": csr}
         if not v16:
@@ -867,3 +880,20 @@ def test_ocpp21_station_messages_are_answered_and_kept(server: Server) -> None:
     # (After the certificate-service messages of the test before, on the same station.)
     actions = [m["action"] for m in kept["messages"]]
     assert actions[-len(messages):] == [a for a, _, _ in messages]
+
+
+def test_security_events_are_listed_by_kind_and_page(server: Server) -> None:
+    """An unknown station is refused before any OCPP message; the refusal is a security
+    event the operator API lists (by kind, a page at a time)."""
+    for n in range(3):
+        with pytest.raises(InvalidStatus):
+            connect(f"ws://127.0.0.1:{server.port}/ocpp/STRANGER{n}",
+                    subprotocols=["ocpp2.0.1"], open_timeout=TIMEOUT_S)  # type: ignore[list-item]
+    status, first = server.api("GET", "/security-events?kind=unknown_station&limit=2")
+    assert status == 200 and len(first["events"]) == 2
+    status, rest = server.api("GET", "/security-events?kind=unknown_station&limit=2"
+                                     f"&after={first['next_after']}")
+    events = first["events"] + rest["events"]
+    assert [e["kind"] for e in events] == ["unknown_station"] * 3
+    assert all("STRANGER" in (e["detail"] or "") for e in events)
+    assert server.api("GET", "/security-events?kind=no%20such")[0] == 422
