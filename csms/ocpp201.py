@@ -110,8 +110,6 @@ class Handlers201(ShellBase):
     on_notify_customer_information = recorded("NotifyCustomerInformation")
     on_notify_display_messages = recorded("NotifyDisplayMessages")
     on_reservation_status_update = recorded("ReservationStatusUpdate")
-    on_notify_ev_charging_schedule = recorded("NotifyEVChargingSchedule",
-                                              {"status": "Accepted"})
     on_data_transfer = recorded("DataTransfer", DATA_TRANSFER_ANSWER)
     # ISO 15118 certificate services need a V2G PKI and an OCSP responder this CSMS
     # does not have: answered Failed, as the spec has them answer when they cannot.
@@ -177,6 +175,40 @@ class Handlers201(ShellBase):
                 limit *= self.core.config.nominal_voltage_v * n
             out = limit if out is None else min(out, limit)
         return out
+
+    @wire("NotifyEVChargingSchedule")
+    def on_notify_ev_charging_schedule(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """NotifyEVChargingSchedule (K15-K17): kept; Accepted when the EV plans within
+        the limit the CSMS gave its EVSE, else Rejected and the control cycle made due,
+        so the station gets the limit again (renegotiation)."""
+        evse_id = payload["evseId"]
+        with unknown_evse_is_a_property_violation():
+            self.core.check_evse(self.id, evse_id)
+        self.core.on_station_message(self.id, "NotifyEVChargingSchedule", payload)
+        schedule = payload["chargingSchedule"]
+        phases = self.core.station(self.id).evse(evse_id).phases
+        planned_w = []
+        for period in schedule["chargingSchedulePeriod"]:
+            if period.get("limit") is None:
+                continue
+            value = float(period["limit"])
+            if schedule["chargingRateUnit"] == "A":
+                value *= self.core.config.nominal_voltage_v * int(
+                    period.get("numberPhases", phases))
+            planned_w.append(value)
+        limit_w = self.core.sent_limits_w.get((self.id, evse_id))
+        if limit_w is not None and planned_w and max(planned_w) > limit_w * 1.01 + 1.0:
+            log.info("%s: EV on EVSE %d plans %.0f W above its limit %.0f W", self.id,
+                     evse_id, max(planned_w), limit_w, extra={
+                         "event": "ev_schedule_rejected", "station": self.id,
+                         "evse": evse_id})
+            # Sent again at the next cycle, which is due now.
+            self.core.sent_limits_w.pop((self.id, evse_id), None)
+            self.core.sessions_changed = True
+            return {"status": "Rejected", "statusInfo": {
+                "reasonCode": "AboveLimit",
+                "additionalInfo": f"the EVSE's limit is {limit_w:.0f} W"}}
+        return {"status": "Accepted"}
 
     @wire("ClearedChargingLimit")
     def on_cleared_charging_limit(self, payload: dict[str, Any]) -> dict[str, Any]:

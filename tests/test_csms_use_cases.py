@@ -741,7 +741,8 @@ def test_a_16_connector_available_after_a_reboot_ends_its_transaction(server: Se
 def test_external_charging_limit_caps_the_evse_until_cleared(server: Server,
                                                              protocol: str) -> None:
     """K12/K13: a limit the station reports from an EMS caps what the CSMS gives the
-    EVSE until the station reports it cleared (site limit 7 kW)."""
+    EVSE until the station reports it cleared (site limit 7 kW); K15-K17: the EV's own
+    schedule is accepted within the limit, rejected (and the limit sent again) above."""
     name = f"LIM-{suffix(protocol)}"
     tx = f"LIM-{protocol}"
 
@@ -755,6 +756,20 @@ def test_external_charging_limit_caps_the_evse_until_cleared(server: Server,
         st.replies["SetChargingProfile"] = {"status": "Accepted"}
         start_tx(st, tx, "OK3", 1000.0)
         st.wait_call("SetChargingProfile", lambda p: limit(p) == 7000.0)
+        # K17: an EV planning above its limit is Rejected and the limit sent again.
+        def ev_schedule(watts: float) -> dict[str, Any]:
+            return {"timeBase": now_iso(), "evseId": 1, "chargingSchedule": {
+                "id": 1, "chargingRateUnit": "W",
+                "chargingSchedulePeriod": [{"startPeriod": 0, "limit": watts}]}}
+        deadline = time.monotonic() + TIMEOUT_S  # the CSMS has noted the accepted limit
+        while session(server, name, tx)["limit_w"] != 7000.0:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        reply = st.call("NotifyEVChargingSchedule", ev_schedule(11_000.0))
+        assert reply["status"] == "Rejected"
+        st.wait_call("SetChargingProfile", lambda p: limit(p) == 7000.0)
+        assert st.call("NotifyEVChargingSchedule", ev_schedule(6_500.0)) == {
+            "status": "Accepted"}
         st.call("NotifyChargingLimit", {
             "evseId": 1, "chargingLimit": {"chargingLimitSource": "EMS"},
             "chargingSchedule": [{"id": 1, "chargingRateUnit": "W",
