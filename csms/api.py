@@ -516,6 +516,22 @@ class GetLogBody(_Model):
     retry_interval_s: int | None = Field(None, ge=0)
 
 
+class DefaultTariffBody(_Model):
+    """Send the CSMS's [tariff] to a 2.1 station (SetDefaultTariff)."""
+
+    evse_id: int = Field(0, ge=0)
+    """0: every EVSE of the station."""
+    tariff_id: str | None = Field(None, min_length=1, max_length=60)
+    """Absent: evtwin-default."""
+
+
+class ClearTariffsBody(_Model):
+    """Remove tariffs from a 2.1 station (ClearTariffs)."""
+
+    evse_id: int | None = Field(None, ge=0)
+    tariff_ids: list[str] | None = Field(None, min_length=1)
+
+
 class VariablesQuery(_Model):
     """Filters of ``GET /stations/{station_id}/variables``."""
 
@@ -597,6 +613,8 @@ class OperationAnswer(_Model):
     """GetChargingProfiles: evse_id, charging_limit_source, charging_profile (as sent)."""
     variables: list[dict[str, Any]] | None = None
     """get/set-variables, base-report (1.6): per variable its status and value."""
+    tariff_id: str | None = None
+    """default-tariff: the id the tariff was sent under."""
 
 
 # --------------------------------------------------------------------------- routes
@@ -689,6 +707,10 @@ ROUTES: tuple[Route, ...] = (
                "Have the station install firmware"),
     _operation("get-log", "get_log", GetLogBody,
                "Have the station upload a log or diagnostics"),
+    _operation("default-tariff", "default_tariff", DefaultTariffBody,
+               "Send the CSMS's tariff to a 2.1 station (SetDefaultTariff)"),
+    _operation("clear-tariffs", "clear_tariffs", ClearTariffsBody,
+               "Remove tariffs from a 2.1 station (ClearTariffs)"),
     Route("GET", "/stations/{station_id}/variables", "list_variables",
           "The station's device model (2.x) or configuration (1.6) as last reported",
           VariableList, query=VariablesQuery, errors=(404, 422)),
@@ -1178,6 +1200,16 @@ class OperatorAPI:
         return await self._operate(request, GetLogBody, lambda shell, b: (
             shell.get_log(b.location, b.log_type, oldest=b.oldest, latest=b.latest,
                           retries=b.retries, retry_interval_s=b.retry_interval_s)))
+
+    async def default_tariff(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/default-tariff``."""
+        return await self._operate(request, DefaultTariffBody, lambda shell, b: (
+            shell.set_default_tariff(b.evse_id, b.tariff_id)))
+
+    async def clear_tariffs(self, request: web.Request) -> web.Response:
+        """``POST /stations/{station_id}/clear-tariffs``."""
+        return await self._operate(request, ClearTariffsBody, lambda shell, b: (
+            shell.clear_tariffs(b.evse_id, b.tariff_ids)))
 
     async def list_variables(self, request: web.Request) -> web.Response:
         """``GET /stations/{station_id}/variables?component=...&variable=...``."""

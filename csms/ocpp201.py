@@ -712,6 +712,39 @@ class Handlers201(ShellBase):
         result = await self.call_json("GetLog", payload)
         return answer(result, request_id=request_id, filename=result.get("filename"))
 
+    async def set_default_tariff(self, evse_id: int = 0, tariff_id: str | None = None
+                                 ) -> dict[str, Any]:
+        """SetDefaultTariff (2.1) with the CSMS's ``[tariff]``: price per kWh, per minute
+        charging and a fixed fee per session (the export credit has no place in it)."""
+        if self.version == "2.0.1":
+            return await super().set_default_tariff(evse_id, tariff_id)
+        self._check_evse_arg(evse_id)
+        t = self.core.config.tariff
+        tariff_id = tariff_id or "evtwin-default"
+        tariff: dict[str, Any] = {"tariffId": tariff_id, "currency": t.currency,
+                                  "energy": {"prices": [{"priceKwh": t.energy_per_kwh}]}}
+        if t.time_per_hour:
+            tariff["chargingTime"] = {"prices": [{"priceMinute": t.time_per_hour / 60.0}]}
+        if t.session_fee:
+            tariff["fixedFee"] = {"prices": [{"priceFixed": t.session_fee}]}
+        result = await self.call_json("SetDefaultTariff", {"evseId": evse_id, "tariff": tariff})
+        return answer(result, tariff_id=tariff_id)
+
+    async def clear_tariffs(self, evse_id: int | None = None,
+                            tariff_ids: Sequence[str] | None = None) -> dict[str, Any]:
+        """ClearTariffs (2.1): Accepted when every tariff named (or all) was cleared."""
+        if self.version == "2.0.1":
+            return await super().clear_tariffs(evse_id, tariff_ids)
+        self._check_evse_arg(evse_id)
+        payload: dict[str, Any] = {}
+        if tariff_ids:
+            payload["tariffIds"] = list(tariff_ids)
+        if evse_id is not None:
+            payload["evseId"] = evse_id
+        result = await self.call_json("ClearTariffs", payload)
+        statuses = [r["status"] for r in result["clearTariffsResult"]]
+        return {"status": next((st for st in statuses if st != "Accepted"), "Accepted")}
+
     async def cost_updated(self, transaction_id: str, total_cost: float) -> dict[str, Any]:
         """CostUpdated: the running cost of a transaction (its answer is empty)."""
         await self.call_json("CostUpdated", {"totalCost": total_cost,

@@ -1229,6 +1229,19 @@ class ShellBase(ABC):
         GetDiagnostics for DiagnosticsLog, the security whitepaper's GetLog else).
         Returns ``status``, ``filename`` and ``request_id`` where they apply."""
 
+    async def set_default_tariff(self, evse_id: int = 0, tariff_id: str | None = None
+                                 ) -> dict[str, Any]:
+        """Tell a 2.1 station the CSMS's tariff (SetDefaultTariff). InvalidOperation
+        before 2.1."""
+        raise InvalidOperation("", f"SetDefaultTariff needs OCPP 2.1; the station speaks "
+                                   f"{self.version}")
+
+    async def clear_tariffs(self, evse_id: int | None = None,
+                            tariff_ids: Sequence[str] | None = None) -> dict[str, Any]:
+        """Remove tariffs from a 2.1 station (ClearTariffs). InvalidOperation before 2.1."""
+        raise InvalidOperation("", f"ClearTariffs needs OCPP 2.1; the station speaks "
+                                   f"{self.version}")
+
     def _keep_variables(self, rows: list[dict[str, Any]], source: str) -> None:
         self.core.store.record_variables(self.id, rows, source=source,
                                          at=iso(self.core.clock()))

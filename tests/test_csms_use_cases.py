@@ -667,6 +667,18 @@ def test_running_cost_and_total_cost(server: Server, protocol: str) -> None:
     with connected(server, name, protocol) as st:
         st.replies["SetChargingProfile"] = {"status": "Accepted"}
         st.replies["CostUpdated"] = {}
+        st.replies["SetDefaultTariff"] = {"status": "Accepted"}
+        st.replies["ClearTariffs"] = {"clearTariffsResult": [{"status": "Accepted"}]}
+        if protocol == "ocpp2.1":  # 2.1 tariffs: the tariff itself, on the wire
+            assert server.op(name, "default-tariff", {"evse_id": 0}) == {
+                "status": "Accepted", "tariff_id": "evtwin-default"}
+            sent = st.wait_call("SetDefaultTariff")
+            assert sent["tariff"]["energy"]["prices"] == [{"priceKwh": 0.4}]
+            assert sent["tariff"]["fixedFee"]["prices"] == [{"priceFixed": 1.0}]
+            assert server.op(name, "clear-tariffs", {"tariff_ids": ["evtwin-default"]}
+                             )["status"] == "Accepted"
+        else:
+            assert server.api("POST", f"/stations/{name}/default-tariff", {})[0] == 422
         start_tx(st, tx, "OK1", 10_000.0)
         st.call("TransactionEvent", tx_2x("Updated", 1, tx, 15_000.0))
         sent = st.wait_call("CostUpdated")
