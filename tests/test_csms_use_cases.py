@@ -62,7 +62,8 @@ LATER = (datetime.now(UTC) + timedelta(days=30)).strftime("%Y-%m-%dT%H:%M:%SZ")
 CONFIG = f"""
 [control]
 strategy = "equal_share"
-interval_s = 1
+# Long: every cycle a test waits for is one an event made due at once.
+interval_s = 60
 
 [tariff]
 energy_per_kwh = 0.40
@@ -102,11 +103,12 @@ port = 0
 token_hash = "{hash_token(TOKEN)}"
 """
 STATIONS = [f"{name}-{v}" for name in ("AUTH", "LIST", "DM", "FW", "OPS", "COST", "E14",
-                                        "LIM", "CONC", "CERT", "MISC")
+                                        "LIM", "CONC", "CERT", "MISC", "NEEDS")
             for v in ("16", "201", "21")]
-# Each station a site of its own; LIM's have a 7 kW limit.
+# Each station a site of its own; LIM's and NEEDS's have a 7 kW limit.
 CONFIG += "".join(
-    f'\n[[sites]]\nname = "{s}"\n' + ("limit_kw = 7\n" if s.startswith("LIM") else "")
+    f'\n[[sites]]\nname = "{s}"\n' + ("limit_kw = 7\n" if s.startswith(("LIM", "NEEDS"))
+                                        else "")
     + f'\n[[stations]]\nid = "{s}"\nsite = "{s}"\nevse_max_kw = [11, 11]\n'
     for s in STATIONS)
 
@@ -924,3 +926,28 @@ def test_security_events_are_listed_by_kind_and_page(server: Server) -> None:
     assert [e["kind"] for e in events] == ["unknown_station"] * 3
     assert all("STRANGER" in (e["detail"] or "") for e in events)
     assert server.api("GET", "/security-events?kind=no%20such")[0] == 422
+
+
+@pytest.mark.parametrize("protocol", V2X)
+def test_ev_charging_needs_are_answered_with_a_profile_at_once(server: Server,
+                                                               protocol: str) -> None:
+    """K15/K16: the CSMS answers an EV's needs with a schedule right away, not at its next
+    cycle (60 s away here): an EV that can take only 4 kW gets a 4 kW TxProfile."""
+    name = f"NEEDS-{suffix(protocol)}"
+    tx = f"NEEDS-{protocol}"
+
+    def limit(p: dict[str, Any]) -> float | None:
+        profile = p["chargingProfile"]
+        if profile.get("transactionId") != tx:
+            return None
+        return float(profile["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"])
+
+    with connected(server, name, protocol) as st:
+        st.replies["SetChargingProfile"] = {"status": "Accepted"}
+        start_tx(st, tx, "OK2", 1000.0)
+        st.wait_call("SetChargingProfile", lambda p: limit(p) == 7000.0)
+        needs = {"requestedEnergyTransfer": "DC", "dcChargingParameters": {
+            "evMaxCurrent": 100, "evMaxVoltage": 400, "evMaxPower": 4000}}
+        assert st.call("NotifyEVChargingNeeds", {"evseId": 1, "chargingNeeds": needs}
+                       )["status"] == "Accepted"
+        st.wait_call("SetChargingProfile", lambda p: limit(p) == 4000.0)
