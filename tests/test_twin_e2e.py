@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import timedelta
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -162,11 +163,17 @@ def test_equal_share_delivers_the_same_per_session_over_16_and_201(
     assert abs(profiles["1.6"] - profiles["2.0.1"]) < 0.05 * profiles["2.0.1"]
 
 
+@cache
+def _overload_uncontrolled() -> RunResult:
+    """Uncontrolled charging on the overload scenario (no profile is sent, so the
+    protocol does not matter: run once)."""
+    return Twin(load_scenario(OVERLOAD, {"control.strategy": "uncontrolled"})).run()
+
+
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_equal_share_keeps_overload_feeder_inside_limits_where_uncontrolled_does_not(
         protocol: str) -> None:
-    unc = Twin(load_scenario(OVERLOAD, {"control.strategy": "uncontrolled",
-                                        "csms.protocol": protocol})).run()
+    unc = _overload_uncontrolled()
     eq = Twin(load_scenario(OVERLOAD, {"control.strategy": "equal_share",
                                        "csms.protocol": protocol})).run()
     limit_kw = unc.scenario.sites[0].limit_kw
@@ -180,7 +187,7 @@ def test_equal_share_keeps_overload_feeder_inside_limits_where_uncontrolled_does
     assert eq.kpis["minutes_thermal_violation"] == 0
     # ... and it still delivers nearly all the energy.
     assert eq.kpis["energy_unmet_share"] < 5.0
-    assert eq.kpis["ocpp_messages"] > unc.kpis["ocpp_messages"]  # profiles were sent
+    assert eq.kpis["profiles_received"] > 0 == unc.kpis["profiles_received"]
 
 
 def test_limits_in_amperes_are_obeyed_like_limits_in_watts(tmp_path: Path) -> None:
