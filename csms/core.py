@@ -11,7 +11,7 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -93,6 +93,23 @@ def _last_seen(session: Session) -> datetime:
     """The last time a session showed life: its latest meter reading, or its start."""
     last = session.meter_last_at
     return session.started_at if last is None or last < session.started_at else last
+
+
+def live_sessions(sessions: Iterable[Session]) -> list[Session]:
+    """The open sessions the control cycle steers: on each EVSE the one that showed
+    life last (an EVSE serves one EV; another open one there is a transaction whose
+    Ended is lost or still queued, which must take no share of a site's limit and
+    whose id must not get the EVSE's profile)."""
+    live: dict[tuple[str, int], Session] = {}
+    for s in sessions:
+        if not s.is_open:
+            continue
+        key = (s.station_id, s.evse_id)
+        other = live.get(key)
+        if other is None or (_last_seen(s), s.started_at, s.transaction_id) > (
+                _last_seen(other), other.started_at, other.transaction_id):
+            live[key] = s
+    return list(live.values())
 
 
 def _note_charging_state(session: Session, state: str) -> None:
@@ -649,7 +666,7 @@ class CSMSCore:
             sessions = list(self.sessions.values())
         by_site: dict[str, list[SessionView]] = {name: [] for name in self.site_limits}
         stations = self.stations
-        ordered = sorted((s for s in sessions if s.is_open),
+        ordered = sorted(live_sessions(sessions),
                          key=lambda s: (s.station_id, s.evse_id, s.transaction_id))
         for i, s in enumerate(ordered):
             if i and i % chunk == 0:
@@ -790,7 +807,8 @@ class CSMSCore:
             assert view is not None, "limits come with the view they were computed on"
             viewed = {(v.station_id, v.evse_id): v.transaction_id
                       for site in view.sites for v in site.sessions}
-        tx_of = {(s.station_id, s.evse_id): s.transaction_id for s in self.open_sessions()}
+        tx_of = {(s.station_id, s.evse_id): s.transaction_id
+                 for s in live_sessions(self.sessions.values())}
         commands: list[ProfileCommand] = []
         for key, limit_kw in sorted(limits.items()):
             if limit_kw is None or key not in tx_of:
@@ -861,7 +879,7 @@ class CSMSCore:
         """After a station cleared profiles: persist, and forget the controller's
         limits whose TxProfile went with them (the next cycle sends them again)."""
         self.persist_profiles(station_id)
-        for s in self.open_sessions():
+        for s in live_sessions(self.sessions.values()):
             if s.station_id == station_id and not self._has_tx_profile(station_id,
                                                                         s.transaction_id):
                 self.sent_limits_w.pop((station_id, s.evse_id), None)
@@ -906,7 +924,8 @@ class CSMSCore:
         (by the rules the station follows: :mod:`evtwin.ocppj.smartcharging`)."""
         spec = self.station(station_id)
         evse = spec.evse(evse_id)
-        here = [s for s in self.open_sessions() if s.station_id == station_id]
+        here = [s for s in live_sessions(self.sessions.values())
+                if s.station_id == station_id]
         tx = next((s for s in here if s.evse_id == evse_id), None)
         return self.profile_set(station_id).limit_at(
             at or self.clock(), evse_id=evse_id, unit="W", phases=evse.phases,

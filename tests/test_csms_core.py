@@ -830,3 +830,18 @@ def test_stated_needs_make_the_control_cycle_due_at_once(clock: FakeClock,
         energy_transfer="AC_three_phase", departure_time=T0 + timedelta(hours=2),
         energy_amount_wh=20_000.0))
     assert not core.control_due()
+
+
+def test_the_control_cycle_steers_the_live_transaction_of_an_evse(core: CSMSCore) -> None:
+    """Two open transactions on one EVSE (a late Started of an older one, whose Ended is
+    still queued): the live one (latest sign of life) takes the whole share and the
+    profile, whatever the ids' order; the other takes nothing."""
+    start(core, "CS1", 1, "a-live", at=T0 + timedelta(minutes=30))
+    start(core, "CS1", 1, "z-old", at=T0)  # late, older: not ended by the live one
+    assert {s.transaction_id for s in core.open_sessions()} == {"a-live", "z-old"}
+    view = core.control_view()
+    [site] = [s for s in view.sites if s.name == SITE]
+    assert [v.transaction_id for v in site.sessions] == ["a-live"]
+    commands = core.control_commands()
+    assert [(c.evse_id, c.transaction_id) for c in commands if c.station_id == "CS1"] == [
+        (1, "a-live")]
