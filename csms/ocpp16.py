@@ -42,9 +42,11 @@ from .shell import (
     as_variables,
     invalid_message_is_a_call_error,
     limit_period,
+    log_parameters,
     periods_from_wire,
     profile_to_wire_16,
     recorded,
+    retry_fields,
     unknown_evse_is_a_property_violation,
     wire,
 )
@@ -450,11 +452,7 @@ class CSMS16(ShellBase):
                               signing_certificate: str | None = None,
                               signature: str | None = None) -> dict[str, Any]:
         """UpdateFirmware, or SignedUpdateFirmware (security whitepaper) when signed."""
-        extra: dict[str, Any] = {}
-        if retries is not None:
-            extra["retries"] = retries
-        if retry_interval_s is not None:
-            extra["retryInterval"] = retry_interval_s
+        extra = retry_fields(retries, retry_interval_s)
         if signing_certificate is None and signature is None:
             if install_at is not None:
                 raise InvalidOperation("install_at", "OCPP 1.6 UpdateFirmware has no "
@@ -480,11 +478,7 @@ class CSMS16(ShellBase):
                       retries: int | None = None, retry_interval_s: int | None = None
                       ) -> dict[str, Any]:
         """GetDiagnostics (DiagnosticsLog) or the security whitepaper's GetLog (SecurityLog)."""
-        extra: dict[str, Any] = {}
-        if retries is not None:
-            extra["retries"] = retries
-        if retry_interval_s is not None:
-            extra["retryInterval"] = retry_interval_s
+        extra = retry_fields(retries, retry_interval_s)
         if log_type == "DiagnosticsLog":
             payload: dict[str, Any] = {"location": location, **extra}
             if oldest is not None:
@@ -499,11 +493,7 @@ class CSMS16(ShellBase):
             raise InvalidOperation("log_type", "OCPP 1.6 stations upload a DiagnosticsLog or "
                                                "a SecurityLog")
         request_id = self.core.store.next_counter("request_id")
-        log: dict[str, Any] = {"remoteLocation": location}
-        if oldest is not None:
-            log["oldestTimestamp"] = iso(oldest)
-        if latest is not None:
-            log["latestTimestamp"] = iso(latest)
-        result = await self.call_json("GetLog", {"log": log, "logType": log_type,
+        result = await self.call_json("GetLog", {"log": log_parameters(location, oldest, latest),
+                                                 "logType": log_type,
                                                  "requestId": request_id, **extra})
         return answer(result, request_id=request_id, filename=result.get("filename"))

@@ -41,9 +41,11 @@ from .shell import (
     as_variables,
     invalid_message_is_a_call_error,
     limit_period,
+    log_parameters,
     periods_from_wire,
     profile_to_wire_2x,
     recorded,
+    retry_fields,
     unknown_evse_is_a_property_violation,
     version_at_least,
     wire,
@@ -686,11 +688,8 @@ class Handlers201(ShellBase):
             firmware["signingCertificate"] = signing_certificate
         if signature is not None:
             firmware["signature"] = signature
-        payload: dict[str, Any] = {"requestId": request_id, "firmware": firmware}
-        if retries is not None:
-            payload["retries"] = retries
-        if retry_interval_s is not None:
-            payload["retryInterval"] = retry_interval_s
+        payload = {"requestId": request_id, "firmware": firmware,
+                   **retry_fields(retries, retry_interval_s)}
         return answer(await self.call_json("UpdateFirmware", payload), request_id=request_id)
 
     async def get_log(self, location: str, log_type: LogType = "DiagnosticsLog", *,
@@ -699,16 +698,8 @@ class Handlers201(ShellBase):
                       ) -> dict[str, Any]:
         """GetLog."""
         request_id = self.core.store.next_counter("request_id")
-        log: dict[str, Any] = {"remoteLocation": location}
-        if oldest is not None:
-            log["oldestTimestamp"] = iso(oldest)
-        if latest is not None:
-            log["latestTimestamp"] = iso(latest)
-        payload: dict[str, Any] = {"log": log, "logType": log_type, "requestId": request_id}
-        if retries is not None:
-            payload["retries"] = retries
-        if retry_interval_s is not None:
-            payload["retryInterval"] = retry_interval_s
+        payload = {"log": log_parameters(location, oldest, latest), "logType": log_type,
+                   "requestId": request_id, **retry_fields(retries, retry_interval_s)}
         result = await self.call_json("GetLog", payload)
         return answer(result, request_id=request_id, filename=result.get("filename"))
 

@@ -618,6 +618,27 @@ class VariableSpec(_Neutral):
                 **{k: v for k, v in extra.items() if v is not None}}
 
 
+def retry_fields(retries: int | None, retry_interval_s: int | None) -> dict[str, Any]:
+    """``retries`` / ``retryInterval`` of an upload or download request, those given."""
+    out: dict[str, Any] = {}
+    if retries is not None:
+        out["retries"] = retries
+    if retry_interval_s is not None:
+        out["retryInterval"] = retry_interval_s
+    return out
+
+
+def log_parameters(location: str, oldest: datetime | None, latest: datetime | None
+                   ) -> dict[str, Any]:
+    """LogParametersType (2.x GetLog, 1.6 security whitepaper GetLog)."""
+    log_params: dict[str, Any] = {"remoteLocation": location}
+    if oldest is not None:
+        log_params["oldestTimestamp"] = iso(oldest)
+    if latest is not None:
+        log_params["latestTimestamp"] = iso(latest)
+    return log_params
+
+
 def as_variables(items: Sequence[VariableSpec | Mapping[str, Any]], *, field: str,
                  need_value: bool) -> list[VariableSpec]:
     """Variables given to get/set-variables, checked (InvalidOperation names the item)."""

@@ -351,6 +351,14 @@ def start_tx(st: Station, tx: str, token: str, wh: float = 1000.0, evse: int = 1
     return tx, r["idTokenInfo"]
 
 
+def tx_limit_w(payload: dict[str, Any], tx: str) -> float | None:
+    """The limit a 2.x SetChargingProfile gives transaction ``tx`` (W), else None."""
+    profile = payload["chargingProfile"]
+    if profile.get("transactionId") != tx:
+        return None
+    return float(profile["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"])
+
+
 def session(server: Server, station: str, tx: str) -> dict[str, Any]:
     status, out = server.api("GET", f"/sessions?station={station}")
     assert status == 200
@@ -761,10 +769,7 @@ def test_external_charging_limit_caps_the_evse_until_cleared(server: Server,
     tx = f"LIM-{protocol}"
 
     def limit(p: dict[str, Any]) -> float | None:
-        profile = p["chargingProfile"]
-        if profile.get("transactionId") != tx:
-            return None
-        return float(profile["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"])
+        return tx_limit_w(p, tx)
 
     with connected(server, name, protocol) as st:
         st.replies["SetChargingProfile"] = {"status": "Accepted"}
@@ -937,10 +942,7 @@ def test_ev_charging_needs_are_answered_with_a_profile_at_once(server: Server,
     tx = f"NEEDS-{protocol}"
 
     def limit(p: dict[str, Any]) -> float | None:
-        profile = p["chargingProfile"]
-        if profile.get("transactionId") != tx:
-            return None
-        return float(profile["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"])
+        return tx_limit_w(p, tx)
 
     with connected(server, name, protocol) as st:
         st.replies["SetChargingProfile"] = {"status": "Accepted"}
