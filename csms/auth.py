@@ -7,8 +7,10 @@ written once and free of I/O:
 - a provisioned token has its own status (``Accepted``, ``Blocked``, ...) and is
   ``Expired`` after its expiry time;
 - with ``allow_concurrent_tx`` false, a token already in an open transaction
-  is ``ConcurrentTx`` (never a master pass: it exists to stop other people's
-  transactions);
+  is ``ConcurrentTx`` in the answer to a transaction's start (the only answer the
+  status is meant for: 1.6 StartTransaction, 2.x TransactionEvent Started; an
+  Authorize to stop a session is never refused so), never for a master pass;
+- id tokens are case-insensitive (CiString in both versions): ``tag1`` is ``TAG1``;
 - a token's group goes with every answer (2.x ``groupIdToken``, 1.6
   ``parentIdTag``), so a station lets any token of the group stop the
   transaction (C09); a token of the master pass group stops any transaction
@@ -82,8 +84,8 @@ class TokenInfo:
         out: dict[str, Any] = {"status": _STATUS_16.get(self.status, "Invalid")}
         if self.expires_at is not None:
             out["expiryDate"] = iso(self.expires_at)
-        if self.group is not None:
-            out["parentIdTag"] = self.group[:20]
+        if self.group is not None and len(self.group) <= 20:  # 1.6: CiString20
+            out["parentIdTag"] = self.group
         return out
 
 
@@ -92,19 +94,23 @@ class Authorizer:
 
     def __init__(self, records: Iterable[TokenRecord], *, master_pass_group: str | None = None,
                  allow_concurrent_tx: bool = True) -> None:
-        self.records = {r.id_token: r for r in records}
+        self.records = {r.id_token.casefold(): r for r in records}
         self.master_pass_group = master_pass_group
         self.allow_concurrent_tx = allow_concurrent_tx
 
+    def record(self, id_token: str) -> TokenRecord | None:
+        """The provisioned token, matched case-insensitively."""
+        return self.records.get(id_token.casefold())
+
     def is_master_pass(self, id_token: str) -> bool:
-        record = self.records.get(id_token)
+        record = self.record(id_token)
         return (record is not None and self.master_pass_group is not None
                 and record.group == self.master_pass_group)
 
     def info(self, id_token: str, now: datetime, *, in_open_tx: bool = False) -> TokenInfo:
-        """The answer for ``id_token`` at ``now``; ``in_open_tx``: the token is already
-        in another open transaction."""
-        record = self.records.get(id_token)
+        """The answer for ``id_token`` at ``now``; ``in_open_tx``: a transaction starts
+        with it while it is already in another open one."""
+        record = self.record(id_token)
         if record is None:
             return TokenInfo("Invalid")
         status = record.status
@@ -126,6 +132,6 @@ class Authorizer:
             chosen = list(dict.fromkeys(ids))
         out: list[tuple[TokenRecord | None, str, TokenInfo | None]] = []
         for token in chosen:
-            record = self.records.get(token)
+            record = self.record(token)
             out.append((record, token, None if record is None else self.info(token, now)))
         return out

@@ -318,9 +318,9 @@ class TokenEntry(_Strict):
 
     id: str = Field(min_length=1, max_length=255)
     status: TokenStatus = "Accepted"
-    group: str | None = Field(None, min_length=1, max_length=36)
-    """Group id token (2.x groupIdToken, 1.6 parentIdTag): any token of the group may
-    stop a transaction another one started."""
+    group: str | None = Field(None, min_length=1, max_length=20)
+    """Group id token (2.x groupIdToken, 1.6 parentIdTag, at most 20 characters as
+    1.6 allows): any token of the group may stop a transaction another one started."""
     expires: AwareDatetime | None = None
     """After this the token is Expired (and the auth cache drops it then)."""
     local: bool = True
@@ -336,7 +336,7 @@ class TokensSection(_Strict):
     """Tokens that are simply Accepted."""
     entries: list[TokenEntry] = Field(default_factory=list)
     """Tokens with a status, group or expiry of their own."""
-    master_pass_group: str | None = Field(None, min_length=1, max_length=36)
+    master_pass_group: str | None = Field(None, min_length=1, max_length=20)
     """Tokens of this group are master passes: they stop any transaction (OCPP 2.0.1
     C16; set the stations' MasterPassGroupId to the same value)."""
     allow_concurrent_tx: bool = True

@@ -280,14 +280,16 @@ class CSMSCore:
                      extra={"event": "station_security_event", "station": station_id,
                             "type": payload.get("type")})
 
-    def token_info(self, id_token: str, *, transaction: tuple[str, str] | None = None
+    def token_info(self, id_token: str, *, starting: tuple[str, str] | None = None
                    ) -> TokenInfo:
         """What the CSMS answers for ``id_token`` (status, group, expiry: see
-        :mod:`.auth`). ``transaction`` (station, transaction id): the transaction the
-        token comes with, which does not count as another one it is in."""
-        in_open_tx = not self.authorizer.allow_concurrent_tx and any(
-            s.id_token == id_token and s.is_open and key != transaction
-            for key, s in self.sessions.items())
+        :mod:`.auth`). ``starting`` (station, transaction id): the transaction that
+        starts with it, the one answer ConcurrentTx is meant for (when the token is in
+        another open transaction)."""
+        in_open_tx = (starting is not None and not self.authorizer.allow_concurrent_tx
+                      and any(s.is_open and key != starting and s.id_token is not None
+                              and s.id_token.casefold() == id_token.casefold()
+                              for key, s in self.sessions.items()))
         return self.authorizer.info(id_token, self.clock(), in_open_tx=in_open_tx)
 
     def authorize(self, id_token: str) -> str:
@@ -364,7 +366,7 @@ class CSMSCore:
         if not applied:
             # A re-sent message (its seqNo or content is stored): answered as the
             # original was; the copy is dropped and nothing changes.
-            response = self._tx_response(ev.id_token, key)
+            response = self._tx_response(ev.id_token, key, ev.event_type)
             if ev.event_type == "Ended":
                 cost = self.store.cdr_cost(station_id, ev.transaction_id)
                 if cost is not None:
@@ -394,7 +396,7 @@ class CSMSCore:
             self.sent_limits_w.pop((station_id, session.evse_id), None)
             self.profile_set(station_id).end_transaction(ev.transaction_id)
             self.persist_profiles(station_id)
-        response = self._tx_response(ev.id_token, key)
+        response = self._tx_response(ev.id_token, key, ev.event_type)
         if gap and session.is_open:
             response["seq_gap"] = True
         if ev.event_type == "Ended" and cdr is not None:
@@ -524,10 +526,12 @@ class CSMSCore:
             export_last_wh=tx["export_last_wh"], charging_state=tx["charging_state"],
             limit_w=tx["limit_w"])
 
-    def _tx_response(self, id_token: str | None, key: tuple[str, str]) -> dict[str, Any]:
+    def _tx_response(self, id_token: str | None, key: tuple[str, str], event_type: str
+                     ) -> dict[str, Any]:
         response: dict[str, Any] = {}
         if id_token is not None:
-            response["id_token_info"] = self.token_info(id_token, transaction=key)
+            response["id_token_info"] = self.token_info(
+                id_token, starting=key if event_type == "Started" else None)
         return response
 
     def _apply_samples(self, session: Session, samples: tuple[ParsedSample, ...]) -> None:

@@ -100,7 +100,7 @@ class DirectShell:
             self._tx(m, "Started", "Authorized", 0, None, None, m.reading, m.evse_id,
                      id_token=m.id_token, transaction_id=tx_id)
             return d.TransactionAnswer(
-                core.token_info(m.id_token, transaction=(self.id, tx_id)).status, tx_id)
+                core.token_info(m.id_token, starting=(self.id, tx_id)).status, tx_id)
         if isinstance(m, d.TransactionEnded):
             if not v16:
                 return self._tx(m, "Ended", "EVDeparted", m.seq_no, "Idle", m.reason, m.reading,

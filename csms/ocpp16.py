@@ -150,7 +150,7 @@ class CSMS16(ShellBase):
                                             record=payload, digest=digest)
         # The token's status as it was when the transaction started (ConcurrentTx
         # counts transactions other than this one).
-        info = self.core.token_info(id_tag, transaction=(self.id, tx_id))
+        info = self.core.token_info(id_tag, starting=(self.id, tx_id))
         return {"transactionId": int(tx_id), "idTagInfo": info.to_16()}
 
     @wire("MeterValues")
@@ -195,8 +195,7 @@ class CSMS16(ShellBase):
         id_tag = payload.get("idTag")
         if id_tag is None:
             return {}
-        return {"idTagInfo": self.core.token_info(
-            id_tag, transaction=(self.id, str(payload["transactionId"]))).to_16()}
+        return {"idTagInfo": self.core.token_info(id_tag).to_16()}
 
     # -- CSMS-initiated ---------------------------------------------------------
     async def send_limit(self, cmd: ProfileCommand) -> str:
@@ -369,9 +368,6 @@ class CSMS16(ShellBase):
                             entries: list[tuple[Any, str, Any]]) -> dict[str, Any]:
         items = []
         for _record, token, info in entries:
-            if len(token) > ID_TAG_MAX:
-                raise InvalidOperation("tokens", f"{token!r}: OCPP 1.6 id tags have at most "
-                                                 f"{ID_TAG_MAX} characters")
             item: dict[str, Any] = {"idTag": token}
             if info is not None:
                 item["idTagInfo"] = info.to_16()

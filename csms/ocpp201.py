@@ -748,6 +748,7 @@ class CSMS201(Handlers201):
 
     version: ClassVar[str] = "2.0.1"
     known_actions: ClassVar[frozenset[str]] = frozenset(a.value for a in Action201)
+    id_token_max: ClassVar[int] = ID_TOKEN_MAX["2.0.1"]
 
 
 class CSMS21(Handlers201):
@@ -755,6 +756,7 @@ class CSMS21(Handlers201):
 
     version: ClassVar[str] = "2.1"
     known_actions: ClassVar[frozenset[str]] = frozenset(a.value for a in Action21)
+    id_token_max: ClassVar[int] = ID_TOKEN_MAX["2.1"]
 
     # 2.1's messages for the record (DER, battery swap, payment, priority charging).
     on_battery_swap = recorded("BatterySwap")

@@ -672,6 +672,8 @@ class ShellBase(ABC):
 
     known_actions: ClassVar[frozenset[str]] = frozenset()
     version: ClassVar[str] = ""
+    #: The longest id token the version carries (1.6 idTag: 20).
+    id_token_max: ClassVar[int] = 20
     #: Action -> wire handler (see :func:`wire`), collected once per class.
     wire_handlers: ClassVar[dict[str, WireHandler]] = {}
     #: Where handled CALLs are timed (the server sets it per connection); None: not timed.
@@ -1193,6 +1195,15 @@ class ShellBase(ABC):
         unknown = [token for record, token, _ in entries if record is None]
         if update_type == "Full" and unknown:
             raise InvalidOperation("tokens", f"unknown tokens in a full list: {unknown}")
+        too_long = [token for _, token, _ in entries if len(token) > self.id_token_max]
+        if too_long and tokens is not None:
+            raise InvalidOperation("tokens", f"OCPP {self.version} id tokens have at most "
+                                             f"{self.id_token_max} characters: {too_long}")
+        if too_long:  # configured tokens this version cannot carry: left out, said so
+            log.warning("%s: %d tokens too long for OCPP %s left out of the local list",
+                        self.id, len(too_long), self.version, extra={
+                            "event": "local_list_tokens_left_out", "station": self.id})
+            entries = [e for e in entries if len(e[1]) <= self.id_token_max]
         if version is None:
             version = self.core.store.local_list_version(self.id) + 1
         payload = self._local_list_payload(version, update_type, entries)

@@ -34,6 +34,9 @@ def test_statuses_expiry_and_groups() -> None:
     assert a.info("FLEET-A", T0).to_2x() == {
         "status": "Accepted", "groupIdToken": {"idToken": "FLEET", "type": "Central"}}
     assert a.info("FLEET-A", T0).to_16() == {"status": "Accepted", "parentIdTag": "FLEET"}
+    assert a.info("fleet-a", T0).status == "Accepted"  # CiString: case-insensitive
+    # A group 1.6 cannot carry is left out, never cut to another group's name.
+    assert TokenInfo("Accepted", "G" * 21).to_16() == {"status": "Accepted"}
     old = a.info("OLD", T0)
     assert old.to_2x()["cacheExpiryDateTime"].startswith("2026-06-01T13:00:00")
     assert old.to_16()["expiryDate"] == old.to_2x()["cacheExpiryDateTime"]
@@ -61,11 +64,16 @@ def test_core_answers_concurrent_tx_for_a_token_in_an_open_transaction() -> None
     clock = FakeClock()
     core = CSMSCore(make_config(allow_concurrent_tx=False), Store(":memory:"), clock=clock)
     assert start(core, "CS1", 1, "tx-1")["id_token_info"].status == "Accepted"
-    assert core.authorize("TOKEN1") == "ConcurrentTx"
+    # Authorize is never ConcurrentTx (the status is for a start): the driver may stop.
+    assert core.authorize("TOKEN1") == "Accepted"
+    assert core.authorize("token1") == "Accepted"  # id tokens are case-insensitive
     # The same transaction's own events are not "another transaction".
     r = core.on_transaction_event("CS1", tx_event("Updated", 1, "tx-1", T0, id_token="TOKEN1"))
     assert r["id_token_info"].status == "Accepted"
     r = start(core, "CS2", 1, "tx-2")
+    assert r["id_token_info"].status == "ConcurrentTx"
+    r = core.on_transaction_event("CS3", tx_event("Started", 0, "tx-3", T0, id_token="token1",
+                                                  trigger="Authorized"))
     assert r["id_token_info"].status == "ConcurrentTx"
 
 
