@@ -7,7 +7,10 @@ the certificate and sends it back with the CA's certificate as the chain. Checke
 the request is a well-formed CSR whose signature verifies with its own key, and its
 common name is the station's identity (the CN is what security profile 3 checks on
 every connection); its key is an RSA key of at least 2048 bits or an EC key on
-P-256/P-384 (the curves OCPP names).
+P-256/P-384 (the curves OCPP names). The certificate names the station (CN) under
+the CA's organisation; nothing else the request asserts is copied. The CSMS signs
+only for stations that connected with TLS and their password (security profile 2)
+or certificate (3): the config refuses a station CA below profile 2.
 """
 
 from __future__ import annotations
@@ -76,8 +79,14 @@ class StationCA:
              now: dt.datetime | None = None) -> str:
         """The station certificate followed by the CA certificate, PEM."""
         now = now or dt.datetime.now(dt.UTC)
+        # The subject is the CSMS's to say: the station's identity under the
+        # organisation of the CA (what a station asserts beyond its CN is not copied).
+        names = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, str(a.value))
+                 for a in self.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)]
+        cn = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        subject = x509.Name([*names[:1], x509.NameAttribute(NameOID.COMMON_NAME, str(cn))])
         cert = (x509.CertificateBuilder()
-                .subject_name(csr.subject).issuer_name(self.cert.subject)
+                .subject_name(subject).issuer_name(self.cert.subject)
                 .public_key(csr.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - dt.timedelta(minutes=5))
                 .not_valid_after(now + dt.timedelta(days=self.validity_days))

@@ -264,6 +264,9 @@ class SecuritySection(_Strict):
         return self._station_ca_problems() + self._tls_problems()
 
     def _station_ca_problems(self) -> list[tuple[str, str]]:
+        if self.station_ca_cert is not None and self.profile < 2:
+            return [("security.station_ca_cert", "signs station certificates only for "
+                     "stations that authenticate over TLS (profile 2 or 3)")]
         if (self.station_ca_cert is None) != (self.station_ca_key is None):
             missing = "station_ca_key" if self.station_ca_key is None else "station_ca_cert"
             return [(f"security.{missing}", "station_ca_cert and station_ca_key go together")]

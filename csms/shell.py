@@ -720,6 +720,8 @@ class ShellBase(ABC):
         self.core = core
         #: Calls the CSMS makes after answering a station (reconciliation, certificates).
         self._background: set[asyncio.Future[None]] = set()
+        #: A signed certificate is on its way to the station (one at a time).
+        self._signing = False
         #: The last NotifyEVChargingNeeds per EVSE (2.x), also kept on the open session.
         self.ev_charging_needs: dict[int, EVChargingNeeds] = {}
         self._profile_reports: dict[int, ProfileReport] = {}
@@ -743,11 +745,15 @@ class ShellBase(ABC):
         if kind != "ChargingStationCertificate":
             return self._sign_refused("UnsupportedType",
                                       f"this CSMS signs no {kind} (no V2G PKI)")
+        if self._signing:
+            return self._sign_refused("Busy", "a certificate for this station is on its way")
         try:
             csr = ca.check(payload["csr"], self.id)
         except CertificateRequestError as exc:
             return self._sign_refused("InvalidCSR", str(exc))
-        self._in_background(self._send_certificate(ca.sign(csr), kind))
+        self._signing = True
+        self._in_background(self._send_certificate(ca.sign(csr), kind,
+                                                   payload.get("requestId")))
         return {"status": "Accepted"}
 
     def _sign_refused(self, reason: str, why: str) -> dict[str, Any]:
@@ -758,16 +764,20 @@ class ShellBase(ABC):
             out["statusInfo"] = {"reasonCode": reason, "additionalInfo": why[:512]}
         return out
 
-    async def _send_certificate(self, chain: str, kind: str) -> None:
-        payload = {"certificateChain": chain}
+    async def _send_certificate(self, chain: str, kind: str, request_id: int | None) -> None:
+        payload: dict[str, Any] = {"certificateChain": chain}
         if self.version != "1.6":
             payload["certificateType"] = kind
+        if request_id is not None:  # 2.1: the request it answers
+            payload["requestId"] = request_id
         try:
             result = await self.call_json("CertificateSigned", payload)
         except (CallFailed, TimeoutError, ConnectionError) as exc:
             log.warning("%s: CertificateSigned not delivered: %s", self.id, exc,
                         extra={"event": "certificate_not_delivered", "station": self.id})
             return
+        finally:
+            self._signing = False
         log.info("%s: certificate signed, station answers %s", self.id, result["status"],
                  extra={"event": "certificate_signed", "station": self.id,
                         "status": result["status"]})
@@ -901,6 +911,8 @@ class ShellBase(ABC):
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
+            for task in list(self._background):  # nobody left to ask or tell
+                task.cancel()
             for event in self._endpoint.close():
                 future = event.call.context
                 if future is not None and not future.done():

@@ -536,18 +536,25 @@ tls_cert_2 = "{pki.server_rsa.cert}"
 
 def test_config_takes_a_station_ca_and_names_its_problems(tmp_path: Path, pki: PKI) -> None:
     ca_key = pki.ca.with_suffix(".key")
-    path = _write(tmp_path, f'[security]\nstation_ca_cert = "{pki.ca}"\n'
-                            f'station_ca_key = "{ca_key}"\nstation_cert_days = 30\n')
+    tls = (f'[security]\nprofile = 3\ntls_cert = "{pki.server_ec.cert}"\n'
+           f'tls_key = "{pki.server_ec.key}"\nca_cert = "{pki.ca}"\n')
+    path = _write(tmp_path, tls + f'station_ca_cert = "{pki.ca}"\n'
+                                  f'station_ca_key = "{ca_key}"\nstation_cert_days = 30\n')
     ca = load_config(path).security.station_ca()
     assert ca is not None and ca.validity_days == 30
-    path = _write(tmp_path, f'[security]\nstation_ca_cert = "{pki.ca}"\n')
+    path = _write(tmp_path, tls + f'station_ca_cert = "{pki.ca}"\n')
     with pytest.raises(FileConfigError, match=r"security\.station_ca_key: .*go together"):
         load_config(path)
-    path = _write(tmp_path, f'[security]\nstation_ca_cert = "{pki.ca}"\n'
-                            f'station_ca_key = "{pki.cs1.key}"\n')
+    path = _write(tmp_path, tls + f'station_ca_cert = "{pki.ca}"\n'
+                                  f'station_ca_key = "{pki.cs1.key}"\n')
     with pytest.raises(FileConfigError, match=r"security\.station_ca_key: .*does not belong"):
         load_config(path)
-    path = _write(tmp_path, f'[security]\nstation_ca_cert = "{tmp_path / "nope.pem"}"\n'
-                            f'station_ca_key = "{ca_key}"\n')
+    path = _write(tmp_path, tls + f'station_ca_cert = "{tmp_path / "nope.pem"}"\n'
+                                  f'station_ca_key = "{ca_key}"\n')
     with pytest.raises(FileConfigError, match=r"security\.station_ca_cert: file not found"):
+        load_config(path)
+    # Without TLS and station authentication anyone could ask for a station's certificate.
+    path = _write(tmp_path, f'[security]\nstation_ca_cert = "{pki.ca}"\n'
+                            f'station_ca_key = "{ca_key}"\n')
+    with pytest.raises(FileConfigError, match=r"security\.station_ca_cert: .*profile 2 or 3"):
         load_config(path)

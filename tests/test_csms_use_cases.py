@@ -2,10 +2,11 @@
 for each version a use case exists in.
 
 One CSMS process serves the whole module (each test uses its own stations, tokens and
-transactions). The station side is written here, not taken from evtwin: a websocket
-client that checks every CALL the CSMS sends against the OCPP specification's own
-JSON schemas (with the ``jsonschema`` library, not evtwin's validator) and answers it
-as a scripted station would. The operator side is plain HTTP to the operator API.
+transactions), under security profile 2: TLS and each station's password. The
+station side is written here, not taken from evtwin: a websocket client that checks
+every CALL the CSMS sends against the OCPP specification's own JSON schemas (with
+the ``jsonschema`` library, not evtwin's validator) and answers it as a scripted
+station would. The operator side is plain HTTP to the operator API.
 
 Covered: authorization (C01/C09/C12/C16, token statuses, groups, master pass,
 ConcurrentTx, expiry), local authorization lists and the auth cache (D01-D04, C11),
@@ -19,9 +20,11 @@ seqNo gap (E14), 1.6 reboot reconciliation, and external charging limits (K12-K1
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
+import ssl
 import subprocess
 import sys
 import threading
@@ -47,7 +50,8 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from evtwin.csms.api import hash_token
-from tests.pki import make_pki
+from evtwin.csms.security import hash_password
+from tests.pki import client_ctx, make_pki
 
 pytestmark = pytest.mark.slow
 
@@ -113,6 +117,15 @@ CONFIG += "".join(
     for s in STATIONS)
 
 
+PASSWORD = "use-cases-station-password-0123"
+
+
+def basic_auth(station: str) -> dict[str, str]:
+    """Security profile 2: the station's identity and password, HTTP Basic."""
+    return {"Authorization": "Basic " + base64.b64encode(
+        f"{station}:{PASSWORD}".encode()).decode()}
+
+
 def suffix(protocol: str) -> str:
     return {"ocpp1.6": "16", "ocpp2.0.1": "201", "ocpp2.1": "21"}[protocol]
 
@@ -125,6 +138,7 @@ class Server:
     port: int = 0
     api_url: str = ""
     ca_paths: tuple[str, ...] = ()
+    tls: ssl.SSLContext | None = None
 
     def wait_log(self, where: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
         deadline = time.monotonic() + TIMEOUT_S
@@ -158,10 +172,14 @@ class Server:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     tmp = tmp_path_factory.mktemp("use_cases")
     pki = make_pki(tmp)
-    ca_key = next(p for p in tmp.glob("ca.key"))
-    (tmp / "csms.toml").write_text(
-        CONFIG.replace("[tokens]", f'[security]\nstation_ca_cert = "{pki.ca}"\n'
-                                   f'station_ca_key = "{ca_key}"\n\n[tokens]', 1))
+    # Security profile 2 (TLS and each station's password), with a station CA.
+    security = (f'[security]\nprofile = 2\ntls_cert = "{pki.server_ec.cert}"\n'
+                f'tls_key = "{pki.server_ec.key}"\nstation_ca_cert = "{pki.ca}"\n'
+                f'station_ca_key = "{pki.ca.with_suffix(".key")}"\n\n')
+    config = security + CONFIG.replace(
+        "evse_max_kw = [11, 11]\n",
+        f'evse_max_kw = [11, 11]\npassword_hash = "{hash_password(PASSWORD)}"\n')
+    (tmp / "csms.toml").write_text(config)
     proc = subprocess.Popen(
         [sys.executable, "-m", "evtwin.sim.cli", "csms", "serve", "--host", "127.0.0.1",
          "--port", "0", "--db", str(tmp / "csms.sqlite"), "--config", str(tmp / "csms.toml")],
@@ -182,6 +200,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
         srv.port = int(listening["port"])
         srv.api_url = listening["api_url"]
         srv.ca_paths = (str(pki.ca),)
+        srv.tls = client_ctx(pki)
         yield srv
     finally:
         proc.kill()
@@ -292,8 +311,9 @@ class Station:
 @contextmanager
 def connected(server: Server, name: str, protocol: str, *, boot: bool = True
               ) -> Iterator[Station]:
-    with connect(f"ws://127.0.0.1:{server.port}/ocpp/{name}", subprotocols=[protocol],  # type: ignore[list-item]
-                 open_timeout=TIMEOUT_S) as ws:
+    with connect(f"wss://127.0.0.1:{server.port}/ocpp/{name}", subprotocols=[protocol],  # type: ignore[list-item]
+                 open_timeout=TIMEOUT_S, ssl=server.tls,
+                 additional_headers=basic_auth(name)) as ws:
         st = Station(ws, protocol)
         if boot:
             st.boot()
@@ -729,6 +749,11 @@ def test_transaction_status_after_a_reboot_and_after_a_seq_no_gap(server: Server
         # Events 2 and 3 of the live one never came: the CSMS asks about it.
         st.call("TransactionEvent", tx_2x("Updated", 4, going, 6000.0))
         assert st.wait_call("GetTransactionStatus")["transactionId"] == going
+        deadline = time.monotonic() + TIMEOUT_S  # its answer handled: asked twice now
+        while len([e for e in list(server.logs) if e.get("event") == "transaction_status"
+                   and e.get("transaction") == going]) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
         assert session(server, name, going)["open"]
     _status, cdrs = server.api("GET", "/cdrs")
     assert [c["energy_wh"] for c in cdrs["cdrs"] if c["transaction_id"] == over] == [2000.0]
@@ -836,8 +861,12 @@ def test_station_certificate_signed_on_request(server: Server, protocol: str) ->
         request: dict[str, Any] = {"csr": csr}
         if not v16:
             request["certificateType"] = "ChargingStationCertificate"
+        if protocol == "ocpp2.1":
+            request["requestId"] = 77
         assert st.call("SignCertificate", request) == {"status": "Accepted"}
         sent = st.wait_call("CertificateSigned")
+        if protocol == "ocpp2.1":
+            assert sent["requestId"] == 77  # 2.1: the request it answers
         certs = x509.load_pem_x509_certificates(sent["certificateChain"].encode())
         ca = x509.load_pem_x509_certificate(
             next(Path(p) for p in server.ca_paths).read_bytes())
@@ -847,6 +876,8 @@ def test_station_certificate_signed_on_request(server: Server, protocol: str) ->
         assert certs[0].public_key() == key.public_key()
         server.wait_log(lambda e: e.get("event") == "certificate_signed"
                         and e.get("station") == name)
+        assert certs[0].subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value \
+            == "evtwin test"  # the CA's organisation, not the request's "CPO"
         wrong, _ = _csr("SOMEONE-ELSE")
         refused = st.call("SignCertificate", {**request, "csr": wrong})
         assert refused["status"] == "Rejected"
@@ -854,6 +885,12 @@ def test_station_certificate_signed_on_request(server: Server, protocol: str) ->
             assert refused["statusInfo"]["reasonCode"] == "InvalidCSR"
             v2g = st.call("SignCertificate", {"csr": csr, "certificateType": "V2GCertificate"})
             assert v2g["status"] == "Rejected"
+        # Nothing else is signed: after the refusals, a Heartbeat's round trip, and
+        # still the one CertificateSigned.
+        for reason in ["InvalidCSR"] + ([] if v16 else ["UnsupportedType"]):
+            server.wait_log(lambda e, r=reason: e.get("event") == "certificate_request_refused"
+                            and e.get("station") == name and e.get("reason") == r)
+        st.call("Heartbeat", {})
         assert [a for a, _ in st.seen].count("CertificateSigned") == 1
 
 
@@ -921,7 +958,8 @@ def test_security_events_are_listed_by_kind_and_page(server: Server) -> None:
     event the operator API lists (by kind, a page at a time)."""
     for n in range(3):
         with pytest.raises(InvalidStatus):
-            connect(f"ws://127.0.0.1:{server.port}/ocpp/STRANGER{n}",
+            connect(f"wss://127.0.0.1:{server.port}/ocpp/STRANGER{n}", ssl=server.tls,
+                    additional_headers=basic_auth(f"STRANGER{n}"),
                     subprotocols=["ocpp2.0.1"], open_timeout=TIMEOUT_S)  # type: ignore[list-item]
     status, first = server.api("GET", "/security-events?kind=unknown_station&limit=2")
     assert status == 200 and len(first["events"]) == 2
