@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
@@ -19,6 +20,7 @@ from ocpp.v201.enums import Action as Action201
 
 from .clock import iso, parse_iso
 from .core import CSMSCore, ProfileCommand
+from .exceptions import StoreError
 from .model import EVChargingNeeds
 from .parse import samples_2x, tx_event_2x
 from .shell import (
@@ -64,6 +66,11 @@ ID_TOKEN_MAX = {"2.0.1": 36, "2.1": 255}
 
 log = logging.getLogger("evtwin.csms")
 
+#: Transactions at most waiting to be asked about (GetTransactionStatus) per connection.
+MAX_RECONCILE = 1000
+#: An EV's schedule above its limit makes the CSMS resend the limit at most this often.
+RENEGOTIATE_EVERY_S = 60.0
+
 
 def _number(value: Any) -> float | None:
     return None if value is None else float(value)
@@ -102,6 +109,8 @@ def ev_charging_needs(evse_id: int, needs: dict[str, Any], received_at: datetime
 class Handlers201(ShellBase):
     """Handlers for station-initiated 2.0.1/2.1 messages, answered in wire form."""
 
+    _reconciling: bool
+
     # What stations send for the record: kept as received, answered as the spec says.
     on_notify_event = recorded("NotifyEvent")
     on_security_event_notification = recorded("SecurityEventNotification")
@@ -134,9 +143,8 @@ class Handlers201(ShellBase):
         if pending and reason != "Triggered":  # Triggered: asked to, not a reboot
             # Transactions open before the reboot whose Ended never came: asked about
             # once the answer is out (E14); PowerUp means the power was lost.
-            self._in_background(self._reconcile(
-                sorted(pending), "PowerLoss" if reason == "PowerUp" else "Reboot",
-                f"not ongoing after a reboot ({reason})"))
+            self._ask_about(sorted(pending), "PowerLoss" if reason == "PowerUp" else "Reboot",
+                            f"not ongoing after a reboot ({reason})")
         return {"currentTime": r["current_time"], "interval": r["interval"],
                 "status": r["status"]}
 
@@ -204,9 +212,13 @@ class Handlers201(ShellBase):
                      evse_id, max(planned_w), limit_w, extra={
                          "event": "ev_schedule_rejected", "station": self.id,
                          "evse": evse_id})
-            # Sent again at the next cycle, which is due now.
-            self.core.sent_limits_w.pop((self.id, evse_id), None)
-            self.core.sessions_changed = True
+            # Sent again at the next cycle, made due now; at most once a minute per
+            # EVSE, so an EV that keeps planning above its limit cannot loop.
+            now = time.monotonic()
+            if now - self._renegotiated_at.get(evse_id, -math.inf) >= RENEGOTIATE_EVERY_S:
+                self._renegotiated_at[evse_id] = now
+                self.core.sent_limits_w.pop((self.id, evse_id), None)
+                self.core.sessions_changed = True
             return {"status": "Rejected", "statusInfo": {
                 "reasonCode": "AboveLimit",
                 "additionalInfo": f"the EVSE's limit is {limit_w:.0f} W"}}
@@ -226,36 +238,63 @@ class Handlers201(ShellBase):
         if now - self._cost_sent.get(tx_id, -math.inf) < interval_s:
             return
         cost = self.core.running_cost(self.id, tx_id)
-        if cost is None:
-            return
+        if cost is None or tx_id in self._cost_in_flight:
+            return  # one at a time: a station slow to answer gets no queue of them
         self._cost_sent[tx_id] = now
+        self._cost_in_flight.add(tx_id)
 
         async def send() -> None:
             try:
                 await self.cost_updated(tx_id, cost)
             except (CallFailed, TimeoutError, ConnectionError) as exc:
                 log.info("%s: CostUpdated for %s not delivered: %s", self.id, tx_id, exc)
+            finally:
+                self._cost_in_flight.discard(tx_id)
         self._in_background(send())
 
-    async def _reconcile(self, transaction_ids: list[str], reason: str, why: str) -> None:
+    def _ask_about(self, transaction_ids: list[str], reason: str, why: str) -> None:
+        """Reconcile these transactions (:meth:`_reconcile`): queued, one question at a
+        time, each transaction once, at most :data:`MAX_RECONCILE` waiting."""
+        for tx_id in transaction_ids:
+            if len(self._to_reconcile) >= MAX_RECONCILE:
+                log.warning("%s: too many transactions to reconcile; %s left alone",
+                            self.id, tx_id)
+                break
+            self._to_reconcile.setdefault(tx_id, (reason, why))
+        if self._to_reconcile and not self._reconciling:
+            self._reconciling = True
+            self._in_background(self._reconcile())
+
+    async def _reconcile(self) -> None:
         """Ask the station about transactions whose events may be lost
         (GetTransactionStatus, E14) and end those it says are over with nothing
         queued. No answer or a refusal ends nothing."""
-        for tx_id in transaction_ids:
-            try:
-                status = await self.get_transaction_status(tx_id)
-            except (CallFailed, InvalidOperation, TimeoutError, ConnectionError) as exc:
-                log.info("%s: transaction %s not reconciled: %s", self.id, tx_id, exc,
-                         extra={"event": "transaction_status_unknown", "station": self.id,
-                                "transaction": tx_id})
-                continue
-            log.info("%s: transaction %s ongoing=%s queued=%s", self.id, tx_id,
-                     status["ongoing"], status["messages_in_queue"], extra={
-                         "event": "transaction_status", "station": self.id,
-                         "transaction": tx_id, "ongoing": status["ongoing"],
-                         "messages_in_queue": status["messages_in_queue"]})
-            if status["ongoing"] is False and not status["messages_in_queue"]:
-                self.core.close_transaction(self.id, tx_id, reason, why)
+        try:
+            while self._to_reconcile:
+                tx_id = next(iter(self._to_reconcile))
+                reason, why = self._to_reconcile.pop(tx_id)
+                session = self.core.sessions.get((self.id, tx_id))
+                if session is None or not session.is_open:
+                    continue  # ended meanwhile
+                try:
+                    status = await self.get_transaction_status(tx_id)
+                except (CallFailed, InvalidOperation, TimeoutError, ConnectionError) as exc:
+                    log.info("%s: transaction %s not reconciled: %s", self.id, tx_id, exc,
+                             extra={"event": "transaction_status_unknown",
+                                    "station": self.id, "transaction": tx_id})
+                    continue
+                log.info("%s: transaction %s ongoing=%s queued=%s", self.id, tx_id,
+                         status["ongoing"], status["messages_in_queue"], extra={
+                             "event": "transaction_status", "station": self.id,
+                             "transaction": tx_id, "ongoing": status["ongoing"],
+                             "messages_in_queue": status["messages_in_queue"]})
+                if status["ongoing"] is False and not status["messages_in_queue"]:
+                    try:
+                        self.core.close_transaction(self.id, tx_id, reason, why)
+                    except StoreError as exc:
+                        log.error("%s: transaction %s not closed: %s", self.id, tx_id, exc)
+        finally:
+            self._reconciling = False
 
     @wire("StatusNotification")
     def on_status_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -285,9 +324,8 @@ class Handlers201(ShellBase):
         elif payload["eventType"] == "Ended":
             self._cost_sent.pop(payload["transactionInfo"]["transactionId"], None)
         if r.get("seq_gap"):
-            tx_id = payload["transactionInfo"]["transactionId"]
-            self._in_background(self._reconcile([tx_id], "Other",
-                                                f"events missing before seqNo {payload['seqNo']}"))
+            self._ask_about([payload["transactionInfo"]["transactionId"]], "Other",
+                            f"events missing before seqNo {payload['seqNo']}")
         return out
 
     @wire("MeterValues")
@@ -329,6 +367,12 @@ class Handlers201(ShellBase):
         super()._init_shell(core)
         #: When CostUpdated last went out per transaction (the core's clock, epoch s).
         self._cost_sent: dict[str, float] = {}
+        self._cost_in_flight: set[str] = set()
+        #: Transactions to ask the station about (E14): id -> (stopped reason, why).
+        self._to_reconcile: dict[str, tuple[str, str]] = {}
+        self._reconciling = False
+        #: When an EV's schedule last made the CSMS send an EVSE's limit again.
+        self._renegotiated_at: dict[int, float] = {}
 
     def _tx_profile(self, profile_id: int, cmd: ProfileCommand) -> dict[str, Any]:
         return {
