@@ -993,7 +993,8 @@ class OperatorAPI:
                 "status_at": stored.get(e.evse_id, {}).get("status_at"),
                 "limit_w": self.core.sent_limits_w.get((station_id, e.evse_id)),
                 "effective_limit_w": self.core.effective_limit_w(station_id, e.evse_id),
-                "external_limit_w": self.core.external_limit_w(station_id, e.evse_id),
+                "external_limit_w": self.core.external_limit_w(
+                    station_id, e.evse_id, self.core.evses_in_use(station_id)),
             } for e in spec.evses],
         }
 

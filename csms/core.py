@@ -28,6 +28,7 @@ from .model import (
     CSMSConfig,
     EVChargingNeeds,
     EvseSpec,
+    LimitSchedule,
     ParsedSample,
     Session,
     SessionView,
@@ -51,6 +52,8 @@ log = logging.getLogger("evtwin.csms")
 
 
 _W_PER_UNIT = {"W": 1.0, "kW": 1000.0}
+#: External limits (NotifyChargingLimit sources) kept per station at most.
+MAX_LIMIT_SOURCES = 16
 
 Sample = tuple[str, str, str | None, float, str | None]
 """(timestamp as sent, measurand, phase, value, unit): a sampled value as stored."""
@@ -152,9 +155,9 @@ class CSMSCore:
         self.profiles: dict[str, ProfileSet] = {}
         self.booted: set[str] = set()
         self.open_at_boot: dict[str, set[str]] = {}
-        #: External limits stations reported (NotifyChargingLimit), W, by
+        #: External limits stations reported (NotifyChargingLimit), as schedules, by
         #: (station, EVSE or 0 for the station, source).
-        self.external_limits_w: dict[tuple[str, int, str], float] = {}
+        self.external_limits: dict[tuple[str, int, str], tuple[LimitSchedule, ...]] = {}
         #: The CA that signs stations' certificate requests (None: they are refused).
         self.station_ca: StationCA | None = None
         self._profile_floor = store.max_profile_id()
@@ -175,6 +178,7 @@ class CSMSCore:
     def _restore(self) -> None:
         """Reload open transactions, installed profiles and accepted limits (after a restart)."""
         self._load_profiles(None)
+        self._load_external_limits(None)
         for tx in self.store.open_transactions():
             session = self._session_from_store(tx)
             self.sessions[(session.station_id, session.transaction_id)] = session
@@ -587,36 +591,77 @@ class CSMSCore:
             self.sessions_changed |= changed
 
     def note_charging_limit(self, station_id: str, evse_id: int, source: str,
-                            limit_w: float | None) -> None:
+                            schedules: tuple[LimitSchedule, ...]) -> None:
         """An external limit a station reports (NotifyChargingLimit, K12: from an EMS,
         the grid operator, ...) on an EVSE (0: the whole station, shared by the EVSEs
-        with a session); ``limit_w`` None: the source limits without a schedule, which
-        caps nothing. The control cycle is due at once and keeps within it until the
-        station reports the limit cleared (:meth:`clear_charging_limit`)."""
+        with a session), as schedules evaluated at every control cycle until the
+        station reports the limit cleared (:meth:`clear_charging_limit`); none: the
+        source limits without a schedule, which caps nothing. Kept in the store (a
+        restarted CSMS, or another process sharing the database, keeps to it).
+        A station has at most :data:`MAX_LIMIT_SOURCES` of them (ValueError)."""
         key = (station_id, evse_id, source)
-        if limit_w is None:
-            self.external_limits_w.pop(key, None)
-        elif self.external_limits_w.get(key) != limit_w:
-            self.external_limits_w[key] = limit_w
-            self.sessions_changed = True
+        if schedules and key not in self.external_limits and sum(
+                1 for k in self.external_limits if k[0] == station_id) >= MAX_LIMIT_SOURCES:
+            raise ValueError(f"at most {MAX_LIMIT_SOURCES} external limits per station")
+        self.store.save_external_limit(
+            station_id, evse_id, source,
+            [sc.to_json() for sc in schedules] if schedules else None, iso(self.clock()))
+        if schedules:
+            self.external_limits[key] = schedules
+        else:
+            self.external_limits.pop(key, None)
+        self.sessions_changed = True
 
     def clear_charging_limit(self, station_id: str, evse_id: int | None, source: str) -> None:
         """ClearedChargingLimit (K13): the source's limit on an EVSE (None: on all) ends."""
-        gone = [k for k in self.external_limits_w if k[0] == station_id and k[2] == source
+        gone = [k for k in self.external_limits if k[0] == station_id and k[2] == source
                 and evse_id in (None, k[1])]
+        self.store.clear_external_limits(station_id, evse_id, source)
         for key in gone:
-            del self.external_limits_w[key]
+            del self.external_limits[key]
         self.sessions_changed |= bool(gone)
 
-    def external_limit_w(self, station_id: str, evse_id: int, sharing: int = 1
-                         ) -> float | None:
-        """The lowest external limit on an EVSE (W): its own, or its share of the
-        station's (``sharing``: the EVSEs with a session); None if there is none."""
-        limits = [w for (sid, e, _), w in self.external_limits_w.items() if sid == station_id
-                  and e == evse_id]
-        limits += [w / max(sharing, 1) for (sid, e, _), w in self.external_limits_w.items()
-                   if sid == station_id and e == 0]
-        return min(limits) if limits else None
+    def _load_external_limits(self, station_id: str | None) -> None:
+        for key in [k for k in self.external_limits if station_id in (None, k[0])]:
+            del self.external_limits[key]
+        for row in self.store.external_limits(station_id):
+            try:
+                schedules = tuple(LimitSchedule.from_json(d) for d in row["schedules"])
+            except (KeyError, TypeError, ValueError) as exc:
+                self._warn_once(("limit", row["station_id"]), "%s: stored external limit "
+                                "not restored: %s", row["station_id"], exc)
+                continue
+            self.external_limits[(row["station_id"], row["evse_id"], row["source"])] = schedules
+
+    def external_limit_w(self, station_id: str, evse_id: int, sharing: int = 1,
+                         at: datetime | None = None) -> float | None:
+        """The lowest external limit on an EVSE at ``at`` (now), in W: its own, or its
+        share of the station's (``sharing``: the EVSEs with a session); None if none
+        is in force."""
+        if not self.external_limits:
+            return None
+        at = at or self.clock()
+        spec = self.stations.get(station_id)
+        phases = 3
+        if spec is not None and evse_id:
+            phases = next((e.phases for e in spec.evses if e.evse_id == evse_id), 3)
+        volts = self.config.nominal_voltage_v
+        out = None
+        for (sid, e, _), schedules in self.external_limits.items():
+            if sid != station_id or e not in (0, evse_id):
+                continue
+            for schedule in schedules:
+                w = schedule.limit_w(at, volts=volts, phases=phases)
+                if w is None:
+                    continue
+                w = w / max(sharing, 1) if e == 0 else w
+                out = w if out is None else min(out, w)
+        return out
+
+    def evses_in_use(self, station_id: str) -> int:
+        """How many of a station's EVSEs have a live session (they share its limits)."""
+        return sum(1 for s in live_sessions(self.sessions.values())
+                   if s.station_id == station_id)
 
     def _open_on(self, station_id: str, evse_id: int) -> list[Session]:
         """The open sessions on one EVSE (one, unless a ghost is about to be ended);
@@ -734,10 +779,9 @@ class CSMSCore:
         limit = self.sent_limits_w.get((s.station_id, s.evse_id))
         v2x_kw, spare = self._v2x(s)
         max_w = evse.max_power_w
-        if self.external_limits_w:
-            sharing = len({x.evse_id for x in self.sessions.values()
-                           if x.station_id == s.station_id and x.is_open})
-            external = self.external_limit_w(s.station_id, s.evse_id, sharing)
+        if self.external_limits:
+            external = self.external_limit_w(s.station_id, s.evse_id,
+                                             self.evses_in_use(s.station_id))
             if external is not None:
                 max_w = min(max_w, external)
         return SessionView(
@@ -967,6 +1011,7 @@ class CSMSCore:
             session.ev_needs = evs_needs.get(session.transaction_id)
             self.sessions[(station_id, session.transaction_id)] = session
         self._load_profiles(station_id)
+        self._load_external_limits(station_id)
         self._restore_limits(station_id)
         self.sessions_changed = True
 
@@ -982,8 +1027,10 @@ class CSMSCore:
             session.ev_needs = needs.get(key)
             fresh[key] = session
         self.sessions = fresh
-        # Profiles other processes installed on the stations they hold.
+        # Profiles other processes installed on the stations they hold, and the
+        # external limits those stations reported.
         self._load_profiles(None)
+        self._load_external_limits(None)
         self._restore_limits(None)
 
     def _load_profiles(self, station_id: str | None) -> None:

@@ -112,6 +112,43 @@ class CSMSConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitSchedule:
+    """A limit set from outside the CSMS (OCPP 2.x NotifyChargingLimit: an EMS, the grid
+    operator), as a schedule: ``periods`` are (start s, limit or None, phases or None)
+    in ``unit`` (W or A) from ``start``, for ``duration_s`` (None: open-ended)."""
+
+    start: datetime
+    unit: str
+    periods: tuple[tuple[float, float | None, int | None], ...]
+    duration_s: float | None = None
+
+    def limit_w(self, at: datetime, *, volts: float, phases: int) -> float | None:
+        """The limit in force at ``at`` in W (A at ``volts`` per phase), or None."""
+        elapsed = (at - self.start).total_seconds()
+        if elapsed < 0 or (self.duration_s is not None and elapsed >= self.duration_s):
+            return None
+        limit: float | None = None
+        n: int | None = None
+        for start_s, period_limit, period_phases in self.periods:
+            if start_s <= elapsed:
+                limit, n = period_limit, period_phases
+        if limit is None:
+            return None
+        return limit * volts * (n or phases) if self.unit == "A" else limit
+
+    def to_json(self) -> dict[str, Any]:
+        return {"start": self.start.isoformat(), "unit": self.unit,
+                "periods": [list(p) for p in self.periods], "duration_s": self.duration_s}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LimitSchedule:
+        return cls(datetime.fromisoformat(data["start"]), data["unit"],
+                   tuple((float(a), None if b is None else float(b), None if c is None
+                          else int(c)) for a, b, c in data["periods"]),
+                   data.get("duration_s"))
+
+
+@dataclass(frozen=True, slots=True)
 class EVChargingNeeds:
     """What an EV told its station it needs (OCPP 2.x NotifyEVChargingNeeds).
 

@@ -21,7 +21,7 @@ from ocpp.v201.enums import Action as Action201
 from .clock import iso, parse_iso
 from .core import CSMSCore, ProfileCommand
 from .exceptions import StoreError
-from .model import EVChargingNeeds
+from .model import EVChargingNeeds, LimitSchedule
 from .parse import samples_2x, tx_event_2x
 from .shell import (
     DATA_TRANSFER_ANSWER,
@@ -37,6 +37,7 @@ from .shell import (
     PurposeFilter,
     ReportBase,
     ShellBase,
+    StationMessageError,
     TriggerMessageName,
     VariableSpec,
     answer,
@@ -150,41 +151,47 @@ class Handlers201(ShellBase):
 
     @wire("NotifyChargingLimit")
     def on_notify_charging_limit(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """NotifyChargingLimit (K12): kept, and its limit (the schedule's period in force
-        now, all phases, in W) capped on the EVSE until cleared."""
+        """NotifyChargingLimit (K12): kept, and its schedules cap the EVSE (0: the
+        station) in every control cycle until ClearedChargingLimit."""
         evse_id = payload.get("evseId") or 0
         if evse_id:
             with unknown_evse_is_a_property_violation():
                 self.core.check_evse(self.id, evse_id)
+        schedules = tuple(self._limit_schedule(sc, n) for n, sc in
+                          enumerate(payload.get("chargingSchedule") or []))
         self.core.on_station_message(self.id, "NotifyChargingLimit", payload)
-        source = payload["chargingLimit"]["chargingLimitSource"]
-        self.core.note_charging_limit(self.id, evse_id, source,
-                                      self._limit_now_w(payload.get("chargingSchedule") or [],
-                                                        evse_id))
+        try:
+            self.core.note_charging_limit(
+                self.id, evse_id, payload["chargingLimit"]["chargingLimitSource"], schedules)
+        except ValueError as exc:
+            raise StationMessageError("OccurrenceConstraintViolation", str(exc)) from None
         return {}
 
-    def _limit_now_w(self, schedules: list[dict[str, Any]], evse_id: int) -> float | None:
-        """The lowest limit the schedules set now, in W (A at the nominal voltage)."""
-        now = self.core.clock()
-        phases = self.core.station(self.id).evse(evse_id).phases if evse_id else 3
-        out = None
-        for schedule in schedules:
-            start = schedule.get("startSchedule")
-            elapsed = (now - parse_iso(start)).total_seconds() if start else 0.0
-            if elapsed < 0 or elapsed > schedule.get("duration", math.inf):
-                continue
-            current = None
-            for period in schedule["chargingSchedulePeriod"]:
-                if period["startPeriod"] <= elapsed and period.get("limit") is not None:
-                    current = period
-            if current is None:
-                continue
-            limit = float(current["limit"])
-            if schedule["chargingRateUnit"] == "A":
-                n = int(current.get("numberPhases", phases))
-                limit *= self.core.config.nominal_voltage_v * n
-            out = limit if out is None else min(out, limit)
-        return out
+    def _limit_schedule(self, schedule: dict[str, Any], n: int) -> LimitSchedule:
+        """A ChargingScheduleType as the core keeps it (starting now when it names no
+        start); a negative limit is a PropertyConstraintViolation."""
+        periods = []
+        for i, period in enumerate(schedule["chargingSchedulePeriod"]):
+            limit = period.get("limit")
+            if limit is not None and limit < 0:
+                raise StationMessageError(
+                    "PropertyConstraintViolation",
+                    f"chargingSchedule.{n}.chargingSchedulePeriod.{i}.limit: negative")
+            periods.append((float(period["startPeriod"]),
+                            None if limit is None else float(limit),
+                            period.get("numberPhases")))
+        start = schedule.get("startSchedule")
+        return LimitSchedule(parse_iso(start) if start else self.core.clock(),
+                             schedule["chargingRateUnit"], tuple(periods),
+                             schedule.get("duration"))
+
+    @wire("ClearedChargingLimit")
+    def on_cleared_charging_limit(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """ClearedChargingLimit (K13): kept, and the source's limit no longer applies."""
+        self.core.on_station_message(self.id, "ClearedChargingLimit", payload)
+        self.core.clear_charging_limit(self.id, payload.get("evseId"),
+                                       payload["chargingLimitSource"])
+        return {}
 
     @wire("NotifyEVChargingSchedule")
     def on_notify_ev_charging_schedule(self, payload: dict[str, Any]) -> dict[str, Any]:
@@ -223,14 +230,6 @@ class Handlers201(ShellBase):
                 "reasonCode": "AboveLimit",
                 "additionalInfo": f"the EVSE's limit is {limit_w:.0f} W"}}
         return {"status": "Accepted"}
-
-    @wire("ClearedChargingLimit")
-    def on_cleared_charging_limit(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """ClearedChargingLimit (K13): kept, and the source's limit no longer applies."""
-        self.core.on_station_message(self.id, "ClearedChargingLimit", payload)
-        self.core.clear_charging_limit(self.id, payload.get("evseId"),
-                                       payload["chargingLimitSource"])
-        return {}
 
     def _cost_update(self, tx_id: str, interval_s: float) -> None:
         """CostUpdated with the session's running cost, at most every ``interval_s``."""

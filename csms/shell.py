@@ -74,7 +74,7 @@ def unknown_evse_is_a_property_violation() -> Iterator[None]:
         raise PropertyConstraintViolationError(description=str(exc)) from exc
 
 
-class _StationMessageError(OCPPError):
+class StationMessageError(OCPPError):
     """A station message the core refused (InvalidMessageError), as its OCPP-J error."""
 
     default_description = "the message was refused"
@@ -90,7 +90,7 @@ def invalid_message_is_a_call_error() -> Iterator[None]:
     try:
         yield
     except InvalidMessageError as exc:
-        raise _StationMessageError(exc.code, str(exc)) from exc
+        raise StationMessageError(exc.code, str(exc)) from exc
 
 
 class CallFailed(CSMSError):

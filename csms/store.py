@@ -309,6 +309,14 @@ _MIGRATIONS: dict[int, str] = {
         version     INTEGER NOT NULL,
         sent_at     TEXT NOT NULL
     );
+    CREATE TABLE external_limits (
+        station_id  TEXT NOT NULL,
+        evse_id     INTEGER NOT NULL,
+        source      TEXT NOT NULL,
+        schedules   TEXT NOT NULL,
+        received_at TEXT NOT NULL,
+        PRIMARY KEY (station_id, evse_id, source)
+    );
     """,
 }
 #: A database from before v4 keeps each session's live values only as meter
@@ -421,6 +429,10 @@ CREATE TABLE device_model (
                  variable, variable_instance, attribute_type));
 CREATE TABLE local_lists (
     station_id TEXT PRIMARY KEY, version BIGINT NOT NULL, sent_at TEXT NOT NULL);
+CREATE TABLE external_limits (
+    station_id TEXT NOT NULL, evse_id INTEGER NOT NULL, source TEXT NOT NULL,
+    schedules TEXT NOT NULL, received_at TEXT NOT NULL,
+    PRIMARY KEY (station_id, evse_id, source));
 """,
 }
 #: A new PostgreSQL database: created at the current version in one go.
@@ -783,6 +795,37 @@ class Store:
                       "ON CONFLICT(station_id) DO UPDATE SET version = excluded.version, "
                       "sent_at = excluded.sent_at", (station_id, version, at))
 
+    def save_external_limit(self, station_id: str, evse_id: int, source: str,
+                            schedules: list[dict[str, Any]] | None, at: str) -> None:
+        """Keep (or, ``schedules`` None, drop) a limit a station reported from outside."""
+        with self._tx():
+            self._run("DELETE FROM external_limits WHERE station_id = ? AND evse_id = ? "
+                      "AND source = ?", (station_id, evse_id, source))
+            if schedules is not None:
+                self._run("INSERT INTO external_limits(station_id, evse_id, source, "
+                          "schedules, received_at) VALUES (?, ?, ?, ?, ?)",
+                          (station_id, evse_id, source,
+                           json.dumps(schedules, separators=(",", ":")), at))
+
+    def clear_external_limits(self, station_id: str, evse_id: int | None, source: str) -> None:
+        """Drop a source's limits on one EVSE (None: on all of the station's)."""
+        with self._tx():
+            if evse_id is None:
+                self._run("DELETE FROM external_limits WHERE station_id = ? AND source = ?",
+                          (station_id, source))
+            else:
+                self._run("DELETE FROM external_limits WHERE station_id = ? AND evse_id = ? "
+                          "AND source = ?", (station_id, evse_id, source))
+
+    def external_limits(self, station_id: str | None = None) -> list[dict[str, Any]]:
+        """Kept external limits (schedules decoded)."""
+        rows = self._rows("SELECT station_id, evse_id, source, schedules FROM external_limits"
+                          + (" WHERE station_id = ?" if station_id is not None else ""),
+                          (station_id,) if station_id is not None else ())
+        for row in rows:
+            row["schedules"] = json.loads(row["schedules"])
+        return rows
+
     def local_list_version(self, station_id: str) -> int:
         """The last local list version the station accepted (0: none)."""
         row = self._one("SELECT version FROM local_lists WHERE station_id = ?", (station_id,))
@@ -1109,7 +1152,7 @@ class Store:
         if table not in {"stations", "evses", "transactions", "transaction_events",
                          "meter_values", "charging_profiles", "security_events",
                          "installed_profiles", "cdrs", "commands", "station_messages",
-                         "device_model", "local_lists"}:
+                         "device_model", "local_lists", "external_limits"}:
             raise ValueError(f"unknown table {table!r}")
         row = self._one(f"SELECT COUNT(*) AS n FROM {table}")
         return int((row or {}).get("n") or 0)

@@ -845,3 +845,33 @@ def test_the_control_cycle_steers_the_live_transaction_of_an_evse(core: CSMSCore
     commands = core.control_commands()
     assert [(c.evse_id, c.transaction_id) for c in commands if c.station_id == "CS1"] == [
         (1, "a-live")]
+
+
+def test_external_limits_follow_their_schedule_and_survive_a_restart(
+        tmp_path: Path, clock: FakeClock) -> None:
+    """NotifyChargingLimit schedules are evaluated when the cycle runs (a future start
+    caps nothing yet, periods change, a duration ends), shared on EVSE 0, and kept in
+    the store for a restarted CSMS."""
+    from evtwin.csms.model import LimitSchedule
+
+    db = tmp_path / "csms.sqlite"
+    core = CSMSCore(make_config(), Store(db), clock=clock)
+    later = T0 + timedelta(hours=1)
+    core.note_charging_limit("CS1", 1, "EMS", (LimitSchedule(
+        later, "W", ((0.0, 4000.0, None), (1800.0, 2000.0, None)), duration_s=3600.0),))
+    core.note_charging_limit("CS1", 0, "SO", (LimitSchedule(T0, "A", ((0.0, 10.0, 3),)),))
+    assert core.external_limit_w("CS1", 1, at=T0) == pytest.approx(6900.0)  # 10 A x 3 x 230 V
+    assert core.external_limit_w("CS1", 1, 2, at=T0) == pytest.approx(3450.0)  # shared
+    assert core.external_limit_w("CS1", 1, at=later) == 4000.0
+    assert core.external_limit_w("CS1", 1, at=later + timedelta(minutes=45)) == 2000.0
+    assert core.external_limit_w("CS1", 1, at=later + timedelta(hours=2)) == pytest.approx(
+        6900.0)  # the EMS schedule is over; the station-wide one goes on
+    assert core.external_limit_w("CS2", 1, at=T0) is None
+    core.store.close()
+    restarted = CSMSCore(make_config(), Store(db), clock=clock)
+    assert restarted.external_limit_w("CS1", 1, at=later) == 4000.0
+    restarted.clear_charging_limit("CS1", None, "EMS")
+    restarted.clear_charging_limit("CS1", 0, "SO")
+    assert restarted.external_limit_w("CS1", 1, at=later) is None
+    restarted.store.close()
+    assert CSMSCore(make_config(), Store(db), clock=clock).external_limits == {}
