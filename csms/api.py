@@ -30,7 +30,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -401,9 +401,10 @@ class ChargingProfileBody(_Model):
     evse_id: int = Field(ge=0)
     """0: the whole station (purpose ChargingStationMaxProfile)."""
     profile: ProfileSpec
-    profile_id: int | None = Field(None, ge=1, le=2**31 - 1)
-    """Your own id: replaces the station's profile of that id (the CSMS's own ids
-    continue after it). Absent: the CSMS assigns a fresh one."""
+    profile_id: int | None = Field(None, ge=1, le=2**30)
+    """Your own id (at most 2^30, so the CSMS's own ids, which continue after it, stay
+    within OCPP's 32-bit integers): replaces the station's profile of that id.
+    Absent: the CSMS assigns a fresh one."""
 
 
 class ClearChargingProfileBody(_Model):
@@ -429,7 +430,8 @@ class ChargingProfilesBody(_Model):
     evse_id: int | None = Field(None, ge=0)
     purpose: PurposeFilter | None = None
     stack_level: int | None = Field(None, ge=0)
-    profile_ids: list[int] | None = Field(None, min_length=1)
+    profile_ids: list[Annotated[int, Field(ge=0, le=2**31 - 1)]] | None = Field(
+        None, min_length=1, max_length=100)
 
 
 class ChangeAvailabilityBody(_Model):
@@ -442,8 +444,8 @@ class ChangeAvailabilityBody(_Model):
 class ReserveNowBody(_Model):
     """Reserve an EVSE (absent: any) for a token until ``expiry``."""
 
-    reservation_id: int | None = Field(None, ge=0, le=2**31 - 1)
-    """Assigned by the CSMS when absent."""
+    reservation_id: int | None = Field(None, ge=0, le=2**30)
+    """Assigned by the CSMS when absent (its own ids continue after yours)."""
     id_token: str = Field(min_length=1, max_length=255)
     id_token_type: IdTokenType = "Central"
     expiry: AwareDatetime
@@ -472,7 +474,8 @@ class LocalListBody(_Model):
     update_type: UpdateType = "Full"
     version: int | None = Field(None, ge=1, le=2**31 - 1)
     """Absent: one more than the version the station last accepted."""
-    tokens: list[str] | None = None
+    tokens: list[Annotated[str, Field(min_length=1, max_length=255)]] | None = Field(
+        None, min_length=1, max_length=10_000)
     """Absent: every token marked local; a Differential update removes an id the
     CSMS does not know."""
 
@@ -499,8 +502,8 @@ class UpdateFirmwareBody(_Model):
     location: str = Field(min_length=1, max_length=512)
     retrieve_at: AwareDatetime
     install_at: AwareDatetime | None = None
-    retries: int | None = Field(None, ge=0)
-    retry_interval_s: int | None = Field(None, ge=0)
+    retries: int | None = Field(None, ge=0, le=1000)
+    retry_interval_s: int | None = Field(None, ge=0, le=86400)
     signing_certificate: str | None = Field(None, min_length=1, max_length=5500)
     signature: str | None = Field(None, min_length=1, max_length=800)
 
@@ -512,8 +515,8 @@ class GetLogBody(_Model):
     log_type: LogType = "DiagnosticsLog"
     oldest: AwareDatetime | None = None
     latest: AwareDatetime | None = None
-    retries: int | None = Field(None, ge=0)
-    retry_interval_s: int | None = Field(None, ge=0)
+    retries: int | None = Field(None, ge=0, le=1000)
+    retry_interval_s: int | None = Field(None, ge=0, le=86400)
 
 
 class DefaultTariffBody(_Model):
@@ -529,7 +532,8 @@ class ClearTariffsBody(_Model):
     """Remove tariffs from a 2.1 station (ClearTariffs)."""
 
     evse_id: int | None = Field(None, ge=0)
-    tariff_ids: list[str] | None = Field(None, min_length=1)
+    tariff_ids: list[Annotated[str, Field(min_length=1, max_length=60)]] | None = Field(
+        None, min_length=1, max_length=100)
 
 
 class VariablesQuery(_Model):
@@ -1138,6 +1142,8 @@ class OperatorAPI:
             rid = b.reservation_id
             if rid is None:
                 rid = self.core.store.next_counter("reservation_id")
+            else:  # the CSMS's own ids continue after the operator's
+                self.core.store.raise_counter("reservation_id", rid)
             result = await shell.reserve_now(rid, b.id_token, b.expiry, evse_id=b.evse_id,
                                              id_token_type=b.id_token_type,
                                              group_id_token=b.group_id_token)

@@ -378,9 +378,11 @@ class CSMS16(ShellBase):
     @staticmethod
     def _keys(specs: list[VariableSpec], field: str) -> list[str]:
         for n, spec in enumerate(specs):
-            if spec.component or spec.evse_id is not None or spec.attribute_type != "Actual":
+            if (spec.component or spec.component_instance or spec.evse_id is not None
+                    or spec.variable_instance or spec.attribute_type != "Actual"):
                 raise InvalidOperation(f"{field}.{n}", "OCPP 1.6 configuration keys have no "
-                                                       "component, EVSE or attribute type")
+                                                       "component, EVSE, instance or "
+                                                       "attribute type")
         return [spec.variable for spec in specs]
 
     def _keep_configuration(self, result: dict[str, Any]) -> dict[str, VariableSpec]:

@@ -642,6 +642,28 @@ class Handlers201(ShellBase):
         return {"component": component, "variable": variable,
                 "attributeType": spec.attribute_type}
 
+    @staticmethod
+    def _results(specs: list[VariableSpec], results: list[dict[str, Any]]
+                 ) -> list[tuple[VariableSpec, dict[str, Any] | None]]:
+        """Each variable asked about with the station's result for it, matched by
+        component, EVSE, variable and attribute type (a station may answer in any
+        order); None where it gave none."""
+        def key(component: dict[str, Any], variable: dict[str, Any],
+                attribute: str | None) -> tuple[Any, ...]:
+            evse = component.get("evse") or {}
+            return (component["name"].casefold(), component.get("instance"), evse.get("id"),
+                    evse.get("connectorId"), variable["name"].casefold(),
+                    variable.get("instance"), attribute or "Actual")
+
+        by_key = {key(r["component"], r["variable"], r.get("attributeType")): r
+                  for r in results}
+        out = []
+        for spec in specs:
+            wire = Handlers201._variable_wire(spec)
+            out.append((spec, by_key.get(key(wire["component"], wire["variable"],
+                                             spec.attribute_type))))
+        return out
+
     def _check_components(self, specs: list[VariableSpec], field: str) -> None:
         for n, spec in enumerate(specs):
             if not spec.component:
@@ -656,10 +678,10 @@ class Handlers201(ShellBase):
         result = await self.call_json("GetVariables", {
             "getVariableData": [self._variable_wire(v) for v in specs]})
         out, rows = [], []
-        for spec, r in zip(specs, result["getVariableResult"], strict=False):
-            value = r.get("attributeValue")
-            status = r["attributeStatus"]
-            if status == "Accepted":
+        for spec, r in self._results(specs, result["getVariableResult"]):
+            value = None if r is None else r.get("attributeValue")
+            status = "NoAnswer" if r is None else r["attributeStatus"]
+            if status == "Accepted" and value is not None:
                 rows.append(spec.row(value))
             out.append(spec.out(status, value))
         self._keep_variables(rows, "GetVariables")
@@ -673,8 +695,8 @@ class Handlers201(ShellBase):
         result = await self.call_json("SetVariables", {"setVariableData": [
             {**self._variable_wire(v), "attributeValue": v.value} for v in specs]})
         out, rows = [], []
-        for spec, r in zip(specs, result["setVariableResult"], strict=False):
-            status = r["attributeStatus"]
+        for spec, r in self._results(specs, result["setVariableResult"]):
+            status = "NoAnswer" if r is None else r["attributeStatus"]
             if status in ("Accepted", "RebootRequired"):
                 rows.append(spec.row(spec.value))
             out.append(spec.out(status, spec.value))
@@ -740,6 +762,8 @@ class Handlers201(ShellBase):
                       retries: int | None = None, retry_interval_s: int | None = None
                       ) -> dict[str, Any]:
         """GetLog."""
+        if log_type == "DataCollectorLog" and self.version == "2.0.1":
+            raise InvalidOperation("log_type", "DataCollectorLog needs OCPP 2.1")
         request_id = self.core.store.next_counter("request_id")
         payload = {"log": log_parameters(location, oldest, latest), "logType": log_type,
                    "requestId": request_id, **retry_fields(retries, retry_interval_s)}
@@ -749,7 +773,8 @@ class Handlers201(ShellBase):
     async def set_default_tariff(self, evse_id: int = 0, tariff_id: str | None = None
                                  ) -> dict[str, Any]:
         """SetDefaultTariff (2.1) with the CSMS's ``[tariff]``: price per kWh, per minute
-        charging and a fixed fee per session (the export credit has no place in it)."""
+        plugged in (charging and idle, as the CSMS bills) and a fixed fee per session
+        (the export credit has no place in it)."""
         if self.version == "2.0.1":
             return await super().set_default_tariff(evse_id, tariff_id)
         self._check_evse_arg(evse_id)
@@ -757,8 +782,10 @@ class Handlers201(ShellBase):
         tariff_id = tariff_id or "evtwin-default"
         tariff: dict[str, Any] = {"tariffId": tariff_id, "currency": t.currency,
                                   "energy": {"prices": [{"priceKwh": t.energy_per_kwh}]}}
-        if t.time_per_hour:
-            tariff["chargingTime"] = {"prices": [{"priceMinute": t.time_per_hour / 60.0}]}
+        if t.time_per_hour:  # the CSMS bills all the time plugged in: charging or idle
+            price = [{"priceMinute": t.time_per_hour / 60.0}]
+            tariff["chargingTime"] = {"prices": price}
+            tariff["idleTime"] = {"prices": price}
         if t.session_fee:
             tariff["fixedFee"] = {"prices": [{"priceFixed": t.session_fee}]}
         result = await self.call_json("SetDefaultTariff", {"evseId": evse_id, "tariff": tariff})

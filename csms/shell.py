@@ -603,6 +603,12 @@ class VariableSpec(_Neutral):
     value: str | None = Field(None, max_length=1000)
     """The value to set (set-variables; 1.6 allows 500 characters)."""
 
+    @model_validator(mode="after")
+    def _connector_on_an_evse(self) -> VariableSpec:
+        if self.connector_id is not None and self.evse_id is None:
+            raise ValueError("connector_id: a connector belongs to an EVSE (give evse_id)")
+        return self
+
     def row(self, value: str | None, mutability: str | None = None) -> dict[str, Any]:
         """The device-model row the store keeps for it."""
         return {"component": self.component, "component_instance": self.component_instance,

@@ -34,6 +34,8 @@ from typing import Any, TypeVar
 from .exceptions import StoreError
 
 SCHEMA_VERSION = 6
+#: Variables kept per station at most (a station's full inventory is a few thousand).
+MAX_DEVICE_MODEL_ROWS = 20_000
 
 log = logging.getLogger("evtwin.csms.store")
 
@@ -309,6 +311,17 @@ _MIGRATIONS: dict[int, str] = {
         version     INTEGER NOT NULL,
         sent_at     TEXT NOT NULL
     );
+    CREATE TABLE security_events_v6 (
+        rowid    INTEGER PRIMARY KEY AUTOINCREMENT,
+        at       TEXT NOT NULL,
+        peer     TEXT,
+        kind     TEXT NOT NULL,
+        detail   TEXT
+    );
+    INSERT INTO security_events_v6(rowid, at, peer, kind, detail)
+        SELECT rowid, at, peer, kind, detail FROM security_events ORDER BY rowid;
+    DROP TABLE security_events;
+    ALTER TABLE security_events_v6 RENAME TO security_events;
     CREATE TABLE external_limits (
         station_id  TEXT NOT NULL,
         evse_id     INTEGER NOT NULL,
@@ -755,6 +768,24 @@ class Store:
         Get/SetVariables results; 1.6 configuration keys): one row per component,
         variable and attribute, the latest report winning."""
         if not rows:
+            return
+        kept = self._one("SELECT COUNT(*) AS n FROM device_model WHERE station_id = ?",
+                         (station_id,))
+        if int((kept or {}).get("n") or 0) + len(rows) > MAX_DEVICE_MODEL_ROWS:
+            # A station reporting without end: what it has is updated, nothing added.
+            with self._tx():
+                self._many(
+                    "UPDATE device_model SET value = ?, source = ?, updated_at = ? "
+                    "WHERE station_id = ? AND component = ? AND component_instance = ? "
+                    "AND evse_id = ? AND connector_id = ? AND variable = ? "
+                    "AND variable_instance = ? AND attribute_type = ?",
+                    [(r.get("value"), source, at, station_id, r["component"],
+                      r.get("component_instance") or "", r.get("evse_id") or 0,
+                      r.get("connector_id") or 0, r["variable"],
+                      r.get("variable_instance") or "", r.get("attribute_type") or "Actual")
+                     for r in rows])
+            log.warning("%s: device model full (%d rows): new variables not kept",
+                        station_id, MAX_DEVICE_MODEL_ROWS)
             return
         with self._tx():
             self._many(

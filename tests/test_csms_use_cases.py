@@ -513,11 +513,12 @@ def test_device_model_reports_and_variables(server: Server, protocol: str) -> No
                             "NumberOfConnectors": ("2", "ReadOnly")}
             return
         st.replies["GetBaseReport"] = {"status": "Accepted"}
+        # (Answered in reverse order: results are matched by what they name.)
         st.replies["GetVariables"] = lambda p: {"getVariableResult": [
             {"attributeStatus": "Accepted" if d["variable"]["name"] == "HeartbeatInterval"
              else "UnknownVariable", "component": d["component"], "variable": d["variable"],
              **({"attributeValue": "60"} if d["variable"]["name"] == "HeartbeatInterval"
-                else {})} for d in p["getVariableData"]]}
+                else {})} for d in reversed(p["getVariableData"])]}
         st.replies["SetVariables"] = lambda p: {"setVariableResult": [
             {"attributeStatus": "Accepted", "component": d["component"],
              "variable": d["variable"]} for d in p["setVariableData"]]}
@@ -546,6 +547,9 @@ def test_device_model_reports_and_variables(server: Server, protocol: str) -> No
             ("OCPPCommCtrlr", 0, "HeartbeatInterval", "Actual"):
                 ("30", "ReadWrite", "SetVariables"),
             ("EVSE", 1, "Power", "MaxSet"): ("11000", "ReadOnly", "NotifyReport")}
+        status, problem = server.api("POST", f"/stations/{name}/get-variables", {
+            "variables": [{"component": "EVSE", "connector_id": 1, "variable": "Power"}]})
+        assert status == 422 and problem["problems"][0]["path"].startswith("variables.0")
         status, one = server.api("GET", f"/stations/{name}/variables?component=EVSE")
         assert [v["variable"] for v in one["variables"]] == ["Power"]
         # The report itself is kept too.
