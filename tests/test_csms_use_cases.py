@@ -109,6 +109,7 @@ token_hash = "{hash_token(TOKEN)}"
 STATIONS = [f"{name}-{v}" for name in ("AUTH", "LIST", "DM", "FW", "OPS", "COST", "E14",
                                         "LIM", "CONC", "CERT", "MISC", "NEEDS")
             for v in ("16", "201", "21")]
+STATIONS.append("ID#1 ü")  # an identity that needs percent-encoding in the URL
 # Each station a site of its own; LIM's and NEEDS's have a 7 kW limit.
 CONFIG += "".join(
     f'\n[[sites]]\nname = "{s}"\n' + ("limit_kw = 7\n" if s.startswith(("LIM", "NEEDS"))
@@ -309,9 +310,10 @@ class Station:
 
 
 @contextmanager
-def connected(server: Server, name: str, protocol: str, *, boot: bool = True
-              ) -> Iterator[Station]:
-    with connect(f"wss://127.0.0.1:{server.port}/ocpp/{name}", subprotocols=[protocol],  # type: ignore[list-item]
+def connected(server: Server, name: str, protocol: str, *, boot: bool = True,
+              path: str | None = None) -> Iterator[Station]:
+    url = f"wss://127.0.0.1:{server.port}{path or '/ocpp/' + name}"
+    with connect(url, subprotocols=[protocol],  # type: ignore[list-item]
                  open_timeout=TIMEOUT_S, ssl=server.tls,
                  additional_headers=basic_auth(name)) as ws:
         st = Station(ws, protocol)
@@ -995,3 +997,18 @@ def test_ev_charging_needs_are_answered_with_a_profile_at_once(server: Server,
         assert st.call("NotifyEVChargingNeeds", {"evseId": 1, "chargingNeeds": needs}
                        )["status"] == "Accepted"
         st.wait_call("SetChargingProfile", lambda p: limit(p) == 4000.0)
+
+
+
+def test_identities_are_percent_decoded_and_paths_checked(server: Server) -> None:
+    """OCPP-J's URL scheme: the identity is the last path segment, percent-decoded; a
+    query string is not part of it; another path is refused before any OCPP message."""
+    name = "ID#1 ü"
+    with connected(server, name, "ocpp2.0.1", path="/ocpp/ID%231%20%C3%BC?site=x") as st:
+        assert authorize(st, "OK1")["status"] == "Accepted"
+    status, detail = server.api("GET", "/stations/ID%231%20%C3%BC")
+    assert status == 200 and detail["booted_at"] is not None
+    with (pytest.raises(InvalidStatus) as refused,
+          connected(server, name, "ocpp2.0.1", path="/elsewhere/ID%231%20%C3%BC")):
+        pass
+    assert refused.value.response.status_code == 404
