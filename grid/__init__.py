@@ -20,7 +20,15 @@ from evtwin.grid.exceptions import (
 )
 
 if TYPE_CHECKING:
-    from evtwin.grid.feeder import Engine, Feeder, place_stations, supplied_buses
+    from evtwin.grid.feeder import (
+        Engine,
+        Feeder,
+        distance_from_source_km,
+        load_buses,
+        place_stations,
+        supplied_buses,
+    )
+    from evtwin.grid.hosting import HostingCapacity, hosting_capacity, load_cases
     from evtwin.grid.networks import NETWORKS, load_network
     from evtwin.grid.profiles import BaseLoadProfile, ProfileShape
     from evtwin.grid.pv import PVProfile, clear_sky_pu, read_pv_csv
@@ -35,12 +43,17 @@ __all__ = [
     "GridError",
     "GridLimits",
     "GridResult",
+    "HostingCapacity",
     "NetworkFileError",
     "PVProfile",
     "PowerFlowError",
     "ProfileShape",
     "UnknownNetworkError",
     "clear_sky_pu",
+    "distance_from_source_km",
+    "hosting_capacity",
+    "load_buses",
+    "load_cases",
     "load_network",
     "place_stations",
     "read_pv_csv",
@@ -50,7 +63,8 @@ __all__ = [
 #: Where each lazily imported public name lives (submodule of this package).
 _SOURCES: dict[str, str] = {
     "Engine": "feeder", "Feeder": "feeder", "place_stations": "feeder",
-    "supplied_buses": "feeder",
+    "supplied_buses": "feeder", "load_buses": "feeder", "distance_from_source_km": "feeder",
+    "HostingCapacity": "hosting", "hosting_capacity": "hosting", "load_cases": "hosting",
     "NETWORKS": "networks", "load_network": "networks",
     "BaseLoadProfile": "profiles", "ProfileShape": "profiles",
     "PVProfile": "pv", "clear_sky_pu": "pv", "read_pv_csv": "pv",

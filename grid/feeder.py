@@ -39,6 +39,8 @@ IntArray = npt.NDArray[np.intp]
 _W_PER_MW = 1e6
 _KW_PER_MW = 1e3
 _STIFF_SOURCE_VA = 1e15  # source short-circuit power; makes the slack practically ideal
+#: Batches this large are solved on every core (power-grid-model's threading).
+_THREADED_BATCH = 64
 
 
 class _PowerFlowEngine(Protocol):
@@ -56,10 +58,12 @@ class _PowerFlowEngine(Protocol):
         ...
 
     def run_batch(
-        self, p_mw: FloatArray, q_mvar: FloatArray
+        self, p_mw: FloatArray, q_mvar: FloatArray, *, diverged_nan: bool = False
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Like :meth:`run` for ``N`` scenarios at once: inputs ``(N, n_loads)``,
-        outputs ``(N, n_bus)``, ``(N, n_line)``, ``(N, n_trafo)``."""
+        outputs ``(N, n_bus)``, ``(N, n_line)``, ``(N, n_trafo)``; with
+        ``diverged_nan`` a scenario that does not converge gives NaN rows instead
+        of raising."""
         ...
 
 
@@ -91,9 +95,18 @@ class _PandapowerEngine:
         )
 
     def run_batch(
-        self, p_mw: FloatArray, q_mvar: FloatArray
+        self, p_mw: FloatArray, q_mvar: FloatArray, *, diverged_nan: bool = False
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
-        outs = [self.run(p, q) for p, q in zip(p_mw, q_mvar, strict=True)]
+        outs = []
+        for p, q in zip(p_mw, q_mvar, strict=True):
+            try:
+                outs.append(self.run(p, q))
+            except PowerFlowError:
+                if not diverged_nan:
+                    raise
+                outs.append((np.full(len(self._net.bus), np.nan),
+                             np.full(len(self._net.line), np.nan),
+                             np.full(len(self._net.trafo), np.nan)))
         return (
             np.vstack([o[0] for o in outs]),
             np.vstack([o[1] for o in outs]),
@@ -191,7 +204,7 @@ class _PgmEngine:
         return bus_vm_pu, line_percent, trafo_percent
 
     def run_batch(
-        self, p_mw: FloatArray, q_mvar: FloatArray
+        self, p_mw: FloatArray, q_mvar: FloatArray, *, diverged_nan: bool = False
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         n = p_mw.shape[0]
         # A separate update array: the per-step one (self._update) is left alone.
@@ -207,9 +220,15 @@ class _PgmEngine:
                 symmetric=True,
                 calculation_method=CalculationMethod.newton_raphson,
                 output_component_types=self._outputs,
+                continue_on_batch_error=diverged_nan,
+                # Large batches on every core (scenarios are independent: same results).
+                threading=0 if n >= _THREADED_BATCH else -1,
             )
         except PowerGridError as exc:
             raise PowerFlowError(self.name, _describe_pgm_error(exc)) from exc
+        failed = np.zeros(n, dtype=bool)
+        if diverged_nan and self._model.batch_error is not None:
+            failed[np.asarray(self._model.batch_error.failed_scenarios, dtype=np.intp)] = True
         bus = np.atleast_2d(out[ComponentType.node]["u_pu"])[:, self._node_pos]
         if len(self._line_pos):
             line = np.atleast_2d(out[ComponentType.line]["loading"])[:, self._line_pos] * 100.0
@@ -220,6 +239,10 @@ class _PgmEngine:
             trafo = trafo_loading[:, self._trafo_pos] * self._trafo_scale
         else:
             trafo = np.empty((n, 0), dtype=np.float64)
+        if failed.any():
+            bus, line, trafo = (np.array(a, dtype=np.float64) for a in (bus, line, trafo))
+            for a in (bus, line, trafo):
+                a[failed] = np.nan
         return bus, line, trafo
 
 
@@ -505,6 +528,8 @@ class Feeder:
         household_p_mw: npt.ArrayLike,
         household_q_mvar: npt.ArrayLike,
         ev_p_kw: npt.ArrayLike,
+        *,
+        diverged_nan: bool = False,
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
         """Solve ``N`` independent scenarios at once (power-grid-model batch), e.g. to
         measure sensitivities by perturbation.
@@ -522,8 +547,11 @@ class Feeder:
             ``(N, n_trafo)``, in ``net.line`` / ``net.trafo`` order.  The feeder's state
             (last-solve figures, per-step buffers) is left untouched.
 
+        With ``diverged_nan`` a scenario that does not converge (a load beyond what
+        the feeder can carry at all) gives NaN rows instead of an error.
+
         Raises:
-            PowerFlowError: a scenario did not converge.
+            PowerFlowError: a scenario did not converge (unless ``diverged_nan``).
             ValueError: an input has the wrong shape.
         """
         p = np.atleast_2d(np.asarray(household_p_mw, dtype=np.float64))
@@ -540,7 +568,7 @@ class Feeder:
         der = np.tile(self._der_p_kw / _KW_PER_MW, (n, 1))
         p_all = np.hstack([p, ev / _KW_PER_MW, der])
         q_all = np.hstack([q, np.zeros_like(ev), np.zeros_like(der)])
-        return self._engine.run_batch(p_all, q_all)
+        return self._engine.run_batch(p_all, q_all, diverged_nan=diverged_nan)
 
     def _solve(
         self,
@@ -599,22 +627,29 @@ def _supplied_buses(net: pp.pandapowerNet) -> set[int]:
     return {int(b) for b in in_service} - unsupplied
 
 
+def load_buses(net: pp.pandapowerNet) -> list[int]:
+    """The in-service buses with a load that the external grid supplies, nearest first
+    (electrical distance along the lines, ties by bus index)."""
+    supplied = _supplied_buses(net)
+    active = net.load["in_service"].to_numpy(dtype=bool)
+    buses = {int(b) for b in net.load["bus"].to_numpy()[active]} & supplied
+    distance_km = distance_from_source_km(net)
+    return sorted(buses, key=lambda b: (distance_km.get(b, math.inf), b))
+
+
 def _spread_station_buses(net: pp.pandapowerNet, n_stations: int, supplied: set[int]) -> list[int]:
     if n_stations == 0:
         return []
-    active = net.load["in_service"].to_numpy(dtype=bool)
-    load_buses = sorted({int(b) for b in net.load["bus"].to_numpy()[active]} & supplied)
-    if not load_buses:
+    ordered = load_buses(net)
+    if not ordered:
         raise BusMappingError(
             None, "the network has no supplied bus with a load to place stations on"
         )
-    distance_km = _distance_from_source_km(net)
-    ordered = sorted(load_buses, key=lambda b: (distance_km.get(b, math.inf), b))
     n_load = len(ordered)
     return [ordered[i * n_load // n_stations] for i in range(n_stations)]
 
 
-def _distance_from_source_km(net: pp.pandapowerNet) -> dict[int, float]:
+def distance_from_source_km(net: pp.pandapowerNet) -> dict[int, float]:
     """Shortest line length in km from the nearest in-service external grid to each bus."""
     graph = top.create_nxgraph(net)
     slack_buses = net.ext_grid["bus"][net.ext_grid["in_service"].to_numpy(dtype=bool)]
