@@ -216,6 +216,41 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_hosting_capacity(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin hosting-capacity SCENARIO``: how much charging power each bus takes."""
+    from .planning import hosting_study, write_hosting
+    from .results import new_run_dir
+    from .scenario import load_scenario
+
+    scenario = load_scenario(args.scenario, parse_overrides(args.set, args.scenario))
+    buses = None
+    if args.buses:
+        try:
+            buses = [int(b) for b in args.buses.split(",") if b.strip()]
+        except ValueError:
+            raise ScenarioError(args.scenario, [("--buses", f"not a list of bus numbers: "
+                                                            f"{args.buses!r}")]) from None
+    with console.status("batched power flows ..."):
+        study = hosting_study(scenario, buses=buses, day=args.day, max_kw=args.max_kw)
+    out = new_run_dir(args.out, f"{scenario.name}-hosting")
+    paths = write_hosting(study, out)
+    table = Table(title=f"{scenario.name}: hosting capacity ({scenario.grid.network})",
+                  header_style="bold")
+    for col, justify in (("bus", "right"), ("capacity (kW)", "right"), ("binding", "left"),
+                         ("hour", "right"), ("distance (km)", "right")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    rows = study.table
+    shown = rows if len(rows) <= 20 or args.all else rows.nsmallest(10, "capacity_kw")
+    for r in shown.itertuples():
+        table.add_row(str(r.bus), f"{r.capacity_kw:.1f}", str(r.binding), f"{r.hour}:00",
+                      f"{r.distance_km:.3f}")
+    console.print(table)
+    if len(shown) < len(rows):
+        console.print(f"the {len(shown)} weakest of {len(rows)} buses (--all lists every one)")
+    console.print(f"written: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
     """``evtwin reproduce RUN_DIR``: run a recorded run again; exit 0 when KPIs are identical."""
     from .reproduce import load_record, reproduce
@@ -312,6 +347,17 @@ def cmd_csms_api_token(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0 (argparse names the option on error)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -398,6 +444,20 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("--workers", type=int, default=1, help="scenarios run in parallel")
     ck.add_argument("--verbose", action="store_true", help="list baseline KPIs that held too")
     ck.set_defaults(func=cmd_check)
+
+    hc = sub.add_parser("hosting-capacity",
+                        help="how much charging power each bus of the feeder takes")
+    hc.add_argument("scenario", help="scenario TOML file (its grid, base load and limits)")
+    hc.add_argument("--buses", metavar="B1,B2,...",
+                    help="candidate buses (default: every bus with a household)")
+    hc.add_argument("--day", action="store_true",
+                    help="every hour of a day, not only the base load's worst hour")
+    hc.add_argument("--max-kw", type=_positive_float, default=500.0,
+                    help="largest power tried per bus (default 500)")
+    hc.add_argument("--out", default="results", help="folder for the results folder")
+    hc.add_argument("--all", action="store_true", help="list every bus, not the 10 weakest")
+    hc.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
+    hc.set_defaults(func=cmd_hosting_capacity)
 
     rp = sub.add_parser("reproduce", help="run a recorded run again and compare its KPIs")
     rp.add_argument("record", metavar="RUN_DIR",
