@@ -28,7 +28,7 @@ if TYPE_CHECKING:
         place_stations,
         supplied_buses,
     )
-    from evtwin.grid.hosting import HostingCapacity, hosting_capacity, load_cases
+    from evtwin.grid.hosting import HostingCapacity, hosting_capacity, limits_broken, load_cases
     from evtwin.grid.networks import NETWORKS, load_network
     from evtwin.grid.profiles import BaseLoadProfile, ProfileShape
     from evtwin.grid.pv import PVProfile, clear_sky_pu, read_pv_csv
@@ -52,6 +52,7 @@ __all__ = [
     "clear_sky_pu",
     "distance_from_source_km",
     "hosting_capacity",
+    "limits_broken",
     "load_buses",
     "load_cases",
     "load_network",
@@ -65,6 +66,7 @@ _SOURCES: dict[str, str] = {
     "Engine": "feeder", "Feeder": "feeder", "place_stations": "feeder",
     "supplied_buses": "feeder", "load_buses": "feeder", "distance_from_source_km": "feeder",
     "HostingCapacity": "hosting", "hosting_capacity": "hosting", "load_cases": "hosting",
+    "limits_broken": "hosting",
     "NETWORKS": "networks", "load_network": "networks",
     "BaseLoadProfile": "profiles", "ProfileShape": "profiles",
     "PVProfile": "pv", "clear_sky_pu": "pv", "read_pv_csv": "pv",

@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from evtwin.grid.feeder import Feeder, distance_from_source_km
 
-__all__ = ["HostingCapacity", "hosting_capacity", "load_cases"]
+__all__ = ["HostingCapacity", "hosting_capacity", "limits_broken", "load_cases"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -165,3 +165,21 @@ def _element_names(feeder: Feeder) -> list[str]:
     return ([f"bus {int(b)} voltage" for b in buses]
             + [f"line {int(i)} loading" for i in feeder.net.line.index]
             + [f"trafo {int(i)} loading" for i in feeder.net.trafo.index])
+
+
+def limits_broken(feeder: Feeder, household_p_mw: npt.ArrayLike,
+                  household_q_mvar: npt.ArrayLike, ev_p_kw: npt.ArrayLike
+                  ) -> tuple[npt.NDArray[np.bool_], list[str]]:
+    """Which scenarios break a limit, and what breaks worst in each (``""`` if none).
+
+    Args: as :meth:`Feeder.solve_batch`, one row per scenario. A scenario that does
+    not converge breaks every limit.
+    """
+    bus, line, trafo = feeder.solve_batch(household_p_mw, household_q_mvar, ev_p_kw,
+                                          diverged_nan=True)
+    excess = _excess(feeder, bus, line, trafo)
+    worst = excess.max(axis=1)
+    names = _element_names(feeder)
+    broken = worst > 0
+    return broken, [names[int(np.argmax(row))] if b else "" for row, b in
+                    zip(excess, broken, strict=True)]

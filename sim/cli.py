@@ -218,7 +218,7 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_hosting_capacity(args: argparse.Namespace, console: Console) -> int:
     """``evtwin hosting-capacity SCENARIO``: how much charging power each bus takes."""
-    from .planning import hosting_study, write_hosting
+    from .planning import hosting_study, penetration_study, write_hosting
     from .results import new_run_dir
     from .scenario import load_scenario
 
@@ -230,10 +230,14 @@ def cmd_hosting_capacity(args: argparse.Namespace, console: Console) -> int:
         except ValueError:
             raise ScenarioError(args.scenario, [("--buses", f"not a list of bus numbers: "
                                                             f"{args.buses!r}")]) from None
+    levels = _shares(args.penetration, "--penetration", args.scenario)
+    strategies = [st.strip() for st in args.strategies.split(",") if st.strip()]
     with console.status("batched power flows ..."):
         study = hosting_study(scenario, buses=buses, day=args.day, max_kw=args.max_kw)
+        penetration = (penetration_study(scenario, levels, draws=args.draws,
+                                         strategies=strategies) if args.draws else None)
     out = new_run_dir(args.out, f"{scenario.name}-hosting")
-    paths = write_hosting(study, out)
+    paths = write_hosting(study, out, penetration)
     table = Table(title=f"{scenario.name}: hosting capacity ({scenario.grid.network})",
                   header_style="bold")
     for col, justify in (("bus", "right"), ("capacity (kW)", "right"), ("binding", "left"),
@@ -247,8 +251,30 @@ def cmd_hosting_capacity(args: argparse.Namespace, console: Console) -> int:
     console.print(table)
     if len(shown) < len(rows):
         console.print(f"the {len(shown)} weakest of {len(rows)} buses (--all lists every one)")
+    if penetration is not None:
+        pt = Table(title=f"probability of a broken limit at the evening peak "
+                         f"({args.draws} draws)", header_style="bold")
+        for col in ("strategy", "houses with an EV", "EVs (mean)", "draws broken",
+                    "most often binding"):
+            pt.add_column(col)
+        for r in penetration.table.itertuples():
+            pt.add_row(str(r.strategy), f"{r.penetration:.0%}", f"{r.evs_mean:.1f}",
+                       f"{r.p_violation:.0%}", str(r.binding) or "-")
+        console.print(pt)
     console.print(f"written: {', '.join(str(p) for p in paths)}")
     return 0
+
+
+def _shares(text: str, option: str, source: str) -> list[float]:
+    """A comma-separated list of shares between 0 and 1 (ScenarioError naming ``option``)."""
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise ScenarioError(source, [(option, f"give shares between 0 and 1, e.g. "
+                                              f"0.2,0.4: {text!r}")])
+    return values
 
 
 def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
@@ -358,6 +384,17 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -454,6 +491,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="every hour of a day, not only the base load's worst hour")
     hc.add_argument("--max-kw", type=_positive_float, default=500.0,
                     help="largest power tried per bus (default 500)")
+    hc.add_argument("--penetration", default="0.2,0.4,0.6,0.8,1.0", metavar="S1,S2,...",
+                    help="shares of houses with an EV for the probability of a broken "
+                         "limit (default 0.2,0.4,0.6,0.8,1.0)")
+    hc.add_argument("--draws", type=_non_negative_int, default=100,
+                    help="seeded draws per share (default 100; 0: no penetration study)")
+    hc.add_argument("--strategies", default="uncontrolled,equal_share",
+                    help="strategies of the penetration study (uncontrolled, equal_share)")
     hc.add_argument("--out", default="results", help="folder for the results folder")
     hc.add_argument("--all", action="store_true", help="list every bus, not the 10 weakest")
     hc.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from evtwin.grid import (
@@ -20,6 +21,7 @@ from evtwin.grid import (
     Feeder,
     GridLimits,
     hosting_capacity,
+    limits_broken,
     load_buses,
     load_cases,
     load_network,
@@ -28,7 +30,17 @@ from evtwin.grid import (
 from .exceptions import ScenarioError
 from .scenario import Scenario
 
-__all__ = ["HostingStudy", "hosting_study", "plot_hosting", "write_hosting"]
+__all__ = ["COINCIDENCE_AT_PEAK", "HostingStudy", "PenetrationStudy", "hosting_study",
+           "penetration_study", "plot_hosting", "plot_penetration", "write_hosting"]
+
+#: Share of home EVs charging at full power at the evening peak, uncontrolled: the UK
+#: Electric Nation trial (about 1,200 EVs on 7.36 kW chargers) measured a diversified
+#: uncontrolled peak of about 2.16 kW per EV, i.e. 2.16 / 7.36 = 0.29 of them at full
+#: power (profiles published in the Team-Nando/EV-Demand-Profiles repository).
+COINCIDENCE_AT_PEAK = 2.16 / 7.36
+
+#: The strategies the penetration screen models without running the twin.
+SCREEN_STRATEGIES = ("uncontrolled", "equal_share")
 
 
 @dataclass(frozen=True)
@@ -60,13 +72,7 @@ def hosting_study(sc: Scenario, *, buses: Sequence[int] | None = None, day: bool
             raise ScenarioError(sc.name, [("--buses", f"no bus {b} in {g.network}")
                                           for b in unknown])
         candidates = list(dict.fromkeys(int(b) for b in buses))
-    feeder = Feeder(net, n_stations=len(candidates), station_buses=candidates,
-                    engine="pgm",
-                    base_profile=BaseLoadProfile("residential", scale=g.base_load_scale,
-                                                 noise=0.0),
-                    limits=GridLimits(v_min_pu=g.v_min_pu, v_max_pu=g.v_max_pu,
-                                      line_loading_max_percent=g.line_loading_max_percent,
-                                      trafo_loading_max_percent=g.trafo_loading_max_percent))
+    feeder = _feeder(sc, candidates)
     p, q, hours = load_cases(feeder, range(24) if day else None)
     results = hosting_capacity(feeder, p, q, max_kw=max_kw, tol_kw=tol_kw)
     table = pd.DataFrame({
@@ -79,12 +85,119 @@ def hosting_study(sc: Scenario, *, buses: Sequence[int] | None = None, day: bool
     return HostingStudy(sc, feeder, table, tuple(hours))
 
 
-def write_hosting(study: HostingStudy, out: Path) -> list[Path]:
-    """Write the table (CSV) and the feeder drawing (PNG) into ``out``."""
+@dataclass(frozen=True)
+class PenetrationStudy:
+    """Probability of a broken limit against EV penetration, per strategy.
+
+    ``table``: one row per strategy and penetration: ``strategy``, ``penetration``
+    (share of houses with an EV), ``evs_mean``, ``p_violation`` (share of draws with a
+    limit broken), ``binding`` (what broke most often), ``draws``.
+    """
+
+    scenario: Scenario
+    table: pd.DataFrame
+    ev_kw: float
+    coincidence: float
+
+
+def _feeder(sc: Scenario, candidates: list[int]) -> Feeder:
+    g = sc.grid
+    return Feeder(load_network(g.network), n_stations=len(candidates),
+                  station_buses=candidates, engine="pgm",
+                  base_profile=BaseLoadProfile("residential", scale=g.base_load_scale,
+                                               noise=0.0),
+                  limits=GridLimits(v_min_pu=g.v_min_pu, v_max_pu=g.v_max_pu,
+                                    line_loading_max_percent=g.line_loading_max_percent,
+                                    trafo_loading_max_percent=g.trafo_loading_max_percent))
+
+
+def penetration_study(sc: Scenario, levels: Sequence[float], *, draws: int = 100,
+                      strategies: Sequence[str] = SCREEN_STRATEGIES,
+                      coincidence: float = COINCIDENCE_AT_PEAK) -> PenetrationStudy:
+    """How likely the feeder breaks a limit at the base load's worst hour as more
+    houses get an EV (a screen with batched power flows, not twin runs).
+
+    Each draw gives every house a uniform number for owning an EV and one for
+    charging at the peak (seeded by the scenario's seed; the same numbers at every
+    penetration, so the EVs of a lower penetration are among those of a higher one).
+    A house owns an EV below the penetration; its EV charges at the home site's
+    ``evse_max_kw`` with probability ``coincidence``. ``uncontrolled``: every charging
+    EV at full power; ``equal_share``: the home site's ``limit_kw`` (if any) shared
+    equally among them, as the CSMS's strategy does.
+    """
+    unknown = [st for st in strategies if st not in SCREEN_STRATEGIES]
+    if unknown:
+        raise ScenarioError(sc.name, [("--strategies", f"the screen models only "
+                                       f"{', '.join(SCREEN_STRATEGIES)}, not {unknown}")])
+    bad = [lv for lv in levels if not 0.0 <= lv <= 1.0]
+    if bad:
+        raise ScenarioError(sc.name, [("--penetration", f"shares between 0 and 1, not {bad}")])
+    home = next((site for site in sc.sites if site.kind == "home"), None)
+    ev_kw = home.evse_max_kw if home is not None else 11.0
+    site_limit_kw = home.limit_kw if home is not None else None
+    net_buses = load_buses(load_network(sc.grid.network))
+    feeder = _feeder(sc, net_buses)
+    p, q, _ = load_cases(feeder)
+    rng = np.random.default_rng(sc.seed)
+    owns_u = rng.random((draws, len(net_buses)))
+    charges = rng.random((draws, len(net_buses))) < coincidence
+    rows = []
+    for strategy in strategies:
+        for level in levels:
+            ev = ((owns_u < level) & charges) * ev_kw
+            if strategy == "equal_share" and site_limit_kw is not None:
+                total = ev.sum(axis=1, keepdims=True)
+                ev = ev * np.minimum(1.0, site_limit_kw / np.maximum(total, 1e-9))
+            broken, binding = limits_broken(feeder, np.repeat(p, draws, axis=0),
+                                            np.repeat(q, draws, axis=0), ev)
+            names = pd.Series([b for b in binding if b])
+            rows.append({"strategy": strategy, "penetration": float(level),
+                         "evs_mean": float((owns_u < level).sum(axis=1).mean()),
+                         "p_violation": float(broken.mean()),
+                         "binding": names.mode().iloc[0] if len(names) else "",
+                         "draws": draws})
+    return PenetrationStudy(sc, pd.DataFrame(rows), ev_kw, coincidence)
+
+
+def plot_penetration(study: PenetrationStudy, path: Path) -> Path:
+    """Probability of a broken limit (%) against the share of houses with an EV (%)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for strategy, rows in study.table.groupby("strategy", sort=False):
+        ax.plot(rows["penetration"] * 100, rows["p_violation"] * 100, marker="o",
+                label=str(strategy))
+    ax.set_xlabel("houses with an EV (%)")
+    ax.set_ylabel("draws with a limit broken (%)")
+    ax.set_ylim(-3, 103)
+    ax.set_xlim(0, 102)
+    ax.grid(alpha=0.3)
+    draws = int(study.table["draws"].iloc[0]) if len(study.table) else 0
+    ax.set_title(f"{study.scenario.name}: {study.scenario.grid.network} at the evening peak\n"
+                 f"{draws} draws per point; {study.ev_kw:g} kW chargers, "
+                 f"{study.coincidence:.0%} charging at once (Electric Nation)", fontsize=10)
+    ax.legend(title="strategy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_hosting(study: HostingStudy, out: Path,
+                  penetration: PenetrationStudy | None = None) -> list[Path]:
+    """Write the tables (CSV) and figures (PNG) into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     csv = out / "hosting_capacity.csv"
     study.table.to_csv(csv, index=False)
-    return [csv, plot_hosting(study, out / "hosting_capacity.png")]
+    paths = [csv, plot_hosting(study, out / "hosting_capacity.png")]
+    if penetration is not None:
+        pcsv = out / "hosting_penetration.csv"
+        penetration.table.to_csv(pcsv, index=False)
+        paths += [pcsv, plot_penetration(penetration, out / "hosting_probability.png")]
+    return paths
 
 
 def plot_hosting(study: HostingStudy, path: Path) -> Path:

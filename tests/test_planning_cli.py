@@ -19,13 +19,16 @@ def test_hosting_capacity_writes_its_table_and_drawing(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]
                                                        ) -> None:
     assert main(["hosting-capacity", str(PLANNING), "--buses", "283,29,3", "--out",
-                 str(tmp_path)]) == 0
+                 str(tmp_path), "--draws", "5", "--penetration", "0.5,1"]) == 0
     [out] = list(tmp_path.iterdir())
     table = pd.read_csv(out / "hosting_capacity.csv")
     assert list(table.columns) == ["bus", "capacity_kw", "binding", "hour", "distance_km"]
     assert sorted(table["bus"]) == [3, 29, 283]
     assert (table["capacity_kw"] > 0).all() and (table["hour"] == 20).all()
     assert (out / "hosting_capacity.png").stat().st_size > 10_000
+    curve = pd.read_csv(out / "hosting_penetration.csv")
+    assert len(curve) == 4 and set(curve["strategy"]) == {"uncontrolled", "equal_share"}
+    assert (out / "hosting_probability.png").stat().st_size > 10_000
     assert "hosting capacity" in capsys.readouterr().out
 
 
@@ -41,6 +44,9 @@ def test_the_planning_scenario_has_the_feeder_the_issue_asks_for() -> None:
     (["--buses", "3,x"], "--buses"),
     (["--buses", "99999"], "no bus 99999"),
     (["--max-kw", "-5"], "--max-kw"),
+    (["--penetration", "0.5,2"], "--penetration"),
+    (["--strategies", "feeder_aware"], "--strategies"),
+    (["--draws", "-1"], "--draws"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "evtwin.sim.cli", "hosting-capacity",
@@ -49,3 +55,22 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], says:
     assert proc.returncode == 2, proc.stderr
     assert says in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.iterdir())  # no empty result folder left behind
+
+
+def test_probability_of_violation_rises_with_penetration_for_fixed_draws() -> None:
+    """With the same seeded draws at every level (the EVs of a lower penetration are among
+    those of a higher one), the share of draws with a broken limit never falls as more
+    houses get an EV; sharing the home site's limit (equal_share) never breaks more."""
+    from evtwin.sim import load_scenario
+    from evtwin.sim.planning import penetration_study
+
+    sc = load_scenario(PLANNING)
+    levels = [i / 10 for i in range(11)]
+    study = penetration_study(sc, levels, draws=40)
+    t = study.table
+    unc = t[t.strategy == "uncontrolled"]["p_violation"].tolist()
+    eq = t[t.strategy == "equal_share"]["p_violation"].tolist()
+    assert unc == sorted(unc) and unc[0] == 0.0 and unc[-1] > 0.2
+    assert all(e <= u for e, u in zip(eq, unc, strict=True))
+    again = penetration_study(sc, levels, draws=40).table
+    assert again.equals(t)  # same scenario, same seed: the same curve
