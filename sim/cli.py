@@ -277,6 +277,45 @@ def _shares(text: str, option: str, source: str) -> list[float]:
     return values
 
 
+def cmd_place(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin place SCENARIO --add N``: where N new chargers go."""
+    from .placement import place, write_placement
+    from .results import new_run_dir
+    from .scenario import load_scenario
+
+    scenario = load_scenario(args.scenario, parse_overrides(args.set, args.scenario))
+    candidates = None
+    if args.candidates:
+        try:
+            candidates = [int(b) for b in args.candidates.split(",") if b.strip()]
+        except ValueError:
+            raise ScenarioError(args.scenario, [("--candidates", f"not a list of bus "
+                                                                 f"numbers: {args.candidates!r}")
+                                                ]) from None
+    with console.status(f"screening buses, then {args.top} twin runs ..."):
+        placement = place(scenario, add=args.add, kw=args.kw, candidates=candidates,
+                          top=args.top, workers=args.workers)
+    out = new_run_dir(args.out, f"{scenario.name}-place")
+    paths = write_placement(placement, out)
+    table = Table(title=f"{scenario.name}: {args.add} chargers of {args.kw:g} kW",
+                  header_style="bold")
+    for col in ("rank", "bus", "headroom (kW)", "binding", "grid limit broken (min)",
+                "unmet (%)", "delivered (kWh)", "peak trafo (%)"):
+        table.add_column(col, justify="left" if col == "binding" else "right")
+    for r in placement.table.head(max(args.top, 10)).itertuples():
+        ran = r.rank == r.rank  # not NaN
+        table.add_row(f"{int(r.rank)}" if ran else f"({r.screen_rank})", str(r.bus),
+                      f"{r.headroom_kw:.1f}", str(r.binding),
+                      f"{r.minutes_voltage_violation + r.minutes_thermal_violation:.0f}"
+                      if ran else "", f"{r.energy_unmet_share:.1f}" if ran else "",
+                      f"{r.energy_delivered_kwh:.0f}" if ran else "",
+                      f"{r.peak_trafo_loading_percent:.0f}" if ran else "")
+    console.print(table)
+    console.print("rank: after twin runs; (n): place in the power-flow screen only")
+    console.print(f"written: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
     """``evtwin reproduce RUN_DIR``: run a recorded run again; exit 0 when KPIs are identical."""
     from .reproduce import load_record, reproduce
@@ -395,6 +434,14 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more: {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
     parser = argparse.ArgumentParser(
@@ -502,6 +549,21 @@ def build_parser() -> argparse.ArgumentParser:
     hc.add_argument("--all", action="store_true", help="list every bus, not the 10 weakest")
     hc.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
     hc.set_defaults(func=cmd_hosting_capacity)
+
+    pl = sub.add_parser("place", help="rank buses for new chargers: a power-flow screen, "
+                                      "then twin runs of the best")
+    pl.add_argument("scenario", help="scenario TOML file")
+    pl.add_argument("--add", type=_positive_int, required=True, help="new chargers (one site)")
+    pl.add_argument("--kw", type=_positive_float, default=22.0,
+                    help="power of each new charger (default 22)")
+    pl.add_argument("--candidates", metavar="B1,B2,...",
+                    help="candidate buses (default: every bus with a household)")
+    pl.add_argument("--top", type=_non_negative_int, default=3,
+                    help="placements run in the twin (default 3; 0: the screen only)")
+    pl.add_argument("--workers", type=_positive_int, help="parallel processes (default: CPUs)")
+    pl.add_argument("--out", default="results", help="folder for the results folder")
+    pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
+    pl.set_defaults(func=cmd_place)
 
     rp = sub.add_parser("reproduce", help="run a recorded run again and compare its KPIs")
     rp.add_argument("record", metavar="RUN_DIR",

@@ -200,8 +200,10 @@ def write_hosting(study: HostingStudy, out: Path,
     return paths
 
 
-def plot_hosting(study: HostingStudy, path: Path) -> Path:
-    """The feeder with every candidate bus coloured by its hosting capacity (kW)."""
+def plot_hosting(study: HostingStudy, path: Path, *, marked: dict[int, int] | None = None,
+                 title: str | None = None) -> Path:
+    """The feeder with every candidate bus coloured by its hosting capacity (kW);
+    ``marked`` buses get their number (a placement's rank) beside them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,6 +229,12 @@ def plot_hosting(study: HostingStudy, path: Path) -> Path:
     source = [pos[int(b)] for b in net.ext_grid["bus"]]
     ax.scatter([p[0] for p in source], [p[1] for p in source], marker="s", s=90,
                color="tab:red", zorder=4, label="external grid")
+    for bus, number in (marked or {}).items():
+        x, y = pos[int(bus)]
+        ax.scatter([x], [y], s=160, facecolors="none", edgecolors="tab:red", linewidths=1.6,
+                   zorder=4)
+        ax.annotate(str(number), (x, y), textcoords="offset points", xytext=(7, 5),
+                    color="tab:red", fontsize=10, fontweight="bold")
     weakest = table.loc[table["capacity_kw"].idxmin()]
     ax.annotate(f"weakest: bus {int(weakest.bus)}, {weakest.capacity_kw:.0f} kW\n"
                 f"({weakest.binding})", pos[int(weakest.bus)], textcoords="offset points",
@@ -242,7 +250,8 @@ def plot_hosting(study: HostingStudy, path: Path) -> Path:
     g = study.scenario.grid
     when = ("worst of 24 hours" if len(study.hours) > 1
             else f"at the base load's worst hour ({study.hours[0]}:00)")
-    ax.set_title(f"{study.scenario.name}: extra charging power each bus takes, {when}\n"
+    head = title or f"{study.scenario.name}: extra charging power each bus takes"
+    ax.set_title(f"{head}\n{when}\n"
                  f"{g.network}, households x{g.base_load_scale:g}, limits "
                  f"{g.v_min_pu:g}-{g.v_max_pu:g} pu, lines {g.line_loading_max_percent:g} %, "
                  f"transformer {g.trafo_loading_max_percent:g} %", fontsize=10)

@@ -74,3 +74,41 @@ def test_probability_of_violation_rises_with_penetration_for_fixed_draws() -> No
     assert all(e <= u for e, u in zip(eq, unc, strict=True))
     again = penetration_study(sc, levels, draws=40).table
     assert again.equals(t)  # same scenario, same seed: the same curve
+
+
+def test_placement_prefers_the_bus_with_more_headroom(tmp_path: Path) -> None:
+    """Equal demand (evtwin's EVs have no home bus yet): of a bus near the transformer
+    and one at the far end of the village feeder, the screen and the twin runs both
+    put the near one first; the winner's scenario file runs as it was ranked."""
+    from evtwin.sim import load_scenario
+    from evtwin.sim.placement import NEW_SITE, place, write_placement
+
+    demo = ROOT / "scenarios" / "demo.toml"
+    sc = load_scenario(demo, {"duration_h": 3})
+    near, far = 39, 69  # 44 m and 495 m from the transformer along the lines
+    placement = place(sc, add=4, kw=22.0, candidates=[far, near], top=2, workers=1)
+    t = placement.table.set_index("bus")
+    assert t.loc[near, "headroom_kw"] > t.loc[far, "headroom_kw"]
+    assert t.loc[near, "screen_rank"] == 1 and t.loc[near, "rank"] == 1
+    assert placement.winner is not None
+    [new] = [s for s in placement.winner.sites if s.name == NEW_SITE]
+    assert new.buses == [near] * 4 and new.evse_max_kw == 22.0
+    paths = write_placement(placement, tmp_path)
+    again = load_scenario(tmp_path / "winner.toml")
+    assert again.model_dump() == placement.winner.model_dump()
+    assert {p.name for p in paths} == {"placement.csv", "placement.png", "winner.toml"}
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--add", "0"], "--add"),
+    (["--add", "2", "--candidates", "x"], "--candidates"),
+    (["--add", "2", "--candidates", "99999"], "no bus 99999"),
+])
+def test_place_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
+                                                says: str) -> None:
+    proc = subprocess.run([sys.executable, "-m", "evtwin.sim.cli", "place", str(PLANNING),
+                           "--out", str(tmp_path), *args],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert says in proc.stderr and "Traceback" not in proc.stderr
+    assert not list(tmp_path.iterdir())
