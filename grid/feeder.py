@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +29,13 @@ from power_grid_model_io.converters import PandaPowerConverter
 from evtwin.grid.exceptions import BusMappingError, GridError, PowerFlowError
 from evtwin.grid.profiles import BaseLoadProfile
 from evtwin.grid.results import GridLimits, GridResult
+from evtwin.grid.unbalanced import (
+    add_zero_sequence,
+    neutral_current_a,
+    phase_shares,
+    spread_over_phases,
+    unbalance_percent,
+)
 
 __all__ = ["Engine", "Feeder"]
 
@@ -274,6 +281,123 @@ class _PgmEngine:
         return failed
 
 
+class _PgmAsymEngine:
+    """Unbalanced engine: every load an ``asym_load`` of power-grid-model, its power split
+    over L1, L2, L3 by fixed shares (a single-phase connection all on its phase), solved
+    with ``symmetric=False``. ``run`` returns bus voltages per phase ``(n_bus, 3)`` and
+    keeps each bus's voltage unbalance (``last_vuf_percent``) and each line's neutral
+    current (``last_neutral_a``)."""
+
+    name = "pgm-asym"
+
+    def __init__(self, net: pp.pandapowerNet, shares: FloatArray) -> None:
+        net = copy.deepcopy(net)
+        # Every load as an asymmetric load, in net.load row order (ids follow).
+        loads = net.load
+        rows = []
+        for _, load in loads.iterrows():
+            rows.append(pp.create_asymmetric_load(net, int(load.bus), name=str(load["name"]),
+                                                  in_service=bool(load.in_service)))
+        net.load.drop(net.load.index, inplace=True)
+        converter = PandaPowerConverter(system_frequency=float(net.f_hz))
+        try:
+            input_data, _ = converter.load_input_data(net, make_extra_info=False)
+            if ComponentType.source in input_data:
+                input_data[ComponentType.source]["sk"] = _STIFF_SOURCE_VA
+            self._model = PowerGridModel(input_data, system_frequency=float(net.f_hz))
+        except (NotImplementedError, RuntimeError, KeyError, PowerGridError) as exc:
+            raise GridError(f"Cannot convert the network to power-grid-model: {exc}") from exc
+        self._shares = shares
+        load_ids = np.array([converter.get_id("asymmetric_load", int(r)) for r in rows],
+                            dtype=np.int32)
+        self._load_ids = load_ids
+        self._node_pos = _positions(input_data[ComponentType.node]["id"],
+                                    [converter.get_id("bus", int(b)) for b in net.bus.index])
+        self._outputs = [ComponentType.node]
+        self._line_pos = np.empty(0, dtype=np.intp)
+        self._line_from = np.empty(0, dtype=np.intp)
+        if len(net.line):
+            self._outputs.append(ComponentType.line)
+            self._line_pos = _positions(input_data[ComponentType.line]["id"],
+                                        [converter.get_id("line", int(i)) for i in net.line.index])
+            bus_row = {int(b): r for r, b in enumerate(net.bus.index)}
+            self._line_from = np.array([bus_row[int(b)] for b in net.line.from_bus],
+                                       dtype=np.intp)
+        self._trafo_pos = np.empty(0, dtype=np.intp)
+        self._trafo_scale = np.empty(0, dtype=np.float64)
+        if len(net.trafo):
+            self._outputs.append(ComponentType.transformer)
+            self._trafo_pos = _positions(
+                input_data[ComponentType.transformer]["id"],
+                [converter.get_id("trafo", int(i)) for i in net.trafo.index])
+            self._trafo_scale = 100.0 / net.trafo["df"].to_numpy(dtype=np.float64)
+        self.last_vuf_percent = np.empty(0, dtype=np.float64)
+        self.last_neutral_a = np.empty(0, dtype=np.float64)
+
+    def _update(self, p_mw: FloatArray, q_mvar: FloatArray) -> dict[ComponentType, Any] | None:
+        p = np.atleast_2d(p_mw)
+        q = np.atleast_2d(q_mvar)
+        update = initialize_array(DatasetType.update, ComponentType.asym_load,
+                                  (p.shape[0], len(self._load_ids)))
+        update["id"] = self._load_ids
+        update["p_specified"] = p[:, :, None] * self._shares[None, :, :] * _W_PER_MW
+        update["q_specified"] = q[:, :, None] * self._shares[None, :, :] * _W_PER_MW
+        return {ComponentType.asym_load: update} if len(self._load_ids) else None
+
+    def _calculate(self, update: dict[ComponentType, Any] | None, n: int, *,
+                   method: CalculationMethod, tolerate: bool) -> dict[ComponentType, Any]:
+        try:
+            return self._model.calculate_power_flow(
+                update_data=update, symmetric=False, calculation_method=method,
+                output_component_types=self._outputs, continue_on_batch_error=tolerate,
+                threading=0 if n >= _THREADED_BATCH else -1)
+        except PowerGridError as exc:
+            raise PowerFlowError(self.name, _describe_pgm_error(exc)) from exc
+
+    def run(
+        self, p_mw: FloatArray, q_mvar: FloatArray
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        out = self._calculate(self._update(p_mw, q_mvar), 1,
+                              method=CalculationMethod.newton_raphson, tolerate=False)
+        node = out[ComponentType.node][0][self._node_pos]
+        bus_vm = np.asarray(node["u_pu"], dtype=np.float64)
+        self.last_vuf_percent = unbalance_percent(node["u"], node["u_angle"])
+        line = np.empty(0, dtype=np.float64)
+        if len(self._line_pos):
+            lines = out[ComponentType.line][0][self._line_pos]
+            line = np.asarray(lines["loading"], dtype=np.float64) * 100.0
+            self.last_neutral_a = neutral_current_a(
+                lines["p_from"], lines["q_from"], node["u"][self._line_from],
+                node["u_angle"][self._line_from])
+        trafo = np.empty(0, dtype=np.float64)
+        if len(self._trafo_pos):
+            trafo = np.asarray(out[ComponentType.transformer][0]["loading"][self._trafo_pos],
+                               dtype=np.float64) * self._trafo_scale
+        return bus_vm, line, trafo
+
+    def run_batch(
+        self, p_mw: FloatArray, q_mvar: FloatArray, *, diverged_nan: bool = False
+    ) -> tuple[FloatArray, FloatArray, FloatArray]:
+        """Per scenario, each bus's phase voltage farthest from 1 pu (so limits both
+        ways are checked on the phase that matters), lines and transformers."""
+        n = p_mw.shape[0]
+        out = self._calculate(self._update(p_mw, q_mvar), n,
+                              method=CalculationMethod.newton_raphson, tolerate=diverged_nan)
+        failed = np.zeros(n, dtype=bool)
+        if diverged_nan and self._model.batch_error is not None:
+            failed[np.asarray(self._model.batch_error.failed_scenarios, dtype=np.intp)] = True
+        u = np.asarray(out[ComponentType.node]["u_pu"], dtype=np.float64)[:, self._node_pos]
+        far = np.take_along_axis(u, np.abs(u - 1.0).argmax(axis=2)[..., None], axis=2)[..., 0]
+        line = (np.asarray(out[ComponentType.line]["loading"], dtype=np.float64)[
+            :, self._line_pos] * 100.0 if len(self._line_pos) else np.empty((n, 0)))
+        trafo = (np.asarray(out[ComponentType.transformer]["loading"], dtype=np.float64)[
+            :, self._trafo_pos] * self._trafo_scale if len(self._trafo_pos)
+            else np.empty((n, 0)))
+        for a in (far, line, trafo):
+            a[failed] = np.nan
+        return far, line, trafo
+
+
 def _scenario(values: FloatArray) -> FloatArray:
     """The single scenario of a batch output (a plain output when there was no update)."""
     return values[0] if values.ndim == 2 else values
@@ -314,6 +438,15 @@ class Feeder:
         der_buses: pandapower bus index of each distributed energy resource (PV
             plant, stationary battery), solved with ``der_p_kw`` (load convention:
             negative = feeding in).
+        unbalanced: solve the three-phase unbalanced power flow (power-grid-model,
+            ``symmetric=False``): households single-phase, spread over L1, L2, L3 by
+            ``phase_seed`` (counts differ by at most one); stations three-phase unless
+            ``station_phases`` says 1 (then spread the same way) or
+            ``station_connections`` names each one's phase (0, 1, 2; -1 three-phase).
+            Zero-sequence data the network lacks is filled by
+            :func:`~evtwin.grid.unbalanced.add_zero_sequence` (listed in
+            ``zero_sequence_filled``). Results then carry per-phase voltages, the
+            voltage unbalance factor and the neutral current.
 
     The feeder's loads: every load of ``net`` is a household (its ``p_mw``/``q_mvar``
     times ``scaling`` are its nominal power; it is modelled as constant power).  One
@@ -350,11 +483,25 @@ class Feeder:
         base_profile: BaseLoadProfile | None = None,
         limits: GridLimits = GridLimits(),  # noqa: B008  (frozen, so sharing is safe)
         der_buses: Sequence[int] = (),
+        unbalanced: bool = False,
+        station_phases: Sequence[int] | None = None,
+        station_connections: Sequence[int] | None = None,
+        phase_seed: int = 0,
     ) -> None:
         if n_stations < 0:
             raise ValueError(f"n_stations must be >= 0, got {n_stations}")
         if engine not in ("pgm", "pandapower"):
             raise ValueError(f"Unknown engine {engine!r}; valid: 'pgm', 'pandapower'")
+        if unbalanced and engine != "pgm":
+            raise ValueError("an unbalanced feeder is solved by the pgm engine "
+                             "(pandapower's runpp_3ph is the reference in the tests)")
+        if station_phases is not None and (len(station_phases) != n_stations or any(
+                n not in (1, 3) for n in station_phases)):
+            raise ValueError("station_phases: 1 or 3 for each station")
+        if station_connections is not None and (len(station_connections) != n_stations or any(
+                c not in (-1, 0, 1, 2) for c in station_connections)):
+            raise ValueError("station_connections: -1 (three-phase) or 0, 1, 2 (L1, L2, L3) "
+                             "for each station")
         self.engine: Engine = engine
         self.limits: GridLimits = limits
         self.base_profile = BaseLoadProfile() if base_profile is None else base_profile
@@ -430,9 +577,28 @@ class Feeder:
         )
         self._sum_household_p_kw = math.nan
 
-        self._engine: _PowerFlowEngine = (
-            _PgmEngine(net) if engine == "pgm" else _PandapowerEngine(net)
-        )
+        #: Unbalanced: the phase (0, 1, 2 = L1, L2, L3) of every single-phase
+        #: connection, -1 for three-phase ones (households, stations, DER in that
+        #: order); seeded by ``phase_seed``, spread evenly (see spread_over_phases).
+        self.unbalanced = unbalanced
+        self.load_phases: npt.NDArray[np.int64] = np.full(n_loads, -1, dtype=np.int64)
+        self.zero_sequence_filled: list[str] = []
+        if unbalanced:
+            rng = np.random.default_rng(phase_seed)
+            n_hh = self._n_households
+            self.load_phases[:n_hh] = spread_over_phases(n_hh, rng)
+            if station_connections is not None:
+                self.load_phases[n_hh:n_hh + n_stations] = station_connections
+            else:
+                single = [i for i, n in enumerate(station_phases or [3] * n_stations) if n == 1]
+                self.load_phases[[n_hh + i for i in single]] = spread_over_phases(len(single),
+                                                                                  rng)
+            asym_net = copy.deepcopy(net)
+            self.zero_sequence_filled = add_zero_sequence(asym_net)
+            self._engine: _PowerFlowEngine = _PgmAsymEngine(
+                asym_net, phase_shares(self.load_phases.tolist()))
+        else:
+            self._engine = _PgmEngine(net) if engine == "pgm" else _PandapowerEngine(net)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -624,6 +790,8 @@ class Feeder:
             raise PowerFlowError(exc.engine, exc.detail, t_s) from exc.__cause__
         self._sum_household_p_kw = float(household_p_mw @ self._household_in_service) * _KW_PER_MW
 
+        if bus_vm_pu.ndim == 2:  # unbalanced: per phase
+            return self._unbalanced_result(bus_vm_pu, line_percent, trafo_percent)
         stat_vm = bus_vm_pu[self._stat_rows]
         return GridResult(
             vm_min_pu=float(stat_vm.min()),
@@ -634,6 +802,29 @@ class Feeder:
             bus_vm_pu=_readonly(bus_vm_pu),
             line_loadings_percent=_readonly(line_percent),
             trafo_loadings_percent=_readonly(trafo_percent),
+        )
+
+
+    def _unbalanced_result(self, phase_vm: FloatArray, line_percent: FloatArray,
+                           trafo_percent: FloatArray) -> GridResult:
+        engine = self._engine
+        assert isinstance(engine, _PgmAsymEngine)
+        stat = phase_vm[self._stat_rows]
+        lowest = phase_vm.min(axis=1)
+        vuf = engine.last_vuf_percent[self._stat_rows]
+        neutral = engine.last_neutral_a
+        return GridResult(
+            vm_min_pu=float(stat.min()),
+            vm_max_pu=float(stat.max()),
+            line_loading_max_percent=float(np.nanmax(line_percent)) if line_percent.size else 0.0,
+            trafo_loading_percent=float(np.nanmax(trafo_percent)) if trafo_percent.size else 0.0,
+            station_vm_pu=_readonly(lowest[self._station_bus_rows]),
+            bus_vm_pu=_readonly(lowest),
+            line_loadings_percent=_readonly(line_percent),
+            trafo_loadings_percent=_readonly(trafo_percent),
+            bus_vm_phase_pu=_readonly(np.array(phase_vm)),
+            vuf_max_percent=float(np.nanmax(vuf)) if vuf.size else 0.0,
+            neutral_current_max_a=float(np.nanmax(neutral)) if neutral.size else 0.0,
         )
 
 

@@ -27,6 +27,9 @@ class GridLimits:
     v_max_pu: float = 1.10
     line_loading_max_percent: float = 100.0
     trafo_loading_max_percent: float = 100.0
+    # EN 50160: voltage unbalance (negative- over positive-sequence) up to 2 % on
+    # 10-minute means; checked on every unbalanced power flow.
+    vuf_max_percent: float = 2.0
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -55,12 +58,20 @@ class GridResult:
     bus_vm_pu: npt.NDArray[np.float64]
     line_loadings_percent: npt.NDArray[np.float64]
     trafo_loadings_percent: npt.NDArray[np.float64]
+    bus_vm_phase_pu: npt.NDArray[np.float64] | None = None
+    """Unbalanced power flow: every bus's L1, L2, L3 voltage, shape ``(n_bus, 3)``
+    (``bus_vm_pu`` is then each bus's lowest phase)."""
+    vuf_max_percent: float | None = None
+    """Unbalanced: the highest voltage unbalance factor over the monitored buses, %."""
+    neutral_current_max_a: float | None = None
+    """Unbalanced: the highest return (neutral) current of a line, A."""
 
     def violations(self, limits: GridLimits | None = None) -> list[str]:
         """Names of the limits this result breaks, in a fixed order.
 
         Possible names: ``"undervoltage"``, ``"overvoltage"``, ``"line_overload"``,
-        ``"trafo_overload"``.  An empty list means every limit holds.
+        ``"trafo_overload"`` and (unbalanced power flow) ``"unbalance"``.  An empty
+        list means every limit holds.
         ``limits`` defaults to :class:`GridLimits()`.
         """
         lim = _DEFAULT_LIMITS if limits is None else limits
@@ -73,6 +84,8 @@ class GridResult:
             broken.append("line_overload")
         if self.trafo_loading_percent > lim.trafo_loading_max_percent:
             broken.append("trafo_overload")
+        if self.vuf_max_percent is not None and self.vuf_max_percent > lim.vuf_max_percent:
+            broken.append("unbalance")
         return broken
 
 

@@ -1,0 +1,94 @@
+"""Unbalanced (per-phase) power flow: power-grid-model's asymmetric calculation in the
+Feeder against pandapower's three-phase power flow (``runpp_3ph``), and what a
+single-phase load does that a balanced one does not."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pandapower as pp
+import pytest
+
+from evtwin.grid import Feeder, GridLimits, load_network
+from evtwin.grid.unbalanced import add_zero_sequence
+
+NAME = "kerber_dorfnetz"
+
+
+def reference_3ph(f: Feeder, household_p_mw: np.ndarray, household_q_mvar: np.ndarray,
+                  ev_kw: list[float]) -> pp.pandapowerNet:
+    """pandapower runpp_3ph on a plain copy of the network with the same per-phase loads
+    (zero-sequence data filled the same way: it is input data, not the solver)."""
+    net = copy.deepcopy(load_network(NAME))
+    add_zero_sequence(net)
+    # pandapower's runpp_3ph names the winding connection without the clock number
+    # ("Dyn", not Kerber's "Dyn5"); the phase shift stays in shift_degree (150).
+    net.trafo["vector_group"] = net.trafo["vector_group"].str.rstrip("0123456789")
+    buses = list(net.load.bus) + f.station_buses
+    p = list(household_p_mw) + [kw / 1000.0 for kw in ev_kw]
+    q = list(household_q_mvar) + [0.0] * len(ev_kw)
+    net.load.drop(net.load.index, inplace=True)
+    for bus, pi, qi, phase in zip(buses, p, q, f.load_phases, strict=True):
+        share = np.full(3, 1 / 3) if phase < 0 else np.eye(3)[phase]
+        pp.create_asymmetric_load(net, int(bus), p_a_mw=pi * share[0], p_b_mw=pi * share[1],
+                                  p_c_mw=pi * share[2], q_a_mvar=qi * share[0],
+                                  q_b_mvar=qi * share[1], q_c_mvar=qi * share[2])
+    pp.runpp_3ph(net)
+    return net
+
+
+def test_asymmetric_power_flow_agrees_with_pandapower_runpp_3ph() -> None:
+    net = load_network(NAME)
+    f = Feeder(net, n_stations=4, unbalanced=True, station_phases=[1, 1, 3, 3],
+               phase_seed=5)
+    p = f.household_nominal_p_kw * 0.5 / 1000
+    q = f.household_nominal_q_kvar * 0.5 / 1000
+    ev = [7.4, 7.4, 11.0, 11.0]
+    result = f.solve_raw(p, q, ev)
+    ref = reference_3ph(f, p, q, ev)
+    ref_vm = ref.res_bus_3ph[["vm_a_pu", "vm_b_pu", "vm_c_pu"]].to_numpy()
+    assert result.bus_vm_phase_pu is not None
+    assert np.abs(result.bus_vm_phase_pu - ref_vm).max() < 1e-3
+    assert result.vm_min_pu == pytest.approx(ref_vm.min(), abs=1e-3)
+    # Voltage unbalance factor and neutral current, as pandapower computes them.
+    assert result.vuf_max_percent == pytest.approx(
+        np.nanmax(ref.res_bus_3ph["unbalance_percent"]), abs=0.01)
+    assert result.neutral_current_max_a == pytest.approx(
+        np.nanmax(ref.res_line_3ph["i_n_from_ka"]) * 1000.0, rel=0.02)
+    # Households are single-phase, spread evenly over L1-L3; the two 1-phase stations too.
+    phases = f.load_phases[:f.n_households]
+    assert sorted(np.bincount(phases)) in ([19, 19, 19],)
+    assert set(f.load_phases[f.n_households:f.n_households + 2]) <= {0, 1, 2}
+    assert list(f.load_phases[-2:]) == [-1, -1]
+
+
+def test_one_phase_loads_on_one_phase_unbalance_more_than_spread() -> None:
+    """Six 7.4 kW single-phase chargers on one branch: all on L1 give a higher voltage
+    unbalance factor and a lower minimum voltage than the same chargers spread over
+    L1, L2, L3, which in turn are worse than the same power drawn on three phases."""
+    net = load_network(NAME)
+    far = [69, 67, 65, 93, 61, 63]
+    zero = np.zeros(57)
+
+    def solve(connections: list[int]) -> tuple[float, float]:
+        f = Feeder(net, n_stations=6, station_buses=far, unbalanced=True,
+                   station_connections=connections, limits=GridLimits())
+        r = f.solve_raw(zero, zero, [7.4] * 6)
+        assert r.vuf_max_percent is not None
+        return r.vuf_max_percent, r.vm_min_pu
+
+    one = solve([0] * 6)
+    spread = solve([0, 1, 2, 0, 1, 2])
+    three = solve([-1] * 6)
+    assert one[0] > spread[0] > three[0] - 1e-9
+    assert one[1] < spread[1] <= three[1] + 1e-9
+    assert one[0] > 2.0 * max(spread[0], 0.01)  # several times the unbalance
+
+
+def test_unbalance_beyond_en_50160_is_a_violation() -> None:
+    net = load_network(NAME)
+    f = Feeder(net, n_stations=6, station_buses=[69, 67, 65, 93, 61, 63], unbalanced=True,
+               station_connections=[0] * 6, limits=GridLimits(vuf_max_percent=0.5))
+    r = f.solve_raw(np.zeros(57), np.zeros(57), [7.4] * 6)
+    assert "unbalance" in f.violations(r)
