@@ -333,6 +333,8 @@ class _PgmAsymEngine:
             self._trafo_scale = 100.0 / net.trafo["df"].to_numpy(dtype=np.float64)
         self.last_vuf_percent = np.empty(0, dtype=np.float64)
         self.last_neutral_a = np.empty(0, dtype=np.float64)
+        #: Each batch scenario's voltage unbalance per bus (%), from the last run_batch.
+        self.last_batch_vuf_percent = np.empty((0, 0), dtype=np.float64)
 
     def _update(self, p_mw: FloatArray, q_mvar: FloatArray) -> dict[ComponentType, Any] | None:
         p = np.atleast_2d(p_mw)
@@ -386,8 +388,11 @@ class _PgmAsymEngine:
         failed = np.zeros(n, dtype=bool)
         if diverged_nan and self._model.batch_error is not None:
             failed[np.asarray(self._model.batch_error.failed_scenarios, dtype=np.intp)] = True
-        u = np.asarray(out[ComponentType.node]["u_pu"], dtype=np.float64)[:, self._node_pos]
+        node = out[ComponentType.node][:, self._node_pos]
+        u = np.asarray(node["u_pu"], dtype=np.float64)
         far = np.take_along_axis(u, np.abs(u - 1.0).argmax(axis=2)[..., None], axis=2)[..., 0]
+        self.last_batch_vuf_percent = unbalance_percent(node["u"], node["u_angle"])
+        self.last_batch_vuf_percent[failed] = np.nan
         line = (np.asarray(out[ComponentType.line]["loading"], dtype=np.float64)[
             :, self._line_pos] * 100.0 if len(self._line_pos) else np.empty((n, 0)))
         trafo = (np.asarray(out[ComponentType.transformer]["loading"], dtype=np.float64)[
@@ -760,9 +765,18 @@ class Feeder:
             if arr.shape != (n, width):
                 raise ValueError(f"{label} must have shape ({n}, {width}), got {arr.shape}")
         der = np.tile(self._der_p_kw / _KW_PER_MW, (n, 1))
+        # (Unbalanced: each scenario's per-bus voltage unbalance is then in
+        # batch_unbalance_percent.)
         p_all = np.hstack([p, ev / _KW_PER_MW, der])
         q_all = np.hstack([q, np.zeros_like(ev), np.zeros_like(der)])
         return self._engine.run_batch(p_all, q_all, diverged_nan=diverged_nan)
+
+    @property
+    def batch_unbalance_percent(self) -> FloatArray | None:
+        """Unbalanced feeder: the voltage unbalance factor (%) of every bus in each
+        scenario of the last :meth:`solve_batch`, ``(N, bus_count)``; None if balanced."""
+        engine = self._engine
+        return engine.last_batch_vuf_percent if isinstance(engine, _PgmAsymEngine) else None
 
     def _solve(
         self,

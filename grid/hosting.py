@@ -152,7 +152,11 @@ def _excess(feeder: Feeder, bus_vm: FloatArray, line: FloatArray, trafo: FloatAr
     v_excess = np.maximum(v_low, v_high)
     line_excess = (line - lim.line_loading_max_percent) / lim.line_loading_max_percent
     trafo_excess = (trafo - lim.trafo_loading_max_percent) / lim.trafo_loading_max_percent
-    out = np.nan_to_num(np.hstack([v_excess, line_excess, trafo_excess]), nan=-np.inf)
+    parts = [v_excess, line_excess, trafo_excess]
+    vuf = feeder.batch_unbalance_percent
+    if vuf is not None:  # unbalanced: the voltage unbalance limit too
+        parts.append((vuf[:, rows] - lim.vuf_max_percent) / lim.vuf_max_percent)
+    out = np.nan_to_num(np.hstack(parts), nan=-np.inf)
     # A scenario that did not converge (a voltage collapse: all NaN) breaks every limit;
     # a single NaN (an element out of service) breaks none.
     diverged = np.isnan(bus_vm).all(axis=1)
@@ -162,9 +166,12 @@ def _excess(feeder: Feeder, bus_vm: FloatArray, line: FloatArray, trafo: FloatAr
 
 def _element_names(feeder: Feeder) -> list[str]:
     buses = feeder.bus_index[feeder.monitored_bus_rows]
-    return ([f"bus {int(b)} voltage" for b in buses]
-            + [f"line {int(i)} loading" for i in feeder.net.line.index]
-            + [f"trafo {int(i)} loading" for i in feeder.net.trafo.index])
+    names = ([f"bus {int(b)} voltage" for b in buses]
+             + [f"line {int(i)} loading" for i in feeder.net.line.index]
+             + [f"trafo {int(i)} loading" for i in feeder.net.trafo.index])
+    if feeder.unbalanced:
+        names += [f"bus {int(b)} unbalance" for b in buses]
+    return names
 
 
 def limits_broken(feeder: Feeder, household_p_mw: npt.ArrayLike,

@@ -44,6 +44,9 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
     "storage_discharged_kwh": ("Stationary storage discharged", "kWh"),
     "storage_equivalent_full_cycles": ("Stationary storage cycles", ""),
     "peak_site_import_kw": ("Peak import at a site connection", "kW"),
+    "vuf_max_percent": ("Max voltage unbalance (unbalanced flow)", "%"),
+    "minutes_unbalance_violation": ("Minutes over the unbalance limit", "min"),
+    "neutral_current_max_a": ("Max neutral current", "A"),
     "ocpp_messages": ("OCPP messages exchanged", ""),
     "profiles_received": ("Charging profiles received by stations", ""),
 }
@@ -117,7 +120,15 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
                       if f"site_{s.name}_pv_kw" in steps)
     billed = sum((t["energy_wh"] or 0.0) for t in transactions if t["ended_at"]) / 1000.0
     outcome = sessions["outcome"]
-    return {
+    unbalance: dict[str, float] = {}
+    if "vuf_max_percent" in ts:  # an unbalanced power flow
+        unbalance = {
+            "vuf_max_percent": float(ts["vuf_max_percent"].max()),
+            "minutes_unbalance_violation": float(
+                (steps["vuf_max_percent"] > g.vuf_max_percent).sum() * step_min),
+            "neutral_current_max_a": float(ts["neutral_current_max_a"].max()),
+        }
+    return unbalance | {
         "energy_requested_kwh": requested,
         "energy_delivered_kwh": delivered,
         "energy_unmet_kwh": requested - delivered,

@@ -100,15 +100,21 @@ class PenetrationStudy:
     coincidence: float
 
 
-def _feeder(sc: Scenario, candidates: list[int]) -> Feeder:
+def _feeder(sc: Scenario, candidates: list[int], phases: int = 3) -> Feeder:
+    """The study's feeder: a station at each candidate bus (``phases`` each; single-phase
+    ones spread over L1-L3 when the scenario's grid is unbalanced)."""
     g = sc.grid
+    unbalanced = g.phases == "unbalanced"
     return Feeder(load_network(g.network), n_stations=len(candidates),
-                  station_buses=candidates, engine="pgm",
+                  station_buses=candidates, engine="pgm", unbalanced=unbalanced,
+                  station_phases=[phases] * len(candidates) if unbalanced else None,
+                  phase_seed=sc.seed,
                   base_profile=BaseLoadProfile("residential", scale=g.base_load_scale,
                                                noise=0.0),
                   limits=GridLimits(v_min_pu=g.v_min_pu, v_max_pu=g.v_max_pu,
                                     line_loading_max_percent=g.line_loading_max_percent,
-                                    trafo_loading_max_percent=g.trafo_loading_max_percent))
+                                    trafo_loading_max_percent=g.trafo_loading_max_percent,
+                                    vuf_max_percent=g.vuf_max_percent))
 
 
 def penetration_study(sc: Scenario, levels: Sequence[float], *, draws: int = 100,
@@ -136,7 +142,7 @@ def penetration_study(sc: Scenario, levels: Sequence[float], *, draws: int = 100
     ev_kw = home.evse_max_kw if home is not None else 11.0
     site_limit_kw = home.limit_kw if home is not None else None
     net_buses = load_buses(load_network(sc.grid.network))
-    feeder = _feeder(sc, net_buses)
+    feeder = _feeder(sc, net_buses, home.phases if home is not None else 3)
     p, q, _ = load_cases(feeder)
     rng = np.random.default_rng(sc.seed)
     owns_u = rng.random((draws, len(net_buses)))

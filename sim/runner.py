@@ -173,7 +173,12 @@ def build_feeder(sc: Scenario, n_stations: int, station_sites: list[str],
                                      noise=g.base_load_noise),
         limits=GridLimits(v_min_pu=g.v_min_pu, v_max_pu=g.v_max_pu,
                           line_loading_max_percent=g.line_loading_max_percent,
-                          trafo_loading_max_percent=g.trafo_loading_max_percent),
+                          trafo_loading_max_percent=g.trafo_loading_max_percent,
+                          vuf_max_percent=g.vuf_max_percent),
+        unbalanced=g.phases == "unbalanced",
+        station_phases=[s.phases for s in sc.sites for _ in range(s.stations)]
+        if g.phases == "unbalanced" else None,
+        phase_seed=sc.seed,
     ), der
 
 
@@ -507,6 +512,7 @@ class Twin:
                              ["t_s", *(st.station_id for st in self.model.stations)])
         power.keep = spools
         series: Spool | None = None
+        monitored = self.feeder.monitored_bus_rows
         speed = self.external.speed if self.external is not None else 1.0
         loop_t0 = time.monotonic()
         try:
@@ -564,6 +570,12 @@ class Twin:
                         "export_price_per_kwh": price_at(self.export_prices, step_start),
                         "pv_kw": der.pv_kw, "storage_kw": der.storage_kw,
                     }
+                    if res.bus_vm_phase_pu is not None:  # unbalanced: per phase
+                        lowest = res.bus_vm_phase_pu[monitored].min(axis=0)
+                        row.update({"vm_min_l1_pu": lowest[0], "vm_min_l2_pu": lowest[1],
+                                    "vm_min_l3_pu": lowest[2],
+                                    "vuf_max_percent": res.vuf_max_percent,
+                                    "neutral_current_max_a": res.neutral_current_max_a})
                     for s in sc.sites:
                         here = ev_kw[at_site[s.name]]
                         row[f"site_{s.name}_kw"] = site_ev_kw[s.name]

@@ -92,6 +92,12 @@ class Grid(_Strict):
     v_max_pu: float = Field(1.10, gt=0)
     line_loading_max_percent: float = Field(100.0, gt=0)
     trafo_loading_max_percent: float = Field(100.0, gt=0)
+    phases: Literal["balanced", "unbalanced"] = "balanced"
+    """``unbalanced``: a three-phase unbalanced power flow, households single-phase and
+    spread over L1-L3, single-phase sites' stations too (seeded by the scenario's seed);
+    voltages per phase, the voltage unbalance factor and the neutral current."""
+    vuf_max_percent: float = Field(2.0, gt=0)
+    """EN 50160: voltage unbalance up to 2 % (checked on every unbalanced step)."""
 
     @model_validator(mode="after")
     def _band(self) -> Grid:

@@ -92,3 +92,28 @@ def test_unbalance_beyond_en_50160_is_a_violation() -> None:
                station_connections=[0] * 6, limits=GridLimits(vuf_max_percent=0.5))
     r = f.solve_raw(np.zeros(57), np.zeros(57), [7.4] * 6)
     assert "unbalance" in f.violations(r)
+
+
+def test_a_twin_run_on_an_unbalanced_feeder_reports_per_phase() -> None:
+    """grid.phases = "unbalanced": the run's steps carry each phase's lowest voltage, the
+    unbalance factor and the neutral current, its KPIs the worst of them; single-phase
+    households make the lowest voltage lower than the balanced run's."""
+    from pathlib import Path
+
+    from evtwin.sim import Twin, load_scenario
+
+    demo = Path(__file__).resolve().parents[1] / "scenarios" / "demo.toml"
+    overrides = {"duration_h": 4, "ev.count": 6}
+    unb = Twin(load_scenario(demo, {**overrides, "grid.phases": "unbalanced"})).run()
+    bal = Twin(load_scenario(demo, overrides)).run()
+    ts = unb.timeseries
+    for col in ("vm_min_l1_pu", "vm_min_l2_pu", "vm_min_l3_pu", "vuf_max_percent",
+                "neutral_current_max_a"):
+        assert col in ts and ts[col].notna().all(), col
+    lowest = ts[["vm_min_l1_pu", "vm_min_l2_pu", "vm_min_l3_pu"]].min(axis=1)
+    assert np.allclose(lowest, ts["vm_min_pu"])
+    assert unb.kpis["vuf_max_percent"] == pytest.approx(ts["vuf_max_percent"].max())
+    assert 0 < unb.kpis["vuf_max_percent"] < 2.0
+    assert unb.kpis["neutral_current_max_a"] > 0
+    assert unb.kpis["v_min_pu"] < bal.kpis["v_min_pu"]
+    assert "vuf_max_percent" not in bal.kpis and "vuf_max_percent" not in bal.timeseries
