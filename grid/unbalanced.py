@@ -58,7 +58,6 @@ def add_zero_sequence(net: pp.pandapowerNet, *, r0_per_r1: float = R0_PER_R1,
     fill("trafo", "vkr0_percent", net.trafo.vkr_percent)
     fill("trafo", "mag0_percent", 100.0)
     fill("trafo", "mag0_rx", 0.0)
-    fill("trafo", "si0_hv_partial", 0.9)
     fill("ext_grid", "s_sc_max_mva", 1000.0)
     fill("ext_grid", "rx_max", 0.1)
     fill("ext_grid", "x0x_max", 1.0)

@@ -101,6 +101,9 @@ class LimitSet(_Strict):
     """Highest allowed transformer loading in % of rated power (default: the scenario's)."""
     energy_unmet_share_max_percent: float | None = Field(None, ge=0, le=100)
     """Largest share of the requested energy left undelivered, in % (default 1 %)."""
+    vuf_max_percent: float | None = Field(None, gt=0)
+    """Highest voltage unbalance on an unbalanced feeder, % (default: the scenario's
+    ``grid.vuf_max_percent``, EN 50160's 2 %)."""
     kpis: dict[str, KpiBound] = Field(default_factory=dict)
     """Bounds on any KPI by name (``[kpis] minutes_site_limit_exceeded = {max = 0}``)."""
 
@@ -169,6 +172,7 @@ class EffectiveLimits:
     trafo_loading_max_percent: float
     energy_unmet_share_max_percent: float
     kpis: dict[str, KpiBound]
+    vuf_max_percent: float = 2.0
 
 
 def effective_limits(limits: LimitsFile, sc: Scenario) -> EffectiveLimits:
@@ -178,6 +182,7 @@ def effective_limits(limits: LimitsFile, sc: Scenario) -> EffectiveLimits:
         "line_loading_max_percent": sc.grid.line_loading_max_percent,
         "trafo_loading_max_percent": sc.grid.trafo_loading_max_percent,
         "energy_unmet_share_max_percent": DEFAULT_UNMET_SHARE_MAX_PERCENT,
+        "vuf_max_percent": sc.grid.vuf_max_percent,
     }
     kpis: dict[str, KpiBound] = {}
     layers: list[LimitSet] = [limits]
@@ -198,7 +203,8 @@ class LimitResult:
     """One test case: a limit and whether the run kept it."""
 
     name: str
-    """Test case name: ``voltage_band``, ``thermal_loading``, ``energy_unmet_share``,
+    """Test case name: ``voltage_band``, ``thermal_loading``, ``voltage_unbalance``
+    (unbalanced feeders), ``energy_unmet_share``,
     ``kpi.<name>`` or ``baseline.<name>``."""
     passed: bool
     message: str
@@ -262,6 +268,13 @@ def evaluate_limits(kpis: dict[str, float], lim: EffectiveLimits) -> list[LimitR
         "thermal_loading", not bad, "; ".join(bad) or
         f"peak transformer {trafo:.1f} % <= {lim.trafo_loading_max_percent:g} %, "
         f"peak line {line:.1f} % <= {lim.line_loading_max_percent:g} %"))
+
+    if "vuf_max_percent" in kpis:  # an unbalanced power flow
+        vuf = kpi("vuf_max_percent")
+        ok = vuf <= lim.vuf_max_percent
+        out.append(LimitResult(
+            "voltage_unbalance", ok, f"voltage unbalance {vuf:.2f} % "
+            f"{'<=' if ok else '>'} {lim.vuf_max_percent:g} % (EN 50160)"))
 
     unmet = kpi("energy_unmet_share")
     ok = unmet <= lim.energy_unmet_share_max_percent

@@ -25,6 +25,9 @@ def reference_3ph(f: Feeder, household_p_mw: np.ndarray, household_q_mvar: np.nd
     # pandapower's runpp_3ph names the winding connection without the clock number
     # ("Dyn", not Kerber's "Dyn5"); the phase shift stays in shift_degree (150).
     net.trafo["vector_group"] = net.trafo["vector_group"].str.rstrip("0123456789")
+    # pandapower asks for the HV share of the zero-sequence impedance even for Dyn (it
+    # does not enter a Dyn transformer's zero-sequence model); its own example value.
+    net.trafo["si0_hv_partial"] = 0.9
     buses = list(net.load.bus) + f.station_buses
     p = list(household_p_mw) + [kw / 1000.0 for kw in ev_kw]
     q = list(household_q_mvar) + [0.0] * len(ev_kw)
