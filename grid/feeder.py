@@ -325,16 +325,22 @@ class _PgmAsymEngine:
                                        dtype=np.intp)
         self._trafo_pos = np.empty(0, dtype=np.intp)
         self._trafo_scale = np.empty(0, dtype=np.float64)
+        self._trafo_phase_rating_va = np.empty(0, dtype=np.float64)
         if len(net.trafo):
             self._outputs.append(ComponentType.transformer)
             self._trafo_pos = _positions(
                 input_data[ComponentType.transformer]["id"],
                 [converter.get_id("trafo", int(i)) for i in net.trafo.index])
             self._trafo_scale = 100.0 / net.trafo["df"].to_numpy(dtype=np.float64)
+            sn = input_data[ComponentType.transformer]["sn"][self._trafo_pos]
+            # Per phase a winding carries a third of the rating.
+            self._trafo_phase_rating_va = np.asarray(sn, dtype=np.float64) / 3.0
         self.last_vuf_percent = np.empty(0, dtype=np.float64)
         self.last_neutral_a = np.empty(0, dtype=np.float64)
-        #: Each batch scenario's voltage unbalance per bus (%), from the last run_batch.
+        #: Each batch scenario's voltage unbalance per bus (%), and each bus's highest
+        #: phase voltage (pu), from the last run_batch.
         self.last_batch_vuf_percent = np.empty((0, 0), dtype=np.float64)
+        self.last_batch_vm_high_pu = np.empty((0, 0), dtype=np.float64)
 
     def _update(self, p_mw: FloatArray, q_mvar: FloatArray) -> dict[ComponentType, Any] | None:
         p = np.atleast_2d(p_mw)
@@ -373,15 +379,23 @@ class _PgmAsymEngine:
                 node["u_angle"][self._line_from])
         trafo = np.empty(0, dtype=np.float64)
         if len(self._trafo_pos):
-            trafo = np.asarray(out[ComponentType.transformer][0]["loading"][self._trafo_pos],
-                               dtype=np.float64) * self._trafo_scale
+            trafo = self._trafo_loading(out[ComponentType.transformer][0][self._trafo_pos])
         return bus_vm, line, trafo
+
+    def _trafo_loading(self, trafo: Any) -> FloatArray:
+        """Transformer loading in % of rating on its most loaded phase and side
+        (power-grid-model's asymmetric ``loading`` sums the phases, which hides one
+        phase's overload)."""
+        s_phase = np.maximum(np.asarray(trafo["s_from"], dtype=np.float64),
+                             np.asarray(trafo["s_to"], dtype=np.float64)).max(axis=-1)
+        return np.asarray(s_phase / self._trafo_phase_rating_va * self._trafo_scale,
+                          dtype=np.float64)
 
     def run_batch(
         self, p_mw: FloatArray, q_mvar: FloatArray, *, diverged_nan: bool = False
     ) -> tuple[FloatArray, FloatArray, FloatArray]:
-        """Per scenario, each bus's phase voltage farthest from 1 pu (so limits both
-        ways are checked on the phase that matters), lines and transformers."""
+        """Per scenario, each bus's lowest phase voltage (its highest is kept in
+        ``last_batch_vm_high_pu``), lines and transformers (most loaded phase)."""
         n = p_mw.shape[0]
         out = self._calculate(self._update(p_mw, q_mvar), n,
                               method=CalculationMethod.newton_raphson, tolerate=diverged_nan)
@@ -390,17 +404,18 @@ class _PgmAsymEngine:
             failed[np.asarray(self._model.batch_error.failed_scenarios, dtype=np.intp)] = True
         node = out[ComponentType.node][:, self._node_pos]
         u = np.asarray(node["u_pu"], dtype=np.float64)
-        far = np.take_along_axis(u, np.abs(u - 1.0).argmax(axis=2)[..., None], axis=2)[..., 0]
+        low = u.min(axis=2)
+        self.last_batch_vm_high_pu = u.max(axis=2)
+        self.last_batch_vm_high_pu[failed] = np.nan
         self.last_batch_vuf_percent = unbalance_percent(node["u"], node["u_angle"])
         self.last_batch_vuf_percent[failed] = np.nan
         line = (np.asarray(out[ComponentType.line]["loading"], dtype=np.float64)[
             :, self._line_pos] * 100.0 if len(self._line_pos) else np.empty((n, 0)))
-        trafo = (np.asarray(out[ComponentType.transformer]["loading"], dtype=np.float64)[
-            :, self._trafo_pos] * self._trafo_scale if len(self._trafo_pos)
-            else np.empty((n, 0)))
-        for a in (far, line, trafo):
+        trafo = (self._trafo_loading(out[ComponentType.transformer][:, self._trafo_pos])
+                 if len(self._trafo_pos) else np.empty((n, 0)))
+        for a in (low, line, trafo):
             a[failed] = np.nan
-        return far, line, trafo
+        return low, line, trafo
 
 
 def _scenario(values: FloatArray) -> FloatArray:
@@ -772,6 +787,13 @@ class Feeder:
         return self._engine.run_batch(p_all, q_all, diverged_nan=diverged_nan)
 
     @property
+    def batch_vm_high_pu(self) -> FloatArray | None:
+        """Unbalanced feeder: every bus's highest phase voltage in each scenario of the
+        last :meth:`solve_batch` (which returns the lowest); None if balanced."""
+        engine = self._engine
+        return engine.last_batch_vm_high_pu if isinstance(engine, _PgmAsymEngine) else None
+
+    @property
     def batch_unbalance_percent(self) -> FloatArray | None:
         """Unbalanced feeder: the voltage unbalance factor (%) of every bus in each
         scenario of the last :meth:`solve_batch`, ``(N, bus_count)``; None if balanced."""
@@ -819,6 +841,13 @@ class Feeder:
         )
 
 
+    def _station_phase_vm(self, phase_vm: FloatArray, lowest: FloatArray) -> FloatArray:
+        """Each station's voltage: its own phase's (single-phase), else its bus's lowest."""
+        rows = self._station_bus_rows
+        phases = self.load_phases[self._n_households:self._n_households + len(rows)]
+        own = phase_vm[rows, np.maximum(phases, 0)]
+        return np.where(phases >= 0, own, lowest[rows])
+
     def _unbalanced_result(self, phase_vm: FloatArray, line_percent: FloatArray,
                            trafo_percent: FloatArray) -> GridResult:
         engine = self._engine
@@ -832,7 +861,7 @@ class Feeder:
             vm_max_pu=float(stat.max()),
             line_loading_max_percent=float(np.nanmax(line_percent)) if line_percent.size else 0.0,
             trafo_loading_percent=float(np.nanmax(trafo_percent)) if trafo_percent.size else 0.0,
-            station_vm_pu=_readonly(lowest[self._station_bus_rows]),
+            station_vm_pu=_readonly(self._station_phase_vm(phase_vm, lowest)),
             bus_vm_pu=_readonly(lowest),
             line_loadings_percent=_readonly(line_percent),
             trafo_loadings_percent=_readonly(trafo_percent),

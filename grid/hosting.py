@@ -147,8 +147,10 @@ def _excess(feeder: Feeder, bus_vm: FloatArray, line: FloatArray, trafo: FloatAr
     lim = feeder.limits
     rows = feeder.monitored_bus_rows
     v = bus_vm[:, rows]
+    high = feeder.batch_vm_high_pu  # unbalanced: bus_vm is each bus's lowest phase
+    v_high_pu = v if high is None else high[:, rows]
     v_low = (lim.v_min_pu - v) / lim.v_min_pu
-    v_high = (v - lim.v_max_pu) / lim.v_max_pu
+    v_high = (v_high_pu - lim.v_max_pu) / lim.v_max_pu
     v_excess = np.maximum(v_low, v_high)
     line_excess = (line - lim.line_loading_max_percent) / lim.line_loading_max_percent
     trafo_excess = (trafo - lim.trafo_loading_max_percent) / lim.trafo_loading_max_percent
@@ -157,10 +159,12 @@ def _excess(feeder: Feeder, bus_vm: FloatArray, line: FloatArray, trafo: FloatAr
     if vuf is not None:  # unbalanced: the voltage unbalance limit too
         parts.append((vuf[:, rows] - lim.vuf_max_percent) / lim.vuf_max_percent)
     out = np.nan_to_num(np.hstack(parts), nan=-np.inf)
-    # A scenario that did not converge (a voltage collapse: all NaN) breaks every limit;
-    # a single NaN (an element out of service) breaks none.
+    # A scenario that did not converge (a voltage collapse: all NaN) breaks every limit,
+    # named by the last column (see _element_names); a single NaN (an element out of
+    # service) breaks none.
     diverged = np.isnan(bus_vm).all(axis=1)
-    out[diverged] = np.inf
+    out[diverged] = 0.0
+    out = np.hstack([out, np.where(diverged, np.inf, -np.inf)[:, None]])
     return out
 
 
@@ -171,7 +175,7 @@ def _element_names(feeder: Feeder) -> list[str]:
              + [f"trafo {int(i)} loading" for i in feeder.net.trafo.index])
     if feeder.unbalanced:
         names += [f"bus {int(b)} unbalance" for b in buses]
-    return names
+    return [*names, "no convergence (voltage collapse)"]
 
 
 def limits_broken(feeder: Feeder, household_p_mw: npt.ArrayLike,

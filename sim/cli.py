@@ -224,14 +224,13 @@ def cmd_hosting_capacity(args: argparse.Namespace, console: Console) -> int:
 
     scenario = load_scenario(args.scenario, parse_overrides(args.set, args.scenario))
     buses = None
-    if args.buses:
-        try:
-            buses = [int(b) for b in args.buses.split(",") if b.strip()]
-        except ValueError:
-            raise ScenarioError(args.scenario, [("--buses", f"not a list of bus numbers: "
-                                                            f"{args.buses!r}")]) from None
+    if args.buses is not None:
+        buses = _bus_list(args.buses, "--buses", args.scenario)
     levels = _shares(args.penetration, "--penetration", args.scenario)
     strategies = [st.strip() for st in args.strategies.split(",") if st.strip()]
+    if not strategies:
+        raise ScenarioError(args.scenario, [("--strategies", "name at least one: "
+                                                             "uncontrolled, equal_share")])
     with console.status("batched power flows ..."):
         study = hosting_study(scenario, buses=buses, day=args.day, max_kw=args.max_kw)
         penetration = (penetration_study(scenario, levels, draws=args.draws,
@@ -265,6 +264,17 @@ def cmd_hosting_capacity(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _bus_list(text: str, option: str, source: str) -> list[int]:
+    """A comma-separated list of bus numbers, at least one (ScenarioError naming ``option``)."""
+    try:
+        buses = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        buses = []
+    if not buses:
+        raise ScenarioError(source, [(option, f"give bus numbers, e.g. 12,40: {text!r}")])
+    return buses
+
+
 def _shares(text: str, option: str, source: str) -> list[float]:
     """A comma-separated list of shares between 0 and 1 (ScenarioError naming ``option``)."""
     try:
@@ -279,19 +289,16 @@ def _shares(text: str, option: str, source: str) -> list[float]:
 
 def cmd_place(args: argparse.Namespace, console: Console) -> int:
     """``evtwin place SCENARIO --add N``: where N new chargers go."""
+    import pandas as pd
+
     from .placement import place, write_placement
     from .results import new_run_dir
     from .scenario import load_scenario
 
     scenario = load_scenario(args.scenario, parse_overrides(args.set, args.scenario))
     candidates = None
-    if args.candidates:
-        try:
-            candidates = [int(b) for b in args.candidates.split(",") if b.strip()]
-        except ValueError:
-            raise ScenarioError(args.scenario, [("--candidates", f"not a list of bus "
-                                                                 f"numbers: {args.candidates!r}")
-                                                ]) from None
+    if args.candidates is not None:
+        candidates = _bus_list(args.candidates, "--candidates", args.scenario)
     with console.status(f"screening buses, then {args.top} twin runs ..."):
         placement = place(scenario, add=args.add, kw=args.kw, candidates=candidates,
                           top=args.top, workers=args.workers)
@@ -303,11 +310,11 @@ def cmd_place(args: argparse.Namespace, console: Console) -> int:
                 "unmet (%)", "delivered (kWh)", "peak trafo (%)"):
         table.add_column(col, justify="left" if col == "binding" else "right")
     for r in placement.table.head(max(args.top, 10)).itertuples():
-        ran = r.rank == r.rank  # not NaN
+        ran = bool(pd.notna(r.rank))
         table.add_row(f"{int(r.rank)}" if ran else f"({r.screen_rank})", str(r.bus),
                       f"{r.headroom_kw:.1f}", str(r.binding),
-                      f"{r.minutes_voltage_violation + r.minutes_thermal_violation:.0f}"
-                      if ran else "", f"{r.energy_unmet_share:.1f}" if ran else "",
+                      f"{r.violation_min:.0f}" if ran else "",
+                      f"{r.energy_unmet_share:.1f}" if ran else "",
                       f"{r.energy_delivered_kwh:.0f}" if ran else "",
                       f"{r.peak_trafo_loading_percent:.0f}" if ran else "")
     console.print(table)

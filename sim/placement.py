@@ -9,8 +9,12 @@ Two stages, as a planner would work:
 2. **Run the twin** on the top ``K`` placements, in parallel on the sweep executor:
    the scenario with a new public site of ``N`` chargers on that bus (the existing
    stations pinned to the buses they had), under the scenario's strategy. The
-   placements are ranked by their KPIs: minutes outside a grid limit, then unmet
-   demand, then energy delivered, then peak transformer loading.
+   placements are ranked by their KPIs: minutes outside a grid limit (voltage,
+   thermal, unbalance), then unmet demand, then energy delivered, then peak
+   transformer loading.
+
+The screen counts the households' load only; the existing chargers' load shows in
+the twin runs.
 
 Writes ``placement.csv`` (every candidate: its screen, and the KPIs of those run),
 ``placement.png`` (the feeder with each candidate's headroom and the runs' ranks)
@@ -87,7 +91,8 @@ def place(sc: Scenario, *, add: int, kw: float = 22.0, candidates: Sequence[int]
     """Rank candidate buses for ``add`` new chargers of ``kw`` each (see the module)."""
     if add < 1:
         raise ScenarioError(sc.name, [("--add", "place at least one charger")])
-    hosting = hosting_study(sc, buses=candidates)
+    # The search bound leaves room above the new site's power, so headroom is real.
+    hosting = hosting_study(sc, buses=candidates, max_kw=max(500.0, 2.0 * add * kw))
     table = hosting.table.copy()
     table["headroom_kw"] = (table["capacity_kw"] - add * kw).round(1)
     table = table.sort_values(["headroom_kw", "distance_km", "bus"],
@@ -121,8 +126,14 @@ def place(sc: Scenario, *, add: int, kw: float = 22.0, candidates: Sequence[int]
                "peak_line_loading_percent", "net_energy_cost"]
     for col in columns:
         table[col] = [kpis[int(b)].get(col) if int(b) in kpis else None for b in table["bus"]]
+    unbalance = [kpis[int(b)].get("minutes_unbalance_violation", 0.0) if int(b) in kpis
+                 else None for b in table["bus"]]
+    table["minutes_unbalance_violation"] = unbalance
+    # Minutes outside a grid limit (a step breaking two counts under each).
+    table["violation_min"] = (table["minutes_voltage_violation"]
+                              + table["minutes_thermal_violation"]
+                              + table["minutes_unbalance_violation"])
     ran = table[table["bus"].isin(chosen)].copy()
-    ran["violation_min"] = ran["minutes_voltage_violation"] + ran["minutes_thermal_violation"]
     ran = ran.sort_values(["violation_min", "energy_unmet_share", "energy_delivered_kwh",
                            "peak_trafo_loading_percent"],
                           ascending=[True, True, False, True], kind="stable")

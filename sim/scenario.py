@@ -103,6 +103,8 @@ class Grid(_Strict):
     def _band(self) -> Grid:
         if self.v_min_pu >= self.v_max_pu:
             raise ValueError("v_min_pu must be below v_max_pu")
+        if self.phases == "unbalanced" and self.engine != "pgm":
+            raise ValueError("engine: an unbalanced feeder is solved by \"pgm\"")
         return self
 
 

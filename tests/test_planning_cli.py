@@ -47,6 +47,9 @@ def test_the_planning_scenario_has_the_feeder_the_issue_asks_for() -> None:
     (["--penetration", "0.5,2"], "--penetration"),
     (["--strategies", "feeder_aware"], "--strategies"),
     (["--draws", "-1"], "--draws"),
+    (["--buses", ","], "--buses"),
+    (["--strategies", ","], "--strategies"),
+    (["--set", "grid.phases=unbalanced", "--set", "grid.engine=pandapower"], "grid.engine"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "evtwin.sim.cli", "hosting-capacity",
@@ -103,6 +106,7 @@ def test_placement_prefers_the_bus_with_more_headroom(tmp_path: Path) -> None:
     (["--add", "0"], "--add"),
     (["--add", "2", "--candidates", "x"], "--candidates"),
     (["--add", "2", "--candidates", "99999"], "no bus 99999"),
+    (["--add", "2", "--candidates", ","], "--candidates"),
 ])
 def test_place_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
                                                 says: str) -> None:
@@ -112,3 +116,14 @@ def test_place_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
     assert proc.returncode == 2, proc.stderr
     assert says in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_place_screen_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--top 0: the power-flow screen alone, no twin run and no winner file."""
+    assert main(["place", str(PLANNING), "--add", "2", "--candidates", "283,3", "--top", "0",
+                 "--out", str(tmp_path)]) == 0
+    [out] = list(tmp_path.iterdir())
+    assert {p.name for p in out.iterdir()} == {"placement.csv", "placement.png"}
+    table = pd.read_csv(out / "placement.csv")
+    assert list(table["bus"]) == [3, 283] and table["rank"].isna().all()
+    assert "(1)" in capsys.readouterr().out

@@ -120,3 +120,44 @@ def test_a_twin_run_on_an_unbalanced_feeder_reports_per_phase() -> None:
     assert unb.kpis["neutral_current_max_a"] > 0
     assert unb.kpis["v_min_pu"] < bal.kpis["v_min_pu"]
     assert "vuf_max_percent" not in bal.kpis and "vuf_max_percent" not in bal.timeseries
+
+
+def test_loadings_per_phase_agree_with_pandapower() -> None:
+    """Six single-phase chargers on L1: the transformer's and the lines' loading on their
+    most loaded phase, as pandapower's runpp_3ph gives it (power-grid-model's own
+    asymmetric transformer loading sums the phases and would show 15 % for 38 %)."""
+    net = load_network(NAME)
+    f = Feeder(net, n_stations=6, station_buses=[69, 67, 65, 93, 61, 63], unbalanced=True,
+               station_connections=[0] * 6)
+    zero = np.zeros(57)
+    r = f.solve_raw(zero, zero, [7.4] * 6)
+    ref = reference_3ph(f, zero, zero, [7.4] * 6)
+    assert r.trafo_loading_percent == pytest.approx(
+        float(ref.res_trafo_3ph["loading_percent"].max()), rel=0.01)
+    assert r.line_loading_max_percent == pytest.approx(
+        float(np.nanmax(ref.res_line_3ph["loading_percent"])), rel=0.01)
+    # The batch gives the same figures (lowest phase, highest phase kept aside).
+    bus, line, trafo = f.solve_batch(zero[None], zero[None], np.array([[7.4] * 6]))
+    assert line.max() == pytest.approx(r.line_loading_max_percent)
+    assert bus.min() == pytest.approx(r.vm_min_pu)
+    assert f.batch_vm_high_pu is not None
+    assert f.batch_vm_high_pu.max() == pytest.approx(r.vm_max_pu)
+    assert trafo.max() == pytest.approx(r.trafo_loading_percent)
+
+
+def test_hosting_capacity_on_an_unbalanced_feeder_matches_single_power_flows() -> None:
+    """A single-phase charger at the far end with an asymmetric band (0.90-1.03 pu: a low
+    phase can hide a high one): at the capacity no limit breaks in a single power flow,
+    1 kW above it one does."""
+    from evtwin.grid import hosting_capacity
+
+    net = load_network(NAME)
+    limits = GridLimits(v_min_pu=0.90, v_max_pu=1.03)
+    f = Feeder(net, n_stations=1, station_buses=[69], unbalanced=True,
+               station_connections=[0], limits=limits)
+    p = f.household_nominal_p_kw * 0.3 / 1000
+    q = f.household_nominal_q_kvar * 0.3 / 1000
+    [result] = hosting_capacity(f, p[None], q[None], tol_kw=0.05)
+    assert 0 < result.capacity_kw < 500
+    assert f.violations(f.solve_raw(p, q, [result.capacity_kw])) == []
+    assert f.violations(f.solve_raw(p, q, [result.capacity_kw + 1.0])) != []
