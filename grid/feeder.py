@@ -122,24 +122,32 @@ class _PandapowerEngine:
         )
 
 
+def _pgm_model(net: pp.pandapowerNet) -> tuple[PowerGridModel, dict[ComponentType, Any],
+                                                PandaPowerConverter]:
+    """The network as a power-grid-model (built once), its input data and the converter
+    that maps pandapower indices to its ids."""
+    converter = PandaPowerConverter(system_frequency=float(net.f_hz))
+    try:
+        input_data, _ = converter.load_input_data(net, make_extra_info=False)
+        # pandapower's ext_grid is an ideal voltage source in a power flow
+        # (s_sc_max_mva is only used for short circuits), but the converter gives
+        # the pgm source that short-circuit power, i.e. an internal impedance that
+        # drops the voltage (0.4 % at the CIGRE LV MV bus).  Make it stiff.
+        if ComponentType.source in input_data:
+            input_data[ComponentType.source]["sk"] = _STIFF_SOURCE_VA
+        model = PowerGridModel(input_data, system_frequency=float(net.f_hz))
+    except (NotImplementedError, RuntimeError, KeyError, PowerGridError) as exc:
+        raise GridError(f"Cannot convert the network to power-grid-model: {exc}") from exc
+    return model, input_data, converter
+
+
 class _PgmEngine:
     """Fast engine: a power-grid-model built once, updated per step with load powers only."""
 
     name = "pgm"
 
     def __init__(self, net: pp.pandapowerNet) -> None:
-        converter = PandaPowerConverter(system_frequency=float(net.f_hz))
-        try:
-            input_data, _ = converter.load_input_data(net, make_extra_info=False)
-            # pandapower's ext_grid is an ideal voltage source in a power flow
-            # (s_sc_max_mva is only used for short circuits), but the converter gives
-            # the pgm source that short-circuit power, i.e. an internal impedance that
-            # drops the voltage (0.4 % at the CIGRE LV MV bus).  Make it stiff.
-            if ComponentType.source in input_data:
-                input_data[ComponentType.source]["sk"] = _STIFF_SOURCE_VA
-            self._model = PowerGridModel(input_data, system_frequency=float(net.f_hz))
-        except (NotImplementedError, RuntimeError, KeyError, PowerGridError) as exc:
-            raise GridError(f"Cannot convert the network to power-grid-model: {exc}") from exc
+        self._model, input_data, converter = _pgm_model(net)
 
         # The converter turns every pandapower load into three sym_loads (constant
         # power, impedance and current, named by `name=`); the feeder makes every load
@@ -299,14 +307,7 @@ class _PgmAsymEngine:
             rows.append(pp.create_asymmetric_load(net, int(load.bus), name=str(load["name"]),
                                                   in_service=bool(load.in_service)))
         net.load.drop(net.load.index, inplace=True)
-        converter = PandaPowerConverter(system_frequency=float(net.f_hz))
-        try:
-            input_data, _ = converter.load_input_data(net, make_extra_info=False)
-            if ComponentType.source in input_data:
-                input_data[ComponentType.source]["sk"] = _STIFF_SOURCE_VA
-            self._model = PowerGridModel(input_data, system_frequency=float(net.f_hz))
-        except (NotImplementedError, RuntimeError, KeyError, PowerGridError) as exc:
-            raise GridError(f"Cannot convert the network to power-grid-model: {exc}") from exc
+        self._model, input_data, converter = _pgm_model(net)
         self._shares = shares
         load_ids = np.array([converter.get_id("asymmetric_load", int(r)) for r in rows],
                             dtype=np.int32)
