@@ -248,17 +248,22 @@ def test_a_write_waits_for_another_connections_lock_in_short_steps(tmp_path: Pat
                                 check_same_thread=False)
         other.execute("BEGIN IMMEDIATE")  # holds the write lock, like a WAL restart
         released = threading.Event()
+        commit_at: list[float] = []
 
         def release() -> None:
             time.sleep(0.06)
+            commit_at.append(time.perf_counter())
             other.execute("COMMIT")
             released.set()
 
         threading.Thread(target=release).start()
         t0 = time.perf_counter()
         store.upsert_station("CS1", "site", [(1, 11000.0)])
-        waited = time.perf_counter() - t0
-        assert released.is_set()
+        done = time.perf_counter()
+        waited = done - t0
+        # The write went through only once the other connection committed (the
+        # release thread may not have marked it yet: the lock goes inside COMMIT).
+        assert released.wait(5.0) and done >= commit_at[0]
         assert 0.055 <= waited <= 0.06 + 0.02 * SCALE
         assert store._one("SELECT COUNT(*) AS n FROM stations") == {"n": 1}
         # A lock that is never released fails after the wait, naming the cause.
