@@ -119,18 +119,19 @@ def hosting_capacity(feeder: Feeder, household_p_mw: npt.ArrayLike,
     capacity = lo.min(axis=0)
     worst_case = lo.argmin(axis=0)
     # What breaks first just above the capacity, in the case where it binds.
+    # One scenario per bus: its binding case's households and the load just above.
     above = np.where(already | holds_at_max, lo, hi)
-    probe = np.zeros((n_cases, n_bus))
-    probe[worst_case, np.arange(n_bus)] = above[worst_case, np.arange(n_bus)]
-    ev = (probe[:, :, None] * eye[None, :, :]).reshape(n_cases * n_bus, n_bus)
-    bus_v, line, trafo = feeder.solve_batch(p_rows, q_rows, ev, diverged_nan=True)
-    excess = _excess(feeder, bus_v, line, trafo).reshape(n_cases, n_bus, -1)
+    cols = np.arange(n_bus)
+    bus_v, line, trafo = feeder.solve_batch(p[worst_case], q[worst_case],
+                                            eye * above[worst_case, cols][:, None],
+                                            diverged_nan=True)
+    excess = _excess(feeder, bus_v, line, trafo)
     names = _element_names(feeder)
     distance = distance_from_source_km(feeder.net)
     out = []
     for b, bus in enumerate(feeder.station_buses):
         c = int(worst_case[b])
-        row = excess[c, b]
+        row = excess[b]
         binding = "none" if holds_at_max[c, b] and not already[c, b] else \
             names[int(np.argmax(row))]
         out.append(HostingCapacity(bus=int(bus), capacity_kw=float(capacity[b]),

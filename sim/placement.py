@@ -58,15 +58,20 @@ class Placement:
     winner: Scenario | None
 
 
-def placed_scenario(sc: Scenario, bus: int, add: int, kw: float) -> Scenario:
-    """``sc`` with a public site of ``add`` chargers of ``kw`` on ``bus``; every existing
-    station pinned to the bus it had (so only the new site moves between placements)."""
-    net = load_network(sc.grid.network)
-    n_existing = sum(s.stations for s in sc.sites)
+def _existing_buses(sc: Scenario) -> list[int]:
+    """The bus of every station of ``sc``, as the twin places them."""
     if all(s.buses is not None for s in sc.sites):
-        existing = [b for s in sc.sites for b in (s.buses or [])]
-    else:
-        existing = place_stations(net, n_existing)
+        return [b for s in sc.sites for b in (s.buses or [])]
+    return place_stations(load_network(sc.grid.network), sum(s.stations for s in sc.sites))
+
+
+def placed_scenario(sc: Scenario, bus: int, add: int, kw: float,
+                    existing: list[int] | None = None) -> Scenario:
+    """``sc`` with a public site of ``add`` chargers of ``kw`` on ``bus``; every existing
+    station pinned to the bus it had (``existing``, worked out when not given), so only
+    the new site moves between placements."""
+    if existing is None:
+        existing = _existing_buses(sc)
     data = sc.model_dump(mode="python", exclude_none=True)
     start = 0
     for site in data["sites"]:
@@ -99,7 +104,8 @@ def place(sc: Scenario, *, add: int, kw: float = 22.0, candidates: Sequence[int]
                               ascending=[False, True, True], kind="stable")
     table["screen_rank"] = range(1, len(table) + 1)
     chosen = [int(b) for b in table["bus"].head(max(0, top))]
-    scenarios = {b: placed_scenario(sc, b, add, kw) for b in chosen}
+    existing = _existing_buses(sc)
+    scenarios = {b: placed_scenario(sc, b, add, kw, existing) for b in chosen}
     kpis: dict[int, dict[str, float]] = {}
     if chosen:
         payloads = {b: s.model_dump(mode="python", exclude_none=True)
