@@ -94,6 +94,9 @@ class Visit:
     soc_initial: float
     target_soc: float
     patience_s: float
+    site: str | None = None
+    """Where the EV charges on this visit when not at its own site (a commuter's
+    workplace); None: its own site."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,11 @@ class VisitRecord:
     outcome: str = "pending"  # pending|waiting|plugged|served|open|turned_away|rejected
     station_id: str | None = None
     evse_id: int | None = None
+    bus: int | None = None
+    """Feeder bus of the station it charged at (or, turned away from its own charger, that
+    charger's bus); empty when turned away from a shared site."""
+    home_bus: int | None = None
+    """Feeder bus of the EV's household."""
     transaction_id: str | None = None
     plugged_s: float | None = None
     unplugged_s: float | None = None
@@ -74,6 +79,10 @@ class EV(mesa.Agent):
         #: Talks ISO 15118: tells the station its departure time and energy need.
         self.states_needs = False
         self.min_soc = 0.2
+        #: ``(station id, EVSE id)`` of this EV's own charger (a private home site).
+        self.charger: tuple[str, int] | None = None
+        #: The feeder bus the EV's household is on (set by the runner, which knows the feeder).
+        self.home_bus: int | None = None
 
     # -- the vehicle: its figures are copied into the fleet row ----------------------
     @property
@@ -96,8 +105,10 @@ class EV(mesa.Agent):
         self.discharged_kwh = 0.0
         self.throughput_kwh = 0.0
         wanted = (visit.target_soc - visit.soc_initial) * self.vehicle.capacity_kwh
-        self.current = VisitRecord(self.ev_id, self.site, visit.arrival_s, visit.departure_s,
-                                   visit.soc_initial, visit.target_soc, wanted)
+        self.current = VisitRecord(self.ev_id, visit.site or self.site, visit.arrival_s,
+                                   visit.departure_s,
+                                   visit.soc_initial, visit.target_soc, wanted,
+                                   home_bus=self.home_bus)
         self.records.append(self.current)
         return self.current
 

@@ -32,6 +32,14 @@ class SiteConfig:
     behaviour: Behaviour
     ev_count: int
     bidirectional: bool = False
+    visitors_from: str | None = None
+    """Another site whose EVs also charge here (``visitor_share`` of them), on visits
+    drawn from this site's behaviour: commuters who charge at home and at work."""
+    visitor_share: float = 0.0
+    private: bool = False
+    """Each EV has a charger of its own (EVSE ``k mod n`` for the site's ``k``-th EV):
+    a household's charger, shared only by the household's EVs. Otherwise any EV
+    of the site takes any free EVSE."""
 
 
 def weekday(t_s: float, start_hour: float, start_weekday: int) -> int:
@@ -74,6 +82,29 @@ class ChargingModel(mesa.Model):
                           and (k or weekday(v.arrival_s, start_hour, start_weekday) < 5)]
                 self.evs.append(EV(self, f"EV{n:04d}", site.name, vehicle, visits,
                                    id_token=f"TOKEN{n:04d}"))
+        # Visitors (commuters from another site) on streams of their own: the visited
+        # site's draws do not move anyone's own visits.
+        for index, site in enumerate(sites):
+            if site.visitors_from is None or site.visitor_share <= 0.0:
+                continue
+            rng = np.random.default_rng([seed, 6, index])
+            for ev in [e for e in self.evs if e.site == site.visitors_from]:
+                visits_here = rng.random() < site.visitor_share
+                drawn = [replace(draw_visit(rng, site.behaviour, ev.vehicle, d * 86400.0,
+                                            start_hour), site=site.name) for d in range(days)]
+                keep = rng.random(len(drawn)) < site.behaviour.weekend_share
+                if not visits_here:
+                    continue
+                drawn = [v for v, k in zip(drawn, keep, strict=True)
+                         if v.arrival_s < duration_s
+                         and (k or weekday(v.arrival_s, start_hour, start_weekday) < 5)]
+                ev.visits = sorted(ev.visits + drawn, key=lambda v: v.arrival_s)
+        for site in sites:
+            if site.private:
+                evses = [(st.station_id, e) for st in self.stations_at(site.name)
+                         for e in st.evses]
+                for k, ev in enumerate(e for e in self.evs if e.site == site.name):
+                    ev.charger = evses[k % len(evses)]
         # Who states their needs comes from its own stream, so changing the
         # share does not reshuffle arrivals and batteries.
         needs_rng = np.random.default_rng([seed, 2])

@@ -197,6 +197,8 @@ class EvseOut(_Model):
     id: int
     max_power_kw: float
     phases: int
+    line: int | None
+    """The line (1-3) a single-phase EVSE is on, when configured."""
     status: str | None
     """Last connector status the station reported (StatusNotification)."""
     status_at: str | None
@@ -993,6 +995,7 @@ class OperatorAPI:
             "booted_at": info.get("booted_at"),
             "evses": [{
                 "id": e.evse_id, "max_power_kw": e.max_power_w / 1000.0, "phases": e.phases,
+                "line": e.line,
                 "status": stored.get(e.evse_id, {}).get("status"),
                 "status_at": stored.get(e.evse_id, {}).get("status_at"),
                 "limit_w": self.core.sent_limits_w.get((station_id, e.evse_id)),

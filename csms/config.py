@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 
@@ -198,6 +199,9 @@ class StationSection(_Strict):
     evse_max_kw: list[float] = Field(default_factory=lambda: [11.0], min_length=1)
     """Hardware limit of each EVSE (connector) in kW; EVSE ids are 1, 2, ..."""
     phases: Literal[1, 3] = 3
+    line: Literal[1, 2, 3] | None = None
+    """The line (L1, L2, L3) a single-phase station is on; with it, strategies keep each
+    phase of the site within a third of the site's limit."""
     bus: int | None = None
     """The feeder bus the station is connected to (index in the ``[feeder]``
     network's bus table); needed for every station when ``[feeder]`` is set."""
@@ -211,6 +215,14 @@ class StationSection(_Strict):
     def _readable_hash(cls, v: str | None) -> str | None:
         if v is not None:
             check_password_hash(v)
+        return v
+
+    @field_validator("line")
+    @classmethod
+    def _line_of_one_phase(cls, v: int | None, info: ValidationInfo) -> int | None:
+        # (An invalid phases is reported on its own.)
+        if v is not None and "phases" in info.data and info.data["phases"] != 1:
+            raise ValueError("a line only for a single-phase station (phases = 1)")
         return v
 
 
@@ -407,7 +419,8 @@ class ServeConfig(_Strict):
         """The core's configuration."""
         return CSMSConfig(
             stations=tuple(StationSpec(s.id, s.site, tuple(
-                EvseSpec(i + 1, kw * 1000.0, s.phases) for i, kw in enumerate(s.evse_max_kw)))
+                EvseSpec(i + 1, kw * 1000.0, s.phases, s.line)
+                for i, kw in enumerate(s.evse_max_kw)))
                 for s in self.stations),
             sites=tuple(SiteSpec(s.name, s.limit_kw) for s in self.sites),
             id_tokens=frozenset(self.tokens.accepted),

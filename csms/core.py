@@ -791,6 +791,7 @@ class CSMSCore:
             started_at=s.started_at, departure=departure, energy_remaining_kwh=remaining,
             needs_stated=stated, ev_max_kw=ev_max_kw,
             limit_kw=None if limit is None else limit / 1000.0, phases=evse.phases,
+            line=evse.line if evse.phases == 1 else None,
             v2x_max_discharge_kw=v2x_kw, v2x_spare_kwh=spare,
             charging_state=s.charging_state)
 

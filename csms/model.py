@@ -18,6 +18,9 @@ class EvseSpec:
     evse_id: int
     max_power_w: float
     phases: int = 3
+    line: int | None = None
+    """The line (1, 2, 3 for L1-L3) a single-phase EVSE is on, when known; strategies
+    then keep each phase of a site within its share of the site's limit."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,6 +260,8 @@ class SessionView:
     limit_kw: float | None = None
     """The limit the CSMS last had accepted for this EVSE."""
     phases: int = 3
+    line: int | None = None
+    """The line (1-3) a single-phase EVSE is on, when the CSMS knows it."""
     v2x_max_discharge_kw: float | None = None
     """Bidirectional EV (OCPP 2.1 V2X parameters): the most it may feed back."""
     v2x_spare_kwh: float | None = None

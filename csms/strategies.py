@@ -104,6 +104,41 @@ def water_fill(budget_kw: float, caps_kw: list[float]) -> list[float]:
     return shares
 
 
+def line_shares(s: SessionView) -> tuple[float, float, float]:
+    """Which part of a session's power each line (L1, L2, L3) carries: all of it on its
+    line for a single-phase EVSE whose line the CSMS knows, a third each otherwise."""
+    if s.phases == 1 and s.line in (1, 2, 3):
+        return tuple(1.0 if k == s.line else 0.0 for k in (1, 2, 3))  # type: ignore[return-value]
+    return (1 / 3, 1 / 3, 1 / 3)
+
+
+def water_fill_lines(room_kw: list[float], caps_kw: list[float],
+                     uses: list[tuple[float, float, float]]) -> list[float]:
+    """:func:`water_fill` with a budget per line: every share rises equally until it
+    reaches its cap or a line it draws on (``uses[i][k]`` of its power on line ``k``) is
+    full, then the others go on (max-min fair). With every session three-phase and the
+    same room on each line, the same shares as ``water_fill(sum(room_kw), caps_kw)``."""
+    n = len(caps_kw)
+    shares = [0.0] * n
+    room = [max(r, 0.0) for r in room_kw]
+    eps = 1e-9
+    active = {i for i in range(n) if caps_kw[i] > eps}
+    while active:
+        rate = [sum(uses[i][k] for i in active) for k in range(3)]
+        step = min(caps_kw[i] - shares[i] for i in active)
+        for k in range(3):
+            if rate[k] > eps:
+                step = min(step, room[k] / rate[k])
+        for i in active:
+            shares[i] += step
+        for k in range(3):
+            room[k] -= rate[k] * step
+        full = {k for k in range(3) if room[k] <= eps}
+        active = {i for i in active if caps_kw[i] - shares[i] > eps
+                  and not any(uses[i][k] > 0 for k in full)}
+    return shares
+
+
 #: A session is "clearly" drawing less than its limit below this fraction of it...
 TAPER_FRACTION = 0.9
 #: ...minus this margin in kW (so meter noise on a small limit does not count).
@@ -160,7 +195,10 @@ def equal_share(view: ControlView) -> Limits:
     EVSE's maximum, the EV's stated maximum, and its present draw plus a
     headroom when it draws clearly less than its limit); an EV that stated its
     needs and has them met gets 0. What a capped session cannot use goes to
-    the others. Sites without a limit are left uncontrolled.
+    the others. Sites without a limit are left uncontrolled. When the CSMS knows
+    the line of single-phase EVSEs, each line takes a third of the site's limit and
+    the shares are max-min fair over the lines (:func:`water_fill_lines`): a phase
+    crowded with single-phase EVs is not overloaded while the others idle.
     """
     limits: Limits = {}
     for site in view.sites:
@@ -172,11 +210,21 @@ def equal_share(view: ControlView) -> Limits:
         idle = [s.charging_state == "SuspendedEV" for s in sessions]
         caps_kw = [0.0 if is_satisfied(s) or i else usable_cap_kw(s)
                    for s, i in zip(sessions, idle, strict=True)]
-        shares = water_fill(site.limit_kw, caps_kw)
-        left = max(site.limit_kw - sum(shares), 0.0)
         idle_caps = [usable_cap_kw(s) if i and not is_satisfied(s) else 0.0
                      for s, i in zip(sessions, idle, strict=True)]
-        extra = water_fill(left, idle_caps)
+        if any(s.phases == 1 and s.line is not None for s in sessions):
+            # Single-phase EVSEs on known lines: each line of the site's three-phase
+            # connection takes a third of its limit.
+            uses = [line_shares(s) for s in sessions]
+            room = [site.limit_kw / 3.0] * 3
+            shares = water_fill_lines(room, caps_kw, uses)
+            room = [room[k] - sum(sh * u[k] for sh, u in zip(shares, uses, strict=True))
+                    for k in range(3)]
+            extra = water_fill_lines(room, idle_caps, uses)
+        else:
+            shares = water_fill(site.limit_kw, caps_kw)
+            left = max(site.limit_kw - sum(shares), 0.0)
+            extra = water_fill(left, idle_caps)
         for s, share, more in zip(sessions, shares, extra, strict=True):
             limits[(s.station_id, s.evse_id)] = share + more
     return limits

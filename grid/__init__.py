@@ -14,9 +14,11 @@ from typing import TYPE_CHECKING, Any
 from evtwin.grid.exceptions import (
     BusMappingError,
     GridError,
+    NetworkExtraError,
     NetworkFileError,
     PowerFlowError,
     UnknownNetworkError,
+    UnknownSimbenchCodeError,
 )
 
 if TYPE_CHECKING:
@@ -29,13 +31,23 @@ if TYPE_CHECKING:
         supplied_buses,
     )
     from evtwin.grid.hosting import HostingCapacity, hosting_capacity, limits_broken, load_cases
-    from evtwin.grid.networks import NETWORKS, load_network
-    from evtwin.grid.profiles import BaseLoadProfile, ProfileShape
+    from evtwin.grid.networks import NETWORKS, SIMBENCH_PREFIX, is_simbench, load_network
+    from evtwin.grid.profiles import (
+        BaseLoad,
+        BaseLoadKind,
+        BaseLoadProfile,
+        LoadTimeSeries,
+        ProfileShape,
+        base_load,
+    )
     from evtwin.grid.pv import PVProfile, clear_sky_pu, read_pv_csv
     from evtwin.grid.results import GridLimits, GridResult
 
 __all__ = [
     "NETWORKS",
+    "SIMBENCH_PREFIX",
+    "BaseLoad",
+    "BaseLoadKind",
     "BaseLoadProfile",
     "BusMappingError",
     "Engine",
@@ -44,14 +56,19 @@ __all__ = [
     "GridLimits",
     "GridResult",
     "HostingCapacity",
+    "LoadTimeSeries",
+    "NetworkExtraError",
     "NetworkFileError",
     "PVProfile",
     "PowerFlowError",
     "ProfileShape",
     "UnknownNetworkError",
+    "UnknownSimbenchCodeError",
+    "base_load",
     "clear_sky_pu",
     "distance_from_source_km",
     "hosting_capacity",
+    "is_simbench",
     "limits_broken",
     "load_buses",
     "load_cases",
@@ -67,8 +84,10 @@ _SOURCES: dict[str, str] = {
     "supplied_buses": "feeder", "load_buses": "feeder", "distance_from_source_km": "feeder",
     "HostingCapacity": "hosting", "hosting_capacity": "hosting", "load_cases": "hosting",
     "limits_broken": "hosting",
-    "NETWORKS": "networks", "load_network": "networks",
-    "BaseLoadProfile": "profiles", "ProfileShape": "profiles",
+    "NETWORKS": "networks", "load_network": "networks", "SIMBENCH_PREFIX": "networks",
+    "is_simbench": "networks",
+    "BaseLoadProfile": "profiles", "ProfileShape": "profiles", "LoadTimeSeries": "profiles",
+    "BaseLoad": "profiles", "BaseLoadKind": "profiles", "base_load": "profiles",
     "PVProfile": "pv", "clear_sky_pu": "pv", "read_pv_csv": "pv",
     "GridLimits": "results", "GridResult": "results",
 }

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 __all__ = [
     "BusMappingError",
     "GridError",
+    "NetworkExtraError",
     "NetworkFileError",
     "PowerFlowError",
     "UnknownNetworkError",
+    "UnknownSimbenchCodeError",
 ]
 
 
@@ -35,6 +37,43 @@ class UnknownNetworkError(GridError):
 
     def __reduce__(self) -> tuple[type[UnknownNetworkError], tuple[str, tuple[str, ...]]]:
         return (type(self), (self.name, self.valid))
+
+
+class UnknownSimbenchCodeError(UnknownNetworkError):
+    """A ``simbench:`` network name whose SimBench code (or ``feeder=`` part) does not
+    exist; ``reason`` says what is wrong."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.valid = ()
+        self.reason = reason
+        # Not UnknownNetworkError's message: the codes are too many to list.
+        GridError.__init__(
+            self,
+            f"Unknown SimBench network {name!r}: {reason}; list the codes with "
+            "simbench.collect_all_simbench_codes() (e.g. simbench:1-LV-semiurb4--0-sw, "
+            "simbench:1-MVLV-rural-all-0-sw:feeder=5)",
+        )
+
+    def __reduce__(  # type: ignore[override]
+        self,
+    ) -> tuple[type[UnknownSimbenchCodeError], tuple[str, str]]:
+        return (type(self), (self.name, self.reason))
+
+
+class NetworkExtraError(GridError):
+    """A network that needs an optional extra of evtwin that is not installed."""
+
+    def __init__(self, name: str, extra: str) -> None:
+        self.name = name
+        self.extra = extra
+        super().__init__(
+            f"Network {name!r} needs the optional extra {extra!r}: "
+            f"pip install 'evtwin[{extra}]'"
+        )
+
+    def __reduce__(self) -> tuple[type[NetworkExtraError], tuple[str, str]]:
+        return (type(self), (self.name, self.extra))
 
 
 class NetworkFileError(GridError):

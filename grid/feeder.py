@@ -27,7 +27,8 @@ from power_grid_model.errors import PowerGridError
 from power_grid_model_io.converters import PandaPowerConverter
 
 from evtwin.grid.exceptions import BusMappingError, GridError, PowerFlowError
-from evtwin.grid.profiles import BaseLoadProfile
+from evtwin.grid.networks import LV_MAX_KV
+from evtwin.grid.profiles import BaseLoad, BaseLoadProfile, LoadTimeSeries
 from evtwin.grid.results import GridLimits, GridResult
 from evtwin.grid.unbalanced import (
     add_zero_sequence,
@@ -454,7 +455,9 @@ class Feeder:
         engine: ``"pgm"`` (power-grid-model, built once, fast) or ``"pandapower"``
             (``pp.runpp`` every step, the reference).
         base_profile: multipliers on each household's nominal power per step; defaults
-            to ``BaseLoadProfile()`` (residential H0-like shape, 5 % noise).
+            to ``BaseLoadProfile()`` (residential H0-like shape, 5 % noise). A
+            :class:`~evtwin.grid.profiles.LoadTimeSeries` (one per ``net.load`` row, e.g.
+            a SimBench grid's profiles) gives every load its own P and Q multipliers.
         limits: limits that :meth:`violations` checks results against.
         der_buses: pandapower bus index of each distributed energy resource (PV
             plant, stationary battery), solved with ``der_p_kw`` (load convention:
@@ -470,11 +473,13 @@ class Feeder:
             voltage unbalance factor and the neutral current.
 
     The feeder's loads: every load of ``net`` is a household (its ``p_mw``/``q_mvar``
-    times ``scaling`` are its nominal power; it is modelled as constant power).  One
+    times ``scaling`` are its nominal power; it is modelled as constant power). In an
+    MV grid (a SimBench one) these include MV loads that stand for whole LV grids.  One
     load named ``ev_station_{i}`` is added per station and one named ``der_{j}`` per
     distributed resource (p = q = 0 until solved).
 
-    Station placement when ``station_buses`` is None: take the in-service buses that
+    Stations go on LV buses only (nominal voltage up to 1 kV): never on the MV side.
+    Station placement when ``station_buses`` is None: take the in-service LV buses that
     carry a household load and are supplied from the external grid; sort them by
     electrical distance from the external grid (shortest path over lines in km,
     transformers and closed bus-bus switches count zero; ties by bus index); station
@@ -501,7 +506,7 @@ class Feeder:
         n_stations: int,
         station_buses: Sequence[int] | None = None,
         engine: Engine = "pgm",
-        base_profile: BaseLoadProfile | None = None,
+        base_profile: BaseLoad | None = None,
         limits: GridLimits = GridLimits(),  # noqa: B008  (frozen, so sharing is safe)
         der_buses: Sequence[int] = (),
         unbalanced: bool = False,
@@ -525,14 +530,16 @@ class Feeder:
                              "for each station")
         self.engine: Engine = engine
         self.limits: GridLimits = limits
-        self.base_profile = BaseLoadProfile() if base_profile is None else base_profile
+        self.base_profile: BaseLoad = (BaseLoadProfile() if base_profile is None
+                                       else base_profile)
 
         net = copy.deepcopy(net)
         supplied = _supplied_buses(net)
         if station_buses is None:
             buses = _spread_station_buses(net, n_stations, supplied)
         else:
-            buses = _check_station_buses(net, n_stations, station_buses, supplied)
+            buses = _check_station_buses(net, n_stations, station_buses, supplied,
+                                         lv_only=True)
         self._station_buses = buses
         self._der_buses = _check_station_buses(net, len(der_buses), der_buses, supplied)
 
@@ -554,6 +561,10 @@ class Feeder:
             if col in load.columns:
                 load[col] = 0.0
         self._n_households = len(load)
+        if (isinstance(self.base_profile, LoadTimeSeries)
+                and self.base_profile.n_loads != self._n_households):
+            raise ValueError(f"base_profile is a series of {self.base_profile.n_loads} loads; "
+                             f"the network has {self._n_households}")
         self._nominal_p_mw: FloatArray = load["p_mw"].to_numpy(dtype=np.float64, copy=True)
         self._nominal_q_mvar = load["q_mvar"].to_numpy(dtype=np.float64, copy=True)
         self._household_in_service = load["in_service"].to_numpy(dtype=np.float64, copy=True)
@@ -688,7 +699,8 @@ class Feeder:
         """Solve the feeder at time ``t_s`` with these EV station powers.
 
         Household powers are nominal p and q times one ``base_profile`` draw per
-        household (so each keeps its power factor); EV loads are ``ev_p_kw`` at unity
+        household (so each keeps its power factor; a ``LoadTimeSeries`` has its own P
+        and Q multipliers per load); EV loads are ``ev_p_kw`` at unity
         power factor (negative = discharging).
 
         Args:
@@ -702,9 +714,13 @@ class Feeder:
             PowerFlowError: the power flow did not converge (carries ``t_s``).
             ValueError: ``ev_p_kw`` or ``der_p_kw`` has the wrong shape.
         """
-        factor = self.base_profile.sample(t_s, rng, self._n_households)
-        np.multiply(self._nominal_p_mw, factor, out=self._household_p_mw)
-        np.multiply(self._nominal_q_mvar, factor, out=self._household_q_mvar)
+        profile = self.base_profile
+        if isinstance(profile, LoadTimeSeries):
+            p_factor, q_factor = profile.sample(t_s, rng, self._n_households)
+        else:
+            p_factor = q_factor = profile.sample(t_s, rng, self._n_households)
+        np.multiply(self._nominal_p_mw, p_factor, out=self._household_p_mw)
+        np.multiply(self._nominal_q_mvar, q_factor, out=self._household_q_mvar)
         if der_p_kw is not None:
             self._set_der(der_p_kw)
         return self._solve(self._household_p_mw, self._household_q_mvar, ev_p_kw, t_s)
@@ -891,11 +907,15 @@ def _supplied_buses(net: pp.pandapowerNet) -> set[int]:
 
 
 def load_buses(net: pp.pandapowerNet) -> list[int]:
-    """The in-service buses with a load that the external grid supplies, nearest first
-    (electrical distance along the lines, ties by bus index)."""
+    """The in-service LV buses (up to 1 kV) with a load that the external grid supplies,
+    nearest first (electrical distance along the lines, ties by bus index). MV buses
+    are left out: their loads stand for whole LV grids, and chargers are not put on
+    the MV side."""
     supplied = _supplied_buses(net)
     active = net.load["in_service"].to_numpy(dtype=bool)
-    buses = {int(b) for b in net.load["bus"].to_numpy()[active]} & supplied
+    lv = {int(b) for b in net.bus.index[net.bus["vn_kv"].to_numpy(dtype=np.float64)
+                                       <= LV_MAX_KV]}
+    buses = {int(b) for b in net.load["bus"].to_numpy()[active]} & supplied & lv
     distance_km = distance_from_source_km(net)
     return sorted(buses, key=lambda b: (distance_km.get(b, math.inf), b))
 
@@ -906,7 +926,7 @@ def _spread_station_buses(net: pp.pandapowerNet, n_stations: int, supplied: set[
     ordered = load_buses(net)
     if not ordered:
         raise BusMappingError(
-            None, "the network has no supplied bus with a load to place stations on"
+            None, "the network has no supplied LV bus with a load to place stations on"
         )
     n_load = len(ordered)
     return [ordered[i * n_load // n_stations] for i in range(n_stations)]
@@ -930,6 +950,8 @@ def _check_station_buses(
     n_stations: int,
     station_buses: Sequence[int],
     supplied: set[int],
+    *,
+    lv_only: bool = False,
 ) -> list[int]:
     buses = list(station_buses)
     if len(buses) != n_stations:
@@ -944,5 +966,8 @@ def _check_station_buses(
             raise BusMappingError(b, "no such bus in the network")
         if b not in supplied:
             raise BusMappingError(b, "bus is out of service or not supplied by the external grid")
+        if lv_only and float(net.bus.at[b, "vn_kv"]) > LV_MAX_KV:
+            raise BusMappingError(b, f"a {float(net.bus.at[b, 'vn_kv']):g} kV bus: stations "
+                                     f"go on LV buses (up to {LV_MAX_KV:g} kV)")
         checked.append(b)
     return checked

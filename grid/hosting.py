@@ -8,7 +8,8 @@ batched power flow (power-grid-model, one model and many load cases), so a study
 a hundred buses over a day's 24 hours takes a few dozen batches, not thousands of
 single power flows.
 
-The load cases are the households' powers: the worst hour of the base-load profile,
+The load cases are the households' powers: the worst hour of the base-load profile
+(or of a SimBench grid's per-load profiles on the scenario's first day),
 or every hour of a day (the capacity is then the lowest over the day, with the hour
 where it binds). What binds is named: the element whose limit breaks first just
 above the capacity.
@@ -24,6 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from evtwin.grid.feeder import Feeder, distance_from_source_km
+from evtwin.grid.profiles import LoadTimeSeries
 
 __all__ = ["HostingCapacity", "hosting_capacity", "limits_broken", "load_cases"]
 
@@ -58,14 +60,35 @@ class HostingCapacity:
 def load_cases(feeder: Feeder, hours: Sequence[int] | None = None
                ) -> tuple[FloatArray, FloatArray, list[int]]:
     """Household powers (MW, Mvar; one row per case) at the base-load profile's
-    noise-free shape: at ``hours`` of the day, or at its worst (highest) hour."""
+    noise-free shape: at ``hours`` of the day, or at its worst (highest) hour.
+
+    With a :class:`~evtwin.grid.profiles.LoadTimeSeries` (SimBench profiles) an hour
+    ``h`` is the quarter hour from ``h``:00 of the series' first day, every load at
+    its own profile's value, and the worst hour is the one with the highest total
+    active power.
+    """
     profile = feeder.base_profile
+    nominal_p = feeder.household_nominal_p_kw / 1000.0
+    nominal_q = feeder.household_nominal_q_kvar / 1000.0
+    if isinstance(profile, LoadTimeSeries):
+        series = profile
+
+        def at(h: int) -> tuple[FloatArray, FloatArray]:
+            p_pu, q_pu = series.factors(h * _SECONDS_PER_HOUR)
+            return nominal_p * p_pu, nominal_q * q_pu
+
+        if hours is None:
+            hours = [int(np.argmax([at(h)[0].sum() for h in range(24)]))]
+        cases = [at(h) for h in hours]
+        return (np.array([c[0] for c in cases]).reshape(len(cases), -1),
+                np.array([c[1] for c in cases]).reshape(len(cases), -1), list(hours))
+    shape = profile
     if hours is None:
-        day = [profile.shape_pu(h * _SECONDS_PER_HOUR) for h in range(24)]
+        day = [shape.shape_pu(h * _SECONDS_PER_HOUR) for h in range(24)]
         hours = [int(np.argmax(day))]
-    factors = np.array([profile.shape_pu(h * _SECONDS_PER_HOUR) for h in hours])
-    p = np.outer(factors, feeder.household_nominal_p_kw / 1000.0)
-    q = np.outer(factors, feeder.household_nominal_q_kvar / 1000.0)
+    factors = np.array([shape.shape_pu(h * _SECONDS_PER_HOUR) for h in hours])
+    p = np.outer(factors, nominal_p)
+    q = np.outer(factors, nominal_q)
     return p, q, list(hours)
 
 

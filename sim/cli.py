@@ -218,7 +218,14 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_hosting_capacity(args: argparse.Namespace, console: Console) -> int:
     """``evtwin hosting-capacity SCENARIO``: how much charging power each bus takes."""
-    from .planning import hosting_study, penetration_study, write_hosting
+    from .planning import (
+        FIT_P_VIOLATION,
+        hosting_penetration,
+        hosting_study,
+        penetration_study,
+        what_would_fix_it,
+        write_hosting,
+    )
     from .results import new_run_dir
     from .scenario import load_scenario
 
@@ -227,10 +234,11 @@ def cmd_hosting_capacity(args: argparse.Namespace, console: Console) -> int:
     if args.buses is not None:
         buses = _bus_list(args.buses, "--buses", args.scenario)
     levels = _shares(args.penetration, "--penetration", args.scenario)
-    strategies = [st.strip() for st in args.strategies.split(",") if st.strip()]
+    strategies = list(dict.fromkeys(st.strip() for st in args.strategies.split(",")
+                                    if st.strip()))
     if not strategies:
-        raise ScenarioError(args.scenario, [("--strategies", "name at least one: "
-                                                             "uncontrolled, equal_share")])
+        raise ScenarioError(args.scenario, [("--strategies", "name at least one: uncontrolled"
+                                                             ", equal_share, feeder_aware")])
     with console.status("batched power flows ..."):
         study = hosting_study(scenario, buses=buses, day=args.day, max_kw=args.max_kw)
         penetration = (penetration_study(scenario, levels, draws=args.draws,
@@ -251,15 +259,23 @@ def cmd_hosting_capacity(args: argparse.Namespace, console: Console) -> int:
     if len(shown) < len(rows):
         console.print(f"the {len(shown)} weakest of {len(rows)} buses (--all lists every one)")
     if penetration is not None:
-        pt = Table(title=f"probability of a broken limit at the evening peak "
+        pt = Table(title=f"probability of a broken limit at {penetration.hour}:00 "
                          f"({args.draws} draws)", header_style="bold")
         for col in ("strategy", "houses with an EV", "EVs (mean)", "draws broken",
-                    "most often binding"):
+                    "power held back", "most often binding"):
             pt.add_column(col)
         for r in penetration.table.itertuples():
             pt.add_row(str(r.strategy), f"{r.penetration:.0%}", f"{r.evs_mean:.1f}",
-                       f"{r.p_violation:.0%}", str(r.binding) or "-")
+                       f"{r.p_violation:.0%}", f"{r.curtailed_percent:.1f} %",
+                       str(r.binding) or "-")
         console.print(pt)
+        fits = hosting_penetration(penetration)
+        console.print("hosting capacity (houses with an EV, at most "
+                      f"{FIT_P_VIOLATION:.0%} of draws broken): "
+                      + ", ".join(f"{k} {v:.0%}" for k, v in fits.items()))
+        for r in what_would_fix_it(penetration).itertuples():
+            console.print(f"what would fix it at {r.penetration:.0%}: {r.binding} binds; "
+                          f"fixed by {r.fixed_by}")
     console.print(f"written: {', '.join(str(p) for p in paths)}")
     return 0
 
@@ -295,24 +311,30 @@ def cmd_place(args: argparse.Namespace, console: Console) -> int:
     from .results import new_run_dir
     from .scenario import load_scenario
 
-    scenario = load_scenario(args.scenario, parse_overrides(args.set, args.scenario))
+    overrides = parse_overrides(args.set, args.scenario)
+    if args.strategy is not None:
+        overrides["control.strategy"] = args.strategy
+    scenario = load_scenario(args.scenario, overrides)
     candidates = None
     if args.candidates is not None:
         candidates = _bus_list(args.candidates, "--candidates", args.scenario)
     with console.status(f"screening buses, then {args.top} twin runs ..."):
         placement = place(scenario, add=args.add, kw=args.kw, candidates=candidates,
-                          top=args.top, workers=args.workers)
+                          top=args.top, workers=args.workers,
+                          **({} if args.demand_radius_km is None
+                             else {"radius_km": args.demand_radius_km}))
     out = new_run_dir(args.out, f"{scenario.name}-place")
     paths = write_placement(placement, out)
     table = Table(title=f"{scenario.name}: {args.add} chargers of {args.kw:g} kW",
                   header_style="bold")
-    for col in ("rank", "bus", "headroom (kW)", "binding", "grid limit broken (min)",
+    for col in ("rank", "bus", "headroom (kW)", "demand (kWh)", "binding",
+                "grid limit broken (min)",
                 "unmet (%)", "delivered (kWh)", "peak trafo (%)"):
         table.add_column(col, justify="left" if col == "binding" else "right")
     for r in placement.table.head(max(args.top, 10)).itertuples():
         ran = bool(pd.notna(r.rank))
         table.add_row(f"{int(r.rank)}" if ran else f"({r.screen_rank})", str(r.bus),
-                      f"{r.headroom_kw:.1f}", str(r.binding),
+                      f"{r.headroom_kw:.1f}", f"{r.demand_kwh:.1f}", str(r.binding),
                       f"{r.violation_min:.0f}" if ran else "",
                       f"{r.energy_unmet_share:.1f}" if ran else "",
                       f"{r.energy_delivered_kwh:.0f}" if ran else "",
@@ -550,8 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "limit (default 0.2,0.4,0.6,0.8,1.0)")
     hc.add_argument("--draws", type=_non_negative_int, default=100,
                     help="seeded draws per share (default 100; 0: no penetration study)")
-    hc.add_argument("--strategies", default="uncontrolled,equal_share",
-                    help="strategies of the penetration study (uncontrolled, equal_share)")
+    hc.add_argument("--strategies", default="uncontrolled,equal_share,feeder_aware",
+                    help="strategies of the penetration study (default: all of uncontrolled, "
+                         "equal_share, feeder_aware)")
     hc.add_argument("--out", default="results", help="folder for the results folder")
     hc.add_argument("--all", action="store_true", help="list every bus, not the 10 weakest")
     hc.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
@@ -567,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="candidate buses (default: every bus with a household)")
     pl.add_argument("--top", type=_non_negative_int, default=3,
                     help="placements run in the twin (default 3; 0: the screen only)")
+    pl.add_argument("--strategy", help="control strategy of the twin runs (default: the "
+                                       "scenario's; same as --set control.strategy=...)")
+    pl.add_argument("--demand-radius-km", type=_positive_float,
+                    help="how far drivers go to a public charger: demand near a bus weighs "
+                         "exp(-km / radius) (default 0.3)")
     pl.add_argument("--workers", type=_positive_int, help="parallel processes (default: CPUs)")
     pl.add_argument("--out", default="results", help="folder for the results folder")
     pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")

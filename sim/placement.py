@@ -4,8 +4,13 @@ Two stages, as a planner would work:
 
 1. **Screen** every candidate bus with the batched power flow: its hosting capacity
    at the base load's worst hour less the new chargers' power is its headroom
-   (negative: the chargers at full power would break a limit there). With equal
-   demand everywhere (evtwin's EVs have no home bus yet), more headroom ranks first.
+   (negative: the chargers at full power would break a limit there). Its **demand**
+   is the energy the scenario's drivers ask for on visits to shared sites (workplace
+   and public, a commuter's included) over the run, each weighted by how near they
+   live: ``exp(-d / radius_km)`` with ``d`` the line length between their
+   home bus and the candidate (see evtwin.sim.geography). Candidates that take the
+   chargers (headroom >= 0) rank first, by demand, then by headroom; with equal
+   demand, more headroom ranks first; those that do not take them follow, by headroom.
 2. **Run the twin** on the top ``K`` placements, in parallel on the sweep executor:
    the scenario with a new public site of ``N`` chargers on that bus (the existing
    stations pinned to the buses they had), under the scenario's strategy. The
@@ -29,26 +34,32 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandapower.topology as top
 import pandas as pd
 import tomli_w
 
-from evtwin.grid import load_network, place_stations
+from evtwin.grid import load_buses, load_network, place_stations
 
 from .exceptions import ScenarioError
+from .geography import assign_home_buses
 from .planning import HostingStudy, hosting_study, plot_hosting
 from .scenario import Scenario, parse_scenario
 
-__all__ = ["Placement", "place", "placed_scenario", "write_placement"]
+__all__ = ["Placement", "nearby_demand_kwh", "place", "placed_scenario", "write_placement"]
 
 #: The new site's name in the scenarios placement writes.
 NEW_SITE = "new"
+
+#: How far drivers go to a public charger: demand weighs ``exp(-km / DEMAND_RADIUS_KM)``.
+DEMAND_RADIUS_KM = 0.3
 
 
 @dataclass(frozen=True)
 class Placement:
     """A placement study: ``table`` has one row per candidate bus (best first):
-    ``bus``, ``capacity_kw``, ``headroom_kw``, ``binding``, ``distance_km``,
-    ``screen_rank`` and, for those run, ``rank`` and their KPIs."""
+    ``bus``, ``capacity_kw``, ``headroom_kw``, ``demand_kwh``, ``binding``,
+    ``distance_km``, ``screen_rank`` and, for those run, ``rank`` and their KPIs."""
 
     scenario: Scenario
     hosting: HostingStudy
@@ -63,6 +74,43 @@ def _existing_buses(sc: Scenario) -> list[int]:
     if all(s.buses is not None for s in sc.sites):
         return [b for s in sc.sites for b in (s.buses or [])]
     return place_stations(load_network(sc.grid.network), sum(s.stations for s in sc.sites))
+
+
+def nearby_demand_kwh(sc: Scenario, buses: Sequence[int], *,
+                      radius_km: float = DEMAND_RADIUS_KM,
+                      existing: list[int] | None = None) -> dict[int, float]:
+    """Per bus: the energy (kWh, over the run) that drivers request on visits to shared
+    sites (workplace and public; a commuter's too), each weighted by
+    ``exp(-d / radius_km)``, ``d`` the line length (km) from their home bus to the bus;
+    the drivers and homes of ``sc`` as the twin draws them (same seed)."""
+    from .runner import build_model
+
+    if radius_km <= 0:
+        raise ScenarioError(sc.name, [("--demand-radius-km", "must be > 0")])
+    model = build_model(sc)
+    net = load_network(sc.grid.network)
+    assign_home_buses(model, existing if existing is not None else _existing_buses(sc),
+                      load_buses(net), sc.seed)
+    shared = {s.name for s in sc.sites if not s.private}
+    wanted: dict[int, float] = {}
+    for ev in model.evs:
+        if ev.home_bus is None:
+            continue
+        # Visits to shared sites: where a public charger could serve them instead.
+        kwh = sum((v.target_soc - v.soc_initial) * ev.vehicle.capacity_kwh
+                  for v in ev.visits if (v.site or ev.site) in shared)
+        if kwh > 0:
+            wanted[ev.home_bus] = wanted.get(ev.home_bus, 0.0) + kwh
+    graph = top.create_nxgraph(net)
+    targets = [int(b) for b in buses]
+    out = dict.fromkeys(targets, 0.0)
+    # One shortest-path search from each home with demand (fewer than the candidates).
+    for home, kwh in wanted.items():
+        dist = top.calc_distance_to_bus(net, home, g=graph)
+        d_km = np.array([dist.get(b, np.inf) for b in targets], dtype=float)
+        for bus, weight in zip(targets, kwh * np.exp(-d_km / radius_km), strict=True):
+            out[bus] += float(weight)
+    return out
 
 
 def placed_scenario(sc: Scenario, bus: int, add: int, kw: float,
@@ -92,19 +140,28 @@ def _run_placement(data: dict[str, Any]) -> dict[str, float]:
 
 
 def place(sc: Scenario, *, add: int, kw: float = 22.0, candidates: Sequence[int] | None = None,
-          top: int = 3, workers: int | None = None) -> Placement:
+          top: int = 3, workers: int | None = None,
+          radius_km: float = DEMAND_RADIUS_KM) -> Placement:
     """Rank candidate buses for ``add`` new chargers of ``kw`` each (see the module)."""
     if add < 1:
         raise ScenarioError(sc.name, [("--add", "place at least one charger")])
     # The search bound leaves room above the new site's power, so headroom is real.
     hosting = hosting_study(sc, buses=candidates, max_kw=max(500.0, 2.0 * add * kw))
+    existing = _existing_buses(sc)
     table = hosting.table.copy()
     table["headroom_kw"] = (table["capacity_kw"] - add * kw).round(1)
-    table = table.sort_values(["headroom_kw", "distance_km", "bus"],
-                              ascending=[False, True, True], kind="stable")
+    demand = nearby_demand_kwh(sc, [int(b) for b in table["bus"]], radius_km=radius_km,
+                               existing=existing)
+    table["demand_kwh"] = [round(demand[int(b)], 1) for b in table["bus"]]
+    takes = table[table["headroom_kw"] >= 0].sort_values(
+        ["demand_kwh", "headroom_kw", "distance_km", "bus"],
+        ascending=[False, False, True, True], kind="stable")
+    # Those that do not take the chargers follow, by headroom alone.
+    short = table[table["headroom_kw"] < 0].sort_values(
+        ["headroom_kw", "distance_km", "bus"], ascending=[False, True, True], kind="stable")
+    table = pd.concat([takes, short])
     table["screen_rank"] = range(1, len(table) + 1)
     chosen = [int(b) for b in table["bus"].head(max(0, top))]
-    existing = _existing_buses(sc)
     scenarios = {b: placed_scenario(sc, b, add, kw, existing) for b in chosen}
     kpis: dict[int, dict[str, float]] = {}
     if chosen:
@@ -160,8 +217,10 @@ def write_placement(placement: Placement, out: Path) -> list[Path]:
               if not pd.isna(r.rank)}
     png = plot_hosting(placement.hosting, out / "placement.png", marked=marked,
                        title=f"{placement.scenario.name}: {placement.add} new chargers of "
-                             f"{placement.kw:g} kW; colour: hosting capacity, circled: "
-                             f"placements run, by rank")
+                             f"{placement.kw:g} kW; colour: hosting capacity, size: demand "
+                             f"nearby, circled: placements run, by rank",
+                       demand_kwh={int(r.bus): float(r.demand_kwh)
+                                   for r in placement.table.itertuples()})
     paths = [csv, png]
     if placement.winner is not None:
         toml = out / "winner.toml"

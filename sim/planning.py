@@ -1,6 +1,7 @@
 """Planning studies on a scenario's feeder: ``evtwin hosting-capacity``.
 
-The study takes the scenario's network, its base-load profile (scale included) and
+The study takes the scenario's network, its base-load profile (scale included; with
+``base_load_profile = "simbench"`` every load's SimBench profile on the start day) and
 its grid limits, and asks for every candidate bus how much charging power it takes
 (:func:`evtwin.grid.hosting_capacity`). Candidates are the buses with a household
 load unless named. Writes ``hosting_capacity.csv`` and a drawing of the feeder with
@@ -17,9 +18,9 @@ import numpy as np
 import pandas as pd
 
 from evtwin.grid import (
-    BaseLoadProfile,
     Feeder,
     GridLimits,
+    base_load,
     hosting_capacity,
     limits_broken,
     load_buses,
@@ -30,8 +31,10 @@ from evtwin.grid import (
 from .exceptions import ScenarioError
 from .scenario import Scenario
 
-__all__ = ["COINCIDENCE_AT_PEAK", "HostingStudy", "PenetrationStudy", "hosting_study",
-           "penetration_study", "plot_hosting", "plot_penetration", "write_hosting"]
+__all__ = ["COINCIDENCE_AT_PEAK", "FIT_P_VIOLATION", "SCREEN_STRATEGIES", "HostingStudy",
+           "PenetrationStudy",
+           "hosting_penetration", "hosting_study", "penetration_study", "plot_hosting",
+           "plot_penetration", "what_would_fix_it", "write_hosting"]
 
 #: Share of home EVs charging at full power at the evening peak, uncontrolled: the UK
 #: Electric Nation trial (about 1,200 EVs on 7.36 kW chargers) measured a diversified
@@ -40,7 +43,10 @@ __all__ = ["COINCIDENCE_AT_PEAK", "HostingStudy", "PenetrationStudy", "hosting_s
 COINCIDENCE_AT_PEAK = 2.16 / 7.36
 
 #: The strategies the penetration screen models without running the twin.
-SCREEN_STRATEGIES = ("uncontrolled", "equal_share")
+SCREEN_STRATEGIES = ("uncontrolled", "equal_share", "feeder_aware")
+
+#: A penetration "fits" a strategy while at most this share of draws breaks a limit.
+FIT_P_VIOLATION = 0.05
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,9 @@ def hosting_study(sc: Scenario, *, buses: Sequence[int] | None = None, day: bool
     net = load_network(g.network)
     if buses is None:
         candidates = load_buses(net)
+        if not candidates:
+            raise ScenarioError(sc.name, [("grid.network", f"{g.network} has no low-voltage "
+                                           "bus with a load to study")])
     else:
         known = {int(b) for b in net.bus.index}
         unknown = [b for b in buses if b not in known]
@@ -98,6 +107,8 @@ class PenetrationStudy:
     table: pd.DataFrame
     ev_kw: float
     coincidence: float
+    hour: int = 20
+    """The hour of the base load's worst case, where the study looks."""
 
 
 def _feeder(sc: Scenario, candidates: list[int], phases: int = 3) -> Feeder:
@@ -105,12 +116,13 @@ def _feeder(sc: Scenario, candidates: list[int], phases: int = 3) -> Feeder:
     ones spread over L1-L3 when the scenario's grid is unbalanced)."""
     g = sc.grid
     unbalanced = g.phases == "unbalanced"
-    return Feeder(load_network(g.network), n_stations=len(candidates),
+    net = load_network(g.network)
+    return Feeder(net, n_stations=len(candidates),
                   station_buses=candidates, engine="pgm", unbalanced=unbalanced,
                   station_phases=[phases] * len(candidates) if unbalanced else None,
                   phase_seed=sc.seed,
-                  base_profile=BaseLoadProfile("residential", scale=g.base_load_scale,
-                                               noise=0.0),
+                  base_profile=base_load(g.base_load_profile, net, sc.start,
+                                         scale=g.base_load_scale, noise=0.0),
                   limits=GridLimits(v_min_pu=g.v_min_pu, v_max_pu=g.v_max_pu,
                                     line_loading_max_percent=g.line_loading_max_percent,
                                     trafo_loading_max_percent=g.trafo_loading_max_percent,
@@ -129,7 +141,12 @@ def penetration_study(sc: Scenario, levels: Sequence[float], *, draws: int = 100
     A house owns an EV below the penetration; its EV charges at the home site's
     ``evse_max_kw`` with probability ``coincidence``. ``uncontrolled``: every charging
     EV at full power; ``equal_share``: the home site's ``limit_kw`` (if any) shared
-    equally among them, as the CSMS's strategy does.
+    equally among them, as the CSMS's strategy does; ``feeder_aware``: every charging
+    EV held back by the same factor, the least that keeps every limit (found by
+    bisection to 1/128 per draw; the strategy's program holds back where it matters
+    most, so this is the most it would curtail). A draw the base load alone breaks
+    stays broken under every strategy. ``curtailed_percent``: the share of the
+    charging EVs' power at the peak that the strategy holds back, over all draws.
     """
     unknown = [st for st in strategies if st not in SCREEN_STRATEGIES]
     if unknown:
@@ -142,47 +159,131 @@ def penetration_study(sc: Scenario, levels: Sequence[float], *, draws: int = 100
     ev_kw = home.evse_max_kw if home is not None else 11.0
     site_limit_kw = home.limit_kw if home is not None else None
     net_buses = load_buses(load_network(sc.grid.network))
+    if not net_buses:
+        raise ScenarioError(sc.name, [("grid.network", f"{sc.grid.network} has no "
+                                       "low-voltage bus with a load to study")])
     feeder = _feeder(sc, net_buses, home.phases if home is not None else 3)
-    p, q, _ = load_cases(feeder)
+    p, q, hours = load_cases(feeder)
     rng = np.random.default_rng(sc.seed)
     owns_u = rng.random((draws, len(net_buses)))
     charges = rng.random((draws, len(net_buses))) < coincidence
+    p_all, q_all = np.repeat(p, draws, axis=0), np.repeat(q, draws, axis=0)
     rows = []
     for strategy in strategies:
         for level in levels:
-            ev = ((owns_u < level) & charges) * ev_kw
+            wanted = ((owns_u < level) & charges) * ev_kw
+            ev = wanted
             if strategy == "equal_share" and site_limit_kw is not None:
                 total = ev.sum(axis=1, keepdims=True)
                 ev = ev * np.minimum(1.0, site_limit_kw / np.maximum(total, 1e-9))
-            broken, binding = limits_broken(feeder, np.repeat(p, draws, axis=0),
-                                            np.repeat(q, draws, axis=0), ev)
+            broken, binding = limits_broken(feeder, p_all, q_all, ev)
+            if strategy == "feeder_aware" and broken.any():
+                ev, broken, binding = _curtail_to_limits(feeder, p_all, q_all, ev, broken,
+                                                         binding)
             names = pd.Series([b for b in binding if b])
+            total_wanted = float(wanted.sum())
             rows.append({"strategy": strategy, "penetration": float(level),
                          "evs_mean": float((owns_u < level).sum(axis=1).mean()),
                          "p_violation": float(broken.mean()),
                          "binding": names.mode().iloc[0] if len(names) else "",
+                         "curtailed_percent": round(
+                             100.0 * (1.0 - float(ev.sum()) / total_wanted), 2)
+                         if total_wanted else 0.0,
                          "draws": draws})
-    return PenetrationStudy(sc, pd.DataFrame(rows), ev_kw, coincidence)
+    return PenetrationStudy(sc, pd.DataFrame(rows), ev_kw, coincidence, int(hours[0]))
+
+
+def _curtail_to_limits(feeder: Feeder, p: np.ndarray, q: np.ndarray, ev: np.ndarray,
+                       broken: np.ndarray, binding: list[str]
+                       ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``feeder_aware`` in the screen: each broken draw's charging scaled by the largest
+    factor in [0, 1] (to 1/128) that keeps every limit; a draw the base load alone
+    breaks ends with its EVs off and stays broken, with what binds then."""
+    rows = np.flatnonzero(broken)
+    lo = np.zeros(len(rows))  # a factor known to hold (or 0)
+    hi = np.ones(len(rows))  # a factor known to break
+    for _ in range(7):
+        mid = (lo + hi) / 2.0
+        bad, _ = limits_broken(feeder, p[rows], q[rows], ev[rows] * mid[:, None])
+        hi = np.where(bad, mid, hi)
+        lo = np.where(bad, lo, mid)
+    out = ev.copy()
+    out[rows] = ev[rows] * lo[:, None]
+    still, names = limits_broken(feeder, p[rows], q[rows], out[rows])
+    result = broken.copy()
+    result[rows] = still
+    binding = list(binding)
+    for i, r in enumerate(rows):
+        binding[r] = names[i]
+    return out, result, binding
+
+
+def what_would_fix_it(study: PenetrationStudy) -> pd.DataFrame:
+    """Per penetration where uncontrolled charging breaks a limit in more than
+    :data:`FIT_P_VIOLATION` of the draws: what binds most often, each strategy's share
+    of draws broken and of power held back, and ``fixed_by``: the strategies that bring
+    it within :data:`FIT_P_VIOLATION`."""
+    t = study.table
+    rows = []
+    for r in t[t["strategy"] == "uncontrolled"].itertuples():
+        if r.p_violation <= FIT_P_VIOLATION:
+            continue
+        at = t[t["penetration"] == r.penetration].set_index("strategy")
+        fixed = [str(s) for s in at.index if at.loc[s, "p_violation"] <= FIT_P_VIOLATION]
+        row: dict[str, object] = {"penetration": r.penetration, "binding": r.binding}
+        for strategy in at.index:
+            row[f"p_violation_{strategy}"] = at.loc[strategy, "p_violation"]
+            row[f"curtailed_percent_{strategy}"] = at.loc[strategy, "curtailed_percent"]
+        row["fixed_by"] = ", ".join(fixed) or "none of the strategies screened"
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def hosting_penetration(study: PenetrationStudy) -> dict[str, float]:
+    """Per strategy, its hosting capacity as a penetration: the highest share of houses
+    with an EV studied up to which every level breaks a limit in at most
+    :data:`FIT_P_VIOLATION` of the draws (0 when the lowest level already breaks more)."""
+    out: dict[str, float] = {}
+    for strategy, rows in study.table.groupby("strategy", sort=False):
+        fits = 0.0
+        for r in rows.sort_values("penetration").itertuples():
+            if r.p_violation > FIT_P_VIOLATION:
+                break
+            fits = float(r.penetration)
+        out[str(strategy)] = fits
+    return out
 
 
 def plot_penetration(study: PenetrationStudy, path: Path) -> Path:
-    """Probability of a broken limit (%) against the share of houses with an EV (%)."""
+    """Probability of a broken limit (%) against the share of houses with an EV (%), and
+    below it the share of the charging power each strategy holds back to get there."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for strategy, rows in study.table.groupby("strategy", sort=False):
-        ax.plot(rows["penetration"] * 100, rows["p_violation"] * 100, marker="o",
-                label=str(strategy))
-    ax.set_xlabel("houses with an EV (%)")
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 7.5), sharex=True,
+                                  gridspec_kw={"height_ratios": [3, 2]})
+    # Distinct markers and dashes: strategies that coincide (e.g. both at 0 %) stay visible.
+    styles = [("o", "-", 7), ("s", "--", 9), ("^", ":", 7), ("D", "-.", 6)]
+    for i, (strategy, rows) in enumerate(study.table.groupby("strategy", sort=False)):
+        marker, dash, size = styles[i % len(styles)]
+        x = rows["penetration"] * 100
+        ax.plot(x, rows["p_violation"] * 100, marker=marker, ls=dash, ms=size,
+                mfc="none" if i else None, label=str(strategy))
+        ax2.plot(x, rows["curtailed_percent"], marker=marker, ls=dash, ms=size,
+                 mfc="none" if i else None, label=str(strategy))
     ax.set_ylabel("draws with a limit broken (%)")
     ax.set_ylim(-3, 103)
     ax.set_xlim(0, 102)
     ax.grid(alpha=0.3)
+    ax2.set_xlabel("houses with an EV (%)")
+    ax2.set_ylabel("charging power held back (%)")
+    ax2.set_ylim(bottom=-2)
+    ax2.grid(alpha=0.3)
     draws = int(study.table["draws"].iloc[0]) if len(study.table) else 0
-    ax.set_title(f"{study.scenario.name}: {study.scenario.grid.network} at the evening peak\n"
+    ax.set_title(f"{study.scenario.name}: {study.scenario.grid.network}"
+                 f" at the base load's worst hour ({study.hour}:00)\n"
                  f"{draws} draws per point; {study.ev_kw:g} kW chargers, "
                  f"{study.coincidence:.0%} charging at once (Electric Nation)", fontsize=10)
     ax.legend(title="strategy")
@@ -203,13 +304,19 @@ def write_hosting(study: HostingStudy, out: Path,
         pcsv = out / "hosting_penetration.csv"
         penetration.table.to_csv(pcsv, index=False)
         paths += [pcsv, plot_penetration(penetration, out / "hosting_probability.png")]
+        fix = what_would_fix_it(penetration)
+        if len(fix):
+            fcsv = out / "hosting_fix.csv"
+            fix.to_csv(fcsv, index=False)
+            paths.append(fcsv)
     return paths
 
 
 def plot_hosting(study: HostingStudy, path: Path, *, marked: dict[int, int] | None = None,
-                 title: str | None = None) -> Path:
+                 title: str | None = None, demand_kwh: dict[int, float] | None = None) -> Path:
     """The feeder with every candidate bus coloured by its hosting capacity (kW);
-    ``marked`` buses get their number (a placement's rank) beside them."""
+    ``marked`` buses get their number (a placement's rank) beside them; with
+    ``demand_kwh`` each bus's marker area grows with the demand near it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -229,15 +336,24 @@ def plot_hosting(study: HostingStudy, path: Path, *, marked: dict[int, int] | No
     table = study.table
     xs = [pos[int(b)][0] for b in table["bus"]]
     ys = [pos[int(b)][1] for b in table["bus"]]
-    points = ax.scatter(xs, ys, c=table["capacity_kw"], cmap="viridis", s=40,
+    sizes: float | np.ndarray = 40.0
+    if demand_kwh:
+        d = np.array([demand_kwh.get(int(b), 0.0) for b in table["bus"]])
+        top = float(d.max()) if len(d) and d.max() > 0 else 1.0
+        sizes = 12.0 + 150.0 * d / top
+    points = ax.scatter(xs, ys, c=table["capacity_kw"], cmap="viridis", s=sizes,
                         edgecolors="black", linewidths=0.4, zorder=3)
+    if demand_kwh:
+        for kwh in (top, top / 2):
+            ax.scatter([], [], s=12.0 + 150.0 * kwh / top, color="0.8", edgecolors="black",
+                       linewidths=0.4, label=f"demand nearby {kwh:.0f} kWh")
     fig.colorbar(points, ax=ax, label="hosting capacity (kW)")
     source = [pos[int(b)] for b in net.ext_grid["bus"]]
     ax.scatter([p[0] for p in source], [p[1] for p in source], marker="s", s=90,
                color="tab:red", zorder=4, label="external grid")
     for bus, number in (marked or {}).items():
         x, y = pos[int(bus)]
-        ax.scatter([x], [y], s=160, facecolors="none", edgecolors="tab:red", linewidths=1.6,
+        ax.scatter([x], [y], s=320, facecolors="none", edgecolors="tab:red", linewidths=1.6,
                    zorder=4)
         ax.annotate(str(number), (x, y), textcoords="offset points", xytext=(7, 5),
                     color="tab:red", fontsize=10, fontweight="bold")

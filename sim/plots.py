@@ -42,9 +42,17 @@ def plot_grid(result: RunResult, path: Path) -> Path:
     """Feeder voltage envelope and transformer/line loading over time, limits drawn."""
     ts, g = result.timeseries, result.scenario.grid
     t = _times(result, ts["t_s"])
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    unbalanced = "vuf_max_percent" in ts
+    if unbalanced:
+        fig, (ax1, ax2, ax3) = plt.subplots(3, 1, figsize=(11, 9.5), sharex=True)
+    else:
+        fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
     ax1.fill_between(t, ts["vm_min_pu"], ts["vm_max_pu"], alpha=0.35, label="bus voltage range")
-    ax1.plot(t, ts["vm_min_pu"], lw=1, label="min bus voltage")
+    if unbalanced:  # each phase's lowest bus voltage
+        for k in (1, 2, 3):
+            ax1.plot(t, ts[f"vm_min_l{k}_pu"], lw=1, label=f"min voltage L{k}")
+    else:
+        ax1.plot(t, ts["vm_min_pu"], lw=1, label="min bus voltage")
     ax1.axhline(g.v_min_pu, color="red", ls="--", lw=1,
                 label=f"limits {g.v_min_pu}-{g.v_max_pu} pu")
     ax1.axhline(g.v_max_pu, color="red", ls="--", lw=1)
@@ -54,7 +62,17 @@ def plot_grid(result: RunResult, path: Path) -> Path:
     ax2.plot(t, ts["trafo_loading_percent"], label="transformer loading")
     ax2.plot(t, ts["line_loading_max_percent"], lw=1, alpha=0.8, label="max line loading")
     ax2.axhline(g.trafo_loading_max_percent, color="red", ls="--", lw=1, label="thermal limit")
-    _finish_time_axis(ax2, "loading [%]", "upper left", xlabel=True)
+    _finish_time_axis(ax2, "loading [%] (most loaded phase)" if unbalanced else "loading [%]",
+                      "upper left", xlabel=not unbalanced)
+    if unbalanced:
+        ax3.plot(t, ts["vuf_max_percent"], color="tab:purple",
+                 label="highest voltage unbalance factor")
+        ax3.axhline(g.vuf_max_percent, color="red", ls="--", lw=1,
+                    label=f"limit {g.vuf_max_percent:g} % (EN 50160)")
+        _finish_time_axis(ax3, "unbalance [%]", "upper left", xlabel=True)
+        ax4 = ax3.twinx()
+        ax4.plot(t, ts["neutral_current_max_a"], color="tab:gray", lw=1)
+        ax4.set_ylabel("highest neutral current [A] (grey)")
     return _save(fig, path)
 
 

@@ -56,7 +56,9 @@ def write_results(result: RunResult, out: Path, scenario_text: str | None = None
     written.append(out / "station_power_kw.csv")
     for name, df in (("timeseries.csv", result.timeseries),
                      ("sessions.csv", result.sessions),
-                     ("profiles.csv", result.profiles)):
+                     ("profiles.csv", result.profiles),
+                     ("stations.csv", result.stations),
+                     ("unserved.csv", result.unserved)):
         df.to_csv(out / name, index=False)
         written.append(out / name)
     from .plots import plot_all

@@ -55,9 +55,10 @@ from evtwin.csms.direct import DirectShell
 from evtwin.csms.exceptions import InputError
 from evtwin.csms.feeder import FeederModel, needs_feeder  # also registers feeder_aware
 from evtwin.grid import (
-    BaseLoadProfile,
     Feeder,
     GridLimits,
+    base_load,
+    load_buses,
     load_network,
     place_stations,
     supplied_buses,
@@ -67,6 +68,7 @@ from evtwin.transports import MemoryClosed, memory_pair
 from .csmslink import CSMSLink, LocalCSMS, ProcessCSMS
 from .der import DerSet, Steps, build_der
 from .exceptions import RunError, ScenarioError
+from .geography import assign_home_buses, stations_table, unserved_table
 from .kpis import compute_kpis
 from .prices import export_price_steps, price_at, price_steps
 from .scenario import Scenario, behaviour_overrides
@@ -117,6 +119,10 @@ class RunResult:
     profiles: pd.DataFrame = field(default_factory=pd.DataFrame)
     external_csms: str | None = None
     """The URL of the CSMS the stations spoke to, when it was not evtwin's own."""
+    stations: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Every station's site, feeder bus, EVSEs and phase connection."""
+    unserved: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """Demand and unserved energy per site and per bus (see evtwin.sim.geography)."""
 
     @property
     def station_power_kw(self) -> pd.DataFrame:
@@ -135,7 +141,9 @@ def build_model(sc: Scenario) -> ChargingModel:
     sites = [SiteConfig(name=s.name, kind=s.kind, stations=s.stations,
                         evses_per_station=s.evses_per_station, evse_max_kw=s.evse_max_kw,
                         phases=s.phases, behaviour=behaviour_for(s.kind, **behaviour_overrides(s)),
-                        ev_count=counts[s.name], bidirectional=s.bidirectional)
+                        ev_count=counts[s.name], bidirectional=s.bidirectional,
+                        private=s.private, visitors_from=s.visitors_from,
+                        visitor_share=s.visitor_share)
              for s in sc.sites]
     start_hour = sc.start.hour + sc.start.minute / 60.0 + sc.start.second / 3600.0
     return ChargingModel(sites, seed=sc.seed, duration_s=sc.duration_s, start_hour=start_hour,
@@ -169,8 +177,8 @@ def build_feeder(sc: Scenario, n_stations: int, station_sites: list[str],
                     prices or ((sc.start, 0.0),))
     return Feeder(
         net, n_stations=n_stations, station_buses=buses, engine=g.engine, der_buses=der.buses,
-        base_profile=BaseLoadProfile("residential", scale=g.base_load_scale,
-                                     noise=g.base_load_noise),
+        base_profile=base_load(g.base_load_profile, net, sc.start, scale=g.base_load_scale,
+                               noise=g.base_load_noise),
         limits=GridLimits(v_min_pu=g.v_min_pu, v_max_pu=g.v_max_pu,
                           line_loading_max_percent=g.line_loading_max_percent,
                           trafo_loading_max_percent=g.trafo_loading_max_percent,
@@ -182,11 +190,15 @@ def build_feeder(sc: Scenario, n_stations: int, station_sites: list[str],
     ), der
 
 
-def csms_config(sc: Scenario, model: ChargingModel) -> CSMSConfig:
-    """Provision the CSMS with the scenario's stations, sites and tokens."""
+def csms_config(sc: Scenario, model: ChargingModel,
+                lines: list[int | None] | None = None) -> CSMSConfig:
+    """Provision the CSMS with the scenario's stations, sites and tokens; ``lines``: the
+    line (1-3) each station is on when single-phase on an unbalanced feeder."""
+    lines = lines or [None] * len(model.stations)
     stations = tuple(StationSpec(st.station_id, st.site, tuple(
-        EvseSpec(e.evse_id, e.max_power_w, e.phases) for e in st.evses.values()))
-        for st in model.stations)
+        EvseSpec(e.evse_id, e.max_power_w, e.phases, line if e.phases == 1 else None)
+        for e in st.evses.values()))
+        for st, line in zip(model.stations, lines, strict=True))
     return CSMSConfig(
         stations=stations,
         # What the CSMS assumes when an EV does not state its needs: a cautious
@@ -228,6 +240,13 @@ class Twin:
                                              [st.site for st in self.model.stations],
                                              self.prices)
         self.grid_rng = np.random.default_rng([scenario.seed, 1])
+        # The households of the network as given (the feeder's net also holds the
+        # stations and DER it added), as evtwin place draws them too.
+        assign_home_buses(self.model, self.feeder.station_buses,
+                          load_buses(load_network(scenario.grid.network)), scenario.seed)
+        self.bus_of = dict(zip((st.station_id for st in self.model.stations),
+                               self.feeder.station_buses, strict=True))
+        #: Free EVSEs: one pool per shared site, one per EVSE of a private site.
         self.free: dict[str, simpy.Store] = {}
         self.core: CSMSCore | None = None  # our CSMS in this process, once a run has started
         self.csms: CSMSLink | None = None  # how the loop drives our CSMS (here or elsewhere)
@@ -267,7 +286,10 @@ class Twin:
                 ev.end_visit("skipped", env.now)
                 continue
             rec = ev.begin_visit(visit)
-            store = self.free[ev.site]
+            own = visit.site is None  # at its own site (not visiting as a commuter)
+            if own and ev.charger is not None:  # its demand is at its own charger
+                rec.bus = self.bus_of[ev.charger[0]]
+            store = self.free[self._pool(ev) if own else visit.site]
             request = store.get()
             patience = min(visit.patience_s, visit.departure_s - env.now)
             if not request.triggered:
@@ -280,6 +302,7 @@ class Twin:
             station_id, evse_id = request.value  # type: ignore[misc]
             station = self.station_by_id[station_id]
             rec.station_id, rec.evse_id, rec.plugged_s = station_id, evse_id, env.now
+            rec.bus = self.bus_of[station_id]
             rec.transaction_id = station.plug(evse_id, ev, env.now)
             rec.outcome = "plugged"
             yield env.timeout(max(visit.departure_s - env.now, 0.0))
@@ -288,12 +311,26 @@ class Twin:
                          env.now)
             store.put((station_id, evse_id))
 
+    def station_lines(self) -> list[int | None]:
+        """The line (1-3) of each single-phase station on an unbalanced feeder, else None."""
+        f = self.feeder
+        if not f.unbalanced:
+            return [None] * f.n_stations
+        phase = f.load_phases[f.n_households:f.n_households + f.n_stations]
+        return [int(p) + 1 if p >= 0 else None for p in phase.tolist()]
+
+    @staticmethod
+    def _pool(ev: EV) -> str:
+        """The key of the free-EVSE pool ``ev`` draws from."""
+        return ev.site if ev.charger is None else f"{ev.charger[0]}#{ev.charger[1]}"
+
     def _setup_events(self) -> None:
         for site in self.sc.sites:
-            store = simpy.Store(self.env)
-            store.items.extend((st.station_id, e) for st in self.model.stations_at(site.name)
-                               for e in st.evses)
-            self.free[site.name] = store
+            for st in self.model.stations_at(site.name):
+                for e in st.evses:
+                    key = f"{st.station_id}#{e}" if site.private else site.name
+                    self.free.setdefault(key, simpy.Store(self.env)).items.append(
+                        (st.station_id, e))
         for ev in self.model.evs:
             self.env.process(self._driver(ev))
         for event in self.sc.demand_response:
@@ -409,7 +446,7 @@ class Twin:
                 await self._close(tasks, sockets)
             wall = time.perf_counter() - wall0
             return self._results(series, power, [], frames, wall, end_s, clients)
-        config = csms_config(self.sc, self.model)
+        config = csms_config(self.sc, self.model, self.station_lines())
         transport = self.sc.run.transport
         link: CSMSLink
         if self.sc.run.csms_process:
@@ -648,6 +685,9 @@ class Twin:
         ts["evs_plugged"] = ts["evs_plugged"].astype(int)
         ts.insert(1, "time", [self.to_datetime(t).isoformat() for t in ts["t_s"]])
         sessions = pd.DataFrame([asdict(r) for ev in self.model.evs for r in ev.records])
+        for col in ("bus", "home_bus"):  # bus numbers, empty where there is none
+            if col in sessions:
+                sessions[col] = sessions[col].astype("Int64")
 
         kpis = compute_kpis(sc, ts, sessions, transactions, frames, storage_cycles=max(
             (b.equivalent_full_cycles for b in self.der.batteries), default=0.0),
@@ -662,9 +702,11 @@ class Twin:
         if self.external is not None:
             # Billing happened in a CSMS we cannot see into.
             del kpis["energy_billed_kwh"]
+        stations = stations_table(self.model, self.feeder.station_buses, self.station_lines())
         return RunResult(sc, kpis, perf, ts, power, sessions, transactions,
                          self.database if self.external is None else "", profiles,
-                         None if self.external is None else self.external.url)
+                         None if self.external is None else self.external.url,
+                         stations, unserved_table(sessions, stations))
 
 
 def run_scenario(scenario: Scenario, *, database: str | Path = ":memory:",

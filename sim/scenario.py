@@ -65,9 +65,22 @@ class Site(_Strict):
     """Feeder bus index per station; default: spread over load buses (see evtwin.grid)."""
     bidirectional: bool = False
     """The site's EVSEs can discharge (V2G over OCPP 2.1)."""
-    ev_share: float | None = Field(None, gt=0)
+    access: Literal["private", "shared"] | None = None
+    """``private``: each EV has a charger of its own (a household's; EVs beyond the
+    chargers share one, in order); ``shared``: any EV takes any free EVSE. Default:
+    private at home sites, shared elsewhere."""
+    visitors_from: str | None = None
+    """Another site whose EVs also charge here on this site's kind of visits (commuters
+    who charge at home and at work); ``visitor_share`` of them do."""
+    visitor_share: float = Field(0.3, ge=0, le=1)
+    ev_share: float | None = Field(None, ge=0)
     """Weight of this site when splitting ev.count; default its EVSE count."""
     behaviour: BehaviourOverrides = BehaviourOverrides()
+
+    @property
+    def private(self) -> bool:
+        """Whether each EV has a charger of its own (see ``access``)."""
+        return self.access == "private" if self.access is not None else self.kind == "home"
 
     @model_validator(mode="after")
     def _buses_match(self) -> Site:
@@ -80,13 +93,19 @@ class Grid(_Strict):
     """The feeder and its limits."""
 
     network: str = "kerber_dorfnetz"
-    """A name from pandapower.networks (see evtwin.grid.NETWORKS) or a pandapower JSON file."""
+    """A name from pandapower.networks (see evtwin.grid.NETWORKS), a SimBench grid
+    ``simbench:<code>`` (``pip install evtwin[simbench]``; see evtwin.grid.load_network)
+    or a pandapower JSON file."""
     engine: Literal["pgm", "pandapower"] = "pgm"
     """power-grid-model (fast, built once) or pandapower runpp per step (reference)."""
     base_load_scale: float = Field(1.0, ge=0)
     """Multiplier on the households' nominal load."""
     base_load_noise: float = Field(0.05, ge=0, le=1)
     """Std of the multiplicative noise on each household's load."""
+    base_load_profile: Literal["residential", "simbench"] = "residential"
+    """``residential``: one H0-like daily shape for every load; ``simbench``: each
+    load's own SimBench quarter-hour profile from the scenario's start date (a
+    ``simbench:`` network only; see evtwin.grid.LoadTimeSeries)."""
     v_min_pu: float = Field(0.90, gt=0)
     """EN 50160: -10 % of nominal."""
     v_max_pu: float = Field(1.10, gt=0)
@@ -105,6 +124,8 @@ class Grid(_Strict):
             raise ValueError("v_min_pu must be below v_max_pu")
         if self.phases == "unbalanced" and self.engine != "pgm":
             raise ValueError("engine: an unbalanced feeder is solved by \"pgm\"")
+        if self.base_load_profile == "simbench" and not self.network.startswith("simbench:"):
+            raise ValueError("base_load_profile: \"simbench\" needs a simbench: network")
         return self
 
 
@@ -366,6 +387,20 @@ def cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
         with_buses = [isinstance(s, dict) and s.get("buses") is not None for s in sites]
         if any(with_buses) and not all(with_buses):
             problems.append(("sites", "give buses for every site or for none"))
+        for i, site in enumerate(sites):
+            if not isinstance(site, dict) or site.get("visitors_from") is None:
+                continue
+            source = site["visitors_from"]
+            if source == site.get("name") or source not in names:
+                problems.append((f"sites.{i}.visitors_from",
+                                 f"name another site, not {source!r}"))
+            access = site.get("access")
+            if access == "private" or (access is None and site.get("kind", "home") == "home"):
+                problems.append((f"sites.{i}.visitors_from",
+                                 "visitors need a shared site (access = \"shared\")"))
+        shares = [s.get("ev_share") for s in sites if isinstance(s, dict)]
+        if shares and all(isinstance(x, int | float) and x == 0 for x in shares):
+            problems.append(("sites", "every ev_share is 0: give one site EVs"))
     step = data.get("step_s", 60)
     duration = data.get("duration_h", 24.0)
     if (isinstance(step, int) and step > 0 and isinstance(duration, int | float)
@@ -405,9 +440,11 @@ def cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
                 problems.append((f"{kind}.{i}.target_kw",
                                  "peak_shaving needs target_kw (the site has no limit_kw)"))
     net = _get(data, "grid", "network")
-    if isinstance(net, str) and not net.endswith(".json") and net not in NETWORKS:
+    if (isinstance(net, str) and not net.endswith(".json") and net not in NETWORKS
+            and not net.startswith("simbench:")):
         problems.append(("grid.network", f"unknown network {net!r}; known: "
-                         f"{', '.join(sorted(NETWORKS))} or a pandapower .json file"))
+                         f"{', '.join(sorted(NETWORKS))}, simbench:<code> or a "
+                         "pandapower .json file"))
     return problems
 
 
@@ -417,6 +454,16 @@ def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario
         return Scenario.model_validate(data)
     except ValidationError as err:
         problems = validation_problems(err) + cross_field_problems(data)
+        if not problems:
+            # Only the model's own validator objected (e.g. a default interval that is
+            # no multiple of step_s, which the raw mapping does not show): its message
+            # names the fields, "path: message; path: message".
+            for e in err.errors():
+                if not e["loc"]:
+                    text = str(e["msg"]).removeprefix("Value error, ")
+                    for part in text.split("; "):
+                        path, _, msg = part.partition(": ")
+                        problems.append((path, msg) if msg else ("", part))
         raise ScenarioError(source, problems) from None
 
 

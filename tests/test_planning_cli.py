@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from evtwin.sim.cli import main
+from evtwin.sim.scenario import parse_scenario
 
 ROOT = Path(__file__).resolve().parents[1]
 PLANNING = ROOT / "scenarios" / "planning.toml"
@@ -27,7 +28,8 @@ def test_hosting_capacity_writes_its_table_and_drawing(tmp_path: Path,
     assert (table["capacity_kw"] > 0).all() and (table["hour"] == 20).all()
     assert (out / "hosting_capacity.png").stat().st_size > 10_000
     curve = pd.read_csv(out / "hosting_penetration.csv")
-    assert len(curve) == 4 and set(curve["strategy"]) == {"uncontrolled", "equal_share"}
+    assert len(curve) == 6 and set(curve["strategy"]) == {"uncontrolled", "equal_share",
+                                                          "feeder_aware"}
     assert (out / "hosting_probability.png").stat().st_size > 10_000
     assert "hosting capacity" in capsys.readouterr().out
 
@@ -45,7 +47,7 @@ def test_the_planning_scenario_has_the_feeder_the_issue_asks_for() -> None:
     (["--buses", "99999"], "no bus 99999"),
     (["--max-kw", "-5"], "--max-kw"),
     (["--penetration", "0.5,2"], "--penetration"),
-    (["--strategies", "feeder_aware"], "--strategies"),
+    (["--strategies", "v2g"], "--strategies"),
     (["--draws", "-1"], "--draws"),
     (["--buses", ","], "--buses"),
     (["--strategies", ","], "--strategies"),
@@ -80,17 +82,23 @@ def test_probability_of_violation_rises_with_penetration_for_fixed_draws() -> No
 
 
 def test_placement_prefers_the_bus_with_more_headroom(tmp_path: Path) -> None:
-    """Equal demand (evtwin's EVs have no home bus yet): of a bus near the transformer
-    and one at the far end of the village feeder, the screen and the twin runs both
-    put the near one first; the winner's scenario file runs as it was ranked."""
+    """Equal demand (every driver has a charger of their own, so nobody needs the new
+    site): of a bus near the transformer and one at the far end of the village feeder,
+    the screen and the twin runs both put the near one first; the winner's scenario
+    file runs as it was ranked."""
     from evtwin.sim import load_scenario
     from evtwin.sim.placement import NEW_SITE, place, write_placement
 
     demo = ROOT / "scenarios" / "demo.toml"
     sc = load_scenario(demo, {"duration_h": 3})
+    data = sc.model_dump(mode="python", exclude_none=True)
+    for site in data["sites"]:
+        site["access"] = "private"
+    sc = parse_scenario(data, "demo")
     near, far = 39, 69  # 44 m and 495 m from the transformer along the lines
     placement = place(sc, add=4, kw=22.0, candidates=[far, near], top=2, workers=1)
     t = placement.table.set_index("bus")
+    assert t.loc[near, "demand_kwh"] == t.loc[far, "demand_kwh"] == 0.0
     assert t.loc[near, "headroom_kw"] > t.loc[far, "headroom_kw"]
     assert t.loc[near, "screen_rank"] == 1 and t.loc[near, "rank"] == 1
     assert placement.winner is not None
@@ -127,3 +135,90 @@ def test_place_screen_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     table = pd.read_csv(out / "placement.csv")
     assert list(table["bus"]) == [3, 283] and table["rank"].isna().all()
     assert "(1)" in capsys.readouterr().out
+
+
+def test_placement_goes_where_the_drivers_live_when_the_grid_takes_it() -> None:
+    """Demand near a bus is the energy drivers request on visits to shared sites,
+    weighted by exp(-d / radius) over the line length d from their home: checked against
+    networkx shortest paths; of candidates that all take the chargers, the one with
+    the most demand nearby ranks first."""
+    import networkx as nx
+    import numpy as np
+
+    from evtwin.grid import load_network
+    from evtwin.sim import load_scenario
+    from evtwin.sim.placement import nearby_demand_kwh, place
+    from evtwin.sim.runner import Twin
+
+    sc = load_scenario(ROOT / "scenarios" / "demo.toml", {"duration_h": 24})
+    twin = Twin(sc)
+    net = load_network(sc.grid.network)
+    graph = nx.Graph()
+    for line in net.line.itertuples():
+        if line.in_service:
+            graph.add_edge(int(line.from_bus), int(line.to_bus), km=float(line.length_km))
+    for t in net.trafo.itertuples():
+        graph.add_edge(int(t.hv_bus), int(t.lv_bus), km=0.0)
+    candidates = [39, 69, 99, 9]
+    demand = nearby_demand_kwh(sc, candidates)
+    for bus in candidates:
+        km = nx.single_source_dijkstra_path_length(graph, bus, weight="km")
+        shared = {s.name for s in sc.sites if s.access == "shared" or s.kind != "home"}
+        expected = sum(
+            sum((v.target_soc - v.soc_initial) * ev.vehicle.capacity_kwh for v in ev.visits
+                if (v.site or ev.site) in shared)
+            * np.exp(-km[ev.home_bus] / 0.3)
+            for ev in twin.model.evs)
+        assert demand[bus] == pytest.approx(expected, rel=1e-9)
+    assert len({round(d, 3) for d in demand.values()}) == len(candidates)
+
+    placement = place(sc, add=1, kw=3.7, candidates=candidates, top=0)
+    t = placement.table
+    assert (t["headroom_kw"] >= 0).all()  # a 3.7 kW charger fits anywhere here
+    assert t["bus"].iloc[0] == max(demand, key=lambda b: demand[b])
+    assert list(t["demand_kwh"]) == sorted(t["demand_kwh"], reverse=True)
+
+
+def test_what_would_fix_it_names_the_binding_element_and_the_strategies_that_hold() -> None:
+    """At full penetration uncontrolled charging overloads the planning feeder's
+    transformer in some draws; feeder_aware holds back the least uniform share that
+    keeps every limit (re-solved: it holds, and 3 % more power breaks a limit again);
+    equal_share holds to the home site's limit. Each strategy's hosting capacity as a
+    penetration is reported, and uncontrolled's is the lowest."""
+    import numpy as np
+
+    from evtwin.grid import limits_broken, load_buses, load_cases, load_network
+    from evtwin.sim import load_scenario
+    from evtwin.sim.planning import (
+        _curtail_to_limits,
+        _feeder,
+        hosting_penetration,
+        penetration_study,
+        what_would_fix_it,
+    )
+
+    sc = load_scenario(PLANNING)
+    study = penetration_study(sc, [0.5, 1.0], draws=30)
+    fix = what_would_fix_it(study)
+    assert list(fix["penetration"]) == [1.0]
+    [row] = fix.itertuples()
+    assert row.binding.startswith("trafo")
+    assert "feeder_aware" in row.fixed_by and "uncontrolled" not in row.fixed_by
+    assert row.curtailed_percent_feeder_aware > 0
+    fits = hosting_penetration(study)
+    assert fits["uncontrolled"] < fits["feeder_aware"]
+
+    buses = load_buses(load_network(sc.grid.network))
+    feeder = _feeder(sc, buses)
+    p, q, _ = load_cases(feeder)
+    rng = np.random.default_rng(1)
+    ev = (rng.random((8, len(buses))) < 0.6) * 11.0
+    pp_, qq = np.repeat(p, 8, axis=0), np.repeat(q, 8, axis=0)
+    broken, binding = limits_broken(feeder, pp_, qq, ev)
+    assert broken.any()
+    held, still, _ = _curtail_to_limits(feeder, pp_, qq, ev, broken, binding)
+    assert not still.any()
+    assert not limits_broken(feeder, pp_, qq, held)[0].any()
+    cut = np.flatnonzero(broken)
+    assert limits_broken(feeder, pp_[cut], qq[cut], held[cut] * 1.03)[0].all()
+    assert (held[~broken] == ev[~broken]).all()  # draws that held keep their power

@@ -330,3 +330,15 @@ def test_transport_from_the_environment_where_the_scenario_chooses_none(
     monkeypatch.setenv(TRANSPORT_ENV, "pigeon")
     with pytest.raises(ScenarioError, match="EVTWIN_TRANSPORT='pigeon'"):
         load_scenario(demo)
+
+
+def test_a_default_interval_that_does_not_fit_step_s_is_named() -> None:
+    """The model's own validator objects to defaults the raw mapping does not show."""
+    from evtwin.sim.exceptions import ScenarioError
+
+    with pytest.raises(ScenarioError) as info:
+        parse_scenario({"name": "x", "step_s": 3600, "ev": {"count": 1},
+                        "sites": [{"name": "a", "stations": 1}]},
+                       "x.toml")
+    assert "x.toml: csms.aligned_interval_s: must be a multiple of step_s (3600)" in str(
+        info.value)

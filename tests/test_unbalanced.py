@@ -161,3 +161,34 @@ def test_hosting_capacity_on_an_unbalanced_feeder_matches_single_power_flows() -
     assert 0 < result.capacity_kw < 500
     assert f.violations(f.solve_raw(p, q, [result.capacity_kw])) == []
     assert f.violations(f.solve_raw(p, q, [result.capacity_kw + 1.0])) != []
+
+
+@pytest.mark.slow
+def test_ieee_european_lv_feeder_with_its_own_zero_sequence_data() -> None:
+    """The IEEE European LV test feeder (906 buses, 55 single-phase houses) as pandapower
+    ships it, with its own zero-sequence line and transformer data (nothing filled):
+    the Feeder's asymmetric flow with each house as a single-phase load on its own
+    phase agrees with pandapower's runpp_3ph on the original network within 1e-3 pu."""
+    import pandapower.networks as pn
+
+    ref = pn.ieee_european_lv_asymmetric()
+    loads = ref.asymmetric_load
+    phases = np.argmax(loads[["p_a_mw", "p_b_mw", "p_c_mw"]].to_numpy() > 0, axis=1)
+    p_kw = loads[["p_a_mw", "p_b_mw", "p_c_mw"]].sum(axis=1).to_numpy() * 1000.0
+    # The Feeder's stations draw active power only: the reference at unity power factor.
+    for col in ("q_a_mvar", "q_b_mvar", "q_c_mvar"):
+        ref.asymmetric_load[col] = 0.0
+    pp.runpp_3ph(ref)
+    net = copy.deepcopy(ref)
+    net.asymmetric_load.drop(net.asymmetric_load.index, inplace=True)
+    f = Feeder(net, n_stations=len(loads), station_buses=[int(b) for b in loads.bus],
+               unbalanced=True, station_connections=[int(k) for k in phases])
+    # Lines and the transformer come with their own r0/x0 and vk0: only g0 (absent, 0)
+    # and the source's short-circuit data are the model's to fill.
+    assert not any(c.startswith(("line.r0", "line.x0", "line.c0", "trafo."))
+                   for c in f.zero_sequence_filled), f.zero_sequence_filled
+    result = f.solve_raw(np.zeros(0), np.zeros(0), p_kw.tolist())
+    ref_vm = ref.res_bus_3ph.loc[f.bus_index, ["vm_a_pu", "vm_b_pu", "vm_c_pu"]].to_numpy()
+    assert result.bus_vm_phase_pu is not None
+    assert np.abs(result.bus_vm_phase_pu - ref_vm).max() < 1e-3
+    assert result.vm_min_pu == pytest.approx(np.nanmin(ref_vm), abs=1e-3)
