@@ -389,6 +389,7 @@ class StationProtocol:
             "t_s": now, "station_id": self.station.station_id, "evse_id": evse_id,
             "profile_id": profile.profile_id, "purpose": profile.purpose,
             "stack_level": profile.stack_level, "unit": profile.unit, "limit": first[1],
+            "number_phases": first[2],
             "limit_w_now": profile.limit_w(now, evse.tx_started_s if evse else None, phases),
             "transaction_id": profile.transaction_id, "status": status,
         })

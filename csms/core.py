@@ -70,6 +70,8 @@ class ProfileCommand:
     unit: str
     limit_w: float
     profile_id: int = 0
+    phases: int = 3
+    """The EVSE's phases: a single-phase EVSE's profile says numberPhases 1."""
     """The id of the profile that carries it (0: a fresh one when it is sent). The
     control cycle numbers its commands in their order before sending any, so the
     ids do not depend on which station answers first."""
@@ -882,7 +884,8 @@ class CSMSCore:
             else:
                 value = round(limit_w, 1)
             commands.append(ProfileCommand(station_id, evse_id, tx_of[key], value,
-                                           self.config.charging_rate_unit, limit_w))
+                                           self.config.charging_rate_unit, limit_w,
+                                           phases=phases))
         return commands
 
     def _run_strategy(self, view: ControlView) -> dict[EvseKey, float | None]:

@@ -209,7 +209,8 @@ class CSMS16(ShellBase):
                 "startSchedule": iso(self.core.clock()), "chargingRateUnit": cmd.unit,
                 # 1.6 has no discharge: a negative (V2G) limit only stops charging.
                 "chargingSchedulePeriod": [{
-                    "startPeriod": 0, "limit": limit_period(cmd.limit, self.version).limit}]},
+                    "startPeriod": 0, "limit": limit_period(cmd.limit, self.version).limit,
+                    **({"numberPhases": 1} if cmd.phases == 1 else {})}]},
         }}
         try:
             status = str((await self.call_json("SetChargingProfile", payload))["status"])

@@ -391,10 +391,13 @@ class Handlers201(ShellBase):
     def _limit_period(self, cmd: ProfileCommand) -> dict[str, Any]:
         """The limit's one schedule period (see :func:`~evtwin.csms.shell.limit_period`)."""
         period = limit_period(cmd.limit, self.version)
+        # A single-phase EVSE: say so (numberPhases defaults to 3). No phaseToUse: that
+        # is only for EVSEs that can switch phases (ACPhaseSwitchingSupported).
+        phases = {"numberPhases": 1} if cmd.phases == 1 else {}
         if period.setpoint is None:
-            return {"startPeriod": 0, "limit": period.limit}
+            return {"startPeriod": 0, "limit": period.limit, **phases}
         return {"startPeriod": 0, "operationMode": "CentralSetpoint",
-                "setpoint": period.setpoint, "dischargeLimit": period.setpoint}
+                "setpoint": period.setpoint, "dischargeLimit": period.setpoint, **phases}
 
     async def send_limit(self, cmd: ProfileCommand) -> str:
         """Send a TxProfile with one period at ``cmd.limit``; record and return the status."""

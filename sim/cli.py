@@ -238,7 +238,7 @@ def cmd_hosting_capacity(args: argparse.Namespace, console: Console) -> int:
                                     if st.strip()))
     if not strategies:
         raise ScenarioError(args.scenario, [("--strategies", "name at least one: uncontrolled"
-                                                             ", equal_share, feeder_aware")])
+                                                             ", equal_share, feeder_aware, v2g")])
     with console.status("batched power flows ..."):
         study = hosting_study(scenario, buses=buses, day=args.day, max_kw=args.max_kw)
         penetration = (penetration_study(scenario, levels, draws=args.draws,
@@ -262,11 +262,12 @@ def cmd_hosting_capacity(args: argparse.Namespace, console: Console) -> int:
         pt = Table(title=f"probability of a broken limit at {penetration.hour}:00 "
                          f"({args.draws} draws)", header_style="bold")
         for col in ("strategy", "houses with an EV", "EVs (mean)", "draws broken",
-                    "power held back", "most often binding"):
+                    "power held back", "fed back (kW)", "most often binding"):
             pt.add_column(col)
         for r in penetration.table.itertuples():
             pt.add_row(str(r.strategy), f"{r.penetration:.0%}", f"{r.evs_mean:.1f}",
                        f"{r.p_violation:.0%}", f"{r.curtailed_percent:.1f} %",
+                       f"{r.v2g_kw:.1f}" if r.strategy == "v2g" else "-",
                        str(r.binding) or "-")
         console.print(pt)
         fits = hosting_penetration(penetration)
@@ -572,9 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "limit (default 0.2,0.4,0.6,0.8,1.0)")
     hc.add_argument("--draws", type=_non_negative_int, default=100,
                     help="seeded draws per share (default 100; 0: no penetration study)")
-    hc.add_argument("--strategies", default="uncontrolled,equal_share,feeder_aware",
+    hc.add_argument("--strategies", default="uncontrolled,equal_share,feeder_aware,v2g",
                     help="strategies of the penetration study (default: all of uncontrolled, "
-                         "equal_share, feeder_aware)")
+                         "equal_share, feeder_aware, v2g; v2g with the scenario's "
+                         "ev.v2g_share of bidirectional EVs)")
     hc.add_argument("--out", default="results", help="folder for the results folder")
     hc.add_argument("--all", action="store_true", help="list every bus, not the 10 weakest")
     hc.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")

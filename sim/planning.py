@@ -43,7 +43,12 @@ __all__ = ["COINCIDENCE_AT_PEAK", "FIT_P_VIOLATION", "SCREEN_STRATEGIES", "Hosti
 COINCIDENCE_AT_PEAK = 2.16 / 7.36
 
 #: The strategies the penetration screen models without running the twin.
-SCREEN_STRATEGIES = ("uncontrolled", "equal_share", "feeder_aware")
+SCREEN_STRATEGIES = ("uncontrolled", "equal_share", "feeder_aware", "v2g")
+
+#: Share of houses' EVs plugged in at the peak, for V2G in the screen: Electric Nation
+#: saw about 70 % of its EVs plug in on a given day (see COINCIDENCE_AT_PEAK); taken as
+#: plugged in at the evening peak, an upper bound (some plug in later).
+PLUGGED_AT_PEAK = 0.7
 
 #: A penetration "fits" a strategy while at most this share of draws breaks a limit.
 FIT_P_VIOLATION = 0.05
@@ -145,8 +150,13 @@ def penetration_study(sc: Scenario, levels: Sequence[float], *, draws: int = 100
     EV held back by the same factor, the least that keeps every limit (found by
     bisection to 1/128 per draw; the strategy's program holds back where it matters
     most, so this is the most it would curtail). A draw the base load alone breaks
-    stays broken under every strategy. ``curtailed_percent``: the share of the
-    charging EVs' power at the peak that the strategy holds back, over all draws.
+    stays broken under every strategy. ``v2g``: the charging EVs charge at full
+    power, and the bidirectional EVs plugged in but not charging (``ev.v2g_share`` of
+    the EVs; plugged in with probability :data:`PLUGGED_AT_PEAK`) feed back, all by the
+    same share of the home charger's power, the least that keeps every limit (a draw
+    that breaks one with all of them feeding back at full power stays broken).
+    ``curtailed_percent``: the share of the charging EVs' power at the peak that the
+    strategy holds back, over all draws; ``v2g_kw``: the mean power fed back per draw.
     """
     unknown = [st for st in strategies if st not in SCREEN_STRATEGIES]
     if unknown:
@@ -167,6 +177,10 @@ def penetration_study(sc: Scenario, levels: Sequence[float], *, draws: int = 100
     rng = np.random.default_rng(sc.seed)
     owns_u = rng.random((draws, len(net_buses)))
     charges = rng.random((draws, len(net_buses))) < coincidence
+    # V2G's draws on a stream of their own: the other strategies' draws stay as they were.
+    v2g_rng = np.random.default_rng([sc.seed, 1])
+    plugged_idle = (~charges) & (v2g_rng.random((draws, len(net_buses))) < PLUGGED_AT_PEAK)
+    bidirectional = v2g_rng.random((draws, len(net_buses))) < sc.ev.v2g_share
     p_all, q_all = np.repeat(p, draws, axis=0), np.repeat(q, draws, axis=0)
     rows = []
     for strategy in strategies:
@@ -177,9 +191,15 @@ def penetration_study(sc: Scenario, levels: Sequence[float], *, draws: int = 100
                 total = ev.sum(axis=1, keepdims=True)
                 ev = ev * np.minimum(1.0, site_limit_kw / np.maximum(total, 1e-9))
             broken, binding = limits_broken(feeder, p_all, q_all, ev)
+            fed_kw = 0.0
             if strategy == "feeder_aware" and broken.any():
                 ev, broken, binding = _curtail_to_limits(feeder, p_all, q_all, ev, broken,
                                                          binding)
+            elif strategy == "v2g" and broken.any():
+                back = ((owns_u < level) & plugged_idle & bidirectional) * ev_kw
+                with_v2g, broken, binding = _discharge_to_limits(feeder, p_all, q_all, ev,
+                                                                 back, broken, binding)
+                fed_kw = float((ev - with_v2g).sum()) / draws
             names = pd.Series([b for b in binding if b])
             total_wanted = float(wanted.sum())
             rows.append({"strategy": strategy, "penetration": float(level),
@@ -189,6 +209,7 @@ def penetration_study(sc: Scenario, levels: Sequence[float], *, draws: int = 100
                          "curtailed_percent": round(
                              100.0 * (1.0 - float(ev.sum()) / total_wanted), 2)
                          if total_wanted else 0.0,
+                         "v2g_kw": round(fed_kw, 2),
                          "draws": draws})
     return PenetrationStudy(sc, pd.DataFrame(rows), ev_kw, coincidence, int(hours[0]))
 
@@ -218,6 +239,32 @@ def _curtail_to_limits(feeder: Feeder, p: np.ndarray, q: np.ndarray, ev: np.ndar
     return out, result, binding
 
 
+def _discharge_to_limits(feeder: Feeder, p: np.ndarray, q: np.ndarray, ev: np.ndarray,
+                         back: np.ndarray, broken: np.ndarray, binding: list[str]
+                         ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``v2g`` in the screen: in each broken draw the EVs of ``back`` (kW) feed back by
+    the smallest common share in [0, 1] (to 1/128) that keeps every limit; a draw that
+    breaks one even at full feed-back stays broken (at full feed-back)."""
+    rows = np.flatnonzero(broken)
+    lo = np.zeros(len(rows))  # a share known to break
+    hi = np.ones(len(rows))  # a share known to hold (or 1)
+    for _ in range(7):
+        mid = (lo + hi) / 2.0
+        bad, _ = limits_broken(feeder, p[rows], q[rows],
+                               ev[rows] - back[rows] * mid[:, None])
+        lo = np.where(bad, mid, lo)
+        hi = np.where(bad, hi, mid)
+    out = ev.copy()
+    out[rows] = ev[rows] - back[rows] * hi[:, None]
+    still, names = limits_broken(feeder, p[rows], q[rows], out[rows])
+    result = broken.copy()
+    result[rows] = still
+    binding = list(binding)
+    for i, r in enumerate(rows):
+        binding[r] = names[i]
+    return out, result, binding
+
+
 def what_would_fix_it(study: PenetrationStudy) -> pd.DataFrame:
     """Per penetration where uncontrolled charging breaks a limit in more than
     :data:`FIT_P_VIOLATION` of the draws: what binds most often, each strategy's share
@@ -234,6 +281,8 @@ def what_would_fix_it(study: PenetrationStudy) -> pd.DataFrame:
         for strategy in at.index:
             row[f"p_violation_{strategy}"] = at.loc[strategy, "p_violation"]
             row[f"curtailed_percent_{strategy}"] = at.loc[strategy, "curtailed_percent"]
+            if strategy == "v2g":
+                row["v2g_kw"] = at.loc[strategy, "v2g_kw"]
         row["fixed_by"] = ", ".join(fixed) or "none of the strategies screened"
         rows.append(row)
     return pd.DataFrame(rows)

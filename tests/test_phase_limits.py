@@ -117,6 +117,8 @@ def test_twin_keeps_each_phase_of_the_site_within_a_third(monkeypatch: pytest.Mo
     assert set(peaks.index) == {"L1", "L2", "L3"}
     assert peaks.max() <= 15.0 * 1.02
     assert aware.kpis["energy_delivered_kwh"] > 100
+    # The profiles tell the single-phase EVSEs so (OCPP numberPhases; default 3).
+    assert len(aware.profiles) > 0 and (aware.profiles["number_phases"] == 1).all()
 
     real = runner.csms_config
     monkeypatch.setattr(runner, "csms_config", lambda sc, model, lines=None: real(sc, model))

@@ -28,8 +28,8 @@ def test_hosting_capacity_writes_its_table_and_drawing(tmp_path: Path,
     assert (table["capacity_kw"] > 0).all() and (table["hour"] == 20).all()
     assert (out / "hosting_capacity.png").stat().st_size > 10_000
     curve = pd.read_csv(out / "hosting_penetration.csv")
-    assert len(curve) == 6 and set(curve["strategy"]) == {"uncontrolled", "equal_share",
-                                                          "feeder_aware"}
+    assert len(curve) == 8 and set(curve["strategy"]) == {"uncontrolled", "equal_share",
+                                                          "feeder_aware", "v2g"}
     assert (out / "hosting_probability.png").stat().st_size > 10_000
     assert "hosting capacity" in capsys.readouterr().out
 
@@ -47,7 +47,7 @@ def test_the_planning_scenario_has_the_feeder_the_issue_asks_for() -> None:
     (["--buses", "99999"], "no bus 99999"),
     (["--max-kw", "-5"], "--max-kw"),
     (["--penetration", "0.5,2"], "--penetration"),
-    (["--strategies", "v2g"], "--strategies"),
+    (["--strategies", "price"], "--strategies"),
     (["--draws", "-1"], "--draws"),
     (["--buses", ","], "--buses"),
     (["--strategies", ","], "--strategies"),
@@ -191,6 +191,7 @@ def test_what_would_fix_it_names_the_binding_element_and_the_strategies_that_hol
     from evtwin.sim import load_scenario
     from evtwin.sim.planning import (
         _curtail_to_limits,
+        _discharge_to_limits,
         _feeder,
         hosting_penetration,
         penetration_study,
@@ -222,3 +223,15 @@ def test_what_would_fix_it_names_the_binding_element_and_the_strategies_that_hol
     cut = np.flatnonzero(broken)
     assert limits_broken(feeder, pp_[cut], qq[cut], held[cut] * 1.03)[0].all()
     assert (held[~broken] == ev[~broken]).all()  # draws that held keep their power
+
+    # V2G: idle EVs feeding back by the least common share that keeps every limit.
+    back = (rng.random((8, len(buses))) < 0.5) * 11.0
+    fed, still, _ = _discharge_to_limits(feeder, pp_, qq, ev, back, broken, binding)
+    cut = np.flatnonzero(broken & ~still)
+    assert len(cut) > 0
+    assert not limits_broken(feeder, pp_[cut], qq[cut], fed[cut])[0].any()
+    share = (ev[cut] - fed[cut]).sum(axis=1) / back[cut].sum(axis=1)
+    less = ev[cut] - back[cut] * np.maximum(share - 0.03, 0.0)[:, None]
+    assert limits_broken(feeder, pp_[cut], qq[cut], less)[0].all()
+    row_v2g = fix.iloc[0]
+    assert row_v2g["v2g_kw"] > 0
