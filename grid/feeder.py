@@ -654,6 +654,18 @@ class Feeder:
         return list(self._station_buses)
 
     @property
+    def load_p_mw(self) -> FloatArray:
+        """Active power (MW) of every ``net.load`` row in the last :meth:`solve`, in row
+        order (households, stations, DER; feeding in is negative), a copy: with ``net``,
+        what an outside power flow needs to solve the same step."""
+        return self._p_mw.copy()
+
+    @property
+    def load_q_mvar(self) -> FloatArray:
+        """Reactive power (Mvar) of every ``net.load`` row in the last :meth:`solve`."""
+        return self._q_mvar.copy()
+
+    @property
     def der_buses(self) -> list[int]:
         """pandapower bus index of each distributed resource, in order."""
         return list(self._der_buses)

@@ -17,7 +17,7 @@ from rich.table import Table
 from evtwin.csms.exceptions import ConfigError
 from evtwin.grid.exceptions import GridError, PowerFlowError
 
-from .exceptions import ScenarioError, SimError, SweepError
+from .exceptions import RunFolderError, ScenarioError, SimError, SweepError
 from .overrides import parse_overrides
 
 EXIT_USER_ERROR = 2
@@ -370,6 +370,26 @@ def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
     return 1
 
 
+def cmd_export_pf(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin export-pf RUN_DIR``: a run's power-flow cases as pandapower networks."""
+    from .replay import export_pf
+
+    run_dir = Path(args.run_dir)
+    steps: list[int] | None = None
+    if args.step is not None:
+        try:
+            steps = [int(k) for k in args.step.split(",") if k.strip()]
+        except ValueError:
+            steps = []
+        if not steps:
+            raise RunFolderError(f"--step: give step numbers, e.g. 0,12: {args.step!r}")
+    out = Path(args.out) if args.out is not None else run_dir / "pf"
+    paths = export_pf(run_dir, out, steps)
+    _say(console, f"written: {', '.join(str(p) for p in paths)} (solve with "
+                  "pandapower.runpp(net, trafo_loading=\"power\"))")
+    return 0
+
+
 def cmd_csms_serve(args: argparse.Namespace, console: Console) -> int:
     """``evtwin csms serve``: the CSMS alone, on the wall clock, until stopped."""
     import asyncio
@@ -608,6 +628,14 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--run", metavar="RUN_ID", help="which run of a sweep folder")
     rp.set_defaults(func=cmd_reproduce)
 
+    xp = sub.add_parser("export-pf", help="write a run's power-flow cases as pandapower "
+                                          "networks (plain pandapower solves them)")
+    xp.add_argument("run_dir", metavar="RUN_DIR", help="a run folder")
+    xp.add_argument("--step", metavar="K1,K2,...",
+                    help="steps (rows of timeseries.csv; default: the lowest voltage)")
+    xp.add_argument("--out", help="folder for the files (default RUN_DIR/pf)")
+    xp.set_defaults(func=cmd_export_pf)
+
     csms = sub.add_parser("csms", help="the CSMS on its own")
     csms_sub = csms.add_subparsers(dest="csms_command", required=True)
     srv = csms_sub.add_parser("serve", help="run the CSMS server on the wall clock")
@@ -650,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         err.print(f"[red]run failed:[/red] {exc}", highlight=False)
         return 1
-    except (ScenarioError, GridError, ConfigError, SweepError) as exc:
+    except (ScenarioError, GridError, ConfigError, SweepError, RunFolderError) as exc:
         if args.debug:
             raise
         err.print(f"[red]error:[/red] {exc}", highlight=False)

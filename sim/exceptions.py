@@ -26,6 +26,10 @@ class RunError(SimError):
     """A run could not complete (a station could not boot, the CSMS went away...)."""
 
 
+class RunFolderError(SimError):
+    """A run folder lacks a file, or a file in it is unreadable or changed (a user error)."""
+
+
 class SweepError(SimError):
     """A sweep cannot be planned or its output folder cannot be used (a user error)."""
 

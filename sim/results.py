@@ -42,15 +42,26 @@ def write_results(result: RunResult, out: Path, scenario_text: str | None = None
         (out / "scenario.toml").write_text(scenario_text)
         written.append(out / "scenario.toml")
     found = current_versions()
+    extra: dict[str, object] = {}
+    if result.external_csms is not None:
+        extra["external_csms"] = result.external_csms
+    if result.network is not None and result.loads is not None:
+        # What an outside power flow needs (see evtwin.sim.replay and the folder README).
+        from .replay import FOLDER_README, write_case
+
+        net_path, loads_path, digest = write_case(result.network, result.loads.frame(), out,
+                                                  result.load_phases)
+        extra["network_sha256"] = digest
+        readme = out / "README.md"
+        readme.write_text(FOLDER_README)
+        written += [net_path, loads_path, readme]
     kp = out / "kpis.json"
     kp.write_text(json.dumps({"kpis": result.kpis, "performance": result.performance,
                               "seed": result.scenario.seed, "versions": found}, indent=2))
     written.append(kp)
     record = out / "run.json"
-    extra = ({"external_csms": result.external_csms} if result.external_csms is not None
-             else None)
     record.write_text(json.dumps(run_record(result.scenario, result.kpis, command=command,
-                                            versions=found, extra=extra), indent=2))
+                                            versions=found, extra=extra or None), indent=2))
     written.append(record)
     result.station_power.to_csv(out / "station_power_kw.csv")  # chunk by chunk
     written.append(out / "station_power_kw.csv")

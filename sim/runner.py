@@ -121,6 +121,12 @@ class RunResult:
     """The URL of the CSMS the stations spoke to, when it was not evtwin's own."""
     stations: pd.DataFrame = field(default_factory=pd.DataFrame)
     """Every station's site, feeder bus, EVSEs and phase connection."""
+    loads: Spool | None = None
+    """Every ``network`` load's P (MW) and Q (Mvar) per step as solved, on disk."""
+    network: Any = None
+    """The pandapower network as run (its stations and DER as loads; see ``loads``)."""
+    load_phases: list[int] | None = None
+    """Unbalanced feeder: each network load's phase (0-2 = L1-L3, -1 = all three)."""
     unserved: pd.DataFrame = field(default_factory=pd.DataFrame)
     """Demand and unserved energy per site and per bus (see evtwin.sim.geography)."""
 
@@ -248,6 +254,7 @@ class Twin:
                                self.feeder.station_buses, strict=True))
         #: Free EVSEs: one pool per shared site, one per EVSE of a private site.
         self.free: dict[str, simpy.Store] = {}
+        self.loads: Spool | None = None  # every load's P and Q per step, once a run started
         self.core: CSMSCore | None = None  # our CSMS in this process, once a run has started
         self.csms: CSMSLink | None = None  # how the loop drives our CSMS (here or elsewhere)
         self.dr_limits_kw: dict[str, float] = {}  # grid-operator limits in force
@@ -548,6 +555,12 @@ class Twin:
         power = spools.spool("station_power_kw",
                              ["t_s", *(st.station_id for st in self.model.stations)])
         power.keep = spools
+        # Every load's P and Q as solved, per step (with the network as run, an outside
+        # power flow solves the same steps: evtwin export-pf).
+        load_ids = [int(i) for i in self.feeder.net.load.index]
+        self.loads = spools.spool("loads", ["t_s", *(f"p_mw_{i}" for i in load_ids),
+                                            *(f"q_mvar_{i}" for i in load_ids)])
+        self.loads.keep = spools
         series: Spool | None = None
         monitored = self.feeder.monitored_bus_rows
         speed = self.external.speed if self.external is not None else 1.0
@@ -588,6 +601,8 @@ class Twin:
                     der = self.der.step(k, site_ev_kw, price_now, step / 3600.0, connection_kw)
                     res = self.feeder.solve(start_of_day_s + t, ev_kw, self.grid_rng,
                                             der_p_kw=der.der_p_kw)
+                    self.loads.append(np.concatenate(((t,), self.feeder.load_p_mw,
+                                                      self.feeder.load_q_mvar)))
                     if csms is not None and self.feeder_model is not None:
                         # feeder_aware hook: this power flow is the DSO measurement the CSMS sees.
                         csms.inputs.observe_feeder(
@@ -706,7 +721,10 @@ class Twin:
         return RunResult(sc, kpis, perf, ts, power, sessions, transactions,
                          self.database if self.external is None else "", profiles,
                          None if self.external is None else self.external.url,
-                         stations, unserved_table(sessions, stations))
+                         stations=stations, unserved=unserved_table(sessions, stations),
+                         loads=self.loads, network=self.feeder.net,
+                         load_phases=self.feeder.load_phases.tolist()
+                         if self.feeder.unbalanced else None)
 
 
 def run_scenario(scenario: Scenario, *, database: str | Path = ":memory:",
