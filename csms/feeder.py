@@ -196,9 +196,17 @@ class FeederModel:
 
         net = copy.deepcopy(feeder.net)
         # Drop the station loads the feeder added; the new Feeder adds its own.
-        net.load = net.load.iloc[: feeder.n_households]
+        n_hh = feeder.n_households
+        net.load = net.load.iloc[:n_hh]
+        unbalanced = {}
+        if feeder.unbalanced:
+            # Per phase: households and single-phase stations on the same phases, so the
+            # sensitivities are those of each bus's lowest phase.
+            unbalanced = {"unbalanced": True, "phase_seed": feeder.phase_seed,
+                          "station_connections": [
+                              int(c) for c in feeder.load_phases[n_hh:n_hh + feeder.n_stations]]}
         own = Feeder(net, n_stations=feeder.n_stations, station_buses=feeder.station_buses,
-                     engine="pgm", limits=feeder.limits)
+                     engine="pgm", limits=feeder.limits, **unbalanced)
         return cls(own, station_ids, **kwargs)
 
     # ---------------------------------------------------------------- linearisation

@@ -613,6 +613,9 @@ class Feeder:
         #: connection, -1 for three-phase ones (households, stations, DER in that
         #: order); seeded by ``phase_seed``, spread evenly (see spread_over_phases).
         self.unbalanced = unbalanced
+        #: The seed of the households' phases (a copy of the feeder with the same seed and
+        #: station connections has the same phases).
+        self.phase_seed = phase_seed
         self.load_phases: npt.NDArray[np.int64] = np.full(n_loads, -1, dtype=np.int64)
         self.zero_sequence_filled: list[str] = []
         if unbalanced:

@@ -140,3 +140,47 @@ def test_csms_config_takes_a_line_for_single_phase_stations_only(tmp_path: Any) 
     cfg.write_text('[[stations]]\nid = "CS1"\nline = 2\n')
     with pytest.raises(ConfigError, match=r"stations\.0\.line: a line only for a single-phase"):
         load_config(cfg)
+
+
+@pytest.mark.slow
+def test_feeder_aware_models_the_phases_of_an_unbalanced_feeder(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """30 single-phase 7.4 kW home chargers on the unbalanced village feeder, a 0.92 pu
+    floor: the CSMS's feeder model with each load on its phase keeps the lowest phase
+    voltage below the floor for fewer minutes, and delivers more, than the same
+    strategy on a balanced model of the feeder (which sees neither the low phase nor
+    why its predictions miss)."""
+    import copy
+
+    from evtwin.csms import feeder as csms_feeder
+    from evtwin.grid.feeder import Feeder
+    from evtwin.sim import runner
+    from evtwin.sim.scenario import parse_scenario
+
+    sc = parse_scenario({
+        "name": "fa", "seed": 4, "start": "2026-01-12T16:00:00", "duration_h": 6,
+        "step_s": 60,
+        "grid": {"network": "kerber_dorfnetz", "phases": "unbalanced", "v_min_pu": 0.92},
+        "control": {"strategy": "feeder_aware", "interval_s": 60},
+        "ev": {"count": 30},
+        "sites": [{"name": "street", "kind": "home", "stations": 30, "phases": 1,
+                   "evse_max_kw": 7.4}],
+    }, "fa")
+
+    def low_minutes(result: Any) -> int:
+        ts = result.timeseries.iloc[1:]
+        low = ts[["vm_min_l1_pu", "vm_min_l2_pu", "vm_min_l3_pu"]].min(axis=1)
+        return int((low < 0.92).sum())
+
+    aware = runner.Twin(sc).run()
+
+    def balanced(cls: Any, feeder: Any, ids: Any, **kw: Any) -> Any:
+        net = copy.deepcopy(feeder.net)
+        net.load = net.load.iloc[:feeder.n_households]
+        return cls(Feeder(net, n_stations=feeder.n_stations,
+                          station_buses=feeder.station_buses, limits=feeder.limits), ids, **kw)
+
+    monkeypatch.setattr(csms_feeder.FeederModel, "from_feeder", classmethod(balanced))
+    blind = runner.Twin(sc).run()
+    assert low_minutes(aware) < 0.5 * low_minutes(blind)
+    assert aware.kpis["energy_delivered_kwh"] > 1.5 * blind.kpis["energy_delivered_kwh"]
