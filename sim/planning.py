@@ -10,7 +10,7 @@ each bus coloured by its headroom (``hosting_capacity.png``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -214,22 +214,25 @@ def penetration_study(sc: Scenario, levels: Sequence[float], *, draws: int = 100
     return PenetrationStudy(sc, pd.DataFrame(rows), ev_kw, coincidence, int(hours[0]))
 
 
-def _curtail_to_limits(feeder: Feeder, p: np.ndarray, q: np.ndarray, ev: np.ndarray,
-                       broken: np.ndarray, binding: list[str]
-                       ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``feeder_aware`` in the screen: each broken draw's charging scaled by the largest
-    factor in [0, 1] (to 1/128) that keeps every limit; a draw the base load alone
-    breaks ends with its EVs off and stays broken, with what binds then."""
+def _bisect_to_limits(feeder: Feeder, p: np.ndarray, q: np.ndarray, ev: np.ndarray,
+                      broken: np.ndarray, binding: list[str],
+                      ev_at: Callable[[np.ndarray, np.ndarray], np.ndarray], *,
+                      more_holds: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """For each broken draw, the share ``s`` in [0, 1] (to 1/128) nearest the draw's own
+    powers that keeps every limit, by bisection: ``ev_at(rows, s)`` gives those rows'
+    EV powers at share ``s``; ``more_holds``: a larger share holds (feeding back),
+    else a smaller one does (curtailing). Returns every draw's powers (those that held
+    unchanged), which still break a limit (at the end of the range), and what binds."""
     rows = np.flatnonzero(broken)
-    lo = np.zeros(len(rows))  # a factor known to hold (or 0)
-    hi = np.ones(len(rows))  # a factor known to break
+    holds = np.full(len(rows), 1.0 if more_holds else 0.0)  # known to hold (or the end)
+    breaks = 1.0 - holds  # known to break
     for _ in range(7):
-        mid = (lo + hi) / 2.0
-        bad, _ = limits_broken(feeder, p[rows], q[rows], ev[rows] * mid[:, None])
-        hi = np.where(bad, mid, hi)
-        lo = np.where(bad, lo, mid)
+        mid = (holds + breaks) / 2.0
+        bad, _ = limits_broken(feeder, p[rows], q[rows], ev_at(rows, mid))
+        breaks = np.where(bad, mid, breaks)
+        holds = np.where(bad, holds, mid)
     out = ev.copy()
-    out[rows] = ev[rows] * lo[:, None]
+    out[rows] = ev_at(rows, holds)
     still, names = limits_broken(feeder, p[rows], q[rows], out[rows])
     result = broken.copy()
     result[rows] = still
@@ -237,32 +240,27 @@ def _curtail_to_limits(feeder: Feeder, p: np.ndarray, q: np.ndarray, ev: np.ndar
     for i, r in enumerate(rows):
         binding[r] = names[i]
     return out, result, binding
+
+
+def _curtail_to_limits(feeder: Feeder, p: np.ndarray, q: np.ndarray, ev: np.ndarray,
+                       broken: np.ndarray, binding: list[str]
+                       ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``feeder_aware`` in the screen: each broken draw's charging scaled by the largest
+    factor that keeps every limit; a draw the base load alone breaks ends with its EVs
+    off and stays broken, with what binds then."""
+    return _bisect_to_limits(feeder, p, q, ev, broken, binding,
+                             lambda rows, s: ev[rows] * s[:, None], more_holds=False)
 
 
 def _discharge_to_limits(feeder: Feeder, p: np.ndarray, q: np.ndarray, ev: np.ndarray,
                          back: np.ndarray, broken: np.ndarray, binding: list[str]
                          ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """``v2g`` in the screen: in each broken draw the EVs of ``back`` (kW) feed back by
-    the smallest common share in [0, 1] (to 1/128) that keeps every limit; a draw that
-    breaks one even at full feed-back stays broken (at full feed-back)."""
-    rows = np.flatnonzero(broken)
-    lo = np.zeros(len(rows))  # a share known to break
-    hi = np.ones(len(rows))  # a share known to hold (or 1)
-    for _ in range(7):
-        mid = (lo + hi) / 2.0
-        bad, _ = limits_broken(feeder, p[rows], q[rows],
-                               ev[rows] - back[rows] * mid[:, None])
-        lo = np.where(bad, mid, lo)
-        hi = np.where(bad, hi, mid)
-    out = ev.copy()
-    out[rows] = ev[rows] - back[rows] * hi[:, None]
-    still, names = limits_broken(feeder, p[rows], q[rows], out[rows])
-    result = broken.copy()
-    result[rows] = still
-    binding = list(binding)
-    for i, r in enumerate(rows):
-        binding[r] = names[i]
-    return out, result, binding
+    the smallest common share that keeps every limit; a draw that breaks one even at
+    full feed-back stays broken (at full feed-back)."""
+    return _bisect_to_limits(feeder, p, q, ev, broken, binding,
+                             lambda rows, s: ev[rows] - back[rows] * s[:, None],
+                             more_holds=True)
 
 
 def what_would_fix_it(study: PenetrationStudy) -> pd.DataFrame:
