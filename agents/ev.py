@@ -83,6 +83,8 @@ class EV(mesa.Agent):
         self.charger: tuple[str, int] | None = None
         #: The feeder bus the EV's household is on (set by the runner, which knows the feeder).
         self.home_bus: int | None = None
+        #: Visits from a sessions file: ``visit -> (session id, what was assumed)``.
+        self.session_tags: dict[Visit, tuple[str, str]] = {}
 
     # -- the vehicle: its figures are copied into the fleet row ----------------------
     @property

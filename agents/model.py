@@ -7,13 +7,13 @@ step. The model's own seeded generator (``model.rng``) makes every draw.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import mesa
 import numpy as np
 
-from .behaviour import Behaviour, draw_vehicle, draw_visit
+from .behaviour import Behaviour, Vehicle, Visit, draw_vehicle, draw_visit, plugs_in
 from .ev import EV
 from .fleet import Fleet, apply_charge, charge_rows
 from .station import Evse, VirtualStation
@@ -42,6 +42,18 @@ class SiteConfig:
     of the site takes any free EVSE."""
 
 
+@dataclass(frozen=True, slots=True)
+class GivenEV:
+    """An EV whose vehicle and visits come from data (a sessions file), not from draws."""
+
+    vehicle: Vehicle
+    visits: tuple[Visit, ...]
+    tags: tuple[tuple[str, str], ...] = ()
+    """Per visit: ``(session id, what was assumed)``, e.g. ``("s17", "capacity,soc")``."""
+    charger: tuple[str, int] | None = None
+    """``(station id, EVSE id)`` of its own charger at a private site (the file named it)."""
+
+
 def weekday(t_s: float, start_hour: float, start_weekday: int) -> int:
     """Day of the week (Monday 0) at ``t_s`` seconds after a start at ``start_hour``."""
     return (start_weekday + int((start_hour * 3600.0 + t_s) // 86400.0)) % 7
@@ -52,11 +64,13 @@ class ChargingModel(mesa.Model):
 
     def __init__(self, sites: Sequence[SiteConfig], *, seed: int, duration_s: float,
                  start_hour: float, iso15118_share: float = 0.0, v2g_share: float = 0.0,
-                 min_soc: float = 0.2, start_weekday: int = 0) -> None:
+                 min_soc: float = 0.2, start_weekday: int = 0,
+                 given: Mapping[str, Sequence[GivenEV]] | None = None) -> None:
         super().__init__(rng=np.random.default_rng(seed))
         self.sites = {s.name: s for s in sites}
+        given = given or {}
         #: Battery state of every EV, one row each (the EVs' attributes are views).
-        self.fleet = Fleet(sum(s.ev_count for s in sites))
+        self.fleet = Fleet(sum(s.ev_count for s in sites) + sum(map(len, given.values())))
         self.stations: list[VirtualStation] = []
         self.evs: list[EV] = []
         for site in sites:
@@ -74,14 +88,29 @@ class ChargingModel(mesa.Model):
             for _ in range(site.ev_count):
                 n += 1
                 vehicle = draw_vehicle(self.rng)
-                visits = [draw_visit(self.rng, site.behaviour, vehicle, d * 86400.0, start_hour)
+                visits = [draw_visit(self.rng, site.behaviour, vehicle, d * 86400.0, start_hour,
+                                     weekend=weekday(d * 86400.0, start_hour, start_weekday) >= 5)
                           for d in range(days)]
-                keep = weekend_rng.random(len(visits)) < site.behaviour.weekend_share
-                visits = [v for v, k in zip(visits, keep, strict=True)
-                          if v.arrival_s < duration_s
-                          and (k or weekday(v.arrival_s, start_hour, start_weekday) < 5)]
+                # Whether the EV plugs in that day (plugin_share, weekend_share).
+                u = weekend_rng.random(len(visits))
+                visits = [v for v, x in zip(visits, u, strict=True)
+                          if v.arrival_s < duration_s and plugs_in(
+                              site.behaviour, float(x),
+                              weekday(v.arrival_s, start_hour, start_weekday) >= 5)]
                 self.evs.append(EV(self, f"EV{n:04d}", site.name, vehicle, visits,
                                    id_token=f"TOKEN{n:04d}"))
+        # EVs from data come after the drawn ones and draw nothing from self.rng, so
+        # the drawn EVs (and a scenario without sessions) are as before.
+        pinned: list[tuple[SiteConfig, tuple[str, int], EV]] = []
+        for site in sites:
+            for g in given.get(site.name, ()):
+                n += 1
+                ev = EV(self, f"EV{n:04d}", site.name, g.vehicle, list(g.visits),
+                        id_token=f"TOKEN{n:04d}")
+                ev.session_tags = dict(zip(g.visits, g.tags, strict=True))
+                self.evs.append(ev)
+                if g.charger is not None:
+                    pinned.append((site, g.charger, ev))
         # Visitors (commuters from another site) on streams of their own: the visited
         # site's draws do not move anyone's own visits.
         for index, site in enumerate(sites):
@@ -90,14 +119,17 @@ class ChargingModel(mesa.Model):
             rng = np.random.default_rng([seed, 6, index])
             for ev in [e for e in self.evs if e.site == site.visitors_from]:
                 visits_here = rng.random() < site.visitor_share
-                drawn = [replace(draw_visit(rng, site.behaviour, ev.vehicle, d * 86400.0,
-                                            start_hour), site=site.name) for d in range(days)]
-                keep = rng.random(len(drawn)) < site.behaviour.weekend_share
+                drawn = [replace(draw_visit(
+                    rng, site.behaviour, ev.vehicle, d * 86400.0, start_hour,
+                    weekend=weekday(d * 86400.0, start_hour, start_weekday) >= 5),
+                    site=site.name) for d in range(days)]
+                u = rng.random(len(drawn))
                 if not visits_here:
                     continue
-                drawn = [v for v, k in zip(drawn, keep, strict=True)
-                         if v.arrival_s < duration_s
-                         and (k or weekday(v.arrival_s, start_hour, start_weekday) < 5)]
+                drawn = [v for v, x in zip(drawn, u, strict=True)
+                         if v.arrival_s < duration_s and plugs_in(
+                             site.behaviour, float(x),
+                             weekday(v.arrival_s, start_hour, start_weekday) >= 5)]
                 ev.visits = sorted(ev.visits + drawn, key=lambda v: v.arrival_s)
         for site in sites:
             if site.private:
@@ -105,6 +137,9 @@ class ChargingModel(mesa.Model):
                          for e in st.evses]
                 for k, ev in enumerate(e for e in self.evs if e.site == site.name):
                     ev.charger = evses[k % len(evses)]
+        for site, charger, ev in pinned:
+            if site.private:  # a shared site's drivers take any free EVSE
+                ev.charger = charger
         # Who states their needs comes from its own stream, so changing the
         # share does not reshuffle arrivals and batteries.
         needs_rng = np.random.default_rng([seed, 2])

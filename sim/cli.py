@@ -346,6 +346,26 @@ def cmd_place(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_fit_behaviour(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin fit-behaviour SESSIONS.csv``: a ``[sites.behaviour]`` block and its plot."""
+    from .fit import block_toml, fit_behaviour, plot_fit, read_sessions
+    from .results import new_run_dir
+
+    stem = Path(args.sessions).stem
+    sessions = read_sessions(args.sessions, args.timezone)
+    fit = fit_behaviour(sessions, components=args.components)
+    # A new folder each time (as every command's results): nothing is overwritten, and
+    # bad input leaves no folder behind.
+    out = new_run_dir(args.out, f"{stem}-fit")
+    toml_path, png_path = out / f"{stem}-behaviour.toml", out / f"{stem}-behaviour.png"
+    text = block_toml(fit, args.sessions, args.kind)
+    toml_path.write_text(text, encoding="utf-8")
+    plot_fit(fit, png_path)
+    console.print(text, highlight=False, markup=False)
+    console.print(f"written: {toml_path}, {png_path}")
+    return 0
+
+
 def cmd_reproduce(args: argparse.Namespace, console: Console) -> int:
     """``evtwin reproduce RUN_DIR``: run a recorded run again; exit 0 when KPIs are identical."""
     from .reproduce import load_record, reproduce
@@ -621,6 +641,20 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", default="results", help="folder for the results folder")
     pl.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
     pl.set_defaults(func=cmd_place)
+
+    fb = sub.add_parser("fit-behaviour", help="fit a site's driver behaviour (arrival "
+                                              "mixture, stay, energy) from a sessions file")
+    fb.add_argument("sessions", metavar="SESSIONS.csv",
+                    help="CSV with arrival, departure (ISO times), energy_kwh[, ev_id]")
+    fb.add_argument("--kind", choices=("home", "workplace", "public"),
+                    help="site kind the sessions come from (noted in the block)")
+    fb.add_argument("--components", type=_positive_int, default=3,
+                    help="arrival mixture components (default 3)")
+    fb.add_argument("--timezone", help="IANA zone of times without an offset "
+                                       "(e.g. Europe/Amsterdam)")
+    fb.add_argument("--out", default="results",
+                    help="folder for the results folder (default: results)")
+    fb.set_defaults(func=cmd_fit_behaviour)
 
     rp = sub.add_parser("reproduce", help="run a recorded run again and compare its KPIs")
     rp.add_argument("record", metavar="RUN_DIR",

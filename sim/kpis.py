@@ -47,6 +47,8 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
     "vuf_max_percent": ("Max voltage unbalance (unbalanced flow)", "%"),
     "minutes_unbalance_violation": ("Minutes over the unbalance limit", "min"),
     "neutral_current_max_a": ("Max neutral current", "A"),
+    "sessions_not_served": ("Sessions from data not served in full", ""),
+    "sessions_outside_run": ("Sessions from data outside the run (dropped)", ""),
     "ocpp_messages": ("OCPP messages exchanged", ""),
     "profiles_received": ("Charging profiles received by stations", ""),
 }
@@ -128,7 +130,11 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
                 (steps["vuf_max_percent"] > g.vuf_max_percent).sum() * step_min),
             "neutral_current_max_a": float(ts["neutral_current_max_a"].max()),
         }
-    return unbalance | {
+    from_data: dict[str, float] = {}
+    if "served_in_full" in sessions:  # sessions from a file (see evtwin.sim.sessions)
+        given = sessions[sessions["session_id"].notna()]
+        from_data["sessions_not_served"] = float((given["served_in_full"] != True).sum())  # noqa: E712
+    return unbalance | from_data | {
         "energy_requested_kwh": requested,
         "energy_delivered_kwh": delivered,
         "energy_unmet_kwh": requested - delivered,

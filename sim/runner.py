@@ -73,6 +73,7 @@ from .kpis import compute_kpis
 from .prices import export_price_steps, price_at, price_steps
 from .scenario import Scenario, behaviour_overrides
 from .series import Spool, SpoolDir
+from .sessions import given_evs, session_columns
 
 log = logging.getLogger("evtwin.sim")
 
@@ -144,17 +145,23 @@ def clock_boundary(t_of_day_s: float, step_s: float, interval_s: float) -> bool:
 def build_model(sc: Scenario) -> ChargingModel:
     """The mesa model (stations and EVs with their visits) for a scenario."""
     counts = sc.ev_counts()
+    behaviours = {s.name: behaviour_for(s.kind, **behaviour_overrides(s)) for s in sc.sites}
+    # Sessions from data: EVs of their own, after the drawn ones (which stay as they were).
+    plan = given_evs(sc, {name: b.patience_min * 60.0 for name, b in behaviours.items()})
     sites = [SiteConfig(name=s.name, kind=s.kind, stations=s.stations,
                         evses_per_station=s.evses_per_station, evse_max_kw=s.evse_max_kw,
-                        phases=s.phases, behaviour=behaviour_for(s.kind, **behaviour_overrides(s)),
+                        phases=s.phases, behaviour=behaviours[s.name],
                         ev_count=counts[s.name], bidirectional=s.bidirectional,
                         private=s.private, visitors_from=s.visitors_from,
                         visitor_share=s.visitor_share)
              for s in sc.sites]
     start_hour = sc.start.hour + sc.start.minute / 60.0 + sc.start.second / 3600.0
-    return ChargingModel(sites, seed=sc.seed, duration_s=sc.duration_s, start_hour=start_hour,
-                         iso15118_share=sc.ev.iso15118_share, v2g_share=sc.ev.v2g_share,
-                         min_soc=sc.ev.min_soc, start_weekday=sc.start.weekday())
+    model = ChargingModel(sites, seed=sc.seed, duration_s=sc.duration_s, start_hour=start_hour,
+                          iso15118_share=sc.ev.iso15118_share, v2g_share=sc.ev.v2g_share,
+                          min_soc=sc.ev.min_soc, start_weekday=sc.start.weekday(),
+                          given=plan.evs or None)
+    model.sessions_plan = plan  # for sessions.csv's columns
+    return model
 
 
 def build_feeder(sc: Scenario, n_stations: int, station_sites: list[str],
@@ -211,9 +218,7 @@ def csms_config(sc: Scenario, model: ChargingModel,
         # stay (the lower quartile of the site's dwell distribution, so most
         # drivers stay longer) and the median energy.
         sites=tuple(SiteSpec(s.name, s.limit_kw,
-                             default_dwell_h=float(np.clip(
-                                 b.dwell_median_h * np.exp(-0.674 * b.dwell_sigma),
-                                 b.dwell_min_h, b.dwell_max_h)),
+                             default_dwell_h=b.dwell_quantile_h(0.25),
                              default_energy_kwh=b.energy_median_kwh)
                     for s, b in ((s, behaviour_for(s.kind, **behaviour_overrides(s)))
                                  for s in sc.sites)),
@@ -700,13 +705,18 @@ class Twin:
         ts["evs_plugged"] = ts["evs_plugged"].astype(int)
         ts.insert(1, "time", [self.to_datetime(t).isoformat() for t in ts["t_s"]])
         sessions = pd.DataFrame([asdict(r) for ev in self.model.evs for r in ev.records])
-        for col in ("bus", "home_bus"):  # bus numbers, empty where there is none
+        plan = getattr(self.model, "sessions_plan", None)
+        if plan is not None and plan.evs:  # visits from a sessions file: say which, what assumed
+            for col, values in session_columns(self.model.evs, plan).items():
+                sessions[col] = values  # bus numbers, empty where there is none
             if col in sessions:
                 sessions[col] = sessions[col].astype("Int64")
 
         kpis = compute_kpis(sc, ts, sessions, transactions, frames, storage_cycles=max(
             (b.equivalent_full_cycles for b in self.der.batteries), default=0.0),
             storage_discharged_kwh=sum(b.discharged_kwh for b in self.der.batteries))
+        if plan is not None and plan.evs:
+            kpis["sessions_outside_run"] = float(plan.outside)
         perf = {"wall_time_s": wall_s, "simulated_s": end_s,
                 "speedup_vs_real_time": end_s / wall_s if wall_s > 0 else float("inf"),
                 "steps": float(len(ts))}

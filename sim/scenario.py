@@ -44,7 +44,88 @@ class BehaviourOverrides(_Strict):
     energy_max_kwh: float | None = Field(None, gt=0)
     patience_min: float | None = Field(None, ge=0)
     weekend_share: float | None = Field(None, ge=0, le=1)
-    """Chance that a daily visit also happens on Saturdays and Sundays."""
+    """Chance of a weekend day's visit relative to a weekday's (Saturdays and Sundays:
+    plugin_share × weekend_share)."""
+    plugin_share: float | None = Field(None, ge=0, le=1)
+    """Chance that an EV plugs in on a given weekday."""
+    arrival_weights: tuple[float, ...] | None = Field(None, min_length=1)
+    """Weekday arrival mixture: weight of each component (normalised)."""
+    arrival_means_h: tuple[float, ...] | None = Field(None, min_length=1)
+    """Weekday arrival mixture: mean hour of each component."""
+    arrival_stds_h: tuple[float, ...] | None = Field(None, min_length=1)
+    """Weekday arrival mixture: std of each component, hours."""
+    dwell_medians_h: tuple[float, ...] | None = Field(None, min_length=1)
+    """Median stay of each weekday arrival component, hours."""
+    weekend_arrival_weights: tuple[float, ...] | None = Field(None, min_length=1)
+    weekend_arrival_means_h: tuple[float, ...] | None = Field(None, min_length=1)
+    weekend_arrival_stds_h: tuple[float, ...] | None = Field(None, min_length=1)
+    weekend_dwell_medians_h: tuple[float, ...] | None = Field(None, min_length=1)
+    """Weekend arrival mixture (unset: the weekday one)."""
+    dwell_energy_corr: float | None = Field(None, ge=-1, le=1)
+    """Correlation of log stay (within its component) and log energy per visit."""
+
+    @model_validator(mode="after")
+    def _mixtures(self) -> BehaviourOverrides:
+        problems: list[str] = []
+        for prefix in ("", "weekend_"):
+            means = getattr(self, f"{prefix}arrival_means_h")
+            n = len(means) if means is not None else None
+            for name in ("arrival_weights", "arrival_stds_h", "dwell_medians_h"):
+                values = getattr(self, f"{prefix}{name}")
+                if values is None:
+                    continue
+                if n is None:
+                    problems.append(f"{prefix}{name}: give {prefix}arrival_means_h with it")
+                elif len(values) != n:
+                    problems.append(f"{prefix}{name}: has {len(values)} values for "
+                                    f"{n} components ({prefix}arrival_means_h)")
+                elif name == "arrival_weights" and (min(values) < 0 or sum(values) <= 0):
+                    problems.append(f"{prefix}{name}: must be >= 0 and not all 0")
+                elif name != "arrival_weights" and min(values) <= 0:
+                    problems.append(f"{prefix}{name}: must be > 0")
+            if means is not None and not all(0 <= m < 24 for m in means):
+                problems.append(f"{prefix}arrival_means_h: hours must be in [0, 24)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+SessionsFormat = Literal["evtwin", "acn", "elaad", "ocpi_cdr"]
+
+
+class SiteSessions(_Strict):
+    """A site's charging sessions from a file (see evtwin.sim.sessions): one EV per
+    session, or per ``ev_id`` where the file has one, instead of drawn drivers."""
+
+    file: str = Field(min_length=1)
+    """CSV or JSON file; a relative path is resolved against the scenario's folder."""
+    format: SessionsFormat = "evtwin"
+    """Column mapping: ``evtwin`` (our CSV), ``acn`` (ACN-Data JSON or CSV),
+    ``elaad`` (ElaadNL open transaction data, CSV), ``ocpi_cdr`` (OCPI 2.2.1 CDRs, JSON)."""
+    timezone: str | None = None
+    """IANA zone (``Europe/Amsterdam``) of times without an offset; default: UTC for
+    acn, elaad and ocpi_cdr (their times are UTC), none for evtwin (an error)."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            from .sessions import zone
+
+            zone(v)
+        return v
+
+
+class FleetSessions(SiteSessions):
+    """Sessions for the whole fleet: each row names its site (a ``site`` column or one of
+    the scenario's station ids); every site takes its EVs from this file."""
+
+    site: str | None = None
+    """The site of rows that name none."""
+
+
+def _file_only(v: Any) -> Any:
+    return {"file": v} if isinstance(v, str) else v
 
 
 class Site(_Strict):
@@ -76,6 +157,14 @@ class Site(_Strict):
     ev_share: float | None = Field(None, ge=0)
     """Weight of this site when splitting ev.count; default its EVSE count."""
     behaviour: BehaviourOverrides = BehaviourOverrides()
+    sessions: SiteSessions | None = None
+    """This site's EVs come from a sessions file (``sessions = "file.csv"`` or
+    ``sessions = {file = ..., format = ..., timezone = ...}``), not from ``ev.count``."""
+
+    @field_validator("sessions", mode="before")
+    @classmethod
+    def _sessions_file(cls, v: Any) -> Any:
+        return _file_only(v)
 
     @property
     def private(self) -> bool:
@@ -163,7 +252,8 @@ class Control(_Strict):
 class Fleet(_Strict):
     """The EVs."""
 
-    count: int = Field(gt=0, le=100_000)
+    count: int | None = Field(None, gt=0, le=100_000)
+    """EVs drawn for the sites without sessions (required when there are such sites)."""
     v2g_share: float = Field(0.0, ge=0, le=1)
     """Share of EVs that can feed back (V2G) when parked at a bidirectional site."""
     min_soc: float = Field(0.3, ge=0, le=1)
@@ -328,7 +418,14 @@ class Scenario(_Strict):
     """Grid-operator events, delivered to the CSMS as external constraints."""
     pv: list[PV] = Field(default_factory=list)
     storage: list[Storage] = Field(default_factory=list)
+    sessions: FleetSessions | None = None
+    """Sessions for the whole fleet (every site takes its EVs from them)."""
     run: RunSettings = RunSettings()
+
+    @field_validator("sessions", mode="before")
+    @classmethod
+    def _sessions_file(cls, v: Any) -> Any:
+        return _file_only(v)
 
     @field_validator("start")
     @classmethod
@@ -349,17 +446,27 @@ class Scenario(_Strict):
         """Length of the run in simulated seconds."""
         return self.duration_h * 3600.0
 
+    def drawn_sites(self) -> list[Site]:
+        """The sites whose EVs are drawn (not read from sessions)."""
+        return [] if self.sessions is not None else [s for s in self.sites if s.sessions is None]
+
     def ev_counts(self) -> dict[str, int]:
-        """Split ev.count over sites by weight (largest remainder, deterministic)."""
+        """Split ev.count over the drawn sites by weight (largest remainder, deterministic);
+        sites with sessions get none."""
+        drawn = self.drawn_sites()
+        counts = {s.name: 0 for s in self.sites}
+        if not drawn or self.ev.count is None:
+            return counts
         weights = [s.ev_share if s.ev_share is not None else s.stations * s.evses_per_station
-                   for s in self.sites]
+                   for s in drawn]
         total = sum(weights)
         raw = [self.ev.count * w / total for w in weights]
-        counts = [int(r) for r in raw]
-        order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - counts[i]), i))
-        for i in order[: self.ev.count - sum(counts)]:
-            counts[i] += 1
-        return {s.name: c for s, c in zip(self.sites, counts, strict=True)}
+        share = [int(r) for r in raw]
+        order = sorted(range(len(raw)), key=lambda i: (-(raw[i] - share[i]), i))
+        for i in order[: self.ev.count - sum(share)]:
+            share[i] += 1
+        counts.update({s.name: c for s, c in zip(drawn, share, strict=True)})
+        return counts
 
 
 def _get(data: Any, *path: str) -> Any:
@@ -398,9 +505,22 @@ def cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
             if access == "private" or (access is None and site.get("kind", "home") == "home"):
                 problems.append((f"sites.{i}.visitors_from",
                                  "visitors need a shared site (access = \"shared\")"))
-        shares = [s.get("ev_share") for s in sites if isinstance(s, dict)]
+        fleet_sessions = data.get("sessions") is not None
+        drawn = [s for s in sites if isinstance(s, dict) and s.get("sessions") is None
+                 and not fleet_sessions]
+        shares = [s.get("ev_share") for s in drawn]
         if shares and all(isinstance(x, int | float) and x == 0 for x in shares):
             problems.append(("sites", "every ev_share is 0: give one site EVs"))
+        count = _get(data, "ev", "count")
+        if drawn and count is None and isinstance(data.get("ev"), dict):
+            problems.append(("ev.count", "give the number of EVs drawn for the sites "
+                             "without sessions"))
+        elif not drawn and count is not None:
+            problems.append(("ev.count", "every site takes its EVs from sessions: "
+                             "drop ev.count"))
+        fleet_site = _get(data, "sessions", "site")
+        if isinstance(fleet_site, str) and fleet_site not in names:
+            problems.append(("sessions.site", f"no site {fleet_site!r}"))
     step = data.get("step_s", 60)
     duration = data.get("duration_h", 24.0)
     if (isinstance(step, int) and step > 0 and isinstance(duration, int | float)
@@ -495,7 +615,8 @@ def _override(data: dict[str, Any], dotted: str, value: Any, source: str) -> Non
 def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> Scenario:
     """Read and validate a scenario file; ``overrides`` are dotted paths to values.
 
-    A relative ``grid.network`` JSON path is resolved against the file's folder.
+    A relative ``grid.network`` JSON path (and a prices, PV or sessions file) is
+    resolved against the file's folder.
     """
     p = Path(path)
     source = str(path)
@@ -516,6 +637,13 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         pv_csv = plant.get("csv") if isinstance(plant, dict) else None
         if isinstance(pv_csv, str) and not Path(pv_csv).is_absolute():
             plant["csv"] = str((p.parent / pv_csv).resolve())
+    for holder in [data, *(s for s in data.get("sites") or [] if isinstance(s, dict))]:
+        given = holder.get("sessions")
+        if isinstance(given, str):
+            given = holder["sessions"] = {"file": given}
+        file = given.get("file") if isinstance(given, dict) else None
+        if isinstance(file, str) and file and not Path(file).is_absolute():
+            given["file"] = str((p.parent / file).resolve())
     return parse_scenario(data, source)
 
 
@@ -538,17 +666,20 @@ def _transport_from_environment(data: dict[str, Any], source: str) -> None:
         run["transport"] = wanted
 
 
-def behaviour_overrides(site: Site) -> dict[str, float]:
-    """The behaviour fields a site overrides (None fields dropped)."""
+def behaviour_overrides(site: Site) -> dict[str, Any]:
+    """The behaviour fields a site overrides (None fields dropped); mixture fields are
+    tuples of floats, the others floats."""
     return {k: v for k, v in site.behaviour.model_dump().items() if v is not None}
 
 
 __all__ = [
     "DEFAULTS",
     "PV",
+    "FleetSessions",
     "Scenario",
     "ScenarioError",
     "Site",
+    "SiteSessions",
     "Storage",
     "behaviour_overrides",
     "load_scenario",

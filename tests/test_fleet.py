@@ -41,7 +41,8 @@ def test_fleet_rows_charge_like_the_scalar_closed_form() -> None:
 
 def _model() -> ChargingModel:
     site = SiteConfig(name="street", kind="home", stations=30, evses_per_station=2,
-                      evse_max_kw=11.0, phases=3, behaviour=behaviour_for("home"), ev_count=60)
+                      evse_max_kw=11.0, phases=3, ev_count=60,
+                      behaviour=behaviour_for("home", plugin_share=1.0))  # every EV visits
     return ChargingModel([site], seed=3, duration_s=86400.0, start_hour=12.0)
 
 
