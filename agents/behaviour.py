@@ -238,6 +238,13 @@ def behaviour_for(kind: str, **overrides: Any) -> Behaviour:
         fields.update(dict.fromkeys(DWELL_MIXTURE_FIELDS))
     if "dwell_median_h" in overrides and not set(DWELL_MIXTURE_FIELDS) & overrides.keys():
         fields.update(dict.fromkeys(DWELL_MIXTURE_FIELDS))
+    for prefix in ("", "weekend_"):
+        # New component means: the kind's weights, stds and stay medians belong to its own
+        # components; what is not given with the means falls back to equal weights,
+        # arrival_std_h and dwell_median_h.
+        if f"{prefix}arrival_means_h" in overrides:
+            for name in ("arrival_weights", "arrival_stds_h", "dwell_medians_h"):
+                fields.setdefault(f"{prefix}{name}", None)
     fields.update({k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     return replace(base, **fields)
 

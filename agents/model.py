@@ -102,6 +102,7 @@ class ChargingModel(mesa.Model):
         # EVs from data come after the drawn ones and draw nothing from self.rng, so
         # the drawn EVs (and a scenario without sessions) are as before.
         pinned: list[tuple[SiteConfig, tuple[str, int], EV]] = []
+        from_data: set[str] = set()
         for site in sites:
             for g in given.get(site.name, ()):
                 n += 1
@@ -109,6 +110,7 @@ class ChargingModel(mesa.Model):
                         id_token=f"TOKEN{n:04d}")
                 ev.session_tags = dict(zip(g.visits, g.tags, strict=True))
                 self.evs.append(ev)
+                from_data.add(ev.ev_id)
                 if g.charger is not None:
                     pinned.append((site, g.charger, ev))
         # Visitors (commuters from another site) on streams of their own: the visited
@@ -135,8 +137,20 @@ class ChargingModel(mesa.Model):
             if site.private:
                 evses = [(st.station_id, e) for st in self.stations_at(site.name)
                          for e in st.evses]
-                for k, ev in enumerate(e for e in self.evs if e.site == site.name):
+                drawn_here = [e for e in self.evs
+                              if e.site == site.name and e.ev_id not in from_data]
+                for k, ev in enumerate(drawn_here):
                     ev.charger = evses[k % len(evses)]
+                # EVs from data (one per session or car, times given): each takes the
+                # charger that has been free longest when it first arrives, so sessions
+                # that did not overlap in the data do not collide here.
+                free_at = {c: -np.inf for c in evses}
+                for ev in (e for e in self.evs
+                           if e.site == site.name and e.ev_id in from_data):
+                    first = ev.visits[0].arrival_s if ev.visits else 0.0
+                    charger = min(evses, key=lambda c: (free_at[c] > first, free_at[c]))
+                    ev.charger = charger
+                    free_at[charger] = max((v.departure_s for v in ev.visits), default=first)
         for site, charger, ev in pinned:
             if site.private:  # a shared site's drivers take any free EVSE
                 ev.charger = charger

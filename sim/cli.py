@@ -359,8 +359,14 @@ def cmd_fit_behaviour(args: argparse.Namespace, console: Console) -> int:
     out = new_run_dir(args.out, f"{stem}-fit")
     toml_path, png_path = out / f"{stem}-behaviour.toml", out / f"{stem}-behaviour.png"
     text = block_toml(fit, args.sessions, args.kind)
-    toml_path.write_text(text, encoding="utf-8")
-    plot_fit(fit, png_path)
+    try:
+        toml_path.write_text(text, encoding="utf-8")
+        plot_fit(fit, png_path)
+    except BaseException:  # a failed or interrupted write leaves no half folder
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     console.print(text, highlight=False, markup=False)
     console.print(f"written: {toml_path}, {png_path}")
     return 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import itertools
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -72,10 +72,12 @@ def read_sessions(path: str | Path, timezone: str | None = None) -> Sessions:
     except (ZoneInfoNotFoundError, ValueError):
         raise ScenarioError(source, [("--timezone", f"unknown time zone {timezone!r}")]) from None
     try:
-        with open(path, newline="", encoding="utf-8") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # a BOM is not a column
             rows = list(csv.DictReader(fh))
     except OSError as exc:
         raise ScenarioError(source, [("", f"cannot read: {exc.strerror or exc}")]) from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ScenarioError(source, [("", f"not a UTF-8 CSV file ({exc})")]) from None
     if not rows:
         raise ScenarioError(source, [("", "no sessions")])
     missing = [c for c in ("arrival", "departure", "energy_kwh") if c not in rows[0]]
@@ -84,14 +86,20 @@ def read_sessions(path: str | Path, timezone: str | None = None) -> Sessions:
                                       "need arrival, departure, energy_kwh")])
     hours, weekend, dwell, energy, day, ev = [], [], [], [], [], []
     for i, r in enumerate(rows, start=2):
+        if any(r.get(c) is None for c in ("arrival", "departure", "energy_kwh")):
+            raise ScenarioError(source, [(f"row {i}", "fewer columns than the header")])
         a = _parse_time(r["arrival"], tz, source, i, "arrival")
         d = _parse_time(r["departure"], tz, source, i, "departure")
         try:
             e = float(r["energy_kwh"])
         except ValueError:
+            e = float("nan")
+        if not np.isfinite(e):
             raise ScenarioError(source, [(f"row {i}: energy_kwh",
-                                          f"not a number: {r['energy_kwh']!r}")]) from None
-        stay = (d - a).total_seconds() / 3600.0
+                                          f"not a finite number: {r['energy_kwh']!r}")])
+        # In UTC: two local times across a daylight-saving change are an hour apart more
+        # (or less) than their wall clocks say.
+        stay = (d.astimezone(UTC) - a.astimezone(UTC)).total_seconds() / 3600.0
         if stay <= 0 or e <= 0:
             continue  # a zero-length or empty session says nothing about behaviour
         hours.append(a.hour + a.minute / 60.0 + a.second / 3600.0)
@@ -205,6 +213,8 @@ def fit_behaviour(s: Sessions, *, components: int = 3) -> Fit:
         if (~wd).any():  # too few to fit: their deviation from their own median
             resid[~wd] = log_d[~wd] - np.log(np.median(s.dwell_h[~wd]))
     corr = float(np.corrcoef(resid, log_e)[0, 1]) if len(resid) > 2 else 0.0
+    if not np.isfinite(corr):  # constant stays or energies: no correlation to speak of
+        corr = 0.0
     block.update({
         # The single normal and single median: what the runner's CSMS assumes.
         "arrival_mean_h": _r(s.arrival_h.mean(), 2), "arrival_std_h": _r(s.arrival_h.std(), 2),

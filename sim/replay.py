@@ -133,11 +133,18 @@ def export_pf(run_dir: Path, out: Path, steps: Sequence[int] | None = None
         ts_path = run_dir / "timeseries.csv"
         if not ts_path.is_file():
             raise RunFolderError(f"{ts_path}: no such file (needed to find the worst step)")
-        ts = pd.read_csv(ts_path)
-        steps = [int(ts["vm_min_pu"].idxmin())]
+        try:
+            steps = [int(pd.read_csv(ts_path)["vm_min_pu"].idxmin())]
+        except (KeyError, ValueError, TypeError) as exc:
+            raise RunFolderError(f"{ts_path}: no vm_min_pu to find the worst step by ({exc}); "
+                                 "give --step") from None
     bad = [k for k in steps if not 0 <= k < n]
     if bad:
         raise RunFolderError(f"--step: the run has steps 0 to {n - 1}, not {bad[0]}")
+    if "evtwin_phase" in net.load.columns:
+        raise RunFolderError(f"{run_dir}: an unbalanced run; its cases need pandapower's "
+                             "runpp_3ph with asymmetric loads, which export-pf does not write "
+                             "(network.json's load.evtwin_phase gives each load's phase)")
     out.mkdir(parents=True, exist_ok=True)
     width = len(str(n - 1))
     paths = []

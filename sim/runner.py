@@ -708,7 +708,10 @@ class Twin:
         plan = getattr(self.model, "sessions_plan", None)
         if plan is not None and plan.evs:  # visits from a sessions file: say which, what assumed
             for col, values in session_columns(self.model.evs, plan).items():
-                sessions[col] = values  # bus numbers, empty where there is none
+                sessions[col] = values
+            if "served_in_full" in sessions:
+                sessions["served_in_full"] = sessions["served_in_full"].astype("boolean")
+        for col in ("bus", "home_bus"):  # bus numbers, empty where there is none
             if col in sessions:
                 sessions[col] = sessions[col].astype("Int64")
 

@@ -9,9 +9,10 @@ Every error in a file is reported at once with the path to its field::
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -90,6 +91,17 @@ class BehaviourOverrides(_Strict):
         return self
 
 
+def zone(name: str) -> tzinfo:
+    """An IANA time zone by name; ValueError naming it when unknown."""
+    if name.upper() == "UTC":
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {name!r} (give an IANA name, e.g. "
+                         "Europe/Amsterdam)") from None
+
+
 SessionsFormat = Literal["evtwin", "acn", "elaad", "ocpi_cdr"]
 
 
@@ -110,8 +122,6 @@ class SiteSessions(_Strict):
     @classmethod
     def _zone(cls, v: str | None) -> str | None:
         if v is not None:
-            from .sessions import zone
-
             zone(v)
         return v
 

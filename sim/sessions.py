@@ -68,7 +68,6 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -82,6 +81,8 @@ if TYPE_CHECKING:
     from evtwin.agents.ev import EV
 
     from .scenario import Scenario
+
+from .scenario import zone
 
 log = logging.getLogger("evtwin.sim")
 
@@ -98,17 +99,6 @@ FIT_SOC = TAPER_SOC
 #: Stream of the seeded assumptions (see the module docstring).
 ASSUMPTION_STREAM = 7
 MAX_PROBLEMS = 20
-
-
-def zone(name: str) -> tzinfo:
-    """An IANA time zone by name; ValueError naming it when unknown."""
-    if name.upper() == "UTC":
-        return UTC
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r} (give an IANA name, e.g. "
-                         "Europe/Amsterdam)") from None
 
 
 class _Problems:
@@ -251,14 +241,19 @@ def _map_elaad(r: dict[str, Any], tz: tzinfo | None, comma: bool) -> Row:
         hours = _number(r, "ConnectedTime", decimal_comma=comma)
         if hours is None or arrival is None:
             raise _Bad("UTCTransactionStop", "missing (and no ConnectedTime)")
-        departure = arrival + timedelta(hours=hours)
+        try:
+            departure = arrival + timedelta(hours=hours)
+        except (OverflowError, ValueError):
+            raise _Bad("ConnectedTime", f"not a stay in hours: {hours}") from None
     energy = _number(r, "TotalEnergy", decimal_comma=comma)
+    max_kw = _number(r, "MaxPower", decimal_comma=comma)
     if energy is None:
         raise _Bad("TotalEnergy", "missing")
     return _row(session_id=_text(r.get("TransactionId")), arrival=arrival, departure=departure,
                 energy_kwh=energy, energy_source="delivered",
                 station_id=_text(r.get("ChargePoint")),
-                max_power_kw=_number(r, "MaxPower", decimal_comma=comma),
+                # ElaadNL gives MaxPower 0 for sessions that drew nothing: unknown, not 0.
+                max_power_kw=max_kw if max_kw is not None and max_kw > 0 else None,
                 ev_id=_text(r.get("StartCard")))
 
 
@@ -484,8 +479,23 @@ def given_evs(sc: Scenario, patience_s: dict[str, float]) -> SessionsPlan:
     table = table[inside].sort_values(["arrival_s", "session_id"], kind="stable")
     site_of = {s.name: s for s in sc.sites}
     evs: dict[str, list[GivenEV]] = {}
-    # One EV per ev_id at a site, else one per session; in order of first arrival.
+    # One EV per ev_id at a site, else one per session; in order of first arrival. An
+    # id whose sessions overlap (a fleet card, a shared token) is several cars: each
+    # session goes to the first of its cars that has left by then.
     key = table["ev_id"].where(table["ev_id"].notna(), "#" + table["session_id"])
+    cars: dict[tuple[str, str], list[float]] = {}
+    split = []
+    for site_name, ev_key, arrival, departure in zip(table["site"], key, table["arrival_s"],
+                                                      table["departure_s"], strict=True):
+        left = cars.setdefault((str(site_name), str(ev_key)), [])
+        car = next((i for i, t in enumerate(left) if t <= arrival), None)
+        if car is None:
+            left.append(departure)
+            car = len(left) - 1
+        else:
+            left[car] = departure
+        split.append(f"{ev_key}" if car == 0 else f"{ev_key}~{car}")
+    key = pd.Series(split, index=table.index)
     for (site_name, _), group in table.groupby([table["site"], key], sort=False):
         site = site_of[str(site_name)]
         evs.setdefault(site.name, []).append(
@@ -514,7 +524,9 @@ def _given_ev(group: pd.DataFrame, evse_kw: float, phases: int, patience_s: floa
         need = max(r["energy_kwh"] / _room(r["soc_arrival"]) for r in rows)
         if capacity < need:
             fits = [float(c) for c in BATTERY_KWH if c >= need]
-            capacity = fits[0] if fits else float(math.ceil(need))
+            # The largest battery of the mix at most; what does not fit shows as
+            # energy_file_kwh above energy_wanted_kwh.
+            capacity = fits[0] if fits else float(BATTERY_KWH.max())
         ev_assumed.append("capacity")
     visits: list[Visit] = []
     tags: list[tuple[str, str]] = []

@@ -121,3 +121,18 @@ def test_dwell_quantile_matches_the_sampled_stays(kind: str) -> None:
     for q in (0.25, 0.5):
         assert DEFAULTS[kind].dwell_quantile_h(q) == pytest.approx(
             float(np.quantile(stays, q)), rel=0.04)
+
+
+def test_new_component_means_alone_take_equal_weights_and_the_single_figures() -> None:
+    """Overriding only the means (two components at a home site whose default has
+    three) gives equal weights, arrival_std_h and dwell_median_h, and draws work."""
+    from evtwin.agents.behaviour import behaviour_for
+
+    b = behaviour_for("home", arrival_means_h=[8.0, 18.0])
+    weights, means, stds, dwells = b.components()
+    assert weights == (0.5, 0.5) and means == (8.0, 18.0)
+    assert stds == (b.arrival_std_h,) * 2 and dwells == (b.dwell_median_h,) * 2
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        draw_visit(rng, b, draw_vehicle(rng), 0.0, 0.0)
+    assert b.dwell_quantile_h(0.25) > 0
