@@ -15,14 +15,14 @@ from __future__ import annotations
 import csv
 import itertools
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 
 from .exceptions import ScenarioError
+from .scenario import zone
 
 #: Fewer sessions than this per component and the weekend gets no mixture of its own.
 MIN_SESSIONS_PER_COMPONENT = 30
@@ -44,7 +44,7 @@ class Sessions:
     """The EV of each session, where the file names one."""
 
 
-def _parse_time(text: str, tz: ZoneInfo | None, source: str, row: int, column: str
+def _parse_time(text: str, tz: tzinfo | None, source: str, row: int, column: str
                 ) -> datetime:
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
@@ -68,9 +68,9 @@ def read_sessions(path: str | Path, timezone: str | None = None) -> Sessions:
     """
     source = str(path)
     try:
-        tz = ZoneInfo(timezone) if timezone else None
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ScenarioError(source, [("--timezone", f"unknown time zone {timezone!r}")]) from None
+        tz = zone(timezone) if timezone else None
+    except ValueError as exc:
+        raise ScenarioError(source, [("--timezone", str(exc))]) from None
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:  # a BOM is not a column
             rows = list(csv.DictReader(fh))
