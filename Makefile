@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test bench soak lint clean
+.PHONY: demo test test-fast bench soak lint clean readme-figures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,15 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# Everything but the end-to-end runs marked slow: unit, protocol and model tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow and not soak"
+
+# The README's quoted results and docs/figures/*.png, from the runs they quote
+# (docs/readme_figures.py; --check to only compare, --only NAME,... for some).
+readme-figures: $(STAMP)
+	$(BIN)/python docs/readme_figures.py
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest tests/bench_*.py --benchmark-only --benchmark-columns=mean,stddev,rounds -s

@@ -54,7 +54,9 @@ import logging
 import secrets
 import ssl
 import string
+import sys
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -330,8 +332,27 @@ def generate_password(length: int = PASSWORD_MAX_CHARS) -> str:
     return "".join(secrets.choice(alphabet) for _ in range(length))
 
 
+#: What to do when no password came in (the end of ``evtwin csms hash-password``'s errors).
+_PASSWORD_SOURCES = "type it at a terminal, pipe it in with --stdin, or make one with --generate"
+
+
+def _terminal_prompt(text: str) -> str:
+    """``getpass.getpass``, refused (ConfigError) where it could not hide the input:
+    with no terminal it would read stdin and echo the password."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", getpass.GetPassWarning)
+        try:
+            return getpass.getpass(text)
+        except getpass.GetPassWarning:
+            raise ConfigError("password", f"no terminal to ask on; {_PASSWORD_SOURCES}"
+                              ) from None
+        except EOFError:
+            sys.stderr.write("\n")  # getpass ends the prompt's line only after an answer
+            raise
+
+
 def hash_password_command(*, generate: bool = False, stdin: TextIO | None = None,
-                          prompt: Callable[[str], str] = getpass.getpass) -> str:
+                          prompt: Callable[[str], str] = _terminal_prompt) -> str:
     """What ``evtwin csms hash-password`` prints: a ``password_hash = "..."`` TOML line.
 
     The password comes from ``stdin`` (its first line) when given, else from
@@ -339,18 +360,27 @@ def hash_password_command(*, generate: bool = False, stdin: TextIO | None = None
     where it would end up in shell history. With ``generate`` a random
     40-character password is made and printed on a comment line above the
     hash, to be configured on the station. Raises :class:`ConfigError` for a
-    password of the wrong length or prompts that differ.
+    password of the wrong length, prompts that differ, an empty ``stdin`` or
+    the end of input at a prompt.
     """
     lines = []
     if generate:
         password = generate_password()
         lines.append(f"# station password (set it on the station, keep it secret): {password}")
     elif stdin is not None:
-        password = stdin.readline().rstrip("\r\n")
+        line = stdin.readline()
+        password = line.rstrip("\r\n")
+        if not password:
+            what = "its first line is empty" if line else "end of input"
+            raise ConfigError("password", f"nothing on stdin ({what}); {_PASSWORD_SOURCES}")
     else:
-        password = prompt("Station password (16-40 characters): ")
-        if prompt("Repeat: ") != password:
-            raise ConfigError("password", "the two entries differ")
+        try:
+            password = prompt("Station password (16-40 characters): ")
+            if prompt("Repeat: ") != password:
+                raise ConfigError("password", "the two entries differ")
+        except EOFError:
+            raise ConfigError("password", f"end of input at the prompt; {_PASSWORD_SOURCES}"
+                              ) from None
     lines.append(f'password_hash = "{hash_password(password)}"')
     return "\n".join(lines)
 

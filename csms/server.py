@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import http
 import logging
 import math
 import re
+import socket
 import ssl
 import time
 import urllib.parse
@@ -41,7 +43,7 @@ from websockets.http11 import Request, Response
 from .audit import FailureThrottle, SecurityAudit, auth_scheme, peer_host, safe_identity
 from .core import CSMSCore, ProfileCommand
 from .direct import DirectShell
-from .exceptions import StationNotConnectedError
+from .exceptions import ConfigError, StationNotConnectedError
 from .ocpp16 import CSMS16
 from .ocpp201 import CSMS21, CSMS201
 from .security import (
@@ -94,6 +96,40 @@ def station_identity(path: str) -> tuple[str, str | None]:
     if prefix != PATH_PREFIX:
         return identity, "bad_path"
     return identity, None
+
+
+def check_port(port: int, field: str = "port") -> None:
+    """ConfigError naming ``field`` unless ``port`` is a TCP port (0 picks a free one)."""
+    if not 0 <= port <= 65535:
+        raise ConfigError(field, f"{port} is not a port; give 1 to 65535, or 0 for a free one")
+
+
+def listen_error(exc: OSError, host: str, port: int, *, what: str = "the CSMS",
+                 host_field: str = "host", port_field: str = "port") -> ConfigError:
+    """The ConfigError for a socket that cannot be bound: names the address and port
+    (the field at fault: ``host_field`` or ``port_field``) and what to do."""
+    address = f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return ConfigError(host_field, f"{what} cannot listen on {host!r}: not an address of "
+                                       f"this machine nor a host name it knows "
+                                       f"({exc.strerror}); give an IP address, e.g. "
+                                       "127.0.0.1 or 0.0.0.0")
+    if exc.errno == errno.EADDRINUSE:
+        return ConfigError(port_field, f"{what} cannot listen on {address}: the port is in use "
+                                       "(another csms serve?); stop that process or choose "
+                                       "another port (0 picks a free one)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return ConfigError(host_field, f"{what} cannot listen on {address}: {host} is not an "
+                                       "address of this machine; give one of its addresses, "
+                                       "127.0.0.1 or 0.0.0.0")
+    if exc.errno == errno.EACCES:
+        return ConfigError(port_field, f"{what} cannot listen on {address}: permission denied "
+                                       "(ports below 1024 need privileges); choose a port "
+                                       "from 1024 up")
+    return ConfigError(port_field, f"{what} cannot listen on {address}: "
+                                   f"{exc.strerror or exc}")
+
+
 #: Realm of the Basic auth challenge (profiles 1 and 2).
 REALM = "evtwin"
 # Checked against for unknown stations so that their refusal costs what a
@@ -570,26 +606,31 @@ class CSMSServer:
     async def start(self) -> None:
         """Bind and start accepting stations (port 0 picks a free port).
 
-        Raises OSError or ssl.SSLError if the TLS files cannot be loaded.
+        Raises OSError or ssl.SSLError if the TLS files cannot be loaded, ConfigError
+        (naming host or port) if the address cannot be bound.
         """
+        check_port(self.port)
         ssl_context = self.security.ssl_context(on_handshake_error=self._tls_handshake_failed)
         tls: dict[str, Any] = {}
         if ssl_context is not None:
             tls = {"ssl": ssl_context, "ssl_handshake_timeout": self.tls_handshake_timeout_s}
         connection_class = cast(type[ServerConnection],
                                 type("CSMSConnection", (_AuditedConnection,), {"csms": self}))
-        self._server = await serve(
-            self._handler, self.host, self.port,
-            subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
-            process_request=self._process_request,
-            max_size=self.max_frame_bytes,
-            open_timeout=self.open_timeout_s,
-            create_connection=connection_class,
-            logger=_RedactingLogger(logging.getLogger("websockets.server"), {}),
-            backlog=self.backlog, reuse_port=self.reuse_port or None,
-            ping_interval=self.ping_interval_s, ping_timeout=self.ping_timeout_s,
-            **tls,
-        )
+        try:
+            self._server = await serve(
+                self._handler, self.host, self.port,
+                subprotocols=list(SUBPROTOCOLS),  # type: ignore[arg-type]
+                process_request=self._process_request,
+                max_size=self.max_frame_bytes,
+                open_timeout=self.open_timeout_s,
+                create_connection=connection_class,
+                logger=_RedactingLogger(logging.getLogger("websockets.server"), {}),
+                backlog=self.backlog, reuse_port=self.reuse_port or None,
+                ping_interval=self.ping_interval_s, ping_timeout=self.ping_timeout_s,
+                **tls,
+            )
+        except OSError as exc:  # busy port, unknown host: the address is the user's
+            raise listen_error(exc, self.host, self.port) from None
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
         if self.security.profile == 1:

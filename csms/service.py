@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,9 @@ from .cluster import Cluster
 from .config import ServeConfig
 from .core import CSMSCore
 from .exceptions import ConfigError
-from .server import CSMSServer
+from .server import CSMSServer, check_port, listen_error
 from .stallwatch import StallWatch
-from .store import Store, redact_url
+from .store import Store, is_database_url, redact_url
 
 log = logging.getLogger("evtwin.csms.service")
 
@@ -275,25 +276,52 @@ async def security_housekeeping(server: CSMSServer, *, retention_days: float | N
         await asyncio.sleep(flush_s)
 
 
+def _new_sqlite_files(db_path: str | Path) -> list[Path]:
+    """The files of a SQLite database about to be created at ``db_path`` (none if it
+    exists already, or is not a file): removed again if the CSMS never starts."""
+    if is_database_url(db_path) or str(db_path) == ":memory:" or Path(db_path).exists():
+        return []
+    path = Path(db_path)
+    files = [path, *(path.with_name(path.name + suffix) for suffix in ("-wal", "-shm"))]
+    return [f for f in files if not f.exists()]
+
+
 async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = None,
                 port: int | None = None, stop: asyncio.Event | None = None,
                 api_port: int | None = None, api_token_hash: str | None = None,
-                api_host: str = "127.0.0.1") -> None:
-    """Run the CSMS until ``stop`` is set or SIGINT/SIGTERM arrives.
+                api_host: str = "127.0.0.1",
+                on_listening: Callable[[], None] | None = None) -> signal.Signals | None:
+    """Run the CSMS until ``stop`` is set or SIGINT/SIGTERM arrives; returns the signal
+    that stopped it (None: ``stop``).
 
     With ``api_port`` (0 picks a free port) the operator API runs beside the
     websocket endpoint on ``api_host`` (loopback by default); it needs
     ``api_token_hash`` (:func:`evtwin.csms.api.hash_token`), there is no API
-    without a token. ``api_port`` None: no API.
+    without a token. ``api_port`` None: no API. ``on_listening`` is called once
+    both listen.
+
+    Raises ConfigError (StoreError) naming the field at fault when the database
+    cannot be opened or an address cannot be bound; a SQLite file it created for
+    this start is then removed again.
     """
-    if api_port is not None and api_token_hash is None:
-        raise ConfigError("api_token_hash", "required when the operator API is on (api_port)")
+    s = config.server
+    port = s.port if port is None else port
+    check_port(port)
+    if api_port is not None:
+        check_port(api_port, "api_port")
+        if api_token_hash is None:
+            raise ConfigError("api_token_hash",
+                              "required when the operator API is on (api_port)")
+    created = _new_sqlite_files(db_path)
+    listening = False
     store = Store(db_path)
+    received: list[signal.Signals] = []
+    loop = asyncio.get_running_loop()
+    handled: list[signal.Signals] = []
     try:
         core = CSMSCore(config.csms_config(), store, clock=wall_clock)
         core.station_ca = config.security.station_ca()
-        s = config.server
-        server = CSMSServer(core, host=host or s.host, port=s.port if port is None else port,
+        server = CSMSServer(core, host=host or s.host, port=port,
                             max_frame_bytes=s.max_frame_bytes,
                             response_timeout_s=s.response_timeout_s,
                             security=config.security_config(),
@@ -328,18 +356,29 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
         if api_port is not None:
             assert api_token_hash is not None  # checked above
             api = OperatorAPI(server, token_hash=api_token_hash, host=api_host, port=api_port)
-        stop = stop or asyncio.Event()
-        loop = asyncio.get_running_loop()
+        stopping = stop or asyncio.Event()
         stats_wake = asyncio.Event()
-        for sig, callback in ((signal.SIGINT, stop.set), (signal.SIGTERM, stop.set),
+
+        def on_stop_signal(sig: signal.Signals) -> None:
+            received.append(sig)
+            stopping.set()
+
+        for sig, callback in ((signal.SIGINT, partial(on_stop_signal, signal.SIGINT)),
+                              (signal.SIGTERM, partial(on_stop_signal, signal.SIGTERM)),
                               (signal.SIGUSR1, stats_wake.set)):
             with contextlib.suppress(NotImplementedError, RuntimeError,  # not the main thread
                                      AttributeError):  # no SIGUSR1 (Windows)
                 loop.add_signal_handler(sig, callback)
+                handled.append(sig)
         await server.start()
         try:
             if api is not None:
-                await api.start()
+                try:
+                    await api.start()
+                except OSError as exc:
+                    raise listen_error(exc, api_host, api.port, what="the operator API",
+                                       host_field="api.host", port_field="api_port") from None
+            listening = True
             log.info("listening", extra={
                 "event": "listening", "url": server.url, "port": server.port,
                 "api_url": api.url if api is not None else None,
@@ -347,6 +386,8 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                 "schema_version": store.schema_version,
                 "open_transactions": len(core.open_sessions()), "stations": len(core.stations),
                 "shared_store": store.shared})
+            if on_listening is not None:
+                on_listening()
             cluster: Cluster | None = None
             controller: asyncio.Task[None] | None = None
             if store.shared:
@@ -368,7 +409,7 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
             stats_task = asyncio.create_task(stats_loop(
                 server, s.stats_interval_s or None, stats_wake, lag=lag))
             try:
-                await stop.wait()
+                await stopping.wait()
             finally:
                 if stall_watch is not None:
                     stall_watch.stop()
@@ -385,4 +426,12 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
             await server.stop()
     finally:
         store.close()
-    log.info("stopped", extra={"event": "stopped"})
+        for sig in handled:  # a Ctrl-C from now on is the caller's again
+            loop.remove_signal_handler(sig)
+        if not listening:  # never started: leave no new, empty database behind
+            for path in created:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+    by = received[0] if received else None
+    log.info("stopped", extra={"event": "stopped", "signal": by.name if by else None})
+    return by

@@ -477,6 +477,24 @@ def is_database_url(target: str | Path) -> bool:
     return str(target).startswith(("postgresql://", "postgres://"))
 
 
+def sqlite_open_error(path: str, exc: sqlite3.Error) -> StoreError:
+    """The StoreError for a SQLite file that cannot be opened: names the file and what
+    to do (a folder given, a missing or read-only folder, not a database)."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        return StoreError(f"{path} is a folder; give a file in it, e.g. {target / 'csms.sqlite'}")
+    if not folder.is_dir():
+        return StoreError(f"{path}: the folder {folder} does not exist; create it or give "
+                          "another file")
+    text = str(exc)
+    if "not a database" in text:
+        return StoreError(f"{path}: not a SQLite database ({text}); give another file")
+    # SQLite writes its journal beside the file, so the folder must be writable too.
+    return StoreError(f"{path}: cannot open the database for writing ({text}); check that "
+                      f"the file and its folder {folder} are writable")
+
+
 class Store:
     """The CSMS's database: a SQLite file (``path``; ``":memory:"`` only when asked
     for) or a PostgreSQL server (a ``postgresql://`` URL)."""
@@ -503,8 +521,23 @@ class Store:
             self._db = sqlite3.connect(self.path, isolation_level=None,
                                        check_same_thread=False)
             self._db.execute("PRAGMA user_version").fetchone()
+            self._prepare_sqlite()
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot open the database: {exc}") from None
+            # Also what fails after the file opened: the WAL (created beside the
+            # file) or a migration in a read-only folder or file.
+            self._close_sqlite()
+            raise sqlite_open_error(self.path, exc) from None
+        except BaseException:
+            self._close_sqlite()
+            raise
+
+    def _close_sqlite(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _prepare_sqlite(self) -> None:
+        assert self._db is not None
         self._db.row_factory = sqlite3.Row
         wal = self.path != ":memory:" and str(self._db.execute(
             "PRAGMA journal_mode=WAL").fetchone()[0]).lower() == "wal"

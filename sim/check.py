@@ -455,11 +455,15 @@ def run_checks(paths: list[str], *, overrides: dict[str, Any] | None = None,
              for i, sc in enumerate(scenarios)]
     if workers > 1 and len(specs) > 1:
         backend = make_backend(workers=min(workers, len(specs)))
+        interrupted = False
         try:
             futures = [backend.submit(s) for s in specs]
             records = [f.result() for f in futures]
+        except BaseException:  # Ctrl-C: stop the runs in flight, do not wait for them
+            interrupted = True
+            raise
         finally:
-            backend.close()
+            backend.close(interrupted=interrupted)
     else:
         records = [execute_run(s) for s in specs]
     checks = []

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -17,7 +17,13 @@ from rich.table import Table
 from evtwin.csms.exceptions import ConfigError
 from evtwin.grid.exceptions import GridError, PowerFlowError
 
-from .exceptions import RunFolderError, ScenarioError, SimError, SweepError
+from .exceptions import (
+    ExternalCSMSError,
+    RunFolderError,
+    ScenarioError,
+    SimError,
+    SweepError,
+)
 from .overrides import parse_overrides
 
 EXIT_USER_ERROR = 2
@@ -26,19 +32,15 @@ EXIT_USER_ERROR = 2
 def kpi_table(kpis: dict[str, float], performance: dict[str, float], title: str,
               currency: str = "EUR") -> Table:
     """The short KPI table printed after a run."""
-    from .kpis import KPI_LABELS
+    from .kpis import KPI_LABELS, display_unit, format_kpi
 
     table = Table(title=title, show_header=True, header_style="bold")
     table.add_column("KPI")
     table.add_column("value", justify="right")
     table.add_column("unit")
     for key, (label, unit) in KPI_LABELS.items():
-        if key not in kpis:
-            continue
-        v = kpis[key]
-        text = (f"{v:.0f}" if unit in ("", "min") else f"{v:.3f}" if unit in ("pu", "cur")
-                else f"{v:.1f}")
-        table.add_row(label, text, currency if unit == "cur" else unit)
+        if key in kpis:
+            table.add_row(label, format_kpi(kpis[key], unit), display_unit(unit, currency))
     table.add_row("Wall time", f"{performance['wall_time_s']:.1f}", "s")
     table.add_row("Speed-up over real time", f"{performance['speedup_vs_real_time']:.0f}", "x")
     return table
@@ -97,7 +99,11 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     from .results import new_run_dir
     from .scenario import load_scenario
 
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    strategies = list(dict.fromkeys(s.strip() for s in args.strategies.split(",")
+                                    if s.strip()))
+    if not strategies:
+        raise ScenarioError(args.scenario, [("--strategies", "name at least one, e.g. "
+                                                             "uncontrolled,equal_share")])
     overrides = parse_overrides(args.set, args.scenario)
     scenario = load_scenario(args.scenario, overrides)
     with console.status(f"running {len(strategies)} strategies on {scenario.name} ..."):
@@ -106,14 +112,20 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     table = comparison_table(runs)
     table.to_csv(out / "compare.csv")
     plot_comparison(scenario, runs, out)
+    from rich.markup import escape
+
+    from .kpis import display_unit, format_kpi
+
+    # escape(): rich would take "[kWh]" for a style tag and drop it.
     shown = Table(title=f"{scenario.name}: strategies compared", header_style="bold")
-    shown.add_column("KPI")
+    shown.add_column(escape("KPI [unit]"))
     for s in strategies:
         shown.add_column(s, justify="right")
     for key, (label, unit) in KPI_LABELS.items():
         if key in table.columns:
-            shown.add_row(f"{label} [{unit}]" if unit else label,
-                          *(f"{table.loc[s, key]:.3g}" for s in strategies))
+            shown_unit = display_unit(unit, scenario.prices.currency)
+            shown.add_row(escape(f"{label} [{shown_unit}]" if unit else label),
+                          *(format_kpi(float(table.loc[s, key]), unit) for s in strategies))
     console.print(shown)
     console.print(f"results written to [bold]{out}[/bold]")
     return 0
@@ -138,7 +150,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     if unknown:
         raise SweepError(f"--kpis: unknown KPI {', '.join(unknown)}; known: "
                          f"{', '.join(KPI_LABELS)}")
-    out = Path(args.out) if args.out else Path("results") / f"{plan.name}-sweep"
+    out = Path(args.out) if args.out else plan.default_out()
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total} done"),
                   TextColumn("[red]{task.fields[failed]} failed"), TimeElapsedColumn(),
@@ -417,64 +429,125 @@ def cmd_export_pf(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_csms_serve(args: argparse.Namespace, console: Console) -> int:
-    """``evtwin csms serve``: the CSMS alone, on the wall clock, until stopped."""
+    """``evtwin csms serve``: the CSMS alone, on the wall clock, until stopped (SIGTERM:
+    exit 0; Ctrl-C: exit 130)."""
     import asyncio
+    import signal
 
     from evtwin.csms.config import load_config
     from evtwin.csms.gcpolicy import GCPolicy
+    from evtwin.csms.server import check_port
     from evtwin.csms.service import serve, setup_json_logging
 
+    # The options before anything is opened: a typo leaves no database file behind.
+    if args.port is not None:
+        check_port(args.port, "--port")
+    if args.api_port is not None:
+        check_port(args.api_port, "--api-port")
     config = load_config(args.config)
+    if args.api_port is not None and config.api.token_hash is None:
+        raise ConfigError("--api-port", "the operator API needs token_hash in the api table "
+                                        "of the --config file; make one with `evtwin csms "
+                                        "api-token`")
     setup_json_logging(logging.DEBUG if args.debug else logging.INFO)
 
-    async def main() -> None:
-        # Process-wide, so set here and not in serve(): full collections over the
-        # connections' objects would stall every station (see csms.gcpolicy).
-        policy = asyncio.create_task(GCPolicy().run())
-        try:
-            await serve(config, args.db, host=args.host, port=args.port,
-                        api_port=config.api.port if args.api_port is None else args.api_port,
-                        api_token_hash=config.api.token_hash, api_host=config.api.host)
-        finally:
-            policy.cancel()
+    async def main() -> signal.Signals | None:
+        policy: asyncio.Task[None] | None = None
 
-    asyncio.run(main())
-    return 0
+        def start_policy() -> None:
+            # Process-wide, so set here and not in serve(): full collections over the
+            # connections' objects would stall every station (see csms.gcpolicy).
+            # Once listening: a start that fails logs nothing before its error line.
+            nonlocal policy
+            policy = asyncio.create_task(GCPolicy().run())
+
+        try:
+            return await serve(
+                config, args.db, host=args.host, port=args.port,
+                api_port=config.api.port if args.api_port is None else args.api_port,
+                api_token_hash=config.api.token_hash, api_host=config.api.host,
+                on_listening=start_policy)
+        finally:
+            if policy is not None:
+                policy.cancel()
+
+    return 130 if asyncio.run(main()) == signal.SIGINT else 0
 
 
 def cmd_stations(args: argparse.Namespace, console: Console) -> int:
     """``evtwin stations``: virtual stations and EVs against an external CSMS, wall clock."""
+    from dataclasses import replace
     from datetime import UTC, datetime
 
+    from .exceptions import ExternalCSMSError
     from .results import new_run_dir
-    from .runner import ExternalCSMS, Twin
+    from .runner import ExternalCSMS, Twin, build_model
     from .scenario import load_scenario
 
-    overrides: dict[str, Any] = {
-        # Timestamps close to the CSMS's own clock: the run starts now.
-        "start": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        "csms.protocol": args.version,
-    }
+    password = args.password
+    if args.password_file is not None:
+        try:
+            password = Path(args.password_file).read_text(encoding="utf-8").splitlines()[0]
+        except (OSError, UnicodeDecodeError, IndexError) as exc:
+            why = getattr(exc, "strerror", None) or ("empty" if isinstance(exc, IndexError)
+                                                     else str(exc))
+            raise ExternalCSMSError(f"--password-file {args.password_file}: {why}") from None
+    external = ExternalCSMS(url=args.csms, password=password, ca_file=args.ca,
+                            speed=args.speed, cert_dir=args.cert_dir)
+    # Everything about the CSMS that can fail, before a result folder exists.
+    external.check()
+    overrides: dict[str, Any] = {"csms.protocol": args.version}
     if args.duration_h is not None:
         overrides["duration_h"] = args.duration_h
     if args.count is not None:
         overrides["sites.0.stations"] = args.count
     overrides.update(parse_overrides(args.set, args.scenario))
     scenario = load_scenario(args.scenario, overrides)
-    external = ExternalCSMS(url=args.csms, password=args.password, ca_file=args.ca,
-                            speed=args.speed, cert_dir=args.cert_dir)
+    external.probe([st.station_id for st in build_model(scenario).stations], args.version)
+    # The scenario keeps its simulated start (and so its visits' times of day); the
+    # timestamps the CSMS sees are shifted so that the run begins now.
+    now = datetime.now(UTC).replace(microsecond=0)
+    external = replace(external, clock_offset=now - scenario.start)
+    _say(console, external.clock_line(scenario.start))
     out = new_run_dir(args.out, f"{scenario.name}-stations")
     return _run_and_report(Twin(scenario, external=external), args, console, out,
                            f"{len(scenario.sites)} site(s) against {args.csms}",
                            f"{scenario.name} against {args.csms} (OCPP {args.version})")
 
 
+def cmd_csms_config_for(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin csms config-for SCENARIO``: the CSMS configuration for its stations and tokens."""
+    from .csmsconfig import write_csms_config
+    from .scenario import load_scenario
+
+    scenario = load_scenario(args.scenario, parse_overrides(args.set, args.scenario))
+    written = write_csms_config(scenario, None if args.out is None else Path(args.out),
+                                source=args.scenario, security_profile=args.security_profile,
+                                force=args.force)
+    if written.config is None:
+        print(written.text, end="")  # plain: a file to redirect, not console output
+        return 0
+    _say(console, f"written: {written.config} ({written.stations} stations, {written.tokens} "
+                  f"id tokens, security profile {args.security_profile}); start it with "
+                  f"evtwin csms serve --config {written.config}")
+    if written.password_file is not None:
+        ca = f" --ca {written.ca_cert}" if written.ca_cert is not None else ""
+        _say(console, f"the stations' password (one for all, mode 0600): "
+                      f"{written.password_file}; use evtwin stations --password-file "
+                      f"{written.password_file}{ca}")
+    return 0
+
+
 def cmd_csms_hash_password(args: argparse.Namespace, console: Console) -> int:
     """``evtwin csms hash-password``: a password_hash line for csms.toml."""
+    import io
+
     from evtwin.csms.security import hash_password_command
 
+    # A closed stdin (``<&-``) is None: as empty as one at its end.
+    stdin = (sys.stdin or io.StringIO()) if args.stdin else None
     # Plain print: rich could wrap the long hash line.
-    print(hash_password_command(generate=args.generate, stdin=sys.stdin if args.stdin else None))
+    print(hash_password_command(generate=args.generate, stdin=stdin))
     return 0
 
 
@@ -518,9 +591,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one line of error naming the command (usage under --help), exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USER_ERROR, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for docs and tests)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="evtwin", description="Digital twin and V2G testbed for EV charging networks.")
     parser.add_argument("--debug", action="store_true", help="full tracebacks and debug logs")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -545,10 +625,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="scenario for stations, EVs and feeder (default scenarios/demo.toml)")
     st.add_argument("--count", type=int, help="number of stations at the first site")
     st.add_argument("--version", choices=["1.6", "2.0.1", "2.1"], default="2.0.1")
-    st.add_argument("--password", help="Basic auth password (security profiles 1 and 2)")
+    secret = st.add_mutually_exclusive_group()
+    secret.add_argument("--password", help="Basic auth password (security profiles 1 and 2)")
+    secret.add_argument("--password-file", metavar="FILE",
+                        help="read the password from the first line of FILE (as "
+                             "evtwin csms config-for writes it)")
     st.add_argument("--ca", help="CA file to verify a wss:// CSMS")
     st.add_argument("--cert-dir", help="client certificates <station id>.pem/.key (profile 3)")
-    st.add_argument("--speed", type=float, default=1.0,
+    st.add_argument("--speed", type=_positive_float, default=1.0,
                     help="simulated seconds per wall second, where the CSMS allows (default 1)")
     st.add_argument("--duration-h", type=float, help="override the scenario's duration")
     st.add_argument("--set", action="append", metavar="KEY=VALUE", help="scenario override")
@@ -580,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--kpis", help="KPIs to plot (comma-separated; default "
                                    "peak_trafo_loading_percent,v_min_pu,energy_unmet_share)")
     sw.add_argument("--out", help="sweep folder; an existing one is resumed "
-                                  "(default results/<scenario>-sweep)")
+                                  "(default results/<scenario>-sweep-<plan id>)")
     sw.add_argument("--retry-failed", action="store_true",
                     help="on resume, run again the runs that failed")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -695,6 +779,20 @@ def build_parser() -> argparse.ArgumentParser:
     hp.add_argument("--stdin", action="store_true",
                     help="read the password from the first line of stdin")
     hp.set_defaults(func=cmd_csms_hash_password)
+    cf = csms_sub.add_parser("config-for", help="write the CSMS configuration for a "
+                                                "scenario's stations and id tokens")
+    cf.add_argument("scenario", help="scenario TOML file (the one evtwin stations runs)")
+    cf.add_argument("--out", metavar="FILE",
+                    help="configuration file to write (default: print it; required with "
+                         "--security-profile 1 or 2)")
+    cf.add_argument("--security-profile", type=int, choices=(0, 1, 2), default=0,
+                    help="0 none; 1 Basic auth (a generated password, its hash per station, "
+                         "the password in FILE.password); 2 also TLS (a CA and a server "
+                         "certificate for 127.0.0.1 beside FILE)")
+    cf.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="scenario override, as given to evtwin stations")
+    cf.add_argument("--force", action="store_true", help="overwrite existing files")
+    cf.set_defaults(func=cmd_csms_config_for)
     tok = csms_sub.add_parser("api-token", help="make an operator API token and its hash")
     tok.set_defaults(func=cmd_csms_api_token)
     return parser
@@ -712,27 +810,44 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     err = Console(stderr=True, soft_wrap=True)
     try:
-        return int(args.func(args, console))
+        code, message = int(args.func(args, console)), None
     except PowerFlowError as exc:
         if args.debug:
             raise
-        err.print(f"[red]run failed:[/red] {exc}", highlight=False)
-        return 1
-    except (ScenarioError, GridError, ConfigError, SweepError, RunFolderError) as exc:
+        code, message = 1, f"[red]run failed:[/red] {exc}"
+    except (ScenarioError, GridError, ConfigError, SweepError, RunFolderError,
+            ExternalCSMSError) as exc:
         if args.debug:
             raise
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        return EXIT_USER_ERROR
+        code, message = EXIT_USER_ERROR, f"[red]error:[/red] {exc}"
     except SimError as exc:
         if args.debug:
             raise
-        err.print(f"[red]run failed:[/red] {exc}", highlight=False)
-        return 1
+        code, message = 1, f"[red]run failed:[/red] {exc}"
     except KeyboardInterrupt:  # Ctrl-C before a command installs its own handling
         if args.debug:
             raise
-        err.print("interrupted", highlight=False)
-        return 130
+        code, message = 130, "interrupted"
+    except OSError as exc:  # a file or folder the user named: unreadable, unwritable, full
+        if args.debug:
+            raise
+        where = exc.filename if exc.filename is not None else "a file"
+        code, message = EXIT_USER_ERROR, f"[red]error:[/red] {where}: {exc.strerror or exc}"
+    except Exception as exc:  # a bug: one line here, the traceback with --debug
+        if args.debug:
+            raise
+        code, message = 1, (f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
+                            "(a bug in evtwin; run again with --debug for the traceback)")
+    # Only when a command made result folders (csms serve never imports the twin).
+    results = sys.modules.get(f"{__package__}.results")
+    if message is None:
+        if results is not None:
+            results.keep_new_run_dirs()
+    else:
+        if results is not None:  # a complete result folder or none
+            results.discard_new_run_dirs()
+        err.print(message, highlight=False)
+    return code
 
 
 if __name__ == "__main__":

@@ -26,6 +26,21 @@ class RunError(SimError):
     """A run could not complete (a station could not boot, the CSMS went away...)."""
 
 
+class ExternalCSMSError(SimError):
+    """``evtwin stations`` cannot use the CSMS it was pointed at (a user error): the URL,
+    its address, TLS, credentials, or a station it does not know; names which.
+
+    ``http_status`` is the CSMS's answer to a station's websocket upgrade when it
+    refused one (404: a station it does not know), with that ``station_id``.
+    """
+
+    def __init__(self, message: str, *, station_id: str | None = None,
+                 http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.station_id = station_id
+        self.http_status = http_status
+
+
 class RunFolderError(SimError):
     """A run folder lacks a file, or a file in it is unreadable or changed (a user error)."""
 

@@ -14,18 +14,58 @@ demand per site and per bus.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from evtwin.agents import ChargingModel
+from evtwin.grid import supplied_buses
+from evtwin.grid.networks import LV_MAX_KV
 
-__all__ = ["HOME_BUS_STREAM", "assign_home_buses", "stations_table", "unserved_table"]
+from .exceptions import ScenarioError
+
+if TYPE_CHECKING:
+    import pandapower as pp
+
+    from .scenario import Scenario
+
+__all__ = ["HOME_BUS_STREAM", "assign_home_buses", "check_station_buses",
+           "station_bus_problems", "stations_table", "unserved_table"]
 
 #: ``numpy.random.default_rng([seed, HOME_BUS_STREAM])`` draws shared-site EVs' home buses.
 HOME_BUS_STREAM = 5
 
 _PHASE_NAMES = {-1: "L1L2L3", 0: "L1", 1: "L2", 2: "L3"}
+
+
+def station_bus_problems(sc: Scenario, net: pp.pandapowerNet) -> list[tuple[str, str]]:
+    """Every site bus (``sites.N.buses.J``) that cannot take a charger, with why: it
+    is not in the network, not supplied, or not a low-voltage bus (up to
+    ``LV_MAX_KV``; the transformer's MV side is no charger location)."""
+    existing = {int(b) for b in net.bus.index}
+    supplied = supplied_buses(net)
+    problems: list[tuple[str, str]] = []
+    for i, site in enumerate(sc.sites):
+        for j, bus in enumerate(site.buses or []):
+            where = f"sites.{i}.buses.{j}"
+            if bus not in existing:
+                problems.append((where, f"no bus {bus} in {sc.grid.network}"))
+            elif float(net.bus.at[bus, "vn_kv"]) > LV_MAX_KV:
+                problems.append((where, f"bus {bus} is a {float(net.bus.at[bus, 'vn_kv']):g} kV "
+                                 f"bus (the transformer's MV side): chargers go on the "
+                                 f"feeder's low-voltage buses (up to {LV_MAX_KV:g} kV)"))
+            elif bus not in supplied:
+                problems.append((where, f"bus {bus} is out of service or not supplied"))
+    return problems
+
+
+def check_station_buses(sc: Scenario, net: pp.pandapowerNet) -> None:
+    """ScenarioError naming the scenario's file and every bad site bus at once
+    (see :func:`station_bus_problems`)."""
+    problems = station_bus_problems(sc, net)
+    if problems:
+        raise ScenarioError(sc.source, problems)
 
 
 def assign_home_buses(model: ChargingModel, station_buses: Sequence[int],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -17,8 +18,10 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
     "energy_unmet_share": ("Unmet share", "%"),
     "energy_short_at_departure_kwh": ("  of it: short when leaving", "kWh"),
     "energy_turned_away_kwh": ("  of it: drivers turned away", "kWh"),
-    "energy_metered_kwh": ("Energy metered at stations", "kWh"),
-    "energy_billed_kwh": ("Energy billed by CSMS (closed tx)", "kWh"),
+    # Stations meter net energy (V2G feed-back counts against it); the CSMS bills the
+    # import register, so with V2G billed exceeds metered by the energy fed back.
+    "energy_metered_kwh": ("Energy metered at stations (net: import - fed back)", "kWh"),
+    "energy_billed_kwh": ("Energy billed by CSMS (import only, closed tx)", "kWh"),
     "evs_served": ("EV visits served", ""),
     "evs_open_at_end": ("EV visits still plugged at end", ""),
     "evs_turned_away": ("EV visits turned away", ""),
@@ -52,6 +55,51 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
     "ocpp_messages": ("OCPP messages exchanged", ""),
     "profiles_received": ("Charging profiles received by stations", ""),
 }
+
+
+#: Significant digits a KPI keeps when it is not a whole number.
+SIGNIFICANT_DIGITS = 4
+
+
+def display_unit(unit: str, currency: str) -> str:
+    """A KPI's unit as shown: ``cur`` (the currency placeholder) becomes ``currency``."""
+    return currency if unit == "cur" else unit
+
+
+def format_kpi(value: float, unit: str) -> str:
+    """A KPI value for tables, formatted by its magnitude, not its type.
+
+    Whole numbers print whole (``3``, ``15,100``), zero prints ``0``, anything else keeps
+    at least :data:`SIGNIFICANT_DIGITS` significant digits without scientific notation
+    (``0.28``, ``0.004``, ``0.9879``, ``15,103``); only magnitudes no KPI reaches in
+    earnest (below 1e-6, from 1e15) print in scientific notation. ``unit`` is the KPI's
+    unit from :data:`KPI_LABELS`: a percentage strictly between 0 and 100 gets digits
+    until it no longer reads as 0 or 100 (a 99.998 % share is not 100 %).
+    """
+    if not math.isfinite(value):
+        return "n/a" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if value == 0:
+        return "0"
+    magnitude = abs(value)
+    if magnitude < 1e-6 or magnitude >= 1e15:
+        return f"{value:.{SIGNIFICANT_DIGITS}g}"
+    if value == round(value):
+        return f"{round(value):,}"
+    decimals = max(0, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(magnitude)))
+    text = _fixed(value, decimals)
+    if unit == "%" and 0 < magnitude < 100:
+        while text.lstrip("-") in ("0", "100") and decimals < 12:
+            decimals += 1
+            text = _fixed(value, decimals)
+    return text
+
+
+def _fixed(value: float, decimals: int) -> str:
+    """``value`` with ``decimals`` decimals and thousands separators, trailing zeros cut."""
+    text = f"{value:,.{decimals}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
 
 
 def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,

@@ -22,7 +22,7 @@ def price_steps(sc: Scenario) -> tuple[tuple[datetime, float], ...]:
         steps: list[tuple[datetime, float]] = []
         while day < end:
             for band in bands:
-                steps.append((day + timedelta(hours=band.start_h), band.price_per_kwh))
+                steps.append((sc.at_local(day + timedelta(hours=band.start_h)), band.price_per_kwh))
             day += timedelta(days=1)
         # The band in force at the start began the day before (or earlier today).
         first = [s for s in steps if s[0] <= sc.start]

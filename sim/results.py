@@ -3,25 +3,56 @@
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .exceptions import RunFolderError
 from .records import current_versions, run_record
 
 if TYPE_CHECKING:
     from .runner import RunResult
 
+#: Run folders this process created with :func:`new_run_dir`; the CLI removes them
+#: when its command fails or is interrupted (a complete result folder or none).
+_created: list[Path] = []
+
+
 def new_run_dir(root: str | Path, name: str) -> Path:
-    """Create ``<root>/<name>-<UTC timestamp>``; never reuses an existing folder."""
+    """Create ``<root>/<name>-<UTC timestamp>``; never reuses an existing folder.
+
+    RunFolderError naming the folder when it cannot be created (``--out`` on a
+    read-only disk, a file in the way).
+    """
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     base = Path(root) / f"{name}-{stamp}"
     path, n = base, 1
     while path.exists():
         n += 1
         path = base.with_name(f"{base.name}-{n}")
-    path.mkdir(parents=True)
+    try:
+        path.mkdir(parents=True)
+    except OSError as exc:
+        raise RunFolderError(f"--out {root}: cannot create the results folder {path}: "
+                             f"{exc.strerror or exc}") from None
+    _created.append(path)
     return path
+
+
+def discard_new_run_dirs() -> list[Path]:
+    """Remove every folder :func:`new_run_dir` created in this process (after a failure)."""
+    removed = []
+    while _created:
+        path = _created.pop()
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def keep_new_run_dirs() -> None:
+    """The command finished: its folders are complete and stay."""
+    _created.clear()
 
 
 def write_results(result: RunResult, out: Path, scenario_text: str | None = None, *,

@@ -23,10 +23,11 @@ import logging
 import ssl
 import time
 from collections.abc import Callable, Coroutine, Generator, Iterable
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeAlias
+from urllib.parse import urlsplit
 
 import numpy as np
 import ocpp.messages
@@ -34,10 +35,15 @@ import pandas as pd
 import simpy
 from ocpp.exceptions import OCPPError
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import (
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidMessage,
+    InvalidStatus,
+)
 
 from evtwin.agents import ChargingModel, SiteConfig, VirtualStation, behaviour_for
-from evtwin.agents.ev import EV
+from evtwin.agents.ev import EV, VisitRecord
 from evtwin.agents.exceptions import ProtocolError
 from evtwin.agents.link import DirectLink, EndpointLink, StationLink
 from evtwin.agents.protocol import StationProtocol
@@ -67,8 +73,8 @@ from evtwin.transports import MemoryClosed, memory_pair
 
 from .csmslink import CSMSLink, LocalCSMS, ProcessCSMS
 from .der import DerSet, Steps, build_der
-from .exceptions import RunError, ScenarioError
-from .geography import assign_home_buses, stations_table, unserved_table
+from .exceptions import ExternalCSMSError, RunError, ScenarioError
+from .geography import assign_home_buses, check_station_buses, stations_table, unserved_table
 from .kpis import compute_kpis
 from .prices import export_price_steps, price_at, price_steps
 from .scenario import Scenario, behaviour_overrides
@@ -79,6 +85,14 @@ log = logging.getLogger("evtwin.sim")
 
 ProgressFn = Callable[[int, int], None]
 StationClient: TypeAlias = StationLink
+
+#: sessions.csv's columns: one per field of a visit's record.
+SESSION_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(VisitRecord))
+#: profiles.csv's columns, as a station records each profile it received
+#: (evtwin.agents.protocol); the header of a run in which none arrived.
+PROFILE_COLUMNS: tuple[str, ...] = (
+    "t_s", "station_id", "evse_id", "profile_id", "purpose", "stack_level", "unit", "limit",
+    "number_phases", "limit_w_now", "transaction_id", "status")
 
 #: OCPP version in a scenario -> its websocket subprotocol.
 SUBPROTOCOLS: dict[str, str] = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1", "2.1": "ocpp2.1"}
@@ -93,7 +107,14 @@ class ExternalCSMS:
     ``identity:password``; ``ca_file`` verifies a ``wss://`` server;
     ``speed`` is simulated seconds per wall-clock second (1 = real time);
     ``cert_dir`` holds ``<station id>.pem`` and ``<station id>.key`` client
-    certificates for mutual TLS (security profile 3).
+    certificates for mutual TLS (security profile 3). ``clock_offset`` is
+    added to simulated time in every timestamp the stations send (and taken
+    off the CSMS's): ``evtwin stations`` runs the scenario's start as now, so
+    its visits keep their time of day in the results. ``open_timeout_s``
+    bounds each websocket upgrade.
+
+    Every failure to reach the CSMS is an :class:`ExternalCSMSError` naming
+    the option, address or station (:meth:`check`, :meth:`open`).
     """
 
     url: str
@@ -101,6 +122,159 @@ class ExternalCSMS:
     ca_file: str | None = None
     speed: float = 1.0
     cert_dir: str | None = None
+    clock_offset: timedelta = timedelta(0)
+    open_timeout_s: float = 10.0
+
+    def check(self) -> None:
+        """The URL, ``--ca`` and ``--cert-dir`` before any connection is tried."""
+        parts = urlsplit(self.url)
+        if parts.scheme not in ("ws", "wss"):
+            use = (f"{'wss' if parts.scheme == 'https' else 'ws'}://{parts.netloc}{parts.path}"
+                   if parts.scheme in ("http", "https") and parts.netloc
+                   else "ws://HOST:PORT/PATH (wss:// with TLS)")
+            raise ExternalCSMSError(f"--csms {self.url}: not a websocket URL: use {use}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ExternalCSMSError(f"--csms {self.url}: the port is not a number "
+                                    "from 0 to 65535") from None
+        if not parts.hostname or port == 0:
+            raise ExternalCSMSError(f"--csms {self.url}: give a host and port, e.g. "
+                                    f"{parts.scheme}://127.0.0.1:9000/ocpp")
+        if self.ca_file is not None:
+            try:
+                ssl.create_default_context(cafile=self.ca_file)
+            except FileNotFoundError:
+                raise ExternalCSMSError(f"--ca {self.ca_file}: file not found") from None
+            except (ssl.SSLError, OSError, ValueError) as exc:
+                raise ExternalCSMSError(f"--ca {self.ca_file}: not a PEM CA certificate "
+                                        f"file ({exc})") from None
+        if self.cert_dir is not None and not Path(self.cert_dir).is_dir():
+            raise ExternalCSMSError(f"--cert-dir {self.cert_dir}: no such folder")
+
+    def ssl_context(self, station_id: str) -> ssl.SSLContext | None:
+        """The TLS context of one station (``wss://`` only)."""
+        if not self.url.startswith("wss://"):
+            return None
+        ctx = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert_dir is not None:
+            folder = Path(self.cert_dir)
+            try:
+                ctx.load_cert_chain(folder / f"{station_id}.pem", folder / f"{station_id}.key")
+            except (OSError, ssl.SSLError) as exc:
+                raise ExternalCSMSError(
+                    f"--cert-dir {self.cert_dir}: cannot load {station_id}.pem and "
+                    f"{station_id}.key: {getattr(exc, 'strerror', None) or exc}") from None
+        return ctx
+
+    def headers(self, station_id: str) -> dict[str, str]:
+        """HTTP headers of one station's upgrade (Basic auth with a password)."""
+        if self.password is None:
+            return {}
+        token = base64.b64encode(f"{station_id}:{self.password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+
+    async def open(self, station_id: str, subprotocol: str) -> Any:
+        """One station's websocket to the CSMS; ExternalCSMSError on any failure."""
+        url = f"{self.url.rstrip('/')}/{station_id}"
+        try:
+            return await connect(url, subprotocols=[subprotocol],  # type: ignore[list-item]
+                                 compression="deflate", max_size=2**20,
+                                 additional_headers=self.headers(station_id),
+                                 ssl=self.ssl_context(station_id),
+                                 open_timeout=self.open_timeout_s)
+        except ExternalCSMSError:
+            raise
+        except InvalidStatus as exc:
+            raise self.refused(station_id, exc.response.status_code) from None
+        except ssl.SSLCertVerificationError as exc:
+            raise ExternalCSMSError(
+                f"CSMS at {self.url}: its TLS certificate is not trusted "
+                f"({exc.verify_message}): give its CA with --ca") from None
+        except ssl.SSLError as exc:
+            raise ExternalCSMSError(f"CSMS at {self.url}: TLS handshake failed ({exc.reason}): "
+                                    "is it a wss:// endpoint?") from None
+        except TimeoutError:
+            raise ExternalCSMSError(f"CSMS at {self.url}: no answer to the websocket upgrade "
+                                    f"within {self.open_timeout_s:g} s") from None
+        except (InvalidHandshake, InvalidMessage, EOFError) as exc:
+            raise ExternalCSMSError(f"CSMS at {self.url}: not an OCPP websocket endpoint for "
+                                    f"{subprotocol} ({exc})") from None
+        except OSError as exc:
+            parts = urlsplit(self.url)
+            where = f"{parts.hostname} port {parts.port or (443 if parts.scheme == 'wss' else 80)}"
+            if isinstance(exc, ConnectionRefusedError):
+                why = "connection refused: is the CSMS running and listening there?"
+            elif isinstance(exc, ConnectionResetError):
+                why = (f"it closed the connection during the handshake: does it take "
+                       f"{'wss:// (TLS)' if parts.scheme == 'wss' else 'ws://'} connections?")
+            else:
+                why = f"cannot connect: {exc.strerror or exc}"
+            raise ExternalCSMSError(f"CSMS at {self.url} ({where}): {why}") from None
+
+    def refused(self, station_id: str, status: int, more: int = 0) -> ExternalCSMSError:
+        """The error for a station whose upgrade the CSMS answered with HTTP ``status``."""
+        others = f" and {more} more" if more else ""
+        hint = {404: "is it in the CSMS config? evtwin csms config-for writes one",
+                401: "wrong or missing --password?",
+                403: "not allowed: its credentials or certificate?"}.get(
+                    status, "see the CSMS's log")
+        return ExternalCSMSError(f"CSMS at {self.url} refused station {station_id}{others} "
+                                 f"(HTTP {status}): {hint}", station_id=station_id,
+                                 http_status=status)
+
+    def probe(self, station_ids: list[str], protocol: str) -> None:
+        """Open and close every station's websocket once, before a run (and its
+        result folder) starts: one ExternalCSMSError line for whatever fails,
+        the stations a CSMS refused with the same status counted together."""
+
+        async def one(station_id: str, gate: asyncio.Semaphore) -> None:
+            async with gate:
+                ws = await self.open(station_id, SUBPROTOCOLS[protocol])
+                await ws.close()
+
+        async def main() -> None:
+            if not station_ids:
+                return
+            # The first alone: a wrong URL, TLS or password fails once, not per station;
+            # an unknown station is per station, so the others are tried and counted.
+            failed: list[BaseException] = []
+            try:
+                await one(station_ids[0], asyncio.Semaphore(1))
+            except ExternalCSMSError as exc:
+                if exc.http_status != 404:
+                    raise
+                failed.append(exc)
+            gate = asyncio.Semaphore(32)
+            results = await asyncio.gather(*(one(s, gate) for s in station_ids[1:]),
+                                           return_exceptions=True)
+            failed += [r for r in results if isinstance(r, BaseException)]
+            if not failed:
+                return
+            first = failed[0]
+            if (isinstance(first, ExternalCSMSError) and first.http_status is not None
+                    and first.station_id is not None
+                    and all(isinstance(f, ExternalCSMSError)
+                            and f.http_status == first.http_status for f in failed)):
+                raise self.refused(first.station_id, first.http_status, more=len(failed) - 1)
+            raise first
+
+        asyncio.run(main())
+
+    def clock_line(self, start: datetime) -> str:
+        """One line saying how simulated time maps onto the wall clock."""
+        def stamp(ts: datetime) -> str:
+            return ts.strftime("%Y-%m-%d %H:%M") + (
+                " UTC" if ts.utcoffset() == timedelta(0) else ts.strftime(" UTC%z"))
+        seconds = round(self.clock_offset.total_seconds())
+        sign, seconds = ("-" if seconds < 0 else "+"), abs(seconds)
+        days, rest = divmod(seconds, 86400)
+        hours, rest = divmod(rest, 3600)
+        minutes, secs = divmod(rest, 60)
+        offset = f"{sign}{days} d {hours:02d}:{minutes:02d}" + (f":{secs:02d}" if secs else "")
+        return (f"simulated {stamp(start)} runs as "
+                f"{stamp((start + self.clock_offset).astimezone(UTC))}: offset {offset} "
+                "(timestamps sent to the CSMS; the result files keep simulated time)")
 
 
 @dataclass
@@ -161,6 +335,18 @@ def build_model(sc: Scenario) -> ChargingModel:
                           min_soc=sc.ev.min_soc, start_weekday=sc.start.weekday(),
                           given=plan.evs or None)
     model.sessions_plan = plan  # for sessions.csv's columns
+    if sc.timezone is not None:
+        # Drivers keep to local clocks: a drawn 18 h arrival after a daylight-saving
+        # change is an hour earlier or later after the start. Sessions from data keep
+        # the instants their files give.
+        from_data = {id(v) for evs in plan.evs.values() for g in evs for v in g.visits}
+        for ev in model.evs:
+            moved = [v if id(v) in from_data else replace(
+                v, arrival_s=sc.seconds_at_clock(v.arrival_s),
+                departure_s=sc.seconds_at_clock(v.arrival_s) + v.departure_s - v.arrival_s)
+                for v in ev.visits]
+            ev.visits = sorted((v for v in moved if v.arrival_s < sc.duration_s),
+                               key=lambda v: v.arrival_s)
     return model
 
 
@@ -177,13 +363,8 @@ def build_feeder(sc: Scenario, n_stations: int, station_sites: list[str],
     g = sc.grid
     net = load_network(g.network)
     if buses is not None:
-        # Name the scenario field, not only the bus, when a bus does not exist.
-        known = {int(b) for b in net.bus.index}
-        problems = [(f"sites.{i}.buses.{j}", f"no bus {bus} in {g.network}")
-                    for i, site in enumerate(sc.sites)
-                    for j, bus in enumerate(site.buses or []) if bus not in known]
-        if problems:
-            raise ScenarioError(sc.name, problems)
+        # Name the file and every bad field, not only the first bus the feeder refuses.
+        check_station_buses(sc, net)
     else:
         buses = place_stations(net, n_stations)
     der = build_der(sc, buses, station_sites, supplied_buses(net),
@@ -371,23 +552,14 @@ class Twin:
         subprotocol = SUBPROTOCOLS[self.sc.csms.protocol]
         ext = self.external
         for st in self.model.stations:
-            ssl_ctx = None
-            if url.startswith("wss://"):
-                ssl_ctx = ssl.create_default_context(cafile=ext.ca_file if ext else None)
-                if ext is not None and ext.cert_dir is not None:
-                    folder = Path(ext.cert_dir)
-                    ssl_ctx.load_cert_chain(folder / f"{st.station_id}.pem",
-                                            folder / f"{st.station_id}.key")
-            headers = {}
-            if ext is not None and ext.password is not None:
-                token = base64.b64encode(f"{st.station_id}:{ext.password}".encode()).decode()
-                headers["Authorization"] = f"Basic {token}"
-            # Loopback to our own CSMS: skip permessage-deflate, it only costs
-            # CPU here (the server still offers it to real stations).
-            ws = await connect(f"{url.rstrip('/')}/{st.station_id}",
-                               subprotocols=[subprotocol],  # type: ignore[list-item]
-                               compression=None if ext is None else "deflate",
-                               max_size=2**20, additional_headers=headers, ssl=ssl_ctx)
+            if ext is not None:  # every failure one line naming the CSMS or station
+                ws = await ext.open(st.station_id, subprotocol)
+            else:
+                # Loopback to our own CSMS: skip permessage-deflate, it only costs
+                # CPU here (the server still offers it to real stations).
+                ws = await connect(f"{url.rstrip('/')}/{st.station_id}",
+                                   subprotocols=[subprotocol],  # type: ignore[list-item]
+                                   compression=None, max_size=2**20)
             conn: Any = ws if frames is None else CountingConnection(ws, frames)
             sockets.append(ws)
             clients.append(self._endpoint_link(st, conn, tasks))
@@ -395,8 +567,16 @@ class Twin:
         return clients, tasks, sockets
 
     def _protocol(self, st: VirtualStation) -> StationProtocol:
-        return StationProtocol(st, self.sc.csms.protocol, to_datetime=self.to_datetime,
-                               to_seconds=self.to_seconds, now_s=lambda: float(self.env.now))
+        to_datetime, to_seconds = self.to_datetime, self.to_seconds
+        offset = self.external.clock_offset if self.external is not None else timedelta(0)
+        if offset:  # an external CSMS on the wall clock: simulated time shifted onto it
+            def to_datetime(t_s: float) -> datetime:
+                return self.to_datetime(t_s) + offset
+
+            def to_seconds(ts: datetime) -> float:
+                return self.to_seconds(ts - offset)
+        return StationProtocol(st, self.sc.csms.protocol, to_datetime=to_datetime,
+                               to_seconds=to_seconds, now_s=lambda: float(self.env.now))
 
     def _endpoint_link(self, st: VirtualStation, conn: Any,
                        tasks: list[asyncio.Task[Any]]) -> StationClient:
@@ -604,8 +784,9 @@ class Twin:
                         if s.limit_kw is not None or s.name in self.dr_limits_kw
                     } if self.der.batteries else None
                     der = self.der.step(k, site_ev_kw, price_now, step / 3600.0, connection_kw)
-                    res = self.feeder.solve(start_of_day_s + t, ev_kw, self.grid_rng,
-                                            der_p_kw=der.der_p_kw)
+                    # Household load follows local clocks, daylight-saving changes too.
+                    res = self.feeder.solve(start_of_day_s + t + sc.clock_shift_s(t), ev_kw,
+                                            self.grid_rng, der_p_kw=der.der_p_kw)
                     self.loads.append(np.concatenate(((t,), self.feeder.load_p_mw,
                                                       self.feeder.load_q_mvar)))
                     if csms is not None and self.feeder_model is not None:
@@ -704,7 +885,9 @@ class Twin:
         ts = series.frame()
         ts["evs_plugged"] = ts["evs_plugged"].astype(int)
         ts.insert(1, "time", [self.to_datetime(t).isoformat() for t in ts["t_s"]])
-        sessions = pd.DataFrame([asdict(r) for ev in self.model.evs for r in ev.records])
+        # Columns given: a run without visits still writes sessions.csv with its header.
+        sessions = pd.DataFrame([asdict(r) for ev in self.model.evs for r in ev.records],
+                                columns=SESSION_COLUMNS)
         plan = getattr(self.model, "sessions_plan", None)
         if plan is not None and plan.evs:  # visits from a sessions file: say which, what assumed
             for col, values in session_columns(self.model.evs, plan).items():
@@ -723,7 +906,8 @@ class Twin:
         perf = {"wall_time_s": wall_s, "simulated_s": end_s,
                 "speedup_vs_real_time": end_s / wall_s if wall_s > 0 else float("inf"),
                 "steps": float(len(ts))}
-        profiles = pd.DataFrame([p for c in clients for p in c.received_profiles])
+        received = [p for c in clients for p in c.received_profiles]
+        profiles = pd.DataFrame(received) if received else pd.DataFrame(columns=PROFILE_COLUMNS)
         if not profiles.empty:
             profiles = profiles.sort_values(["t_s", "station_id", "evse_id"], kind="stable")
         kpis["profiles_received"] = float(len(profiles))

@@ -9,12 +9,22 @@ Every error in a file is reported at once with the path to its field::
 from __future__ import annotations
 
 import os
-from datetime import UTC, datetime, tzinfo
+import re
+from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from evtwin.agents.behaviour import DEFAULTS
 from evtwin.csms.config import read_toml, validation_problems
@@ -153,7 +163,8 @@ class Site(_Strict):
     limit_kw: float | None = Field(None, gt=0)
     """Import limit for EV charging at this site in kW (what equal_share enforces)."""
     buses: list[int] | None = None
-    """Feeder bus index per station; default: spread over load buses (see evtwin.grid)."""
+    """Feeder bus index per station, each a low-voltage bus of the feeder; default:
+    spread over the LV buses with a load (see evtwin.grid)."""
     bidirectional: bool = False
     """The site's EVSEs can discharge (V2G over OCPP 2.1)."""
     access: Literal["private", "shared"] | None = None
@@ -175,6 +186,12 @@ class Site(_Strict):
     @classmethod
     def _sessions_file(cls, v: Any) -> Any:
         return _file_only(v)
+
+    @field_validator("phases", mode="before")
+    @classmethod
+    def _phases_text(cls, v: Any) -> Any:
+        # ``--set sites.0.phases=1`` arrives as text; a Literal of ints takes no text.
+        return int(v) if isinstance(v, str) and v.strip() in ("1", "3") else v
 
     @property
     def private(self) -> bool:
@@ -412,9 +429,16 @@ class Scenario(_Strict):
     """A whole twin run."""
 
     name: str = Field("scenario", pattern=r"^[A-Za-z0-9_.-]+$")
-    seed: int = 0
+    seed: int = Field(0, ge=0)
+    """Seed of every random stream of the run (a run replays exactly from it)."""
+    timezone: str | None = None
+    """IANA time zone of the feeder (``Europe/Berlin``): ``start`` without an offset is
+    local time there, and local clocks (household load, driver arrivals, time-of-use
+    bands) follow its daylight-saving changes. Unset: the fixed offset of ``start``
+    (UTC without one) all run long."""
     start: datetime = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
-    """Scenario start, local time at the feeder; without an offset it is taken as UTC."""
+    """Scenario start, local time at the feeder: without an offset it is taken in
+    ``timezone`` (UTC without one); a given offset keeps the instant."""
     duration_h: float = Field(24.0, gt=0, le=24 * 366)
     step_s: int = Field(60, gt=0, le=3600)
     """Coupling step: physics, power flow and OCPP traffic run once per step."""
@@ -432,29 +456,103 @@ class Scenario(_Strict):
     """Sessions for the whole fleet (every site takes its EVs from them)."""
     run: RunSettings = RunSettings()
 
+    #: The scenario file it was read from (see :attr:`source`); not a field.
+    _source: str | None = PrivateAttr(None)
+
     @field_validator("sessions", mode="before")
     @classmethod
     def _sessions_file(cls, v: Any) -> Any:
         return _file_only(v)
 
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            zone(v)
+        return v
+
     @field_validator("start")
     @classmethod
-    def _utc(cls, v: datetime) -> datetime:
-        # Keep a given offset: time of day (arrivals, household load) is local
-        # time at the feeder. OCPP timestamps are sent in UTC either way.
-        return v.replace(tzinfo=UTC) if v.tzinfo is None else v
+    def _local(cls, v: datetime, info: ValidationInfo) -> datetime:
+        # Time of day (arrivals, household load) is local time at the feeder, so
+        # start keeps a local offset; OCPP timestamps are sent in UTC either way.
+        # In a named zone it is the zone's offset at the start: arithmetic on start
+        # stays on fixed offsets (exact instants) and local_zone() gives the changes.
+        name = info.data.get("timezone")
+        if name is None:
+            return v.replace(tzinfo=UTC) if v.tzinfo is None else v
+        tz = zone(name)
+        if v.tzinfo is None:
+            local = v.replace(tzinfo=tz)
+            if local.astimezone(UTC).astimezone(tz).replace(tzinfo=None) != v:
+                raise ValueError(f"{v.isoformat()} does not exist in {name} (the clocks "
+                                 "go forward then): give a time after the change")
+        else:
+            local = v.astimezone(tz)
+        offset = local.utcoffset()
+        assert offset is not None
+        return local.astimezone(timezone(offset))
 
     @model_validator(mode="after")
     def _cross(self) -> Scenario:
         problems = cross_field_problems(self.model_dump())
         if problems:
-            raise ValueError("; ".join(f"{p}: {m}" for p, m in problems))
+            # One line per problem: messages may hold "; " themselves (see _model_level).
+            raise ValueError("\n".join(f"{p}: {m}" for p, m in problems))
         return self
 
     @property
     def duration_s(self) -> float:
         """Length of the run in simulated seconds."""
         return self.duration_h * 3600.0
+
+    @property
+    def source(self) -> str:
+        """Where the scenario came from, for error messages: its file, else its name."""
+        return self._source or self.name
+
+    def __eq__(self, other: object) -> bool:
+        # The same fields are the same scenario, whichever file it was read from.
+        if not isinstance(other, Scenario):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def local_zone(self) -> tzinfo:
+        """The time zone of local clocks at the feeder: ``timezone`` when given, else
+        the fixed offset of ``start`` (UTC when the file gives none)."""
+        if self.timezone is not None:
+            return zone(self.timezone)
+        return self.start.tzinfo or UTC
+
+    def clock_shift_s(self, t_s: float) -> float:
+        """How far local clocks have moved (daylight saving) ``t_s`` seconds after the
+        start, in seconds: local clock time then is ``start + t_s + shift``; 0 without
+        ``timezone``."""
+        if self.timezone is None:
+            return 0.0
+        at = (self.start + timedelta(seconds=t_s)).astimezone(zone(self.timezone))
+        now, then = at.utcoffset(), self.start.utcoffset()
+        return 0.0 if now is None or then is None else (now - then).total_seconds()
+
+    def at_local(self, wall: datetime) -> datetime:
+        """The instant local clocks read ``wall`` (its date and time of day; any tzinfo
+        is ignored), as an aware datetime in ``start``'s offset. A time the clocks skip
+        (spring forward) is taken an hour later, a repeated one the first time."""
+        naive = wall.replace(tzinfo=None)
+        if self.timezone is None:
+            return naive.replace(tzinfo=self.start.tzinfo)
+        instant = naive.replace(tzinfo=zone(self.timezone))
+        tz = self.start.tzinfo
+        assert tz is not None
+        return instant.astimezone(tz)
+
+    def seconds_at_clock(self, wall_s: float) -> float:
+        """Seconds after the start at which local clocks read ``start + wall_s`` (the
+        inverse of :meth:`clock_shift_s`); ``wall_s`` itself without ``timezone``."""
+        if self.timezone is None:
+            return wall_s
+        return (self.at_local(self.start + timedelta(seconds=wall_s))
+                - self.start).total_seconds()
 
     def drawn_sites(self) -> list[Site]:
         """The sites whose EVs are drawn (not read from sessions)."""
@@ -485,6 +583,36 @@ def _get(data: Any, *path: str) -> Any:
             return None
         data = data.get(key)
     return data
+
+
+def _number(value: Any) -> float | None:
+    """A raw value as a number: TOML's numbers, or the text of a ``--set`` override
+    (the model coerces it; the checks on the raw mapping must read it too)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
+
+
+def _whole(value: Any) -> int | None:
+    """A raw value as an int when it is a whole number (``60`` or ``"60"``)."""
+    number = _number(value)
+    if number is None or isinstance(value, float) or number != int(number):
+        return None
+    return int(number)
+
+
+_DEFAULT_INTERVALS_S = {
+    ("control", "interval_s"): Control.model_fields["interval_s"].default,
+    ("csms", "meter_interval_s"): CSMSSettings.model_fields["meter_interval_s"].default,
+    ("csms", "aligned_interval_s"): CSMSSettings.model_fields["aligned_interval_s"].default,
+}
 
 
 def cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
@@ -518,8 +646,8 @@ def cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
         fleet_sessions = data.get("sessions") is not None
         drawn = [s for s in sites if isinstance(s, dict) and s.get("sessions") is None
                  and not fleet_sessions]
-        shares = [s.get("ev_share") for s in drawn]
-        if shares and all(isinstance(x, int | float) and x == 0 for x in shares):
+        shares = [_number(s.get("ev_share")) for s in drawn]
+        if shares and all(x == 0 for x in shares):
             problems.append(("sites", "every ev_share is 0: give one site EVs"))
         count = _get(data, "ev", "count")
         if drawn and count is None and isinstance(data.get("ev"), dict):
@@ -531,17 +659,19 @@ def cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
         fleet_site = _get(data, "sessions", "site")
         if isinstance(fleet_site, str) and fleet_site not in names:
             problems.append(("sessions.site", f"no site {fleet_site!r}"))
-    step = data.get("step_s", 60)
-    duration = data.get("duration_h", 24.0)
-    if (isinstance(step, int) and step > 0 and isinstance(duration, int | float)
+    step = _whole(data.get("step_s", 60))
+    duration = _number(data.get("duration_h", 24.0))
+    if (step is not None and step > 0 and duration is not None
             and duration > 0 and (duration * 3600) % step > 1e-6):
         problems.append(("duration_h", f"must be a whole number of steps ({step} s)"))
-    if isinstance(step, int) and step > 0:
-        for path in (("control", "interval_s"), ("csms", "meter_interval_s"),
-                     ("csms", "aligned_interval_s")):
-            value = _get(data, *path)
-            if isinstance(value, int) and value > 0 and value % step:
-                problems.append((".".join(path), f"must be a multiple of step_s ({step})"))
+    if step is not None and step > 0:
+        for path, default in _DEFAULT_INTERVALS_S.items():
+            given = _get(data, *path)
+            # A default counts too: step_s = 3600 does not fit the 900 s aligned interval.
+            value = _whole(default if given is None else given)
+            if value is not None and value > 0 and value % step:
+                problems.append((".".join(path), f"must be a multiple of step_s ({step})"
+                                 + ("" if given is not None else f" (default {value})")))
     events = data.get("demand_response")
     if isinstance(events, list) and isinstance(sites, list):
         site_names = {s.get("name") for s in sites if isinstance(s, dict)}
@@ -578,23 +708,56 @@ def cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
     return problems
 
 
+#: ``"field: message"``: how a model validator names a field in its message.
+_NAMED = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*): (.+)$", re.DOTALL)
+
+
+def _split_joined(path: str, message: str) -> list[tuple[str, str]]:
+    """A validator's ``"a: m1; b: m2"`` (several problems in one message) as one
+    problem each, ``b`` a sibling of the field ``path`` names (``sites.0.behaviour.b``)."""
+    parts = message.split("; ")
+    heads = [_NAMED.match(part) for part in parts[1:]]
+    # Only where each part names a scenario field ("...; known: a, b" is one message).
+    fields = {name for model in _Strict.__subclasses__() for name in model.model_fields}
+    if len(parts) == 1 or not all(m and m.group(1) in fields for m in heads):
+        return [(path, message)]
+    parent = path.rpartition(".")[0]
+    out = [(path, parts[0])]
+    for part in parts[1:]:
+        m = _NAMED.match(part)
+        assert m is not None
+        out.append((f"{parent}.{m.group(1)}" if parent else m.group(1), m.group(2)))
+    return out
+
+
+def _model_level(err: ValidationError) -> list[tuple[str, str]]:
+    """Messages of the Scenario's own validator (no field location in pydantic's
+    report): a line per problem, each naming its field, ``"path: message"``."""
+    problems: list[tuple[str, str]] = []
+    for e in err.errors():
+        if not e["loc"]:
+            text = str(e["msg"]).removeprefix("Value error, ").strip()
+            for line in text.splitlines():
+                m = _NAMED.match(line)
+                problems.append((m.group(1), m.group(2)) if m else ("", line))
+    return problems
+
+
 def parse_scenario(data: dict[str, Any], source: str = "<scenario>") -> Scenario:
     """Validate a scenario mapping; raises ScenarioError listing every problem."""
     try:
         return Scenario.model_validate(data)
     except ValidationError as err:
-        problems = validation_problems(err) + cross_field_problems(data)
-        if not problems:
-            # Only the model's own validator objected (e.g. a default interval that is
-            # no multiple of step_s, which the raw mapping does not show): its message
-            # names the fields, "path: message; path: message".
-            for e in err.errors():
-                if not e["loc"]:
-                    text = str(e["msg"]).removeprefix("Value error, ")
-                    for part in text.split("; "):
-                        path, _, msg = part.partition(": ")
-                        problems.append((path, msg) if msg else ("", part))
-        raise ScenarioError(source, problems) from None
+        problems = [split for path, msg in validation_problems(err)
+                    for split in _split_joined(path, msg)]
+        problems += cross_field_problems(data)
+        # The model's own validator sees defaults and coerced values that the raw
+        # mapping does not show: whatever it says beyond the rest is reported too.
+        named = {path for path, _ in problems}
+        problems += [p for p in _model_level(err) if p[0] not in named or not p[0]]
+        if not problems:  # never an empty "error:" line
+            problems = [("", str(err).splitlines()[0])]
+        raise ScenarioError(source, list(dict.fromkeys(problems))) from None
 
 
 def _override(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
@@ -636,6 +799,20 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
     data.setdefault("name", p.stem)
     for dotted, value in (overrides or {}).items():
         _override(data, dotted, value, source)
+    try:
+        scenario = _resolve_and_parse(data, p, source)
+    except ScenarioError as err:
+        # An overridden field's error shows what was given: it is in no file.
+        given = overrides or {}
+        raise ScenarioError(source, [(path, f"{msg} (given {given[path]!r})"
+                                      if path in given and repr(given[path]) not in msg
+                                      else msg) for path, msg in err.problems]) from None
+    scenario._source = source
+    return scenario
+
+
+def _resolve_and_parse(data: dict[str, Any], p: Path, source: str) -> Scenario:
+    """Resolve the file paths a scenario names against its folder, then validate it."""
     _transport_from_environment(data, source)
     net = (data.get("grid") or {}).get("network")
     if isinstance(net, str) and net.endswith(".json") and not Path(net).is_absolute():
@@ -647,8 +824,10 @@ def load_scenario(path: str | Path, overrides: dict[str, Any] | None = None) -> 
         pv_csv = plant.get("csv") if isinstance(plant, dict) else None
         if isinstance(pv_csv, str) and not Path(pv_csv).is_absolute():
             plant["csv"] = str((p.parent / pv_csv).resolve())
-    for holder in [data, *(s for s in data.get("sites") or [] if isinstance(s, dict))]:
-        given = holder.get("sessions")
+    holders: list[dict[str, Any]] = [data, *(s for s in data.get("sites") or []
+                                              if isinstance(s, dict))]
+    for holder in holders:
+        given: Any = holder.get("sessions")
         if isinstance(given, str):
             given = holder["sessions"] = {"file": given}
         file = given.get("file") if isinstance(given, dict) else None
@@ -665,7 +844,10 @@ TRANSPORT_ENV = "EVTWIN_TRANSPORT"
 def _transport_from_environment(data: dict[str, Any], source: str) -> None:
     wanted = os.environ.get(TRANSPORT_ENV)
     run = data.get("run")
-    if not wanted or (isinstance(run, dict) and ("transport" in run or run.get("csms_process"))):
+    process = run.get("csms_process") if isinstance(run, dict) else None
+    if isinstance(process, str):  # a --set override's text, coerced by the model later
+        process = process.strip().lower() not in ("false", "0", "no", "off", "")
+    if not wanted or (isinstance(run, dict) and ("transport" in run or process)):
         return
     if wanted not in ("websocket", "memory", "direct"):
         raise ScenarioError(source, [("run.transport", f"{TRANSPORT_ENV}={wanted!r} is not "

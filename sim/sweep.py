@@ -31,7 +31,7 @@ import socket
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures import as_completed as futures_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -83,18 +83,45 @@ class Parameter:
         """The parameter as the user wrote it, for messages and the plan file."""
         if self.is_range:
             return f"{self.path}={self.low:g}:{self.high:g}"
-        return f"{self.path}={','.join(str(v) for v in self.values)}"
+        return f"{self.path}={','.join(_show(v) for v in self.values)}"
 
 
-def _parse_scalar(text: str) -> Any:
-    return parse_value(text)
+def _show(value: Any) -> str:
+    return f"[{', '.join(map(str, value))}]" if isinstance(value, list) else str(value)
+
+
+def _split_values(text: str) -> list[str]:
+    """``a,b,c`` split at the commas outside brackets and quotes (``[1,2],[3,4]`` is
+    two values of a list field, ``"a,b"`` one value)."""
+    parts: list[str] = []
+    current: list[str] = []
+    depth = 0
+    quote = ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "[":
+            depth += 1
+        elif ch == "]":
+            depth = max(0, depth - 1)
+        elif ch == "," and depth == 0:
+            parts.append("".join(current))
+            current = []
+            continue
+        current.append(ch)
+    parts.append("".join(current))
+    return parts
 
 
 def parse_parameter(item: str) -> Parameter:
     """Parse one ``--set`` item: ``k=a,b,c``, ``k=low:high`` or ``k=low:high:step``.
 
     A stepped range is enumerated (both ends included when the step lands on
-    them); a range without a step is only for ``--sample lhs:N``.
+    them); a range without a step is only for ``--sample lhs:N``. Ranges are
+    numbers; list values stay text (see :func:`evtwin.sim.overrides.parse_value`)
+    for the scenario model to coerce by the field's type.
 
     Raises:
         SweepError: the item is not ``KEY=VALUE...``, a range is empty or its step is not > 0.
@@ -122,10 +149,10 @@ def parse_parameter(item: str) -> Parameter:
         n = math.floor((hi - lo) / step + 1e-9) + 1
         values = tuple(lo + i * step if integer else round(lo + i * step, 12) for i in range(n))
         return Parameter(key, values=values)
-    values = tuple(_parse_scalar(v.strip()) for v in text.split(","))
-    if any(v == "" for v in values):
+    given = tuple(parse_value(v) for v in _split_values(text))
+    if any(v == "" for v in given):
         raise SweepError(f"--set {key}: empty value in {text!r}")
-    return Parameter(key, values=values)
+    return Parameter(key, values=given)
 
 
 def parse_seeds(text: str | int | None, base_seed: int) -> list[int]:
@@ -251,6 +278,11 @@ class RunSpec:
     command: tuple[str, ...] = ()
 
 
+def plan_id_of(run_ids: Iterable[str]) -> str:
+    """The id of a plan of these runs (order does not matter): 8 hex digits."""
+    return hashlib.sha256("\n".join(sorted(run_ids)).encode()).hexdigest()[:8]
+
+
 @dataclass(frozen=True)
 class SweepPlan:
     """What a sweep runs."""
@@ -263,9 +295,22 @@ class SweepPlan:
     sample: tuple[int, int] | None
     runs: tuple[RunSpec, ...]
 
+    @property
+    def plan_id(self) -> str:
+        """Short hash of the set of runs (each run's id covers the scenario's content,
+        the files it reads, its overrides and seed): the same command gives the same
+        id, any other parameters, seeds or edit of the scenario another."""
+        return plan_id_of(r.run_id for r in self.runs)
+
+    def default_out(self) -> Path:
+        """The sweep folder when none is given: ``results/<scenario>-sweep-<plan_id>``,
+        one per plan, so a different sweep of the same scenario lands elsewhere."""
+        return Path("results") / f"{self.name}-sweep-{self.plan_id}"
+
     def to_json(self) -> dict[str, Any]:
         """The plan as written to ``plan.json``."""
         return {
+            "plan_id": self.plan_id,
             "scenario": self.scenario_path,
             "source_sha256": self.source_sha256,
             "parameters": [p.describe() for p in self.parameters],
@@ -305,6 +350,10 @@ def plan_sweep(scenario_path: str | Path, sets: Sequence[str], *, seeds: str | i
     if dupes:
         raise SweepError(f"--set: {', '.join(dupes)} given more than once")
     lhs = parse_sample(sample)
+    if lhs is not None and not any(p.is_range for p in parameters):
+        raise SweepError(f"--sample {sample}: a Latin hypercube samples KEY=LOW:HIGH ranges "
+                         "and no --set gives one (lists and stepped ranges run as a "
+                         "product): drop --sample or give a range")
     points = cartesian(parameters) if lhs is None else latin_hypercube(parameters, *lhs)
     # The base seed (for --seeds N) is the scenario's own, after the fixed overrides.
     fixed = {p.path: p.values[0] for p in parameters if not p.is_range and len(p.values) == 1}
@@ -320,14 +369,31 @@ def plan_sweep(scenario_path: str | Path, sets: Sequence[str], *, seeds: str | i
             files = input_files(sc)
             inputs_sha = (source_sha if not files else hashlib.sha256(
                 (source_sha + _files_sha256(files, file_shas)).encode()).hexdigest())
-            rid = run_id(inputs_sha, point, seed)
+            dumped = sc.model_dump(mode="json")
+            params = {key: _typed(value, dumped, key) for key, value in point.items()}
+            rid = run_id(inputs_sha, params, seed)
             if rid in seen:  # an LHS over a few discrete values can draw a point twice
                 continue
             seen.add(rid)
-            runs.append(RunSpec(rid, len(runs), dict(point), seed, sc.model_dump(mode="json"),
-                                inputs_sha, tuple(command)))
+            runs.append(RunSpec(rid, len(runs), params, seed, dumped, inputs_sha,
+                                tuple(command)))
     return SweepPlan(str(path), source_sha, base.name, tuple(parameters), tuple(seed_list), lhs,
                      tuple(runs))
+
+
+def _typed(given: Any, scenario: dict[str, Any], dotted: str) -> Any:
+    """A swept value as the table keeps it: the number (or bool) the scenario model
+    made of it where the field is one, so a swept ``ev.count`` column is numeric;
+    otherwise the value as given (``"1.6"``, a strategy, a path)."""
+    node: Any = scenario
+    for key in dotted.split("."):
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        elif isinstance(node, dict) and key in node:
+            node = node[key]
+        else:
+            return given
+    return node if isinstance(node, bool | int | float) else given
 
 
 # -- one run (in a worker) ---------------------------------------------------------------
@@ -427,17 +493,100 @@ class LocalBackend(Backend):
         self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+_SCHEDULER_HINT = ("give a Dask scheduler's address, e.g. tcp://10.0.0.5:8786 (start one "
+                   "with `dask scheduler`)")
+
+
+def probe_scheduler(address: str, *, timeout_s: float = 5.0) -> None:
+    """SweepError naming ``address`` unless a Dask scheduler answers there within
+    ``timeout_s`` (tcp:// only; other transports are left to Dask's client).
+
+    Dask's client waits for a listener's first message without a deadline and
+    takes its first 8 bytes for a length: a web server kept it waiting forever,
+    anything else that answered made it allocate exabytes. A scheduler sends its
+    handshake as soon as it accepts: an 8-byte length, then as many bytes that
+    start with the number of frames (8 bytes) and their lengths.
+    """
+    import struct
+
+    from distributed.comm import registry
+    from distributed.comm.addressing import parse_address, parse_host_port
+
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in registry.backends:
+            raise ValueError(f"unknown scheme {scheme}://")
+        if scheme != "tcp":
+            return
+        host, port = parse_host_port(location, 8786)
+    except ValueError as exc:
+        raise SweepError(f"--scheduler {address}: not a Dask address ({exc}); "
+                         f"{_SCHEDULER_HINT}") from None
+    deadline = time.monotonic() + timeout_s
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout_s)
+    except socket.gaierror as exc:
+        raise SweepError(f"--scheduler {address}: unknown host {host} ({exc.strerror}); "
+                         f"{_SCHEDULER_HINT}") from None
+    except ConnectionRefusedError:
+        raise SweepError(f"--scheduler {address}: nothing listens there (connection "
+                         f"refused); {_SCHEDULER_HINT}") from None
+    except TimeoutError:
+        raise SweepError(f"--scheduler {address}: no answer within {timeout_s:g} s "
+                         "(a firewall, or a host that is down?)") from None
+    except OSError as exc:
+        raise SweepError(f"--scheduler {address}: cannot connect ({exc.strerror or exc}); "
+                         f"{_SCHEDULER_HINT}") from None
+
+    def receive(n: int) -> bytes | None:
+        """``n`` bytes, or None if the peer closed or went quiet until the deadline."""
+        data = b""
+        while len(data) < n:
+            sock.settimeout(max(0.001, deadline - time.monotonic()))
+            try:
+                chunk = sock.recv(n - len(data))
+            except (TimeoutError, OSError):
+                return None
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    with sock:
+        header = receive(8)
+        if header is None:
+            why = f"it said nothing within {timeout_s:g} s"
+        else:
+            (length,) = struct.unpack("Q", header)
+            body = receive(length) if 16 <= length <= 2**20 else None
+            frames = struct.unpack_from("Q", body)[0] if body is not None else 0
+            why = ("" if body is not None and 1 <= frames <= 64 and 8 * (1 + frames) <= length
+                   else "what it sent is not Dask's protocol")
+    if why:
+        raise SweepError(f"--scheduler {address}: something listens there, but not a Dask "
+                         f"scheduler ({why}); {_SCHEDULER_HINT}")
+
+
 class DaskBackend(Backend):
     """An existing Dask distributed cluster, by its scheduler address."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, *, timeout_s: float = 5.0) -> None:
         from distributed import Client
 
+        # Before Dask's client, which would hang or allocate exabytes on a non-scheduler.
+        probe_scheduler(address, timeout_s=timeout_s)
         try:
-            self.client = Client(address, timeout="20s")
-        except (OSError, TimeoutError) as exc:
-            raise SweepError(f"--scheduler {address}: cannot connect ({exc})") from None
-        n = len(self.client.scheduler_info().get("workers", {}))
+            self.client = Client(address, timeout=f"{max(timeout_s, 20.0):g}s")
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is the address's
+            raise SweepError(f"--scheduler {address}: speaks Dask's protocol but took no "
+                             f"client ({type(exc).__name__}: {exc}); a worker's address? "
+                             f"{_SCHEDULER_HINT}") from None
+        info = self.client.scheduler_info()
+        if info.get("type") != "Scheduler":  # a worker or nanny speaks the same protocol
+            self.client.close()
+            raise SweepError(f"--scheduler {address}: answers as a {info.get('type')}, not a "
+                             f"scheduler; {_SCHEDULER_HINT}")
+        n = len(info.get("workers", {}))
         self.description = f"Dask cluster {address} ({n} worker{'s' if n != 1 else ''})"
 
     def submit_call(self, fn: Callable[..., Any], *args: Any, key: str | None = None) -> Any:
@@ -538,7 +687,34 @@ class SweepOutcome:
     written: list[Path] = field(default_factory=list)
 
 
-def run_sweep(plan: SweepPlan, out: str | Path, *, workers: int | None = None,
+def check_sweep_folder(plan: SweepPlan, out: Path) -> None:
+    """SweepError unless ``out`` is new, empty, or a folder of this same plan (which is
+    resumed): a different plan's runs are never mixed into a folder, nor its table
+    overwritten."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SweepError(f"sweep folder {out}: is a file, not a folder")
+    plan_file = out / PLAN
+    if not plan_file.exists():
+        if any(out.iterdir()):
+            raise SweepError(f"sweep folder {out}: holds files but no sweep ({PLAN}); "
+                             "pass another --out or delete it")
+        return
+    try:
+        earlier = json.loads(plan_file.read_text(encoding="utf-8"))
+        ids = [str(r["run_id"]) for r in earlier["runs"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SweepError(f"sweep folder {out}: cannot read its {PLAN} ({exc}); pass "
+                         "another --out or delete the folder") from None
+    if plan_id_of(ids) != plan.plan_id:
+        raise SweepError(f"sweep folder {out}: holds another sweep plan (other "
+                         "parameters, seeds or scenario content); pass --out for a new "
+                         "folder or delete it")
+
+
+def run_sweep(plan: SweepPlan, out: str | Path | None = None, *,
+              workers: int | None = None,
               scheduler: str | None = None, retry_failed: bool = False,
               kpis: Sequence[str] = DEFAULT_FIGURE_KPIS, figures: bool = True,
               progress: ProgressFn | None = None,
@@ -547,7 +723,8 @@ def run_sweep(plan: SweepPlan, out: str | Path, *, workers: int | None = None,
 
     Args:
         plan: from :func:`plan_sweep`.
-        out: the sweep folder (created; an existing one is resumed).
+        out: the sweep folder (created; an existing one of the same plan is resumed,
+            one of another plan refused); default :meth:`SweepPlan.default_out`.
         workers: local processes (default: one per CPU); not with ``scheduler``.
         scheduler: a Dask scheduler address (``tcp://host:8786``).
         retry_failed: run again runs that failed before (default: they count as done).
@@ -558,7 +735,8 @@ def run_sweep(plan: SweepPlan, out: str | Path, *, workers: int | None = None,
     """
     t0 = time.perf_counter()
     check_backend_args(workers=workers, scheduler=scheduler)
-    out = Path(out)
+    out = plan.default_out() if out is None else Path(out)
+    check_sweep_folder(plan, out)
     out.mkdir(parents=True, exist_ok=True)
     (out / PLAN).write_text(json.dumps(plan.to_json(), indent=2, default=str))
     journal_path = out / JOURNAL
@@ -761,7 +939,7 @@ def plot_sweep(table: pd.DataFrame, parameters: Sequence[Parameter], kpis: Seque
 
 __all__ = ["DEFAULT_FIGURE_KPIS", "VOLATILE_COLUMNS", "Backend", "DaskBackend", "LocalBackend",
            "Parameter", "RunSpec", "SweepOutcome", "SweepPlan", "cartesian", "check_backend_args",
-           "execute_run",
+           "check_sweep_folder", "execute_run",
            "latin_hypercube", "make_backend", "parse_parameter", "parse_sample", "parse_seeds",
-           "plan_sweep", "plot_sweep", "read_journal", "run_id", "run_sweep", "sweep_table",
-           "write_table"]
+           "plan_id_of", "plan_sweep", "plot_sweep", "read_journal", "run_id", "run_sweep",
+           "sweep_table", "write_table"]

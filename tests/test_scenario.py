@@ -342,3 +342,206 @@ def test_a_default_interval_that_does_not_fit_step_s_is_named() -> None:
                        "x.toml")
     assert "x.toml: csms.aligned_interval_s: must be a multiple of step_s (3600)" in str(
         info.value)
+
+
+# --------------------------------------------------------------------------- model validators
+@pytest.mark.parametrize(("snippet", "field", "words"), [
+    ("[grid]\nv_min_pu = 1.1\nv_max_pu = 1.0\n", "grid", "v_min_pu must be below v_max_pu"),
+    ('[grid]\nphases = "unbalanced"\nengine = "pandapower"\n', "grid.engine", "pgm"),
+    ('[run]\ncsms_process = true\ntransport = "memory"\n', "run", "needs transport"),
+    ('[prices]\nkind = "tou"\n', "prices.tou", "at least one band"),
+    ('[[pv]]\nname = "roof"\npeak_kw = 10\n', "pv.0", "give site or buses"),
+    ('[[storage]]\nname = "b"\nsite = "street"\ncapacity_kwh = 10\npower_kw = 5\n'
+     "soc_min = 0.9\nsoc_max = 0.5\n", "storage.0", "soc_min must be below soc_max"),
+])
+def test_every_model_validator_says_what_is_wrong_in_one_line(
+        tmp_path: Path, snippet: str, field: str, words: str) -> None:
+    path = write(tmp_path, VALID + snippet)
+    err = problems_of(path)
+    assert_lines_name_the_file(err, path)
+    assert (field, ) == tuple({p for p, m in err.problems if words in m}), err.problems
+    assert all(m.strip() for _, m in err.problems)
+
+
+def test_a_behaviour_validator_reports_each_field_on_its_own_line(tmp_path: Path) -> None:
+    path = write(tmp_path, VALID + "[sites.behaviour]\narrival_weights = [1.0]\n"
+                 "arrival_stds_h = [1.0]\n")
+    err = problems_of(path)
+    assert_lines_name_the_file(err, path)
+    assert dict(err.problems) == {
+        "sites.0.behaviour.arrival_weights": "give arrival_means_h with it",
+        "sites.0.behaviour.arrival_stds_h": "give arrival_means_h with it"}
+
+
+def test_step_of_an_hour_names_every_interval_that_does_not_fit(tmp_path: Path) -> None:
+    """The demo sets two intervals; the third is a default the file does not show."""
+    err = problems_of(SCENARIOS / "demo.toml", {"step_s": "3600"})
+    fields = [p for p, _ in err.problems]
+    assert fields == ["control.interval_s", "csms.meter_interval_s",
+                      "csms.aligned_interval_s"]
+    assert dict(err.problems)["csms.aligned_interval_s"] == (
+        "must be a multiple of step_s (3600) (default 900)")
+    assert_lines_name_the_file(err, SCENARIOS / "demo.toml")
+
+
+def test_no_error_without_a_message(tmp_path: Path) -> None:
+    from evtwin.sim.cli import main
+
+    code = main(["run", str(SCENARIOS / "demo.toml"), "--set", "step_s=3600", "--quiet",
+                 "--out", str(tmp_path)])
+    assert code == 2
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_negative_seed_is_refused(tmp_path: Path) -> None:
+    err = problems_of(write(tmp_path, "seed = -1\n" + VALID.replace("seed = 3\n", "")))
+    assert err.problems == [("seed", "must be >= 0")]
+
+
+# --------------------------------------------------------------------------- time zones
+def test_timezone_is_checked_by_name(tmp_path: Path) -> None:
+    err = problems_of(write(tmp_path, 'timezone = "Europe/Atlantis"\n' + VALID))
+    assert len(err.problems) == 1 and err.problems[0][0] == "timezone"
+    assert "unknown time zone 'Europe/Atlantis'" in err.problems[0][1]
+
+
+@pytest.mark.parametrize(("start", "utc_hour", "offset_h"), [
+    ("2026-01-15T18:30:00", 17, 1),         # CET
+    ("2026-07-15T18:30:00", 16, 2),         # CEST
+    ("2026-07-15T18:30:00+00:00", 18, 2),   # an offset keeps the instant
+])
+def test_start_without_offset_is_local_time_in_the_zone(tmp_path: Path, start: str,
+                                                         utc_hour: int, offset_h: int) -> None:
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    sc = load_scenario(write(tmp_path, f'timezone = "Europe/Berlin"\nstart = {start}\n' + VALID))
+    assert sc.start.astimezone(UTC).hour == utc_hour
+    assert sc.start.utcoffset() == timedelta(hours=offset_h)
+    assert sc.local_zone() == ZoneInfo("Europe/Berlin")
+
+
+def test_a_start_the_clocks_skip_is_refused(tmp_path: Path) -> None:
+    err = problems_of(write(tmp_path, 'timezone = "Europe/Berlin"\n'
+                                      "start = 2026-03-29T02:30:00\n" + VALID))
+    assert [p for p, _ in err.problems] == ["start"]
+    assert "does not exist in Europe/Berlin" in err.problems[0][1]
+
+
+def test_without_timezone_local_clocks_keep_the_start_offset(tmp_path: Path) -> None:
+    demo = load_scenario(SCENARIOS / "demo.toml")
+    assert demo.timezone is None and demo.local_zone() == UTC
+    assert demo.clock_shift_s(200 * 86400.0) == 0.0
+    fixed = load_scenario(write(tmp_path, "start = 2026-03-28T00:00:00+01:00\n" + VALID))
+    assert fixed.local_zone() == fixed.start.tzinfo
+    assert fixed.seconds_at_clock(86400.0 + 3600.0) == 86400.0 + 3600.0
+
+
+def test_local_clocks_follow_daylight_saving(tmp_path: Path) -> None:
+    spring = load_scenario(write(tmp_path, 'timezone = "Europe/Berlin"\n'
+                                           "start = 2026-03-28T00:00:00\n" + VALID))
+    # Clocks go forward at 02:00 on 29 March: from then on they read an hour more.
+    assert spring.clock_shift_s(24 * 3600.0) == 0.0
+    assert spring.clock_shift_s(27 * 3600.0) == 3600.0
+    # 20:00 on the 29th is 43 h after the start, not 44.
+    assert spring.seconds_at_clock(44 * 3600.0) == 43 * 3600.0
+    autumn = load_scenario(write(tmp_path, 'timezone = "Europe/Berlin"\n'
+                                           "start = 2026-10-24T00:00:00\n" + VALID))
+    assert autumn.clock_shift_s(27 * 3600.0) == -3600.0
+    assert autumn.seconds_at_clock(44 * 3600.0) == 45 * 3600.0
+
+
+def _evening_peaks_utc(start: str, timezone: str | None) -> list[tuple[str, int]]:
+    """(local date, UTC hour) of the household base load's daily maximum, from a run."""
+    import pandas as pd
+
+    from evtwin.sim.runner import Twin
+
+    data: dict[str, Any] = {
+        "name": "dst", "seed": 1, "start": start, "duration_h": 48, "step_s": 900,
+        "grid": {"network": "kerber_landnetz_kabel_1", "base_load_noise": 0.0},
+        "csms": {"database": "memory", "meter_interval_s": 900, "aligned_interval_s": 900},
+        "control": {"strategy": "uncontrolled", "interval_s": 900},
+        "run": {"transport": "direct"},
+        "ev": {"count": 2},
+        "sites": [{"name": "a", "stations": 2, "behaviour": {
+            "arrival_mean_h": 18.0, "arrival_std_h": 0.0, "plugin_share": 1.0,
+            "weekend_share": 1.0}}]}
+    if timezone is not None:
+        data["timezone"] = timezone
+    sc = parse_scenario(data)
+    result = Twin(sc).run()
+    ts = result.timeseries
+    when = pd.to_datetime(sc.start) + pd.to_timedelta(ts["t_s"], unit="s")
+    base = pd.Series(ts["base_kw"].to_numpy(), index=pd.DatetimeIndex(when))
+    local_days = base.index.tz_convert(sc.local_zone()).date
+    peaks = []
+    for day in sorted(set(local_days)):
+        part = base[local_days == day]
+        if len(part) >= 92:  # whole local days (23 h on the spring change) only
+            peaks.append((str(day), part.idxmax().tz_convert(UTC).hour))
+    # Drivers arrive at 18:00 local time each day.
+    arrivals = pd.to_datetime(sc.start) + pd.to_timedelta(
+        result.sessions["arrival_s"].drop_duplicates(), unit="s")
+    assert {t.tz_convert(sc.local_zone()).hour for t in arrivals} == {18}
+    return peaks
+
+
+def test_a_run_across_daylight_saving_shifts_on_the_right_day() -> None:
+    """The evening peak is at 20:00 local time: 19:00 UTC in winter, 18:00 in summer."""
+    assert _evening_peaks_utc("2026-03-28T00:00:00", "Europe/Berlin") == [
+        ("2026-03-28", 19), ("2026-03-29", 18)]
+    assert _evening_peaks_utc("2026-10-24T00:00:00", "Europe/Berlin") == [
+        ("2026-10-24", 18), ("2026-10-25", 19)]
+    # A fixed offset (no timezone, as before): the same UTC hour on both days.
+    assert _evening_peaks_utc("2026-03-28T00:00:00+01:00", None) == [
+        ("2026-03-28", 19), ("2026-03-29", 19)]
+
+
+# --------------------------------------------------------------------------- charger buses
+BUSES = """\
+seed = 1
+duration_h = 1
+grid.network = "kerber_landnetz_kabel_1"
+
+[ev]
+count = 2
+
+[[sites]]
+name = "street"
+stations = 3
+buses = [0, 999, 2]
+
+[[sites]]
+name = "office"
+stations = 1
+buses = [-4]
+"""
+
+
+def test_chargers_go_on_low_voltage_buses_every_bad_one_named(tmp_path: Path) -> None:
+    from evtwin.sim.runner import Twin
+
+    path = write(tmp_path, BUSES)
+    with pytest.raises(ScenarioError) as info:
+        Twin(load_scenario(path))
+    err = info.value
+    assert err.source == str(path)  # the file, not the scenario's name
+    assert [p for p, _ in err.problems] == ["sites.0.buses.0", "sites.0.buses.1",
+                                            "sites.1.buses.0"]
+    found = dict(err.problems)
+    assert "10 kV bus" in found["sites.0.buses.0"] and "low-voltage" in found["sites.0.buses.0"]
+    assert found["sites.0.buses.1"] == "no bus 999 in kerber_landnetz_kabel_1"
+    assert_lines_name_the_file(err, path)
+
+
+def test_bad_buses_are_a_user_error_of_the_command(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from evtwin.sim.cli import main
+
+    path = write(tmp_path, BUSES)
+    code = main(["run", str(path), "--quiet", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"{path}: sites.0.buses.0:" in err and f"{path}: sites.1.buses.0:" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -19,9 +19,11 @@ from hypothesis import strategies as st
 from evtwin.sim.cli import main
 from evtwin.sim.exceptions import SweepError
 from evtwin.sim.sweep import (
+    PLAN,
     VOLATILE_COLUMNS,
     Journal,
     cartesian,
+    check_sweep_folder,
     latin_hypercube,
     parse_parameter,
     parse_seeds,
@@ -95,7 +97,11 @@ def comparable(out: Path) -> pd.DataFrame:
 
 # -- planning -----------------------------------------------------------------------------
 def test_parse_lists_stepped_ranges_and_plain_ranges() -> None:
-    assert parse_parameter("ev.count=20,40,80").values == (20, 40, 80)
+    # Lists stay text: the scenario model coerces them by the field's type.
+    assert parse_parameter("ev.count=20,40,80").values == ("20", "40", "80")
+    assert parse_parameter("csms.protocol=1.6,2.0.1,2.1").values == ("1.6", "2.0.1", "2.1")
+    assert parse_parameter('name="a,b",c').values == ("a,b", "c")
+    assert parse_parameter("sites.0.buses=[1, 2],[3,4]").values == (["1", "2"], ["3", "4"])
     assert parse_parameter("control.strategy=equal_share,edf").values == ("equal_share", "edf")
     assert parse_parameter("ev.count=20:80:20").values == (20, 40, 60, 80)
     assert parse_parameter("sites.0.limit_kw=0.5:1.0:0.25").values == (0.5, 0.75, 1.0)
@@ -125,8 +131,8 @@ def test_stepped_integer_range_is_inclusive_and_evenly_spaced(lo: int, span: int
 
 def test_cartesian_product_and_range_without_step_needs_sample() -> None:
     points = cartesian([parse_parameter("a=1,2"), parse_parameter("b=x,y,z")])
-    assert len(points) == 6 and points[0] == {"a": 1, "b": "x"} and points[-1] == {"a": 2,
-                                                                                  "b": "z"}
+    assert len(points) == 6 and points[0] == {"a": "1", "b": "x"}
+    assert points[-1] == {"a": "2", "b": "z"}
     with pytest.raises(SweepError, match="a range needs a step"):
         cartesian([parse_parameter("a=1:5")])
 
@@ -140,7 +146,7 @@ def test_latin_hypercube_is_stratified_seeded_and_in_range() -> None:
     assert sorted(p["ev.count"] // 10 for p in points) == list(range(8))
     assert sorted(int((p["g"] - 0.5) * 8) for p in points) == list(range(8))
     assert sorted(p["s"] for p in points) == ["a"] * 4 + ["b"] * 4
-    assert all(isinstance(p["ev.count"], int) and p["fixed"] == 3 for p in points)
+    assert all(isinstance(p["ev.count"], int) and p["fixed"] == "3" for p in points)
     assert latin_hypercube(params, 8, seed=0) == points
     assert latin_hypercube(params, 8, seed=1) != points
 
@@ -175,6 +181,72 @@ def test_run_ids_are_stable_and_follow_the_file_content(tmp_path: Path, tiny: Pa
     assert sorted(r.params["ev.count"] for r in narrow.runs) == [2, 3]
 
 
+def test_any_field_can_be_swept_and_numeric_fields_stay_numbers(tiny: Path) -> None:
+    plan = plan_sweep(tiny, ["csms.protocol=1.6,2.0.1,2.1", "ev.count=2,3.0",
+                             "name=123", "grid.base_load_scale=1"])
+    assert [r.scenario["csms"]["protocol"] for r in plan.runs] == ["1.6", "1.6", "2.0.1",
+                                                                   "2.0.1", "2.1", "2.1"]
+    assert all(r.scenario["name"] == "123" for r in plan.runs)
+    # The table keeps what the model made of a number, text where the field is text.
+    assert [r.params["ev.count"] for r in plan.runs] == [2, 3] * 3
+    assert all(type(r.params["ev.count"]) is int for r in plan.runs)
+    assert all(type(r.params["grid.base_load_scale"]) is float for r in plan.runs)
+    assert plan.runs[0].params["name"] == "123" and plan.runs[0].params["csms.protocol"] == "1.6"
+    # Numbers keep the run ids they had when values were parsed as numbers.
+    before = plan_sweep(tiny, ["ev.count=2,3"])
+    assert [r.params["ev.count"] for r in before.runs] == [2, 3]
+    # Two texts of the same number are one run.
+    assert len(plan_sweep(tiny, ["ev.count=2,2.0"]).runs) == 1
+
+
+def test_sample_needs_a_range(tiny: Path) -> None:
+    with pytest.raises(SweepError, match=r"--sample lhs:8: .*KEY=LOW:HIGH"):
+        plan_sweep(tiny, ["ev.count=2,3", "sites.0.limit_kw=10:30:10"],
+                   sample="lhs:8")
+
+
+def test_each_plan_has_its_own_default_folder(tiny: Path) -> None:
+    """The README's two demo sweeps: a product of lists, and a Latin hypercube."""
+    lists = plan_sweep(tiny, ["ev.count=10,20,40", "control.strategy=equal_share,edf"],
+                       seeds="5")
+    lhs = plan_sweep(tiny, ["ev.count=10:60", "sites.0.limit_kw=22:88"], sample="lhs:64",
+                     seeds="2")
+    again = plan_sweep(tiny, ["control.strategy=equal_share,edf", "ev.count=10,20,40"],
+                       seeds="5")
+    assert lists.default_out() == Path("results") / f"tiny-sweep-{lists.plan_id}"
+    assert lists.default_out() != lhs.default_out()
+    assert again.plan_id == lists.plan_id  # the same runs, in another order
+    assert len(lists.plan_id) == 8
+
+
+def test_a_folder_takes_only_its_own_plan(tmp_path: Path, tiny: Path) -> None:
+    first = plan_sweep(tiny, ["ev.count=2,3"])
+    other = plan_sweep(tiny, ["ev.count=2,4"])
+    out = tmp_path / "sweep"
+    check_sweep_folder(first, out)  # new
+    out.mkdir()
+    check_sweep_folder(first, out)  # empty
+    (out / PLAN).write_text(json.dumps(first.to_json()))
+    check_sweep_folder(first, out)  # the same plan: resumed
+    with pytest.raises(SweepError) as info:
+        check_sweep_folder(other, out)
+    assert str(out) in str(info.value) and "--out" in str(info.value)
+    assert "delete" in str(info.value)
+    # run_sweep refuses before it writes anything.
+    plan_text = (out / PLAN).read_text()
+    with pytest.raises(SweepError):
+        run_sweep(other, out, workers=1, figures=False)
+    assert (out / PLAN).read_text() == plan_text and not (out / "journal.jsonl").exists()
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    (stray / "notes.txt").write_text("mine")
+    with pytest.raises(SweepError, match="holds files but no sweep"):
+        check_sweep_folder(first, stray)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SweepError, match="is a file"):
+        check_sweep_folder(first, tmp_path / "file")
+
+
 def test_journal_survives_a_torn_last_line(tmp_path: Path) -> None:
     path = tmp_path / "journal.jsonl"
     path.write_text('{"run_id": "a", "status": "ok"}\n{"run_id": "b", "sta')
@@ -195,6 +267,8 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path: Path, tiny: Path,
         (["--sample", "lhs:x"], "--sample: expected lhs:N"),
         (["--kpis", "happiness"], "--kpis: unknown KPI happiness"),
         (["--workers", "0"], "--workers must be >= 1"),
+        (["--set", "ev.count=2,3", "--sample", "lhs:4"], "--sample lhs:4: a Latin hypercube"),
+        (["--set", "csms.protocol=1.6,1.7"], "csms.protocol: Input should be"),
     ):
         code = main(["sweep", str(tiny), *args, "--quiet", "--out", str(tmp_path / "out")])
         err = " ".join(capsys.readouterr().err.split())
@@ -315,6 +389,29 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(tmp_path: Path, tiny
     plan_ids = [r["run_id"] for r in json.loads((out / "plan.json").read_text())["runs"]]
     assert list(table["run_id"]) == plan_ids
     assert (table["status"] == "ok").all()
+
+
+@pytest.mark.slow
+def test_sweep_over_the_protocol_then_resume_and_refuse_another_plan(tmp_path: Path,
+                                                                     tiny: Path) -> None:
+    out = tmp_path / "protocols"
+    args = ["sweep", str(tiny), "--set", "csms.protocol=1.6,2.0.1,2.1", "--set",
+            "ev.count=2,3", "--set", "duration_h=1", "--workers", "1", "--quiet",
+            "--out", str(out)]
+    proc = evtwin(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    table = pd.read_parquet(out / "sweep.parquet")
+    assert list(table["csms.protocol"]) == ["1.6", "1.6", "2.0.1", "2.0.1", "2.1", "2.1"]
+    assert (table["status"] == "ok").all()
+    assert pd.api.types.is_integer_dtype(table["ev.count"])  # it still plots as a number
+    assert (out / "sweep_v_min_pu.png").exists()
+    again = evtwin(*args, cwd=tmp_path)
+    assert again.returncode == 0 and "6 found done and not run again" in again.stdout
+    other = evtwin(*[a.replace("ev.count=2,3", "ev.count=2,4") for a in args], cwd=tmp_path)
+    assert other.returncode == 2
+    assert other.stderr.strip().startswith(f"error: sweep folder {out}: holds another")
+    assert "Traceback" not in other.stderr
+    assert len(read_journal(out / "journal.jsonl")) == 6
 
 
 @pytest.mark.slow

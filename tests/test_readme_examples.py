@@ -1,0 +1,398 @@
+"""Every command example in README.md, run as written (cut to small workloads where
+marked) in a scratch folder, with the outputs the README names checked.
+
+``test_every_readme_command_has_an_example`` fails when the README gains, loses or
+changes a command that the table below does not know: the README and this file
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SHELL_PREFIXES = (".venv/bin/", "evtwin ", "make ", "$ ")
+
+
+def readme_commands(text: str | None = None) -> list[str]:
+    """The README's commands: lines of ``sh`` blocks and ``$ `` lines of any block,
+    continuation lines joined, comments and the ``$`` prompt dropped."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8") if text is None else text
+    commands: list[str] = []
+    lang: str | None = None
+    pending = ""
+    for line in text.splitlines():
+        if line.startswith("```"):
+            lang = None if lang is not None else (line[3:].strip() or "text")
+            continue
+        if lang is None:
+            continue
+        if lang != "sh" and not line.startswith("$ "):
+            continue
+        body = line[2:] if line.startswith("$ ") else line
+        body = re.sub(r"\s+#.*$", "", body) if not body.lstrip().startswith("#") else ""
+        body = body.strip()
+        if not body and not pending:
+            continue
+        if body.endswith("\\"):
+            pending += body[:-1].strip() + " "
+            continue
+        command = " ".join((pending + body).split())
+        pending = ""
+        if command:
+            commands.append(command)
+    return commands
+
+
+@dataclass
+class Example:
+    """How the test runs one README command and what it checks afterwards."""
+
+    readme: str
+    run: str | None = None  # as run (None: exactly as written)
+    exit_code: int = 0
+    check: Callable[[Path, subprocess.CompletedProcess[str]], None] | None = None
+    before: list[str] = field(default_factory=list)  # README commands this one needs first
+    skip: str | None = None  # why it is not run here (said, not hidden)
+    slow: bool = True
+    by: str | None = None  # run by this test of its own (a server and its clients)
+
+
+def _as_run(command: str) -> str:
+    """A README command with the venv's programs: ``.venv/bin/x`` and bare ``evtwin``."""
+    command = command.replace(".venv/bin/", f"{BIN}/")
+    return re.sub(r"(^|\s|\()evtwin ", lambda m: f"{m.group(1)}{BIN}/evtwin ", command)
+
+
+def _one(pattern: str, ws: Path) -> Path:
+    found = sorted(ws.glob(pattern))
+    assert found, f"nothing matches {pattern} in {ws}"
+    return found[-1]
+
+
+def _run_folder(prefix: str) -> Callable[[Path, subprocess.CompletedProcess[str]], None]:
+    """A complete run folder ``results/<prefix>-*`` with the files the README lists."""
+    def check(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+        run_dir = _one(f"results/{prefix}-*", ws)
+        names = {p.name for p in run_dir.iterdir()}
+        assert {"scenario.toml", "scenario.json", "kpis.json", "timeseries.csv",
+                "station_power_kw.csv", "sessions.csv", "stations.csv", "unserved.csv",
+                "network.json", "loads.parquet", "README.md", "run.json", "grid.png",
+                "ev_power.png", "soc_at_departure.png"} <= names, names
+        kpis = json.loads((run_dir / "kpis.json").read_text())["kpis"]
+        assert kpis["ocpp_messages"] > 0
+        assert "results written to" in proc.stdout
+    return check
+
+
+def _write_bad_toml(ws: Path) -> None:
+    text = (ROOT / "scenarios" / "demo.toml").read_text(encoding="utf-8")
+    text = re.sub(r"(?m)^count = \d+", "count = 0", text, count=1)
+    text = text.replace("[[sites]]\n", "[[sites]]\ncolour = \"blue\"\n", 1)
+    (ws / "bad.toml").write_text(text, encoding="utf-8")
+
+
+def _check_bad_toml(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("$ evtwin run bad.toml\n", 1)[1].split("```", 1)[0]
+    assert proc.stderr.strip().splitlines() == block.strip().splitlines()
+    assert "Traceback" not in proc.stderr
+    assert not (ws / "results").exists() or not any((ws / "results").glob("bad-*"))
+
+
+def _check_export_pf(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    import pandapower as pp
+
+    case = _one("results/replay/demo-*/pf/step_*.json", ws)
+    net = pp.from_json(str(case))
+    pp.runpp(net, trafo_loading="power")
+    assert net.converged
+
+
+def _check_fit(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    fit_dir = _one("results/fit/sessions_sample-fit-*", ws)
+    block = (fit_dir / "sessions_sample-behaviour.toml").read_text()
+    assert "[sites.behaviour]" in block or "behaviour" in block
+    assert (fit_dir / "sessions_sample-behaviour.png").stat().st_size > 10_000
+
+
+def _check_sessions_sample(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    made = ws / "gen" / "sessions_sample.csv"
+    assert made.read_bytes() == (ROOT / "scenarios" / "data" / "sessions_sample.csv").read_bytes()
+
+
+def _check_compare(prefix: str, strategies: list[str]) -> Callable[..., None]:
+    def check(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+        out = _one(f"results/{prefix}-compare-*", ws)
+        table = (out / "compare.csv").read_text().splitlines()
+        assert [line.split(",")[0] for line in table[1:]] == strategies
+        for png in ("compare_kpis.png", "compare_timeseries.png"):
+            assert (out / png).stat().st_size > 10_000
+    return check
+
+
+def _check_sweep(folder_glob: str, runs: int) -> Callable[..., None]:
+    def check(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+        import pandas as pd
+
+        out = _one(folder_glob, ws)
+        table = pd.read_parquet(out / "sweep.parquet")
+        assert len(table) == runs and (table["status"] == "ok").all(), table
+        assert (out / "sweep.csv").exists() and (out / "journal.jsonl").exists()
+        assert list(out.glob("*.png")), "a figure per KPI"
+    return check
+
+
+def _check_junit(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    xml = (ws / "report.xml").read_text()
+    assert "overload[" in xml and "<failure" in xml
+    assert "check failed" in proc.stdout
+
+
+def _check_baseline(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    assert json.loads((ws / "ci" / "baseline.json").read_text())
+    assert "baseline recorded" in proc.stdout
+
+
+def _check_hosting(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    out = _one("results/*-hosting-*", ws)
+    assert (out / "hosting_capacity.csv").exists()
+    assert "hosting capacity" in proc.stdout
+
+
+def _check_place(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    out = _one("results/planning-place-*", ws)
+    assert (out / "winner.toml").exists() and (out / "placement.png").exists()
+
+
+EXAMPLES: list[Example] = [
+    Example("make demo", skip="`make demo` is `evtwin run scenarios/demo.toml` after the "
+                              "install; run below as `evtwin run scenarios/demo.toml ...`"),
+    Example("make test", skip="this test suite is what `make test` runs"),
+    Example(".venv/bin/evtwin run scenarios/demo.toml --set run.csms_process=true",
+            run=".venv/bin/evtwin run scenarios/demo.toml --set run.csms_process=true "
+                "--set duration_h=2 --quiet", check=_run_folder("demo")),
+    Example(".venv/bin/evtwin run scenarios/demo.toml --set duration_h=2 --out results/replay",
+            slow=False),
+    Example('.venv/bin/evtwin export-pf "$(ls -d results/replay/demo-* | tail -1)"',
+            before=[".venv/bin/evtwin run scenarios/demo.toml --set duration_h=2 "
+                    "--out results/replay"], check=_check_export_pf, slow=False),
+    Example("evtwin run bad.toml", exit_code=2, check=_check_bad_toml, slow=False),
+    Example(".venv/bin/evtwin run scenarios/overload.toml", check=_run_folder("overload")),
+    Example(".venv/bin/evtwin run scenarios/overload.toml --strategy equal_share",
+            check=_run_folder("overload")),
+    Example(".venv/bin/evtwin run scenarios/demo.toml --set ev.count=20 --seed 3",
+            check=_run_folder("demo")),
+    Example(".venv/bin/evtwin csms serve --host 127.0.0.1 --port 9000 --db csms.sqlite "
+            "--config docs/csms.example.toml", by="test_readme_csms_serve_example"),
+    Example(".venv/bin/evtwin csms config-for scenarios/demo.toml --out csms.demo.toml",
+            by="test_readme_stations_against_a_served_csms"),
+    Example(".venv/bin/evtwin csms serve --config csms.demo.toml &",
+            by="test_readme_stations_against_a_served_csms"),
+    Example(".venv/bin/evtwin stations --csms ws://127.0.0.1:9000/ocpp --scenario "
+            "scenarios/demo.toml --version 2.0.1 --speed 60 --duration-h 2",
+            by="test_readme_stations_against_a_served_csms"),
+    Example(".venv/bin/evtwin fit-behaviour scenarios/data/sessions_sample.csv --kind public "
+            "--timezone Europe/Amsterdam --out results/fit", check=_check_fit),
+    Example(".venv/bin/evtwin run scenarios/sessions.toml",
+            run=".venv/bin/evtwin run scenarios/sessions.toml --set duration_h=48 --quiet",
+            check=_run_folder("sessions")),
+    Example(".venv/bin/python scenarios/data/make_sessions_sample.py",
+            run=".venv/bin/python gen/make_sessions_sample.py", check=_check_sessions_sample),
+    Example(".venv/bin/evtwin compare scenarios/v2g.toml --strategies uncontrolled,equal_share,"
+            "edf,feeder_aware,v2g_peak_shaving --set sites.0.limit_kw=150 --workers 2",
+            run=".venv/bin/evtwin compare scenarios/v2g.toml --strategies uncontrolled,"
+                "equal_share,edf,feeder_aware,v2g_peak_shaving --set sites.0.limit_kw=150 "
+                "--workers 2 --set duration_h=4",
+            check=_check_compare("v2g", ["uncontrolled", "equal_share", "edf", "feeder_aware",
+                                         "v2g_peak_shaving"])),
+    Example(".venv/bin/evtwin compare scenarios/v2g_price.toml --strategies price,"
+            "v2g_peak_shaving,v2g_price --workers 2",
+            check=_check_compare("v2g_price", ["price", "v2g_peak_shaving", "v2g_price"])),
+    Example(".venv/bin/evtwin sweep scenarios/demo.toml --set ev.count=10,20,40 --set "
+            "control.strategy=equal_share,edf --seeds 5 --workers 2",
+            run=".venv/bin/evtwin sweep scenarios/demo.toml --set ev.count=10,20,40 --set "
+                "control.strategy=equal_share,edf --seeds 1 --workers 2 --set duration_h=1 "
+                "--quiet", check=_check_sweep("results/demo-sweep*", 6)),
+    Example(".venv/bin/evtwin sweep scenarios/demo.toml --set ev.count=10:60 --set "
+            "sites.0.limit_kw=22:88 --sample lhs:64 --seeds 2",
+            run=".venv/bin/evtwin sweep scenarios/demo.toml --set ev.count=10:60 --set "
+                "sites.0.limit_kw=22:88 --sample lhs:3 --seeds 1 --set duration_h=1 --quiet "
+                "--out results/lhs", check=_check_sweep("results/lhs", 3)),
+    Example(".venv/bin/evtwin sweep scenarios/demo.toml --set ev.count=10:60:10 --scheduler "
+            "tcp://10.0.0.5:8786", skip="needs a Dask cluster; tests/test_sweep.py runs the "
+                                        "same sweep on a local Dask cluster on 127.0.0.1"),
+    Example(".venv/bin/evtwin check scenarios/overload.toml --junit report.xml",
+            exit_code=1, check=_check_junit),
+    Example(".venv/bin/evtwin check scenarios/overload.toml --strategy equal_share --baseline "
+            "ci/baseline.json --update-baseline", check=_check_baseline),
+    Example(".venv/bin/evtwin check scenarios/overload.toml --strategy equal_share --limits "
+            "docs/limits.example.toml --baseline ci/baseline.json",
+            before=[".venv/bin/evtwin check scenarios/overload.toml --strategy equal_share "
+                    "--baseline ci/baseline.json --update-baseline"]),
+    Example(".venv/bin/evtwin hosting-capacity scenarios/planning.toml", check=_check_hosting),
+    Example(".venv/bin/evtwin hosting-capacity scenarios/planning.toml --day --all",
+            run=".venv/bin/evtwin hosting-capacity scenarios/planning.toml --day --all "
+                "--draws 10", check=_check_hosting),
+    Example(".venv/bin/evtwin place scenarios/planning.toml --add 4 --set duration_h=6",
+            check=_check_place),
+    Example(".venv/bin/evtwin hosting-capacity scenarios/planning.toml --set "
+            "grid.phases=unbalanced --set sites.0.phases=1",
+            run=".venv/bin/evtwin hosting-capacity scenarios/planning.toml --set "
+                "grid.phases=unbalanced --set sites.0.phases=1 --draws 10",
+            check=_check_hosting),
+    Example(".venv/bin/pip install -e '.[simbench]'",
+            skip="installation: `make test` installs the extra before the tests run"),
+    Example(".venv/bin/evtwin run scenarios/district.toml",
+            run=".venv/bin/evtwin run scenarios/district.toml --set duration_h=2 --quiet",
+            check=_run_folder("district")),
+    Example(".venv/bin/evtwin hosting-capacity scenarios/district.toml",
+            run=".venv/bin/evtwin hosting-capacity scenarios/district.toml --draws 5",
+            check=_check_hosting),
+]
+
+
+def test_every_readme_command_has_an_example() -> None:
+    in_readme = readme_commands()
+    known = [e.readme for e in EXAMPLES]
+    missing = [c for c in in_readme if c not in known]
+    stale = [c for c in known if c not in in_readme]
+    assert not missing, f"README commands this test does not run: {missing}"
+    assert not stale, f"commands this test runs that the README no longer has: {stale}"
+    assert all(callable(globals().get(e.by)) for e in EXAMPLES if e.by is not None)
+
+
+def test_readme_commands_parse_continuations() -> None:
+    text = ("```sh\n.venv/bin/evtwin a \\\n    --b 1   # note\nmake x\n```\n"
+            "```\n$ evtwin y\nout\n```\n")
+    assert readme_commands(text) == [".venv/bin/evtwin a --b 1", "make x", "evtwin y"]
+
+
+def _workspace(ws: Path) -> Path:
+    """A scratch folder that looks like the checkout: scenarios and docs as they ship."""
+    os.symlink(ROOT / "scenarios", ws / "scenarios")
+    os.symlink(ROOT / "docs", ws / "docs")
+    (ws / "ci").mkdir()
+    (ws / "gen").mkdir()
+    shutil.copy(ROOT / "scenarios" / "data" / "make_sessions_sample.py", ws / "gen")
+    _write_bad_toml(ws)
+    return ws
+
+
+def _shell(command: str, ws: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(["bash", "-c", _as_run(command)], cwd=ws, capture_output=True,
+                          text=True, timeout=900, env=env)
+
+
+def _params() -> list[object]:
+    params = []
+    for e in EXAMPLES:
+        if e.by is not None:
+            continue
+        marks = [pytest.mark.slow] if e.slow else []
+        if e.skip:
+            marks.append(pytest.mark.skip(reason=e.skip))
+        params.append(pytest.param(e, id=e.readme[:70], marks=marks))
+    return params
+
+
+@pytest.mark.parametrize("example", _params())
+def test_readme_example(example: Example, tmp_path: Path) -> None:
+    ws = _workspace(tmp_path)
+    for command in example.before:
+        first = _shell(command, ws)
+        assert first.returncode in (0, 1), first.stderr
+    proc = _shell(example.run or example.readme, ws)
+    assert proc.returncode == example.exit_code, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr
+    if example.check is not None:
+        example.check(ws, proc)
+
+
+def _example(readme_start: str) -> Example:
+    (found,) = [e for e in EXAMPLES if e.readme.startswith(readme_start)]
+    return found
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve(command: str, ws: Path, port: int) -> subprocess.Popen[str]:
+    """Start a README ``csms serve`` line on ``port`` (instead of 9000); wait until it
+    listens."""
+    command = command.rstrip(" &")
+    command = command.replace("--port 9000", f"--port {port}")
+    if "--port" not in command:
+        command += f" --port {port}"
+    proc = subprocess.Popen(
+        ["bash", "-c", f"exec {_as_run(command)}"], cwd=ws, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"{command} did not listen on {port}")
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    return proc.returncode, err
+
+
+@pytest.mark.slow
+def test_readme_csms_serve_example(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path)
+    port = _free_port()
+    proc = _serve(_example(".venv/bin/evtwin csms serve --host").readme, ws, port)
+    code, err = _stop(proc)
+    assert code == 130 and "Traceback" not in err, err
+    assert (ws / "csms.sqlite").exists()
+
+
+@pytest.mark.slow
+def test_readme_stations_against_a_served_csms(tmp_path: Path) -> None:
+    ws = _workspace(tmp_path)
+    port = _free_port()
+    made = _shell(_example(".venv/bin/evtwin csms config-for").readme, ws)
+    assert made.returncode == 0, made.stderr
+    assert (ws / "csms.demo.toml").exists()
+    server = _serve(_example(".venv/bin/evtwin csms serve --config").readme, ws, port)
+    try:
+        # Cut: 30 simulated minutes at 600x instead of 2 h at 60x.
+        command = (_example(".venv/bin/evtwin stations").readme
+                   .replace("9000", str(port)).replace("--speed 60", "--speed 600")
+                   .replace("--duration-h 2", "--duration-h 0.5") + " --quiet")
+        proc = _shell(command, ws)
+        assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+        assert "runs as" in proc.stdout
+        run_dir = _one("results/demo-stations-*", ws)
+        assert (run_dir / "profiles.csv").read_text().splitlines()[0]
+        assert json.loads((run_dir / "kpis.json").read_text())["kpis"]["ocpp_messages"] > 0
+    finally:
+        _, err = _stop(server)
+    assert "Traceback" not in err, err
+    assert (ws / "csms.sqlite").exists()
