@@ -100,7 +100,9 @@ def stop_json_logging() -> None:
         if listener is not None:
             listener.stop()  # processes what is queued, then joins the thread
             for handler in listener.handlers:
-                handler.flush()
+                # At exit stderr may be closed already (or replaced, in tests).
+                with contextlib.suppress(ValueError, OSError):
+                    handler.flush()
 
 
 def log_lines_dropped() -> int:

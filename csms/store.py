@@ -477,6 +477,13 @@ def is_database_url(target: str | Path) -> bool:
     return str(target).startswith(("postgresql://", "postgres://"))
 
 
+#: SQLite's (primary) result codes that mean the file, its folder or its disk: the
+#: user's to fix.
+_FILE_ERRORS = frozenset({sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY,
+                          sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_PERM,
+                          sqlite3.SQLITE_FULL, sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+
+
 def sqlite_open_error(path: str, exc: sqlite3.Error) -> StoreError:
     """The StoreError for a SQLite file that cannot be opened: names the file and what
     to do (a folder given, a missing or read-only folder, not a database)."""
@@ -488,8 +495,14 @@ def sqlite_open_error(path: str, exc: sqlite3.Error) -> StoreError:
         return StoreError(f"{path}: the folder {folder} does not exist; create it or give "
                           "another file")
     text = str(exc)
-    if "not a database" in text:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == sqlite3.SQLITE_NOTADB:
         return StoreError(f"{path}: not a SQLite database ({text}); give another file")
+    if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+        return StoreError(f"{path}: locked by another process ({text}); stop it or give "
+                          "another file")
+    if code == sqlite3.SQLITE_FULL:
+        return StoreError(f"{path}: the disk is full ({text})")
     # SQLite writes its journal beside the file, so the folder must be writable too.
     return StoreError(f"{path}: cannot open the database for writing ({text}); check that "
                       f"the file and its folder {folder} are writable")
@@ -523,10 +536,13 @@ class Store:
             self._db.execute("PRAGMA user_version").fetchone()
             self._prepare_sqlite()
         except sqlite3.Error as exc:
-            # Also what fails after the file opened: the WAL (created beside the
-            # file) or a migration in a read-only folder or file.
             self._close_sqlite()
-            raise sqlite_open_error(self.path, exc) from None
+            # Also what fails after the file opened: the WAL (created beside the
+            # file) or a migration in a read-only folder or file. Anything else (a
+            # failed migration statement) is a bug, raised as it is.
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF in _FILE_ERRORS:
+                raise sqlite_open_error(self.path, exc) from None
+            raise
         except BaseException:
             self._close_sqlite()
             raise

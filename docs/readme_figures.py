@@ -250,7 +250,7 @@ def overload(ctx: Context) -> str:
     return (f"`uncontrolled` loads the transformer to {pct(un['peak_trafo_loading_percent'])}, "
             f"`equal_share` ({limit:g} kW street limit) keeps it at "
             f"{pct(eq['peak_trafo_loading_percent'])} and still delivers all but "
-            f"{small_pct(eq['energy_unmet_share'])} of the energy")
+            f"{small_pct(eq['energy_unmet_percent'])} of the energy")
 
 
 FEEDER_STRESS = "scenarios/feeder_stress.toml"
@@ -268,8 +268,8 @@ def feeder_stress(ctx: Context) -> str:
     outside = fa["minutes_voltage_violation"] + fa["minutes_thermal_violation"]
     inside = ("stays inside every limit at every step" if outside == 0
               else f"is outside a limit for {outside:.0f} minutes")
-    delivered_un = 100.0 - un["energy_unmet_share"]
-    delivered_fa = 100.0 - fa["energy_unmet_share"]
+    delivered_un = 100.0 - un["energy_unmet_percent"]
+    delivered_fa = 100.0 - fa["energy_unmet_percent"]
     same = f"{delivered_un:.2f}" == f"{delivered_fa:.2f}"
     delivers = (f"the same {pct(delivered_fa, 2)}" if same
                 else f"{pct(delivered_fa, 2)} (`uncontrolled` {pct(delivered_un, 2)})")
@@ -292,14 +292,14 @@ def pv_storage(ctx: Context) -> str:
     currency = scenario(PV_STORAGE).prices.currency
     claim(pv["energy_cost"] < eq["energy_cost"], "pv_storage",
           "pv_self_consumption cuts the energy cost", "it does not")
-    claim(pv["energy_unmet_share"] > eq["energy_unmet_share"], "pv_storage",
+    claim(pv["energy_unmet_percent"] > eq["energy_unmet_percent"], "pv_storage",
           "pv_self_consumption delivers less", "it does not")
     return (f"`pv_self_consumption` uses {pct(pv['pv_used_on_site_share'])} of the carport's "
             f"output at the site against {pct(eq['pv_used_on_site_share'])} under "
             f"`equal_share` and cuts the energy cost from {eq['energy_cost']:.1f} to "
             f"{pv['energy_cost']:.1f} {currency}, at a price: it delivers "
-            f"{pct(100.0 - pv['energy_unmet_share'], 1)} of the requested energy "
-            f"({pct(100.0 - eq['energy_unmet_share'], 1)} under `equal_share`)")
+            f"{pct(100.0 - pv['energy_unmet_percent'], 1)} of the requested energy "
+            f"({pct(100.0 - eq['energy_unmet_percent'], 1)} under `equal_share`)")
 
 
 V2G = "scenarios/v2g.toml"
@@ -316,7 +316,7 @@ def v2g_compare(ctx: Context) -> str:
                                        "compare_grid.png": "compare_grid.png"})
     table = kpi_table(runs, [
         "peak_trafo_loading_percent", "v_min_pu", "minutes_thermal_violation",
-        "minutes_site_limit_exceeded", "energy_unmet_share", "energy_discharged_kwh",
+        "minutes_site_limit_exceeded", "energy_unmet_percent", "energy_discharged_kwh",
         "evs_below_min_soc", "max_equivalent_full_cycles", "energy_cost", "v2g_revenue",
         "net_energy_cost", "profiles_received"], sc.prices.currency)
     return (f"{table}\n\n"
@@ -329,7 +329,7 @@ def v2g_compare(ctx: Context) -> str:
 def v2g_shaving_unmet(ctx: Context) -> str:
     """What shaving the peak leaves undelivered on v2g.toml."""
     shaving = ctx.runs(V2G, ["v2g_peak_shaving"], V2G_OVERRIDES)["v2g_peak_shaving"].kpis
-    return pct(shaving["energy_unmet_share"], 1)
+    return pct(shaving["energy_unmet_percent"], 1)
 
 
 V2G_PRICE = "scenarios/v2g_price.toml"
@@ -343,7 +343,7 @@ def v2g_price(ctx: Context) -> str:
     comparison_figures(ctx, sc, runs, {"compare_kpis.png": "compare_v2g_price_kpis.png"})
     table = kpi_table(runs, [
         "energy_cost", "v2g_revenue", "net_energy_cost", "energy_discharged_kwh",
-        "max_equivalent_full_cycles", "energy_unmet_share", "evs_below_min_soc",
+        "max_equivalent_full_cycles", "energy_unmet_percent", "evs_below_min_soc",
         "peak_trafo_loading_percent"], sc.prices.currency, bold_lowest=["net_energy_cost"])
     return (f"{table}\n\n![v2g_price against price and v2g_peak_shaving]"
             "(docs/figures/compare_v2g_price_kpis.png)")

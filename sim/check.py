@@ -8,7 +8,7 @@ test suite and each limit as a test case, so CI systems show which one broke.
 
 Limits file (TOML, every field optional)::
 
-    energy_unmet_share_max_percent = 1.0   # default 1 %
+    energy_unmet_max_percent = 1.0   # default 1 %
     v_min_pu = 0.95                        # default: the scenario's grid.v_min_pu
     [kpis]
     minutes_site_limit_exceeded = { max = 0 }
@@ -99,13 +99,21 @@ class LimitSet(_Strict):
     """Highest allowed line loading in % of rating (default: the scenario's)."""
     trafo_loading_max_percent: float | None = Field(None, gt=0)
     """Highest allowed transformer loading in % of rated power (default: the scenario's)."""
-    energy_unmet_share_max_percent: float | None = Field(None, ge=0, le=100)
+    energy_unmet_max_percent: float | None = Field(None, ge=0, le=100)
     """Largest share of the requested energy left undelivered, in % (default 1 %)."""
     vuf_max_percent: float | None = Field(None, gt=0)
     """Highest voltage unbalance on an unbalanced feeder, % (default: the scenario's
     ``grid.vuf_max_percent``, EN 50160's 2 %)."""
     kpis: dict[str, KpiBound] = Field(default_factory=dict)
     """Bounds on any KPI by name (``[kpis] minutes_site_limit_exceeded = {max = 0}``)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "energy_unmet_share_max_percent" in data:
+            raise ValueError("energy_unmet_share_max_percent is now called "
+                             "energy_unmet_max_percent (the KPI is energy_unmet_percent)")
+        return data
 
 
 class Tolerance(_Strict):
@@ -159,7 +167,10 @@ def load_limits(path: str | Path | None) -> LimitsFile:
         return LimitsFile.model_validate(data)
     except ValidationError as err:
         # The KPI-name check is model-level: validation_problems leaves it to us.
-        raise CheckError(source, validation_problems(err) + kpi_name_problems(data)) from None
+        problems = validation_problems(err) + kpi_name_problems(data)
+        if not problems:  # only another model-level validator spoke: say what it said
+            problems = [("", e["msg"].removeprefix("Value error, ")) for e in err.errors()]
+        raise CheckError(source, problems) from None
 
 
 @dataclass(frozen=True)
@@ -170,7 +181,7 @@ class EffectiveLimits:
     v_max_pu: float
     line_loading_max_percent: float
     trafo_loading_max_percent: float
-    energy_unmet_share_max_percent: float
+    energy_unmet_max_percent: float
     kpis: dict[str, KpiBound]
     vuf_max_percent: float = 2.0
 
@@ -181,7 +192,7 @@ def effective_limits(limits: LimitsFile, sc: Scenario) -> EffectiveLimits:
         "v_min_pu": sc.grid.v_min_pu, "v_max_pu": sc.grid.v_max_pu,
         "line_loading_max_percent": sc.grid.line_loading_max_percent,
         "trafo_loading_max_percent": sc.grid.trafo_loading_max_percent,
-        "energy_unmet_share_max_percent": DEFAULT_UNMET_SHARE_MAX_PERCENT,
+        "energy_unmet_max_percent": DEFAULT_UNMET_SHARE_MAX_PERCENT,
         "vuf_max_percent": sc.grid.vuf_max_percent,
     }
     kpis: dict[str, KpiBound] = {}
@@ -204,7 +215,7 @@ class LimitResult:
 
     name: str
     """Test case name: ``voltage_band``, ``thermal_loading``, ``voltage_unbalance``
-    (unbalanced feeders), ``energy_unmet_share``,
+    (unbalanced feeders), ``energy_unmet_percent``,
     ``kpi.<name>`` or ``baseline.<name>``."""
     passed: bool
     message: str
@@ -276,12 +287,12 @@ def evaluate_limits(kpis: dict[str, float], lim: EffectiveLimits) -> list[LimitR
             "voltage_unbalance", ok, f"voltage unbalance {vuf:.2f} % "
             f"{'<=' if ok else '>'} {lim.vuf_max_percent:g} % (EN 50160)"))
 
-    unmet = kpi("energy_unmet_share")
-    ok = unmet <= lim.energy_unmet_share_max_percent
+    unmet = kpi("energy_unmet_percent")
+    ok = unmet <= lim.energy_unmet_max_percent
     out.append(LimitResult(
-        "energy_unmet_share", ok,
+        "energy_unmet_percent", ok,
         f"unmet energy {unmet:.3f} % {'<=' if ok else '>'} "
-        f"{lim.energy_unmet_share_max_percent:g} % of requested"))
+        f"{lim.energy_unmet_max_percent:g} % of requested"))
 
     for name, bound in lim.kpis.items():
         value = kpi(name)

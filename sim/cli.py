@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -112,8 +113,6 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
     table = comparison_table(runs)
     table.to_csv(out / "compare.csv")
     plot_comparison(scenario, runs, out)
-    from rich.markup import escape
-
     from .kpis import display_unit, format_kpi
 
     # escape(): rich would take "[kWh]" for a style tag and drop it.
@@ -349,7 +348,7 @@ def cmd_place(args: argparse.Namespace, console: Console) -> int:
         table.add_row(f"{int(r.rank)}" if ran else f"({r.screen_rank})", str(r.bus),
                       f"{r.headroom_kw:.1f}", f"{r.demand_kwh:.1f}", str(r.binding),
                       f"{r.violation_min:.0f}" if ran else "",
-                      f"{r.energy_unmet_share:.1f}" if ran else "",
+                      f"{r.energy_unmet_percent:.1f}" if ran else "",
                       f"{r.energy_delivered_kwh:.0f}" if ran else "",
                       f"{r.peak_trafo_loading_percent:.0f}" if ran else "")
     console.print(table)
@@ -662,7 +661,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--scheduler", metavar="ADDRESS",
                     help="run on a Dask distributed cluster, e.g. tcp://10.0.0.5:8786")
     sw.add_argument("--kpis", help="KPIs to plot (comma-separated; default "
-                                   "peak_trafo_loading_percent,v_min_pu,energy_unmet_share)")
+                                   "peak_trafo_loading_percent,v_min_pu,energy_unmet_percent)")
     sw.add_argument("--out", help="sweep folder; an existing one is resumed "
                                   "(default results/<scenario>-sweep-<plan id>)")
     sw.add_argument("--retry-failed", action="store_true",
@@ -800,8 +799,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``evtwin`` console script."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while Python is still starting the command
+        print("interrupted", file=sys.stderr)
+        return 130
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not args.debug:
@@ -814,16 +817,16 @@ def main(argv: list[str] | None = None) -> int:
     except PowerFlowError as exc:
         if args.debug:
             raise
-        code, message = 1, f"[red]run failed:[/red] {exc}"
+        code, message = 1, f"[red]run failed:[/red] {escape(str(exc))}"
     except (ScenarioError, GridError, ConfigError, SweepError, RunFolderError,
             ExternalCSMSError) as exc:
         if args.debug:
             raise
-        code, message = EXIT_USER_ERROR, f"[red]error:[/red] {exc}"
+        code, message = EXIT_USER_ERROR, f"[red]error:[/red] {escape(str(exc))}"
     except SimError as exc:
         if args.debug:
             raise
-        code, message = 1, f"[red]run failed:[/red] {exc}"
+        code, message = 1, f"[red]run failed:[/red] {escape(str(exc))}"
     except KeyboardInterrupt:  # Ctrl-C before a command installs its own handling
         if args.debug:
             raise
@@ -832,11 +835,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         where = exc.filename if exc.filename is not None else "a file"
-        code, message = EXIT_USER_ERROR, f"[red]error:[/red] {where}: {exc.strerror or exc}"
+        text = escape(f"{where}: {exc.strerror or exc}")
+        code, message = EXIT_USER_ERROR, f"[red]error:[/red] {text}"
     except Exception as exc:  # a bug: one line here, the traceback with --debug
         if args.debug:
             raise
-        code, message = 1, (f"[red]internal error:[/red] {type(exc).__name__}: {exc} "
+        code, message = 1, (f"[red]internal error:[/red] {escape(f'{type(exc).__name__}: {exc}')} "
                             "(a bug in evtwin; run again with --debug for the traceback)")
     # Only when a command made result folders (csms serve never imports the twin).
     results = sys.modules.get(f"{__package__}.results")
@@ -847,6 +851,12 @@ def main(argv: list[str] | None = None) -> int:
         if results is not None:  # a complete result folder or none
             results.discard_new_run_dirs()
         err.print(message, highlight=False)
+    if code == 130:
+        # Stop at once: the interpreter's last collections over a twin's objects (pandas,
+        # pandapower) take a second or two at exit; frozen objects are skipped.
+        import gc
+
+        gc.freeze()
     return code
 
 

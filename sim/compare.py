@@ -23,7 +23,7 @@ FIGURE_KPIS = {
     "v_min_pu": "min voltage",
     "minutes_voltage_violation": "time outside voltage band",
     "minutes_thermal_violation": "time over thermal limits",
-    "energy_unmet_share": "energy unmet (share of requested)",
+    "energy_unmet_percent": "energy unmet (share of requested)",
     "energy_delivered_kwh": "energy delivered to batteries",
     "energy_cost": "gross energy cost (imports)",
     "net_energy_cost": "net energy cost (imports - V2G revenue)",

@@ -15,7 +15,7 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
     "energy_requested_kwh": ("Energy requested", "kWh"),
     "energy_delivered_kwh": ("Energy delivered (to batteries)", "kWh"),
     "energy_unmet_kwh": ("Energy unmet", "kWh"),
-    "energy_unmet_share": ("Unmet share", "%"),
+    "energy_unmet_percent": ("Unmet share", "%"),
     "energy_short_at_departure_kwh": ("  of it: short when leaving", "kWh"),
     "energy_turned_away_kwh": ("  of it: drivers turned away", "kWh"),
     # Stations meter net energy (V2G feed-back counts against it); the CSMS bills the
@@ -73,8 +73,9 @@ def format_kpi(value: float, unit: str) -> str:
     at least :data:`SIGNIFICANT_DIGITS` significant digits without scientific notation
     (``0.28``, ``0.004``, ``0.9879``, ``15,103``); only magnitudes no KPI reaches in
     earnest (below 1e-6, from 1e15) print in scientific notation. ``unit`` is the KPI's
-    unit from :data:`KPI_LABELS`: a percentage strictly between 0 and 100 gets digits
-    until it no longer reads as 0 or 100 (a 99.998 % share is not 100 %).
+    unit from :data:`KPI_LABELS`: a percentage that is not exactly 0 or 100 gets digits
+    until it no longer reads as either (a 99.998 % share is not 100 %, a transformer at
+    100.02 % is over its limit).
     """
     if not math.isfinite(value):
         return "n/a" if math.isnan(value) else ("inf" if value > 0 else "-inf")
@@ -87,7 +88,7 @@ def format_kpi(value: float, unit: str) -> str:
         return f"{round(value):,}"
     decimals = max(0, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(magnitude)))
     text = _fixed(value, decimals)
-    if unit == "%" and 0 < magnitude < 100:
+    if unit == "%":
         while text.lstrip("-") in ("0", "100") and decimals < 12:
             decimals += 1
             text = _fixed(value, decimals)
@@ -186,7 +187,7 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
         "energy_requested_kwh": requested,
         "energy_delivered_kwh": delivered,
         "energy_unmet_kwh": requested - delivered,
-        "energy_unmet_share": 100.0 * (requested - delivered) / requested if requested else 0.0,
+        "energy_unmet_percent": 100.0 * (requested - delivered) / requested if requested else 0.0,
         "energy_short_at_departure_kwh": float(
             (short["energy_wanted_kwh"] - short["energy_battery_kwh"]).sum()),
         "energy_turned_away_kwh": float(away["energy_wanted_kwh"].sum()),

@@ -184,7 +184,7 @@ def place(sc: Scenario, *, add: int, kw: float = 22.0, candidates: Sequence[int]
                 raise
             finally:
                 backend.close(interrupted=interrupted)
-    columns = ["minutes_voltage_violation", "minutes_thermal_violation", "energy_unmet_share",
+    columns = ["minutes_voltage_violation", "minutes_thermal_violation", "energy_unmet_percent",
                "energy_delivered_kwh", "peak_trafo_loading_percent", "v_min_pu",
                "peak_line_loading_percent", "net_energy_cost"]
     for col in columns:
@@ -197,7 +197,7 @@ def place(sc: Scenario, *, add: int, kw: float = 22.0, candidates: Sequence[int]
                               + table["minutes_thermal_violation"]
                               + table["minutes_unbalance_violation"])
     ran = table[table["bus"].isin(chosen)].copy()
-    ran = ran.sort_values(["violation_min", "energy_unmet_share", "energy_delivered_kwh",
+    ran = ran.sort_values(["violation_min", "energy_unmet_percent", "energy_delivered_kwh",
                            "peak_trafo_loading_percent"],
                           ascending=[True, True, False, True], kind="stable")
     rank = {int(b): i + 1 for i, b in enumerate(ran["bus"])}

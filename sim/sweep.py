@@ -47,7 +47,7 @@ from .overrides import parse_value
 from .scenario import Scenario, load_scenario
 
 #: KPIs plotted when none are chosen.
-DEFAULT_FIGURE_KPIS = ("peak_trafo_loading_percent", "v_min_pu", "energy_unmet_share")
+DEFAULT_FIGURE_KPIS = ("peak_trafo_loading_percent", "v_min_pu", "energy_unmet_percent")
 
 #: Table columns that depend on where and how fast a run ran, not on what it computed:
 #: drop them to compare two sweeps of the same plan.
@@ -480,7 +480,13 @@ class LocalBackend(Backend):
 
     def submit_call(self, fn: Callable[..., Any], *args: Any,
                     key: str | None = None) -> Future[Any]:
-        return self.pool.submit(fn, *args)
+        # Workers are spawned here: they start with Ctrl-C blocked (a terminal sends it to
+        # the whole process group; the command stops its workers itself).
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            return self.pool.submit(fn, *args)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def as_completed(self, futures: list[Any]) -> Iterator[Any]:
         return futures_completed(futures)
@@ -538,30 +544,37 @@ def probe_scheduler(address: str, *, timeout_s: float = 5.0) -> None:
         raise SweepError(f"--scheduler {address}: cannot connect ({exc.strerror or exc}); "
                          f"{_SCHEDULER_HINT}") from None
 
-    def receive(n: int) -> bytes | None:
-        """``n`` bytes, or None if the peer closed or went quiet until the deadline."""
+    quiet = f"it said nothing within {timeout_s:g} s"
+
+    def receive(n: int) -> bytes | str:
+        """``n`` bytes, or why not (the peer hung up or went quiet until the deadline)."""
         data = b""
         while len(data) < n:
             sock.settimeout(max(0.001, deadline - time.monotonic()))
             try:
                 chunk = sock.recv(n - len(data))
-            except (TimeoutError, OSError):
-                return None
+            except TimeoutError:
+                return quiet
+            except OSError as exc:
+                return f"the connection broke: {exc.strerror or exc}"
             if not chunk:
-                return None
+                return "it hung up"
             data += chunk
         return data
 
     with sock:
         header = receive(8)
-        if header is None:
-            why = f"it said nothing within {timeout_s:g} s"
+        if isinstance(header, str):
+            why = header
         else:
             (length,) = struct.unpack("Q", header)
-            body = receive(length) if 16 <= length <= 2**20 else None
-            frames = struct.unpack_from("Q", body)[0] if body is not None else 0
-            why = ("" if body is not None and 1 <= frames <= 64 and 8 * (1 + frames) <= length
-                   else "what it sent is not Dask's protocol")
+            body = receive(length) if 16 <= length <= 2**20 else b""
+            if isinstance(body, str):
+                why = body
+            else:
+                frames = struct.unpack_from("Q", body)[0] if len(body) >= 8 else 0
+                why = ("" if 1 <= frames <= 64 and 8 * (1 + frames) <= length
+                       else "what it sent is not Dask's protocol")
     if why:
         raise SweepError(f"--scheduler {address}: something listens there, but not a Dask "
                          f"scheduler ({why}); {_SCHEDULER_HINT}")
@@ -577,7 +590,7 @@ class DaskBackend(Backend):
         probe_scheduler(address, timeout_s=timeout_s)
         try:
             self.client = Client(address, timeout=f"{max(timeout_s, 20.0):g}s")
-        except Exception as exc:  # noqa: BLE001 - any failure to connect is the address's
+        except Exception as exc:  # any failure to connect is the address's
             raise SweepError(f"--scheduler {address}: speaks Dask's protocol but took no "
                              f"client ({type(exc).__name__}: {exc}); a worker's address? "
                              f"{_SCHEDULER_HINT}") from None
@@ -735,6 +748,8 @@ def run_sweep(plan: SweepPlan, out: str | Path | None = None, *,
     """
     t0 = time.perf_counter()
     check_backend_args(workers=workers, scheduler=scheduler)
+    if scheduler:  # a wrong address leaves no folder behind
+        probe_scheduler(scheduler)
     out = plan.default_out() if out is None else Path(out)
     check_sweep_folder(plan, out)
     out.mkdir(parents=True, exist_ok=True)

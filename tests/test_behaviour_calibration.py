@@ -51,6 +51,7 @@ def share(h: np.ndarray, lo: float, hi: float) -> float:
     return float(np.mean((h >= lo) & (h < hi)))
 
 
+@pytest.mark.slow
 def test_home_arrivals(home: dict[str, np.ndarray]) -> None:
     # ElaadNL private chargers: arrivals 10/50/90 % at 12.3/18.5/22.5 h.
     q = np.quantile(home["arrival_h"], [0.1, 0.5, 0.9])
@@ -60,6 +61,7 @@ def test_home_arrivals(home: dict[str, np.ndarray]) -> None:
     assert share(home["arrival_h"], 20, 24) == pytest.approx(0.34, abs=TOL_SHARE)
 
 
+@pytest.mark.slow
 def test_home_stays_and_energy(home: dict[str, np.ndarray]) -> None:
     # ElaadNL private: median stay 11.0 h (IQR 4.2-14.6 h). The lower quartile is the
     # loosest fit (6.5 h here): the short daytime stays are fewer than published.
@@ -77,6 +79,7 @@ def test_home_stays_and_energy(home: dict[str, np.ndarray]) -> None:
     assert np.mean(departs > 27.0) > 0.5
 
 
+@pytest.mark.slow
 def test_workplace(workplace: dict[str, np.ndarray]) -> None:
     # ElaadNL workplace chargers: arrivals 10/50/90 % at 7.3/9.0/14.3 h (late arrivals).
     q = np.quantile(workplace["arrival_h"], [0.1, 0.5, 0.9])
@@ -86,6 +89,7 @@ def test_workplace(workplace: dict[str, np.ndarray]) -> None:
     assert np.mean(workplace["energy_kwh"]) == pytest.approx(14.7, rel=0.1)
 
 
+@pytest.mark.slow
 def test_public(public: dict[str, np.ndarray]) -> None:
     h = public["arrival_h"]
     # ElaadNL public chargers: a morning peak (8-9 h) and an evening peak (about 18 h)
@@ -114,6 +118,7 @@ def test_plugin_shares() -> None:
 
 
 @pytest.mark.parametrize("kind", ["home", "workplace", "public"])
+@pytest.mark.slow
 def test_dwell_quantile_matches_the_sampled_stays(kind: str) -> None:
     """What the CSMS assumes for a driver who states no departure (the stay's lower
     quartile) is the quartile of the stays the drivers really draw."""

@@ -29,7 +29,7 @@ OVERLOAD = ROOT / "scenarios" / "overload.toml"
 
 #: KPIs of a healthy run (inside the default limits).
 GOOD = {"v_min_pu": 0.95, "v_max_pu": 1.02, "peak_trafo_loading_percent": 80.0,
-        "peak_line_loading_percent": 60.0, "energy_unmet_share": 0.2,
+        "peak_line_loading_percent": 60.0, "energy_unmet_percent": 0.2,
         "minutes_site_limit_exceeded": 0.0, "energy_cost": 100.0, "ocpp_messages": 1000.0}
 
 
@@ -65,7 +65,7 @@ def test_overload_fails_uncontrolled_and_passes_equal_share(tmp_path: Path) -> N
     assert "limits hold" in out["equal_share"][0]
     cases = junit_cases(tmp_path / "equal_share.xml")
     assert {"overload[equal_share]/voltage_band", "overload[equal_share]/thermal_loading",
-            "overload[equal_share]/energy_unmet_share"} <= set(cases)
+            "overload[equal_share]/energy_unmet_percent"} <= set(cases)
     assert all(case.find("failure") is None for case in cases.values())
 
 
@@ -74,16 +74,16 @@ def test_limits_default_to_the_scenario_and_layer_file_then_section(tmp_path: Pa
     lim = effective_limits(LimitsFile(), sc)
     assert (lim.v_min_pu, lim.v_max_pu) == (sc.grid.v_min_pu, sc.grid.v_max_pu)
     assert lim.trafo_loading_max_percent == sc.grid.trafo_loading_max_percent
-    assert lim.energy_unmet_share_max_percent == 1.0
+    assert lim.energy_unmet_max_percent == 1.0
     path = tmp_path / "limits.toml"
-    path.write_text("v_min_pu = 0.95\nenergy_unmet_share_max_percent = 2\n"
+    path.write_text("v_min_pu = 0.95\nenergy_unmet_max_percent = 2\n"
                     "[kpis]\nminutes_site_limit_exceeded = { max = 0 }\n"
                     "[scenarios.overload]\ntrafo_loading_max_percent = 150\n"
                     "[scenarios.overload.kpis]\nenergy_cost = { min = 1, max = 500 }\n"
                     "[scenarios.other]\nv_min_pu = 0.5\n")
     lim = effective_limits(load_limits(path), sc)
     assert lim.v_min_pu == 0.95 and lim.trafo_loading_max_percent == 150
-    assert lim.energy_unmet_share_max_percent == 2
+    assert lim.energy_unmet_max_percent == 2
     assert set(lim.kpis) == {"minutes_site_limit_exceeded", "energy_cost"}
 
 
@@ -114,21 +114,21 @@ def test_evaluate_limits_names_what_broke() -> None:
     lim = effective_limits(LimitsFile.model_validate(
         {"kpis": {"minutes_site_limit_exceeded": {"max": 0}, "energy_cost": {"min": 150}}}), sc)
     results = {r.name: r for r in evaluate_limits(GOOD, lim)}
-    assert set(results) == {"voltage_band", "thermal_loading", "energy_unmet_share",
+    assert set(results) == {"voltage_band", "thermal_loading", "energy_unmet_percent",
                             "kpi.minutes_site_limit_exceeded", "kpi.energy_cost"}
     assert results["voltage_band"].passed and results["thermal_loading"].passed
     assert results["kpi.minutes_site_limit_exceeded"].passed
     assert not results["kpi.energy_cost"].passed
     assert "energy_cost = 100 < min 150" in results["kpi.energy_cost"].message
     bad = {**GOOD, "v_min_pu": 0.87, "peak_line_loading_percent": 104.5,
-           "energy_unmet_share": 3.0}
+           "energy_unmet_percent": 3.0}
     results = {r.name: r for r in evaluate_limits(bad, lim)}
     assert not results["voltage_band"].passed
     assert "min voltage 0.8700 pu < 0.9 pu" in results["voltage_band"].message
     assert not results["thermal_loading"].passed
     assert "line loading 104.5 % > 100 %" in results["thermal_loading"].message
     assert "transformer" not in results["thermal_loading"].message
-    assert not results["energy_unmet_share"].passed
+    assert not results["energy_unmet_percent"].passed
     # A KPI the run did not report fails its bound instead of passing silently.
     missing = {k: v for k, v in GOOD.items() if k != "v_max_pu"}
     assert not {r.name: r for r in evaluate_limits(missing, lim)}["voltage_band"].passed
@@ -174,7 +174,7 @@ def test_junit_has_a_suite_per_scenario_and_a_case_per_limit() -> None:
     suites = {s.get("name"): s for s in root.iter("testsuite")}
     assert set(suites) == {"overload[uncontrolled]", "b[uncontrolled]"}
     assert [c.get("name") for c in suites["overload[uncontrolled]"].iter("testcase")] == [
-        "voltage_band", "thermal_loading", "energy_unmet_share"]
+        "voltage_band", "thermal_loading", "energy_unmet_percent"]
     (run_case,) = suites["b[uncontrolled]"].iter("testcase")
     error = run_case.find("error")
     assert error is not None and "CSMS went away" in error.get("message", "")
@@ -190,7 +190,7 @@ def test_check_against_a_recorded_baseline(tmp_path: Path) -> None:
     # A 3-hour evening run leaves home visits unfinished (about 20 kWh each): the test
     # is about the baseline gate, so the unmet-energy limit is off here.
     limits = tmp_path / "limits.toml"
-    limits.write_text("energy_unmet_share_max_percent = 100\n")
+    limits.write_text("energy_unmet_max_percent = 100\n")
     scenario = tmp_path / "tiny.toml"
     scenario.write_text(TINY)
     baseline = tmp_path / "baseline.json"

@@ -42,6 +42,7 @@ def test_run_demo_writes_results_and_prints_kpis(tmp_path: Path) -> None:
     assert as_run["duration_h"] == 6
 
 
+@pytest.mark.slow
 def test_bad_scenario_is_one_clear_error_and_exit_2(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[ev]\ncount = 0\n[[sites]]\nname = "a"\nstations = 2\ncolour = "red"\n')
@@ -53,6 +54,7 @@ def test_bad_scenario_is_one_clear_error_and_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_unknown_feeder_name_is_a_user_error(tmp_path: Path) -> None:
     proc = evtwin("run", str(ROOT / "scenarios" / "demo.toml"), "--set",
                   "grid.network=atlantis", "--out", str(tmp_path), cwd=tmp_path)
@@ -61,6 +63,7 @@ def test_unknown_feeder_name_is_a_user_error(tmp_path: Path) -> None:
     assert "kerber_dorfnetz" in proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_file_is_a_user_error(tmp_path: Path) -> None:
     proc = evtwin("run", str(tmp_path / "nope.toml"), cwd=tmp_path)
     assert proc.returncode == 2
@@ -85,6 +88,7 @@ def test_compare_runs_strategies_in_parallel_and_writes_table_and_figures(tmp_pa
         assert (run_dir / png).stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_compare_refuses_an_unknown_strategy_before_running(tmp_path: Path) -> None:
     proc = evtwin("compare", str(ROOT / "scenarios" / "demo.toml"), "--strategies",
                   "equal_share,fastest", "--out", str(tmp_path), cwd=tmp_path)

@@ -86,6 +86,9 @@ CASES: dict[str, Bad] = {
                                   "--out", "{out}/sw"], ["--kpis", "speed"]),
     "check: missing --limits file": Bad(["check", DEMO, "--limits", "{tmp}/limits.toml"],
                                         ["limits.toml"]),
+    "check: a limits field under its old name": Bad(
+        ["check", DEMO, "--limits", "{tmp}/limits.toml"], ["energy_unmet_max_percent"],
+        setup=_write("limits.toml", "energy_unmet_share_max_percent = 2\n")),
     "check: --update-baseline without --baseline": Bad(["check", DEMO, "--update-baseline"],
                                                        ["--baseline"]),
     "hosting-capacity: bad --buses": Bad(["hosting-capacity", PLANNING, "--buses", "x",
@@ -119,6 +122,25 @@ CASES: dict[str, Bad] = {
     "csms hash-password: nothing on stdin": Bad(["csms", "hash-password", "--stdin"],
                                                 ["stdin"], stdin=""),
 }
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was() -> Iterator[None]:
+    """``csms serve`` sends logs to stderr through a thread of its own; in this process
+    that stderr is pytest's capture, closed after the test: put logging back."""
+    import logging
+
+    from evtwin.csms.service import stop_json_logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    levels = {name: logging.getLogger(name).level for name in ("ocpp", "websockets")}
+    yield
+    stop_json_logging()
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    for name, lv in levels.items():
+        logging.getLogger(name).setLevel(lv)
 
 
 @pytest.fixture()

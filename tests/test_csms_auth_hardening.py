@@ -232,6 +232,7 @@ FLOOD_CASES = {
 
 
 @pytest.mark.parametrize("case", list(FLOOD_CASES))
+@pytest.mark.slow
 def test_a_password_flood_does_not_delay_a_connected_station(case: str) -> None:
     target, legacy, server_kw = FLOOD_CASES[case]
     hashes = {sid: hash_password(pw) for sid, pw in PASSWORDS.items()}
@@ -306,6 +307,7 @@ def _storm(tmp_path: Path, n: int) -> None:
     assert result["events"] == []
 
 
+@pytest.mark.slow
 def test_a_reconnect_storm_of_1000_profile_1_stations_all_boot(tmp_path: Path) -> None:
     # About 3 s to the last boot on a 2-core machine (the old scrypt checks
     # on the default pool lost 40-70 % of 200 stations at the 10 s timeout).
@@ -626,6 +628,7 @@ def test_stations_with_legacy_hashes_are_named_once_at_start(
 
 
 # --------------------------------------------------------------------------- handshake timeout
+@pytest.mark.slow
 def test_a_handshake_that_times_out_is_recorded() -> None:
     async def main() -> list[dict[str, Any]]:
         async with serving(make_core(), open_timeout_s=0.3) as server:
@@ -687,6 +690,7 @@ def test_api_records_wrong_tokens_refuses_query_tokens_and_deep_json(
 
 
 # --------------------------------------------------------------------------- reconnect
+@pytest.mark.slow
 def test_a_station_back_from_a_silent_link_loss_is_answered_at_once() -> None:
     async def main() -> tuple[float, float]:
         async with serving(make_core()) as server:

@@ -32,6 +32,7 @@ def config_for(*args: str) -> int:
     return main(["csms", "config-for", *args])
 
 
+@pytest.mark.slow
 def test_the_config_holds_the_stations_and_tokens_the_twin_presents(tmp_path: Path) -> None:
     out = tmp_path / "csms.demo.toml"
     assert config_for(DEMO, "--out", str(out)) == 0

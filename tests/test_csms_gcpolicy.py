@@ -38,6 +38,7 @@ def test_tick_freezes_survivors_and_frees_young_cycles() -> None:
     assert young() is None
 
 
+@pytest.mark.slow
 def test_a_sweep_frees_cycles_that_died_frozen_and_runs_on_growth_or_time() -> None:
     clock = [0.0]
     memory = [1000.0]

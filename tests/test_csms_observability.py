@@ -144,6 +144,7 @@ log.info("last", extra={"event": "stopped"})
 """
 
 
+@pytest.mark.slow
 def test_logging_thread_writes_every_line_by_exit() -> None:
     out = subprocess.run([sys.executable, "-c", LOGGING_SCRIPT], capture_output=True,
                          text=True, timeout=60 * SCALE, check=True)
@@ -157,6 +158,7 @@ def test_logging_thread_writes_every_line_by_exit() -> None:
 # --------------------------------------------------------------------------- serve
 
 
+@pytest.mark.slow
 def test_serve_logs_stats_on_sigusr1_and_stops_cleanly(tmp_path: Path) -> None:
     from websockets.sync.client import connect
 
@@ -278,6 +280,7 @@ def test_a_write_waits_for_another_connections_lock_in_short_steps(tmp_path: Pat
         store.close()
 
 
+@pytest.mark.slow
 def test_stall_watch_reports_a_long_garbage_collection() -> None:
     """The collector holds the GIL: the watchdog cannot even send a beat while it
     runs, so the gc callback reports a collection that is itself a stall."""

@@ -12,6 +12,7 @@ twin imported); the scheduler probe is called directly, with short timeouts.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pty
@@ -37,13 +38,15 @@ DEMO = str(ROOT / "scenarios" / "demo.toml")
 TIMEOUT_SCALE = float(os.environ.get("EVTWIN_TEST_TIMEOUT_SCALE", "1"))
 
 
-def evtwin(*args: str, stdin: int | None = subprocess.DEVNULL, cwd: Path | None = None,
-           **kwargs: object) -> subprocess.CompletedProcess[str]:
-    """``evtwin ARGS`` as a process (its own session: no terminal), finished."""
+def evtwin(*args: str, input: str | None = None, cwd: Path | None = None,
+           preexec_fn: Callable[[], object] | None = None
+           ) -> subprocess.CompletedProcess[str]:
+    """``evtwin ARGS`` as a process in its own session (no terminal), finished; stdin
+    is ``input``, else empty."""
     return subprocess.run([sys.executable, "-m", "evtwin.sim.cli", *args], cwd=cwd,
-                          stdin=stdin, capture_output=True, text=True,
-                          timeout=60 * TIMEOUT_SCALE, start_new_session=True,
-                          **kwargs)  # type: ignore[call-overload]
+                          input=input, stdin=subprocess.DEVNULL if input is None else None,
+                          capture_output=True, text=True, timeout=60 * TIMEOUT_SCALE,
+                          start_new_session=True, preexec_fn=preexec_fn)
 
 
 def one_error_line(proc: subprocess.CompletedProcess[str], *words: str) -> str:
@@ -81,6 +84,7 @@ def files(folder: Path) -> list[str]:
 
 
 # -- csms serve: ports, hosts, databases --------------------------------------------------
+@pytest.mark.slow
 def test_busy_port_names_address_and_leaves_no_database(busy_port: int, tmp_path: Path
                                                         ) -> None:
     proc = evtwin("csms", "serve", "--port", str(busy_port), "--db", str(tmp_path / "c.sqlite"))
@@ -89,6 +93,7 @@ def test_busy_port_names_address_and_leaves_no_database(busy_port: int, tmp_path
     assert files(tmp_path) == []  # the database it made for this start is gone again
 
 
+@pytest.mark.slow
 def test_busy_api_port(busy_port: int, tmp_path: Path) -> None:
     config = tmp_path / "csms.toml"
     config.write_text(f'[api]\ntoken_hash = "{hash_token(generate_token())}"\n',
@@ -103,6 +108,7 @@ def test_busy_api_port(busy_port: int, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("option", "value"), [("--port", "70000"), ("--port", "-1"),
                                                ("--api-port", "70000"),
                                                ("--api-port", "-1")])
+@pytest.mark.slow
 def test_port_out_of_range(option: str, value: str, tmp_path: Path) -> None:
     args = ["--port", "0"] if option != "--port" else []
     proc = evtwin("csms", "serve", *args, option, value, "--db", str(tmp_path / "c.sqlite"))
@@ -110,6 +116,7 @@ def test_port_out_of_range(option: str, value: str, tmp_path: Path) -> None:
     assert files(tmp_path) == []
 
 
+@pytest.mark.slow
 def test_api_port_without_token_hash_says_how_to_make_one(tmp_path: Path) -> None:
     proc = evtwin("csms", "serve", "--port", "0", "--api-port", "0", "--db",
                   str(tmp_path / "c.sqlite"))
@@ -118,6 +125,7 @@ def test_api_port_without_token_hash_says_how_to_make_one(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize("host", ["999.1.1.1", "no-such-host.invalid"])
+@pytest.mark.slow
 def test_bad_host(host: str, tmp_path: Path) -> None:
     proc = evtwin("csms", "serve", "--port", "0", "--host", host, "--db",
                   str(tmp_path / "c.sqlite"))
@@ -144,6 +152,7 @@ def _not_a_database(tmp: Path) -> str:
     (_missing_folder, ["does not exist", "nope"]),
     (_not_a_database, ["notes.sqlite", "not a SQLite database"]),
 ], ids=["proc", "a folder", "missing folder", "not a database"])
+@pytest.mark.slow
 def test_unusable_database(make_db: Callable[[Path], str], words: list[str], tmp_path: Path
                            ) -> None:
     db = make_db(tmp_path)
@@ -199,6 +208,7 @@ def stop(proc: subprocess.Popen[str], sig: signal.Signals) -> tuple[int, str, fl
     return proc.returncode, err, time.monotonic() - t
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_serve_with_130_and_closes_the_database(tmp_path: Path) -> None:
     db = tmp_path / "csms.sqlite"
     proc = start_serve(db)
@@ -217,20 +227,18 @@ def test_ctrl_c_stops_serve_with_130_and_closes_the_database(tmp_path: Path) -> 
 # -- csms hash-password: nothing to hash -----------------------------------------------------
 @pytest.mark.parametrize("text", ["", "\n"], ids=["end of input", "empty line"])
 def test_hash_password_stdin_without_a_password(text: str) -> None:
-    proc = evtwin("csms", "hash-password", "--stdin", stdin=subprocess.PIPE, input=text)
+    proc = evtwin("csms", "hash-password", "--stdin", input=text)
     one_error_line(proc, "password", "stdin", "--generate")
 
 
 def test_hash_password_stdin_closed() -> None:
-    proc = evtwin("csms", "hash-password", "--stdin", stdin=None,
-                  preexec_fn=lambda: os.close(0))
+    proc = evtwin("csms", "hash-password", "--stdin", preexec_fn=lambda: os.close(0))
     one_error_line(proc, "password", "stdin")
 
 
 def test_hash_password_without_a_terminal_does_not_read_stdin() -> None:
     # getpass would fall back to stdin and echo the password; it is refused instead.
-    proc = evtwin("csms", "hash-password", stdin=subprocess.PIPE,
-                  input="0123456789abcdef\n0123456789abcdef\n")
+    proc = evtwin("csms", "hash-password", input="0123456789abcdef\n0123456789abcdef\n")
     one_error_line(proc, "password", "terminal", "--stdin")
     assert "0123456789abcdef" not in proc.stdout + proc.stderr
 
@@ -290,7 +298,11 @@ class FakeServer:
             except OSError:
                 return
             self.conns.append(conn)
-            threading.Thread(target=self.reply, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._reply, args=(conn,), daemon=True).start()
+
+    def _reply(self, conn: socket.socket) -> None:
+        with contextlib.suppress(OSError):  # the client hung up first
+            self.reply(conn)
 
     def close(self) -> None:
         for conn in self.conns:
@@ -319,6 +331,7 @@ def not_a_scheduler(request: pytest.FixtureRequest) -> Iterator[int]:
     server.close()
 
 
+@pytest.mark.slow
 def test_probe_refuses_what_is_not_a_scheduler(not_a_scheduler: int) -> None:
     from evtwin.sim.sweep import probe_scheduler
 
@@ -354,11 +367,12 @@ def test_probe_accepts_a_real_scheduler() -> None:
 
     from evtwin.sim.sweep import probe_scheduler
 
-    with LocalCluster(n_workers=0, processes=False, host="127.0.0.1",
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
                       dashboard_address=None) as cluster:
         probe_scheduler(cluster.scheduler_address, timeout_s=5.0 * TIMEOUT_SCALE)
 
 
+@pytest.mark.slow
 def test_sweep_at_garbage_is_one_line_not_exabytes(tmp_path: Path) -> None:
     server = FakeServer(_garbage)
     try:

@@ -107,6 +107,7 @@ def test_one_component_recovers_a_single_normal(tmp_path: Path) -> None:
     assert "plugin_share" not in block  # the file names no EVs
 
 
+@pytest.mark.slow
 def test_cli_writes_a_block_that_parses_and_drives_draws(sessions_csv: Path,
                                                          tmp_path: Path) -> None:
     out = tmp_path / "out"

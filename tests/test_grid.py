@@ -81,6 +81,7 @@ def test_unknown_network_lists_valid_names() -> None:
     assert pickle.loads(pickle.dumps(err)).valid == err.valid
 
 
+@pytest.mark.slow
 def test_json_round_trip(dorf_net: pp.pandapowerNet, tmp_path: Path) -> None:
     path = tmp_path / "dorf.json"
     pp.to_json(dorf_net, str(path))

@@ -72,6 +72,7 @@ def brute_force_kw(name: str, f: Feeder, household_p_mw: np.ndarray,
     return lo
 
 
+@pytest.mark.slow
 def test_capacity_per_bus_agrees_with_pandapower_bisection() -> None:
     """On CIGRE LV (voltage binds at some buses, the transformer at others), every
     bus's capacity agrees with single pandapower power flows within 2 %."""

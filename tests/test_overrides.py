@@ -99,6 +99,7 @@ def test_a_false_csms_process_text_does_not_block_the_environment_transport(
 
 # -- the command line ---------------------------------------------------------------------
 @pytest.mark.parametrize("version", ["1.6", "2.1"])
+@pytest.mark.slow
 def test_run_with_a_protocol_override(tmp_path: Path, version: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["run", str(DEMO), "--set", f"csms.protocol={version}", "--set",

@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PLANNING = ROOT / "scenarios" / "planning.toml"
 
 
+@pytest.mark.slow
 def test_hosting_capacity_writes_its_table_and_drawing(tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]
                                                        ) -> None:
@@ -34,6 +35,7 @@ def test_hosting_capacity_writes_its_table_and_drawing(tmp_path: Path,
     assert "hosting capacity" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_planning_scenario_has_the_feeder_the_issue_asks_for() -> None:
     from evtwin.grid import load_buses, load_network
     from evtwin.sim import load_scenario
@@ -53,6 +55,7 @@ def test_the_planning_scenario_has_the_feeder_the_issue_asks_for() -> None:
     (["--strategies", ","], "--strategies"),
     (["--set", "grid.phases=unbalanced", "--set", "grid.engine=pandapower"], "grid.engine"),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], says: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "evtwin.sim.cli", "hosting-capacity",
                            str(PLANNING), "--out", str(tmp_path), *args],
@@ -62,6 +65,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str], says:
     assert not list(tmp_path.iterdir())  # no empty result folder left behind
 
 
+@pytest.mark.slow
 def test_probability_of_violation_rises_with_penetration_for_fixed_draws() -> None:
     """With the same seeded draws at every level (the EVs of a lower penetration are among
     those of a higher one), the share of draws with a broken limit never falls as more
@@ -81,6 +85,7 @@ def test_probability_of_violation_rises_with_penetration_for_fixed_draws() -> No
     assert again.equals(t)  # same scenario, same seed: the same curve
 
 
+@pytest.mark.slow
 def test_placement_prefers_the_bus_with_more_headroom(tmp_path: Path) -> None:
     """Equal demand (every driver has a charger of their own, so nobody needs the new
     site): of a bus near the transformer and one at the far end of the village feeder,
@@ -116,6 +121,7 @@ def test_placement_prefers_the_bus_with_more_headroom(tmp_path: Path) -> None:
     (["--add", "2", "--candidates", "99999"], "no bus 99999"),
     (["--add", "2", "--candidates", ","], "--candidates"),
 ])
+@pytest.mark.slow
 def test_place_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
                                                 says: str) -> None:
     proc = subprocess.run([sys.executable, "-m", "evtwin.sim.cli", "place", str(PLANNING),
@@ -126,6 +132,7 @@ def test_place_bad_input_is_one_line_and_exit_2(tmp_path: Path, args: list[str],
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_place_screen_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """--top 0: the power-flow screen alone, no twin run and no winner file."""
     assert main(["place", str(PLANNING), "--add", "2", "--candidates", "283,3", "--top", "0",

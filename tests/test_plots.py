@@ -83,6 +83,7 @@ def test_without_a_zone_the_start_offset_is_kept_and_named() -> None:
     assert local_times(utc, pd.Series([60.0]))[0] == pd.Timestamp("2026-01-20 15:01", tz=UTC)
 
 
+@pytest.mark.slow
 def test_run_figures_are_in_the_scenarios_local_time_and_say_so(pv_result: RunResult) -> None:
     start = pd.Timestamp(pv_result.scenario.start)  # 05:00+02:00, i.e. 03:00 UTC
     for fig in (grid_figure(pv_result), ev_power_figure(pv_result),
@@ -98,6 +99,7 @@ def test_run_figures_are_in_the_scenarios_local_time_and_say_so(pv_result: RunRe
 
 
 # ------------------------------------------------------------------------------ run plots
+@pytest.mark.slow
 def test_ev_power_shows_pv_storage_and_each_site_against_its_own_limit(
         pv_result: RunResult) -> None:
     ts, sc = pv_result.timeseries, pv_result.scenario
@@ -123,11 +125,13 @@ def test_ev_power_shows_pv_storage_and_each_site_against_its_own_limit(
         assert ax.get_ylim()[0] == 0  # nothing negative here: the axes start at 0
 
 
+@pytest.mark.slow
 def test_ev_power_without_pv_or_storage_draws_none(v2g_result: RunResult) -> None:
     labels = _legend_labels(ev_power_figure(v2g_result).axes[1])
     assert labels == ["household base load"]
 
 
+@pytest.mark.slow
 def test_site_figure_is_titled_for_the_power_it_plots(pv_result: RunResult) -> None:
     (ax,) = site_power_figure(pv_result).axes
     assert "power at site office" in ax.get_title()
@@ -139,6 +143,7 @@ def test_site_figure_is_titled_for_the_power_it_plots(pv_result: RunResult) -> N
     assert f"({kwh:,.1f} kWh)" in pv
 
 
+@pytest.mark.slow
 def test_soc_figure_draws_the_v2g_floor_only_where_v2g_applies(
         v2g_result: RunResult, pv_result: RunResult) -> None:
     s = v2g_result.sessions
@@ -165,6 +170,7 @@ def test_an_all_zero_panel_starts_at_zero() -> None:
     assert ax.get_ylim()[0] < -2.0
 
 
+@pytest.mark.slow
 def test_plot_all_writes_every_figure(pv_result: RunResult, tmp_path: Path) -> None:
     paths = plot_all(pv_result, tmp_path)
     assert {p.name for p in paths} == {"grid.png", "ev_power.png", "soc_at_departure.png",
@@ -177,6 +183,7 @@ def _panels(fig: Figure) -> dict[str, Axes]:
     return {ax.get_label(): ax for ax in fig.axes if ax.get_label() in FIGURE_KPIS}
 
 
+@pytest.mark.slow
 def test_compare_figure_plots_net_cost_beside_gross(v2g_runs: list[StrategyRun]) -> None:
     sc = load_scenario(V2G_PRICE, {**CHEAP, "duration_h": 12})
     panels = _panels(kpi_figure(sc, v2g_runs))
@@ -194,6 +201,7 @@ def test_compare_figure_plots_net_cost_beside_gross(v2g_runs: list[StrategyRun])
     assert [r.strategy for r in v2g_runs][int(np.argmin(net))] == "v2g_price"
 
 
+@pytest.mark.slow
 def test_compare_axes_carry_units_and_amounts_start_at_zero(
         v2g_runs: list[StrategyRun]) -> None:
     sc = load_scenario(V2G_PRICE, {**CHEAP, "duration_h": 12})
@@ -207,6 +215,7 @@ def test_compare_axes_carry_units_and_amounts_start_at_zero(
             assert ax.get_ylim() == (0.0, 1.0), key  # no negative minutes
 
 
+@pytest.mark.slow
 def test_compare_time_series_are_in_the_scenarios_zone(v2g_runs: list[StrategyRun]) -> None:
     sc = load_scenario(V2G_PRICE, {**CHEAP, "duration_h": 12})  # start without an offset: UTC
     ax = compare_grid_figure(sc, v2g_runs).axes[-1]

@@ -68,7 +68,6 @@ class Example:
     check: Callable[[Path, subprocess.CompletedProcess[str]], None] | None = None
     before: list[str] = field(default_factory=list)  # README commands this one needs first
     skip: str | None = None  # why it is not run here (said, not hidden)
-    slow: bool = True
     by: str | None = None  # run by this test of its own (a server and its clients)
 
 
@@ -140,7 +139,7 @@ def _check_compare(prefix: str, strategies: list[str]) -> Callable[..., None]:
         out = _one(f"results/{prefix}-compare-*", ws)
         table = (out / "compare.csv").read_text().splitlines()
         assert [line.split(",")[0] for line in table[1:]] == strategies
-        for png in ("compare_kpis.png", "compare_timeseries.png"):
+        for png in ("compare_kpis.png", "compare_grid.png"):
             assert (out / png).stat().st_size > 10_000
     return check
 
@@ -186,12 +185,11 @@ EXAMPLES: list[Example] = [
     Example(".venv/bin/evtwin run scenarios/demo.toml --set run.csms_process=true",
             run=".venv/bin/evtwin run scenarios/demo.toml --set run.csms_process=true "
                 "--set duration_h=2 --quiet", check=_run_folder("demo")),
-    Example(".venv/bin/evtwin run scenarios/demo.toml --set duration_h=2 --out results/replay",
-            slow=False),
+    Example(".venv/bin/evtwin run scenarios/demo.toml --set duration_h=2 --out results/replay"),
     Example('.venv/bin/evtwin export-pf "$(ls -d results/replay/demo-* | tail -1)"',
             before=[".venv/bin/evtwin run scenarios/demo.toml --set duration_h=2 "
-                    "--out results/replay"], check=_check_export_pf, slow=False),
-    Example("evtwin run bad.toml", exit_code=2, check=_check_bad_toml, slow=False),
+                    "--out results/replay"], check=_check_export_pf),
+    Example("evtwin run bad.toml", exit_code=2, check=_check_bad_toml),
     Example(".venv/bin/evtwin run scenarios/overload.toml", check=_run_folder("overload")),
     Example(".venv/bin/evtwin run scenarios/overload.toml --strategy equal_share",
             check=_run_folder("overload")),
@@ -234,8 +232,7 @@ EXAMPLES: list[Example] = [
                 "sites.0.limit_kw=22:88 --sample lhs:3 --seeds 1 --set duration_h=1 --quiet "
                 "--out results/lhs", check=_check_sweep("results/lhs", 3)),
     Example(".venv/bin/evtwin sweep scenarios/demo.toml --set ev.count=10:60:10 --scheduler "
-            "tcp://10.0.0.5:8786", skip="needs a Dask cluster; tests/test_sweep.py runs the "
-                                        "same sweep on a local Dask cluster on 127.0.0.1"),
+            "tcp://10.0.0.5:8786", by="test_readme_sweep_on_a_dask_cluster"),
     Example(".venv/bin/evtwin check scenarios/overload.toml --junit report.xml",
             exit_code=1, check=_check_junit),
     Example(".venv/bin/evtwin check scenarios/overload.toml --strategy equal_share --baseline "
@@ -304,14 +301,13 @@ def _params() -> list[object]:
     for e in EXAMPLES:
         if e.by is not None:
             continue
-        marks = [pytest.mark.slow] if e.slow else []
-        if e.skip:
-            marks.append(pytest.mark.skip(reason=e.skip))
+        marks = [pytest.mark.skip(reason=e.skip)] if e.skip else []
         params.append(pytest.param(e, id=e.readme[:70], marks=marks))
     return params
 
 
 @pytest.mark.parametrize("example", _params())
+@pytest.mark.slow
 def test_readme_example(example: Example, tmp_path: Path) -> None:
     ws = _workspace(tmp_path)
     for command in example.before:
@@ -396,3 +392,32 @@ def test_readme_stations_against_a_served_csms(tmp_path: Path) -> None:
         _, err = _stop(server)
     assert "Traceback" not in err, err
     assert (ws / "csms.sqlite").exists()
+
+
+@pytest.mark.slow
+def test_readme_demo_fails_check_on_its_unmet_energy_as_the_scenario_table_says(
+        tmp_path: Path) -> None:
+    ws = _workspace(tmp_path)
+    proc = _shell(".venv/bin/evtwin check scenarios/demo.toml --junit demo.xml "
+                  "--transport direct", ws)
+    assert proc.returncode == 1, proc.stderr
+    xml = (ws / "demo.xml").read_text()
+    failed = re.findall(r'<testcase[^>]*name="([^"]+)"[^>]*>\s*<failure', xml)
+    assert failed == ["energy_unmet_percent"], xml
+
+
+@pytest.mark.slow
+def test_readme_sweep_on_a_dask_cluster(tmp_path: Path) -> None:
+    """The README's cluster address replaced by a local cluster's on 127.0.0.1; cut to
+    two values of an hour each."""
+    from distributed import LocalCluster
+
+    ws = _workspace(tmp_path)
+    command = _example(".venv/bin/evtwin sweep scenarios/demo.toml --set ev.count=10:60:10").readme
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster:
+        proc = _shell(command.replace("tcp://10.0.0.5:8786", cluster.scheduler_address)
+                      .replace("10:60:10", "10:20:10") + " --set duration_h=1 --quiet", ws)
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "on dask" in proc.stdout.lower()
+    _check_sweep("results/demo-sweep*", 2)(ws, proc)

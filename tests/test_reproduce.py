@@ -93,6 +93,7 @@ def test_bad_records_are_user_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "scenario.ev.count: must be > 0" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_run_against_another_csms_is_not_reproduced_with_ours(
         run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     record = json.loads((run_dir / "run.json").read_text())

@@ -487,6 +487,7 @@ def _evening_peaks_utc(start: str, timezone: str | None) -> list[tuple[str, int]
     return peaks
 
 
+@pytest.mark.slow
 def test_a_run_across_daylight_saving_shifts_on_the_right_day() -> None:
     """The evening peak is at 20:00 local time: 19:00 UTC in winter, 18:00 in summer."""
     assert _evening_peaks_utc("2026-03-28T00:00:00", "Europe/Berlin") == [
@@ -545,3 +546,22 @@ def test_bad_buses_are_a_user_error_of_the_command(tmp_path: Path,
     assert code == 2 and "Traceback" not in err
     assert f"{path}: sites.0.buses.0:" in err and f"{path}: sites.1.buses.0:" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_time_of_use_bands_follow_the_local_clock_across_daylight_saving() -> None:
+    """The 17 h peak band starts at 16:00 UTC on Saturday 28 March 2026 (CET) and at
+    15:00 UTC on Sunday 29 March (CEST) in Europe/Berlin; without a zone it stays put."""
+    from datetime import UTC, datetime
+
+    from evtwin.sim.prices import price_steps
+
+    def peak_starts(overrides: dict[str, object]) -> list[datetime]:
+        sc = load_scenario(SCENARIOS / "v2g_price.toml",
+                           {"start": "2026-03-28T00:00:00", "duration_h": 48, **overrides})
+        peak = max(band.price_per_kwh for band in sc.prices.tou)
+        return [t.astimezone(UTC) for t, price in price_steps(sc) if price == peak]
+
+    berlin = peak_starts({"timezone": "Europe/Berlin"})
+    assert [t.hour for t in berlin] == [16, 15]
+    fixed = peak_starts({})
+    assert [t.hour for t in fixed] == [17, 17]

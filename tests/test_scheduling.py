@@ -90,6 +90,7 @@ def control_views(draw: st.DrawFn) -> ControlView:
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 @settings(max_examples=60, deadline=None)
 @given(v=control_views())
+@pytest.mark.slow
 def test_strategies_respect_site_limits_caps_and_sign(name: str, v: ControlView) -> None:
     out = STRATEGIES[name](v)
     for site in v.sites:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from evtwin.sim.series import Spool, SpoolDir
 
@@ -45,6 +46,7 @@ def test_spool_folder_is_removed_when_closed() -> None:
     assert not folder.path.exists()
 
 
+@pytest.mark.slow
 def test_a_copied_spool_owns_its_own_rows(tmp_path: Path) -> None:
     import copy
     import gc

@@ -214,6 +214,7 @@ def sample_run() -> tuple[Twin, pd.DataFrame, dict[str, float]]:
     return twin, result.sessions, result.kpis
 
 
+@pytest.mark.slow
 def test_the_sample_scenario_serves_what_power_and_stay_allow(
         sample_run: tuple[Twin, pd.DataFrame, dict[str, float]]) -> None:
     twin, sessions, kpis = sample_run
@@ -257,6 +258,7 @@ def test_the_sample_scenario_serves_what_power_and_stay_allow(
     assert set(turned_away.index) <= set(not_served)
 
 
+@pytest.mark.slow
 def test_what_was_assumed_is_recorded_per_session(
         sample_run: tuple[Twin, pd.DataFrame, dict[str, float]]) -> None:
     _, sessions, _ = sample_run

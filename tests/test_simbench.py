@@ -48,6 +48,7 @@ def net(request: pytest.FixtureRequest) -> pp.pandapowerNet:
     return load_network(request.param)
 
 
+@pytest.mark.slow
 def test_networks_load_ready_for_the_feeder(net: pp.pandapowerNet) -> None:
     assert len(net.sgen) == 0 and len(net.storage) == 0  # dropped, see _load_simbench
     assert net.trafo["vector_group"].notna().all()
@@ -57,6 +58,7 @@ def test_networks_load_ready_for_the_feeder(net: pp.pandapowerNet) -> None:
     assert (net.bus["vn_kv"] <= 1.0).any()
 
 
+@pytest.mark.slow
 def test_pgm_agrees_with_runpp_at_a_profile_step(net: pp.pandapowerNet) -> None:
     """The reference comparison: the feeder's loads at a SimBench quarter hour, solved
     by power-grid-model, against pandapower's runpp on SimBench's own absolute values."""
@@ -84,6 +86,7 @@ def test_pgm_agrees_with_runpp_at_a_profile_step(net: pp.pandapowerNet) -> None:
                             - ref.res_trafo["loading_percent"].to_numpy())) < 0.05
 
 
+@pytest.mark.slow
 def test_stations_go_on_lv_buses_only(net: pp.pandapowerNet) -> None:
     lv = _lv_buses(net)
     assert set(load_buses(net)) <= lv

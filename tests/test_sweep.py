@@ -286,7 +286,7 @@ def test_sweep_writes_table_figures_and_records(one_worker_sweep: Path) -> None:
     assert list(table["run_index"]) == list(range(8))
     assert (table["status"] == "ok").all()
     assert {"ev.count", "control.strategy", "seed", "peak_trafo_loading_percent",
-            "v_min_pu", "energy_unmet_share", "ocpp_messages"} <= set(table.columns)
+            "v_min_pu", "energy_unmet_percent", "ocpp_messages"} <= set(table.columns)
     # The swept parameters really changed the runs.
     by_count = table.groupby("ev.count")["energy_requested_kwh"].mean()
     assert by_count[5] > by_count[2] > 0
@@ -295,7 +295,7 @@ def test_sweep_writes_table_figures_and_records(one_worker_sweep: Path) -> None:
     csv = pd.read_csv(one_worker_sweep / "sweep.csv")
     assert list(csv.columns) == list(table.columns)
     pd.testing.assert_series_equal(csv["v_min_pu"], table["v_min_pu"])
-    for kpi in ("peak_trafo_loading_percent", "v_min_pu", "energy_unmet_share"):
+    for kpi in ("peak_trafo_loading_percent", "v_min_pu", "energy_unmet_percent"):
         png = one_worker_sweep / f"sweep_{kpi}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     # Every run's record holds its exact scenario, seed and versions.

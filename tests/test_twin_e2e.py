@@ -186,7 +186,7 @@ def test_equal_share_keeps_overload_feeder_inside_limits_where_uncontrolled_does
     assert eq.kpis["peak_trafo_loading_percent"] <= 100.0
     assert eq.kpis["minutes_thermal_violation"] == 0
     # ... and it still delivers nearly all the energy.
-    assert eq.kpis["energy_unmet_share"] < 5.0
+    assert eq.kpis["energy_unmet_percent"] < 5.0
     assert eq.kpis["profiles_received"] > 0 == unc.kpis["profiles_received"]
 
 

@@ -97,6 +97,7 @@ def test_unbalance_beyond_en_50160_is_a_violation() -> None:
     assert "unbalance" in f.violations(r)
 
 
+@pytest.mark.slow
 def test_a_twin_run_on_an_unbalanced_feeder_reports_per_phase() -> None:
     """grid.phases = "unbalanced": the run's steps carry each phase's lowest voltage, the
     unbalance factor and the neutral current, its KPIs the worst of them; single-phase

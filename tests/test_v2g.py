@@ -43,7 +43,7 @@ def test_v2g_peak_shaving_lowers_the_peak_and_keeps_every_drivers_minimum(v2g_ru
     floor = sessions[["min_soc", "soc_initial"]].min(axis=1)
     assert (sessions["soc_final"] >= floor - 1e-9).all()
     assert v2g.kpis["evs_below_min_soc"] == 0
-    assert v2g.kpis["energy_unmet_share"] < 5.0
+    assert v2g.kpis["energy_unmet_percent"] < 5.0
     # Ageing is reported per visit.
     assert (bidirectional["equivalent_full_cycles"] > 0).all()
 

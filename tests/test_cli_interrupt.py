@@ -1,0 +1,139 @@
+"""Ctrl-C stops ``compare`` and ``check`` within seconds: exit 130, ``interrupted``, no
+traceback, no worker process left running and no half result folder.
+
+Real ``evtwin`` processes get SIGINT: from the test to the command alone (as ``kill
+-INT``), or to its whole process group as a terminal's Ctrl-C does, which reaches
+the worker processes too. (``csms serve``: tests/test_csms_serve_errors.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+psutil = pytest.importorskip("psutil")
+
+ROOT = Path(__file__).resolve().parents[1]
+DEMO = str(ROOT / "scenarios" / "demo.toml")
+#: Scales every wait of this module (a loaded CI machine).
+TIMEOUT_SCALE = float(os.environ.get("EVTWIN_TEST_TIMEOUT_SCALE", "1"))
+#: From SIGINT to exit: the command stops at once; the rest is the interpreter's own
+#: teardown of pandas, pandapower and matplotlib (about 1 s on a busy 2-core machine).
+STOP_S = 3.0 * TIMEOUT_SCALE
+
+
+def start(args: list[str], cwd: Path, *, group: bool = False) -> subprocess.Popen[str]:
+    """``evtwin ARGS`` with default Ctrl-C handling, whatever pytest does with SIGINT;
+    ``group``: in a process group of its own (so a terminal's Ctrl-C can be imitated)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "evtwin.sim.cli", *args], cwd=cwd, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=group,
+        preexec_fn=None if group else lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def wait_for_workers(proc: subprocess.Popen[str], n: int) -> list[psutil.Process]:
+    """The command's ``n`` worker processes, as soon as they exist."""
+    deadline = time.monotonic() + 60 * TIMEOUT_SCALE
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        workers = [c for c in psutil.Process(proc.pid).children()
+                   if "resource_tracker" not in " ".join(c.cmdline())]
+        if len(workers) >= n:
+            return workers
+        time.sleep(0.05)
+    raise AssertionError(f"{n} worker processes did not start")
+
+
+def interrupt(proc: subprocess.Popen[str], *, group: bool = False) -> tuple[str, float]:
+    """SIGINT to the command (``group``: to its process group); its stderr once it
+    exited, and the seconds that took."""
+    t = time.monotonic()
+    if group:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60 * TIMEOUT_SCALE)
+    return err, time.monotonic() - t
+
+
+def assert_interrupted(proc: subprocess.Popen[str], err: str, took_s: float) -> None:
+    assert "Traceback" not in err, err
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.strip().splitlines()[-1] == "interrupted", err
+    assert took_s < STOP_S, took_s
+
+
+def assert_gone(workers: list[psutil.Process]) -> None:
+    """No worker keeps running (and computing) after the command ended."""
+    deadline = time.monotonic() + 2 * TIMEOUT_SCALE
+    while time.monotonic() < deadline:
+        running = [w for w in workers
+                   if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+        if not running:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"worker processes left running: {running}")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_compare_during_its_runs(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = start(["compare", DEMO, "--strategies", "uncontrolled,equal_share", "--workers",
+                  "2", "--out", str(out)], tmp_path)
+    workers = wait_for_workers(proc, 2)
+    time.sleep(2.0 * TIMEOUT_SCALE)  # the runs are under way (each takes several seconds)
+    err, took_s = interrupt(proc)
+    assert_interrupted(proc, err, took_s)
+    assert_gone(workers)
+    # compare makes its folder once every run is done: none, not a half one.
+    assert not out.exists() or not any(out.iterdir()), list(out.rglob("*"))
+
+
+@pytest.mark.slow
+def test_terminal_ctrl_c_while_compare_starts_its_workers(tmp_path: Path) -> None:
+    # A terminal sends SIGINT to every process of the group. The workers, spawned a
+    # moment ago and still importing, must leave it to the command: no traceback of
+    # theirs, no worker dead before the command stops them. Which process handles the
+    # signal first is a race; the workers are given it first, so the test is not.
+    out = tmp_path / "out"
+    proc = start(["compare", DEMO, "--strategies", "uncontrolled,equal_share", "--workers",
+                  "2", "--out", str(out)], tmp_path, group=True)
+    workers = wait_for_workers(proc, 2)
+    time.sleep(0.2)  # spawned, and busy importing
+    for worker in workers:
+        os.kill(worker.pid, signal.SIGINT)
+    time.sleep(0.5)
+    assert proc.poll() is None, proc.communicate()
+    err, took_s = interrupt(proc, group=True)
+    assert_interrupted(proc, err, took_s)
+    assert_gone(workers)
+    assert not out.exists() or not any(out.iterdir()), list(out.rglob("*"))
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_check(tmp_path: Path) -> None:
+    proc = start(["check", DEMO], tmp_path)
+    # One scenario runs in the command's own process: give it time to be running.
+    time.sleep(4.0 * TIMEOUT_SCALE)
+    assert proc.poll() is None, proc.communicate()
+    err, took_s = interrupt(proc)
+    assert_interrupted(proc, err, took_s)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_check_with_workers_without_waiting_for_their_runs(tmp_path: Path
+                                                                         ) -> None:
+    proc = start(["check", DEMO, DEMO, "--workers", "2"], tmp_path)
+    workers = wait_for_workers(proc, 2)
+    time.sleep(2.0 * TIMEOUT_SCALE)
+    err, took_s = interrupt(proc)
+    assert_interrupted(proc, err, took_s)
+    assert_gone(workers)
+    assert list(tmp_path.iterdir()) == []
