@@ -57,6 +57,12 @@ class _Later:
 _Item = _Send | _Later
 
 
+#: Columns of a received charging profile's record (``profiles.csv``), in order.
+PROFILE_COLUMNS: tuple[str, ...] = (
+    "t_s", "station_id", "evse_id", "profile_id", "purpose", "stack_level", "unit", "limit",
+    "number_phases", "limit_w_now", "transaction_id", "status")
+
+
 class StationProtocol:
     """The OCPP behaviour of one :class:`VirtualStation` speaking ``version``.
 
@@ -385,11 +391,8 @@ class StationProtocol:
         evse = self.station.evses.get(evse_id)
         phases = evse.phases if evse is not None else 3
         first = profile.periods[0] if profile.periods else (0.0, float("nan"), None)
-        self.received_profiles.append({
-            "t_s": now, "station_id": self.station.station_id, "evse_id": evse_id,
-            "profile_id": profile.profile_id, "purpose": profile.purpose,
-            "stack_level": profile.stack_level, "unit": profile.unit, "limit": first[1],
-            "number_phases": first[2],
-            "limit_w_now": profile.limit_w(now, evse.tx_started_s if evse else None, phases),
-            "transaction_id": profile.transaction_id, "status": status,
-        })
+        self.received_profiles.append(dict(zip(PROFILE_COLUMNS, (
+            now, self.station.station_id, evse_id, profile.profile_id, profile.purpose,
+            profile.stack_level, profile.unit, first[1], first[2],
+            profile.limit_w(now, evse.tx_started_s if evse else None, phases),
+            profile.transaction_id, status), strict=True)))

@@ -336,8 +336,27 @@ def load_baseline(path: str | Path) -> dict[str, Any]:
 def baseline_entry(check: ScenarioCheck) -> dict[str, Any]:
     """What a baseline records for one scenario: its KPIs and how it was run."""
     return {"scenario": check.path, "seed": check.scenario.seed,
-            "strategy": check.scenario.control.strategy, "overrides": dict(check.overrides),
-            "kpis": dict(check.kpis)}
+            "strategy": check.scenario.control.strategy,
+            "overrides": _typed_overrides(check), "kpis": dict(check.kpis)}
+
+
+def _typed_overrides(check: ScenarioCheck) -> dict[str, Any]:
+    """``--set`` values as the scenario model took them (``2`` for ``duration_h=2``)."""
+    from .sweep import _typed
+
+    data = check.scenario.model_dump(mode="json")
+    return {k: _typed(v, data, k) for k, v in check.overrides.items()}
+
+
+def _same_overrides(recorded: dict[str, Any], now: dict[str, Any]) -> bool:
+    """Equal as values, not as text: ``2``, ``2.0`` and ``"2"`` are the same override."""
+    def norm(v: Any) -> Any:
+        try:
+            return float(v)
+        except (TypeError, ValueError):
+            return str(v)
+    return (recorded.keys() == now.keys()
+            and all(norm(recorded[k]) == norm(now[k]) for k in recorded))
 
 
 def write_baseline(path: str | Path, checks: list[ScenarioCheck]) -> Path:
@@ -372,11 +391,13 @@ def compare_baseline(check: ScenarioCheck, baseline: dict[str, Any],
                                                   f"{entry['seed']}, run with "
                                                   f"{check.scenario.seed}"))
     recorded_overrides = entry.get("overrides", {})
-    if recorded_overrides != check.overrides:
+    if not _same_overrides(recorded_overrides, _typed_overrides(check)):
         out.append(LimitResult("baseline", False, f"baseline recorded with overrides "
                                                   f"{recorded_overrides}, run with "
-                                                  f"{check.overrides}"))
-    for name, recorded in sorted(entry["kpis"].items()):
+                                                  f"{_typed_overrides(check)}"))
+    from .kpis import current_kpi_names
+
+    for name, recorded in sorted(current_kpi_names(entry["kpis"]).items()):
         tol = tolerance.for_kpi(name)
         base = float(recorded)
         value = float(check.kpis.get(name, math.nan))

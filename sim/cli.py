@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -16,7 +18,7 @@ from rich.table import Table
 # Exceptions only, from their own modules: ``evtwin csms serve`` must start
 # without importing the twin (agents, grid model, pandas, scipy).
 from evtwin.csms.exceptions import ConfigError
-from evtwin.grid.exceptions import GridError, PowerFlowError
+from evtwin.grid.exceptions import BusMappingError, GridError, PowerFlowError
 
 from .exceptions import (
     ExternalCSMSError,
@@ -250,7 +252,7 @@ def cmd_hosting_capacity(args: argparse.Namespace, console: Console) -> int:
     if not strategies:
         raise ScenarioError(args.scenario, [("--strategies", "name at least one: uncontrolled"
                                                              ", equal_share, feeder_aware, v2g")])
-    with console.status("batched power flows ..."):
+    with console.status("batched power flows ..."), _bus_option("--buses", args.scenario):
         study = hosting_study(scenario, buses=buses, day=args.day, max_kw=args.max_kw)
         penetration = (penetration_study(scenario, levels, draws=args.draws,
                                          strategies=strategies) if args.draws else None)
@@ -292,6 +294,15 @@ def cmd_hosting_capacity(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+@contextmanager
+def _bus_option(option: str, source: str) -> Iterator[None]:
+    """A bus the feeder refuses (missing, not supplied, MV) named as the option's error."""
+    try:
+        yield
+    except BusMappingError as exc:
+        raise ScenarioError(source, [(option, str(exc))]) from None
+
+
 def _bus_list(text: str, option: str, source: str) -> list[int]:
     """A comma-separated list of bus numbers, at least one (ScenarioError naming ``option``)."""
     try:
@@ -330,7 +341,8 @@ def cmd_place(args: argparse.Namespace, console: Console) -> int:
     candidates = None
     if args.candidates is not None:
         candidates = _bus_list(args.candidates, "--candidates", args.scenario)
-    with console.status(f"screening buses, then {args.top} twin runs ..."):
+    with (console.status(f"screening buses, then {args.top} twin runs ..."),
+          _bus_option("--candidates", args.scenario)):
         placement = place(scenario, add=args.add, kw=args.kw, candidates=candidates,
                           top=args.top, workers=args.workers,
                           **({} if args.demand_radius_km is None
@@ -662,8 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="run on a Dask distributed cluster, e.g. tcp://10.0.0.5:8786")
     sw.add_argument("--kpis", help="KPIs to plot (comma-separated; default "
                                    "peak_trafo_loading_percent,v_min_pu,energy_unmet_percent)")
-    sw.add_argument("--out", help="sweep folder; an existing one is resumed "
-                                  "(default results/<scenario>-sweep-<plan id>)")
+    sw.add_argument("--out", help="sweep folder; one of the same plan is resumed, one of "
+                                  "another plan refused (default "
+                                  "results/<scenario>-sweep-<plan id>)")
     sw.add_argument("--retry-failed", action="store_true",
                     help="on resume, run again the runs that failed")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -831,12 +844,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         code, message = 130, "interrupted"
-    except OSError as exc:  # a file or folder the user named: unreadable, unwritable, full
+    except OSError as exc:
         if args.debug:
             raise
-        where = exc.filename if exc.filename is not None else "a file"
-        text = escape(f"{where}: {exc.strerror or exc}")
-        code, message = EXIT_USER_ERROR, f"[red]error:[/red] {text}"
+        if exc.filename is not None:  # a file or folder: unreadable, unwritable, disk full
+            text = escape(f"{exc.filename}: {exc.strerror or exc}")
+            code, message = EXIT_USER_ERROR, f"[red]error:[/red] {text}"
+        else:  # a connection reset, a broken pipe: not the user's input
+            code, message = 1, f"[red]run failed:[/red] {escape(str(exc))}"
     except Exception as exc:  # a bug: one line here, the traceback with --debug
         if args.debug:
             raise

@@ -13,7 +13,14 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from .kpis import KPI_LABELS, display_unit, format_kpi
-from .plots import COLOURS, floor_at_zero, format_time_axis, local_times, save_figure
+from .plots import (
+    COLOURS,
+    floor_at_zero,
+    format_time_axis,
+    local_times,
+    save_figure,
+    v2g_peak_target_percent,
+)
 from .scenario import Scenario, load_scenario
 
 #: KPIs shown in the comparison figure, one panel each, with their panel titles
@@ -146,6 +153,9 @@ def grid_figure(sc: Scenario, runs: list[StrategyRun]) -> Figure:
         ax1.plot(t, run.timeseries["trafo_loading_percent"], color=c, lw=1, label=run.strategy)
         ax2.plot(t, run.timeseries["vm_min_pu"], color=c, lw=1, label=run.strategy)
     ax1.axhline(sc.grid.trafo_loading_max_percent, color="red", ls="--", lw=1, label="limit")
+    if any(run.strategy == "v2g_peak_shaving" for run in runs):
+        ax1.axhline(v2g_peak_target_percent(sc), color="green", ls=":", lw=1,
+                    label="v2g_peak_shaving target")
     ax2.axhline(sc.grid.v_min_pu, color="red", ls="--", lw=1, label="limit")
     ax1.set_ylabel("transformer loading [%]")
     ax2.set_ylabel("min bus voltage [pu]")

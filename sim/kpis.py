@@ -11,6 +11,15 @@ import pandas as pd
 from .scenario import Scenario
 
 # KPI name -> (label, unit) for tables; order is the table's order.
+#: KPIs recorded under an older name (baselines, run records) -> their name now.
+RENAMED_KPIS: dict[str, str] = {"energy_unmet_share": "energy_unmet_percent"}
+
+
+def current_kpi_names(kpis: dict[str, float]) -> dict[str, float]:
+    """Recorded KPIs under today's names (an older record's renamed KPIs taken over)."""
+    return {RENAMED_KPIS.get(k, k): v for k, v in kpis.items()}
+
+
 KPI_LABELS: dict[str, tuple[str, str]] = {
     "energy_requested_kwh": ("Energy requested", "kWh"),
     "energy_delivered_kwh": ("Energy delivered (to batteries)", "kWh"),

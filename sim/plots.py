@@ -106,6 +106,12 @@ def save_figure(fig: Figure, path: Path) -> Path:
     return path
 
 
+def v2g_peak_target_percent(sc: Any) -> float:
+    """The transformer loading ``v2g_peak_shaving`` shaves to, in % of rated power (its
+    target is a share of the thermal limit: csms/v2g.py)."""
+    return float(sc.grid.trafo_loading_max_percent * sc.control.v2g_peak_target_percent / 100)
+
+
 def grid_figure(result: RunResult) -> Figure:
     """Feeder voltage envelope and transformer/line loading over time, limits drawn."""
     ts, sc = result.timeseries, result.scenario
@@ -129,6 +135,9 @@ def grid_figure(result: RunResult) -> Figure:
     ax2.plot(t, ts["trafo_loading_percent"], label="transformer loading")
     ax2.plot(t, ts["line_loading_max_percent"], lw=1, alpha=0.8, label="max line loading")
     ax2.axhline(g.trafo_loading_max_percent, color="red", ls="--", lw=1, label="thermal limit")
+    if sc.control.strategy == "v2g_peak_shaving":
+        ax2.axhline(v2g_peak_target_percent(sc), color="green", ls=":", lw=1,
+                    label="V2G peak-shaving target")
     floor_at_zero(ax2, [*ts["trafo_loading_percent"], *ts["line_loading_max_percent"]])
     _finish_time_axis(ax2, sc, "loading [%] (most loaded phase)" if unbalanced else "loading [%]",
                       "upper left", xlabel=not unbalanced)
@@ -212,7 +221,7 @@ def soc_figure(result: RunResult) -> Figure:
                        alpha=0.7, label=f"{outcome}{' V2G' if is_v2g else ''} ({len(sel)})",
                        **style)
     ax.plot([0, 100], [0, 100], color="grey", lw=1, ls=":",
-            label="target SoC reached (V2G too gives it back by departure)")
+            label="target SoC reached")
     if v2g.any() and "min_soc" in s:
         for floor in sorted(s.loc[v2g, "min_soc"].dropna().unique()):
             ax.axhline(floor * 100, color="red", ls="--", lw=1,

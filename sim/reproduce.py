@@ -109,6 +109,9 @@ class Reproduction:
 def compare_kpis(recorded: dict[str, float], now: dict[str, float]
                  ) -> dict[str, tuple[float, float]]:
     """KPI -> (recorded, now) for KPIs that differ or are present on one side only."""
+    from .kpis import current_kpi_names
+
+    recorded = current_kpi_names(recorded)  # a record from before a KPI was renamed
     out: dict[str, tuple[float, float]] = {}
     for key in sorted(set(recorded) | set(now)):
         a = float(recorded.get(key, math.nan))

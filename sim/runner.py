@@ -46,7 +46,7 @@ from evtwin.agents import ChargingModel, SiteConfig, VirtualStation, behaviour_f
 from evtwin.agents.ev import EV, VisitRecord
 from evtwin.agents.exceptions import ProtocolError
 from evtwin.agents.link import DirectLink, EndpointLink, StationLink
-from evtwin.agents.protocol import StationProtocol
+from evtwin.agents.protocol import PROFILE_COLUMNS, StationProtocol
 from evtwin.csms import (
     CountingConnection,
     CSMSConfig,
@@ -88,12 +88,6 @@ StationClient: TypeAlias = StationLink
 
 #: sessions.csv's columns: one per field of a visit's record.
 SESSION_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(VisitRecord))
-#: profiles.csv's columns, as a station records each profile it received
-#: (evtwin.agents.protocol); the header of a run in which none arrived.
-PROFILE_COLUMNS: tuple[str, ...] = (
-    "t_s", "station_id", "evse_id", "profile_id", "purpose", "stack_level", "unit", "limit",
-    "number_phases", "limit_w_now", "transaction_id", "status")
-
 #: OCPP version in a scenario -> its websocket subprotocol.
 SUBPROTOCOLS: dict[str, str] = {"1.6": "ocpp1.6", "2.0.1": "ocpp2.0.1", "2.1": "ocpp2.1"}
 
@@ -884,7 +878,9 @@ class Twin:
         sc = self.sc
         ts = series.frame()
         ts["evs_plugged"] = ts["evs_plugged"].astype(int)
-        ts.insert(1, "time", [self.to_datetime(t).isoformat() for t in ts["t_s"]])
+        # In UTC, as every timestamp in the results (figures show the local clock).
+        ts.insert(1, "time", [self.to_datetime(t).astimezone(UTC).isoformat()
+                              for t in ts["t_s"]])
         # Columns given: a run without visits still writes sessions.csv with its header.
         sessions = pd.DataFrame([asdict(r) for ev in self.model.evs for r in ev.records],
                                 columns=SESSION_COLUMNS)

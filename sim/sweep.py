@@ -26,6 +26,7 @@ import math
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import socket
 import time
@@ -591,9 +592,8 @@ class DaskBackend(Backend):
         try:
             self.client = Client(address, timeout=f"{max(timeout_s, 20.0):g}s")
         except Exception as exc:  # any failure to connect is the address's
-            raise SweepError(f"--scheduler {address}: speaks Dask's protocol but took no "
-                             f"client ({type(exc).__name__}: {exc}); a worker's address? "
-                             f"{_SCHEDULER_HINT}") from None
+            raise SweepError(f"--scheduler {address}: could not connect as a Dask client "
+                             f"({type(exc).__name__}: {exc}); {_SCHEDULER_HINT}") from None
         info = self.client.scheduler_info()
         if info.get("type") != "Scheduler":  # a worker or nanny speaks the same protocol
             self.client.close()
@@ -748,10 +748,9 @@ def run_sweep(plan: SweepPlan, out: str | Path | None = None, *,
     """
     t0 = time.perf_counter()
     check_backend_args(workers=workers, scheduler=scheduler)
-    if scheduler:  # a wrong address leaves no folder behind
-        probe_scheduler(scheduler)
     out = plan.default_out() if out is None else Path(out)
     check_sweep_folder(plan, out)
+    new_folder = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     (out / PLAN).write_text(json.dumps(plan.to_json(), indent=2, default=str))
     journal_path = out / JOURNAL
@@ -774,7 +773,12 @@ def run_sweep(plan: SweepPlan, out: str | Path | None = None, *,
     description = ""
     try:
         if todo:
-            backend = make_backend(workers=workers, scheduler=scheduler)
+            try:
+                backend = make_backend(workers=workers, scheduler=scheduler)
+            except SweepError:  # a wrong --scheduler address leaves no folder behind
+                if new_folder:
+                    shutil.rmtree(out, ignore_errors=True)
+                raise
             description = backend.description
             if on_start:
                 on_start(description)

@@ -220,3 +220,23 @@ def test_a_kpi_tolerance_takes_what_it_does_not_set_from_the_file_level() -> Non
     assert (tol.for_kpi("v_min_pu").relative, tol.for_kpi("v_min_pu").absolute) == (0.05, 0.001)
     assert (tol.for_kpi("energy_cost").relative, tol.for_kpi("energy_cost").absolute) == (
         0.05, 5.0)
+
+
+def test_a_baseline_from_before_text_overrides_and_the_kpi_rename_still_holds(
+        tmp_path: Path) -> None:
+    """Older baselines recorded ``duration_h`` as the number 2 and the unmet KPI as
+    ``energy_unmet_share``; today ``--set duration_h=2`` arrives as text."""
+    sc = load_scenario(OVERLOAD, {"duration_h": "2"})
+    now = ScenarioCheck(str(OVERLOAD), sc, kpis=dict(GOOD), overrides={"duration_h": "2"})
+    old_kpis = {("energy_unmet_share" if k == "energy_unmet_percent" else k): v
+                for k, v in GOOD.items()}
+    baseline = {"format": "evtwin-baseline/1", "scenarios": {now.key: {
+        "seed": sc.seed, "overrides": {"duration_h": 2}, "kpis": old_kpis}}}
+    results = compare_baseline(now, baseline, LimitsFile.model_validate({}).tolerance)
+    assert all(r.passed for r in results), [r.message for r in results if not r.passed]
+    assert "baseline.energy_unmet_percent" in {r.name for r in results}
+    # A different value is still a different run.
+    other = ScenarioCheck(str(OVERLOAD), load_scenario(OVERLOAD, {"duration_h": "3"}),
+                          kpis=dict(GOOD), overrides={"duration_h": "3"})
+    assert not all(r.passed for r in compare_baseline(other, baseline,
+                                                      LimitsFile.model_validate({}).tolerance))

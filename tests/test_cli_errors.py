@@ -40,11 +40,14 @@ def _write(name: str, text: str) -> Callable[[Path], None]:
     return setup
 
 
-def _demo_with(name: str, old: str, new: str) -> Callable[[Path], None]:
+def _demo_with(name: str, *pairs: str) -> Callable[[Path], None]:
+    """demo.toml with (old, new) text replaced, written as ``name``."""
     def setup(tmp: Path) -> None:
         text = Path(DEMO).read_text(encoding="utf-8")
-        assert old in text, old
-        (tmp / name).write_text(text.replace(old, new, 1), encoding="utf-8")
+        for old, new in zip(pairs[::2], pairs[1::2], strict=True):
+            assert old in text, old
+            text = text.replace(old, new, 1)
+        (tmp / name).write_text(text, encoding="utf-8")
     return setup
 
 
@@ -67,10 +70,11 @@ CASES: dict[str, Bad] = {
                                  setup=_write("file", "")),
     "run: step_s 3600 with default alignment": Bad(
         ["run", DEMO, "--set", "step_s=3600", "--out", "{out}"], ["step_s"]),
-    "run: charger on the MV bus 0": Bad(["run", "{tmp}/bus0.toml", "--out", "{out}"],
-                                        ["bus0.toml", "bus"],
-                                        setup=_demo_with("bus0.toml", "[[sites]]\n",
-                                                         "[[sites]]\nbus = 0\n")),
+    "run: charger on the MV bus 0": Bad(
+        ["run", "{tmp}/bus0.toml", "--out", "{out}"], ["bus0.toml", "sites.0.buses.0", "10 kv"],
+        setup=_demo_with("bus0.toml", 'name = "street"\n',
+                         'name = "street"\nbuses = [0, 3, 5, 7, 9, 11, 13, 15]\n',
+                         'name = "office"\n', 'name = "office"\nbuses = [20, 22]\n')),
     "run: unknown option": Bad(["run", DEMO, "--colour", "red"], ["--colour"]),
     "compare: empty --strategies": Bad(["compare", DEMO, "--strategies", "", "--out", "{out}"],
                                        ["--strategies"]),
@@ -93,6 +97,15 @@ CASES: dict[str, Bad] = {
                                                        ["--baseline"]),
     "hosting-capacity: bad --buses": Bad(["hosting-capacity", PLANNING, "--buses", "x",
                                           "--out", "{out}"], ["--buses"]),
+    "hosting-capacity: --buses on the MV side": Bad(
+        ["hosting-capacity", PLANNING, "--buses", "0", "--draws", "0", "--out", "{out}"],
+        ["--buses", "bus 0", "10 kv"]),
+    "place: --candidates on the MV side": Bad(
+        ["place", PLANNING, "--add", "1", "--candidates", "0", "--top", "0", "--out", "{out}"],
+        ["--candidates", "bus 0"]),
+    "sweep: --scheduler not a Dask scheme": Bad(
+        ["sweep", DEMO, "--set", "ev.count=4,6", "--scheduler", "http://127.0.0.1:{port}",
+         "--out", "{out}/sw", "--quiet"], ["--scheduler"]),
     "hosting-capacity: --penetration above 1": Bad(
         ["hosting-capacity", PLANNING, "--penetration", "2", "--out", "{out}"],
         ["--penetration"]),

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from evtwin.sim.runner import PROFILE_COLUMNS, SESSION_COLUMNS
+from evtwin.agents.protocol import PROFILE_COLUMNS
+from evtwin.sim.runner import SESSION_COLUMNS
 from tests.test_csms_standalone import TIMEOUT_S, csms_process
 
 pytestmark = pytest.mark.slow
