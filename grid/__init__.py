@@ -40,7 +40,7 @@ if TYPE_CHECKING:
         ProfileShape,
         base_load,
     )
-    from evtwin.grid.pv import PVProfile, clear_sky_pu, read_pv_csv
+    from evtwin.grid.pv import PVProfile, clear_sky_pu, csv_times, read_pv_csv
     from evtwin.grid.results import GridLimits, GridResult
 
 __all__ = [
@@ -66,6 +66,7 @@ __all__ = [
     "UnknownSimbenchCodeError",
     "base_load",
     "clear_sky_pu",
+    "csv_times",
     "distance_from_source_km",
     "hosting_capacity",
     "is_simbench",
@@ -88,7 +89,7 @@ _SOURCES: dict[str, str] = {
     "is_simbench": "networks",
     "BaseLoadProfile": "profiles", "ProfileShape": "profiles", "LoadTimeSeries": "profiles",
     "BaseLoad": "profiles", "BaseLoadKind": "profiles", "base_load": "profiles",
-    "PVProfile": "pv", "clear_sky_pu": "pv", "read_pv_csv": "pv",
+    "PVProfile": "pv", "clear_sky_pu": "pv", "csv_times": "pv", "read_pv_csv": "pv",
     "GridLimits": "results", "GridResult": "results",
 }
 

@@ -960,6 +960,20 @@ def distance_from_source_km(net: pp.pandapowerNet) -> dict[int, float]:
     return best
 
 
+def station_bus_problem(net: pp.pandapowerNet, bus: int, supplied: set[int], *,
+                        lv_only: bool = True) -> str | None:
+    """Why ``bus`` cannot take a charger (None when it can): not in the network, a
+    medium-voltage bus (above ``LV_MAX_KV``; with ``lv_only``), or not supplied."""
+    if bus not in net.bus.index:
+        return "no such bus in the network"
+    if lv_only and float(net.bus.at[bus, "vn_kv"]) > LV_MAX_KV:
+        return (f"a {float(net.bus.at[bus, 'vn_kv']):g} kV bus (the transformer's MV side): "
+                f"chargers go on the feeder's low-voltage buses (up to {LV_MAX_KV:g} kV)")
+    if bus not in supplied:
+        return "bus is out of service or not supplied by the external grid"
+    return None
+
+
 def _check_station_buses(
     net: pp.pandapowerNet,
     n_stations: int,
@@ -971,18 +985,13 @@ def _check_station_buses(
     buses = list(station_buses)
     if len(buses) != n_stations:
         raise BusMappingError(None, f"{len(buses)} station buses given for n_stations={n_stations}")
-    existing = set(net.bus.index)
     checked: list[int] = []
     for bus in buses:
         if isinstance(bus, bool) or not isinstance(bus, int | np.integer):
             raise BusMappingError(None, f"station bus {bus!r} is not an integer bus index")
         b = int(bus)
-        if b not in existing:
-            raise BusMappingError(b, "no such bus in the network")
-        if b not in supplied:
-            raise BusMappingError(b, "bus is out of service or not supplied by the external grid")
-        if lv_only and float(net.bus.at[b, "vn_kv"]) > LV_MAX_KV:
-            raise BusMappingError(b, f"a {float(net.bus.at[b, 'vn_kv']):g} kV bus: stations "
-                                     f"go on LV buses (up to {LV_MAX_KV:g} kV)")
+        problem = station_bus_problem(net, b, supplied, lv_only=lv_only)
+        if problem is not None:
+            raise BusMappingError(b, problem)
         checked.append(b)
     return checked

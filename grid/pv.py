@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ import pandas as pd
 
 from evtwin.grid.exceptions import GridError
 
-__all__ = ["PVProfile", "clear_sky_pu", "read_pv_csv"]
+__all__ = ["PVProfile", "clear_sky_pu", "csv_times", "read_pv_csv"]
 
 FloatArray = npt.NDArray[np.float64]
 
@@ -148,12 +148,31 @@ class PVProfile:
         return np.asarray(np.clip(day_index[days] * fluct, 0.0, 1.2), dtype=np.float64)
 
 
+def csv_times(raw: pd.Series, zone: tzinfo | None) -> pd.Series:
+    """ISO 8601 times of a CSV column as UTC instants: with an offset (which may change
+    across daylight saving) as given; without one, local times in ``zone`` (UTC when
+    None): a time the clocks skip moves forward, a repeated one is taken once each way
+    in file order where the file says so, else the first time."""
+    text = raw.astype(str).str.strip()
+    if text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$").any():
+        return pd.to_datetime(text, utc=True)
+    naive = pd.to_datetime(text)
+    if zone is None:
+        return naive.dt.tz_localize("UTC")
+    try:
+        local = naive.dt.tz_localize(zone, ambiguous="infer", nonexistent="shift_forward")
+    except (ValueError, TypeError):  # a repeated hour the order cannot resolve
+        local = naive.dt.tz_localize(zone, ambiguous=True, nonexistent="shift_forward")
+    return local.dt.tz_convert("UTC")
+
+
 def read_pv_csv(path: str | Path, start: datetime, n_steps: int, step_s: float,
-                peak_kw: float) -> FloatArray:
+                peak_kw: float, zone: tzinfo | None = None) -> FloatArray:
     """A measured or forecast PV profile on the run's steps (kW).
 
-    The file has a ``time`` column (ISO 8601; without an offset it is taken in
-    the run's time zone; offsets may change, e.g. across daylight saving) and
+    The file has a ``time`` column (ISO 8601; without an offset a local time in
+    ``zone``, default the fixed offset of ``start``; offsets may change, e.g.
+    across daylight saving: :func:`csv_times`) and
     either ``p_kw`` (the plant's output) or ``pu`` (output per kWp, scaled by
     ``peak_kw``). Between rows the output is linear. Like the clear-sky
     profile, each step's value is the mean over the step that ends there (row
@@ -170,13 +189,7 @@ def read_pv_csv(path: str | Path, start: datetime, n_steps: int, step_s: float,
     if "time" not in frame or not ({"p_kw", "pu"} & set(frame.columns)):
         raise GridError(f"{path}: a PV profile needs a 'time' column and 'p_kw' or 'pu'")
     try:
-        raw = frame["time"].astype(str).str.strip()
-        if raw.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$").any():
-            times = pd.to_datetime(raw, utc=True)  # mixed offsets (DST) parse as UTC
-        else:
-            times = pd.to_datetime(raw)
-            if start.tzinfo is not None:
-                times = times.dt.tz_localize(start.tzinfo)
+        times = csv_times(frame["time"], zone if zone is not None else start.tzinfo)
         values = (frame["p_kw"].astype(float) if "p_kw" in frame
                   else frame["pu"].astype(float) * peak_kw)
         t_s = np.array([(t.to_pydatetime() - start).total_seconds() for t in times])

@@ -136,7 +136,8 @@ def build_der(sc: Scenario, station_buses: list[int], station_sites: list[str],
         if plant.profile == "csv":
             assert plant.csv is not None
             try:
-                kw = read_pv_csv(plant.csv, sc.start, n_rows, sc.step_s, plant.peak_kw)
+                kw = read_pv_csv(plant.csv, sc.start, n_rows, sc.step_s, plant.peak_kw,
+                                 sc.local_zone())
             except GridError as exc:
                 problems.append((f"pv.{i}.csv", str(exc)))
                 continue

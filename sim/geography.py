@@ -21,7 +21,7 @@ import pandas as pd
 
 from evtwin.agents import ChargingModel
 from evtwin.grid import supplied_buses
-from evtwin.grid.networks import LV_MAX_KV
+from evtwin.grid.feeder import station_bus_problem
 
 from .exceptions import ScenarioError
 
@@ -43,20 +43,13 @@ def station_bus_problems(sc: Scenario, net: pp.pandapowerNet) -> list[tuple[str,
     """Every site bus (``sites.N.buses.J``) that cannot take a charger, with why: it
     is not in the network, not supplied, or not a low-voltage bus (up to
     ``LV_MAX_KV``; the transformer's MV side is no charger location)."""
-    existing = {int(b) for b in net.bus.index}
     supplied = supplied_buses(net)
     problems: list[tuple[str, str]] = []
     for i, site in enumerate(sc.sites):
         for j, bus in enumerate(site.buses or []):
-            where = f"sites.{i}.buses.{j}"
-            if bus not in existing:
-                problems.append((where, f"no bus {bus} in {sc.grid.network}"))
-            elif float(net.bus.at[bus, "vn_kv"]) > LV_MAX_KV:
-                problems.append((where, f"bus {bus} is a {float(net.bus.at[bus, 'vn_kv']):g} kV "
-                                 f"bus (the transformer's MV side): chargers go on the "
-                                 f"feeder's low-voltage buses (up to {LV_MAX_KV:g} kV)"))
-            elif bus not in supplied:
-                problems.append((where, f"bus {bus} is out of service or not supplied"))
+            problem = station_bus_problem(net, bus, supplied)
+            if problem is not None:
+                problems.append((f"sites.{i}.buses.{j}", f"bus {bus}: {problem}"))
     return problems
 
 

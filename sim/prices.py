@@ -6,6 +6,8 @@ from datetime import datetime, timedelta
 
 import pandas as pd
 
+from evtwin.grid.pv import csv_times
+
 from .exceptions import ScenarioError
 from .scenario import Scenario
 
@@ -31,7 +33,8 @@ def price_steps(sc: Scenario) -> tuple[tuple[datetime, float], ...]:
     assert p.csv is not None
     try:
         frame = pd.read_csv(p.csv)
-        times = pd.to_datetime(frame["time"], utc=True)
+        # Without an offset: local times of the scenario's zone (as PV files).
+        times = csv_times(frame["time"], sc.local_zone())
         prices = frame["price_per_kwh"].astype(float)
     except (OSError, KeyError, ValueError) as exc:
         raise ScenarioError(p.csv, [("prices.csv", f"cannot read the price series: {exc}")]

@@ -338,3 +338,23 @@ def test_named_networks_are_the_same_on_every_load() -> None:
     b = load_network("kerber_dorfnetz")
     assert a.line["std_type"].tolist() == b.line["std_type"].tolist()
     assert before == after  # the caller's random stream is left where it was
+
+
+def test_csv_times_without_an_offset_are_local_in_the_scenarios_zone() -> None:
+    """PV and price files: naive times are the feeder's clock, which changes offset on
+    29 March 2026 in Berlin; times with an offset are kept; no zone means UTC."""
+    from zoneinfo import ZoneInfo
+
+    import pandas as pd
+
+    from evtwin.grid import csv_times
+
+    raw = pd.Series(["2026-03-28 12:00", "2026-03-29 12:00"])
+    berlin = csv_times(raw, ZoneInfo("Europe/Berlin"))
+    assert [t.hour for t in berlin] == [11, 10]  # CET, then CEST
+    assert [t.hour for t in csv_times(raw, None)] == [12, 12]
+    given = csv_times(pd.Series(["2026-03-28T12:00:00+01:00", "2026-03-29T12:00:00+02:00"]),
+                      ZoneInfo("UTC"))
+    assert [t.hour for t in given] == [11, 10]
+    skipped = csv_times(pd.Series(["2026-03-29 02:30"]), ZoneInfo("Europe/Berlin"))
+    assert skipped.iloc[0].hour == 1  # 03:00 CEST: the skipped half hour moves forward

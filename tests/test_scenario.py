@@ -532,7 +532,7 @@ def test_chargers_go_on_low_voltage_buses_every_bad_one_named(tmp_path: Path) ->
                                             "sites.1.buses.0"]
     found = dict(err.problems)
     assert "10 kV bus" in found["sites.0.buses.0"] and "low-voltage" in found["sites.0.buses.0"]
-    assert found["sites.0.buses.1"] == "no bus 999 in kerber_landnetz_kabel_1"
+    assert found["sites.0.buses.1"] == "bus 999: no such bus in the network"
     assert_lines_name_the_file(err, path)
 
 
