@@ -12,10 +12,11 @@ import os
 import re
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -112,6 +113,14 @@ def zone(name: str) -> tzinfo:
                          "Europe/Amsterdam)") from None
 
 
+def _known_zone(name: str) -> str:
+    zone(name)  # ValueError naming it when unknown
+    return name
+
+
+#: An IANA time zone name, checked when the model is validated.
+ZoneName = Annotated[str, AfterValidator(_known_zone)]
+
 SessionsFormat = Literal["evtwin", "acn", "elaad", "ocpi_cdr"]
 
 
@@ -124,16 +133,9 @@ class SiteSessions(_Strict):
     format: SessionsFormat = "evtwin"
     """Column mapping: ``evtwin`` (our CSV), ``acn`` (ACN-Data JSON or CSV),
     ``elaad`` (ElaadNL open transaction data, CSV), ``ocpi_cdr`` (OCPI 2.2.1 CDRs, JSON)."""
-    timezone: str | None = None
+    timezone: ZoneName | None = None
     """IANA zone (``Europe/Amsterdam``) of times without an offset; default: UTC for
     acn, elaad and ocpi_cdr (their times are UTC), none for evtwin (an error)."""
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, v: str | None) -> str | None:
-        if v is not None:
-            zone(v)
-        return v
 
 
 class FleetSessions(SiteSessions):
@@ -431,7 +433,7 @@ class Scenario(_Strict):
     name: str = Field("scenario", pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = Field(0, ge=0)
     """Seed of every random stream of the run (a run replays exactly from it)."""
-    timezone: str | None = None
+    timezone: ZoneName | None = None
     """IANA time zone of the feeder (``Europe/Berlin``): ``start`` without an offset is
     local time there, and local clocks (household load, driver arrivals, time-of-use
     bands) follow its daylight-saving changes. Unset: the fixed offset of ``start``
@@ -463,13 +465,6 @@ class Scenario(_Strict):
     @classmethod
     def _sessions_file(cls, v: Any) -> Any:
         return _file_only(v)
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, v: str | None) -> str | None:
-        if v is not None:
-            zone(v)
-        return v
 
     @field_validator("start")
     @classmethod
