@@ -173,7 +173,8 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
                   f"{outcome.failed} failed; {outcome.resumed} found done and not run again) "
                   f"in {outcome.wall_time_s:.0f} s"
                   + (f" on {outcome.backend}" if outcome.backend else ""))
-    _say(console, f"table and figures in [bold]{out}[/bold] (sweep.parquet, sweep.csv)")
+    if len(outcome.table):
+        _say(console, f"table and figures in [bold]{out}[/bold] (sweep.parquet, sweep.csv)")
     if outcome.interrupted:
         _say(console, "[yellow]interrupted:[/yellow] run the same command again to resume")
         return 130

@@ -228,6 +228,10 @@ def write_csms_config(sc: Scenario, out: Path | None, *, source: str,
                              tokens=len(model.tokens.accepted))
     companions = companion_paths(out, security_profile)
     targets = [out, *companions.values()]
+    folders = [str(p) for p in targets if p.is_dir()]
+    if folders:
+        raise ConfigError("--out", f"{', '.join(folders)} is a folder: give a file name, "
+                                   "e.g. csms.toml")
     if not force:
         existing = [str(p) for p in targets if p.exists()]
         if existing:

@@ -116,6 +116,10 @@ CASES: dict[str, Bad] = {
                                          str(ROOT / "scenarios/data/sessions_sample.csv"),
                                          "--timezone", "Mars/Olympus", "--out", "{out}"],
                                         ["mars/olympus"]),
+    "csms config-for: --out is a folder": Bad(
+        ["csms", "config-for", DEMO, "--out", "{tmp}"], ["--out", "is a folder"]),
+    "csms config-for: missing scenario": Bad(
+        ["csms", "config-for", "{tmp}/nope.toml", "--out", "{tmp}/c.toml"], ["nope.toml"]),
     "reproduce: not a run folder": Bad(["reproduce", "{tmp}"], ["run.json"]),
     "export-pf: not a run folder": Bad(["export-pf", "{tmp}", "--out", "{out}"], ["{tmp}"]),
     "stations: http:// URL": Bad(["stations", "--csms", "http://127.0.0.1:{port}/ocpp",
