@@ -98,18 +98,23 @@ def format_kpi(value: float, unit: str) -> str:
     decimals = max(0, SIGNIFICANT_DIGITS - 1 - math.floor(math.log10(magnitude)))
     text = _fixed(value, decimals)
     if unit == "%":
-        while text.lstrip("-") in ("0", "100") and decimals < 12:
+        while (abs(float(text.replace(",", ""))) in (0.0, 100.0)
+               and abs(value) not in (0.0, 100.0) and decimals < 12):
             decimals += 1
             text = _fixed(value, decimals)
     return text
 
 
 def _fixed(value: float, decimals: int) -> str:
-    """``value`` with ``decimals`` decimals and thousands separators, trailing zeros cut."""
+    """``value`` with ``decimals`` decimals and thousands separators; trailing zeros cut
+    where they say nothing (0.28, not 0.2800) and kept where they are digits of a
+    rounded value (141.96 is 142.0, not 142, which would read as exact)."""
     text = f"{value:,.{decimals}f}"
     if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text == "-0" else text
+        short = text.rstrip("0").rstrip(".")
+        if math.isclose(float(short.replace(",", "")), value, rel_tol=1e-12, abs_tol=0.0):
+            text = short
+    return "0" if text in ("-0", "-0.0") else text
 
 
 def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,

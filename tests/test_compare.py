@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
     (-12.5, "cur", "-12.5"),
     (99.998, "%", "99.998"),        # a share just below 100 % does not read as 100
     (100.023, "%", "100.02"),       # a transformer just over its limit does not read as 100
+    (141.96, "EUR", "142.0"),       # a rounded value keeps its zero: 142 would read as exact
     (2.4817, "%", "2.482"),
 ])
 def test_format_kpi_by_magnitude(value: float, unit: str, text: str) -> None:
