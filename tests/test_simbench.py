@@ -92,7 +92,7 @@ def test_stations_go_on_lv_buses_only(net: pp.pandapowerNet) -> None:
     assert set(load_buses(net)) <= lv
     assert set(place_stations(net, 40)) <= lv
     mv = sorted(set(net.bus.index) - lv)
-    with pytest.raises(BusMappingError, match="LV buses"):
+    with pytest.raises(BusMappingError, match="low-voltage buses"):
         Feeder(net, n_stations=1, station_buses=[int(mv[-1])])
 
 
