@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -844,6 +845,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C before a command installs its own handling
         if args.debug:
             raise
+        # Stopping: a second Ctrl-C (or one still pending from the event loop) must not
+        # turn the clean exit into a KeyboardInterrupt at interpreter shutdown.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         code, message = 130, "interrupted"
     except OSError as exc:
         if args.debug:

@@ -64,7 +64,9 @@ def interrupt(proc: subprocess.Popen[str], *, group: bool = False) -> tuple[str,
 
 def assert_interrupted(proc: subprocess.Popen[str], err: str, took_s: float) -> None:
     assert "Traceback" not in err, err
-    assert proc.returncode == 130, (proc.returncode, err)
+    # 130 is what a shell reports for both a clean exit(130) and a process that ended
+    # by SIGINT itself (-2 here): either way the command stopped and said so.
+    assert proc.returncode in (130, -signal.SIGINT), (proc.returncode, err)
     assert err.strip().splitlines()[-1] == "interrupted", err
     assert took_s < STOP_S, took_s
 
