@@ -899,14 +899,13 @@ def plot_sweep(table: pd.DataFrame, parameters: Sequence[Parameter], kpis: Seque
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .kpis import KPI_LABELS
+    from .kpis import KPI_LABELS, display_unit
 
     def label_of(kpi: str) -> str:
         return KPI_LABELS.get(kpi, (kpi, ""))[0].strip()
 
-    def unit_of(kpi: str) -> str:
-        unit = KPI_LABELS.get(kpi, ("", ""))[1]
-        return "currency" if unit == "cur" else unit
+    def unit_of(kpi: str) -> str:  # a sweep may mix scenarios: no one currency to name
+        return display_unit(KPI_LABELS.get(kpi, ("", ""))[1], "currency")
 
     ok = table[table["status"] == "ok"]
     swept = [p.path for p in parameters if table[p.path].nunique(dropna=True) > 1]
