@@ -8,6 +8,7 @@ import mesa
 
 from .behaviour import Vehicle, Visit
 from .fleet import Fleet, FleetField, fleet_of
+from .pricing import Response
 
 
 @dataclass(slots=True)
@@ -42,6 +43,18 @@ class VisitRecord:
     """Energy through the battery in either direction (charging and V2G)."""
     equivalent_full_cycles: float = 0.0
     """throughput / (2 x capacity): a simple cycle-ageing figure."""
+    fault: str = ""
+    """What a failed port did to the visit: interrupted (its session ended), rerouted
+    (the driver went to another site), turned_away (while a port here was out of order)."""
+    # The driver's answers to prices (evtwin.agents.pricing); empty without a tariff.
+    price_shifted_s: float = 0.0
+    """Seconds the driver moved the arrival for a lower price (negative: earlier)."""
+    site_switched_from: str | None = None
+    """The site the driver left for a cheaper one."""
+    energy_reduced_kwh: float = 0.0
+    """Battery energy the driver did not ask for because of the price."""
+    left_for_idle_fee: bool = False
+    """The driver unplugged before the planned departure to avoid the idle fee."""
 
 
 class EV(mesa.Agent):
@@ -85,6 +98,8 @@ class EV(mesa.Agent):
         self.home_bus: int | None = None
         #: Visits from a sessions file: ``visit -> (session id, what was assumed)``.
         self.session_tags: dict[Visit, tuple[str, str]] = {}
+        #: Visits the driver re-planned for prices: ``visit -> what changed``.
+        self.price_responses: dict[Visit, Response] = {}
 
     # -- the vehicle: its figures are copied into the fleet row ----------------------
     @property
@@ -111,6 +126,11 @@ class EV(mesa.Agent):
                                    visit.departure_s,
                                    visit.soc_initial, visit.target_soc, wanted,
                                    home_bus=self.home_bus)
+        answered = self.price_responses.get(visit)
+        if answered is not None:
+            self.current.price_shifted_s = answered.price_shifted_s
+            self.current.site_switched_from = answered.site_switched_from
+            self.current.energy_reduced_kwh = answered.energy_reduced_kwh
         self.records.append(self.current)
         return self.current
 

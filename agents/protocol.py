@@ -94,6 +94,9 @@ class StationProtocol:
         self._csms_tx: dict[str, str] = {}
         #: 1.6: the charging status last sent per EVSE (Charging/SuspendedEV/SuspendedEVSE).
         self._status16: dict[int, str] = {}
+        #: 2.x NotifyEvent eventId (one sequence per station).
+        self._event_id = 0
+        self._heartbeats = 0
 
     # ------------------------------------------------------------------ state
 
@@ -133,9 +136,12 @@ class StationProtocol:
             if event.kind == "plug":
                 self._queue.append(_Later(self._plug_chain(event.evse_id, event.at_s,
                                                            event.payload, now_s)))
-            else:
+            elif event.kind in ("unplug", "fault"):
                 self._queue.append(_Later(self._unplug_chain(event.evse_id, event.at_s,
                                                              event.payload)))
+            else:  # repair | warning
+                self._queue.append(_Later(self._problem_chain(event.kind, event.evse_id,
+                                                              event.at_s, event.payload)))
 
     def queue_due(self, now_s: float, *, sample: bool, aligned: bool, heartbeat: bool) -> None:
         """Everything due at ``now_s``: events, then meter samples, clock-aligned
@@ -145,13 +151,16 @@ class StationProtocol:
             self._queue.append(_Later(lambda: self._samples_due(now_s)))
         if aligned:
             self._queue.append(_Later(lambda: self._aligned_due(now_s)))
-        if heartbeat:
-            self._queue.append(_Send(d.Heartbeat()))
+        if heartbeat and not self.station.offline:
+            self._heartbeats += 1
+            # A failing modem loses some heartbeats (a low-discrepancy pattern: no draw).
+            if (self._heartbeats * 0.6180339887) % 1.0 >= self.station.drop_heartbeat:
+                self._queue.append(_Send(d.Heartbeat()))
 
     def next_message(self) -> d.StationMessage | None:
         """The next message to send (None: none, or an answer is still awaited)."""
-        if self._sent is not None:
-            return None
+        if self._sent is not None or self.station.offline:
+            return None  # offline: the station keeps what it has to say until it is back
         while self._queue:
             item = self._queue.popleft()
             if isinstance(item, _Later):
@@ -191,7 +200,7 @@ class StationProtocol:
         self.on_answer(d.Ack())
 
     def _is_report(self, message: d.StationMessage) -> bool:
-        if isinstance(message, d.Heartbeat | d.MeterReport | d.StatusChanged):
+        if isinstance(message, d.Heartbeat | d.MeterReport | d.StatusChanged | d.ProblemReport):
             return True
         # 1.6 sends transaction samples as MeterValues, a report like any other.
         return self.version == "1.6" and isinstance(message, d.TransactionUpdated)
@@ -331,18 +340,48 @@ class StationProtocol:
         def build() -> list[_Item]:
             tx: str | None = info["transaction_id"]
             seq_no: int | None = info["seq_no"]
-            if self.version == "1.6":
+            v16 = self.version == "1.6"
+            if v16:
                 # Queued with the CSMS's id if StartTransaction had been answered by
                 # then, else with the station's own.
                 tx = tx if tx in self._csms_tx.values() else self._csms_tx.get(tx or "")
                 seq_no = None
             out: list[_Item] = []
+            fault = "component" in info  # a failure (see VirtualStation.fail)
             if tx is not None and tx not in st.rejected:
+                reason = info.get("reason", "EVDisconnected")
                 out.append(_Send(d.TransactionEnded(
-                    evse_id, tx, at, seq_no, "EVDisconnected",
+                    evse_id, tx, at, seq_no, "Other" if v16 and fault else reason,
                     d.Reading(at, "Transaction.End", info["register_wh"]))))
-            out.append(_Send(d.StatusChanged(evse_id, "Available", at)))
+            status = info.get("status", "Available")
+            if fault:
+                out.extend(self._problem_chain("fault", evse_id, at_s, info)())
+            else:
+                out.append(_Send(d.StatusChanged(evse_id, status, at)))
             self._status16.pop(evse_id, None)
+            return out
+        return build
+
+    def _problem_chain(self, kind: str, evse_id: int, at_s: float, info: dict[str, Any]
+                       ) -> Callable[[], list[_Item]]:
+        """A failure, its repair or a warning: 2.x StatusNotification (when the status
+        changes) and NotifyEvent; 1.6 one StatusNotification with the error code."""
+        at = self._at(at_s)
+
+        def build() -> list[_Item]:
+            severity = {"fault": "fault", "repair": "cleared"}.get(kind, "warning")
+            status = info["status"]
+            if self.version == "1.6" and status == "Occupied":
+                status = self._status16.get(evse_id, "Charging")
+            self._event_id += 1
+            report = d.ProblemReport(evse_id, info["component"], info["code"], severity,
+                                     status, at, self._event_id)
+            if self.version == "1.6":
+                return [_Send(report)]
+            out: list[_Item] = []
+            if kind != "warning":
+                out.append(_Send(d.StatusChanged(evse_id, status, at)))
+            out.append(_Send(report))
             return out
         return build
 

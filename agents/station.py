@@ -46,13 +46,17 @@ class Evse:
     step_wh: float = 0.0
     last_update_s: float = 0.0
     profiles: list[Profile] = field(default_factory=list)
+    faults: set[str] = field(default_factory=set)
+    """Failed components of this EVSE (see :mod:`evtwin.agents.faults`)."""
+    derate: float = 1.0
+    """Share of its rated power the EVSE can give (a failing power stage gives less)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
     """Something the station must tell the CSMS about, in order."""
 
-    kind: str  # "plug" | "unplug"
+    kind: str  # "plug" | "unplug" | "fault" | "repair" | "warning"
     evse_id: int
     at_s: float
     payload: dict[str, Any] = field(default_factory=dict)
@@ -72,6 +76,12 @@ class VirtualStation(mesa.Agent):
         self.voltage_v = NOMINAL_VOLTAGE_V
         self._tx_counter = 0
         self.rejected: set[str] = set()
+        #: Failed components of the station as a whole (communication, payment).
+        self.faults: set[str] = set()
+        #: No connection to the CSMS (failed communication): nothing is sent until repaired.
+        self.offline = False
+        #: Heartbeats the failing modem drops (symptoms before a communication failure).
+        self.drop_heartbeat: float = 0.0
 
     # -- physical events (from the simulator) -------------------------------
     def plug(self, evse_id: int, ev: EV, at_s: float) -> str:
@@ -120,10 +130,10 @@ class VirtualStation(mesa.Agent):
         ev = evse.ev
         evse.ev = None
         evse.charging = False
-        evse.status = "Available"
+        evse.status = "Faulted" if self.down(evse) else "Available"
         self.events.append(Event("unplug", evse_id, at_s, {
             "transaction_id": evse.transaction_id, "register_wh": evse.register_wh,
-            "seq_no": evse.seq_no + 1, "soc": ev.soc if ev else None,
+            "seq_no": evse.seq_no + 1, "soc": ev.soc if ev else None, "status": evse.status,
         }))
         evse.transaction_id = None
         evse.tx_started_s = None
@@ -157,6 +167,83 @@ class VirtualStation(mesa.Agent):
         evse.seq_no += 1
         return evse.seq_no
 
+    # -- faults (see evtwin.agents.faults) ------------------------------------------
+    def down(self, evse: Evse) -> bool:
+        """The EVSE cannot start a session: a failed component of its own or the station's."""
+        return bool(evse.faults or self.faults)
+
+    def fail(self, evse_id: int, component: str, code: str, stop_reason: str,
+             at_s: float, *, offline: bool = False) -> list[int]:
+        """A component fails at ``at_s`` (``evse_id`` 0: one of the station's own).
+
+        An EVSE's own failure ends its running transaction (``stop_reason``): the
+        power stops. A station-wide one (communication, payment) lets running
+        sessions go on but no new one start; ``offline`` (a failed modem) also takes
+        the station off the air. Returns the EVSEs whose transaction the failure ended.
+        ``component`` is named as OCPP 2.x's device model names it.
+        """
+        ended: list[int] = []
+        targets = [self.evses[evse_id]] if evse_id else list(self.evses.values())
+        if evse_id:
+            targets[0].faults.add(component)
+        else:
+            self.faults.add(component)
+        if offline:
+            self.offline = True
+        for evse in targets:
+            self.advance_evse(evse, at_s)
+            tx = None
+            if evse_id and evse.transaction_id is not None:
+                tx = evse.transaction_id
+                evse.charging = False
+                evse.power_now_w = 0.0
+                ended.append(evse.evse_id)
+            if evse_id or evse.ev is None:  # an EV still plugged in keeps it Occupied
+                evse.status = "Faulted"
+            self.events.append(Event("fault", evse.evse_id, at_s, {
+                "transaction_id": tx, "register_wh": evse.register_wh,
+                "seq_no": evse.seq_no + 1, "reason": stop_reason, "component": component,
+                "code": code, "status": evse.status, "station_wide": not evse_id}))
+            if tx is not None:
+                evse.transaction_id = None
+                evse.tx_started_s = None
+                evse.profiles = [p for p in evse.profiles if p.purpose != "TxProfile"]
+        return ended
+
+    def repair(self, evse_id: int, component: str, code: str, at_s: float, *,
+               online: bool = False) -> None:
+        """A crew repaired (or swapped) the component: the EVSE(s) work again."""
+        targets = [self.evses[evse_id]] if evse_id else list(self.evses.values())
+        if evse_id:
+            targets[0].faults.discard(component)
+            targets[0].derate = 1.0
+        else:
+            self.faults.discard(component)
+        if online:
+            self.offline = False
+            self.drop_heartbeat = 0.0
+        for evse in targets:
+            if evse.ev is None and not self.down(evse):
+                evse.status = "Available"
+            elif evse.ev is not None:
+                evse.status = "Occupied"
+            self.events.append(Event("repair", evse.evse_id, at_s, {
+                "component": component, "code": code, "status": evse.status,
+                "station_wide": not evse_id}))
+
+    def warn(self, evse_id: int, component: str, code: str, at_s: float) -> None:
+        """A warning the station's self-test raises (a symptom, or a false alarm)."""
+        evse = self.evses.get(evse_id)
+        status = evse.status if evse is not None else "Available"
+        self.events.append(Event("warning", evse_id, at_s, {
+            "component": component, "code": code, "status": status}))
+
+    def set_derate(self, evse_id: int, share: float, at_s: float) -> None:
+        """The EVSE gives at most ``share`` of its rated power from ``at_s``."""
+        evse = self.evses[evse_id]
+        self.advance_evse(evse, at_s)
+        evse.derate = share
+
     # -- physics ------------------------------------------------------------
     def limit_w(self, evse: Evse, now_s: float) -> float:
         """The effective limit on an EVSE at ``now_s`` (W): its hardware, then its
@@ -165,11 +252,12 @@ class VirtualStation(mesa.Agent):
         profiles = [(0, p) for p in self.station_profiles]
         profiles += [(evse.evse_id, p) for p in evse.profiles]
         sharing = sum(1 for e in self.evses.values() if e.charging)
+        rated = evse.max_power_w * evse.derate
         limit = composite_limit(profiles, now_s, evse_id=evse.evse_id, unit="W",
-                                phases=self._phases(evse), evse_max=evse.max_power_w,
+                                phases=self._phases(evse), evse_max=rated,
                                 transaction_id=evse.transaction_id,
                                 tx_start_s=evse.tx_started_s, sharing=sharing)
-        return evse.max_power_w if limit is None else limit
+        return rated if limit is None else limit
 
     @staticmethod
     def _phases(evse: Evse) -> int:

@@ -140,6 +140,19 @@ class Codec2x(Codec):
             return "BootNotification", {
                 "chargingStation": {"model": m.model, "vendorName": m.vendor},
                 "reason": m.reason}
+        if isinstance(m, d.ProblemReport):
+            component: dict[str, Any] = {"name": m.component}
+            if m.evse_id:
+                component["evse"] = {"id": m.evse_id, "connectorId": 1}
+            event: dict[str, Any] = {
+                "eventId": m.event_id, "timestamp": iso(m.at), "trigger": "Alerting",
+                "actualValue": "false" if m.severity == "cleared" else "true",
+                "techCode": m.code, "techInfo": m.severity, "component": component,
+                "variable": {"name": "Problem"},
+                "eventNotificationType": "HardWiredNotification"}
+            if m.severity == "cleared":
+                event["cleared"] = True
+            return "NotifyEvent", {"generatedAt": iso(m.at), "seqNo": 0, "eventData": [event]}
         raise TypeError(f"no OCPP {self.version} form for {type(m).__name__}")
 
     def decode_answer(self, message: d.StationMessage, payload: dict[str, Any]) -> Any:
@@ -225,6 +238,13 @@ class Codec16(Codec):
         if isinstance(m, d.Boot):
             return "BootNotification", {"chargePointModel": m.model,
                                         "chargePointVendor": m.vendor}
+        if isinstance(m, d.ProblemReport):
+            # 1.6 says a problem with the connector's status: Faulted for a failure,
+            # the status it has for a warning; info names the component.
+            return "StatusNotification", {
+                "connectorId": m.evse_id,
+                "errorCode": "NoError" if m.severity == "cleared" else m.code,
+                "status": m.status, "timestamp": iso(m.at), "info": m.component[:50]}
         raise TypeError(f"no OCPP 1.6 form for {type(m).__name__}")
 
     def decode_answer(self, message: d.StationMessage, payload: dict[str, Any]) -> Any:

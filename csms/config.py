@@ -21,6 +21,7 @@ from pydantic import (
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from .auth import IdTokenType, TokenRecord, TokenStatus
@@ -29,6 +30,7 @@ from .exceptions import ConfigError
 from .model import CSMSConfig, EvseSpec, SiteSpec, StationSpec, Tariff
 from .security import SecurityConfig, check_password_hash, server_ssl_context
 from .strategies import check_strategy_name
+from .tariffs import check_tariff
 
 _MESSAGES = {
     "greater_than": "must be > {gt}",
@@ -169,6 +171,13 @@ class OCPPSection(_Strict):
     --speed``)."""
 
 
+class TariffBand(_Strict):
+    """One time-of-use band of the driver tariff: from ``start_h`` (local) to the next."""
+
+    start_h: float = Field(ge=0, lt=24, allow_inf_nan=False)
+    price_per_kwh: float = Field(ge=0, allow_inf_nan=False)
+
+
 class TariffSection(_Strict):
     """Prices for charge detail records."""
 
@@ -181,6 +190,37 @@ class TariffSection(_Strict):
     cost_updated_interval_s: float = Field(0.0, ge=0, le=86400, allow_inf_nan=False)
     """OCPP 2.x: tell stations a session's running cost (CostUpdated) at most this often,
     as its meter reports; 0 (default) never does."""
+    kind: Literal["flat", "tou", "occupancy"] = "flat"
+    """Driver-facing policy (see evtwin.csms.tariffs): ``flat`` (``energy_per_kwh``),
+    ``tou`` (``bands``) or ``occupancy`` (a surcharge when the site is busy)."""
+    bands: list[TariffBand] = Field(default_factory=list)
+    """tou: daily bands of a price per kWh, each from its local start hour."""
+    timezone: str = "UTC"
+    """The bands' local clock: UTC, an offset (+01:00) or an IANA name."""
+    occupancy_threshold: float = Field(0.8, gt=0, le=1, allow_inf_nan=False)
+    occupancy_surcharge_per_kwh: float = Field(0.0, ge=0, allow_inf_nan=False)
+    idle_fee_per_min: float = Field(0.0, ge=0, allow_inf_nan=False)
+    idle_grace_min: float = Field(0.0, ge=0, allow_inf_nan=False)
+    idle_fee_cap: float | None = Field(None, ge=0, allow_inf_nan=False)
+    site_offsets_per_kwh: dict[str, float] = Field(default_factory=dict)
+    """Added to every per-kWh price at the named site (negative: cheaper there)."""
+
+    @model_validator(mode="after")
+    def _usable(self) -> TariffSection:
+        check_tariff(self.tariff())  # ValueError naming the field
+        return self
+
+    def tariff(self) -> Tariff:
+        """The core's tariff."""
+        return Tariff(self.energy_per_kwh, self.time_per_hour, self.session_fee,
+                      self.currency, self.export_per_kwh, self.cost_updated_interval_s,
+                      kind=self.kind, bands=tuple((b.start_h, b.price_per_kwh)
+                                                  for b in self.bands),
+                      timezone=self.timezone, occupancy_threshold=self.occupancy_threshold,
+                      occupancy_surcharge_per_kwh=self.occupancy_surcharge_per_kwh,
+                      idle_fee_per_min=self.idle_fee_per_min,
+                      idle_grace_min=self.idle_grace_min, idle_fee_cap=self.idle_fee_cap,
+                      site_offsets_per_kwh=tuple(sorted(self.site_offsets_per_kwh.items())))
 
 
 class SiteSection(_Strict):
@@ -435,9 +475,7 @@ class ServeConfig(_Strict):
             heartbeat_interval_s=self.ocpp.heartbeat_interval_s,
             max_event_age_s=self.ocpp.max_event_age_days * 86400.0,
             max_event_lead_s=self.ocpp.max_event_lead_h * 3600.0,
-            tariff=Tariff(self.tariff.energy_per_kwh, self.tariff.time_per_hour,
-                          self.tariff.session_fee, self.tariff.currency,
-                          self.tariff.export_per_kwh, self.tariff.cost_updated_interval_s),
+            tariff=self.tariff.tariff(),
         )
 
 

@@ -22,6 +22,7 @@ from .auth import Authorizer, TokenInfo, TokenRecord
 from .certs import StationCA
 from .clock import Clock, iso, parse_iso, wall_clock
 from .exceptions import UnknownEvseError, UnknownStationError
+from .health import StationHealth
 from .inputs import InputPort
 from .model import (
     ControlView,
@@ -47,6 +48,14 @@ from .profiles import (
 )
 from .store import Store
 from .strategies import EvseKey, get_strategy
+from .tariffs import (
+    CostBreakdown,
+    TariffBook,
+    is_plain,
+    readings_from_store,
+    session_cost,
+    surcharged_at_start,
+)
 
 log = logging.getLogger("evtwin.csms")
 
@@ -151,7 +160,13 @@ class CSMSCore:
             master_pass_group=config.master_pass_group,
             allow_concurrent_tx=config.allow_concurrent_tx)
         self.sessions: dict[tuple[str, str], Session] = {}
+        #: What each ended session cost, by part (idle fees, surcharges): tariffs.
+        self.tariffs = TariffBook()
         self.status: dict[EvseKey, str] = {}
+        #: Problems, outages and work orders of the stations (see :mod:`.health`).
+        self.health = StationHealth(
+            {sid: tuple(e.evse_id for e in spec.evses) for sid, spec in self.stations.items()},
+            float(config.heartbeat_interval_s), clock)
         self.sent_limits_w: dict[EvseKey, float | None] = {}
         #: Profiles each station accepted, as the CSMS believes them installed.
         self.profiles: dict[str, ProfileSet] = {}
@@ -234,7 +249,32 @@ class CSMSCore:
 
     def on_heartbeat(self, station_id: str) -> str:
         """Heartbeat: the CSMS's current time."""
+        self.health.seen(station_id, heartbeat=True)
         return iso(self.clock())
+
+    def on_problem(self, station_id: str, evse_id: int, component: str, code: str,
+                   severity: str, timestamp: str) -> None:
+        """A station reports a component's problem (warning, fault, cleared): to the
+        station-health record, which raises work orders (see :mod:`.health`)."""
+        self.station(station_id)
+        self.health.on_problem(station_id, evse_id, component, code, severity,
+                               parse_iso(timestamp))
+
+    def on_notify_event(self, station_id: str, payload: dict[str, Any]) -> None:
+        """OCPP 2.x NotifyEvent: events on a component's ``Problem`` variable are
+        problem reports (``techInfo`` warning | fault | cleared; without it a true
+        value is a fault)."""
+        for e in payload.get("eventData") or ():
+            if (e.get("variable") or {}).get("name") != "Problem":
+                continue
+            comp = e.get("component") or {}
+            evse_id = int((comp.get("evse") or {}).get("id") or 0)
+            cleared = bool(e.get("cleared")) or str(e.get("actualValue")).lower() == "false"
+            severity = "cleared" if cleared else str(e.get("techInfo") or "fault")
+            if severity not in ("warning", "fault", "cleared"):
+                severity = "fault"
+            self.on_problem(station_id, evse_id, str(comp.get("name", "")),
+                            str(e.get("techCode") or ""), severity, str(e["timestamp"]))
 
     def check_evse(self, station_id: str, evse_id: int) -> None:
         """Raise UnknownStationError/UnknownEvseError unless both were provisioned."""
@@ -281,6 +321,8 @@ class CSMSCore:
         received with the time it came (``Store.station_messages``)."""
         self.station(station_id)
         self.store.record_station_message(station_id, action, iso(self.clock()), payload)
+        if action == "NotifyEvent":
+            self.on_notify_event(station_id, payload)
         if action == "SecurityEventNotification":
             log.info("station %s reports security event %s", station_id, payload.get("type"),
                      extra={"event": "station_security_event", "station": station_id,
@@ -483,16 +525,28 @@ class CSMSCore:
                 session.meter_stop_wh = energy_wh
         session.last_seq_no = max(session.last_seq_no, seq_no)
 
-    def _cdr(self, session: Session) -> dict[str, Any]:
-        """The charge detail record of an ended session, as the store keeps it."""
+    def _cdr(self, session: Session, *, final: bool = True) -> dict[str, Any]:
+        """The charge detail record of an ended session, as the store keeps it
+        (``final``: the session really ended; its cost breakdown is kept)."""
         assert session.ended_at is not None
         energy_wh = session.billed_energy_wh
         duration_s = max((session.ended_at - session.started_at).total_seconds(), 0.0)
         t = self.config.tariff
         exported_wh = max(session.exported_wh, 0.0)
         credit = t.export_per_kwh * exported_wh / 1000.0
-        cost = (t.session_fee + t.energy_per_kwh * energy_wh / 1000.0
-                + t.time_per_hour * duration_s / 3600.0 - credit)
+        if is_plain(t):
+            cost = (t.session_fee + t.energy_per_kwh * energy_wh / 1000.0
+                    + t.time_per_hour * duration_s / 3600.0 - credit)
+            if final:
+                self.tariffs.note((session.station_id, session.transaction_id), CostBreakdown(
+                    energy=t.energy_per_kwh * energy_wh / 1000.0,
+                    time=t.time_per_hour * duration_s / 3600.0, session_fee=t.session_fee,
+                    idle_fee=0.0, export_credit=credit, energy_kwh=energy_wh / 1000.0))
+        else:  # bands, surcharge or idle fee: priced reading by reading
+            parts = self._session_cost(session)
+            cost = parts.total
+            if final:
+                self.tariffs.note((session.station_id, session.transaction_id), parts)
         return {"station_id": session.station_id, "transaction_id": session.transaction_id,
                 "id_token": session.id_token, "started_at": iso(session.started_at),
                 "ended_at": iso(session.ended_at), "duration_s": duration_s,
@@ -506,7 +560,30 @@ class CSMSCore:
             return None
         # Energy so far, time plugged in until now.
         now = max(self.clock(), session.started_at)
-        return float(self._cdr(replace(session, ended_at=now))["cost"])
+        return float(self._cdr(replace(session, ended_at=now), final=False)["cost"])
+
+    def _session_cost(self, session: Session) -> CostBreakdown:
+        """A session's cost under a tariff that needs its readings over time (ToU bands,
+        idle fee): the stored readings between the start and the last (or end) one."""
+        assert session.ended_at is not None
+        readings = readings_from_store(
+            self.store.meter_values(session.station_id, session.transaction_id),
+            ENERGY, WH_PER_UNIT)
+        if session.meter_start_wh is not None:
+            readings = [(session.started_at, session.meter_start_wh),
+                        *[r for r in readings if r[0] > session.started_at]]
+        stop = (session.meter_stop_wh if session.meter_stop_wh is not None
+                else session.meter_last_wh)
+        if stop is not None:
+            end_at = session.ended_at if session.meter_stop_wh is not None else (
+                session.meter_last_at or session.ended_at)
+            readings = [*(r for r in readings if r[0] < end_at), (end_at, stop)]
+        spec = self.stations.get(session.station_id)
+        return session_cost(self.config.tariff, readings, started_at=session.started_at,
+                            ended_at=session.ended_at,
+                            exported_wh=max(session.exported_wh, 0.0),
+                            site=None if spec is None else spec.site,
+                            surcharged=session.surcharged)
 
     def load_session(self, station_id: str, transaction_id: str) -> Session | None:
         """A transaction as the store has it (ended ones leave memory), or None if unknown."""
@@ -535,6 +612,15 @@ class CSMSCore:
     def _tx_response(self, id_token: str | None, key: tuple[str, str], event_type: str
                      ) -> dict[str, Any]:
         response: dict[str, Any] = {}
+        session = self.sessions.get(key)
+        if event_type == "Started" and session is not None and (
+                self.config.tariff.kind == "occupancy"):
+            # The occupancy tariff's surcharge is decided at the start (this one counts).
+            site = self.stations[key[0]].site
+            in_use = sum(1 for s in self.sessions.values() if s.is_open
+                         and self.stations[s.station_id].site == site)
+            evses = sum(len(st.evses) for st in self.stations.values() if st.site == site)
+            session.surcharged = surcharged_at_start(self.config.tariff, in_use, evses)
         if id_token is not None:
             response["id_token_info"] = self.token_info(
                 id_token, starting=key if event_type == "Started" else None)

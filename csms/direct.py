@@ -59,6 +59,7 @@ class DirectShell:
         frames = self.frames
         frames["in"] += 1
         frames["out"] += 1
+        self.core.health.seen(self.id)
         try:
             return self._handle(m)
         except UnknownEvseError as exc:
@@ -80,6 +81,17 @@ class DirectShell:
                             None if v16 else m.charging_state, None, m.reading, m.evse_id)
         if isinstance(m, d.StatusChanged):
             core.on_status(self.id, m.evse_id, m.status, iso(m.at))
+            return d.Ack()
+        if isinstance(m, d.ProblemReport):
+            if v16:  # one StatusNotification: the status with its error code
+                if m.evse_id != 0:
+                    core.on_status(self.id, m.evse_id, m.status, iso(m.at))
+                if m.severity == "cleared":
+                    return d.Ack()
+                severity = "fault" if m.status == "Faulted" else "warning"
+            else:
+                severity = m.severity
+            core.on_problem(self.id, m.evse_id, m.component, m.code, severity, iso(m.at))
             return d.Ack()
         if isinstance(m, d.MeterReport):
             if m.evse_id != 0:  # 0 is the station's main meter

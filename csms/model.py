@@ -68,6 +68,24 @@ class Tariff:
     cost_updated_interval_s: float = 0.0
     """OCPP 2.x: send a charging session's running cost (CostUpdated) at most this
     often, when its meter reports (0: never)."""
+    # Driver-facing policies (evtwin.csms.tariffs); the defaults are the flat tariff.
+    kind: str = "flat"
+    """``flat``, ``tou`` (``bands``) or ``occupancy`` (surcharge at high occupancy)."""
+    bands: tuple[tuple[float, float], ...] = ()
+    """tou: ``(local start hour, price per kWh)``, each until the next band's start."""
+    timezone: str = "UTC"
+    """The local clock of the bands: UTC, an offset (+01:00) or an IANA name."""
+    occupancy_threshold: float = 0.8
+    """occupancy: share of the site's EVSEs in use at a session's start from which
+    the surcharge applies to it."""
+    occupancy_surcharge_per_kwh: float = 0.0
+    idle_fee_per_min: float = 0.0
+    """Per minute plugged in after charging stopped, beyond ``idle_grace_min``."""
+    idle_grace_min: float = 0.0
+    idle_fee_cap: float | None = None
+    """Most idle fee per session (None: no cap)."""
+    site_offsets_per_kwh: tuple[tuple[str, float], ...] = ()
+    """``(site, amount)`` added to every per-kWh price at that site."""
 
 
 #: Grid-to-battery efficiency the CSMS assumes when an EV does not say (AC charging).
@@ -214,6 +232,9 @@ class Session:
         return self.export_last_wh - self.export_start_wh
     ev_needs: EVChargingNeeds | None = None
     """The EV's last NotifyEVChargingNeeds on this session's EVSE (OCPP 2.x), in memory only."""
+    surcharged: bool = False
+    """Occupancy tariff: its site was busy when it started (evtwin.csms.tariffs), in
+    memory only (after a restart the CSMS bills it without the surcharge)."""
 
     @property
     def energy_wh(self) -> float:

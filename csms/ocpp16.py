@@ -105,6 +105,12 @@ class CSMS16(ShellBase):
                                     payload.get("timestamp") or iso(self.core.clock()))
             if payload["status"] == "Available":
                 self.core.available_after_boot(self.id, connector_id)
+        code = payload.get("errorCode", "NoError")
+        faulted = payload["status"] == "Faulted"
+        if code != "NoError" or faulted:  # 1.6 tells a problem with the status
+            self.core.on_problem(self.id, connector_id, payload.get("info") or "", code,
+                                 "fault" if faulted else "warning",
+                                 payload.get("timestamp") or iso(self.core.clock()))
         return {}
 
     @wire("Authorize")

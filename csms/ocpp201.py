@@ -53,6 +53,7 @@ from .shell import (
     version_at_least,
     wire,
 )
+from .tariffs import tariff_21
 
 #: What a 2.0.1 TriggerMessage may ask for (2.1 adds SignV2G20Certificate and
 #: CustomTrigger, which this CSMS does not send).
@@ -781,16 +782,11 @@ class Handlers201(ShellBase):
         if self.version == "2.0.1":
             return await super().set_default_tariff(evse_id, tariff_id)
         self._check_evse_arg(evse_id)
-        t = self.core.config.tariff
         tariff_id = tariff_id or "evtwin-default"
-        tariff: dict[str, Any] = {"tariffId": tariff_id, "currency": t.currency,
-                                  "energy": {"prices": [{"priceKwh": t.energy_per_kwh}]}}
-        if t.time_per_hour:  # the CSMS bills all the time plugged in: charging or idle
-            price = [{"priceMinute": t.time_per_hour / 60.0}]
-            tariff["chargingTime"] = {"prices": price}
-            tariff["idleTime"] = {"prices": price}
-        if t.session_fee:
-            tariff["fixedFee"] = {"prices": [{"priceFixed": t.session_fee}]}
+        # The station's site's prices (ToU bands as time-of-day conditions, idle fee).
+        spec = self.core.stations.get(self.id)
+        tariff = tariff_21(self.core.config.tariff, tariff_id,
+                           None if spec is None else spec.site)
         result = await self.call_json("SetDefaultTariff", {"evseId": evse_id, "tariff": tariff})
         return answer(result, tariff_id=tariff_id)
 

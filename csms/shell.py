@@ -865,6 +865,7 @@ class ShellBase(ABC):
         validates before it changes state), so a corrected re-send is handled as new.
         """
         received = time.perf_counter()
+        self.core.health.seen(self.id)  # the station is online
         handled: list[tuple[str, bool]] = []  # timed once the answer is written
         for event in self._endpoint.receive(raw_msg):
             if isinstance(event, CallReceived):

@@ -189,8 +189,29 @@ class ChargingNeeds:
     v2x: V2XNeeds | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ProblemReport:
+    """A component's problem: a warning, a failure, or its clearing.
+
+    OCPP 2.x: NotifyEvent on the component's ``Problem`` variable (``techCode``
+    the code, ``techInfo`` the severity: warning | fault | cleared). OCPP 1.6:
+    StatusNotification with ``code`` as its errorCode and ``status`` (the
+    connector's status it goes with: Faulted for a failure; a warning keeps the
+    status it has). ``evse_id`` 0 is the station as a whole.
+    """
+
+    evse_id: int
+    component: str
+    code: str
+    severity: str  # warning | fault | cleared
+    status: str
+    at: datetime
+    event_id: int
+
+
 StationMessage = (Boot | Heartbeat | StatusChanged | AuthorizeRequest | TransactionStarted
-                  | TransactionUpdated | TransactionEnded | MeterReport | ChargingNeeds)
+                  | TransactionUpdated | TransactionEnded | MeterReport | ChargingNeeds
+                  | ProblemReport)
 
 
 # --------------------------------------------------------------------------- CSMS answers

@@ -441,6 +441,100 @@ def cmd_export_pf(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def _finance_weeks(text: str, source: str) -> list[tuple[str, float]]:
+    """``--weeks W1.toml:13,W2:13``: (scenario file or run folder, weight in weeks)."""
+    out = []
+    for item in (s.strip() for s in text.split(",")):
+        path, _, weeks = item.rpartition(":")
+        try:
+            weight = float(weeks)
+        except ValueError:
+            weight = -1.0
+        if not path or not (weight > 0):
+            raise ScenarioError(source, [("--weeks", f"expected FILE:WEEKS (weeks > 0), "
+                                                     f"got {item!r}")])
+        out.append((path, weight))
+    return out
+
+
+def cmd_finance(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin finance SCENARIO``: the operator's business case of a run (or of a year of
+    representative weeks): yearly cash flows, NPV, IRR, payback, revenue per plan."""
+    from .finance import (
+        RunPart,
+        business_case,
+        check_finance,
+        part_from_result,
+        read_run_part,
+        write_finance,
+    )
+    from .results import new_run_dir
+    from .runner import run_scenario
+    from .scenario import load_scenario
+
+    overrides = parse_overrides(args.set, args.scenario)
+    scenario = load_scenario(args.scenario, overrides)
+    check_finance(scenario)  # a misfit fails before any run
+    if args.run is not None and args.weeks is not None:
+        raise ScenarioError(args.scenario, [("--weeks", "give --run or --weeks, not both")])
+    parts: list[RunPart] = []
+    if args.run is not None:
+        parts.append(read_run_part(args.run))
+    else:
+        runs = ([(args.scenario, None)] if args.weeks is None
+                else _finance_weeks(args.weeks, args.scenario))
+        for path, weeks in runs:
+            if Path(path).is_dir():
+                parts.append(read_run_part(path, weeks))
+                continue
+            sc = scenario if weeks is None else load_scenario(path, overrides)
+            with console.status(f"running {path} ({sc.duration_h:g} h simulated) ..."):
+                parts.append(part_from_result(run_scenario(sc), path, weeks))
+    try:
+        result = business_case(scenario, parts)
+    except ValueError as exc:  # the weeks' weights do not make a year
+        raise ScenarioError(args.scenario, [("--weeks", str(exc))]) from None
+    out = new_run_dir(args.out, f"{scenario.name}-finance")
+    paths = write_finance(result, out)
+    cur, m = result.currency, result.metrics
+    flows = Table(title=f"{scenario.name}: yearly cash flows [{cur}]", header_style="bold",
+                  caption=f"year 1: {result.assembly}")
+    for col in ("year", "revenue", "opex", "capex - subsidy", "net", "cumulative",
+                "cumulative discounted"):
+        flows.add_column(col, justify="right")
+    for year, r in result.table.iterrows():
+        flows.add_row(str(year), f"{r.get('revenue_cur', 0.0):,.0f}",
+                      f"{r.get('opex_cur', 0.0):,.0f}",
+                      f"{r['capex_cur'] + r['subsidy_cur']:,.0f}",
+                      f"{r['net_cash_flow_cur']:,.0f}", f"{r['cumulative_cash_flow_cur']:,.0f}",
+                      f"{r['cumulative_discounted_cur']:,.0f}")
+    console.print(flows)
+    plans = Table(title=f"year 1 per plan [{cur}]", header_style="bold")
+    for col in ("plan", "kind", "drivers", "sessions", "energy (kWh)", "energy", "fees",
+                "total"):
+        plans.add_column(col, justify="left" if col in ("plan", "kind") else "right")
+    for name, r in result.per_plan.iterrows():
+        plans.add_row(str(name), str(r["kind"]), f"{r['drivers']:.0f}", f"{r['sessions']:,.0f}",
+                      f"{r['energy_kwh']:,.0f}", f"{r['energy_cur']:,.0f}",
+                      f"{r['session_fees_cur'] + r['plan_fees_cur']:,.0f}",
+                      f"{r['total_cur']:,.0f}")
+    console.print(plans)
+
+    def years(value: float | None) -> str:
+        return "not within the lifetime" if value is None else f"{value:.1f} years"
+
+    fs = result.inputs["finance"]
+    _say(console, f"NPV at {100 * fs['discount_rate']:g} %: {m.npv_cur:,.0f} {cur}; "
+                  f"IRR: {'none' if m.irr is None else f'{100 * m.irr:.1f} %'}; "
+                  f"payback {years(m.payback_years)} (simple), "
+                  f"{years(m.discounted_payback_years)} (discounted)")
+    top = result.tornado.iloc[0]
+    _say(console, f"moves NPV most: {result.tornado.index[0]} "
+                  f"({top['npv_low_cur']:,.0f} to {top['npv_high_cur']:,.0f} {cur})")
+    _say(console, f"written: {', '.join(str(p) for p in paths)}")
+    return 0
+
+
 def cmd_csms_serve(args: argparse.Namespace, console: Console) -> int:
     """``evtwin csms serve``: the CSMS alone, on the wall clock, until stopped (SIGTERM:
     exit 0; Ctrl-C: exit 130)."""
@@ -773,6 +867,19 @@ def build_parser() -> argparse.ArgumentParser:
                     help="steps (rows of timeseries.csv; default: the lowest voltage)")
     xp.add_argument("--out", help="folder for the files (default RUN_DIR/pf)")
     xp.set_defaults(func=cmd_export_pf)
+
+    fi = sub.add_parser("finance", help="the operator's business case: yearly cash flows, "
+                                        "NPV, IRR, payback and a tornado chart")
+    fi.add_argument("scenario", help="scenario TOML file (its [finance] section and sites)")
+    fi.add_argument("--run", metavar="RUN_DIR",
+                    help="use this run folder (evtwin run's) instead of running the scenario")
+    fi.add_argument("--weeks", metavar="W1.toml:13,W2.toml:13,...",
+                    help="a year of representative weeks: scenario files or run folders, "
+                         "each with its weight in weeks (summing to 52)")
+    fi.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="scenario override, e.g. finance.discount_rate=0.05")
+    fi.add_argument("--out", default="results", help="folder for the results folder")
+    fi.set_defaults(func=cmd_finance)
 
     csms = sub.add_parser("csms", help="the CSMS on its own")
     csms_sub = csms.add_subparsers(dest="csms_command", required=True)

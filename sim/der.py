@@ -8,7 +8,8 @@ runner asks :meth:`DerSet.step` for the powers to put into the power flow.
 The CSMS gets, per site, a forecast of the PV behind the site's connection:
 the mean of the generation to come over each clock hour. That is hindsight
 (the run's own weather), i.e. a perfect day-ahead forecast at hourly
-resolution; only passing clouds within the hour are not in it.
+resolution; only passing clouds within the hour are not in it. With
+``[forecast] pv_error_nrmse`` > 0 it gets a seeded day-ahead error instead.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class DerSet:
     """Generation per step (rows, as the run's steps) and PV element (columns), kW."""
     pv_site: list[str | None]
     batteries: list[StationaryBattery] = field(default_factory=list)
+    pv_error_nrmse: float = 0.0
+    """Error of the PV forecast the CSMS gets (see :meth:`site_forecasts`); 0: none."""
+    pv_error_ar1: float = 0.8
+    pv_error_seed: int = 0
 
     @property
     def empty(self) -> bool:
@@ -83,23 +88,52 @@ class DerSet:
         der = np.concatenate([-np.asarray(pv, dtype=np.float64), np.array(powers)])
         return DerStep(der, pv_by_site, st_by_site, float(pv.sum()), float(sum(powers)))
 
-    def site_forecasts(self, start: datetime, step_s: float) -> dict[str, Steps]:
-        """Per site, the mean of its PV over each clock hour, as (start, kW) steps."""
+    def site_forecasts(self, start: datetime, step_s: float, *,
+                       error: bool = True) -> dict[str, Steps]:
+        """Per site, the mean of its PV over each clock hour, as (start, kW) steps.
+
+        With ``pv_error_nrmse`` > 0 (and ``error``), each hour's value is multiplied
+        by ``1 + sigma * z``: ``z`` a unit-variance AR(1) series per site (hour-to-hour
+        correlation ``pv_error_ar1``; stream ``[seed, 50, site index]``), ``sigma``
+        chosen so that the RMSE over the daylight hours is ``pv_error_nrmse`` times the
+        mean daylight generation (sigma = nRMSE * mean / RMS of the true hours);
+        negative values are cut to 0.
+        """
         out: dict[str, Steps] = {}
         # Step k >= 1 covers (k-1, k]: bucket it by the clock hour it starts in.
         seconds_into_hour = start.minute * 60 + start.second
         hour_of = ((seconds_into_hour + np.arange(len(self.pv_kw) - 1) * step_s) // 3600
                    ).astype(int)
-        for site in sorted({s for s in self.pv_site if s is not None}):
+        sorted_sites = sorted({s for s in self.pv_site if s is not None})
+        for site in sorted_sites:
             cols = [i for i, s in enumerate(self.pv_site) if s == site]
             series = self.pv_kw[1:, cols].sum(axis=1)
+            hours = np.unique(hour_of)
+            means = np.array([series[hour_of == h].mean() for h in hours], dtype=np.float64)
+            if error and self.pv_error_nrmse > 0:
+                means = self._with_error(means, sorted_sites.index(site))
             steps = []
-            for h in np.unique(hour_of):
+            for h, value in zip(hours, means, strict=True):
                 at = start if h == 0 else (start.replace(minute=0, second=0, microsecond=0)
                                            + timedelta(hours=int(h)))
-                steps.append((at, float(series[hour_of == h].mean())))
+                steps.append((at, float(value)))
             out[site] = tuple(steps)
         return out
+
+    def _with_error(self, hourly_kw: FloatArray, index: int) -> FloatArray:
+        """``hourly_kw`` with the multiplicative AR(1) forecast error of site ``index``."""
+        day = hourly_kw[hourly_kw > 0]
+        if not day.size:
+            return hourly_kw
+        sigma = self.pv_error_nrmse * float(day.mean()) / float(np.sqrt(np.mean(day**2)))
+        rng = np.random.default_rng([self.pv_error_seed, 50, index])
+        eps = rng.standard_normal(len(hourly_kw))
+        phi = self.pv_error_ar1
+        z = np.empty_like(eps)
+        z[0] = eps[0]
+        for k in range(1, len(eps)):
+            z[k] = phi * z[k - 1] + np.sqrt(1.0 - phi**2) * eps[k]
+        return np.asarray(np.clip(hourly_kw * (1.0 + sigma * z), 0.0, None), dtype=np.float64)
 
 
 def _price_quantile(prices: Steps, q: float) -> float:
@@ -173,4 +207,8 @@ def build_der(sc: Scenario, station_buses: list[int], station_sites: list[str],
     if problems:
         raise ScenarioError(sc.name, problems)
     pv = np.column_stack(pv_cols) if pv_cols else np.zeros((n_rows, 0))
-    return DerSet(buses, pv, pv_site, batteries)
+    fc = sc.forecast
+    return DerSet(buses, pv, pv_site, batteries,
+                  pv_error_nrmse=fc.pv_error_nrmse if fc is not None else 0.0,
+                  pv_error_ar1=fc.pv_error_ar1 if fc is not None else 0.8,
+                  pv_error_seed=sc.seed)

@@ -61,6 +61,49 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
     "neutral_current_max_a": ("Max neutral current", "A"),
     "sessions_not_served": ("Sessions from data not served in full", ""),
     "sessions_outside_run": ("Sessions from data outside the run (dropped)", ""),
+    # Driver tariff ([tariff], evtwin.sim.tariff_config): only in runs that set one.
+    "driver_revenue": ("Driver revenue (what drivers paid, CSMS cost records)", "cur"),
+    "idle_fee_revenue": ("  of it: idle fees", "cur"),
+    "occupancy_surcharge_revenue": ("  of it: occupancy surcharges", "cur"),
+    "driver_revenue_per_kwh": ("Driver revenue per kWh billed", "cur"),
+    "driver_cost_per_kwh_mean": ("Mean driver cost per kWh (over sessions)", "cur"),
+    "evse_utilisation_percent": ("EVSE utilisation (time plugged / port time)", "%"),
+    "sessions_price_shifted": ("Visits shifted for a lower price", ""),
+    "sessions_site_switched": ("Visits moved to a cheaper site", ""),
+    "sessions_energy_reduced": ("Visits that took less energy for the price", ""),
+    "sessions_left_for_idle_fee": ("Visits ended early to avoid the idle fee", ""),
+    # [forecast]: the CSMS's day-ahead forecasts and purchases (sim.procurement).
+    "forecast_mae_kwh": ("Forecast MAE, energy per site-hour (learned)", "kWh"),
+    "forecast_naive_mae_kwh": ("Forecast MAE, energy per site-hour (seasonal naive)", "kWh"),
+    "forecast_skill_percent": ("Forecast skill (1 - MAE / naive MAE)", "%"),
+    "forecast_pinball_kwh": ("Forecast pinball loss, q 0.1/0.5/0.9 (learned)", "kWh"),
+    "forecast_naive_pinball_kwh": ("Forecast pinball loss (seasonal naive)", "kWh"),
+    "forecast_arrivals_mae": ("Forecast MAE, arrivals per site-hour (learned)", ""),
+    "forecast_naive_arrivals_mae": ("Forecast MAE, arrivals per site-hour (naive)", ""),
+    "forecast_peak_mae_kw": ("Forecast MAE, daily site peak (learned)", "kW"),
+    "forecast_naive_peak_mae_kw": ("Forecast MAE, daily site peak (naive)", "kW"),
+    "day_ahead_energy_kwh": ("Energy bought day-ahead", "kWh"),
+    "day_ahead_cost": ("Day-ahead purchase cost", "cur"),
+    "imbalance_energy_kwh": ("Imbalance energy (|drawn - bought|)", "kWh"),
+    "imbalance_cost": ("Imbalance cost", "cur"),
+    "procurement_cost": ("Procurement cost (day-ahead + imbalance)", "cur"),
+    "procurement_cost_naive": ("Procurement cost buying the naive forecast", "cur"),
+    "pv_forecast_mae_kw": ("PV forecast MAE (hourly, the CSMS's)", "kW"),
+    "availability_percent": ("Port availability (network mean)", "%"),
+    "availability_min_port_percent": ("  lowest port's availability", "%"),
+    "failures": ("Component failures", ""),
+    "mtbf_days": ("Mean time between failures (per port)", "d"),
+    "mttr_h": ("Mean time to repair (failure to repaired)", "h"),
+    "outages_open_at_end": ("Failures still unrepaired at end", ""),
+    "sessions_lost_to_faults": ("Visits lost to faults (session ended, turned away)", ""),
+    "energy_lost_to_faults_kwh": ("  their energy not delivered", "kWh"),
+    "visits_rerouted_by_faults": ("Visits that went to another site (a port down)", ""),
+    "work_orders": ("Maintenance jobs done", ""),
+    "crew_utilisation_percent": ("Crew utilisation (of shift time)", "%"),
+    "maintenance_cost": ("Maintenance cost (labour, parts, contract)", "cur"),
+    "prediction_precision_percent": ("Failure predictions that were right", "%"),
+    "prediction_recall_percent": ("Failures predicted in time", "%"),
+    "prediction_lead_time_h": ("Prediction lead time (mean)", "h"),
     "ocpp_messages": ("OCPP messages exchanged", ""),
     "profiles_received": ("Charging profiles received by stations", ""),
 }
@@ -136,7 +179,8 @@ def compute_kpis(sc: Scenario, ts: pd.DataFrame, sessions: pd.DataFrame,
     sessions = sessions[sessions["outcome"] != "skipped"]
     requested = float(sessions["energy_wanted_kwh"].sum())
     delivered = float(sessions["energy_battery_kwh"].sum())
-    short = sessions[sessions["outcome"] == "served"]
+    # Interrupted: a failed port ended the session and the driver left with what they had.
+    short = sessions[sessions["outcome"].isin(["served", "interrupted"])]
     away = sessions[sessions["outcome"] == "turned_away"]
     # Row k >= 1 is the state at the end of step k; the t = 0 row is the start.
     steps = ts.iloc[1:]

@@ -100,9 +100,13 @@ def write_results(result: RunResult, out: Path, scenario_text: str | None = None
                      ("sessions.csv", result.sessions),
                      ("profiles.csv", result.profiles),
                      ("stations.csv", result.stations),
-                     ("unserved.csv", result.unserved)):
+                     ("unserved.csv", result.unserved),
+                     *((f"{name}.csv", df) for name, df in result.tables.items())):
         df.to_csv(out / name, index=False)
         written.append(out / name)
+    if not result.forecast.empty:  # [forecast]: day-ahead forecasts per site and hour
+        result.forecast.to_csv(out / "forecast.csv", index=False)
+        written.append(out / "forecast.csv")
     from .plots import plot_all
 
     written += plot_all(result, out)

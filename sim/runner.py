@@ -46,6 +46,7 @@ from evtwin.agents import ChargingModel, SiteConfig, VirtualStation, behaviour_f
 from evtwin.agents.ev import EV, VisitRecord
 from evtwin.agents.exceptions import ProtocolError
 from evtwin.agents.link import DirectLink, EndpointLink, StationLink
+from evtwin.agents.pricing import stay
 from evtwin.agents.protocol import PROFILE_COLUMNS, StationProtocol
 from evtwin.csms import (
     CountingConnection,
@@ -60,6 +61,7 @@ from evtwin.csms import (
 from evtwin.csms.direct import DirectShell
 from evtwin.csms.exceptions import InputError
 from evtwin.csms.feeder import FeederModel, needs_feeder  # also registers feeder_aware
+from evtwin.csms.health import FailureModel, fit_failure_model
 from evtwin.grid import (
     Feeder,
     GridLimits,
@@ -76,10 +78,12 @@ from .der import DerSet, Steps, build_der
 from .exceptions import ExternalCSMSError, RunError, ScenarioError
 from .geography import assign_home_buses, check_station_buses, stations_table, unserved_table
 from .kpis import compute_kpis
+from .maintenance import Operations
 from .prices import export_price_steps, price_at, price_steps
 from .scenario import Scenario, behaviour_overrides
 from .series import Spool, SpoolDir
 from .sessions import given_evs, session_columns
+from .tariff_config import csms_tariff, price_kpis
 
 log = logging.getLogger("evtwin.sim")
 
@@ -298,6 +302,12 @@ class RunResult:
     """Unbalanced feeder: each network load's phase (0-2 = L1-L3, -1 = all three)."""
     unserved: pd.DataFrame = field(default_factory=pd.DataFrame)
     """Demand and unserved energy per site and per bus (see evtwin.sim.geography)."""
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    """More tables by name, written as ``<name>.csv`` (faults: ``availability``,
+    ``work_orders``)."""
+    forecast: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """``[forecast]``: the CSMS's day-ahead forecasts per site and hour, replayed after
+    the run, with what happened (see evtwin.sim.procurement); empty without it."""
 
     @property
     def station_power_kw(self) -> pd.DataFrame:
@@ -341,6 +351,11 @@ def build_model(sc: Scenario) -> ChargingModel:
                 for v in ev.visits]
             ev.visits = sorted((v for v in moved if v.arrival_s < sc.duration_s),
                                key=lambda v: v.arrival_s)
+    if sc.weather is not None:  # a cold day's visits need more energy (sim.procurement)
+        from .procurement import apply_weather
+        apply_weather(model, sc)
+    from .tariff_config import apply_price_plan  # drivers answer [tariff] (none: nothing)
+    apply_price_plan(sc, model)
     return model
 
 
@@ -403,6 +418,7 @@ def csms_config(sc: Scenario, model: ChargingModel,
         charging_rate_unit=sc.control.charging_rate_unit,
         v2g_peak_target_percent=sc.control.v2g_peak_target_percent,
         heartbeat_interval_s=sc.csms.heartbeat_interval_s,
+        **({} if sc.tariff is None else {"tariff": csms_tariff(sc)}),
     )
 
 
@@ -413,7 +429,8 @@ class Twin:
     """
 
     def __init__(self, scenario: Scenario, *, database: str | Path = ":memory:",
-                 progress: ProgressFn | None = None, external: ExternalCSMS | None = None) -> None:
+                 progress: ProgressFn | None = None, external: ExternalCSMS | None = None,
+                 failure_model: FailureModel | None = None) -> None:
         self.sc = scenario
         self.external = external
         self.database = str(database)
@@ -441,6 +458,17 @@ class Twin:
         self.feeder_model: FeederModel | None = None  # the CSMS's feeder model (feeder_aware)
         self.station_by_id = {s.station_id: s for s in self.model.stations}
         self._datetimes: dict[float, datetime] = {}
+        #: Faults and crews ([faults], [maintenance]); None: stations never fail.
+        self.ops: Operations | None = (
+            Operations(self, scenario.faults, scenario.maintenance)
+            if scenario.faults is not None and scenario.faults.enabled else None)
+        #: The trained failure model the CSMS predicts with (predictive maintenance).
+        self.failure_model = failure_model
+        self.pool_of: dict[tuple[str, int], str] = {}
+        self.pool_members: dict[str, list[tuple[str, int]]] = {}
+        self.site_kind: dict[str, str] = {}  # shared pools -> their site's kind
+        self.in_use: set[tuple[str, int]] = set()
+        self.drivers: dict[str, simpy.Process] = {}  # EV id -> its process while plugged
 
     # -- time -----------------------------------------------------------------
     def to_datetime(self, t_s: float) -> datetime:
@@ -476,27 +504,90 @@ class Twin:
             own = visit.site is None  # at its own site (not visiting as a commuter)
             if own and ev.charger is not None:  # its demand is at its own charger
                 rec.bus = self.bus_of[ev.charger[0]]
-            store = self.free[self._pool(ev) if own else visit.site]
+            pool = self._pool(ev) if own else visit.site
+            store = self.free[pool]
             request = store.get()
+            if not request.triggered and self._down_in(pool):
+                # Ports out of order here: a driver who sees that goes to another site
+                # of the same kind with a free port, if there is one.
+                other = self._detour(pool)
+                if other is not None:
+                    request.cancel()
+                    pool, store = other, self.free[other]
+                    request = store.get()
+                    rec.fault = "rerouted"
             patience = min(visit.patience_s, visit.departure_s - env.now)
             if not request.triggered:
                 rec.outcome = "waiting"
                 result = yield request | env.timeout(patience)
                 if request not in result:
                     request.cancel()
+                    if self._down_in(pool):
+                        rec.fault = "turned_away"  # a port out of order would have served
                     ev.end_visit("turned_away", env.now)
                     continue
             station_id, evse_id = request.value  # type: ignore[misc]
+            self.in_use.add((station_id, evse_id))
             station = self.station_by_id[station_id]
             rec.station_id, rec.evse_id, rec.plugged_s = station_id, evse_id, env.now
             rec.bus = self.bus_of[station_id]
             rec.transaction_id = station.plug(evse_id, ev, env.now)
             rec.outcome = "plugged"
-            yield env.timeout(max(visit.departure_s - env.now, 0.0))
+            self.drivers[ev.ev_id] = self.env.active_process  # type: ignore[assignment]
+            outcome = "served"
+            try:
+                yield from stay(env, ev, rec, visit.departure_s,
+                                getattr(self.model, "idle_rule", None))
+            except simpy.Interrupt:  # the EVSE failed: its session ended, the driver goes
+                outcome, rec.fault = "interrupted", "interrupted"
+            self.drivers.pop(ev.ev_id, None)
             station.unplug(evse_id, env.now)
-            ev.end_visit("rejected" if rec.transaction_id in station.rejected else "served",
-                         env.now)
-            store.put((station_id, evse_id))
+            if outcome == "served" and rec.transaction_id in station.rejected:
+                outcome = "rejected"
+            ev.end_visit(outcome, env.now)
+            self.in_use.discard((station_id, evse_id))
+            if not station.down(station.evses[evse_id]):
+                store.put((station_id, evse_id))
+
+    # -- faults (see evtwin.sim.maintenance) ---------------------------------------------
+    def _down_in(self, pool: str) -> bool:
+        """Some port of this pool is out of order."""
+        return any(self.station_by_id[sid].down(self.station_by_id[sid].evses[e])
+                   for sid, e in self.pool_members.get(pool, ()))
+
+    def _detour(self, pool: str) -> str | None:
+        """Another shared pool of a site of the same kind with a free port (by name)."""
+        kind = self.site_kind.get(pool)
+        if kind is None:
+            return None
+        for name in sorted(self.site_kind):
+            if name != pool and self.site_kind[name] == kind and self.free[name].items:
+                return name
+        return None
+
+    def evses_down(self, station_id: str, evse_ids: list[int], ended: list[int]) -> None:
+        """EVSEs went out of order: no driver gets them; drivers whose session the
+        failure ended (``ended``) leave."""
+        for e in evse_ids:
+            key = (station_id, e)
+            store = self.free[self.pool_of[key]]
+            if key in store.items:
+                store.items.remove(key)
+        st = self.station_by_id[station_id]
+        for e in ended:
+            ev = st.evses[e].ev
+            proc = self.drivers.get(ev.ev_id) if ev is not None else None
+            if proc is not None and proc.is_alive:
+                proc.interrupt("fault")
+
+    def evses_up(self, station_id: str, evse_ids: list[int]) -> None:
+        """EVSEs work again: the free ones go back to their pool."""
+        st = self.station_by_id[station_id]
+        for e in evse_ids:
+            key = (station_id, e)
+            store = self.free[self.pool_of[key]]
+            if key not in self.in_use and key not in store.items and not st.down(st.evses[e]):
+                store.put(key)
 
     def station_lines(self) -> list[int | None]:
         """The line (1-3) of each single-phase station on an unbalanced feeder, else None."""
@@ -513,13 +604,19 @@ class Twin:
 
     def _setup_events(self) -> None:
         for site in self.sc.sites:
+            if not site.private:
+                self.site_kind[site.name] = site.kind
             for st in self.model.stations_at(site.name):
                 for e in st.evses:
                     key = f"{st.station_id}#{e}" if site.private else site.name
                     self.free.setdefault(key, simpy.Store(self.env)).items.append(
                         (st.station_id, e))
+                    self.pool_of[(st.station_id, e)] = key
+                    self.pool_members.setdefault(key, []).append((st.station_id, e))
         for ev in self.model.evs:
             self.env.process(self._driver(ev))
+        if self.ops is not None:
+            self.ops.start(self.core.health if self.core is not None else None)
         for event in self.sc.demand_response:
             self.env.process(self._demand_response(event.site, event.start_h * 3600.0,
                                                    event.duration_h * 3600.0, event.limit_kw))
@@ -634,6 +731,16 @@ class Twin:
             return self._results(series, power, [], frames, wall, end_s, clients)
         config = csms_config(self.sc, self.model, self.station_lines())
         transport = self.sc.run.transport
+        m = self.sc.maintenance
+        if (self.ops is not None and m is not None and m.policy == "predictive"
+                and self.failure_model is None):
+            # Its own event loop in a thread: a whole run of the history before this one.
+            self.failure_model = await asyncio.to_thread(train_failure_model, self.sc)
+        if self.ops is not None and m is not None and m.policy != "none" \
+                and self.sc.run.csms_process:
+            raise ScenarioError(self.sc.name, [("maintenance", "crews take the work orders "
+                                                "of the CSMS in the twin's process: set "
+                                                "run.csms_process = false")])
         link: CSMSLink
         if self.sc.run.csms_process:
             link = await ProcessCSMS.start(config, self.database, self.now())
@@ -644,6 +751,7 @@ class Twin:
             except BaseException:
                 store.close()
                 raise
+            self.core.health.model = self.failure_model
             server = CSMSServer(self.core, host="127.0.0.1", port=0)
             link = LocalCSMS(server)
         try:
@@ -897,6 +1005,8 @@ class Twin:
         kpis = compute_kpis(sc, ts, sessions, transactions, frames, storage_cycles=max(
             (b.equivalent_full_cycles for b in self.der.batteries), default=0.0),
             storage_discharged_kwh=sum(b.discharged_kwh for b in self.der.batteries))
+        kpis |= price_kpis(sc, sessions, None if self.core is None else self.core.tariffs,
+                           self.model, end_s)
         if plan is not None and plan.evs:
             kpis["sessions_outside_run"] = float(plan.outside)
         perf = {"wall_time_s": wall_s, "simulated_s": end_s,
@@ -907,17 +1017,55 @@ class Twin:
         if not profiles.empty:
             profiles = profiles.sort_values(["t_s", "station_id", "evse_id"], kind="stable")
         kpis["profiles_received"] = float(len(profiles))
+        tables: dict[str, pd.DataFrame] = {}
+        if self.ops is not None:
+            kpis.update(self.ops.kpis(end_s, sessions))
+            tables["availability"] = self.ops.port_table(end_s)
+            tables["work_orders"] = self.ops.work_order_table()
         if self.external is not None:
             # Billing happened in a CSMS we cannot see into.
             del kpis["energy_billed_kwh"]
         stations = stations_table(self.model, self.feeder.station_buses, self.station_lines())
+        forecast = pd.DataFrame()
+        if sc.forecast is not None:  # the CSMS's day-ahead forecasts and purchases, replayed
+            from .procurement import forecast_run
+            extra, forecast = forecast_run(sc, ts, transactions, dict(zip(
+                stations["station_id"], stations["site"], strict=True)), self.der)
+            kpis.update(extra)
         return RunResult(sc, kpis, perf, ts, power, sessions, transactions,
                          self.database if self.external is None else "", profiles,
                          None if self.external is None else self.external.url,
                          stations=stations, unserved=unserved_table(sessions, stations),
+                         forecast=forecast, tables=tables,
                          loads=self.loads, network=self.feeder.net,
                          load_phases=self.feeder.load_phases.tolist()
                          if self.feeder.unbalanced else None)
+
+
+def train_failure_model(sc: Scenario) -> FailureModel:
+    """Predictive maintenance: the CSMS's failure model, trained on its own history.
+
+    The history is the same network over the ``history_days`` before the run,
+    under reactive maintenance, on a seed of its own: what the CSMS recorded
+    there (warnings, silent stations, failures) is the training table
+    (:meth:`StationHealth.training_table`), fitted by
+    :func:`evtwin.csms.health.fit_failure_model`.
+    """
+    m = sc.maintenance
+    assert m is not None
+    history = sc.model_copy(update={
+        "start": sc.start - timedelta(days=m.history_days),
+        "duration_h": m.history_days * 24.0, "seed": sc.seed + 100_003,
+        "maintenance": m.model_copy(update={"policy": "reactive"}),
+        "forecast": None, "finance": None})
+    twin = Twin(history)
+    twin.run()
+    assert twin.core is not None
+    x, y = twin.core.health.training_table(m.horizon_days)
+    try:
+        return fit_failure_model(x, y, horizon_days=m.horizon_days, seed=sc.seed)
+    except ValueError as exc:
+        raise ScenarioError(sc.name, [("maintenance.history_days", str(exc))]) from None
 
 
 def run_scenario(scenario: Scenario, *, database: str | Path = ":memory:",
@@ -926,4 +1074,4 @@ def run_scenario(scenario: Scenario, *, database: str | Path = ":memory:",
     return Twin(scenario, database=database, progress=progress).run()
 
 
-__all__ = ["RunResult", "Twin", "VirtualStation", "run_scenario"]
+__all__ = ["RunResult", "Twin", "VirtualStation", "run_scenario", "train_failure_model"]

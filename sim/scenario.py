@@ -33,6 +33,10 @@ from evtwin.csms.strategies import check_strategy_name
 from evtwin.grid import NETWORKS
 
 from .exceptions import ScenarioError
+from .finance_config import FinanceSettings
+from .forecast_config import Forecast, Weather
+from .operations_config import Faults, Maintenance
+from .tariff_config import DriverTariff, tariff_problems
 
 
 class _Strict(BaseModel):
@@ -457,6 +461,18 @@ class Scenario(_Strict):
     sessions: FleetSessions | None = None
     """Sessions for the whole fleet (every site takes its EVs from them)."""
     run: RunSettings = RunSettings()
+    finance: FinanceSettings | None = None
+    faults: Faults | None = None
+    """Stations fail (evtwin.agents.faults); without it they never do."""
+    maintenance: Maintenance | None = None
+    """Crews that repair failed stations (with [faults])."""
+    forecast: Forecast | None = None
+    """The CSMS's day-ahead demand forecast and procurement (see evtwin.sim.procurement)."""
+    weather: Weather | None = None
+    """Hourly air temperature: scales visits' energy need; a forecast feature."""
+    tariff: DriverTariff | None = None
+    """What drivers pay the CSMS and how they answer it (evtwin.sim.tariff_config);
+    none: the CSMS's default flat tariff, drivers who ignore prices."""
 
     #: The scenario file it was read from (see :attr:`source`); not a field.
     _source: str | None = PrivateAttr(None)
@@ -490,7 +506,7 @@ class Scenario(_Strict):
 
     @model_validator(mode="after")
     def _cross(self) -> Scenario:
-        problems = cross_field_problems(self.model_dump())
+        problems = cross_field_problems(self.model_dump()) + tariff_problems(self)
         if problems:
             # One line per problem: messages may hold "; " themselves (see _model_level).
             raise ValueError("\n".join(f"{p}: {m}" for p, m in problems))
@@ -815,6 +831,9 @@ def _resolve_and_parse(data: dict[str, Any], p: Path, source: str) -> Scenario:
     price_csv = (data.get("prices") or {}).get("csv")
     if isinstance(price_csv, str) and not Path(price_csv).is_absolute():
         data["prices"]["csv"] = str((p.parent / price_csv).resolve())
+    weather_csv = (data.get("weather") or {}).get("csv")
+    if isinstance(weather_csv, str) and not Path(weather_csv).is_absolute():
+        data["weather"]["csv"] = str((p.parent / weather_csv).resolve())
     for plant in data.get("pv") or []:
         pv_csv = plant.get("csv") if isinstance(plant, dict) else None
         if isinstance(pv_csv, str) and not Path(pv_csv).is_absolute():

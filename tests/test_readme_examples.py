@@ -156,6 +156,28 @@ def _check_sweep(folder_glob: str, runs: int) -> Callable[..., None]:
     return check
 
 
+def _check_operations(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    """A run with failures and crews: the tables the README names and their KPIs."""
+    import pandas as pd
+
+    _run_folder("operations")(ws, proc)
+    run_dir = _one("results/operations-*", ws)
+    ports = pd.read_csv(run_dir / "availability.csv")
+    assert len(ports) == 24 and ports["availability_percent"].between(0, 100).all()
+    assert (run_dir / "work_orders.csv").exists() and (run_dir / "forecast.csv").exists()
+    kpis = json.loads((run_dir / "kpis.json").read_text())["kpis"]
+    assert 0 < kpis["availability_percent"] <= 100
+    assert "Port availability" in proc.stdout
+
+
+def _check_finance(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    out = _one("results/business-finance-*", ws)
+    for name in ("finance.csv", "finance.json", "tornado.png"):
+        assert (out / name).exists(), name
+    summary = json.loads((out / "finance.json").read_text())
+    assert "npv" in json.dumps(summary).lower()
+
+
 def _check_junit(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
     xml = (ws / "report.xml").read_text()
     assert "overload[" in xml and "<failure" in xml
@@ -233,6 +255,25 @@ EXAMPLES: list[Example] = [
                 "--out results/lhs", check=_check_sweep("results/lhs", 3)),
     Example(".venv/bin/evtwin sweep scenarios/demo.toml --set ev.count=10:60:10 --scheduler "
             "tcp://10.0.0.5:8786", by="test_readme_sweep_on_a_dask_cluster"),
+    Example(".venv/bin/evtwin run scenarios/operations.toml",
+            run=".venv/bin/evtwin run scenarios/operations.toml --set duration_h=48 "
+                "--set forecast.warmup_days=1 --quiet", check=_check_operations),
+    Example(".venv/bin/evtwin run scenarios/operations.toml --set maintenance.policy=predictive",
+            run=".venv/bin/evtwin run scenarios/operations.toml --set maintenance.policy="
+                "predictive --set duration_h=48 --set maintenance.history_days=30 "
+                "--set forecast.warmup_days=1 --quiet", check=_check_operations),
+    Example(".venv/bin/evtwin sweep scenarios/operations.toml --set maintenance.policy=none,"
+            "reactive,preventive --seeds 5 --workers 2",
+            run=".venv/bin/evtwin sweep scenarios/operations.toml --set maintenance.policy="
+                "none,reactive,preventive --seeds 1 --workers 2 --set duration_h=48 "
+                "--set forecast.warmup_days=1 --quiet",
+            check=_check_sweep("results/operations-sweep*", 3)),
+    Example(".venv/bin/evtwin sweep scenarios/prices.toml --set tariff.kind=flat,tou,occupancy "
+            "--workers 2",
+            run=".venv/bin/evtwin sweep scenarios/prices.toml --set tariff.kind=flat,tou,"
+                "occupancy --workers 2 --set duration_h=6 --quiet",
+            check=_check_sweep("results/prices-sweep*", 3)),
+    Example(".venv/bin/evtwin finance scenarios/business.toml", check=_check_finance),
     Example(".venv/bin/evtwin check scenarios/overload.toml --junit report.xml",
             exit_code=1, check=_check_junit),
     Example(".venv/bin/evtwin check scenarios/overload.toml --strategy equal_share --baseline "
