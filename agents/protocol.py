@@ -391,6 +391,15 @@ class StationProtocol:
         """Apply a CSMS request and return the station's answer."""
         if isinstance(request, d.SetChargingProfile):
             return self._set_profile(request)
+        if isinstance(request, d.CostUpdate):  # shown to the driver on the display
+            self.station.running_cost[request.transaction_id] = request.total_cost
+            return d.Ack()
+        if isinstance(request, d.DefaultTariff):
+            if request.evse_id != 0 and request.evse_id not in self.station.evses:
+                return d.TariffAnswer("Rejected")
+            for e in ([request.evse_id] if request.evse_id else [0, *self.station.evses]):
+                self.station.tariffs[e] = request.tariff
+            return d.TariffAnswer("Accepted")
         self.station.advance_all(self.now_s())
         removed = self.station.clear_profiles(
             profile_id=request.profile_id, evse_id=request.evse_id,

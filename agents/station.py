@@ -82,6 +82,10 @@ class VirtualStation(mesa.Agent):
         self.offline = False
         #: Heartbeats the failing modem drops (symptoms before a communication failure).
         self.drop_heartbeat: float = 0.0
+        #: What the CSMS said a running transaction costs so far (2.x CostUpdated).
+        self.running_cost: dict[str, float] = {}
+        #: The tariff shown at each EVSE (0: the station's default; 2.1 SetDefaultTariff).
+        self.tariffs: dict[int, dict[str, Any]] = {}
 
     # -- physical events (from the simulator) -------------------------------
     def plug(self, evse_id: int, ev: EV, at_s: float) -> str:

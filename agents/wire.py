@@ -79,6 +79,9 @@ class Codec2x(Codec):
 
     def __init__(self, version: str) -> None:
         self.version = version
+        # 2.x stations show the running cost; 2.1 ones also take a default tariff.
+        self.requests = Codec.requests | {"CostUpdated"} | (
+            {"SetDefaultTariff"} if version == "2.1" else set())
 
     @staticmethod
     def sampled_value(s: d.Sample, context: str) -> dict[str, Any]:
@@ -166,6 +169,11 @@ class Codec2x(Codec):
         return d.Ack()
 
     def decode_request(self, action: str, payload: dict[str, Any]) -> d.CSMSRequest:
+        if action == "CostUpdated":
+            return d.CostUpdate(str(payload["transactionId"]), float(payload["totalCost"]))
+        if action == "SetDefaultTariff":
+            tariff = payload["tariff"]
+            return d.DefaultTariff(int(payload["evseId"]), str(tariff["tariffId"]), tariff)
         if action == "SetChargingProfile":
             cp = payload["chargingProfile"]
             schedule = cp["chargingSchedule"][0]
@@ -187,6 +195,8 @@ class Codec2x(Codec):
             purpose=crit.get("chargingProfilePurpose"), stack_level=crit.get("stackLevel"))
 
     def encode_answer(self, answer: d.StationAnswer) -> dict[str, Any]:
+        if isinstance(answer, d.Ack):  # CostUpdated: an empty answer
+            return {}
         if isinstance(answer, d.ProfileAnswer) and answer.reason is not None:
             return {"status": answer.status,
                     "statusInfo": {"reasonCode": "InvalidValue",
@@ -288,7 +298,7 @@ class Codec16(Codec):
             stack_level=payload.get("stackLevel"))
 
     def encode_answer(self, answer: d.StationAnswer) -> dict[str, Any]:
-        return {"status": answer.status}
+        return {} if isinstance(answer, d.Ack) else {"status": answer.status}
 
 
 def codec(version: str) -> Codec:

@@ -204,6 +204,8 @@ class TariffSection(_Strict):
     idle_fee_cap: float | None = Field(None, ge=0, allow_inf_nan=False)
     site_offsets_per_kwh: dict[str, float] = Field(default_factory=dict)
     """Added to every per-kWh price at the named site (negative: cheaper there)."""
+    push_to_stations: bool = False
+    """OCPP 2.1: send each station the tariff (SetDefaultTariff) once it has booted."""
 
     @model_validator(mode="after")
     def _usable(self) -> TariffSection:
@@ -220,7 +222,8 @@ class TariffSection(_Strict):
                       occupancy_surcharge_per_kwh=self.occupancy_surcharge_per_kwh,
                       idle_fee_per_min=self.idle_fee_per_min,
                       idle_grace_min=self.idle_grace_min, idle_fee_cap=self.idle_fee_cap,
-                      site_offsets_per_kwh=tuple(sorted(self.site_offsets_per_kwh.items())))
+                      site_offsets_per_kwh=tuple(sorted(self.site_offsets_per_kwh.items())),
+                      push_to_stations=self.push_to_stations)
 
 
 class SiteSection(_Strict):

@@ -26,6 +26,7 @@ from .core import CSMSCore, ProfileCommand
 from .exceptions import InvalidMessageError, UnknownEvseError
 from .model import EVChargingNeeds, TxEvent
 from .shell import STOP_REASONS_16, limit_period
+from .tariffs import tariff_21
 
 log = logging.getLogger("evtwin.csms.ocpp")
 
@@ -131,6 +132,13 @@ class DirectShell:
             return d.Ack()
         if isinstance(m, d.Boot):
             r = core.on_boot(self.id, m.vendor, m.model)
+            if (r["status"] == "Accepted" and self.version == "2.1" and self.peer is not None
+                    and core.config.tariff.push_to_stations):
+                spec = core.stations[self.id]
+                tariff = tariff_21(core.config.tariff, "evtwin-default", spec.site)
+                self.frames["out"] += 1
+                self.peer(d.DefaultTariff(0, "evtwin-default", tariff))
+                self.frames["in"] += 1
             return d.BootAnswer(r["status"], float(r["interval"]))
         raise TypeError(f"not a station message: {type(m).__name__}")
 

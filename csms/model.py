@@ -86,6 +86,8 @@ class Tariff:
     """Most idle fee per session (None: no cap)."""
     site_offsets_per_kwh: tuple[tuple[str, float], ...] = ()
     """``(site, amount)`` added to every per-kWh price at that site."""
+    push_to_stations: bool = False
+    """OCPP 2.1: send each station this tariff (SetDefaultTariff) once it has booted."""
 
 
 #: Grid-to-battery efficiency the CSMS assumes when an EV does not say (AC charging).

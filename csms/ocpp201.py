@@ -147,8 +147,18 @@ class Handlers201(ShellBase):
             # once the answer is out (E14); PowerUp means the power was lost.
             self._ask_about(sorted(pending), "PowerLoss" if reason == "PowerUp" else "Reboot",
                             f"not ongoing after a reboot ({reason})")
+        if (r["status"] == "Accepted" and self.version == "2.1"
+                and self.core.config.tariff.push_to_stations):
+            self._in_background(self._push_tariff())
         return {"currentTime": r["current_time"], "interval": r["interval"],
                 "status": r["status"]}
+
+    async def _push_tariff(self) -> None:
+        """The station's default tariff, once it has booted (2.1, ``push_to_stations``)."""
+        try:
+            await self.set_default_tariff(0)
+        except (CallFailed, TimeoutError, ConnectionError) as exc:
+            log.info("%s: SetDefaultTariff not delivered: %s", self.id, exc)
 
     @wire("NotifyChargingLimit")
     def on_notify_charging_limit(self, payload: dict[str, Any]) -> dict[str, Any]:

@@ -303,7 +303,25 @@ class ClearChargingProfile:
     stack_level: int | None = None
 
 
-CSMSRequest = SetChargingProfile | ClearChargingProfile
+@dataclass(frozen=True, slots=True)
+class CostUpdate:
+    """A running transaction's cost so far (2.x CostUpdated), in the tariff's currency."""
+
+    transaction_id: str
+    total_cost: float
+
+
+@dataclass(frozen=True, slots=True)
+class DefaultTariff:
+    """The tariff to show drivers at an EVSE (0: every EVSE), as 2.1 SetDefaultTariff
+    carries it (``tariff`` is the wire's TariffType: prices stay as the CSMS gave them)."""
+
+    evse_id: int
+    tariff_id: str
+    tariff: dict[str, Any]
+
+
+CSMSRequest = SetChargingProfile | ClearChargingProfile | CostUpdate | DefaultTariff
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +337,14 @@ class ClearAnswer:
     status: str  # Accepted | Unknown
 
 
-StationAnswer = ProfileAnswer | ClearAnswer
+@dataclass(frozen=True, slots=True)
+class TariffAnswer:
+    """SetDefaultTariff's answer: Accepted | Rejected | TooManyElements | ..."""
+
+    status: str
+
+
+StationAnswer = ProfileAnswer | ClearAnswer | TariffAnswer | Ack
 
 
 def record(message: Any) -> dict[str, Any]:

@@ -171,7 +171,9 @@ def csms_tariff(sc: ScenarioView) -> Tariff | None:
                   occupancy_surcharge_per_kwh=t.occupancy_surcharge_per_kwh,
                   idle_fee_per_min=t.idle_fee_per_min, idle_grace_min=t.idle_grace_min,
                   idle_fee_cap=t.idle_fee_cap,
-                  site_offsets_per_kwh=tuple(sorted(t.site_offsets_per_kwh.items())))
+                  site_offsets_per_kwh=tuple(sorted(t.site_offsets_per_kwh.items())),
+                  # 2.1 stations are told the tariff they show (SetDefaultTariff).
+                  push_to_stations=True)
 
 
 def published_prices(sc: ScenarioView, tariff: Tariff) -> Callable[[str, float], float]:

@@ -465,3 +465,41 @@ def test_a_scenario_without_tariff_gives_the_kpis_it_gave_before() -> None:
     assert {k: a.kpis[k] for k in a.kpis} == {k: b.kpis[k] for k in a.kpis}
     assert b.kpis["driver_revenue"] == pytest.approx(0.30 * a.kpis["energy_billed_kwh"])
     assert np.isclose(b.kpis["sessions_price_shifted"], 0.0)
+
+
+@pytest.mark.parametrize("transport", ["websocket", "direct"])
+def test_virtual_21_stations_get_and_keep_the_tariff_they_show(transport: str) -> None:
+    """A 2.1 twin run with [tariff]: every station is sent SetDefaultTariff after it
+    boots, accepts it, and holds the TOU prices as the 2.1 schema has them."""
+    from evtwin.sim.runner import Twin
+
+    sc = load_scenario(SCENARIOS / "prices.toml",
+                       {"csms.protocol": "2.1", "duration_h": "1", "run.transport": transport})
+    twin = Twin(sc)
+    twin.run()
+    schema = _schema("v21", "SetDefaultTariffRequest")
+    for st in twin.model.stations:
+        shown = st.tariffs[0]
+        jsonschema.validate({"evseId": 0, "tariff": shown}, schema)
+        prices = [p["priceKwh"] for p in shown["energy"]["prices"]]
+        offset = sc.tariff.site_offsets_per_kwh.get(st.site, 0.0)
+        assert sorted(prices) == pytest.approx(sorted(
+            b.price_per_kwh + offset for b in sc.tariff.tou))
+        assert set(st.tariffs) == {0, *st.evses}
+
+
+def test_a_201_station_shows_the_running_cost_it_is_sent() -> None:
+    from evtwin.sim.runner import Twin
+
+    sc = load_scenario(SCENARIOS / "prices.toml",
+                       {"start": "2026-06-02T08:00:00", "duration_h": "4",
+                        "tariff.cost_updated_interval_s": "300",
+                        "run.transport": "websocket"})
+    twin = Twin(sc)
+    result = twin.run()
+    shown = {tx: cost for st in twin.model.stations for tx, cost in st.running_cost.items()}
+    assert shown, "CostUpdated reached the stations"
+    final = {t["transaction_id"]: t for t in result.transactions}
+    for tx, cost in shown.items():  # a running cost never exceeds what was finally billed
+        if tx in final and final[tx].get("total_cost") is not None:
+            assert cost <= final[tx]["total_cost"] + 1e-9
