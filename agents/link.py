@@ -133,12 +133,16 @@ class EndpointLink(StationLink):
         self._waiter: asyncio.Future[None] | None = None
         self._failure: BaseException | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: False while the station is off the air (see :meth:`drop`).
+        self.connected = True
 
     # ------------------------------------------------------------------ driving
 
     async def _drain(self) -> None:
         if self._failure is not None:
             raise self._failure
+        if not self.connected or self.station.offline:
+            return  # off the air: the protocol keeps its messages until it is back
         self._pump()
         await self._write()
         if self.protocol.idle or self._failure is not None:
@@ -204,8 +208,10 @@ class EndpointLink(StationLink):
     # ------------------------------------------------------------------ receiving
 
     async def run(self) -> None:
-        """Read frames until the connection closes (then the waiting flush fails too)."""
-        recv = self.connection.recv
+        """Read frames until the connection closes (then the waiting flush fails too,
+        unless the station dropped it itself: :meth:`drop`)."""
+        connection = self.connection
+        recv = connection.recv
         try:
             while True:
                 raw = await recv()
@@ -216,8 +222,33 @@ class EndpointLink(StationLink):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if not self.connected or connection is not self.connection:
+                return  # dropped on purpose (the modem failed): not a failure
             self._fail(exc)
             raise
+
+    # ------------------------------------------------------------------ off the air
+
+    async def drop(self) -> None:
+        """The station's connection goes down (a failed modem): closed from its side;
+        nothing more is sent until :meth:`resume` (the protocol keeps what it has to say)."""
+        if not self.connected:
+            return
+        self.connected = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        await self.connection.close()
+
+    def resume(self, connection: Any) -> asyncio.Task[None]:
+        """Back on the air over a new ``connection`` (no reboot, so no BootNotification:
+        what the station kept goes out in order); returns the new receive loop's task."""
+        self.connection = connection
+        self.endpoint = Endpoint(self.protocol.version, clock=self._loop.time,
+                                 response_timeout_s=self.endpoint.response_timeout_s)
+        self._failure = None
+        self.connected = True
+        return asyncio.create_task(self.run())
 
     def _on_event(self, event: Any) -> None:
         protocol = self.protocol

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Generator, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -469,6 +469,11 @@ class Twin:
         self.site_kind: dict[str, str] = {}  # shared pools -> their site's kind
         self.in_use: set[tuple[str, int]] = set()
         self.drivers: dict[str, simpy.Process] = {}  # EV id -> its process while plugged
+        #: How a station connects again after its connection dropped, and the task list
+        #: its receive loop joins (websocket and memory transports).
+        self._reopen: tuple[Callable[[VirtualStation], Awaitable[Any]],
+                            list[asyncio.Task[Any]]] | None = None
+        self.connections_dropped = 0
 
     # -- time -----------------------------------------------------------------
     def to_datetime(self, t_s: float) -> datetime:
@@ -642,7 +647,8 @@ class Twin:
         sockets: list[Any] = []
         subprotocol = SUBPROTOCOLS[self.sc.csms.protocol]
         ext = self.external
-        for st in self.model.stations:
+
+        async def open_(st: VirtualStation) -> Any:
             if ext is not None:  # every failure one line naming the CSMS or station
                 ws = await ext.open(st.station_id, subprotocol)
             else:
@@ -651,11 +657,30 @@ class Twin:
                 ws = await connect(f"{url.rstrip('/')}/{st.station_id}",
                                    subprotocols=[subprotocol],  # type: ignore[list-item]
                                    compression=None, max_size=2**20)
-            conn: Any = ws if frames is None else CountingConnection(ws, frames)
             sockets.append(ws)
-            clients.append(self._endpoint_link(st, conn, tasks))
+            return ws if frames is None else CountingConnection(ws, frames)
+
+        for st in self.model.stations:
+            clients.append(self._endpoint_link(st, await open_(st), tasks))
         await asyncio.gather(*(c.boot() for c in clients))
+        self._reopen = (open_, tasks)
         return clients, tasks, sockets
+
+    async def _follow_the_air(self, clients: list[StationClient]) -> None:
+        """A station whose modem failed drops its connection; repaired, it connects
+        again (websocket and memory transports; direct calls have no connection)."""
+        if self._reopen is None:
+            return
+        open_, tasks = self._reopen
+        for link in clients:
+            if not isinstance(link, EndpointLink):
+                continue
+            offline = link.station.offline
+            if offline and link.connected:
+                await link.drop()
+                self.connections_dropped += 1
+            elif not offline and not link.connected:
+                tasks.append(link.resume(await open_(link.station)))
 
     def _protocol(self, st: VirtualStation) -> StationProtocol:
         to_datetime, to_seconds = self.to_datetime, self.to_seconds
@@ -684,13 +709,18 @@ class Twin:
         tasks: list[asyncio.Task[Any]] = []
         pipes: list[Any] = []
         subprotocol = SUBPROTOCOLS[self.sc.csms.protocol]
-        for st in self.model.stations:
+
+        async def open_(st: VirtualStation) -> Any:
             station_end, csms_end = memory_pair(st.station_id, subprotocol)
             tasks.append(asyncio.create_task(
                 server.serve_connection(st.station_id, subprotocol, csms_end)))
             pipes.append(station_end)
-            clients.append(self._endpoint_link(st, station_end, tasks))
+            return station_end
+
+        for st in self.model.stations:
+            clients.append(self._endpoint_link(st, await open_(st), tasks))
         await asyncio.gather(*(c.boot() for c in clients))
+        self._reopen = (open_, tasks)
         return clients, tasks, pipes
 
     async def _connect_direct(self, server: CSMSServer) -> list[StationClient]:
@@ -823,6 +853,8 @@ class Twin:
         env = self.env
         while env.peek() <= t:
             env.step()
+            if self.ops is not None:
+                await self._follow_the_air(clients)
             if csms is not None:
                 await csms.sync(self.now())
             busy = [c for c in clients if c.station.events]

@@ -278,3 +278,28 @@ def test_maintenance_errors_name_the_field() -> None:
     data["faults"] = {"connector": {"scale_days": -1}}
     with pytest.raises(ScenarioError, match=r"faults.connector.scale_days"):
         parse_scenario(data)
+
+
+@pytest.mark.parametrize("transport", ["websocket", "memory"])
+def test_a_failed_modem_drops_the_connection_and_the_station_comes_back(
+        transport: str) -> None:
+    """Communication fails: the station's connection closes, its heartbeats stop, the
+    CSMS raises an offline work order; once repaired it connects again (no reboot) and
+    what it kept (the Faulted/Available statuses, meter values) arrives."""
+    data = small("2.0.1", transport=transport, hours=24, seed=2, policy="reactive",
+                 crew="contract", contract={"response_h": 3.0}).model_dump(mode="json")
+    data["faults"] = {"components": ["communication"],
+                      "communication": {"scale_days": 0.3, "precursor_share": 0.0}}
+    twin = Twin(parse_scenario(data))
+    result = twin.run()
+    assert twin.ops is not None and twin.core is not None
+    outages = [o for o in twin.ops.outages if o.component == "DataLink"]
+    assert outages and any(o.end_s is not None for o in outages)
+    offline = [o for o in twin.core.health.orders if o.reason == "offline"]
+    assert {o.station_id for o in offline} >= {o.station_id for o in outages
+                                                if o.end_s is not None}
+    # Each failure closed the station's connection; the repairs opened new ones.
+    assert twin.connections_dropped == len(outages)
+    assert result.kpis["ocpp_messages"] > 0
+    assert all(not st.offline for st in twin.model.stations
+               if all(o.end_s is not None for o in outages if o.station_id == st.station_id))
