@@ -131,6 +131,10 @@ class Unit:
     failures: int = 0
     generation: int = 0
     """Counts the lives drawn: a process waiting on an older life stops."""
+    index: int = 0
+    """Its place in the plan: with the generation, names its own random stream."""
+    in_service: bool = False
+    """A crew is working on it (another job leaves it alone)."""
 
     @property
     def key(self) -> tuple[str, int, str]:
@@ -139,20 +143,32 @@ class Unit:
 
 @dataclass(slots=True)
 class FaultPlan:
-    """Every component of a network with its own draws (see the module docstring)."""
+    """Every component of a network with its own draws (see the module docstring).
+
+    Each life of each part draws from a stream of its own (seed, part, life), so two
+    runs of one seed under different maintenance see the same failures until a
+    crew's work changes a part's life, and only that part's draws after it.
+    """
 
     units: list[Unit] = field(default_factory=list)
-    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    seed: int = 0
+
+    def stream(self, unit: Unit, purpose: int) -> np.random.Generator:
+        """The seeded stream of ``unit``'s current life for ``purpose`` (0: the life,
+        1: its warnings, 2: its repair, 3: its false alarms over the whole run)."""
+        gen = 0 if purpose == 3 else unit.generation
+        return np.random.default_rng([self.seed, 31, unit.index, gen, purpose])
 
     def draw_life(self, unit: Unit, now_s: float) -> None:
         """Draw the unit's next failure and the start of its symptoms from ``now_s``."""
         m = unit.model
         unit.generation += 1
+        rng = self.stream(unit, 0)
         age_days = max(now_s - unit.installed_s, 0.0) / 86400.0
         unit.fails_at_s = now_s + 86400.0 * weibull_residual_days(
-            self.rng, m.shape, m.scale_days, age_days)
-        if self.rng.random() < m.precursor_share:
-            lead_s = 86400.0 * float(self.rng.exponential(m.precursor_days))
+            rng, m.shape, m.scale_days, age_days)
+        if rng.random() < m.precursor_share:
+            lead_s = 86400.0 * float(rng.exponential(m.precursor_days))
             unit.symptoms_from_s = max(unit.fails_at_s - lead_s, now_s)
         else:
             unit.symptoms_from_s = math.inf
@@ -166,7 +182,8 @@ class FaultPlan:
     def repair_hours(self, unit: Unit) -> float:
         """Time on site to repair ``unit`` after it failed (log-normal)."""
         m = unit.model
-        return float(m.repair_median_h * math.exp(m.repair_sigma * self.rng.standard_normal()))
+        z = self.stream(unit, 2).standard_normal()
+        return float(m.repair_median_h * math.exp(m.repair_sigma * z))
 
 
 def build_plan(stations: list[tuple[str, int]], models: dict[str, ComponentModel], *,
@@ -175,15 +192,17 @@ def build_plan(stations: list[tuple[str, int]], models: dict[str, ComponentModel
 
     A network in service has replaced parts as they failed, so each part's age at
     the start is drawn uniformly up to its characteristic life (assumption)."""
-    plan = FaultPlan(rng=np.random.default_rng([seed, 31]))
+    plan = FaultPlan(seed=seed)
+    ages = np.random.default_rng([seed, 30])
     for station_id, n_evses in stations:
         for name in COMPONENTS:
             m = models.get(name)
             if m is None:
                 continue
             for evse_id in (range(1, n_evses + 1) if m.scope == "evse" else (0,)):
-                age_s = float(plan.rng.uniform(0.0, m.scale_days)) * 86400.0
-                unit = Unit(station_id, evse_id, m, installed_s=-age_s)
+                age_s = float(ages.uniform(0.0, m.scale_days)) * 86400.0
+                unit = Unit(station_id, evse_id, m, installed_s=-age_s,
+                            index=len(plan.units))
                 plan.draw_life(unit, 0.0)
                 plan.units.append(unit)
     return plan

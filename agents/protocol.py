@@ -352,7 +352,8 @@ class StationProtocol:
                 reason = info.get("reason", "EVDisconnected")
                 out.append(_Send(d.TransactionEnded(
                     evse_id, tx, at, seq_no, "Other" if v16 and fault else reason,
-                    d.Reading(at, "Transaction.End", info["register_wh"]))))
+                    d.Reading(at, "Transaction.End", info["register_wh"]),
+                    *(("AbnormalCondition", "EVConnected") if fault else ()))))
             status = info.get("status", "Available")
             if fault:
                 out.extend(self._problem_chain("fault", evse_id, at_s, info)())

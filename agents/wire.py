@@ -117,9 +117,10 @@ class Codec2x(Codec):
                 "meterValue": [self.meter_value(m.reading)]}
         if isinstance(m, d.TransactionEnded):
             return "TransactionEvent", {
-                "eventType": "Ended", "timestamp": iso(m.at), "triggerReason": "EVDeparted",
+                "eventType": "Ended", "timestamp": iso(m.at), "triggerReason": m.trigger,
                 "seqNo": m.seq_no,
-                "transactionInfo": {"transactionId": m.transaction_id, "chargingState": "Idle",
+                "transactionInfo": {"transactionId": m.transaction_id,
+                                    "chargingState": m.charging_state,
                                     "stoppedReason": m.reason},
                 "evse": {"id": m.evse_id, "connectorId": 1},
                 "meterValue": [self.meter_value(m.reading)]}
@@ -251,10 +252,13 @@ class Codec16(Codec):
         if isinstance(m, d.ProblemReport):
             # 1.6 says a problem with the connector's status: Faulted for a failure,
             # the status it has for a warning; info names the component.
+            # vendorErrorCode says whether it is a warning or a failure (1.6 has no
+            # field for it: a warning on an EVSE already Faulted would read as one).
             return "StatusNotification", {
                 "connectorId": m.evse_id,
                 "errorCode": "NoError" if m.severity == "cleared" else m.code,
-                "status": m.status, "timestamp": iso(m.at), "info": m.component[:50]}
+                "status": m.status, "timestamp": iso(m.at), "info": m.component[:50],
+                "vendorErrorCode": m.severity}
         raise TypeError(f"no OCPP 1.6 form for {type(m).__name__}")
 
     def decode_answer(self, message: d.StationMessage, payload: dict[str, Any]) -> Any:

@@ -89,10 +89,7 @@ class DirectShell:
                     core.on_status(self.id, m.evse_id, m.status, iso(m.at))
                 if m.severity == "cleared":
                     return d.Ack()
-                severity = "fault" if m.status == "Faulted" else "warning"
-            else:
-                severity = m.severity
-            core.on_problem(self.id, m.evse_id, m.component, m.code, severity, iso(m.at))
+            core.on_problem(self.id, m.evse_id, m.component, m.code, m.severity, iso(m.at))
             return d.Ack()
         if isinstance(m, d.MeterReport):
             if m.evse_id != 0:  # 0 is the station's main meter
@@ -116,8 +113,8 @@ class DirectShell:
                 core.token_info(m.id_token, starting=(self.id, tx_id)).status, tx_id)
         if isinstance(m, d.TransactionEnded):
             if not v16:
-                return self._tx(m, "Ended", "EVDeparted", m.seq_no, "Idle", m.reason, m.reading,
-                                m.evse_id)
+                return self._tx(m, "Ended", m.trigger, m.seq_no, m.charging_state, m.reason,
+                                m.reading, m.evse_id)
             # 1.6 StopTransaction names no connector: the session's own is kept; its
             # whole-Wh meterStop comes before the exact register (as on the wire).
             self._tx(m, "Ended", "EVDeparted", None, None,

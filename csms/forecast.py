@@ -97,6 +97,9 @@ class History:
     metered: pd.DataFrame
     temperature: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(
         columns=["time", "temp_c"]))
+    temperature_forecast: pd.DataFrame | None = None
+    """The weather service's day-ahead forecast (same columns): what the CSMS knows of
+    the temperature after a gate closure; None: the measured one (a perfect forecast)."""
 
 
 def site_map(stations: Iterable[StationSpec]) -> dict[str, str]:
@@ -267,10 +270,17 @@ def _tables(history: History, day: date, zone: tzinfo, first_day: date,
     """Hourly and daily tables from ``first_day`` to ``day`` as known at the gate
     closure for ``day``: nothing the CSMS learns after it is in them."""
     cutoff = gate_closure(day, zone, settings)
+    temperature = history.temperature
+    ahead = history.temperature_forecast
+    if ahead is not None and len(temperature):
+        # Measured up to the gate, forecast after it.
+        measured = temperature[pd.to_datetime(temperature["time"], utc=True) < cutoff]
+        forecast = ahead[pd.to_datetime(ahead["time"], utc=True) >= cutoff]
+        temperature = pd.concat([measured, forecast], ignore_index=True)
     before = History(history.sites,
                      history.arrivals[history.arrivals["time"] < cutoff],
                      history.metered[history.metered["end"] <= cutoff],
-                     history.temperature)
+                     temperature)
     hours = hour_starts(first_day, (day - first_day).days + 1, zone)
     table = hourly_table(before, hours, zone, settings)
     whole = table["time"] + pd.Timedelta(hours=1) <= cutoff

@@ -83,8 +83,10 @@ class StationHealth:
     stations: dict[str, tuple[int, ...]]
     heartbeat_interval_s: float
     clock: Callable[[], datetime]
+    #: assumption: two missed heartbeats can be a network blip; the third is an outage.
     offline_after_heartbeats: float = 2.5
     model: FailureModel | None = None
+    #: assumption: four scorings a day (a night shift of data before the day shift).
     score_every_s: float = 21600.0
     orders: list[WorkOrder] = field(default_factory=list)
     _handed_out: int = 0
@@ -92,7 +94,7 @@ class StationHealth:
     _heartbeats: dict[str, list[datetime]] = field(default_factory=lambda: defaultdict(list))
     _warnings: dict[Key, list[datetime]] = field(default_factory=lambda: defaultdict(list))
     _failures: dict[Key, list[datetime]] = field(default_factory=lambda: defaultdict(list))
-    _renewed: dict[Key, datetime] = field(default_factory=dict)
+    _renewals: dict[Key, list[datetime]] = field(default_factory=dict)
     _open: dict[Key, WorkOrder] = field(default_factory=dict)
     _started: datetime | None = None
     _next_score: datetime | None = None
@@ -126,18 +128,22 @@ class StationHealth:
         are counted, a failure raises a work order, a clearing is noted."""
         if component not in EVSE_COMPONENTS + STATION_COMPONENTS:
             component = COMPONENT_OF_CODE_16.get(code, component)
+        if component not in EVSE_COMPONENTS + STATION_COMPONENTS:
+            log.info("%s: problem %s on a component not tracked (%r)", station_id, code,
+                     component)
+            return None
         k = self.key(station_id, evse_id, component)
         if severity == "warning":
             bisect.insort(self._warnings[k], at)
             return None
         if severity == "cleared":
             return None
-        renewed = self._renewed.get(k)
-        if renewed is not None and at <= renewed:
-            return None  # reported late (the station was offline): already repaired
         failures = self._failures[k]
-        if not failures or failures[-1] != at:
+        if at not in failures:  # in the history even when it comes late
             bisect.insort(failures, at)
+        renewals = self._renewals.get(k, [])
+        if renewals and at <= renewals[-1]:
+            return None  # reported late (the station was offline): already repaired
         return self._raise(k, "fault", None)
 
     def _raise(self, k: Key, reason: str, risk: float | None) -> WorkOrder | None:
@@ -172,7 +178,15 @@ class StationHealth:
         if self._open.get(k) is order:
             del self._open[k]
         if renewed:
-            self._renewed[k] = now
+            self._renewals.setdefault(k, []).append(now)
+            if order.reason == "offline":
+                # The station said nothing: its failure is known from when it went
+                # silent (its own report, once it is back, gives the exact time).
+                last = self._last_seen.get(order.station_id, order.raised_at)
+                fails = self._failures[k]
+                if not any(abs((t - last).total_seconds()) <= 3 * self.heartbeat_interval_s
+                           for t in fails):
+                    bisect.insort(fails, min(last, order.raised_at))
         if order.component == "DataLink":
             self._last_seen[order.station_id] = now
 
@@ -226,8 +240,8 @@ class StationHealth:
             gaps = sum(1 for a, b in zip(hb[lo_i:hi_i], hb[lo_i + 1:hi_i], strict=False)
                        if (b - a).total_seconds() > limit)
         events = [t for t in self._failures.get(k, []) if t <= at]
-        renewed = self._renewed.get(k)
-        marks = [t for t in (*events[-1:], renewed) if t is not None and t <= at]
+        renewed = [t for t in self._renewals.get(k, []) if t <= at]
+        marks = [*events[-1:], *renewed[-1:]]
         # Nothing recorded: as long ago as the feature goes (60 days).
         days = (at - max(marks)).total_seconds() / 86400.0 if marks else 60.0
         return [float(since(1)), float(since(3)), float(since(7)), float(gaps), min(days, 60.0)]
@@ -248,7 +262,8 @@ class StationHealth:
             for k in self.keys():
                 fails = self._failures.get(k, [])
                 i = bisect.bisect_right(fails, t)
-                down = i > 0 and (self._renewed.get(k) is None or self._renewed[k] < fails[i - 1])
+                done = [r for r in self._renewals.get(k, []) if r <= t]
+                down = i > 0 and (not done or done[-1] < fails[i - 1])
                 if down:
                     continue  # failed and not yet repaired: nothing to predict
                 rows.append(self.features(k, t))
@@ -259,24 +274,37 @@ class StationHealth:
 
 def fit_failure_model(x: np.ndarray, y: np.ndarray, *, horizon_days: float, seed: int
                       ) -> FailureModel:
-    """Gradient-boosted trees on the CSMS's history (scikit-learn); the threshold is
-    the one with the best F1 score on the history itself."""
+    """Gradient-boosted trees on the CSMS's history (scikit-learn). ``x``/``y`` in time
+    order (:meth:`StationHealth.training_table`): the decision threshold is the one
+    with the best F1 score on the last 30 % of the history for a model fitted on the
+    first 70 %; the model kept is then fitted on all of it."""
     from sklearn.ensemble import GradientBoostingClassifier
 
     if len(y) == 0 or y.min() == y.max():
         raise ValueError("the history has no failures (or nothing else) to learn from: "
                          "give it more days")
-    clf = GradientBoostingClassifier(n_estimators=150, max_depth=2, learning_rate=0.1,
-                                     random_state=seed)
-    clf.fit(x, y)
-    p = clf.predict_proba(x)[:, 1]
-    best, threshold = -1.0, 0.5
-    for th in np.linspace(0.05, 0.95, 19):
-        pred = p >= th
-        tp = float((pred & (y == 1)).sum())
-        f1 = 2 * tp / (pred.sum() + (y == 1).sum()) if pred.sum() + (y == 1).sum() else 0.0
-        if f1 > best + 1e-12:
-            best, threshold = f1, float(th)
+
+    def model() -> GradientBoostingClassifier:
+        # assumption: shallow trees and a modest number of them for five features and
+        # a few hundred positive rows (no tuning beyond this).
+        return GradientBoostingClassifier(n_estimators=150, max_depth=2, learning_rate=0.1,
+                                          random_state=seed)
+
+    cut = int(len(y) * 0.7)
+    threshold = 0.5
+    if 0 < y[:cut].sum() < cut and y[cut:].sum() > 0:
+        first = model().fit(x[:cut], y[:cut])
+        p = first.predict_proba(x[cut:])[:, 1]
+        yv = y[cut:]
+        best = -1.0
+        for th in np.linspace(0.05, 0.95, 19):
+            pred = p >= th
+            tp = float((pred & (yv == 1)).sum())
+            denom = pred.sum() + (yv == 1).sum()
+            f1 = 2 * tp / denom if denom else 0.0
+            if f1 > best + 1e-12:
+                best, threshold = f1, float(th)
+    clf = model().fit(x, y)
     return FailureModel(clf, threshold, horizon_days, len(y), int(y.sum()))
 
 

@@ -106,11 +106,14 @@ class CSMS16(ShellBase):
             if payload["status"] == "Available":
                 self.core.available_after_boot(self.id, connector_id)
         code = payload.get("errorCode", "NoError")
-        faulted = payload["status"] == "Faulted"
-        if code != "NoError" or faulted:  # 1.6 tells a problem with the status
+        if code != "NoError":  # 1.6 tells a problem with the status
+            # evtwin's stations say warning/fault in vendorErrorCode; others: a Faulted
+            # status is a failure, any other status with an error code a warning.
+            severity = payload.get("vendorErrorCode")
+            if severity not in ("warning", "fault"):
+                severity = "fault" if payload["status"] == "Faulted" else "warning"
             self.core.on_problem(self.id, connector_id, payload.get("info") or "", code,
-                                 "fault" if faulted else "warning",
-                                 payload.get("timestamp") or iso(self.core.clock()))
+                                 severity, payload.get("timestamp") or iso(self.core.clock()))
         return {}
 
     @wire("Authorize")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import itertools
 import math
 import re
 import shutil
@@ -612,8 +613,7 @@ def operations_figure(ctx: Context) -> str:
     runs = operations_runs(ctx)
     own = scenario(OPERATIONS).seed
     none = runs[(own, "none")]["daily"]
-    claim(none[-1] < none[0] and all(b <= a + 1e-9 for a, b in zip(none, none[1:],
-                                                                     strict=False)),
+    claim(none[-1] < none[0] and all(b <= a + 1e-9 for a, b in itertools.pairwise(none)),
           "operations_figure", "availability falls day by day without a crew",
           f"it goes {none[0]:.1f} -> {none[-1]:.1f} %")
 

@@ -153,6 +153,10 @@ class TransactionEnded:
     seq_no: int | None
     reason: str
     reading: Reading
+    trigger: str = "EVDeparted"
+    """2.x triggerReason: EVDeparted, or AbnormalCondition when a failure ended it."""
+    charging_state: str = "Idle"
+    """2.x chargingState at the end: Idle, or EVConnected (still plugged in)."""
 
 
 @dataclass(frozen=True, slots=True)

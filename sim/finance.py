@@ -47,7 +47,7 @@ HOURS_PER_YEAR = 8760.0
 HOURS_PER_WEEK = 168.0
 WEEKS_PER_YEAR = 52.0
 #: Sessions that charged: the visit was plugged in (ended or still plugged at the end).
-CHARGED = ("served", "open")
+CHARGED = ("served", "open", "interrupted")  # interrupted: billed up to the failure
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -407,18 +407,18 @@ def cash_flows(fs: FinanceSettings, base: YearBase, hw: Hardware,
 
 
 def payback_years(flows: Sequence[float]) -> float | None:
-    """The year at which the cumulative sum of ``flows`` (year 0 first) first reaches 0
-    after being negative, interpolated linearly within that year; 0 when it never goes
-    below 0; None when it stays below 0."""
-    cum = 0.0
-    for t, cf in enumerate(flows):
-        before = cum
-        cum += cf
-        if cum >= 0 and before < 0 and t > 0:
-            return (t - 1) + (-before / cf)
-        if t == 0 and cum >= 0:
-            return 0.0
-    return None
+    """When the cumulative sum of ``flows`` (year 0 first) is back at 0 or above for
+    good: the last year it crosses up from below, interpolated linearly within that
+    year; 0 when it is never below 0; None when it ends below 0."""
+    cum = np.cumsum(np.asarray(flows, dtype=float))
+    if len(cum) == 0 or cum[-1] < 0:
+        return None
+    below = np.flatnonzero(cum < 0)
+    if len(below) == 0:
+        return 0.0
+    t = int(below[-1]) + 1  # the year it comes back up for good
+    before = float(cum[t - 1])
+    return (t - 1) + (-before / float(flows[t]))
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ from evtwin.csms.health import StationHealth, WorkOrder, precision_recall
 
 from .operations_config import Faults, Maintenance
 
-#: How often the dispatcher looks at the CSMS's new work orders (s).
+#: How often the dispatcher looks at the CSMS's new work orders (s; assumption: a
+#: dispatcher's ticket queue refreshed every five minutes).
 POLL_S = 300.0
 #: A preventive visit's inspection on top of any part it swaps (h; assumption).
 INSPECTION_H = 0.5
@@ -75,8 +76,8 @@ class Operations:
         sc = twin.sc
         self.plan = build_plan([(st.station_id, len(st.evses)) for st in twin.model.stations],
                                component_models(faults), seed=sc.seed)
-        self.rng = np.random.default_rng([sc.seed, 32])  # warnings
-        self.repair_rng = np.random.default_rng([sc.seed, 33])  # times on site, responses
+        # Contractors' response times (the parts' own draws: FaultPlan.stream).
+        self.repair_rng = np.random.default_rng([sc.seed, 33])
         self.units: dict[tuple[str, int, str], Unit] = {
             (u.station_id, u.evse_id, u.model.component_2x): u for u in self.plan.units}
         self.outages: list[Outage] = []
@@ -99,7 +100,8 @@ class Operations:
         end = self.twin.sc.duration_s
         for unit in self.plan.units:
             self.env.process(self._life(unit, unit.generation))
-            for t in warning_times(self.rng, unit.model.background_per_day, 0.0, end):
+            for t in warning_times(self.plan.stream(unit, 3), unit.model.background_per_day,
+                                   0.0, end):
                 self.env.process(self._warning_at(unit, t, None))
         m = self.settings
         if m is None or m.policy == "none" or health is None:
@@ -130,8 +132,8 @@ class Operations:
                 st.set_derate(unit.evse_id, m.derate_share, env.now)
             if m.name == "communication":
                 st.drop_heartbeat = 0.5  # assumption: half the heartbeats lost
-            for t in warning_times(self.rng, m.warning_rate_per_day, env.now,
-                                   min(unit.fails_at_s, end)):
+            for t in warning_times(self.plan.stream(unit, 1), m.warning_rate_per_day,
+                                   env.now, min(unit.fails_at_s, end)):
                 env.process(self._warning_at(unit, t, gen))
         if unit.fails_at_s >= end:
             return
@@ -241,6 +243,13 @@ class Operations:
         env = self.env
         raised_s = env.now
         urgent = order.reason in ("fault", "offline")
+        # The part comes first (from the van stock, or the next delivery): a crew does
+        # not wait on site for one.
+        reserved: str | None = None
+        units = self._units_for(order)
+        if order.reason != "preventive" and units:
+            reserved = units[0].model.name
+            yield from self._take_part(reserved)
         request = None
         if m.crew == "in_house":
             assert self.crews is not None
@@ -258,8 +267,10 @@ class Operations:
         arrived_s = env.now
         on_site_h = INSPECTION_H if order.reason == "preventive" else 0.0
         swapped: list[str] = []
-        for unit in self._units_for(order):
+        for unit in units:
             um = unit.model
+            if unit.in_service:
+                continue  # another crew is on it
             in_symptoms = unit.symptoms_from_s <= env.now
             worn = (env.now - unit.installed_s) / 86400.0 > m.replace_after_days
             if unit.failed:
@@ -269,16 +280,21 @@ class Operations:
                 hours = um.service_h
             else:
                 continue  # nothing to do on this part
-            stock = self.spares[um.name]
-            if stock.level + self._ordered.get(um.name, 0) < 1:
-                self.env.process(self._reorder(um.name))  # none on hand or on its way
-            yield stock.get(1)
-            self.env.process(self._reorder(um.name))  # replace what was used
+            if reserved == um.name:
+                reserved = None  # the part brought for it
+            elif self.spares[um.name].level >= 1:
+                yield from self._take_part(um.name)
+            else:
+                continue  # a preventive swap without a part on hand waits for the next visit
+            unit.in_service = True
             yield env.timeout(hours * 3600.0)
+            unit.in_service = False
             on_site_h += hours
             self.cost["parts"] += m.part_cost.get(um.name, 0.0)
             swapped.append(um.name)
             self._restore(unit)
+        if reserved is not None:
+            yield self.spares[reserved].put(1)  # not needed after all: back in the van
         if on_site_h > 0 and not swapped:
             yield env.timeout(on_site_h * 3600.0)
         if m.crew == "in_house":
@@ -296,12 +312,24 @@ class Operations:
             "risk": order.risk, "raised_s": raised_s, "arrived_s": arrived_s,
             "done_s": env.now, "parts": ";".join(swapped)})
 
+    def _take_part(self, name: str) -> Generator[simpy.Event, Any, None]:
+        """One part from the stock (waiting for a delivery if none), reordered at once."""
+        stock = self.spares[name]
+        if stock.level + self._ordered.get(name, 0) < 1:
+            self.env.process(self._reorder(name))  # none on hand or on its way
+        yield stock.get(1)
+        self.env.process(self._reorder(name))  # replace what was taken
+
     def _reorder(self, name: str) -> Generator[simpy.Event, Any, None]:
         assert self.settings is not None
         self._ordered[name] = self._ordered.get(name, 0) + 1
         yield self.env.timeout(self.settings.spares.reorder_days * 86400.0)
         self._ordered[name] -= 1
-        yield self.spares[name].put(1)
+        stock = self.spares[name]
+        # Up to the stock kept (a part brought back unused made one delivery spare),
+        # and always one when a job waits for it.
+        if stock.level < max(self.settings.spares.stock, 1) or stock.get_queue:
+            yield stock.put(1)
 
     # ------------------------------------------------------------------ results
     def port_table(self, end_s: float) -> pd.DataFrame:
@@ -340,7 +368,11 @@ class Operations:
     def kpis(self, end_s: float, sessions: pd.DataFrame) -> dict[str, float]:
         ports = self.port_table(end_s)
         repaired = [o.end_s - o.start_s for o in self.outages if o.end_s is not None]
-        port_days = len(ports) * end_s / 86400.0
+        # Per port: its time up over the failures that took it down (a station-wide
+        # failure is one for each of its ports).
+        up_days = (len(ports) * end_s - ports["downtime_h"].sum() * 3600.0) / 86400.0 \
+            if len(ports) else 0.0
+        port_failures = float(ports["failures"].sum()) if len(ports) else 0.0
         failures = len(self.outages)
         fault = sessions["fault"].fillna("") if "fault" in sessions else pd.Series(
             "", index=sessions.index)
@@ -351,7 +383,7 @@ class Operations:
             "availability_min_port_percent": float(ports["availability_percent"].min())
             if len(ports) else 100.0,
             "failures": float(failures),
-            "mtbf_days": port_days / failures if failures else math.nan,
+            "mtbf_days": up_days / port_failures if port_failures else math.nan,
             "mttr_h": float(np.mean(repaired)) / 3600.0 if repaired else math.nan,
             "outages_open_at_end": float(sum(1 for o in self.outages if o.end_s is None)),
             "sessions_lost_to_faults": float(len(lost)),
@@ -361,7 +393,7 @@ class Operations:
             if len(lost) else 0.0,
         }
         m = self.settings
-        if m is not None and m.policy != "none":
+        if m is not None and m.policy != "none" and self.health is not None:
             months = end_s / (30.0 * 86400.0)
             if m.crew == "contract":
                 self.cost["contract"] += (m.contract.monthly_fee_per_station * months

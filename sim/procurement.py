@@ -172,8 +172,31 @@ def settings_of(sc: Scenario) -> ForecastSettings:
 def history_of(sc: Scenario, ts: pd.DataFrame, transactions: list[dict[str, Any]],
                site_of: dict[str, str]) -> History:
     """What the CSMS knew after the run: its session starts, metered energy, weather."""
+    weather = weather_series(sc)
     return History(tuple(s.name for s in sc.sites), sessions_to_arrivals(transactions, site_of),
-                   _metered(sc, ts), weather_series(sc))
+                   _metered(sc, ts), weather, temperature_forecast(sc, weather))
+
+
+#: Day-ahead error of the temperature forecast the CSMS gets (K, standard deviation of a
+#: daily offset): assumption, about the 1-2 K mean absolute error of day-ahead 2 m
+#: temperature forecasts in national weather services' verification reports.
+TEMPERATURE_FORECAST_SD_K = 1.5
+
+
+def temperature_forecast(sc: Scenario, weather: pd.DataFrame) -> pd.DataFrame | None:
+    """The weather service's forecast: the measured series with a seeded error per local
+    day (stream 52), so the learned demand forecast does not see tomorrow's weather
+    exactly; None without weather."""
+    if not len(weather):
+        return None
+    zone = sc.local_zone()
+    days = pd.to_datetime(weather["time"], utc=True).dt.tz_convert(zone).dt.date
+    unique = sorted(set(days))
+    rng = np.random.default_rng([sc.seed, 52])
+    offset = dict(zip(unique, rng.normal(0.0, TEMPERATURE_FORECAST_SD_K, len(unique)),
+                      strict=True))
+    return weather.assign(temp_c=weather["temp_c"].to_numpy(dtype=float)
+                          + days.map(offset).to_numpy(dtype=float))
 
 
 def forecast_run(sc: Scenario, ts: pd.DataFrame, transactions: list[dict[str, Any]],

@@ -634,6 +634,17 @@ def cross_field_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
     type are skipped here (the field validation reports them).
     """
     problems: list[tuple[str, str]] = []
+    maint = data.get("maintenance")
+    if isinstance(maint, dict):
+        if data.get("faults") is None:
+            problems.append(("maintenance", "needs [faults]: without failures there is "
+                                            "nothing to repair"))
+        run = data.get("run")
+        if maint.get("policy", "reactive") != "none" and isinstance(run, dict) \
+                and run.get("csms_process") is True:
+            problems.append(("maintenance", "crews take the work orders of the CSMS in "
+                                            "the twin's process: set run.csms_process = "
+                                            "false (or maintenance.policy = \"none\")"))
     sites = data.get("sites")
     if isinstance(sites, list):
         names = [s.get("name") for s in sites if isinstance(s, dict)]

@@ -172,17 +172,22 @@ def test_faulted_reaches_the_csms_over_each_ocpp_version(protocol: str, tmp_path
             "SELECT payload FROM station_messages WHERE action = 'NotifyEvent'")]
     for key in failed:
         assert status[key] == "Faulted", key
-    orders = {(o.station_id, o.evse_id) for o in twin.core.health.orders
-              if o.reason == "fault" and o.component == "ConnectorPlugRetentionLock"}
-    assert orders == failed
+    # One fault order per failed EVSE, on the connector, and nothing else (no order
+    # for a Faulted status an unplugging driver reports, none for a false alarm).
+    orders = [(o.station_id, o.evse_id, o.component, o.reason)
+              for o in twin.core.health.orders]
+    assert sorted(orders) == sorted((s, e, "ConnectorPlugRetentionLock", "fault")
+                                    for s, e in failed)
     if protocol == "1.6":
         assert events == []  # 1.6 says it in StatusNotification's errorCode
     else:
         faults = [e for p in events for e in p["eventData"] if e["techInfo"] == "fault"]
         assert {(e["component"]["name"], e["techCode"]) for e in faults} == {
             ("ConnectorPlugRetentionLock", "ConnectorLockFailure")}
-    # Sessions the failure ended are billed up to the failure and marked.
-    assert (result.sessions["fault"] == "interrupted").sum() >= 0
+    # A session the failure ended is marked; its transaction is closed in the CSMS.
+    interrupted = result.sessions[result.sessions["fault"] == "interrupted"]
+    closed = {t["transaction_id"] for t in result.transactions if t["ended_at"]}
+    assert set(interrupted["transaction_id"]) <= closed
     assert result.kpis["failures"] == len(twin.ops.failures)
 
 
@@ -203,7 +208,9 @@ def test_a_faulted_evse_is_never_assigned(tmp_path: Path) -> None:
                 end = o.end_s if o.end_s is not None else math.inf
                 assert not (o.start_s <= row.plugged_s < end), (row, o)
     # Interrupted sessions ended at the failure of their own EVSE.
-    for row in result.sessions[result.sessions["fault"] == "interrupted"].itertuples():
+    interrupted = result.sessions[result.sessions["fault"] == "interrupted"]
+    assert len(interrupted) > 0
+    for row in interrupted.itertuples():
         assert any(o.station_id == row.station_id and o.evse_id == row.evse_id
                    and o.start_s == pytest.approx(row.unplugged_s) for o in outages)
 
@@ -274,7 +281,15 @@ def test_maintenance_errors_name_the_field() -> None:
     data["maintenance"] = {"policy": "sometimes"}
     with pytest.raises(ScenarioError, match=r"maintenance.policy"):
         parse_scenario(data)
+    del data["faults"]
     data["maintenance"] = {}
+    with pytest.raises(ScenarioError, match=r"maintenance: needs \[faults\]"):
+        parse_scenario(data)
+    data["faults"] = {}
+    data["run"] = {"csms_process": True}
+    with pytest.raises(ScenarioError, match=r"maintenance: crews take the work orders"):
+        parse_scenario(data)
+    del data["run"]
     data["faults"] = {"connector": {"scale_days": -1}}
     with pytest.raises(ScenarioError, match=r"faults.connector.scale_days"):
         parse_scenario(data)

@@ -97,6 +97,11 @@ def test_payback_is_none_when_never_paid_back_and_zero_when_nothing_to_pay() -> 
     assert payback_years([-100.0, 10.0, 10.0]) is None
     assert payback_years([0.0, 5.0]) == 0.0
     assert payback_years([-10.0, 4.0, 4.0, 4.0]) == pytest.approx(2.5)
+    # Year 0 at 0 (a full grant) and losses after: never paid back, not "0 years".
+    assert payback_years([0.0, -5.0, -5.0]) is None
+    assert payback_years([10.0, -50.0, 1.0]) is None
+    # Back above 0, below again, then above for good: the last crossing counts.
+    assert payback_years([-10.0, 20.0, -30.0, 40.0]) == pytest.approx(2 + 20 / 40)
 
 
 def test_growth_escalation_and_opex_year_by_year() -> None:
