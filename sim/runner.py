@@ -737,6 +737,12 @@ class Twin:
             await link.boot()
         return links
 
+    def _needs_training(self) -> bool:
+        """Predictive maintenance without a failure model yet: train one first."""
+        m = self.sc.maintenance
+        return (self.ops is not None and m is not None and m.policy == "predictive"
+                and self.failure_model is None)
+
     async def run_async(self) -> RunResult:
         """Run the scenario to its end: on virtual time with our CSMS, or paced
         to the wall clock against an external one."""
@@ -762,8 +768,7 @@ class Twin:
         config = csms_config(self.sc, self.model, self.station_lines())
         transport = self.sc.run.transport
         m = self.sc.maintenance
-        if (self.ops is not None and m is not None and m.policy == "predictive"
-                and self.failure_model is None):
+        if self._needs_training():
             # Its own event loop in a thread: a whole run of the history before this one.
             self.failure_model = await asyncio.to_thread(train_failure_model, self.sc)
         if self.ops is not None and m is not None and m.policy != "none" \
@@ -983,6 +988,9 @@ class Twin:
                         await csms.control_if_due(self.now())
                     if self.progress is not None:
                         self.progress(k + 1, n_steps + 1)
+                # Let the loop breathe once a step: on the direct transport nothing else
+                # suspends, and Ctrl-C (a cancelled main task) would wait for the end.
+                await asyncio.sleep(0)
             # Sessions still open at the end are integrated to the end and reported open.
             end_s = float(n_steps * step)
             for ev in self.model.evs:
@@ -1001,6 +1009,9 @@ class Twin:
     def run(self) -> RunResult:
         """Run synchronously (creates an event loop)."""
         results: list[RunResult] = []
+        if self._needs_training():
+            # Here, not in a thread of the run's loop: Ctrl-C stops it at once.
+            self.failure_model = train_failure_model(self.sc)
 
         async def main() -> None:
             # The result is not the coroutine's: Python 3.11's asyncio.run formats

@@ -164,6 +164,24 @@ def test_ctrl_c_stops_run_and_removes_its_half_folder(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("policy", ["reactive", "predictive"])
+def test_ctrl_c_stops_a_direct_transport_run_and_its_failure_model_training(
+        tmp_path: Path, policy: str) -> None:
+    """operations.toml runs on the direct transport, where nothing else suspends the
+    loop, and predictive maintenance first trains on a 60-day history: Ctrl-C stops
+    either at once."""
+    out = tmp_path / "out"
+    proc = start(["run", str(Path(DEMO).parent / "operations.toml"), "--set",
+                  f"maintenance.policy={policy}", "--out", str(out), "--quiet"], tmp_path)
+    _wait_for("operations-*/csms.sqlite" if policy == "reactive" else "operations-*",
+              out, proc)
+    time.sleep(2.0 * TIMEOUT_SCALE)
+    err, took_s = interrupt(proc)
+    assert_interrupted(proc, err, took_s)
+    assert not any(out.iterdir()), list(out.rglob("*"))
+
+
+@pytest.mark.slow
 def test_ctrl_c_stops_a_sweep_which_the_same_command_resumes(tmp_path: Path) -> None:
     out = tmp_path / "sweep"
     args = ["sweep", DEMO, "--set", "ev.count=4,6,8,10,12,14", "--set", "duration_h=1",
