@@ -556,6 +556,7 @@ def tornado_figure(result: FinanceResult) -> Figure:
     ax.set_title(f"NPV {base:,.0f} {cur}: each input {pct:g} % down and up", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()  # room for the inputs' names on the left
     return fig
 
 
