@@ -1,4 +1,4 @@
-"""OCPI 2.2.1 objects of the Locations module, as strict pydantic models.
+"""OCPI 2.2.1 objects (Locations, Tokens, Sessions, CDRs) as strict pydantic models.
 
 The first part of OCPI in the CSMS (issue 16): what a CPO publishes about its
 charging locations, with the spec's required fields, string lengths, enums and
@@ -41,7 +41,10 @@ CiString3 = Annotated[str, StringConstraints(max_length=3, pattern=_PRINTABLE_AS
 CiString4 = Annotated[str, StringConstraints(max_length=4, pattern=_PRINTABLE_ASCII)]
 CiString36 = Annotated[str, StringConstraints(max_length=36, pattern=_PRINTABLE_ASCII)]
 CiString48 = Annotated[str, StringConstraints(max_length=48, pattern=_PRINTABLE_ASCII)]
+CiString39 = Annotated[str, StringConstraints(max_length=39, pattern=_PRINTABLE_ASCII)]
 String2 = Annotated[str, StringConstraints(max_length=2)]
+String3 = Annotated[str, StringConstraints(min_length=3, max_length=3)]
+String20 = Annotated[str, StringConstraints(max_length=20)]
 String4 = Annotated[str, StringConstraints(max_length=4)]
 String10 = Annotated[str, StringConstraints(max_length=10)]
 String16 = Annotated[str, StringConstraints(max_length=16)]
@@ -367,6 +370,210 @@ class Location(_Object):
         return self.model_dump(mode="json", exclude_none=True)
 
 
+# ------------------------------------------------------------------------------- Tokens
+
+
+class TokenType(StrEnum):
+    AD_HOC_USER = "AD_HOC_USER"
+    APP_USER = "APP_USER"
+    OTHER = "OTHER"
+    RFID = "RFID"
+
+
+class WhitelistType(StrEnum):
+    ALWAYS = "ALWAYS"
+    ALLOWED = "ALLOWED"
+    ALLOWED_OFFLINE = "ALLOWED_OFFLINE"
+    NEVER = "NEVER"
+
+
+class AllowedType(StrEnum):
+    ALLOWED = "ALLOWED"
+    BLOCKED = "BLOCKED"
+    EXPIRED = "EXPIRED"
+    NO_CREDIT = "NO_CREDIT"
+    NOT_ALLOWED = "NOT_ALLOWED"
+
+
+class ProfileType(StrEnum):
+    CHEAP = "CHEAP"
+    FAST = "FAST"
+    GREEN = "GREEN"
+    REGULAR = "REGULAR"
+
+
+class EnergyContract(_Object):
+    supplier_name: String64
+    contract_id: String64 | None = None
+
+
+class Token(_Object):
+    country_code: CiString2
+    party_id: CiString3
+    uid: CiString36
+    type: TokenType
+    contract_id: CiString36
+    visual_number: String64 | None = None
+    issuer: String64
+    group_id: CiString36 | None = None
+    valid: bool
+    whitelist: WhitelistType
+    language: String2 | None = None
+    default_profile_type: ProfileType | None = None
+    energy_contract: EnergyContract | None = None
+    last_updated: DateTime
+
+
+class LocationReferences(_Object):
+    location_id: CiString36
+    evse_uids: list[CiString36] = Field(default_factory=list)
+
+
+class AuthorizationInfo(_Object):
+    allowed: AllowedType
+    token: Token
+    location: LocationReferences | None = None
+    authorization_reference: CiString36 | None = None
+    info: DisplayText | None = None
+
+
+# ------------------------------------------------------------------------------- Sessions, CDRs
+
+
+class AuthMethod(StrEnum):
+    AUTH_REQUEST = "AUTH_REQUEST"
+    COMMAND = "COMMAND"
+    WHITELIST = "WHITELIST"
+
+
+class SessionStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    COMPLETED = "COMPLETED"
+    INVALID = "INVALID"
+    PENDING = "PENDING"
+    RESERVATION = "RESERVATION"
+
+
+class CdrDimensionType(StrEnum):
+    CURRENT = "CURRENT"
+    ENERGY = "ENERGY"
+    ENERGY_EXPORT = "ENERGY_EXPORT"
+    ENERGY_IMPORT = "ENERGY_IMPORT"
+    MAX_CURRENT = "MAX_CURRENT"
+    MIN_CURRENT = "MIN_CURRENT"
+    MAX_POWER = "MAX_POWER"
+    MIN_POWER = "MIN_POWER"
+    PARKING_TIME = "PARKING_TIME"
+    POWER = "POWER"
+    RESERVATION_TIME = "RESERVATION_TIME"
+    STATE_OF_CHARGE = "STATE_OF_CHARGE"
+    TIME = "TIME"
+
+
+class Price(_Object):
+    excl_vat: float
+    incl_vat: float | None = None
+
+
+class CdrToken(_Object):
+    country_code: CiString2
+    party_id: CiString3
+    uid: CiString36
+    type: TokenType
+    contract_id: CiString36
+
+
+class CdrDimension(_Object):
+    type: CdrDimensionType
+    volume: float
+
+
+class ChargingPeriod(_Object):
+    start_date_time: DateTime
+    dimensions: list[CdrDimension] = Field(min_length=1)
+    tariff_id: CiString36 | None = None
+
+
+class Session(_Object):
+    country_code: CiString2
+    party_id: CiString3
+    id: CiString36
+    start_date_time: DateTime
+    end_date_time: DateTime | None = None
+    kwh: float = Field(ge=0)
+    cdr_token: CdrToken
+    auth_method: AuthMethod
+    authorization_reference: CiString36 | None = None
+    location_id: CiString36
+    evse_uid: CiString36
+    connector_id: CiString36
+    meter_id: String255 | None = None
+    currency: String3
+    charging_periods: list[ChargingPeriod] = Field(default_factory=list)
+    total_cost: Price | None = None
+    status: SessionStatus
+    last_updated: DateTime
+
+
+class CdrLocation(_Object):
+    id: CiString36
+    name: String255 | None = None
+    address: String45
+    city: String45
+    postal_code: String10 | None = None
+    state: String20 | None = None
+    country: String3
+    coordinates: GeoLocation
+    evse_uid: CiString36
+    evse_id: CiString48
+    connector_id: CiString36
+    connector_standard: ConnectorType
+    connector_format: ConnectorFormat
+    connector_power_type: PowerType
+
+
+class CDR(_Object):
+    country_code: CiString2
+    party_id: CiString3
+    id: CiString39
+    start_date_time: DateTime
+    end_date_time: DateTime
+    session_id: CiString36 | None = None
+    cdr_token: CdrToken
+    auth_method: AuthMethod
+    authorization_reference: CiString36 | None = None
+    cdr_location: CdrLocation
+    meter_id: String255 | None = None
+    currency: String3
+    tariffs: list[dict[str, Any]] = Field(default_factory=list)
+    """The Tariff objects that applied (the Tariffs module's models come later)."""
+    charging_periods: list[ChargingPeriod] = Field(min_length=1)
+    signed_data: dict[str, Any] | None = None
+    total_cost: Price
+    total_fixed_cost: Price | None = None
+    total_energy: float
+    total_energy_cost: Price | None = None
+    total_time: float = Field(ge=0)
+    total_time_cost: Price | None = None
+    total_parking_time: float | None = Field(None, ge=0)
+    total_parking_cost: Price | None = None
+    total_reservation_cost: Price | None = None
+    remark: String255 | None = None
+    invoice_reference_id: CiString39 | None = None
+    credit: bool | None = None
+    credit_reference_id: CiString39 | None = None
+    home_charging_compensation: bool | None = None
+    last_updated: DateTime
+
+    @model_validator(mode="after")
+    def _times(self) -> CDR:
+        if self.end_date_time < self.start_date_time:
+            raise ValueError("end_date_time: before start_date_time")
+        if self.credit and not self.credit_reference_id:
+            raise ValueError("credit_reference_id: required for a credit CDR")
+        return self
+
+
 #: OCPP connector status (1.6 and 2.x) -> OCPI EVSE status.
 OCPP_TO_OCPI_STATUS: dict[str, Status] = {
     "Available": Status.AVAILABLE,
@@ -387,7 +594,38 @@ def evse_status(ocpp_status: str | None, *, online: bool = True) -> Status:
     return OCPP_TO_OCPI_STATUS.get(ocpp_status, Status.UNKNOWN)
 
 
-__all__ = ["EVSE", "OCPP_TO_OCPI_STATUS", "BusinessDetails", "Capability", "Connector",
-           "ConnectorFormat", "ConnectorType", "DisplayText", "Facility", "GeoLocation",
-           "Hours", "Image", "Location", "ParkingType", "PowerType", "RegularHours",
-           "Status", "evse_status", "format_datetime"]
+__all__ = [
+    "CDR",
+    "EVSE",
+    "OCPP_TO_OCPI_STATUS",
+    "AuthMethod",
+    "AuthorizationInfo",
+    "BusinessDetails",
+    "Capability",
+    "CdrDimension",
+    "CdrDimensionType",
+    "CdrLocation",
+    "CdrToken",
+    "ChargingPeriod",
+    "Connector",
+    "ConnectorFormat",
+    "ConnectorType",
+    "DisplayText",
+    "Facility",
+    "GeoLocation",
+    "Hours",
+    "Image",
+    "Location",
+    "ParkingType",
+    "PowerType",
+    "Price",
+    "RegularHours",
+    "Session",
+    "SessionStatus",
+    "Status",
+    "Token",
+    "TokenType",
+    "WhitelistType",
+    "evse_status",
+    "format_datetime",
+]

@@ -1,4 +1,4 @@
-"""OCPI 2.2.1 Locations objects: the spec's required fields, lengths, enums and formats
+"""OCPI 2.2.1 objects (Locations, Tokens, Sessions, CDRs): the spec's required fields, lengths, enums and formats
 (mod_locations, types) hold, and OCPP statuses map onto OCPI's."""
 
 from __future__ import annotations
@@ -9,7 +9,17 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from evtwin.csms.ocpi import EVSE, Location, Status, evse_status, format_datetime
+from evtwin.csms.ocpi import (
+    CDR,
+    EVSE,
+    AuthorizationInfo,
+    Location,
+    Session,
+    Status,
+    Token,
+    evse_status,
+    format_datetime,
+)
 
 NOW = "2026-12-03T10:00:00Z"
 
@@ -120,3 +130,77 @@ def test_ocpp_connector_status_maps_onto_ocpi_evse_status(ocpp: str | None,
 
 def test_a_station_that_is_not_connected_is_unknown() -> None:
     assert evse_status("Available", online=False) is Status.UNKNOWN
+
+
+# ------------------------------------------------------------------ Tokens, Sessions, CDRs
+
+def token(**kw: Any) -> dict[str, Any]:
+    return {"country_code": "NL", "party_id": "EMS", "uid": "04A1B2C3D4", "type": "RFID",
+            "contract_id": "NL-EMS-C12345678-X", "issuer": "eMSP NL", "valid": True,
+            "whitelist": "ALLOWED", "last_updated": NOW, **kw}
+
+
+def cdr_token() -> dict[str, Any]:
+    t = token()
+    return {k: t[k] for k in ("country_code", "party_id", "uid", "type", "contract_id")}
+
+
+def session(**kw: Any) -> dict[str, Any]:
+    return {"country_code": "DE", "party_id": "EVT", "id": "tx-101",
+            "start_date_time": "2026-12-03T08:00:00Z", "kwh": 12.5, "cdr_token": cdr_token(),
+            "auth_method": "AUTH_REQUEST", "location_id": "market",
+            "evse_uid": "market-001-1", "connector_id": "1", "currency": "EUR",
+            "status": "ACTIVE", "last_updated": NOW, **kw}
+
+
+def cdr(**kw: Any) -> dict[str, Any]:
+    return {"country_code": "DE", "party_id": "EVT", "id": "cdr-101",
+            "start_date_time": "2026-12-03T08:00:00Z", "end_date_time": "2026-12-03T09:30:00Z",
+            "session_id": "tx-101", "cdr_token": cdr_token(), "auth_method": "AUTH_REQUEST",
+            "cdr_location": {"id": "market", "address": "Marktplatz 1", "city": "Berlin",
+                             "country": "DEU",
+                             "coordinates": {"latitude": "52.520008",
+                                             "longitude": "13.404954"},
+                             "evse_uid": "market-001-1", "evse_id": "DE*EVT*Emarket001*1",
+                             "connector_id": "1", "connector_standard": "IEC_62196_T2",
+                             "connector_format": "SOCKET",
+                             "connector_power_type": "AC_3_PHASE"},
+            "currency": "EUR",
+            "charging_periods": [{"start_date_time": "2026-12-03T08:00:00Z",
+                                  "dimensions": [{"type": "ENERGY", "volume": 15.2},
+                                                 {"type": "ENERGY_EXPORT", "volume": 2.1}]}],
+            "total_cost": {"excl_vat": 5.32, "incl_vat": 6.33}, "total_energy": 15.2,
+            "total_time": 1.5, "last_updated": NOW, **kw}
+
+
+def test_token_session_and_cdr_validate_and_round_trip() -> None:
+    for model, data in ((Token, token()), (Session, session()), (CDR, cdr())):
+        obj = model.model_validate(data)
+        assert model.model_validate(obj.model_dump(mode="json", exclude_none=True)) == obj
+    info = AuthorizationInfo.model_validate({"allowed": "ALLOWED", "token": token()})
+    assert info.token.uid == "04A1B2C3D4"
+
+
+@pytest.mark.parametrize("model, data, field", [
+    (Token, token(type="NFC"), "type"),
+    (Token, token(whitelist="SOMETIMES"), "whitelist"),
+    (Token, token(issuer="x" * 65), "issuer"),               # string(64)
+    (Token, token(uid="x" * 37), "uid"),                     # CiString(36)
+    (Session, session(status="RUNNING"), "status"),
+    (Session, session(currency="EURO"), "currency"),         # string(3)
+    (Session, session(auth_method="CARD"), "auth_method"),
+    (CDR, cdr(id="x" * 40), "id"),                           # CiString(39)
+    (CDR, cdr(charging_periods=[]), "charging_periods"),     # Card. +
+    (CDR, cdr(end_date_time="2026-12-03T07:00:00Z"), "end_date_time"),
+    (CDR, cdr(credit=True), "credit_reference_id"),          # a credit CDR names the old one
+    (CDR, cdr(cdr_location={**cdr()["cdr_location"], "address": "x" * 46}), "address"),
+])
+def test_token_session_and_cdr_rules(model: Any, data: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValidationError) as err:
+        model.model_validate(data)
+    assert field in str(err.value)
+
+
+def test_authorization_info_needs_the_token() -> None:
+    with pytest.raises(ValidationError, match="token"):
+        AuthorizationInfo.model_validate({"allowed": "ALLOWED"})
