@@ -1,5 +1,6 @@
-"""OCPI 2.2.1 objects (Locations, Tokens, Sessions, CDRs): the spec's required fields, lengths, enums and formats
-(mod_locations, types) hold, and OCPP statuses map onto OCPI's."""
+"""OCPI 2.2.1 objects (Locations, Tokens, Sessions, CDRs): the spec's required fields,
+lengths, enums and formats (mod_locations, mod_tokens, mod_sessions, mod_cdrs, types)
+hold, and OCPP statuses map onto OCPI's."""
 
 from __future__ import annotations
 
