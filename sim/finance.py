@@ -21,6 +21,7 @@ the only I/O is :func:`read_run_part` (a run folder) and :func:`write_finance`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -111,12 +112,12 @@ def read_run_part(folder: str | Path, weeks: float | None = None) -> RunPart:
             and len(sessions)):
         raise RunFolderError(f"--run {folder}: sessions.csv lacks ev_id, site, outcome or "
                              "energy_grid_kwh")
+    # The scenario as run (evtwin run writes it) gives its sites' hardware to check
+    # against; a folder made by hand without it has none (sites stays None).
     sites = None
-    try:  # the scenario as run (evtwin run writes it): its sites' hardware
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
         given = json.loads((path / "scenario.json").read_text(encoding="utf-8"))["sites"]
         sites = _hardware_of([s for s in given if isinstance(s, dict) and "name" in s])
-    except (OSError, ValueError, KeyError, TypeError):
-        pass  # a folder without it (made by hand): nothing to check against
     return RunPart(label=str(path), duration_h=float(ts["t_s"].iloc[-1]) / 3600.0,
                    sessions=sessions, timeseries=ts, kpis=kpis, weeks=weeks, sites=sites)
 
