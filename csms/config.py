@@ -12,6 +12,7 @@ import tomllib
 from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AwareDatetime,
@@ -231,6 +232,29 @@ class SiteSection(_Strict):
 
     name: str = Field(min_length=1)
     limit_kw: float | None = Field(None, gt=0)
+    # Where the site is: OCPI publishes it as a Location (its stations' EVSEs in
+    # it) and the driver API finds it by distance. Lengths are OCPI 2.2.1's.
+    display_name: str | None = Field(None, min_length=1, max_length=255)
+    address: str | None = Field(None, min_length=1, max_length=45)
+    city: str | None = Field(None, min_length=1, max_length=45)
+    postal_code: str | None = Field(None, min_length=1, max_length=10)
+    country: str | None = Field(None, pattern=r"^[A-Z]{3}$")
+    """ISO 3166-1 alpha-3 (``DEU``)."""
+    latitude: float | None = Field(None, ge=-90, le=90, allow_inf_nan=False)
+    longitude: float | None = Field(None, ge=-180, le=180, allow_inf_nan=False)
+    time_zone: str | None = None
+    """IANA time zone (``Europe/Berlin``)."""
+
+    @field_validator("time_zone")
+    @classmethod
+    def _known_zone(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                ZoneInfo(v)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {v!r} (an IANA name like "
+                                 "Europe/Berlin)") from None
+        return v
 
 
 class StationSection(_Strict):
