@@ -131,9 +131,19 @@ class StationProtocol:
     def queue_events(self, now_s: float) -> None:
         """Plug-ins and departures the station queued so far, in order."""
         st = self.station
+        if st.reservations:
+            st.expire_reservations(now_s)
         while st.events:
             event = st.events.popleft()
-            if event.kind == "plug":
+            if event.kind == "status":
+                status = event.payload["status"]
+                if status == "Occupied" and self.version == "1.6":
+                    status = "Preparing"  # 1.6: plugged in, no transaction yet
+                self._queue.append(_Send(d.StatusChanged(event.evse_id, status,
+                                                         self._at(event.at_s))))
+            elif event.kind == "reservation_ended":
+                self._queue.append(_Later(self._reservation_chain(event)))
+            elif event.kind == "plug":
                 self._queue.append(_Later(self._plug_chain(event.evse_id, event.at_s,
                                                            event.payload, now_s)))
             elif event.kind in ("unplug", "fault"):
@@ -277,8 +287,10 @@ class StationProtocol:
             if answer.status != "Accepted":
                 st.rejected.add(tx_id)
                 return []
-            return [_Send(d.TransactionStarted(evse_id, tx_id, at, info["id_token"],
-                                               begin_reading()), started)]
+            return [_Send(d.TransactionStarted(
+                evse_id, tx_id, at, info["id_token"], begin_reading(),
+                reservation_id=info.get("reservation_id"),
+                remote_start_id=None if v16 else info.get("remote_start_id")), started)]
 
         def started(answer: d.TransactionAnswer) -> list[_Item]:
             status = answer.id_token_status or "Accepted"
@@ -306,8 +318,26 @@ class StationProtocol:
             return [] if needs is None else [_Send(needs)]
 
         def build() -> list[_Item]:
-            return [_Send(d.StatusChanged(evse_id, "Preparing" if v16 else "Occupied", at)),
-                    _Send(d.AuthorizeRequest(info["id_token"]), authorized)]
+            out: list[_Item] = []
+            if not info.get("status_sent"):
+                out.append(_Send(d.StatusChanged(evse_id, "Preparing" if v16 else "Occupied",
+                                                 at)))
+            if info.get("blocked"):
+                return out  # the EVSE is reserved for another token: nothing starts
+            if info.get("remote"):
+                # Started by the CSMS, which knows the token (AuthorizeRemoteStart false).
+                return [*out, *authorized(d.AuthorizeAnswer("Accepted"))]
+            return [*out, _Send(d.AuthorizeRequest(info["id_token"]), authorized)]
+        return build
+
+    def _reservation_chain(self, event: Any) -> Callable[[], list[_Item]]:
+        """A reservation ended unused: 2.x ReservationStatusUpdate (1.6 says nothing
+        but the connector's status, which follows as its own event)."""
+        def build() -> list[_Item]:
+            if self.version == "1.6":
+                return []
+            return [_Send(d.ReservationEnded(event.payload["reservation_id"],
+                                             event.payload["status"]))]
         return build
 
     def _needs(self, evse_id: int, needs: dict[str, Any] | None) -> d.ChargingNeeds | None:
@@ -350,11 +380,17 @@ class StationProtocol:
             fault = "component" in info  # a failure (see VirtualStation.fail)
             if tx is not None and tx not in st.rejected:
                 reason = info.get("reason", "EVDisconnected")
+                how: tuple[str, ...] = ()
+                if fault:
+                    how = ("AbnormalCondition", "EVConnected")
+                elif "trigger" in info:  # a remote stop: the EV stays plugged in
+                    how = (info["trigger"], info["charging_state"])
                 out.append(_Send(d.TransactionEnded(
                     evse_id, tx, at, seq_no, "Other" if v16 and fault else reason,
-                    d.Reading(at, "Transaction.End", info["register_wh"]),
-                    *(("AbnormalCondition", "EVConnected") if fault else ()))))
+                    d.Reading(at, "Transaction.End", info["register_wh"]), *how)))
             status = info.get("status", "Available")
+            if v16 and status == "Occupied":
+                status = "Finishing"  # 1.6: transaction over, EV still plugged in
             if fault:
                 out.extend(self._problem_chain("fault", evse_id, at_s, info)())
             else:
@@ -401,11 +437,36 @@ class StationProtocol:
             for e in ([request.evse_id] if request.evse_id else [0, *self.station.evses]):
                 self.station.tariffs[e] = request.tariff
             return d.TariffAnswer("Accepted")
+        if isinstance(request, d.ReserveNow | d.CancelReservation | d.RequestStart
+                      | d.RequestStop):
+            return self._remote(request)
         self.station.advance_all(self.now_s())
         removed = self.station.clear_profiles(
             profile_id=request.profile_id, evse_id=request.evse_id,
             purpose=request.purpose, stack_level=request.stack_level)
         return d.ClearAnswer("Accepted" if removed else "Unknown")
+
+    def _remote(self, request: d.ReserveNow | d.CancelReservation | d.RequestStart
+                | d.RequestStop) -> d.StatusAnswer:
+        """Reservations and remote start/stop (what the driver's app asks through the CSMS)."""
+        st = self.station
+        now = self.now_s()
+        if isinstance(request, d.ReserveNow):
+            if st.offline:
+                return d.StatusAnswer("Unavailable")
+            st.expire_reservations(now)
+            return d.StatusAnswer(st.reserve(
+                request.reservation_id, request.id_token, self.to_seconds(request.expiry),
+                request.evse_id or None, now, request.group_id_token))
+        if isinstance(request, d.CancelReservation):
+            ok = st.cancel_reservation(request.reservation_id, now)
+            return d.StatusAnswer("Accepted" if ok else "Rejected")
+        if isinstance(request, d.RequestStart):
+            status = st.remote_start(request.id_token, request.evse_id, request.remote_start_id,
+                                     now)
+            return d.StatusAnswer(status)
+        ok = st.remote_stop(request.transaction_id, now)
+        return d.StatusAnswer("Accepted" if ok else "Rejected")
 
     def _profile(self, data: d.ProfileData) -> Profile:
         secs = self.to_seconds

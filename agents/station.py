@@ -22,7 +22,10 @@ from .exceptions import ProfileRejected
 if TYPE_CHECKING:
     from .ev import EV
 
-__all__ = ["NOMINAL_VOLTAGE_V", "Event", "Evse", "Profile", "VirtualStation"]
+__all__ = ["NOMINAL_VOLTAGE_V", "Event", "Evse", "Profile", "Reservation", "VirtualStation"]
+
+#: How long a remote start waits for an EV to plug in (OCPP ConnectionTimeOut), s.
+CONNECTION_TIMEOUT_S = 180.0
 
 
 @dataclass(slots=True)
@@ -53,10 +56,28 @@ class Evse:
 
 
 @dataclass(frozen=True, slots=True)
+class Reservation:
+    """An EVSE held for one id token (or its group) until ``expiry_s``."""
+
+    reservation_id: int
+    evse_id: int
+    id_token: str
+    expiry_s: float
+    group_id_token: str | None = None
+
+    def admits(self, id_token: str) -> bool:
+        """Whether ``id_token`` may start on the reserved EVSE (the token itself, or the
+        reservation's group token presented as such)."""
+        token = id_token.casefold()
+        return token == self.id_token.casefold() or (
+            self.group_id_token is not None and token == self.group_id_token.casefold())
+
+
+@dataclass(frozen=True, slots=True)
 class Event:
     """Something the station must tell the CSMS about, in order."""
 
-    kind: str  # "plug" | "unplug" | "fault" | "repair" | "warning"
+    kind: str  # plug | unplug | fault | repair | warning | status | reservation_ended
     evse_id: int
     at_s: float
     payload: dict[str, Any] = field(default_factory=dict)
@@ -86,22 +107,67 @@ class VirtualStation(mesa.Agent):
         self.running_cost: dict[str, float] = {}
         #: The tariff shown at each EVSE (0: the station's default; 2.1 SetDefaultTariff).
         self.tariffs: dict[int, dict[str, Any]] = {}
+        #: Reservations in force, by reservation id (ReserveNow).
+        self.reservations: dict[int, Reservation] = {}
+        #: Remote starts waiting for an EV to plug in, by EVSE: (id token,
+        #: remoteStartId, until when in s).
+        self.remote_starts: dict[int, tuple[str, int | None, float]] = {}
+        #: Reservations used by a transaction, ended by their expiry, or cancelled.
+        self.reservations_used = 0
+        self.reservations_expired = 0
 
     # -- physical events (from the simulator) -------------------------------
     def plug(self, evse_id: int, ev: EV, at_s: float) -> str:
         """An EV plugs in; returns the transaction id the station opens for it.
 
         Power flows only after the CSMS has authorized the token and accepted
-        the transaction (see :meth:`begin_charging`).
+        the transaction (see :meth:`begin_charging`). On an EVSE reserved for
+        the EV's token the transaction uses the reservation; reserved for
+        another token, the station starts nothing (the transaction is rejected
+        at once). A remote start waiting on the EVSE gives its token instead.
         """
         evse = self.evses[evse_id]
         self.advance_evse(evse, at_s)
-        self._tx_counter += 1
         evse.ev = ev
         evse.status = "Occupied"
+        remote = self.remote_starts.pop(evse_id, None)
+        if remote is not None and remote[2] < at_s:
+            remote = None  # the EV came after the connection timeout
+        id_token = ev.id_token if remote is None else remote[0]
+        extra: dict[str, Any] = {}
+        reservation = self.reservation_on(evse_id)
+        if reservation is not None and reservation.expiry_s <= at_s:
+            self.expire_reservations(at_s)
+            reservation = None
+        if reservation is not None:
+            if reservation.admits(id_token):
+                del self.reservations[reservation.reservation_id]
+                self.reservations_used += 1
+                extra["reservation_id"] = reservation.reservation_id
+            else:
+                extra["blocked"] = True  # held for someone else: nothing starts
+        if remote is not None:
+            extra.update(remote=True, remote_start_id=remote[1])
+        return self._open_transaction(evse, ev, at_s, id_token, extra)
+
+    def plug_waiting(self, evse_id: int, ev: EV, at_s: float) -> None:
+        """An EV plugs in and waits for a remote start (the driver starts from the app:
+        :meth:`remote_start`); the station tells the CSMS the connector is in use."""
+        evse = self.evses[evse_id]
+        self.advance_evse(evse, at_s)
+        evse.ev = ev
+        evse.status = "Occupied"
+        self.events.append(Event("status", evse_id, at_s, {"status": "Occupied"}))
+
+    def _open_transaction(self, evse: Evse, ev: EV, at_s: float, id_token: str,
+                          extra: dict[str, Any]) -> str:
+        evse_id = evse.evse_id
+        self._tx_counter += 1
         evse.transaction_id = f"{self.station_id}-{evse_id}-{self._tx_counter}"
         evse.tx_started_s = at_s
         evse.seq_no = 0
+        if extra.get("blocked"):
+            self.rejected.add(evse.transaction_id)
         needs: dict[str, Any] | None = None
         if ev.states_needs and ev.current is not None:
             v = ev.vehicle
@@ -123,9 +189,142 @@ class VirtualStation(mesa.Agent):
                 }
         self.events.append(Event("plug", evse_id, at_s, {
             "transaction_id": evse.transaction_id, "register_wh": evse.register_wh,
-            "id_token": ev.id_token, "soc": ev.soc, "needs": needs,
+            "id_token": id_token, "soc": ev.soc, "needs": needs, **extra,
         }))
         return evse.transaction_id
+
+    # -- reservations and remote control (from the CSMS) ---------------------------
+    def reservation_on(self, evse_id: int) -> Reservation | None:
+        """The reservation holding an EVSE, if any."""
+        return next((r for r in self.reservations.values() if r.evse_id == evse_id), None)
+
+    def reserve(self, reservation_id: int, id_token: str, expiry_s: float,
+                evse_id: int | None, at_s: float, group_id_token: str | None = None) -> str:
+        """ReserveNow: hold an EVSE (None: any free one) until ``expiry_s``. Returns the
+        answer's status: Accepted, Occupied, Faulted, Unavailable or Rejected. A
+        reservation id in force is replaced (the EVSE it held is freed first)."""
+        old = self.reservations.get(reservation_id)
+        if evse_id is not None and evse_id not in self.evses:
+            return "Rejected"
+        if expiry_s <= at_s:
+            return "Rejected"
+        if evse_id is None:
+            free = [e for e in self.evses.values() if self._reservable(e, old)]
+            if not free:
+                if all(self.down(e) for e in self.evses.values()):
+                    return "Faulted"
+                return "Occupied"
+            evse = free[0]
+        else:
+            evse = self.evses[evse_id]
+            if self.down(evse):
+                return "Faulted"
+            if not self._reservable(evse, old):
+                return "Occupied"
+        if old is not None and old.evse_id != evse.evse_id:
+            self._free(self.evses[old.evse_id], at_s)
+        self.reservations[reservation_id] = Reservation(
+            reservation_id, evse.evse_id, id_token, expiry_s, group_id_token)
+        if evse.status != "Reserved":
+            evse.status = "Reserved"
+            self.events.append(Event("status", evse.evse_id, at_s, {"status": "Reserved"}))
+        return "Accepted"
+
+    def _reservable(self, evse: Evse, replacing: Reservation | None) -> bool:
+        held = self.reservation_on(evse.evse_id)
+        return (evse.ev is None and evse.transaction_id is None and not self.down(evse)
+                and evse.evse_id not in self.remote_starts
+                and (held is None or held is replacing))
+
+    def _free(self, evse: Evse, at_s: float) -> None:
+        """A reservation no longer holds ``evse``: Available again (unless in use or down)."""
+        if evse.ev is None and not self.down(evse) and evse.status == "Reserved":
+            evse.status = "Available"
+            self.events.append(Event("status", evse.evse_id, at_s, {"status": "Available"}))
+
+    def cancel_reservation(self, reservation_id: int, at_s: float) -> bool:
+        """CancelReservation: False if no such reservation is in force."""
+        reservation = self.reservations.pop(reservation_id, None)
+        if reservation is None:
+            return False
+        self._free(self.evses[reservation.evse_id], at_s)
+        return True
+
+    def expire_reservations(self, now_s: float) -> list[int]:
+        """End the reservations whose expiry has come (2.x tells the CSMS: Expired);
+        returns their ids."""
+        ended = sorted(r.reservation_id for r in self.reservations.values()
+                       if r.expiry_s <= now_s)
+        for rid in ended:
+            reservation = self.reservations.pop(rid)
+            self.reservations_expired += 1
+            evse = self.evses[reservation.evse_id]
+            self.events.append(Event("reservation_ended", evse.evse_id,
+                                     max(reservation.expiry_s, 0.0),
+                                     {"reservation_id": rid, "status": "Expired"}))
+            self._free(evse, max(reservation.expiry_s, 0.0))
+        return ended
+
+    def remote_start(self, id_token: str, evse_id: int | None, remote_start_id: int | None,
+                     at_s: float) -> str:
+        """RequestStartTransaction / RemoteStartTransaction: start a transaction for
+        ``id_token`` on the EV plugged in and waiting, or (no EV yet) on the next EV
+        to plug in within :data:`CONNECTION_TIMEOUT_S`. Returns Accepted or Rejected."""
+        if evse_id is None:
+            waiting = [e for e in self.evses.values()
+                       if e.ev is not None and e.transaction_id is None]
+            free = [e for e in self.evses.values()
+                    if e.ev is None and not self.down(e)
+                    and (self.reservation_on(e.evse_id) is None
+                         or self.reservation_on(e.evse_id).admits(id_token))]  # type: ignore[union-attr]
+            if not (waiting or free):
+                return "Rejected"
+            evse = (waiting or free)[0]
+        else:
+            evse_or_none = self.evses.get(evse_id)
+            if evse_or_none is None:
+                return "Rejected"
+            evse = evse_or_none
+        if self.down(evse) or evse.transaction_id is not None:
+            return "Rejected"
+        reservation = self.reservation_on(evse.evse_id)
+        if reservation is not None and not reservation.admits(id_token):
+            return "Rejected"
+        if evse.ev is None:
+            self.remote_starts[evse.evse_id] = (id_token, remote_start_id,
+                                                at_s + CONNECTION_TIMEOUT_S)
+            return "Accepted"
+        # The connector's status went out when the EV plugged in (plug_waiting).
+        extra: dict[str, Any] = {"remote": True, "remote_start_id": remote_start_id,
+                                 "status_sent": True}
+        if reservation is not None:
+            del self.reservations[reservation.reservation_id]
+            self.reservations_used += 1
+            extra["reservation_id"] = reservation.reservation_id
+        self.advance_evse(evse, at_s)
+        tx = self._open_transaction(evse, evse.ev, at_s, id_token, extra)
+        if evse.ev.current is not None:
+            evse.ev.current.transaction_id = tx
+        return "Accepted"
+
+    def remote_stop(self, transaction_id: str, at_s: float) -> bool:
+        """RequestStopTransaction / RemoteStopTransaction: end the transaction; the EV
+        stays plugged in (no more power) until it leaves. False: no such transaction."""
+        evse = next((e for e in self.evses.values() if e.transaction_id == transaction_id),
+                    None)
+        if evse is None or transaction_id in self.rejected:
+            return False
+        self.advance_evse(evse, at_s)
+        evse.charging = False
+        evse.power_now_w = 0.0
+        self.events.append(Event("unplug", evse.evse_id, at_s, {
+            "transaction_id": transaction_id, "register_wh": evse.register_wh,
+            "seq_no": evse.seq_no + 1, "reason": "Remote", "trigger": "RemoteStop",
+            "charging_state": "EVConnected", "status": "Occupied"}))
+        evse.transaction_id = None
+        evse.tx_started_s = None
+        evse.profiles = [p for p in evse.profiles if p.purpose != "TxProfile"]
+        return True
 
     def unplug(self, evse_id: int, at_s: float) -> None:
         """The EV leaves: integrate up to ``at_s`` and end the transaction."""
@@ -134,7 +333,8 @@ class VirtualStation(mesa.Agent):
         ev = evse.ev
         evse.ev = None
         evse.charging = False
-        evse.status = "Faulted" if self.down(evse) else "Available"
+        evse.status = "Faulted" if self.down(evse) else (
+            "Reserved" if self.reservation_on(evse_id) is not None else "Available")
         self.events.append(Event("unplug", evse_id, at_s, {
             "transaction_id": evse.transaction_id, "register_wh": evse.register_wh,
             "seq_no": evse.seq_no + 1, "soc": ev.soc if ev else None, "status": evse.status,

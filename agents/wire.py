@@ -80,8 +80,9 @@ class Codec2x(Codec):
     def __init__(self, version: str) -> None:
         self.version = version
         # 2.x stations show the running cost; 2.1 ones also take a default tariff.
-        self.requests = Codec.requests | {"CostUpdated"} | (
-            {"SetDefaultTariff"} if version == "2.1" else set())
+        self.requests = Codec.requests | {
+            "CostUpdated", "ReserveNow", "CancelReservation", "RequestStartTransaction",
+            "RequestStopTransaction"} | ({"SetDefaultTariff"} if version == "2.1" else set())
 
     @staticmethod
     def sampled_value(s: d.Sample, context: str) -> dict[str, Any]:
@@ -108,13 +109,25 @@ class Codec2x(Codec):
         if isinstance(m, d.AuthorizeRequest):
             return "Authorize", {"idToken": {"idToken": m.id_token, "type": "ISO14443"}}
         if isinstance(m, d.TransactionStarted):
-            return "TransactionEvent", {
-                "eventType": "Started", "timestamp": iso(m.at), "triggerReason": "Authorized",
-                "seqNo": 0, "transactionInfo": {"transactionId": m.transaction_id,
-                                                "chargingState": "EVConnected"},
+            info: dict[str, Any] = {"transactionId": m.transaction_id,
+                                    "chargingState": "EVConnected"}
+            remote = m.remote_start_id is not None
+            if remote:
+                info["remoteStartId"] = m.remote_start_id
+            started: dict[str, Any] = {
+                "eventType": "Started", "timestamp": iso(m.at),
+                "triggerReason": "RemoteStart" if remote else "Authorized",
+                "seqNo": 0, "transactionInfo": info,
                 "evse": {"id": m.evse_id, "connectorId": 1},
-                "idToken": {"idToken": m.id_token, "type": "ISO14443"},
+                "idToken": {"idToken": m.id_token,
+                            "type": "Central" if remote else "ISO14443"},
                 "meterValue": [self.meter_value(m.reading)]}
+            if m.reservation_id is not None:
+                started["reservationId"] = m.reservation_id
+            return "TransactionEvent", started
+        if isinstance(m, d.ReservationEnded):
+            return "ReservationStatusUpdate", {"reservationId": m.reservation_id,
+                                               "reservationUpdateStatus": m.status}
         if isinstance(m, d.TransactionEnded):
             return "TransactionEvent", {
                 "eventType": "Ended", "timestamp": iso(m.at), "triggerReason": m.trigger,
@@ -170,6 +183,18 @@ class Codec2x(Codec):
         return d.Ack()
 
     def decode_request(self, action: str, payload: dict[str, Any]) -> d.CSMSRequest:
+        if action == "ReserveNow":
+            group = payload.get("groupIdToken")
+            return d.ReserveNow(int(payload["id"]), payload["idToken"]["idToken"],
+                                parse_ts(payload["expiryDateTime"]), payload.get("evseId"),
+                                None if group is None else group["idToken"])
+        if action == "CancelReservation":
+            return d.CancelReservation(int(payload["reservationId"]))
+        if action == "RequestStartTransaction":
+            return d.RequestStart(payload["idToken"]["idToken"], payload.get("evseId"),
+                                  int(payload["remoteStartId"]))
+        if action == "RequestStopTransaction":
+            return d.RequestStop(str(payload["transactionId"]))
         if action == "CostUpdated":
             return d.CostUpdate(str(payload["transactionId"]), float(payload["totalCost"]))
         if action == "SetDefaultTariff":
@@ -213,6 +238,8 @@ class Codec16(Codec):
     """OCPP 1.6J: StartTransaction/StopTransaction, string sample values, integer ids."""
 
     version = "1.6"
+    requests = Codec.requests | {"ReserveNow", "CancelReservation", "RemoteStartTransaction",
+                                 "RemoteStopTransaction"}
 
     @staticmethod
     def sampled_value(s: d.Sample, context: str) -> dict[str, Any]:
@@ -236,9 +263,12 @@ class Codec16(Codec):
         if isinstance(m, d.AuthorizeRequest):
             return "Authorize", {"idTag": m.id_token}
         if isinstance(m, d.TransactionStarted):
-            return "StartTransaction", {"connectorId": m.evse_id, "idTag": m.id_token,
-                                        "meterStart": round(m.reading.register_wh),
-                                        "timestamp": iso(m.at)}
+            start: dict[str, Any] = {"connectorId": m.evse_id, "idTag": m.id_token,
+                                     "meterStart": round(m.reading.register_wh),
+                                     "timestamp": iso(m.at)}
+            if m.reservation_id is not None:
+                start["reservationId"] = m.reservation_id
+            return "StartTransaction", start
         if isinstance(m, d.TransactionEnded):
             # 1.6 meters are whole Wh: the register goes with the rest in
             # transactionData so the CSMS can bill it exactly.
@@ -279,6 +309,16 @@ class Codec16(Codec):
         return "ChargingStationMaxProfile" if purpose == "ChargePointMaxProfile" else purpose
 
     def decode_request(self, action: str, payload: dict[str, Any]) -> d.CSMSRequest:
+        if action == "ReserveNow":
+            return d.ReserveNow(int(payload["reservationId"]), payload["idTag"],
+                                parse_ts(payload["expiryDate"]), payload["connectorId"] or None,
+                                payload.get("parentIdTag"))
+        if action == "CancelReservation":
+            return d.CancelReservation(int(payload["reservationId"]))
+        if action == "RemoteStartTransaction":
+            return d.RequestStart(payload["idTag"], payload.get("connectorId") or None)
+        if action == "RemoteStopTransaction":
+            return d.RequestStop(str(payload["transactionId"]))
         if action == "SetChargingProfile":
             cp = payload["csChargingProfiles"]
             schedule = cp["chargingSchedule"]

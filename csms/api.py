@@ -41,6 +41,7 @@ from websockets.exceptions import ConnectionClosed
 from .audit import auth_scheme, peer_host
 from .exceptions import ConfigError, StationNotConnectedError, UnknownStationError
 from .model import EVChargingNeeds, Session
+from .privacy import pseudonymiser_for, redact
 from .security import PasswordVerifier, VerifierBusy, check_password_hash, hash_password
 from .server import CSMSServer
 from .shell import (
@@ -239,6 +240,8 @@ class SessionOut(_Model):
     transaction_id: str
     evse_id: int
     id_token: str | None
+    """The driver's pseudonym (``pid-`` and 16 hex digits, see :mod:`evtwin.csms.privacy`),
+    never the raw id token; ``(erased)`` once the driver's data was erased."""
     started_at: str
     ended_at: str | None
     open: bool
@@ -295,6 +298,8 @@ class CdrOut(_Model):
     station_id: str
     transaction_id: str
     id_token: str | None
+    """The driver's pseudonym (``pid-`` and 16 hex digits, see :mod:`evtwin.csms.privacy`),
+    never the raw id token; ``(erased)`` once the driver's data was erased."""
     started_at: str
     ended_at: str
     duration_s: float
@@ -862,6 +867,8 @@ class OperatorAPI:
         self.port = port
         self._check_token = _TokenCheck(token_hash)
         self.audit = server.audit
+        #: Driver identifiers leave the API as pseudonyms only.
+        self.pseudonymise = pseudonymiser_for(self.core.store)
         self._openapi = openapi_document()
         self.app = web.Application(middlewares=[self._middleware],
                                    client_max_size=max_body_bytes)
@@ -1005,6 +1012,9 @@ class OperatorAPI:
             } for e in spec.evses],
         }
 
+    def _pseudonym_of(self, identifier: str) -> str:
+        return self.pseudonymise(identifier) or identifier
+
     def _session_out(self, row: dict[str, Any]) -> SessionOut:
         live: Session | None = self.core.sessions.get((row["station_id"], row["transaction_id"]))
         energy = row["energy_wh"]
@@ -1013,7 +1023,8 @@ class OperatorAPI:
         is_open = row["ended_at"] is None
         return SessionOut(
             station_id=row["station_id"], transaction_id=row["transaction_id"],
-            evse_id=row["evse_id"], id_token=row["id_token"], started_at=row["started_at"],
+            evse_id=row["evse_id"], id_token=self.pseudonymise(row["id_token"]),
+            started_at=row["started_at"],
             ended_at=row["ended_at"], open=is_open, energy_wh=energy,
             meter_start_wh=row["meter_start_wh"], meter_stop_wh=row["meter_stop_wh"],
             stopped_reason=row["stopped_reason"],
@@ -1071,7 +1082,8 @@ class OperatorAPI:
         query = StationMessagesQuery.model_validate(dict(request.query))
         rows = self.core.store.station_messages(station_id, query.action,
                                                 after_id=query.after, limit=query.limit + 1)
-        page = rows[:query.limit]
+        page = [{**row, "payload": redact(row["payload"], replace=self._pseudonym_of)}
+                for row in rows[:query.limit]]
         return _json(StationMessageList.model_validate({
             "messages": page,
             "next_after": page[-1]["id"] if len(rows) > query.limit else None}))
@@ -1087,7 +1099,9 @@ class OperatorAPI:
 
     async def list_cdrs(self, request: web.Request) -> web.Response:
         """``GET /cdrs``."""
-        return _json(CdrList.model_validate({"cdrs": self.core.store.cdrs()}))
+        return _json(CdrList.model_validate({"cdrs": [
+            {**cdr, "id_token": self.pseudonymise(cdr["id_token"])}
+            for cdr in self.core.store.cdrs()]}))
 
     async def request_start(self, request: web.Request) -> web.Response:
         """``POST /stations/{station_id}/request-start``."""

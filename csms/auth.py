@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from .clock import iso
 
@@ -135,3 +135,18 @@ class Authorizer:
             record = self.record(token)
             out.append((record, token, None if record is None else self.info(token, now)))
         return out
+
+
+class RoamingPort(Protocol):
+    """Where the CSMS asks about tokens of other networks' drivers (OCPI: the eMSPs
+    it roams with). Implemented outside the core; the core only awaits it."""
+
+    def wants(self, id_token: str) -> bool:
+        """Whether ``id_token`` is to be authorized in real time now (unknown here,
+        or a partner's token that must always be asked about)."""
+        ...
+
+    async def authorize(self, id_token: str, station_id: str,
+                        evse_id: int | None) -> TokenRecord | None:
+        """The partner's answer as a token record (None: no partner knows it)."""
+        ...

@@ -29,6 +29,7 @@ from .auth import IdTokenType, TokenRecord, TokenStatus
 from .certs import StationCA
 from .exceptions import ConfigError
 from .model import CSMSConfig, EvseSpec, SiteSpec, StationSpec, Tariff
+from .privacy import PrivacySection
 from .security import SecurityConfig, check_password_hash, server_ssl_context
 from .strategies import check_strategy_name
 from .tariffs import check_tariff
@@ -441,6 +442,93 @@ class ApiSection(_Strict):
         return v
 
 
+class DashboardUserEntry(_Strict):
+    """One operator who may log in to the dashboard (``evtwin csms dashboard-user``)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    token_hash: str
+    """Salted hash of the user's token, as the operator API's (``sha256$salt$hash``)."""
+    totp_secret: str = Field(min_length=16, max_length=128, pattern=r"^[A-Z2-7]+=*$")
+    """Base32 secret of the user's authenticator app (RFC 6238 TOTP)."""
+    role: Literal["viewer", "admin"] = "viewer"
+    """viewer: read only; admin: may also make EVSEs (un)available and stop sessions."""
+
+    @field_validator("token_hash")
+    @classmethod
+    def _readable(cls, v: str) -> str:
+        check_password_hash(v)
+        return v
+
+
+class DashboardSection(_Strict):
+    """The live operator dashboard (its own port; off unless this table is given)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    users: list[DashboardUserEntry] = Field(min_length=1)
+    session_ttl_h: float = Field(8.0, gt=0, le=720)
+    """A login lasts this long."""
+
+    @field_validator("users")
+    @classmethod
+    def _unique(cls, v: list[DashboardUserEntry]) -> list[DashboardUserEntry]:
+        names = Counter(u.name for u in v)
+        dupes = sorted(n for n, k in names.items() if k > 1)
+        if dupes:
+            raise ValueError(f"user names given twice: {dupes}")
+        return v
+
+
+class DriverAccount(_Strict):
+    """A driver of the driver API: their id token and the hash of their app token."""
+
+    id_token: str = Field(min_length=1, max_length=255)
+    token_hash: str
+    """Salted ``sha256$`` hash of the app token: ``evtwin csms driver-token ID_TOKEN``."""
+
+    @field_validator("token_hash")
+    @classmethod
+    def _fast_hash(cls, v: str) -> str:
+        if not v.startswith("sha256$"):
+            raise ValueError("must be a sha256$ hash (make one with `evtwin csms "
+                             "driver-token ID_TOKEN`)")
+        check_password_hash(v)
+        return v
+
+
+class DriverApiSection(_Strict):
+    """The driver API (:mod:`evtwin.csms.driverapi`; off unless ``port`` is set)."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=0, le=65535)
+    reservation_minutes: float = Field(15.0, gt=0, allow_inf_nan=False)
+    """How long a reservation holds when the driver names no time."""
+    max_reservation_minutes: float = Field(60.0, gt=0, le=24 * 60, allow_inf_nan=False)
+    """The longest reservation a driver may ask for."""
+    drivers: list[DriverAccount] = Field(default_factory=list)
+
+
+class OCPISection(_Strict):
+    """OCPI 2.2.1: the CSMS as a CPO to other networks' eMSPs (its own HTTP port; off
+    unless this table is given). Every site with stations needs an address, city,
+    country and coordinates: it is published as an OCPI Location."""
+
+    country_code: str = Field(pattern=r"^[A-Z]{2}$")
+    """ISO 3166-1 alpha-2 of the operator (``DE``)."""
+    party_id: str = Field(pattern=r"^[A-Z0-9]{3}$")
+    """The operator's 3-character party id (``EVA``)."""
+    name: str = Field(min_length=1, max_length=100)
+    host: str = "127.0.0.1"
+    port: int = Field(9300, ge=0, le=65535)
+    public_url: str | None = Field(None, pattern=r"^https?://[^/\s]+$")
+    """How partners reach this port (``https://ocpi.example.com``), if not host:port."""
+    registry: Path = Path("ocpi.sqlite")
+    """The SQLite file of partners, their credentials and the OCPI objects exchanged
+    (relative to the configuration file)."""
+    authorize_timeout_s: float = Field(5.0, gt=0, le=60)
+    """How long a real-time authorization at an eMSP may take."""
+
+
 class FeederSection(_Strict):
     """The network the stations are connected to, for ``feeder_aware`` (and
     ``v2g_peak_shaving``): the CSMS builds its sensitivity model of the feeder
@@ -469,7 +557,11 @@ class ServeConfig(_Strict):
     tokens: TokensSection = TokensSection()
     security: SecuritySection = SecuritySection()
     api: ApiSection = ApiSection()
+    driver_api: DriverApiSection = DriverApiSection()
     feeder: FeederSection | None = None
+    dashboard: DashboardSection | None = None
+    ocpi: OCPISection | None = None
+    privacy: PrivacySection = PrivacySection()
 
     def security_config(self) -> SecurityConfig:
         """The server's security settings (pass to ``CSMSServer(security=...)``)."""
@@ -511,6 +603,18 @@ def _cross_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
     api = data.get("api")
     if isinstance(api, dict) and api.get("port") is not None and not api.get("token_hash"):
         problems.append(("api.token_hash", "required when api.port is set"))
+    drivers = data.get("driver_api")
+    if isinstance(drivers, dict):
+        minutes, most = drivers.get("reservation_minutes"), drivers.get("max_reservation_minutes")
+        if isinstance(minutes, int | float) and minutes > (most if isinstance(most, int | float)
+                                                           else 60.0):
+            problems.append(("driver_api.reservation_minutes",
+                             "must be at most max_reservation_minutes"))
+        if isinstance(drivers.get("drivers"), list):
+            ids = Counter(str(d["id_token"]).casefold() for d in drivers["drivers"]
+                          if isinstance(d, dict) and isinstance(d.get("id_token"), str))
+            problems.extend(("driver_api.drivers", f"id token {t!r} has two accounts")
+                            for t, n in sorted(ids.items()) if n > 1)
     tokens = data.get("tokens")
     if isinstance(tokens, dict) and isinstance(tokens.get("entries"), list):
         seen = set(t for t in tokens.get("accepted") or [] if isinstance(t, str))
@@ -522,6 +626,24 @@ def _cross_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
                                      f"token {token!r} is given twice"))
                 seen.add(token)
     stations = data.get("stations")
+    if isinstance(data.get("ocpi"), dict) and isinstance(stations, list):
+        # OCPI publishes each site with stations as a Location: it needs a place.
+        given = data.get("sites")
+        sites: list[Any] = given if isinstance(given, list) else []
+        by_name = {s.get("name"): (i, s) for i, s in enumerate(sites) if isinstance(s, dict)}
+        used = dict.fromkeys(str(st.get("site", "default")) for st in stations
+                             if isinstance(st, dict))
+        for name in used:
+            if name not in by_name:
+                problems.append(("sites", f"site {name!r} has stations but no [[sites]] entry "
+                                 "(OCPI publishes it as a Location: give its address, city, "
+                                 "country, latitude and longitude)"))
+                continue
+            i, site = by_name[name]
+            problems.extend((f"sites.{i}.{field}", "required with [ocpi] (the site is an "
+                             "OCPI Location)")
+                            for field in ("address", "city", "country", "latitude",
+                                          "longitude") if site.get(field) is None)
     if isinstance(stations, list):
         counts = Counter(str(s["id"]) for s in stations
                          if isinstance(s, dict) and isinstance(s.get("id"), str))
@@ -562,9 +684,13 @@ def load_config(path: str | Path | None) -> ServeConfig:
         raise FileConfigError(source, validation_problems(err) + problems) from None
     if problems:
         raise FileConfigError(source, problems)
-    config = config.model_copy(
-        update={"security": config.security.resolved(Path(path).resolve().parent)})
-    problems = config.security.file_problems()
+    base = Path(path).resolve().parent
+    config = config.model_copy(update={"security": config.security.resolved(base),
+                                       "privacy": config.privacy.resolved(base),
+                                       "ocpi": None if config.ocpi is None else
+                                       config.ocpi.model_copy(update={
+                                           "registry": base / config.ocpi.registry})})
+    problems = config.security.file_problems() + config.privacy.file_problems()
     if problems:
         raise FileConfigError(source, problems)
     return config

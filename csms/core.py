@@ -11,14 +11,14 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from evtwin.ocppj.domain import ENERGY, ENERGY_EXPORT, POWER, POWER_EXPORT, SOC, VOLTAGE
 
-from .auth import Authorizer, TokenInfo, TokenRecord
+from .auth import Authorizer, RoamingPort, TokenInfo, TokenRecord
 from .certs import StationCA
 from .clock import Clock, iso, parse_iso, wall_clock
 from .exceptions import UnknownEvseError, UnknownStationError
@@ -26,15 +26,18 @@ from .health import StationHealth
 from .inputs import InputPort
 from .model import (
     ControlView,
+    CoreEvent,
     CSMSConfig,
     EVChargingNeeds,
     EvseSpec,
     LimitSchedule,
     ParsedSample,
     Session,
+    SessionChanged,
     SessionView,
     SiteView,
     StationSpec,
+    StatusChanged,
     TxEvent,
 )
 from .parse import WH_PER_UNIT, samples_2x, tx_event_2x
@@ -46,6 +49,7 @@ from .profiles import (
     profile_from_json,
     profile_to_json,
 )
+from .reservations import ReservationBook
 from .store import Store
 from .strategies import EvseKey, get_strategy
 from .tariffs import (
@@ -160,6 +164,14 @@ class CSMSCore:
             master_pass_group=config.master_pass_group,
             allow_concurrent_tx=config.allow_concurrent_tx)
         self.sessions: dict[tuple[str, str], Session] = {}
+        #: Reservations sent to stations and what became of them (see :mod:`.reservations`).
+        self.reservations = ReservationBook()
+        #: Told of every status and session change, in the order they happen (OCPI
+        #: pushes, dashboards). Each must be quick and must not raise.
+        self.observers: list[Callable[[CoreEvent], None]] = []
+        #: Where tokens the CSMS does not know are authorized in real time (a roaming
+        #: partner: OCPI's eMSPs); None: such tokens are Invalid.
+        self.roaming: RoamingPort | None = None
         #: What each ended session cost, by part (idle fees, surcharges): tariffs.
         self.tariffs = TariffBook()
         self.status: dict[EvseKey, str] = {}
@@ -290,6 +302,10 @@ class CSMSCore:
         self.check_evse(station_id, evse_id)
         self.status[(station_id, evse_id)] = status
         self.store.record_status(station_id, evse_id, status, timestamp)
+        if self.reservations.by_id:
+            self.reservations.on_status(station_id, evse_id, status, parse_iso(timestamp))
+        if self.observers:
+            self._notify(StatusChanged(station_id, evse_id, status, timestamp))
         if status in CHARGING_STATES:
             at = parse_iso(timestamp)
             for session in self._open_on(station_id, evse_id):
@@ -323,6 +339,9 @@ class CSMSCore:
         self.store.record_station_message(station_id, action, iso(self.clock()), payload)
         if action == "NotifyEvent":
             self.on_notify_event(station_id, payload)
+        if action == "ReservationStatusUpdate":
+            self.reservations.on_update(int(payload["reservationId"]),
+                                        str(payload["reservationUpdateStatus"]), self.clock())
         if action == "SecurityEventNotification":
             log.info("station %s reports security event %s", station_id, payload.get("type"),
                      extra={"event": "station_security_event", "station": station_id,
@@ -435,11 +454,16 @@ class CSMSCore:
             self.sessions.pop(key, None)
         if was_open is None or was_open != session.is_open:
             self.sessions_changed = True
+        if ev.event_type == "Started" and self.reservations.by_id:
+            self.reservations.on_started(station_id, session.evse_id, session.id_token,
+                                         ev.transaction_id, ev.at)
         if ev.event_type in ("Started", "Ended"):
             log.info("transaction %s %s", ev.transaction_id, ev.event_type.lower(), extra={
                 "event": f"transaction_{ev.event_type.lower()}", "station": station_id,
                 "transaction": ev.transaction_id, "evse": session.evse_id,
                 "energy_wh": round(session.billed_energy_wh, 3)})
+        if self.observers:
+            self._notify(SessionChanged(replace(session), ev.event_type, cdr))
         if ev.event_type == "Ended" and was_open is not False:
             self.sent_limits_w.pop((station_id, session.evse_id), None)
             self.profile_set(station_id).end_transaction(ev.transaction_id)
@@ -461,10 +485,38 @@ class CSMSCore:
         if session is None or not session.is_open:
             return False
         closed = self._closed(session, self.clock(), reason)
-        self.store.close_transactions(station_id, [
-            (transaction_id, _state_row(closed), self._cdr(closed))])
+        cdr = self._cdr(closed)
+        self.store.close_transactions(station_id, [(transaction_id, _state_row(closed), cdr)])
         self._forget(closed, why)
+        if self.observers:
+            self._notify(SessionChanged(replace(closed), "Ended", cdr))
         return True
+
+    def _notify(self, event: CoreEvent) -> None:
+        for observer in list(self.observers):
+            try:
+                observer(event)
+            except Exception:  # an observer's bug must not fail a station's message
+                log.exception("observer %r failed on %s", observer, type(event).__name__)
+
+    def add_token(self, record: TokenRecord) -> None:
+        """Know ``record`` from now on (a roaming partner's token, authorized by it or
+        pushed by it), replacing what the CSMS knew of that token."""
+        self.authorizer.records[record.id_token.casefold()] = record
+
+    def needs_remote_authorization(self, id_token: str) -> bool:
+        """Whether ``id_token`` is to be authorized by the roaming port, in real time."""
+        return self.roaming is not None and self.roaming.wants(id_token)
+
+    async def authorize_remote(self, id_token: str, station_id: str,
+                               evse_id: int | None = None) -> TokenInfo:
+        """Ask the roaming port about ``id_token`` (its answer is remembered with
+        :meth:`add_token`), then answer as :meth:`token_info` does."""
+        assert self.roaming is not None
+        record = await self.roaming.authorize(id_token, station_id, evse_id)
+        if record is not None:
+            self.add_token(record)
+        return self.token_info(id_token)
 
     def open_transactions(self, station_id: str, evse_id: int | None = None) -> list[str]:
         """Ids of a station's open transactions (on one EVSE), oldest first."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from evtwin.ocppj import domain as d
@@ -127,6 +128,10 @@ class DirectShell:
             self.ev_charging_needs[m.evse_id] = needs
             core.note_ev_needs(self.id, needs)
             return d.Ack()
+        if isinstance(m, d.ReservationEnded):
+            core.on_station_message(self.id, "ReservationStatusUpdate", {
+                "reservationId": m.reservation_id, "reservationUpdateStatus": m.status})
+            return d.Ack()
         if isinstance(m, d.Boot):
             r = core.on_boot(self.id, m.vendor, m.model)
             if (r["status"] == "Accepted" and self.version == "2.1" and self.peer is not None
@@ -173,6 +178,46 @@ class DirectShell:
             charging_needs=d.record(m))
 
     # ------------------------------------------------------------------ CSMS -> station
+
+    def _ask(self, request: d.CSMSRequest) -> d.StationAnswer:
+        if self.peer is None:
+            raise ConnectionError(f"{self.id}: no station attached")
+        self.frames["out"] += 1
+        result = self.peer(request)
+        self.frames["in"] += 1
+        return result
+
+    async def reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,
+                          evse_id: int | None = None, id_token_type: str = "Central",
+                          group_id_token: str | None = None) -> dict[str, Any]:
+        """ReserveNow (as the wire shells offer it; ``id_token_type`` has no direct form)."""
+        if evse_id:
+            self.core.check_evse(self.id, evse_id)
+        result = self._ask(d.ReserveNow(reservation_id, id_token, d.ms_time(expiry),
+                                        evse_id, group_id_token))
+        return {"status": result.status}
+
+    async def cancel_reservation(self, reservation_id: int) -> dict[str, Any]:
+        """CancelReservation."""
+        return {"status": self._ask(d.CancelReservation(reservation_id)).status}
+
+    async def request_start(self, evse_id: int | None, id_token: str, *,
+                            remote_start_id: int | None = None,
+                            id_token_type: str = "Central") -> dict[str, Any]:
+        """RequestStartTransaction (1.6 RemoteStartTransaction: no remoteStartId)."""
+        if self.version == "1.6":
+            remote_start_id = None
+        elif remote_start_id is None:
+            remote_start_id = self.core.store.next_counter("remote_start_id")
+        result = self._ask(d.RequestStart(id_token, evse_id, remote_start_id))
+        out: dict[str, Any] = {"status": result.status}
+        if remote_start_id is not None:
+            out["remote_start_id"] = remote_start_id
+        return out
+
+    async def request_stop(self, transaction_id: str) -> dict[str, Any]:
+        """RequestStopTransaction."""
+        return {"status": self._ask(d.RequestStop(transaction_id)).status}
 
     async def send_limit(self, cmd: ProfileCommand) -> str:
         """A TxProfile with one period at ``cmd.limit``; record and return the status."""

@@ -357,3 +357,27 @@ class TxEvent:
     stopped_reason: str | None
     samples: tuple[ParsedSample, ...]
     energy_wh: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChanged:
+    """An EVSE reported a connector status (what :attr:`CSMSCore.observers` are told)."""
+
+    station_id: str
+    evse_id: int
+    status: str
+    timestamp: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionChanged:
+    """A transaction event was applied: the session as it is now (a copy), and its
+    charge detail record once it ended (the store's row)."""
+
+    session: Session
+    event_type: str
+    """Started, Updated or Ended."""
+    cdr: dict[str, Any] | None = None
+
+
+CoreEvent = StatusChanged | SessionChanged

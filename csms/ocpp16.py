@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, ClassVar, Literal
@@ -117,8 +117,15 @@ class CSMS16(ShellBase):
         return {}
 
     @wire("Authorize")
-    def on_authorize(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {"idTagInfo": self.core.token_info(payload["idTag"]).to_16()}
+    def on_authorize(self, payload: dict[str, Any]
+                     ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        id_tag = payload["idTag"]
+        if self.core.needs_remote_authorization(id_tag):  # a roaming token: ask its eMSP
+            return self._authorize_remote(id_tag)
+        return {"idTagInfo": self.core.token_info(id_tag).to_16()}
+
+    async def _authorize_remote(self, id_tag: str) -> dict[str, Any]:
+        return {"idTagInfo": (await self.core.authorize_remote(id_tag, self.id)).to_16()}
 
     # 1.6's transaction messages go to the core as the neutral TxEvent it takes from
     # every version; their events are numbered by the CSMS (no seqNo in 1.6) and a

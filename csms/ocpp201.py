@@ -11,7 +11,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, ClassVar, Literal
 
@@ -314,8 +314,15 @@ class Handlers201(ShellBase):
         return {}
 
     @wire("Authorize")
-    def on_authorize(self, payload: dict[str, Any]) -> dict[str, Any]:
-        return {"idTokenInfo": self.core.token_info(payload["idToken"]["idToken"]).to_2x()}
+    def on_authorize(self, payload: dict[str, Any]
+                     ) -> dict[str, Any] | Awaitable[dict[str, Any]]:
+        id_token = payload["idToken"]["idToken"]
+        if self.core.needs_remote_authorization(id_token):  # a roaming token: ask its eMSP
+            return self._authorize_remote(id_token)
+        return {"idTokenInfo": self.core.token_info(id_token).to_2x()}
+
+    async def _authorize_remote(self, id_token: str) -> dict[str, Any]:
+        return {"idTokenInfo": (await self.core.authorize_remote(id_token, self.id)).to_2x()}
 
     @wire("TransactionEvent")
     def on_transaction_event(self, payload: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ import logging.handlers
 import math
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -24,7 +25,9 @@ from .clock import iso, wall_clock
 from .cluster import Cluster
 from .config import ServeConfig
 from .core import CSMSCore
+from .driverapi import driver_api_for
 from .exceptions import ConfigError
+from .privacy import PseudonymFilter, pseudonymiser_for, retention_housekeeping
 from .server import CSMSServer, check_port, listen_error
 from .stallwatch import StallWatch
 from .store import Store, is_database_url, redact_url
@@ -292,7 +295,9 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                 port: int | None = None, stop: asyncio.Event | None = None,
                 api_port: int | None = None, api_token_hash: str | None = None,
                 api_host: str = "127.0.0.1",
-                on_listening: Callable[[], None] | None = None) -> signal.Signals | None:
+                on_listening: Callable[[], None] | None = None,
+                partners: Callable[[], list[dict[str, Any]]] | None = None
+                ) -> signal.Signals | None:
     """Run the CSMS until ``stop`` is set or SIGINT/SIGTERM arrives; returns the signal
     that stopped it (None: ``stop``).
 
@@ -320,9 +325,17 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
     received: list[signal.Signals] = []
     loop = asyncio.get_running_loop()
     handled: list[signal.Signals] = []
+    log_filter: PseudonymFilter | None = None
     try:
         core = CSMSCore(config.csms_config(), store, clock=wall_clock)
         core.station_ca = config.security.station_ca()
+        # Driver identifiers in log lines become pseudonyms (a safety net: the log
+        # calls pass none; see evtwin.csms.privacy).
+        log_filter = PseudonymFilter(
+            pseudonymiser_for(store, key_file=config.privacy.key_file),
+            known=[*config.tokens.accepted, *(e.id for e in config.tokens.entries)])
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(log_filter)
         server = CSMSServer(core, host=host or s.host, port=port,
                             max_frame_bytes=s.max_frame_bytes,
                             response_timeout_s=s.response_timeout_s,
@@ -358,6 +371,38 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
         if api_port is not None:
             assert api_token_hash is not None  # checked above
             api = OperatorAPI(server, token_hash=api_token_hash, host=api_host, port=api_port)
+        # OCPI 2.2.1 as a CPO on its own port ([ocpi]; see evtwin.csms.ocpi.cpo).
+        cpo = None
+        if config.ocpi is not None:
+            from .ocpi.cpo import CPO
+            from .ocpi.registry import Registry
+
+            o = config.ocpi
+            try:
+                registry = Registry(o.registry)
+            except sqlite3.Error as exc:
+                raise ConfigError("ocpi.registry", f"{o.registry}: cannot open: {exc}"
+                                  ) from None
+            cpo = CPO(server, config, registry, country_code=o.country_code,
+                      party_id=o.party_id, name=o.name, host=o.host, port=o.port,
+                      public_url=o.public_url, authorize_timeout_s=o.authorize_timeout_s)
+            if partners is None:
+                partners = cpo.partners
+        dashboard = None
+        if config.dashboard is not None:
+            # The live dashboard on its own port ([dashboard]); ``partners``: the roaming
+            # partners it lists (none until OCPI gives them).
+            from .dashboard import Dashboard, DashboardUser, feeder_grid
+
+            d = config.dashboard
+            dashboard = Dashboard(
+                server, users=[DashboardUser(u.name, u.token_hash, u.totp_secret, u.role)
+                               for u in d.users],
+                host=d.host, port=d.port, grid=feeder_grid(server),
+                partners=partners or list, session_ttl_s=d.session_ttl_h * 3600.0,
+                pseudonymiser=pseudonymiser_for(store))
+        # The driver API on its own port ([driver_api] port; see evtwin.csms.driverapi).
+        driver_api = driver_api_for(server, config, pseudonymise=pseudonymiser_for(store))
         stopping = stop or asyncio.Event()
         stats_wake = asyncio.Event()
 
@@ -380,10 +425,33 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                 except OSError as exc:
                     raise listen_error(exc, api_host, api.port, what="the operator API",
                                        host_field="api.host", port_field="api_port") from None
+            if dashboard is not None:
+                try:
+                    await dashboard.start()
+                except OSError as exc:
+                    raise listen_error(exc, dashboard.host, dashboard.port,
+                                       what="the dashboard", host_field="dashboard.host",
+                                       port_field="dashboard.port") from None
+            if driver_api is not None:
+                try:
+                    await driver_api.start()
+                except OSError as exc:
+                    raise listen_error(exc, driver_api.host, driver_api.port,
+                                       what="the driver API", host_field="driver_api.host",
+                                       port_field="driver_api.port") from None
+            if cpo is not None:
+                try:
+                    await cpo.start()
+                except OSError as exc:
+                    raise listen_error(exc, cpo.host, cpo.port, what="OCPI",
+                                       host_field="ocpi.host", port_field="ocpi.port") from None
             listening = True
             log.info("listening", extra={
+                "ocpi_url": cpo.versions_url if cpo is not None else None,
                 "event": "listening", "url": server.url, "port": server.port,
                 "api_url": api.url if api is not None else None,
+                "dashboard_url": dashboard.url if dashboard is not None else None,
+                "driver_api_url": driver_api.url if driver_api is not None else None,
                 "security_profile": server.security.profile, "db": redact_url(db_path),
                 "schema_version": store.schema_version,
                 "open_transactions": len(core.open_sessions()), "stations": len(core.stations),
@@ -402,6 +470,8 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
             housekeeper = asyncio.create_task(security_housekeeping(
                 server, retention_days=s.security_event_retention_days,
                 max_rows=s.security_event_max_rows))
+            retention = asyncio.create_task(retention_housekeeping(
+                store, retention_days=config.privacy.retention_days, clock=core.clock))
             lag = LoopLag()
             lag_task = asyncio.create_task(lag.run())
             stall_watch: StallWatch | None = None
@@ -422,12 +492,23 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                 if cluster is not None:
                     await cluster.stop()
                 housekeeper.cancel()
+                retention.cancel()
         finally:
             if api is not None:
                 await api.stop()
+            if dashboard is not None:
+                await dashboard.stop()
+            if driver_api is not None:
+                await driver_api.stop()
+            if cpo is not None:
+                await cpo.stop()
+                cpo.registry.close()
             await server.stop()
     finally:
         store.close()
+        if log_filter is not None:
+            for handler in logging.getLogger().handlers:
+                handler.removeFilter(log_filter)
         for sig in handled:  # a Ctrl-C from now on is the caller's again
             loop.remove_signal_handler(sig)
         if not listening:  # never started: leave no new, empty database behind

@@ -28,7 +28,7 @@ import math
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -55,6 +55,7 @@ from .clock import iso
 from .core import CSMSCore, ProfileCommand
 from .exceptions import CSMSError, InvalidMessageError, UnknownEvseError
 from .model import EVChargingNeeds
+from .privacy import pseudonymiser_for
 from .profiles import ChargingProfile, Period, ProfileError
 
 log = logging.getLogger("evtwin.csms.ocpp")
@@ -150,7 +151,7 @@ def limit_period(limit: float, version: str) -> domain.PeriodData:
     return domain.PeriodData(0.0, None, setpoint=limit)
 
 
-WireHandler = Callable[[Any, dict[str, Any]], dict[str, Any]]
+WireHandler = Callable[[Any, dict[str, Any]], dict[str, Any] | Awaitable[dict[str, Any]]]
 """A shell method that takes a CALL's payload and returns its CALLRESULT payload,
 both in wire (camelCase) form."""
 
@@ -1212,12 +1213,16 @@ class ShellBase(ABC):
         now = self.core.clock()
         entries = self.core.authorizer.local_list(now, tokens)
         unknown = [token for record, token, _ in entries if record is None]
+        # Errors name tokens by their pseudonyms (evtwin.csms.privacy), never raw.
+        pseudonymise = pseudonymiser_for(self.core.store)
         if update_type == "Full" and unknown:
-            raise InvalidOperation("tokens", f"unknown tokens in a full list: {unknown}")
+            raise InvalidOperation("tokens", "unknown tokens in a full list: "
+                                             f"{[pseudonymise(t) for t in unknown]}")
         too_long = [token for _, token, _ in entries if len(token) > self.id_token_max]
         if too_long and tokens is not None:
             raise InvalidOperation("tokens", f"OCPP {self.version} id tokens have at most "
-                                             f"{self.id_token_max} characters: {too_long}")
+                                             f"{self.id_token_max} characters: "
+                                             f"{[pseudonymise(t) for t in too_long]}")
         if too_long:  # configured tokens this version cannot carry: left out, said so
             log.warning("%s: %d tokens too long for OCPP %s left out of the local list",
                         self.id, len(too_long), self.version, extra={

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 from .exceptions import StoreError
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 #: Variables kept per station at most (a station's full inventory is a few thousand).
 MAX_DEVICE_MODEL_ROWS = 20_000
 
@@ -331,6 +331,23 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (station_id, evse_id, source)
     );
     """,
+    7: """
+    CREATE TABLE privacy_key (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        key_hex     TEXT NOT NULL,
+        created_at  TEXT NOT NULL
+    );
+    CREATE TABLE privacy_audit (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        at          TEXT NOT NULL,
+        actor       TEXT NOT NULL,
+        operation   TEXT NOT NULL,
+        subject     TEXT,
+        row_count   INTEGER NOT NULL,
+        detail      TEXT
+    );
+    CREATE INDEX transactions_ended ON transactions(ended_at) WHERE ended_at IS NOT NULL;
+    """,
 }
 #: A database from before v4 keeps each session's live values only as meter
 #: values: copied into the transactions row once, on migration.
@@ -446,6 +463,14 @@ CREATE TABLE external_limits (
     station_id TEXT NOT NULL, evse_id INTEGER NOT NULL, source TEXT NOT NULL,
     schedules TEXT NOT NULL, received_at TEXT NOT NULL,
     PRIMARY KEY (station_id, evse_id, source));
+""",
+    7: """
+CREATE TABLE privacy_key (
+    id INTEGER PRIMARY KEY CHECK (id = 1), key_hex TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE privacy_audit (
+    id BIGSERIAL PRIMARY KEY, at TEXT NOT NULL, actor TEXT NOT NULL, operation TEXT NOT NULL,
+    subject TEXT, row_count BIGINT NOT NULL, detail TEXT);
+CREATE INDEX transactions_ended ON transactions(ended_at) WHERE ended_at IS NOT NULL;
 """,
 }
 #: A new PostgreSQL database: created at the current version in one go.
@@ -735,6 +760,21 @@ class Store:
     def _one(self, sql: str, params: Sequence[Any] = ()) -> dict[str, Any] | None:
         row = self._run(sql, params).fetchone()
         return None if row is None else dict(row)
+
+    # -- for modules that work on the tables in SQL of their own (privacy) ----
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        """The rows of one SELECT (``?`` placeholders, either backend), as dicts."""
+        return self._rows(sql, params)
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement (``?`` placeholders, either backend); the rows it changed."""
+        return int(self._run(sql, params).rowcount)
+
+    @contextlib.contextmanager
+    def atomic(self) -> Iterator[None]:
+        """One transaction around :meth:`query` and :meth:`execute`: all or nothing."""
+        with self._tx():
+            yield
 
     @property
     def schema_version(self) -> int:
@@ -1232,7 +1272,8 @@ class Store:
         if table not in {"stations", "evses", "transactions", "transaction_events",
                          "meter_values", "charging_profiles", "security_events",
                          "installed_profiles", "cdrs", "commands", "station_messages",
-                         "device_model", "local_lists", "external_limits"}:
+                         "device_model", "local_lists", "external_limits",
+                         "privacy_key", "privacy_audit"}:
             raise ValueError(f"unknown table {table!r}")
         row = self._one(f"SELECT COUNT(*) AS n FROM {table}")
         return int((row or {}).get("n") or 0)

@@ -128,6 +128,10 @@ class TransactionStarted:
     at: datetime
     id_token: str
     reading: Reading
+    reservation_id: int | None = None
+    """The reservation this transaction uses (the token's reservation on the EVSE)."""
+    remote_start_id: int | None = None
+    """2.x: the RequestStartTransaction that started it (None: started at the station)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,9 +217,18 @@ class ProblemReport:
     event_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class ReservationEnded:
+    """A reservation ended without being used (2.x ReservationStatusUpdate): ``status``
+    Expired (its expiry passed) or Removed (the station dropped it)."""
+
+    reservation_id: int
+    status: str  # Expired | Removed
+
+
 StationMessage = (Boot | Heartbeat | StatusChanged | AuthorizeRequest | TransactionStarted
                   | TransactionUpdated | TransactionEnded | MeterReport | ChargingNeeds
-                  | ProblemReport)
+                  | ProblemReport | ReservationEnded)
 
 
 # --------------------------------------------------------------------------- CSMS answers
@@ -325,7 +338,42 @@ class DefaultTariff:
     tariff: dict[str, Any]
 
 
-CSMSRequest = SetChargingProfile | ClearChargingProfile | CostUpdate | DefaultTariff
+@dataclass(frozen=True, slots=True)
+class ReserveNow:
+    """Hold an EVSE (None: any, 1.6 connector 0) for ``id_token`` (or its group) until
+    ``expiry``."""
+
+    reservation_id: int
+    id_token: str
+    expiry: datetime
+    evse_id: int | None = None
+    group_id_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CancelReservation:
+    reservation_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStart:
+    """Start a transaction for ``id_token`` (1.6 RemoteStartTransaction, 2.x
+    RequestStartTransaction); ``evse_id`` None: the station chooses."""
+
+    id_token: str
+    evse_id: int | None = None
+    remote_start_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestStop:
+    """Stop a running transaction (1.6 RemoteStopTransaction, 2.x RequestStopTransaction)."""
+
+    transaction_id: str
+
+
+CSMSRequest = (SetChargingProfile | ClearChargingProfile | CostUpdate | DefaultTariff
+               | ReserveNow | CancelReservation | RequestStart | RequestStop)
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,7 +396,17 @@ class TariffAnswer:
     status: str
 
 
-StationAnswer = ProfileAnswer | ClearAnswer | TariffAnswer | Ack
+@dataclass(frozen=True, slots=True)
+class StatusAnswer:
+    """An answer that is a status (ReserveNow: Accepted | Occupied | Faulted |
+    Unavailable | Rejected; CancelReservation, RequestStart/Stop: Accepted | Rejected),
+    with the running transaction's id where RequestStartTransaction has one (2.x)."""
+
+    status: str
+    transaction_id: str | None = None
+
+
+StationAnswer = ProfileAnswer | ClearAnswer | TariffAnswer | StatusAnswer | Ack
 
 
 def record(message: Any) -> dict[str, Any]:

@@ -64,12 +64,46 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.transport:
         overrides["run.transport"] = args.transport
     scenario = load_scenario(args.scenario, overrides)
+    users = _dashboard_users(args, scenario)  # before a result folder exists
     out = new_run_dir(args.out, scenario.name)
     db = ":memory:" if scenario.csms.database == "memory" else out / "csms.sqlite"
     twin = Twin(scenario, database=db)
+    twin.pace = args.pace
+    if users is not None:
+        from .twin_dashboard import TwinDashboard
+
+        def say(text: str) -> None:
+            _say(console, escape(text))
+            sys.stdout.flush()  # a script waiting for the address reads it now
+
+        twin.companions.append(TwinDashboard(twin, users=users, port=args.dashboard, say=say))
     return _run_and_report(twin, args, console, out,
                            f"{scenario.name} ({scenario.duration_h:g} h simulated)",
                            f"{scenario.name} - strategy {scenario.control.strategy}")
+
+
+def _dashboard_users(args: argparse.Namespace, scenario: Any) -> list[Any] | None:
+    """Who may log in to ``--dashboard`` (None: no dashboard): ``--dashboard-users``, or
+    one admin for this run, whose token and TOTP secret are printed here."""
+    if args.dashboard is None:
+        if args.dashboard_users is not None:
+            raise ConfigError("--dashboard-users", "only with --dashboard PORT")
+        return None
+    from evtwin.csms.server import check_port
+
+    check_port(args.dashboard, "--dashboard")
+    if scenario.run.csms_process:
+        raise ConfigError("--dashboard", "the dashboard runs on the twin's in-process CSMS: "
+                                         "set run.csms_process = false")
+    from .twin_dashboard import read_users, run_admin
+
+    if args.dashboard_users is not None:
+        return read_users(args.dashboard_users)
+    user, lines = run_admin()
+    for line in lines:
+        print(line)  # plain: the secret must not be wrapped
+    sys.stdout.flush()
+    return [user]
 
 
 def _run_and_report(twin: Any, args: argparse.Namespace, console: Console, out: Path,
@@ -658,6 +692,92 @@ def cmd_csms_hash_password(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_csms_ocpi_token(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin csms ocpi-token --config F``: a one-time OCPI registration token
+    (CREDENTIALS_TOKEN_A) for a partner, kept hashed in the [ocpi] registry."""
+    from evtwin.csms.config import load_config
+    from evtwin.csms.ocpi.registry import Registry
+
+    config = load_config(args.config)
+    if config.ocpi is None:
+        raise ConfigError(f"{args.config}: ocpi", "no [ocpi] table: OCPI is off")
+    o = config.ocpi
+    try:
+        registry = Registry(o.registry)
+    except Exception as exc:  # sqlite3.Error, OSError
+        raise ConfigError("ocpi.registry", f"{o.registry}: cannot open: {exc}") from None
+    try:
+        token = registry.add_token_a()
+    finally:
+        registry.close()
+    url = (o.public_url or f"http://{o.host}:{o.port}") + "/ocpi/versions"
+    # Plain print: a partner copies both lines.
+    print(f"# give the partner both, out of band; the token works once: {url}")
+    print(token)
+    return 0
+
+
+def cmd_emsp_serve(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin emsp serve EMSP.toml``: the eMSP on its own, until stopped."""
+    import asyncio
+    import signal
+
+    from evtwin.csms.ocpi.emsp import load_emsp_config, serve_emsp
+    from evtwin.csms.service import setup_json_logging
+
+    config = load_emsp_config(args.config)
+    if args.port is not None:
+        from evtwin.csms.server import check_port
+
+        check_port(args.port, "--port")
+        config = config.model_copy(update={"emsp": config.emsp.model_copy(
+            update={"port": args.port})})
+    setup_json_logging(logging.DEBUG if args.debug else logging.INFO)
+    return 130 if asyncio.run(serve_emsp(config)) == signal.SIGINT else 0
+
+
+def cmd_emsp_report(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin emsp report EMSP.toml``: roaming sessions, settlement per CPO, what
+    each driver paid."""
+    import json
+
+    from evtwin.csms.ocpi.emsp import load_emsp_config, settlement
+    from evtwin.csms.ocpi.registry import Registry
+
+    config = load_emsp_config(args.config)
+    path = config.emsp.registry
+    if not path.exists():
+        raise ConfigError("emsp.registry", f"{path}: no such file (has the eMSP run?)")
+    registry = Registry(path)
+    try:
+        report = settlement(registry)
+    finally:
+        registry.close()
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    from rich.table import Table
+
+    _say(console, f"{report['roaming_sessions']} roaming session(s), "
+                  f"{report['energy_kwh']:.2f} kWh; drivers paid {report['paid_by_drivers']:.2f}, "
+                  f"owed to CPOs {report['owed_to_cpos']:.2f}, margin {report['margin']:.2f}")
+    t = Table(title="settlement with each CPO")
+    for col in ("CPO", "sessions", "energy (kWh)", "owed"):
+        t.add_column(col, justify="left" if col == "CPO" else "right")
+    for cpo, v in sorted(report["cpos"].items()):
+        t.add_row(cpo, str(v["sessions"]), f"{v['energy_kwh']:.2f}",
+                  f"{v['owed']:.2f} {v['currency']}")
+    console.print(t)
+    d = Table(title="what each driver paid")
+    for col in ("driver", "sessions", "energy (kWh)", "paid"):
+        d.add_column(col, justify="left" if col == "driver" else "right")
+    for driver, v in sorted(report["drivers"].items()):
+        d.add_row(driver, str(v["sessions"]), f"{v['energy_kwh']:.2f}",
+                  f"{v['paid']:.2f} {v['currency']}")
+    console.print(d)
+    return 0
+
+
 def cmd_csms_api_token(args: argparse.Namespace, console: Console) -> int:
     """``evtwin csms api-token``: a new bearer token and the hash for [api] token_hash."""
     from evtwin.csms.api import generate_token, hash_token
@@ -665,6 +785,108 @@ def cmd_csms_api_token(args: argparse.Namespace, console: Console) -> int:
     token = generate_token()
     print(f"# bearer token (keep it secret): {token}")
     print(f'token_hash = "{hash_token(token)}"')
+    return 0
+
+
+def cmd_csms_privacy(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin csms privacy export|erase|prune|audit``: one driver's data (GDPR access
+    and erasure), the retention period once, and the audit log of all of them."""
+    import getpass
+    import json
+    import os
+
+    from evtwin.csms import privacy
+    from evtwin.csms.clock import wall_clock
+
+    if args.privacy_command == "prune" and args.retention_days is not None \
+            and not args.retention_days > 0:
+        raise ConfigError("--retention-days", f"must be above 0, not {args.retention_days}")
+    store = privacy.open_store(args.db)
+    try:
+        now = wall_clock()
+        if args.privacy_command == "export":
+            if args.out is None:
+                data = privacy.export_driver(store, args.id_token, actor=args.actor, now=now)
+                print(json.dumps(data, indent=2))  # plain: a file to redirect
+                return 0
+            try:  # personal data: readable by the owner only, never over another file
+                fd = os.open(args.out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                raise ConfigError("--out", f"{args.out} exists; give a new file") from None
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                try:
+                    data = privacy.export_driver(store, args.id_token, actor=args.actor,
+                                                 now=now)
+                    out.write(json.dumps(data, indent=2) + "\n")
+                except BaseException:
+                    Path(args.out).unlink()
+                    raise
+            rows = sum(len(data[k]) for k in ("sessions", "cdrs", "transaction_events",
+                                              "meter_values", "other_messages"))
+            _say(console, f"exported {rows} rows of {data['pseudonym']} to {args.out}")
+        elif args.privacy_command == "erase":
+            counts = privacy.erase_driver(store, args.id_token, actor=args.actor,
+                                          reason=args.reason, now=now)
+            pseudonym = privacy.pseudonymiser_for(store)(args.id_token.strip())
+            _say(console, escape(f"erased {pseudonym}: {counts['transactions']} transactions, "
+                                 f"{counts['cdrs']} CDRs, {counts['messages']} messages; a "
+                                 "token configured in the CSMS config's [tokens] stays "
+                                 "there: remove it and send the stations a new local list"))
+        elif args.privacy_command == "prune":
+            days = args.retention_days
+            if days is None:
+                from evtwin.csms.config import load_config
+
+                days = load_config(args.config).privacy.retention_days
+            if days is None:
+                _say(console, escape("[privacy] retention_days is 0 in the config: nothing "
+                                     "pruned"))
+                return 0
+            total = 0
+            while changed := privacy.prune_personal_data(
+                    store, retention_days=days, now=now, actor=args.actor or getpass.getuser()):
+                total += changed
+            _say(console, f"erased the id tokens of transactions that ended more than "
+                          f"{days:g} days ago: {total} rows")
+        else:  # one tab-separated line per entry (plain: never wrapped, for grep and cut)
+            print("\t".join(("id", "at_utc", "actor", "operation", "driver", "rows", "detail")))
+            for e in privacy.audit_log(store):
+                print("\t".join(" ".join(str(v).split()) for v in (
+                    e.id, e.at, e.actor, e.operation, e.subject or "-", e.row_count,
+                    e.detail or "")))
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_csms_driver_token(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin csms driver-token ID_TOKEN``: a driver's app token and the
+    [[driver_api.drivers]] entry that binds its hash to the id token."""
+    from evtwin.csms.driverapi import driver_token_lines
+
+    print("\n".join(driver_token_lines(args.id_token)))
+    return 0
+
+
+def cmd_csms_dashboard_user(args: argparse.Namespace, console: Console) -> int:
+    """``evtwin csms dashboard-user NAME``: a dashboard login (token, TOTP secret) and the
+    [[dashboard.users]] entry for the CSMS config."""
+    import re
+
+    from evtwin.csms.dashboard import new_user
+
+    if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", args.name):
+        raise ConfigError("NAME", f"{args.name!r}: give 1 to 64 letters, digits or . _ @ -")
+    user, token, uri = new_user(args.name, args.role)
+    # Plain print: rich could wrap the long lines.
+    print(f"# dashboard user {user.name} ({user.role})")
+    print(f"# token (keep it secret): {token}")
+    print(f"# authenticator app (scan as a QR code, or type the secret): {uri}")
+    print("[[dashboard.users]]")
+    print(f'name = "{user.name}"')
+    print(f'token_hash = "{user.token_hash}"')
+    print(f'totp_secret = "{user.totp_secret}"')
+    print(f'role = "{user.role}"')
     return 0
 
 
@@ -723,6 +945,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a scenario field by dotted path, e.g. ev.count=20")
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument("--pace", type=_positive_float, metavar="X",
+                     help="simulated seconds per wall-clock second, to watch the run "
+                          "(default: as fast as possible)")
+    run.add_argument("--dashboard", type=_non_negative_int, metavar="PORT",
+                     help="serve the live operator dashboard on 127.0.0.1:PORT while the "
+                          "run lasts (0: a free port; the address is printed)")
+    run.add_argument("--dashboard-users", metavar="FILE",
+                     help="who may log in: the [[dashboard.users]] of FILE (as in a CSMS "
+                          "config); default: one admin for this run, its token and TOTP "
+                          "secret printed")
     run.set_defaults(func=cmd_run)
 
     st = sub.add_parser("stations", help="virtual stations and EVs against an external CSMS")
@@ -881,6 +1113,19 @@ def build_parser() -> argparse.ArgumentParser:
     fi.add_argument("--out", default="results", help="folder for the results folder")
     fi.set_defaults(func=cmd_finance)
 
+    em = sub.add_parser("emsp", help="an OCPI eMSP: drivers' tokens, roaming, billing")
+    em_sub = em.add_subparsers(dest="emsp_command", required=True)
+    es = em_sub.add_parser("serve", help="run the eMSP's OCPI server and register with "
+                                         "its partner CPOs")
+    es.add_argument("config", metavar="EMSP.toml", help="eMSP config (drivers, partners)")
+    es.add_argument("--port", type=int, help="port (0 picks a free one; default from config)")
+    es.set_defaults(func=cmd_emsp_serve)
+    er = em_sub.add_parser("report", help="roaming sessions, settlement per CPO and what "
+                                          "each driver paid")
+    er.add_argument("config", metavar="EMSP.toml", help="eMSP config (its registry file)")
+    er.add_argument("--json", action="store_true", help="print the report as JSON")
+    er.set_defaults(func=cmd_emsp_report)
+
     csms = sub.add_parser("csms", help="the CSMS on its own")
     csms_sub = csms.add_subparsers(dest="csms_command", required=True)
     srv = csms_sub.add_parser("serve", help="run the CSMS server on the wall clock")
@@ -916,6 +1161,52 @@ def build_parser() -> argparse.ArgumentParser:
     cf.set_defaults(func=cmd_csms_config_for)
     tok = csms_sub.add_parser("api-token", help="make an operator API token and its hash")
     tok.set_defaults(func=cmd_csms_api_token)
+    ot = csms_sub.add_parser("ocpi-token", help="make a one-time OCPI registration token "
+                                                "(token A) for a roaming partner")
+    ot.add_argument("--config", required=True, help="CSMS config TOML with an [ocpi] table")
+    ot.set_defaults(func=cmd_csms_ocpi_token)
+    du = csms_sub.add_parser("dashboard-user", help="make a dashboard login: token, TOTP "
+                                                    "secret and its [[dashboard.users]] entry")
+    du.add_argument("name", metavar="NAME", help="the user's name (letters, digits, . _ @ -)")
+    du.add_argument("--role", choices=("viewer", "admin"), default="viewer",
+                    help="viewer: read only (default); admin: may also make EVSEs "
+                         "(un)available and stop sessions")
+    du.set_defaults(func=cmd_csms_dashboard_user)
+    dtok = csms_sub.add_parser("driver-token",
+                               help="make a driver's app token for the driver API and its hash")
+    dtok.add_argument("id_token", metavar="ID_TOKEN", help="the driver's id token")
+    dtok.set_defaults(func=cmd_csms_driver_token)
+    pv = csms_sub.add_parser("privacy", help="drivers' personal data: export or erase one "
+                                             "driver's, prune old, show the audit log")
+    pv_sub = pv.add_subparsers(dest="privacy_command", required=True)
+    db_help = "the CSMS's SQLite file, or its postgresql:// URL"
+    for name, text in (("export", "write all of one driver's data as JSON (GDPR access)"),
+                       ("erase", "erase one driver's id token everywhere (GDPR erasure); "
+                                 "sessions, energy and cost stay")):
+        cmd = pv_sub.add_parser(name, help=text)
+        cmd.add_argument("--db", required=True, help=db_help)
+        cmd.add_argument("--id-token", required=True, help="the driver's id token")
+        cmd.add_argument("--actor", required=True,
+                         help="who does it (written to the audit log)")
+        if name == "export":
+            cmd.add_argument("--out", metavar="FILE",
+                             help="new file to write (mode 0600; default: print it)")
+        else:
+            cmd.add_argument("--reason", required=True,
+                             help="why (e.g. the request's reference; in the audit log)")
+        cmd.set_defaults(func=cmd_csms_privacy)
+    pr = pv_sub.add_parser("prune", help="erase the id tokens of transactions that ended "
+                                         "longer ago than the retention period, once")
+    pr.add_argument("--db", required=True, help=db_help)
+    pr.add_argument("--retention-days", type=float,
+                    help="default: [privacy] retention_days of --config, else 365")
+    pr.add_argument("--config", help="CSMS config TOML (for its [privacy] retention_days)")
+    pr.add_argument("--actor", help="who does it (default: the user name)")
+    pr.set_defaults(func=cmd_csms_privacy)
+    au = pv_sub.add_parser("audit", help="list the audit log: who exported, erased or "
+                                         "pruned whose data, when")
+    au.add_argument("--db", required=True, help=db_help)
+    au.set_defaults(func=cmd_csms_privacy)
     return parser
 
 

@@ -73,6 +73,7 @@ from evtwin.grid import (
 )
 from evtwin.transports import MemoryClosed, memory_pair
 
+from .appusers import AppUsers, attach
 from .csmslink import CSMSLink, LocalCSMS, ProcessCSMS
 from .der import DerSet, Steps, build_der
 from .exceptions import ExternalCSMSError, RunError, ScenarioError
@@ -474,6 +475,24 @@ class Twin:
         self._reopen: tuple[Callable[[VirtualStation], Awaitable[Any]],
                             list[asyncio.Task[Any]]] | None = None
         self.connections_dropped = 0
+        #: Drivers who use the operator's app ([app]); None: nobody does.
+        self.app: AppUsers | None = None
+        if scenario.app is not None:
+            if external is not None or scenario.run.csms_process:
+                raise ScenarioError(scenario.name, [("app", "app users reserve through "
+                                                    "the CSMS in the twin's process: not "
+                                                    "with an external CSMS or "
+                                                    "run.csms_process")])
+            self.app = AppUsers(self, scenario.app, scenario.seed)
+        #: Simulated seconds per wall-clock second with our own CSMS (``evtwin run
+        #: --pace``), so a person can watch; None: as fast as it goes.
+        self.pace: float | None = None
+        #: Started (``await c.start(server)``) with our in-process CSMS's server before
+        #: the stations connect, stopped (``await c.stop()``) when the run ends: the
+        #: dashboard of ``evtwin run --dashboard``.
+        self.companions: list[Any] = []
+        #: The feeder's power flow of the latest step: (simulated s, GridResult).
+        self.last_grid: tuple[float, Any] | None = None
 
     # -- time -----------------------------------------------------------------
     def to_datetime(self, t_s: float) -> datetime:
@@ -497,6 +516,8 @@ class Twin:
     def _driver(self, ev: EV) -> Generator[simpy.Event, Any, None]:
         env = self.env
         for visit in ev.visits:
+            if self.app is not None:  # an app user decides (and reserves) before leaving
+                yield from self.app.before_arrival(ev, visit)
             if visit.arrival_s > env.now + 1e-6:
                 yield env.timeout(visit.arrival_s - env.now)
             elif visit.arrival_s < env.now - 1e-6:
@@ -511,7 +532,18 @@ class Twin:
                 rec.bus = self.bus_of[ev.charger[0]]
             pool = self._pool(ev) if own else visit.site
             store = self.free[pool]
-            request = store.get()
+            booking = self.app.take(ev.ev_id) if self.app is not None else None
+            reserved = None
+            if booking is not None and self.app is not None:
+                if booking.no_show:  # they reserved, then did not come after all
+                    ev.end_visit("skipped", env.now)
+                    continue
+                if booking.pool != pool:  # the app showed a better site
+                    rec.site_switched_from = pool
+                    pool, store = booking.pool, self.free[booking.pool]
+                reserved = self.app.claim(booking)
+            # Their reserved EVSE is theirs at once (it is in no pool meanwhile).
+            request: Any = store.get() if reserved is None else env.event().succeed(reserved)
             if not request.triggered and self._down_in(pool):
                 # Ports out of order here: a driver who sees that goes to another site
                 # of the same kind with a free port, if there is one.
@@ -531,7 +563,7 @@ class Twin:
                         rec.fault = "turned_away"  # a port out of order would have served
                     ev.end_visit("turned_away", env.now)
                     continue
-            station_id, evse_id = request.value  # type: ignore[misc]
+            station_id, evse_id = request.value
             self.in_use.add((station_id, evse_id))
             station = self.station_by_id[station_id]
             rec.station_id, rec.evse_id, rec.plugged_s = station_id, evse_id, env.now
@@ -591,7 +623,8 @@ class Twin:
         for e in evse_ids:
             key = (station_id, e)
             store = self.free[self.pool_of[key]]
-            if key not in self.in_use and key not in store.items and not st.down(st.evses[e]):
+            if key not in self.in_use and key not in store.items and not st.down(st.evses[e]) \
+                    and not (self.app is not None and self.app.holds(key)):
                 store.put(key)
 
     def station_lines(self) -> list[int | None]:
@@ -789,6 +822,9 @@ class Twin:
             self.core.health.model = self.failure_model
             server = CSMSServer(self.core, host="127.0.0.1", port=0)
             link = LocalCSMS(server)
+            if self.app is not None:
+                attach(self.app, server)
+        started: list[Any] = []
         try:
             try:
                 # The day-ahead signal, known for the whole run.
@@ -802,6 +838,10 @@ class Twin:
                 raise ScenarioError(self.sc.name, [(exc.field, str(exc).split(": ", 1)[-1])]
                                     ) from None
             self.csms = link
+            if isinstance(link, LocalCSMS):
+                for companion in self.companions:
+                    await companion.start(link.server)
+                    started.append(companion)
             # feeder_aware hook: the CSMS's own sensitivity model of the feeder.
             if needs_feeder(self.sc.control.strategy):
                 self.feeder_model = FeederModel.from_feeder(
@@ -824,6 +864,8 @@ class Twin:
             wall = time.perf_counter() - wall0
             transactions = await link.finish()
         finally:
+            for companion in reversed(started):
+                await companion.stop()
             await link.close()  # also when the run fails: no open file, WAL or process left
         return self._results(series, power, transactions, link.frames, wall, end_s, clients)
 
@@ -862,6 +904,8 @@ class Twin:
                 await self._follow_the_air(clients)
             if csms is not None:
                 await csms.sync(self.now())
+            if self.app is not None and self.app.pending:
+                await self.app.exchange()  # ReserveNow for the reservations just asked for
             busy = [c for c in clients if c.station.events]
             if busy:
                 await self._each(c.flush_events(float(env.now)) for c in busy)
@@ -887,7 +931,7 @@ class Twin:
         self.loads.keep = spools
         series: Spool | None = None
         monitored = self.feeder.monitored_bus_rows
-        speed = self.external.speed if self.external is not None else 1.0
+        speed = self.external.speed if self.external is not None else (self.pace or 1.0)
         loop_t0 = time.monotonic()
         try:
             self._setup_events()
@@ -902,7 +946,7 @@ class Twin:
                 # One store transaction per step for the CSMS (see CSMSCore.batch).
                 async with (csms.step() if csms is not None else contextlib.nullcontext()):
                     t = float(k * step)
-                    if pace:
+                    if pace or self.pace is not None:
                         # Wall-clock pacing for a CSMS that lives in real time.
                         await asyncio.sleep(max(0.0, loop_t0 + t / speed - time.monotonic()))
                     dr_at_step_start = dict(self.dr_limits_kw)
@@ -928,6 +972,7 @@ class Twin:
                                             self.grid_rng, der_p_kw=der.der_p_kw)
                     self.loads.append(np.concatenate(((t,), self.feeder.load_p_mw,
                                                       self.feeder.load_q_mvar)))
+                    self.last_grid = (t, res)
                     if csms is not None and self.feeder_model is not None:
                         # feeder_aware hook: this power flow is the DSO measurement the CSMS sees.
                         csms.inputs.observe_feeder(
@@ -1061,6 +1106,9 @@ class Twin:
             profiles = profiles.sort_values(["t_s", "station_id", "evse_id"], kind="stable")
         kpis["profiles_received"] = float(len(profiles))
         tables: dict[str, pd.DataFrame] = {}
+        if self.app is not None:
+            kpis.update(self.app.kpis(sessions))
+            tables["reservations"] = self.app.table()
         if self.ops is not None:
             kpis.update(self.ops.kpis(end_s, sessions))
             tables["availability"] = self.ops.port_table(end_s)

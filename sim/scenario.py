@@ -407,6 +407,26 @@ class Storage(_Strict):
         return self
 
 
+class AppSettings(_Strict):
+    """Drivers who use the operator's app (evtwin.agents.app): they pick a site by free
+    EVSEs, price and detour before leaving, and reserve when it is busy."""
+
+    share: float = Field(0.3, ge=0, le=1)
+    """Share of the EVs whose drivers use the app (drawn from the run's seed)."""
+    reserve_when_occupancy_above: float = Field(0.7, ge=0, le=1)
+    """They reserve when the chosen site's occupancy is above this (0 to 1)."""
+    reservation_min: float = Field(15.0, gt=0, le=120)
+    """How long a reservation holds, in minutes."""
+    lead_min: float = Field(10.0, ge=0, le=240)
+    """How long before arriving they decide (and reserve), in minutes."""
+    no_show_share: float = Field(0.1, ge=0, le=1)
+    """Share of reserving drivers who do not come after all (their reservation expires)."""
+    detour_min: float = Field(10.0, ge=0, le=240)
+    """Extra minutes of driving to another site of the same kind than their own."""
+    value_of_time_per_h: float = Field(15.0, ge=0)
+    """What an hour of detour is worth to a driver, in the tariff's currency."""
+
+
 class RunSettings(_Strict):
     """How the twin runs (not what it models): the results do not depend on it."""
 
@@ -473,6 +493,8 @@ class Scenario(_Strict):
     tariff: DriverTariff | None = None
     """What drivers pay the CSMS and how they answer it (evtwin.sim.tariff_config);
     none: the CSMS's default flat tariff, drivers who ignore prices."""
+    app: AppSettings | None = None
+    """Drivers who use the operator's app and reserve (evtwin.agents.app); none: nobody."""
 
     #: The scenario file it was read from (see :attr:`source`); not a field.
     _source: str | None = PrivateAttr(None)

@@ -221,6 +221,13 @@ EXAMPLES: list[Example] = [
             "--config docs/csms.example.toml", by="test_readme_csms_serve_example"),
     Example(".venv/bin/evtwin csms config-for scenarios/demo.toml --out csms.demo.toml",
             by="test_readme_stations_against_a_served_csms"),
+    *(Example(f".venv/bin/evtwin csms privacy {c}", by="test_readme_privacy_commands") for c in (
+        "export --db csms.sqlite --id-token 04A2B3C4D5E6F7 --actor dpo@example.org "
+        "--out driver.json",
+        'erase --db csms.sqlite --id-token 04A2B3C4D5E6F7 --actor dpo@example.org --reason '
+        '"request 2026-117"',
+        "prune --db csms.sqlite --retention-days 30",
+        "audit --db csms.sqlite")),
     Example(".venv/bin/evtwin csms serve --config csms.demo.toml &",
             by="test_readme_stations_against_a_served_csms"),
     Example(".venv/bin/evtwin stations --csms ws://127.0.0.1:9000/ocpp --scenario "
@@ -398,6 +405,41 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
     return proc.returncode, err
+
+
+def test_readme_privacy_commands(tmp_path: Path) -> None:
+    """The Data protection commands, in order, on a database where the README's
+    driver charged twice (a year ago and yesterday) and another driver once."""
+    from datetime import UTC, datetime, timedelta
+
+    from evtwin.csms import Store
+    from tests.test_privacy import _core, _session
+
+    token = "04A2B3C4D5E6F7"
+    now = datetime.now(UTC)
+    store = Store(tmp_path / "csms.sqlite")
+    clock = [now - timedelta(days=400)]
+    core = _core(store, clock)
+    core.authorizer.records[token.casefold()] = core.authorizer.records["bob-rfid-0002"]
+    _session(core, "OLD", "BOB-RFID-0002", clock[0], 1)
+    for tx, ago in (("T1", 60), ("T2", 1)):
+        clock[0] = now - timedelta(days=ago)
+        _session(core, tx, token, clock[0], 1)
+    store.close()
+    commands = [e.readme for e in EXAMPLES if e.by == "test_readme_privacy_commands"]
+    outs = []
+    for command in commands:
+        proc = _shell(command, tmp_path)
+        assert proc.returncode == 0, (command, proc.stdout, proc.stderr)
+        outs.append(proc.stdout)
+    exported = json.loads((tmp_path / "driver.json").read_text())
+    assert [s["transaction_id"] for s in exported["sessions"]] == ["T1", "T2"]
+    assert "erased pid-" in outs[1] and "2 transactions, 2 CDRs" in " ".join(outs[1].split())
+    assert "30 days ago: 4 rows" in outs[2]  # Bob's session of a year ago
+    lines = [line.split("\t") for line in outs[3].splitlines()]
+    assert [line[3] for line in lines[1:]] == ["export", "erase", "prune"]
+    assert token not in outs[3] and token not in (tmp_path / "csms.sqlite").read_text(
+        errors="replace")
 
 
 @pytest.mark.slow

@@ -56,7 +56,8 @@ String512 = Annotated[str, StringConstraints(max_length=512)]
 URL = Annotated[str, StringConstraints(max_length=255, min_length=1)]
 
 
-def _parse_datetime(value: Any) -> datetime:
+def parse_datetime(value: Any) -> datetime:
+    """An OCPI DateTime (or an aware datetime) as an aware UTC datetime."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
             return value.replace(tzinfo=UTC)
@@ -76,7 +77,7 @@ def format_datetime(at: datetime) -> str:
     return text + "Z"
 
 
-DateTime = Annotated[datetime, BeforeValidator(_parse_datetime),
+DateTime = Annotated[datetime, BeforeValidator(parse_datetime),
                      PlainSerializer(format_datetime, return_type=str)]
 
 
@@ -545,8 +546,8 @@ class CDR(_Object):
     cdr_location: CdrLocation
     meter_id: String255 | None = None
     currency: String3
-    tariffs: list[dict[str, Any]] = Field(default_factory=list)
-    """The Tariff objects that applied (the Tariffs module's models come later)."""
+    tariffs: list[Tariff] = Field(default_factory=list)
+    """The Tariff objects that applied."""
     charging_periods: list[ChargingPeriod] = Field(min_length=1)
     signed_data: dict[str, Any] | None = None
     total_cost: Price
@@ -574,6 +575,267 @@ class CDR(_Object):
         return self
 
 
+# ------------------------------------------------------------------------------- Tariffs
+
+
+class TariffType(StrEnum):
+    AD_HOC_PAYMENT = "AD_HOC_PAYMENT"
+    PROFILE_CHEAP = "PROFILE_CHEAP"
+    PROFILE_FAST = "PROFILE_FAST"
+    PROFILE_GREEN = "PROFILE_GREEN"
+    REGULAR = "REGULAR"
+
+
+class TariffDimensionType(StrEnum):
+    ENERGY = "ENERGY"
+    FLAT = "FLAT"
+    PARKING_TIME = "PARKING_TIME"
+    TIME = "TIME"
+
+
+class DayOfWeek(StrEnum):
+    MONDAY = "MONDAY"
+    TUESDAY = "TUESDAY"
+    WEDNESDAY = "WEDNESDAY"
+    THURSDAY = "THURSDAY"
+    FRIDAY = "FRIDAY"
+    SATURDAY = "SATURDAY"
+    SUNDAY = "SUNDAY"
+
+
+class ReservationRestrictionType(StrEnum):
+    RESERVATION = "RESERVATION"
+    RESERVATION_EXPIRES = "RESERVATION_EXPIRES"
+
+
+def _date(value: str) -> str:
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        raise ValueError(f"{value!r} is not a date YYYY-MM-DD")
+    datetime.strptime(value, "%Y-%m-%d")  # a real date
+    return value
+
+
+Date = Annotated[str, AfterValidator(_date)]
+
+
+class PriceComponent(_Object):
+    type: TariffDimensionType
+    price: float = Field(ge=0, allow_inf_nan=False)
+    """Per unit, excluding VAT: per kWh (ENERGY), per hour (TIME, PARKING_TIME) or once (FLAT)."""
+    vat: float | None = Field(None, ge=0, allow_inf_nan=False)
+    step_size: int = Field(ge=1)
+    """Billed in blocks of this many Wh (ENERGY) or seconds (TIME); 1 for FLAT."""
+
+
+class TariffRestrictions(_Object):
+    start_time: HourMinute | None = None
+    end_time: HourMinute | None = None
+    start_date: Date | None = None
+    end_date: Date | None = None
+    min_kwh: float | None = Field(None, ge=0)
+    max_kwh: float | None = Field(None, ge=0)
+    min_current: float | None = Field(None, ge=0)
+    max_current: float | None = Field(None, ge=0)
+    min_power: float | None = Field(None, ge=0)
+    max_power: float | None = Field(None, ge=0)
+    min_duration: int | None = Field(None, ge=0)
+    max_duration: int | None = Field(None, ge=0)
+    day_of_week: list[DayOfWeek] = Field(default_factory=list)
+    reservation: ReservationRestrictionType | None = None
+
+
+class TariffElement(_Object):
+    price_components: list[PriceComponent] = Field(min_length=1)
+    restrictions: TariffRestrictions | None = None
+
+
+class Tariff(_Object):
+    country_code: CiString2
+    party_id: CiString3
+    id: CiString36
+    currency: String3
+    type: TariffType | None = None
+    tariff_alt_text: list[DisplayText] = Field(default_factory=list)
+    tariff_alt_url: URL | None = None
+    min_price: Price | None = None
+    max_price: Price | None = None
+    elements: list[TariffElement] = Field(min_length=1)
+    start_date_time: DateTime | None = None
+    end_date_time: DateTime | None = None
+    energy_mix: dict[str, Any] | None = None
+    last_updated: DateTime
+
+
+# ------------------------------------------------------------------------------- Commands
+
+
+class CommandType(StrEnum):
+    CANCEL_RESERVATION = "CANCEL_RESERVATION"
+    RESERVE_NOW = "RESERVE_NOW"
+    START_SESSION = "START_SESSION"
+    STOP_SESSION = "STOP_SESSION"
+    UNLOCK_CONNECTOR = "UNLOCK_CONNECTOR"
+
+
+class CommandResponseType(StrEnum):
+    """The CPO's immediate answer to a command."""
+
+    NOT_SUPPORTED = "NOT_SUPPORTED"
+    REJECTED = "REJECTED"
+    ACCEPTED = "ACCEPTED"
+    UNKNOWN_SESSION = "UNKNOWN_SESSION"
+
+
+class CommandResultType(StrEnum):
+    """What the charge point did, sent to the command's response_url."""
+
+    ACCEPTED = "ACCEPTED"
+    CANCELED_RESERVATION = "CANCELED_RESERVATION"
+    EVSE_OCCUPIED = "EVSE_OCCUPIED"
+    EVSE_INOPERATIVE = "EVSE_INOPERATIVE"
+    FAILED = "FAILED"
+    NOT_SUPPORTED = "NOT_SUPPORTED"
+    REJECTED = "REJECTED"
+    TIMEOUT = "TIMEOUT"
+    UNKNOWN_RESERVATION = "UNKNOWN_RESERVATION"
+
+
+class CommandResponse(_Object):
+    result: CommandResponseType
+    timeout: int = Field(ge=0)
+    message: list[DisplayText] = Field(default_factory=list)
+
+
+class CommandResult(_Object):
+    result: CommandResultType
+    message: list[DisplayText] = Field(default_factory=list)
+
+
+class CommandRequest(_Object):
+    """What every command's body carries: where its CommandResult goes."""
+
+    response_url: URL
+
+
+class StartSession(CommandRequest):
+    token: Token
+    location_id: CiString36
+    evse_uid: CiString36 | None = None
+    connector_id: CiString36 | None = None
+    authorization_reference: CiString36 | None = None
+
+    @model_validator(mode="after")
+    def _connector_needs_evse(self) -> StartSession:
+        if self.connector_id is not None and self.evse_uid is None:
+            raise ValueError("evse_uid: required when connector_id is given")
+        return self
+
+
+class StopSession(CommandRequest):
+    session_id: CiString36
+
+
+class ReserveNow(CommandRequest):
+    token: Token
+    expiry_date: DateTime
+    reservation_id: CiString36
+    location_id: CiString36
+    evse_uid: CiString36 | None = None
+    authorization_reference: CiString36 | None = None
+
+
+class CancelReservation(CommandRequest):
+    reservation_id: CiString36
+
+
+class UnlockConnector(CommandRequest):
+    location_id: CiString36
+    evse_uid: CiString36
+    connector_id: CiString36
+
+
+#: Command -> the model of its request body.
+COMMAND_BODIES: dict[CommandType, type[CommandRequest]] = {
+    CommandType.START_SESSION: StartSession,
+    CommandType.STOP_SESSION: StopSession,
+    CommandType.RESERVE_NOW: ReserveNow,
+    CommandType.CANCEL_RESERVATION: CancelReservation,
+    CommandType.UNLOCK_CONNECTOR: UnlockConnector,
+}
+
+
+# ------------------------------------------------------------------------ Credentials, versions
+
+
+class Role(StrEnum):
+    CPO = "CPO"
+    EMSP = "EMSP"
+    HUB = "HUB"
+    NAP = "NAP"
+    NSP = "NSP"
+    OTHER = "OTHER"
+    SCSP = "SCSP"
+
+
+class CredentialsRole(_Object):
+    role: Role
+    business_details: BusinessDetails
+    party_id: CiString3
+    country_code: CiString2
+
+
+CredentialsToken = Annotated[str, StringConstraints(min_length=1, max_length=64,
+                                                    pattern=r"^[\x21-\x7E]+$")]
+"""Printable non-whitespace ASCII, at most 64."""
+
+
+class Credentials(_Object):
+    token: CredentialsToken
+    url: URL
+    roles: list[CredentialsRole] = Field(min_length=1)
+
+
+class VersionNumber(StrEnum):
+    V2_0 = "2.0"
+    V2_1 = "2.1"
+    V2_1_1 = "2.1.1"
+    V2_2 = "2.2"
+    V2_2_1 = "2.2.1"
+
+
+class InterfaceRole(StrEnum):
+    SENDER = "SENDER"
+    RECEIVER = "RECEIVER"
+
+
+class ModuleID(StrEnum):
+    CDRS = "cdrs"
+    CHARGING_PROFILES = "chargingprofiles"
+    COMMANDS = "commands"
+    CREDENTIALS = "credentials"
+    HUB_CLIENT_INFO = "hubclientinfo"
+    LOCATIONS = "locations"
+    SESSIONS = "sessions"
+    TARIFFS = "tariffs"
+    TOKENS = "tokens"
+
+
+class Version(_Object):
+    version: VersionNumber
+    url: URL
+
+
+class Endpoint(_Object):
+    identifier: ModuleID
+    role: InterfaceRole
+    url: URL
+
+
+class VersionDetails(_Object):
+    version: VersionNumber
+    endpoints: list[Endpoint] = Field(min_length=1)
+
+
 #: OCPP connector status (1.6 and 2.x) -> OCPI EVSE status.
 OCPP_TO_OCPI_STATUS: dict[str, Status] = {
     "Available": Status.AVAILABLE,
@@ -596,36 +858,70 @@ def evse_status(ocpp_status: str | None, *, online: bool = True) -> Status:
 
 __all__ = [
     "CDR",
+    "COMMAND_BODIES",
     "EVSE",
     "OCPP_TO_OCPI_STATUS",
+    "AllowedType",
     "AuthMethod",
     "AuthorizationInfo",
     "BusinessDetails",
+    "CancelReservation",
     "Capability",
     "CdrDimension",
     "CdrDimensionType",
     "CdrLocation",
     "CdrToken",
     "ChargingPeriod",
+    "CommandRequest",
+    "CommandResponse",
+    "CommandResponseType",
+    "CommandResult",
+    "CommandResultType",
+    "CommandType",
     "Connector",
     "ConnectorFormat",
     "ConnectorType",
+    "Credentials",
+    "CredentialsRole",
+    "DayOfWeek",
     "DisplayText",
+    "Endpoint",
+    "EnergyContract",
     "Facility",
     "GeoLocation",
     "Hours",
     "Image",
+    "InterfaceRole",
     "Location",
+    "LocationReferences",
+    "ModuleID",
     "ParkingType",
     "PowerType",
     "Price",
+    "PriceComponent",
+    "ProfileType",
     "RegularHours",
+    "ReservationRestrictionType",
+    "ReserveNow",
+    "Role",
     "Session",
     "SessionStatus",
+    "StartSession",
     "Status",
+    "StopSession",
+    "Tariff",
+    "TariffDimensionType",
+    "TariffElement",
+    "TariffRestrictions",
+    "TariffType",
     "Token",
     "TokenType",
+    "UnlockConnector",
+    "Version",
+    "VersionDetails",
+    "VersionNumber",
     "WhitelistType",
     "evse_status",
     "format_datetime",
+    "parse_datetime",
 ]
