@@ -10,7 +10,10 @@ the transaction start if the token is accepted, then the EV's charging needs)
 is a continuation run on the answer, placed ahead of anything queued later,
 so the order on the wire is the order of events at the station.
 
-It also answers the CSMS (:meth:`StationProtocol.handle`: charging profiles).
+It also answers the CSMS (:meth:`StationProtocol.handle`): charging profiles,
+tariffs and running costs, reservations (ReserveNow, CancelReservation; an
+unused one expires at its time: 2.x ReservationStatusUpdate) and remote
+start and stop.
 
 A transport drives it: :mod:`evtwin.agents.link` over an OCPP-J endpoint
 (websocket or in-memory pipe, each message encoded for the station's OCPP
@@ -287,9 +290,20 @@ class StationProtocol:
             if answer.status != "Accepted":
                 st.rejected.add(tx_id)
                 return []
+            reservation_id = info.get("reservation_id")
+            held = info.get("group_check")
+            if held is not None:  # reserved for a group: is this token in it?
+                reservation = st.reservations.get(held)
+                if reservation is not None and not (
+                        answer.group_id_token is not None
+                        and reservation.admits(answer.group_id_token)):
+                    st.rejected.add(tx_id)  # another group's reservation: nothing starts
+                    return []
+                st.use_reservation(held)
+                reservation_id = held if reservation is not None else None
             return [_Send(d.TransactionStarted(
                 evse_id, tx_id, at, info["id_token"], begin_reading(),
-                reservation_id=info.get("reservation_id"),
+                reservation_id=reservation_id,
                 remote_start_id=None if v16 else info.get("remote_start_id")), started)]
 
         def started(answer: d.TransactionAnswer) -> list[_Item]:

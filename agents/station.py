@@ -141,9 +141,12 @@ class VirtualStation(mesa.Agent):
             reservation = None
         if reservation is not None:
             if reservation.admits(id_token):
-                del self.reservations[reservation.reservation_id]
-                self.reservations_used += 1
+                self.use_reservation(reservation.reservation_id)
                 extra["reservation_id"] = reservation.reservation_id
+            elif reservation.group_id_token is not None:
+                # A token of the reservation's group may use it: the CSMS's answer to
+                # Authorize tells the token's group (see StationProtocol).
+                extra["group_check"] = reservation.reservation_id
             else:
                 extra["blocked"] = True  # held for someone else: nothing starts
         if remote is not None:
@@ -194,6 +197,11 @@ class VirtualStation(mesa.Agent):
         return evse.transaction_id
 
     # -- reservations and remote control (from the CSMS) ---------------------------
+    def use_reservation(self, reservation_id: int) -> None:
+        """A transaction uses the reservation: it no longer holds the EVSE."""
+        if self.reservations.pop(reservation_id, None) is not None:
+            self.reservations_used += 1
+
     def reservation_on(self, evse_id: int) -> Reservation | None:
         """The reservation holding an EVSE, if any."""
         return next((r for r in self.reservations.values() if r.evse_id == evse_id), None)
@@ -209,7 +217,7 @@ class VirtualStation(mesa.Agent):
         if expiry_s <= at_s:
             return "Rejected"
         if evse_id is None:
-            free = [e for e in self.evses.values() if self._reservable(e, old)]
+            free = [e for e in self.evses.values() if self._reservable(e, old, at_s)]
             if not free:
                 if all(self.down(e) for e in self.evses.values()):
                     return "Faulted"
@@ -219,7 +227,7 @@ class VirtualStation(mesa.Agent):
             evse = self.evses[evse_id]
             if self.down(evse):
                 return "Faulted"
-            if not self._reservable(evse, old):
+            if not self._reservable(evse, old, at_s):
                 return "Occupied"
         if old is not None and old.evse_id != evse.evse_id:
             self._free(self.evses[old.evse_id], at_s)
@@ -230,10 +238,11 @@ class VirtualStation(mesa.Agent):
             self.events.append(Event("status", evse.evse_id, at_s, {"status": "Reserved"}))
         return "Accepted"
 
-    def _reservable(self, evse: Evse, replacing: Reservation | None) -> bool:
+    def _reservable(self, evse: Evse, replacing: Reservation | None, at_s: float) -> bool:
         held = self.reservation_on(evse.evse_id)
+        remote = self.remote_starts.get(evse.evse_id)
         return (evse.ev is None and evse.transaction_id is None and not self.down(evse)
-                and evse.evse_id not in self.remote_starts
+                and (remote is None or remote[2] < at_s)  # a remote start awaits its EV
                 and (held is None or held is replacing))
 
     def _free(self, evse: Evse, at_s: float) -> None:
@@ -298,8 +307,7 @@ class VirtualStation(mesa.Agent):
         extra: dict[str, Any] = {"remote": True, "remote_start_id": remote_start_id,
                                  "status_sent": True}
         if reservation is not None:
-            del self.reservations[reservation.reservation_id]
-            self.reservations_used += 1
+            self.use_reservation(reservation.reservation_id)
             extra["reservation_id"] = reservation.reservation_id
         self.advance_evse(evse, at_s)
         tx = self._open_transaction(evse, evse.ev, at_s, id_token, extra)
@@ -428,7 +436,9 @@ class VirtualStation(mesa.Agent):
             self.drop_heartbeat = 0.0
         for evse in targets:
             if evse.ev is None and not self.down(evse):
-                evse.status = "Available"
+                # A reservation made before the failure holds the EVSE again (until expiry).
+                held = self.reservation_on(evse.evse_id) is not None
+                evse.status = "Reserved" if held else "Available"
             elif evse.ev is not None:
                 evse.status = "Occupied"
             self.events.append(Event("repair", evse.evse_id, at_s, {

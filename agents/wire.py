@@ -177,7 +177,9 @@ class Codec2x(Codec):
             info = payload.get("idTokenInfo")
             return d.TransactionAnswer(None if info is None else info["status"])
         if isinstance(message, d.AuthorizeRequest):
-            return d.AuthorizeAnswer(payload["idTokenInfo"]["status"])
+            info = payload["idTokenInfo"]
+            return d.AuthorizeAnswer(info["status"],
+                                     (info.get("groupIdToken") or {}).get("idToken"))
         if isinstance(message, d.Boot):
             return d.BootAnswer(payload["status"], float(payload["interval"]))
         return d.Ack()
@@ -299,7 +301,8 @@ class Codec16(Codec):
             info = payload.get("idTagInfo")
             return d.TransactionAnswer(None if info is None else info["status"])
         if isinstance(message, d.AuthorizeRequest):
-            return d.AuthorizeAnswer(payload["idTagInfo"]["status"])
+            info = payload["idTagInfo"]
+            return d.AuthorizeAnswer(info["status"], info.get("parentIdTag"))
         if isinstance(message, d.Boot):
             return d.BootAnswer(payload["status"], float(payload["interval"]))
         return d.Ack()

@@ -39,9 +39,14 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from websockets.exceptions import ConnectionClosed
 
 from .audit import auth_scheme, peer_host
-from .exceptions import ConfigError, StationNotConnectedError, UnknownStationError
+from .exceptions import (
+    ConfigError,
+    PersonalDataError,
+    StationNotConnectedError,
+    UnknownStationError,
+)
 from .model import EVChargingNeeds, Session
-from .privacy import pseudonymiser_for, redact
+from .privacy import audit_log, erase_driver, export_driver, pseudonymiser_for, redact
 from .security import PasswordVerifier, VerifierBusy, check_password_hash, hash_password
 from .server import CSMSServer
 from .shell import (
@@ -628,6 +633,54 @@ class OperationAnswer(_Model):
     """default-tariff: the id the tariff was sent under."""
 
 
+class PrivacyExportBody(_Model):
+    """Ask for all of one driver's data (GDPR access); written to the audit log."""
+
+    id_token: str = Field(min_length=1, max_length=255)
+    """The driver's raw id token (in the body: never in a URL, which proxies log)."""
+    actor: str = Field(min_length=1, max_length=100)
+    """Who asks: the audit log names them."""
+
+
+class PrivacyEraseBody(PrivacyExportBody):
+    """Erase one driver's id token everywhere (GDPR erasure); written to the audit log."""
+
+    reason: str = Field(min_length=1, max_length=500)
+    """Why (e.g. the request's reference)."""
+
+
+class PrivacyErased(_Model):
+    """What an erasure changed."""
+
+    pseudonym: str
+    """The driver's pseudonym, as the audit log names them."""
+    transactions: int
+    cdrs: int
+    messages: int
+    """Kept messages (transaction events, station messages, queued commands) changed."""
+
+
+class AuditEntryOut(_Model):
+    """One access to or erasure of personal data."""
+
+    id: int
+    at: str
+    """When (UTC)."""
+    actor: str
+    operation: str
+    """``export``, ``erase`` or ``prune``."""
+    subject: str | None
+    """Whose: the driver's pseudonym (none for a prune)."""
+    row_count: int
+    detail: str | None
+
+
+class AuditLogOut(_Model):
+    """The privacy audit log, oldest first."""
+
+    entries: list[AuditEntryOut]
+
+
 # --------------------------------------------------------------------------- routes
 @dataclass(frozen=True)
 class Route:
@@ -725,6 +778,14 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/stations/{station_id}/variables", "list_variables",
           "The station's device model (2.x) or configuration (1.6) as last reported",
           VariableList, query=VariablesQuery, errors=(404, 422)),
+    Route("POST", "/privacy/export", "privacy_export",
+          "All of one driver's data as JSON (GDPR access; audited)", None,
+          body=PrivacyExportBody, errors=(404, 422)),
+    Route("POST", "/privacy/erase", "privacy_erase",
+          "Erase one driver's id token everywhere (GDPR erasure; audited)", PrivacyErased,
+          body=PrivacyEraseBody, errors=(404, 409, 422)),
+    Route("GET", "/privacy/audit", "privacy_audit",
+          "The privacy audit log: who exported, erased or pruned whose data", AuditLogOut),
     Route("GET", "/openapi.json", "openapi", "This API's OpenAPI 3.1 description", None,
           public=True),
 )
@@ -825,6 +886,13 @@ def _problem(exc: Exception) -> _HTTPProblem | None:
     if isinstance(exc, ValidationError):
         return _HTTPProblem(422, "invalid_request", "the request has invalid fields",
                             problems=_field_problems(exc))
+    if isinstance(exc, PersonalDataError):
+        status, error = {"unknown": (404, "not_found"),
+                         "charging": (409, "driver_charging")}.get(exc.reason,
+                                                                    (422, "invalid_request"))
+        field = exc.field.removeprefix("--").replace("-", "_")
+        return _HTTPProblem(status, error, f"{field}: {exc.message}",
+                            problems=[FieldProblem(path=field, message=exc.message)])
     if isinstance(exc, InvalidOperation):
         return _HTTPProblem(422, "invalid_request", str(exc),
                             problems=[FieldProblem(path=exc.field, message=exc.message)])
@@ -1082,8 +1150,12 @@ class OperatorAPI:
         query = StationMessagesQuery.model_validate(dict(request.query))
         rows = self.core.store.station_messages(station_id, query.action,
                                                 after_id=query.after, limit=query.limit + 1)
-        page = [{**row, "payload": redact(row["payload"], replace=self._pseudonym_of)}
-                for row in rows[:query.limit]]
+        page = rows[:query.limit]
+        # Identifiers under OCPP's token keys, and configured tokens in free text (a
+        # DataTransfer's data), leave as pseudonyms; one pass over the page.
+        payloads = redact([row["payload"] for row in page], replace=self._pseudonym_of,
+                          tokens=self.core.authorizer.records)
+        page = [{**row, "payload": p} for row, p in zip(page, payloads, strict=True)]
         return _json(StationMessageList.model_validate({
             "messages": page,
             "next_after": page[-1]["id"] if len(rows) > query.limit else None}))
@@ -1096,6 +1168,26 @@ class OperatorAPI:
         page = rows[:query.limit]
         return _json(SecurityEventList.model_validate({
             "events": page, "next_after": page[-1]["id"] if len(rows) > query.limit else None}))
+
+    async def privacy_export(self, request: web.Request) -> web.Response:
+        """``POST /privacy/export``: one driver's data, with their raw id token (it is
+        their data); other drivers' identifiers in it are erased."""
+        body = await self._body(request, PrivacyExportBody)
+        return web.json_response(export_driver(self.core.store, body.id_token,
+                                               actor=body.actor, now=self.core.clock()))
+
+    async def privacy_erase(self, request: web.Request) -> web.Response:
+        """``POST /privacy/erase``: 409 while the driver charges, 404 if nothing is kept."""
+        body = await self._body(request, PrivacyEraseBody)
+        counts = erase_driver(self.core.store, body.id_token, actor=body.actor,
+                              reason=body.reason, now=self.core.clock())
+        return _json(PrivacyErased(pseudonym=self._pseudonym_of(body.id_token.strip()),
+                                   **counts))
+
+    async def privacy_audit(self, request: web.Request) -> web.Response:
+        """``GET /privacy/audit``."""
+        return _json(AuditLogOut(entries=[AuditEntryOut(**e.as_dict())
+                                          for e in audit_log(self.core.store)]))
 
     async def list_cdrs(self, request: web.Request) -> web.Response:
         """``GET /cdrs``."""

@@ -508,6 +508,14 @@ class DriverApiSection(_Strict):
     drivers: list[DriverAccount] = Field(default_factory=list)
 
 
+class OCPIPartnerEntry(_Strict):
+    """A party to register with at start (it gave its versions URL and a one-time
+    token A out of band); a party that registers with us needs no entry."""
+
+    versions_url: str = Field(pattern=r"^https?://\S+$")
+    token_a: str = Field(min_length=1, max_length=64, pattern=r"^[\x21-\x7E]+$")
+
+
 class OCPISection(_Strict):
     """OCPI 2.2.1: the CSMS as a CPO to other networks' eMSPs (its own HTTP port; off
     unless this table is given). Every site with stations needs an address, city,
@@ -527,6 +535,7 @@ class OCPISection(_Strict):
     (relative to the configuration file)."""
     authorize_timeout_s: float = Field(5.0, gt=0, le=60)
     """How long a real-time authorization at an eMSP may take."""
+    partners: list[OCPIPartnerEntry] = Field(default_factory=list)
 
 
 class FeederSection(_Strict):

@@ -455,8 +455,10 @@ class CSMSCore:
         if was_open is None or was_open != session.is_open:
             self.sessions_changed = True
         if ev.event_type == "Started" and self.reservations.by_id:
+            group = None if session.id_token is None else self.authorizer.info(
+                session.id_token, self.clock()).group
             self.reservations.on_started(station_id, session.evse_id, session.id_token,
-                                         ev.transaction_id, ev.at)
+                                         ev.transaction_id, ev.at, group)
         if ev.event_type in ("Started", "Ended"):
             log.info("transaction %s %s", ev.transaction_id, ev.event_type.lower(), extra={
                 "event": f"transaction_{ev.event_type.lower()}", "station": station_id,

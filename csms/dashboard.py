@@ -43,6 +43,8 @@ from dataclasses import dataclass, field
 from importlib.resources import files
 from typing import Any, Literal
 
+import numpy as np
+import numpy.typing as npt
 import pyotp
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -122,6 +124,10 @@ def totp_step(secret: str, code: str, now_s: float, window: int = TOTP_WINDOW) -
 
 
 # --------------------------------------------------------------------------- grid views
+#: A feeder's values per bus, line or transformer (None: not known).
+Values = Sequence[float] | npt.NDArray[np.float64] | None
+
+
 def _finite(x: Any) -> float | None:
     try:
         v = float(x)
@@ -130,13 +136,13 @@ def _finite(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def grid_view(bus_names: Sequence[str], bus_vm_pu: Sequence[float] | None,
-              line_names: Sequence[str], line_loading_percent: Sequence[float] | None,
-              trafo_names: Sequence[str], trafo_loading_percent: Sequence[float] | None,
+def grid_view(bus_names: Sequence[str], bus_vm_pu: Values,
+              line_names: Sequence[str], line_loading_percent: Values,
+              trafo_names: Sequence[str], trafo_loading_percent: Values,
               *, v_min_pu: float, v_max_pu: float, line_max_percent: float,
               trafo_max_percent: float, source: str, at: str | None) -> dict[str, Any]:
     """The grid part of a snapshot from a feeder's arrays (any of them None: unknown)."""
-    def rows(names: Sequence[str], values: Sequence[float] | None, key: str
+    def rows(names: Sequence[str], values: Values, key: str
              ) -> list[dict[str, Any]]:
         if values is None:
             return []
@@ -160,6 +166,12 @@ def grid_view(bus_names: Sequence[str], bus_vm_pu: Sequence[float] | None,
     }
 
 
+def names(table: Any, kind: str) -> list[str]:
+    """The names of a pandapower element table's rows, ``"<kind> <index>"`` where unnamed."""
+    return [n if isinstance(n, str) and n else f"{kind} {i}"
+            for i, n in zip(table.index, table["name"], strict=True)]
+
+
 def feeder_grid(server: CSMSServer) -> Callable[[], dict[str, Any] | None]:
     """``csms serve``'s grid view: the CSMS's own estimate of its ``[feeder]`` (None
     without a feeder monitor; the page then says "no feeder")."""
@@ -175,9 +187,8 @@ def feeder_grid(server: CSMSServer) -> Callable[[], dict[str, Any] | None]:
         net = monitor.model.feeder.net
         limits = fv.limits
         return grid_view(
-            [str(n) for n in net.bus["name"]], fv.bus_vm_pu,
-            [str(n) for n in net.line["name"]], fv.line_loading_percent,
-            [str(n) for n in net.trafo["name"]], fv.trafo_loading_percent,
+            names(net.bus, "bus"), fv.bus_vm_pu, names(net.line, "line"),
+            fv.line_loading_percent, names(net.trafo, "trafo"), fv.trafo_loading_percent,
             v_min_pu=limits.v_min_pu, v_max_pu=limits.v_max_pu,
             line_max_percent=limits.line_loading_max_percent,
             trafo_max_percent=limits.trafo_loading_max_percent, source="csms estimate",

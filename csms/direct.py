@@ -101,7 +101,8 @@ class DirectShell:
             core.on_heartbeat(self.id)
             return d.Ack()
         if isinstance(m, d.AuthorizeRequest):
-            return d.AuthorizeAnswer(core.authorize(m.id_token))
+            info = core.token_info(m.id_token)
+            return d.AuthorizeAnswer(info.status, info.group)
         if isinstance(m, d.TransactionStarted):
             if not v16:
                 return self._tx(m, "Started", "Authorized", 0, "EVConnected", None, m.reading,

@@ -100,7 +100,8 @@ class StationOps(Protocol):
     """What the service asks of a station's shell (a wire shell or the direct one)."""
 
     async def reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,
-                          evse_id: int | None = None) -> dict[str, Any]: ...
+                          evse_id: int | None = None,
+                          group_id_token: str | None = None) -> dict[str, Any]: ...
 
     async def cancel_reservation(self, reservation_id: int) -> dict[str, Any]: ...
 
@@ -236,9 +237,11 @@ class DriverService:
         return r
 
     async def reserve(self, id_token: str, station_id: str, evse_id: int | None = None,
-                      minutes: float | None = None) -> Reservation:
+                      minutes: float | None = None, *,
+                      group_id_token: str | None = None) -> Reservation:
         """Reserve an EVSE of ``station_id`` (None: any) for ``minutes`` (the default
-        if None) with ReserveNow. A driver holds at most one reservation in force.
+        if None) with ReserveNow; ``group_id_token``: any token of that group may use
+        it too. A driver holds at most one reservation in force.
         Returns the reservation (Accepted); raises :class:`DriverError` ``refused``
         with the station's status when it says no."""
         core = self.core
@@ -256,9 +259,11 @@ class DriverService:
         rid = core.store.next_counter("reservation_id")
         # Whole milliseconds, as the station gets it: expiry means the same on both sides.
         expiry = ms_time(now + timedelta(minutes=minutes))
-        reservation = core.reservations.requested(rid, station_id, evse_id, id_token, expiry, now)
+        reservation = core.reservations.requested(rid, station_id, evse_id, id_token, expiry, now,
+                                                  group_id_token)
         try:
-            result = await ops.reserve_now(rid, id_token, expiry, evse_id=evse_id)
+            result = await ops.reserve_now(rid, id_token, expiry, evse_id=evse_id,
+                                           group_id_token=group_id_token)
         except BaseException:
             core.reservations.answered(rid, "Failed", now)
             raise
@@ -277,12 +282,21 @@ class DriverService:
         r = self._own_reservation(id_token, reservation_id)
         if not r.active:
             raise DriverError("conflict", f"reservation {reservation_id} is {r.status}")
-        result = await self._ops(r.station_id).cancel_reservation(reservation_id)
+        book = self.core.reservations
+        ops = self._ops(r.station_id)
+        book.cancelling(reservation_id)
+        try:
+            result = await ops.cancel_reservation(reservation_id)
+        except BaseException:
+            book.cancel_refused(reservation_id)
+            raise
         status = str(result["status"])
         if status == "Accepted":
-            self.core.reservations.cancelled(reservation_id, self.core.clock())
-        elif r.expiry <= self.core.clock():
-            self.core.reservations.on_update(reservation_id, "Expired", self.core.clock())
+            book.cancelled(reservation_id, self.core.clock())
+            return r
+        book.cancel_refused(reservation_id)
+        if r.expiry <= self.core.clock():
+            book.on_update(reservation_id, "Expired", self.core.clock())
         else:
             raise DriverError("refused", f"station {r.station_id} answered {status}",
                               status=status)

@@ -77,3 +77,16 @@ class InputError(CSMSError, ValueError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class PersonalDataError(ConfigError):
+    """A request about one driver's personal data that cannot be met (names the field).
+
+    ``reason``: ``unknown`` (nothing of them is stored), ``charging`` (a transaction
+    of theirs is open: erased once it ends) or ``invalid`` (the request itself).
+    """
+
+    def __init__(self, field: str, message: str, *, reason: str = "invalid") -> None:
+        super().__init__(field, message)
+        self.message = message
+        self.reason = reason

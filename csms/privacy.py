@@ -2,10 +2,12 @@
 erased after a retention period or on request, and every access or erasure audited.
 
 An id token (RFID uid, eMAID, app token) or an eMSP contract id is personal data
-(it identifies a driver). Logs, exports and the dashboard show a pseudonym
-instead: a keyed hash (HMAC-SHA256) of the identifier, the same for the same
-driver under one key, so sessions can still be grouped per driver, but not
-reversible without the key, and different under another key (another operator).
+(it identifies a driver). Logs, exports, the operator API and the dashboard
+show a pseudonym instead: a keyed hash (HMAC-SHA256) of the identifier, the
+same for the same driver under one key, so sessions can still be grouped per
+driver, but not reversible without the key, and different under another key
+(another operator). No log call passes a raw identifier; ``csms serve`` puts a
+:class:`PseudonymFilter` on its JSON log handler as a safety net.
 
 **The key.** Each CSMS database holds its own: 32 random bytes made the first
 time it is asked for (:func:`stored_key`, table ``privacy_key``), so every
@@ -27,8 +29,10 @@ hash of a 1.6 message that contained the token). :func:`prune_personal_data`
 does it for every transaction that ended more than ``retention_days`` ago
 (``[privacy] retention_days``, run hourly by ``evtwin csms serve`` and once by
 ``evtwin csms privacy prune``); :func:`erase_driver` for every transaction of
-one driver (GDPR erasure), :func:`export_driver` gives all of one driver's
-data (GDPR access). Tokens configured in ``[tokens]`` live in the config file,
+one driver (GDPR erasure; refused while one of theirs is open, as the CSMS would
+write the token again), :func:`export_driver` gives all of one driver's data
+(GDPR access). Both are the ``evtwin csms privacy`` commands and the operator
+API's ``/privacy`` endpoints. Tokens configured in ``[tokens]`` live in the config file,
 not the database: an erasure leaves them to the operator (and the stations'
 local lists to the next SendLocalList).
 
@@ -45,7 +49,10 @@ pieces: :data:`SQLITE_SCHEMA` creates the same ``privacy_key`` and
 the :class:`SQL` these functions take, :func:`stored_key` and
 :func:`record_audit` / :func:`audit_log` work on it unchanged, :func:`redact`
 erases identifiers in any JSON it keeps, and :class:`PseudonymFilter`
-pseudonymises its log lines.
+pseudonymises its log lines. Its erasure is then, in one ``sql.atomic()``:
+``UPDATE ... SET contract_id = ERASED WHERE LOWER(contract_id) = LOWER(?)`` per
+table that holds it, :func:`redact` ``(tokens=[contract_id])`` over its JSON
+columns, and :func:`record_audit` with the pseudonym.
 """
 
 from __future__ import annotations
@@ -68,7 +75,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .clock import iso
-from .exceptions import ConfigError
+from .exceptions import ConfigError, PersonalDataError
 
 if TYPE_CHECKING:
     from .store import Store
@@ -135,10 +142,10 @@ class Pseudonymiser:
         self._key = key
 
     def __call__(self, identifier: str | None) -> str | None:
-        """The pseudonym of ``identifier`` (None stays None; a pseudonym stays itself)."""
-        if identifier is None or identifier.startswith(PSEUDONYM_PREFIX):
-            return identifier
-        if identifier == ERASED:
+        """The pseudonym of ``identifier`` (None stays None; a pseudonym, and
+        :data:`ERASED`, stay themselves)."""
+        if identifier is None or identifier.startswith(PSEUDONYM_PREFIX) \
+                or identifier == ERASED:
             return identifier
         digest = hmac.new(self._key, identifier.casefold().encode(), hashlib.sha256)
         return PSEUDONYM_PREFIX + digest.hexdigest()[:16]
@@ -284,11 +291,13 @@ def pseudonymiser_for(store: Store, *, key_file: str | Path | None = None,
 
 
 # -- identifiers inside messages ------------------------------------------------------------
-def _matches(token: str) -> Callable[[str], bool]:
-    folded = token.casefold()
-    if len(token) < MIN_SUBSTRING_TOKEN:
-        return lambda text: text.casefold() == folded
-    return lambda text: folded in text.casefold()
+#: Splits log text into words and what is between them (kept, to join it again).
+_WORDS = re.compile(r"""([\s,;:'"()\[\]{}<>=|]+)""")
+
+
+#: Up to this many ``tokens``, :func:`redact` finds them inside words too; beyond (a
+#: whole token list) it compares whole words, which a set lookup does at any size.
+SUBSTRING_SEARCH_MAX = 16
 
 
 def redact(value: Any, *, tokens: Iterable[str] = (), keep: str | None = None,
@@ -296,21 +305,31 @@ def redact(value: Any, *, tokens: Iterable[str] = (), keep: str | None = None,
     """``value`` (decoded JSON) with driver identifiers replaced (a copy).
 
     Replaced: every string under a key of :data:`TOKEN_KEYS` (except one equal to
-    ``keep``, the data subject's own in an export), and every string that is or
-    contains one of ``tokens`` (whole strings only for tokens shorter than
-    :data:`MIN_SUBSTRING_TOKEN`). ``replace`` gives the replacement (default:
-    :data:`ERASED`; a :class:`Pseudonymiser` writes pseudonyms instead).
+    ``keep``, the data subject's own in an export), every string that is one of
+    ``tokens``, and in other text each occurrence of a token of at least
+    :data:`MIN_SUBSTRING_TOKEN` characters (as a whole word only when more than
+    :data:`SUBSTRING_SEARCH_MAX` tokens are given). Case-insensitive. ``replace``
+    gives the replacement (default: :data:`ERASED`; a :class:`Pseudonymiser` writes
+    pseudonyms instead).
     """
     swap: Callable[[str], str] = replace or (lambda _: ERASED)
-    checks = [(t, _matches(t)) for t in tokens if t]
+    given = [t for t in tokens if t]
+    whole = {t.casefold() for t in given}
+    long = {t for t in whole if len(t) >= MIN_SUBSTRING_TOKEN}
+    inside = (re.compile("|".join(re.escape(t) for t in sorted(long, key=len, reverse=True)),
+                         re.IGNORECASE)
+              if long and len(given) <= SUBSTRING_SEARCH_MAX else None)
     kept = keep.casefold() if keep is not None else None
 
     def text(s: str) -> str:
-        for token, hit in checks:
-            if hit(s):
-                if len(token) < MIN_SUBSTRING_TOKEN or s.casefold() == token.casefold():
-                    return swap(s)
-                s = re.sub(re.escape(token), lambda m: swap(m.group()), s, flags=re.IGNORECASE)
+        if s.casefold() in whole:
+            return swap(s)
+        if inside is not None:
+            return inside.sub(lambda m: swap(m.group()), s)
+        if long:
+            words = _WORDS.split(s)
+            if any(w.casefold() in long for w in words):
+                return "".join(swap(w) if w.casefold() in long else w for w in words)
         return s
 
     def walk(v: Any, under_key: bool) -> Any:
@@ -337,9 +356,9 @@ class PseudonymFilter(logging.Filter):
     def __init__(self, pseudonymise: Pseudonymiser, known: Iterable[str] = ()) -> None:
         super().__init__()
         self.pseudonymise = pseudonymise
-        words = sorted({t for t in known if len(t) >= 4}, key=len, reverse=True)
-        self._known = (re.compile("|".join(re.escape(w) for w in words), re.IGNORECASE)
-                       if words else None)
+        # Looked up word by word (a set, not one pattern of 10,000 alternatives: a
+        # reconnect storm logs thousands of lines).
+        self._known = frozenset(t.casefold() for t in known if len(t) >= 4)
 
     def _swap(self, s: str) -> str:
         return self.pseudonymise(s) or s
@@ -351,11 +370,13 @@ class PseudonymFilter(logging.Filter):
                 setattr(record, key, self._swap(value))
             elif isinstance(value, dict | list) and key not in ("args",):
                 setattr(record, key, redact(value, replace=self._swap))
-        if self._known is not None:
+        if self._known:
             message = record.getMessage()
-            cleaned = self._known.sub(lambda m: self._swap(m.group()), message)
-            if cleaned != message:
-                record.msg, record.args = cleaned, None
+            words = _WORDS.split(message)
+            if any(w.casefold() in self._known for w in words):
+                record.msg = "".join(self._swap(w) if w.casefold() in self._known else w
+                                     for w in words)
+                record.args = None
         return True
 
 
@@ -386,7 +407,7 @@ class AuditEntry:
 def _check_actor(actor: str) -> str:
     actor = actor.strip()
     if not actor or len(actor) > 100 or any(ord(c) < 32 for c in actor):
-        raise ConfigError("--actor", "name who does it: 1 to 100 printable characters")
+        raise PersonalDataError("--actor", "name who does it: 1 to 100 printable characters")
     return actor
 
 
@@ -423,17 +444,18 @@ def _like(token: str) -> str:
     return "%" + re.sub(r"([!%_])", r"!\1", escaped) + "%"
 
 
-def _token_rows(store: SQL, table: str, token: str, *, extra: str = "",
-                params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+def _token_rows(store: SQL, table: str, token: str, *, extra: str = ""
+                ) -> list[dict[str, Any]]:
+    """The rows of ``table`` (transactions, cdrs) with this id token (any case)."""
     return store.query(f"SELECT * FROM {table} WHERE LOWER(id_token) = LOWER(?) {extra}",
-                       (token, *params))
+                       (token,))
 
 
 def _check_token(id_token: str) -> str:
     token = id_token.strip()
     if not token or token == ERASED or token.startswith(PSEUDONYM_PREFIX):
-        raise ConfigError("--id-token", "give the driver's raw id token (not empty, not a "
-                                        "pseudonym)")
+        raise PersonalDataError("--id-token", "give the driver's raw id token (not empty, "
+                                              "not a pseudonym)")
     return token
 
 
@@ -456,7 +478,7 @@ def export_driver(store: Store, id_token: str, *, actor: str,
 
     Their sessions (transactions), CDRs, the events and meter values of their
     transactions, and kept station messages that name them; identifiers of other
-    drivers in those messages are erased (:func:`redact`). ConfigError naming
+    drivers in those messages are erased (:func:`redact`). PersonalDataError naming
     ``--id-token`` when the database has nothing of this driver.
     """
     token = _check_token(id_token)
@@ -492,8 +514,8 @@ def export_driver(store: Store, id_token: str, *, actor: str,
                          column: redact(decoded, keep=token)})
     rows = len(sessions) + len(cdrs) + len(events) + len(meter_values) + len(messages)
     if rows == 0:
-        raise ConfigError("--id-token", f"no data of this id token ({pseudonym}) in the "
-                                        "database")
+        raise PersonalDataError("--id-token", f"no data of this id token ({pseudonym}) in "
+                                              "the database", reason="unknown")
     with store.atomic():
         record_audit(store, at=now, actor=actor, operation="export", subject=pseudonym,
                      row_count=rows)
@@ -524,20 +546,21 @@ def erase_driver(store: Store, id_token: str, *, actor: str, reason: str,
     one transaction with its audit entry; returns the rows changed per table.
 
     Sessions, CDRs and events stay, with :data:`ERASED` for the token. Refused
-    (ConfigError naming ``--id-token``) while the driver has an open transaction
+    (PersonalDataError naming ``--id-token``) while the driver has an open transaction
     (the CSMS would write the token again) and when the database has nothing of them.
     """
     token = _check_token(id_token)
     actor = _check_actor(actor)
     reason = reason.strip()
     if not reason:
-        raise ConfigError("--reason", "say why (e.g. the request's reference)")
+        raise PersonalDataError("--reason", "say why (e.g. the request's reference)")
     pseudonym = pseudonymiser_for(store)(token)
     open_tx = _token_rows(store, "transactions", token, extra="AND ended_at IS NULL")
     if open_tx:
         names = ", ".join(f"{t['station_id']}/{t['transaction_id']}" for t in open_tx[:5])
-        raise ConfigError("--id-token", f"{pseudonym} has {len(open_tx)} open transaction(s) "
-                                        f"({names}); erase after they end")
+        raise PersonalDataError("--id-token", f"{pseudonym} has {len(open_tx)} open "
+                                              f"transaction(s) ({names}); erase after they "
+                                              "end", reason="charging")
     with store.atomic():
         counts = {
             table: store.execute(f"UPDATE {table} SET id_token = ? "
@@ -546,8 +569,8 @@ def erase_driver(store: Store, id_token: str, *, actor: str, reason: str,
         counts["messages"] = _erase_messages(store, token)
         total = sum(counts.values())
         if total == 0:
-            raise ConfigError("--id-token", f"no data of this id token ({pseudonym}) in the "
-                                            "database")
+            raise PersonalDataError("--id-token", f"no data of this id token ({pseudonym}) "
+                                                  "in the database", reason="unknown")
         record_audit(store, at=now, actor=actor, operation="erase", subject=pseudonym,
                      row_count=total, detail=reason[:500])
     return counts
@@ -570,6 +593,9 @@ def prune_personal_data(store: Store, *, retention_days: float, now: datetime,
         "ORDER BY ended_at LIMIT ?", (cutoff, ERASED, max_transactions))
     changed = 0
     with store.atomic():
+        if store.shared and not store.query(  # csms serve processes sharing PostgreSQL:
+                "SELECT pg_try_advisory_xact_lock(7315002) AS mine")[0]["mine"]:
+            return 0  # another one is pruning right now
         for tx in old:
             key = (tx["station_id"], tx["transaction_id"])
             changed += store.execute("UPDATE transactions SET id_token = ? WHERE "
@@ -606,10 +632,12 @@ def prune_personal_data(store: Store, *, retention_days: float, now: datetime,
 
 async def retention_housekeeping(store: Store, *, retention_days: float | None,
                                  clock: Callable[[], datetime], prune_s: float = 3600.0,
-                                 busy_s: float = 10.0) -> None:
+                                 busy_s: float = 10.0, max_transactions: int = 500) -> None:
     """``evtwin csms serve``'s retention task: :func:`prune_personal_data` at once and
-    every ``prune_s`` (sooner, every ``busy_s``, while a round hit its cap). Runs until
-    cancelled; a failing round is logged and the next one tried. None: nothing to do."""
+    every ``prune_s`` (sooner, every ``busy_s``, while there may be more: a round does
+    at most ``max_transactions``, so the stations' messages wait for it only briefly).
+    Runs until cancelled; a failing round is logged and the next one tried. None:
+    nothing to do."""
     import asyncio
 
     if retention_days is None:
@@ -617,7 +645,8 @@ async def retention_housekeeping(store: Store, *, retention_days: float | None,
     while True:
         wait_s = prune_s
         try:
-            changed = prune_personal_data(store, retention_days=retention_days, now=clock())
+            changed = prune_personal_data(store, retention_days=retention_days, now=clock(),
+                                          max_transactions=max_transactions)
             if changed:
                 log.info("erased personal data of transactions older than %g days (%d rows)",
                          retention_days, changed,

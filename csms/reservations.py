@@ -18,8 +18,11 @@ from datetime import datetime
 
 __all__ = ["ACTIVE", "Reservation", "ReservationBook"]
 
-#: Statuses of a reservation still in force (asked for, or accepted by the station).
-ACTIVE = frozenset({"Requested", "Accepted"})
+#: Statuses of a reservation still in force (asked for, accepted by the station, or
+#: accepted with CancelReservation on its way).
+ACTIVE = frozenset({"Requested", "Accepted", "Cancelling"})
+#: Of those, the ones holding an EVSE.
+HOLDING = frozenset({"Accepted", "Cancelling"})
 
 
 @dataclass(slots=True)
@@ -39,6 +42,8 @@ class Reservation:
     transaction_id: str | None = None
     """The transaction that used it."""
     ended_at: datetime | None = None
+    group_id_token: str | None = None
+    """Any token of this group may use it (2.x groupIdToken, 1.6 parentIdTag)."""
 
     @property
     def active(self) -> bool:
@@ -53,9 +58,11 @@ class ReservationBook:
         self.by_id: dict[int, Reservation] = {}
 
     def requested(self, reservation_id: int, station_id: str, evse_id: int | None,
-                  id_token: str, expiry: datetime, now: datetime) -> Reservation:
+                  id_token: str, expiry: datetime, now: datetime,
+                  group_id_token: str | None = None) -> Reservation:
         """ReserveNow is about to be sent (a reservation id in force is replaced)."""
-        r = Reservation(reservation_id, station_id, evse_id, id_token, expiry, now)
+        r = Reservation(reservation_id, station_id, evse_id, id_token, expiry, now,
+                        group_id_token=group_id_token)
         self.by_id[reservation_id] = r
         return r
 
@@ -66,6 +73,19 @@ class ReservationBook:
             r.status = status
             if status != "Accepted":
                 r.ended_at = now
+
+    def cancelling(self, reservation_id: int) -> None:
+        """CancelReservation is about to be sent: the connector's Available that follows
+        is the cancellation's, not a removal (see :meth:`on_status`)."""
+        r = self.by_id.get(reservation_id)
+        if r is not None and r.status == "Accepted":
+            r.status = "Cancelling"
+
+    def cancel_refused(self, reservation_id: int) -> None:
+        """The station did not cancel it: it holds on."""
+        r = self.by_id.get(reservation_id)
+        if r is not None and r.status == "Cancelling":
+            r.status = "Accepted"
 
     def cancelled(self, reservation_id: int, now: datetime) -> None:
         """The station accepted CancelReservation."""
@@ -101,14 +121,19 @@ class ReservationBook:
                 r.ended_at = at
 
     def on_started(self, station_id: str, evse_id: int, id_token: str | None,
-                   transaction_id: str, at: datetime) -> Reservation | None:
-        """A transaction started: the reservation of its token on that EVSE is used."""
+                   transaction_id: str, at: datetime,
+                   group_id_token: str | None = None) -> Reservation | None:
+        """A transaction started: the reservation of its token (or of the token's group,
+        ``group_id_token``) on that EVSE is used."""
         if id_token is None:
             return None
         token = id_token.casefold()
+        group = group_id_token.casefold() if group_id_token is not None else None
         for r in self.by_id.values():
             if (r.active and r.station_id == station_id and r.evse_id in (None, evse_id)
-                    and r.id_token.casefold() == token):
+                    and (r.id_token.casefold() == token or (
+                        group is not None and r.group_id_token is not None
+                        and r.group_id_token.casefold() == group))):
                 r.status = "Used"
                 r.evse_id = evse_id
                 r.transaction_id = transaction_id
@@ -124,7 +149,7 @@ class ReservationBook:
 
     def in_force(self, now: datetime) -> list[Reservation]:
         """Reservations holding an EVSE at ``now`` (accepted, expiry not yet come)."""
-        return [r for r in self.by_id.values() if r.status == "Accepted" and r.expiry > now]
+        return [r for r in self.by_id.values() if r.status in HOLDING and r.expiry > now]
 
     def holding(self, station_id: str, evse_id: int, now: datetime) -> Reservation | None:
         """The reservation in force on one EVSE, if any."""

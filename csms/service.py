@@ -385,7 +385,8 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                                   ) from None
             cpo = CPO(server, config, registry, country_code=o.country_code,
                       party_id=o.party_id, name=o.name, host=o.host, port=o.port,
-                      public_url=o.public_url, authorize_timeout_s=o.authorize_timeout_s)
+                      public_url=o.public_url, authorize_timeout_s=o.authorize_timeout_s,
+                      partners=[(p.versions_url, p.token_a) for p in o.partners])
             if partners is None:
                 partners = cpo.partners
         dashboard = None

@@ -55,7 +55,6 @@ from .clock import iso
 from .core import CSMSCore, ProfileCommand
 from .exceptions import CSMSError, InvalidMessageError, UnknownEvseError
 from .model import EVChargingNeeds
-from .privacy import pseudonymiser_for
 from .profiles import ChargingProfile, Period, ProfileError
 
 log = logging.getLogger("evtwin.csms.ocpp")
@@ -1213,16 +1212,12 @@ class ShellBase(ABC):
         now = self.core.clock()
         entries = self.core.authorizer.local_list(now, tokens)
         unknown = [token for record, token, _ in entries if record is None]
-        # Errors name tokens by their pseudonyms (evtwin.csms.privacy), never raw.
-        pseudonymise = pseudonymiser_for(self.core.store)
         if update_type == "Full" and unknown:
-            raise InvalidOperation("tokens", "unknown tokens in a full list: "
-                                             f"{[pseudonymise(t) for t in unknown]}")
+            raise InvalidOperation("tokens", f"unknown tokens in a full list: {unknown}")
         too_long = [token for _, token, _ in entries if len(token) > self.id_token_max]
         if too_long and tokens is not None:
             raise InvalidOperation("tokens", f"OCPP {self.version} id tokens have at most "
-                                             f"{self.id_token_max} characters: "
-                                             f"{[pseudonymise(t) for t in too_long]}")
+                                             f"{self.id_token_max} characters: {too_long}")
         if too_long:  # configured tokens this version cannot carry: left out, said so
             log.warning("%s: %d tokens too long for OCPP %s left out of the local list",
                         self.id, len(too_long), self.version, extra={

@@ -242,7 +242,10 @@ class BootAnswer:
 
 @dataclass(frozen=True, slots=True)
 class AuthorizeAnswer:
+    """The token's status, and its group (2.x groupIdToken, 1.6 parentIdTag) if it has one."""
+
     status: str
+    group_id_token: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

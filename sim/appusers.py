@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -32,9 +32,6 @@ from evtwin.csms.driverapi import DriverError, DriverService
 from evtwin.csms.exceptions import StationNotConnectedError
 
 from .scenario import AppSettings
-
-if TYPE_CHECKING:
-    from .runner import Twin
 
 __all__ = ["AppUsers", "Booking"]
 
@@ -66,9 +63,10 @@ class Booking:
 
 
 class AppUsers:
-    """The app users of one twin run (see the module docstring)."""
+    """The app users of one twin run (see the module docstring). ``twin`` is the
+    :class:`~evtwin.sim.runner.Twin` (untyped here: the runner imports this module)."""
 
-    def __init__(self, twin: Twin, settings: AppSettings, seed: int) -> None:
+    def __init__(self, twin: Any, settings: AppSettings, seed: int) -> None:
         self.twin = twin
         self.s = settings
         draws = np.random.default_rng([seed, 16]).random(len(twin.model.evs))
@@ -198,7 +196,7 @@ class AppUsers:
 
     def kpis(self, sessions: pd.DataFrame) -> dict[str, float]:
         """App users, reservations made/honoured/expired/refused, no-shows, site switches,
-        and the share of visits turned away for app users and for the others (the
+        and the share of visits (%) turned away for app users and for the others (the
         effect), with what the CSMS's reservation table recorded."""
         b = self.bookings
         made = [x for x in b if x.state in ("reserved", "honoured", "expired")]
@@ -206,7 +204,7 @@ class AppUsers:
         app = visits["ev_id"].isin(self.users)
 
         def away(rows: pd.DataFrame) -> float:
-            return float((rows["outcome"] == "turned_away").mean()) if len(rows) else 0.0
+            return 100.0 * float((rows["outcome"] == "turned_away").mean()) if len(rows) else 0.0
 
         out = {
             "app_users": float(len(self.users)),
@@ -217,8 +215,8 @@ class AppUsers:
             "reservations_expired": float(sum(1 for x in b if x.state == "expired")),
             "reservations_refused": float(sum(1 for x in b if x.state == "refused")),
             "app_no_shows": float(sum(1 for x in made if x.no_show)),
-            "turned_away_share_app": away(visits[app]),
-            "turned_away_share_other": away(visits[~app]),
+            "turned_away_percent_app": away(visits[app]),
+            "turned_away_percent_other": away(visits[~app]),
         }
         core = self.twin.core
         if core is not None:

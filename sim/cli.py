@@ -801,8 +801,16 @@ def cmd_csms_privacy(args: argparse.Namespace, console: Console) -> int:
     if args.privacy_command == "prune" and args.retention_days is not None \
             and not args.retention_days > 0:
         raise ConfigError("--retention-days", f"must be above 0, not {args.retention_days}")
+    settings = None
+    if args.config is not None:
+        from evtwin.csms.config import load_config
+
+        settings = load_config(args.config).privacy
     store = privacy.open_store(args.db)
     try:
+        if settings is not None and settings.key_file is not None:
+            # The pseudonyms csms serve writes with this config (audit log, messages).
+            privacy.pseudonymiser_for(store, key_file=settings.key_file)
         now = wall_clock()
         if args.privacy_command == "export":
             if args.out is None:
@@ -835,9 +843,7 @@ def cmd_csms_privacy(args: argparse.Namespace, console: Console) -> int:
         elif args.privacy_command == "prune":
             days = args.retention_days
             if days is None:
-                from evtwin.csms.config import load_config
-
-                days = load_config(args.config).privacy.retention_days
+                days = (settings or privacy.PrivacySection()).retention_days
             if days is None:
                 _say(console, escape("[privacy] retention_days is 0 in the config: nothing "
                                      "pruned"))
@@ -1188,6 +1194,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--id-token", required=True, help="the driver's id token")
         cmd.add_argument("--actor", required=True,
                          help="who does it (written to the audit log)")
+        cmd.add_argument("--config", help="CSMS config TOML (its [privacy] key_file)")
         if name == "export":
             cmd.add_argument("--out", metavar="FILE",
                              help="new file to write (mode 0600; default: print it)")
@@ -1200,12 +1207,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--db", required=True, help=db_help)
     pr.add_argument("--retention-days", type=float,
                     help="default: [privacy] retention_days of --config, else 365")
-    pr.add_argument("--config", help="CSMS config TOML (for its [privacy] retention_days)")
+    pr.add_argument("--config", help="CSMS config TOML (its [privacy] retention_days and "
+                                     "key_file)")
     pr.add_argument("--actor", help="who does it (default: the user name)")
     pr.set_defaults(func=cmd_csms_privacy)
     au = pv_sub.add_parser("audit", help="list the audit log: who exported, erased or "
                                          "pruned whose data, when")
     au.add_argument("--db", required=True, help=db_help)
+    au.add_argument("--config", help=argparse.SUPPRESS)  # audit names no one new
     au.set_defaults(func=cmd_csms_privacy)
     return parser
 

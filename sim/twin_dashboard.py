@@ -23,7 +23,7 @@ from evtwin.csms.config import (
     read_toml,
     validation_problems,
 )
-from evtwin.csms.dashboard import Dashboard, DashboardUser, grid_view, new_user
+from evtwin.csms.dashboard import Dashboard, DashboardUser, grid_view, names, new_user
 from evtwin.csms.privacy import pseudonymiser_for
 from evtwin.csms.server import CSMSServer, check_port, listen_error
 
@@ -79,14 +79,11 @@ class TwinDashboard:
         feeder = twin.feeder
         net = feeder.net
         rows = [int(r) for r in feeder.monitored_bus_rows]
-        names = net.bus["name"]
+        bus_names = names(net.bus, "bus")  # net.bus's order is GridResult.bus_vm_pu's
         self._bus_rows = rows
-        self._bus_names = [_name(names.iloc[r], f"bus {int(feeder.bus_index[r])}")
-                           for r in rows]
-        self._line_names = [_name(n, f"line {i}") for i, n in zip(
-            net.line.index, net.line["name"], strict=True)]
-        self._trafo_names = [_name(n, f"trafo {i}") for i, n in zip(
-            net.trafo.index, net.trafo["name"], strict=True)]
+        self._bus_names = [bus_names[r] for r in rows]
+        self._line_names = names(net.line, "line")
+        self._trafo_names = names(net.trafo, "trafo")
 
     def grid(self) -> dict[str, Any] | None:
         """The latest step's power flow as the dashboard shows it."""
@@ -131,6 +128,3 @@ class TwinDashboard:
         if self.dashboard is not None:
             await self.dashboard.stop()
 
-
-def _name(value: Any, fallback: str) -> str:
-    return value if isinstance(value, str) and value else fallback

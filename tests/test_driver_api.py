@@ -216,3 +216,77 @@ def test_driver_accounts_in_the_config(tmp_path: Path) -> None:
     path.write_text("[driver_api]\nreservation_minutes = 90\n")
     with pytest.raises(ConfigError, match=r"driver_api\.reservation_minutes"):
         load_config(path)
+
+
+def test_serve_builds_the_driver_api_from_the_config(tmp_path: Path) -> None:
+    """What ``csms serve`` runs for ``[driver_api]``: located sites, accounts, minutes."""
+    from evtwin.csms.driverapi import driver_api_for
+
+    lines = driver_token_lines("TOK1", app_token=APP1)
+    path = tmp_path / "csms.toml"
+    path.write_text('[[sites]]\nname = "site"\nlatitude = 52.52\nlongitude = 13.405\n'
+                    'address = "Unter den Linden 1"\n[[sites]]\nname = "nowhere"\n'
+                    "[driver_api]\nport = 0\nreservation_minutes = 5\n"
+                    + "\n".join(lines[1:]) + "\n")
+    config = load_config(path)
+    assert driver_api_for(None, ServeConfig()) is None  # no port: no driver API
+
+    async def main() -> None:
+        async with rig("2.0.1", tmp_path) as r:
+            api = driver_api_for(r.server, config)
+            assert api is not None and api.service.reservation_minutes == 5
+            async with api, aiohttp.ClientSession() as http:
+                a = App(r, api, http)
+                status, found = await a.call("GET", "/stations?lat=52.5&lon=13.4")
+                assert status == 200
+                assert [(s["station_id"], s["address"]) for s in found["stations"]] == [
+                    ("CS1", "Unter den Linden 1")]
+                assert (await a.call("GET", "/sessions", APP2))[0] == 401  # no account
+                status, res = await a.call("POST", "/reservations", json={"station_id": "CS1"})
+                assert status == 201
+                assert res["expiry"] == r.at(300).isoformat()
+
+    asyncio.run(main())
+
+
+def test_csms_serve_runs_the_driver_api_and_logs_its_url(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from evtwin.csms.security import hash_password
+    from evtwin.csms.service import serve
+
+    config = ServeConfig.model_validate({
+        "stations": [{"id": "CS1", "site": "site"}],
+        "sites": [{"name": "site", "latitude": 52.52, "longitude": 13.405}],
+        "driver_api": {"port": 0, "drivers": [{"id_token": "TOK1",
+                                               "token_hash": hash_password(APP1)}]}})
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(config, tmp_path / "csms.sqlite", port=0, stop=stop))
+        listening: list[Any] = []
+        for _ in range(1000):
+            listening = [r for r in caplog.records if getattr(r, "event", "") == "listening"]
+            if listening or task.done():
+                break
+            await asyncio.sleep(0.01)
+        url = listening[0].driver_api_url
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/driver/v1")
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/stations?lat=52.5&lon=13.4",
+                                headers={"Authorization": f"Bearer {APP1}"}) as resp:
+                assert resp.status == 200
+                [st] = (await resp.json())["stations"]
+            # Not connected: the driver sees it, but nothing there is known to be free.
+            assert st["station_id"] == "CS1" and not st["connected"]
+            assert [e["status"] for e in st["evses"]] == ["Unknown"]
+            async with http.post(f"{url}/reservations", json={"station_id": "CS1"},
+                                 headers={"Authorization": f"Bearer {APP1}"}) as resp:
+                assert resp.status == 409
+                assert (await resp.json())["error"] == "station_offline"
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    with caplog.at_level(logging.INFO, logger="evtwin.csms.service"):
+        asyncio.run(main())

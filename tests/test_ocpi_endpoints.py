@@ -395,3 +395,35 @@ def test_commands_reach_the_station_and_their_results_the_emsp(tmp_path: Path) -
 
 def test_locations_and_tariffs_are_valid_ocpi_objects_and_paginate(tmp_path: Path) -> None:
     asyncio.run(_test_locations_and_tariffs_are_valid_ocpi_objects_and_paginate(tmp_path))
+
+
+async def _cpo_registers_with_an_emsp_named_in_its_config(tmp_path: Path) -> None:
+    emsp_registry = Registry(":memory:")
+    emsp = EMSP(EMSPConfig.model_validate({
+        "emsp": {"country_code": "NL", "party_id": "MSP", "name": "Roam Easy", "port": 0},
+        "drivers": [{"id": "d1", "tokens": [{"uid": "TOKEN1", "contract_id": "NL-MSP-1"}]}],
+    }), emsp_registry)
+    await emsp.start()
+    token_a = emsp_registry.add_token_a()
+    data = tomllib.loads(CPO.format(price=0.3, fee=0, station="S1", site="markt", party="CPA",
+                                    site_block=SITE.format(site="markt", lat=52.0)))
+    data["ocpi"]["registry"] = str(tmp_path / "ocpi.sqlite")
+    data["ocpi"]["partners"] = [{"versions_url": emsp.versions_url, "token_a": token_a}]
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(ServeConfig.model_validate(data), tmp_path / "csms.sqlite",
+                                     port=0, stop=stop))
+    try:
+        deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+        while not emsp_registry.parties() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        (cpo,) = emsp_registry.parties()
+        assert cpo.identity("CPO") == ("NL", "CPA") and cpo.endpoint("commands", "RECEIVER")
+        assert not emsp_registry.is_token_a(token_a)  # used up
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, TIMEOUT_S)
+        await emsp.stop()
+
+
+def test_cpo_registers_with_an_emsp_named_in_its_config(tmp_path: Path) -> None:
+    asyncio.run(_cpo_registers_with_an_emsp_named_in_its_config(tmp_path))

@@ -191,7 +191,8 @@ def run_network(tmp_path: Path) -> tuple[Path, list[dict[str, Any]], dict[str, A
             st.call("DataTransfer", {"vendorId": "acme", "messageId": "note",
                                      "data": f"card {ALICE} read twice"})
         base = server.event("listening")["api_url"]
-        answers = {"sessions": api_get(base, "/sessions"), "cdrs": api_get(base, "/cdrs")}
+        answers = {"sessions": api_get(base, "/sessions"), "cdrs": api_get(base, "/cdrs"),
+                   "messages": api_get(base, "/stations/CS2/messages?action=DataTransfer")}
         server.proc.terminate()
         assert server.proc.wait(timeout=TIMEOUT_S) == 0
         server.event("stopped")
@@ -213,6 +214,8 @@ def test_a_driver_is_erased_on_request_and_the_kpis_stay(
     assert shown == {pseudo(ALICE), pseudo(BOB), pseudo(CAROL)}
     assert {c["id_token"] for c in answers["cdrs"]["cdrs"]} == shown
     assert all(t is not None and t.startswith(PSEUDONYM_PREFIX) for t in shown)
+    (note,) = answers["messages"]["messages"]
+    assert note["payload"]["data"] == f"card {pseudo(ALICE)} read twice"
     log_text = json.dumps(logs).casefold()
     assert "transaction_ended" in log_text and "listening" in log_text  # they were captured
     for token in (ALICE, BOB, CAROL):
@@ -280,10 +283,10 @@ def test_a_driver_is_erased_on_request_and_the_kpis_stay(
 
 
 # -- retention -----------------------------------------------------------------------
-def _core(store: Store, clock: list[datetime]) -> CSMSCore:
+def _core(store: Store, clock: list[datetime], tokens: tuple[str, ...] = (ALICE, BOB)
+          ) -> CSMSCore:
     config = CSMSConfig(stations=(StationSpec("CS1", "depot", (EvseSpec(1, 11000.0),)),),
-                        sites=(SiteSpec("depot", 22000.0),),
-                        id_tokens=frozenset({ALICE, BOB}))
+                        sites=(SiteSpec("depot", 22000.0),), id_tokens=frozenset(tokens))
     return CSMSCore(config, store, clock=lambda: clock[0])
 
 
@@ -571,6 +574,26 @@ def test_erase_and_prune_on_postgresql() -> None:
         again = Store(url)
         assert pseudonymiser_for(again)(ALICE) == key
         again.close()
+        assert main(["csms", "privacy", "erase", "--db", url, "--id-token", BOB,
+                     "--actor", "dpo", "--reason", "r"]) == 0
+        again = Store(url)
+        assert {r["id_token"] for r in again.transactions()} == {ERASED}
+        assert [e.operation for e in audit_log(again)] == ["erase", "prune", "erase"]
+        again.close()
+
+
+def test_the_commands_name_drivers_with_the_config_key_file(
+        small_db: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = small_db.parent / "privacy.key"
+    key.write_text("5a" * 32 + "\n")
+    cfg = small_db.parent / "csms.toml"
+    cfg.write_text('[privacy]\nkey_file = "privacy.key"\n')
+    assert main(["csms", "privacy", "erase", "--db", str(small_db), "--id-token", ALICE,
+                 "--actor", "dpo", "--reason", "r", "--config", str(cfg)]) == 0
+    expected = Pseudonymiser(bytes.fromhex("5a" * 32))(ALICE)
+    assert f"erased {expected}:" in capsys.readouterr().out
+    assert main(["csms", "privacy", "audit", "--db", str(small_db)]) == 0
+    assert expected in capsys.readouterr().out
 
 
 @pytest.mark.slow
@@ -606,3 +629,76 @@ def test_a_twin_run_writes_no_id_token_outside_its_database_and_erases_like_serv
     assert holding(db, done) == []
     assert all(holding(db, t) for t in tokens if t != done)
     assert kpis(db) == before  # the marker stands in for the one driver
+
+
+def test_the_operator_api_exports_erases_and_lists_the_audit_log() -> None:
+    """Admin endpoints (the API's bearer token): the id token only ever in a body."""
+    import asyncio
+
+    from tests.test_csms_api import api_running
+    from tests.test_csms_api import tx_event as api_tx
+
+    async def scenario() -> None:
+        async with api_running() as (server, _api, client):
+            core = server.core
+            core.on_transaction_event("CS201", api_tx("Started", 0, "T1", 0.0))
+            core.on_transaction_event("CS201", api_tx("Ended", 1, "T1", 5000.0, at_s=3600))
+            core.on_transaction_event("CS201", api_tx("Started", 0, "T2", 0.0, evse=2))
+            pseudonym = pseudonymiser_for(core.store)("TOKEN1")
+            status, sessions, _ = await client("GET", "/sessions")
+            assert status == 200
+            assert {s["id_token"] for s in sessions["sessions"]} == {pseudonym}
+            who = {"id_token": "token1", "actor": "ops-admin"}
+
+            status, data, _ = await client("POST", "/privacy/export", body=who)
+            assert status == 200 and data["pseudonym"] == pseudonym
+            assert [s["transaction_id"] for s in data["sessions"]] == ["T1", "T2"]
+            status, data, _ = await client("POST", "/privacy/erase",
+                                           body={**who, "reason": "ticket 9"})
+            assert (status, data["error"]) == (409, "driver_charging")
+            assert data["problems"] == [{"path": "id_token", "message": data["problems"][0][
+                "message"]}] and "T2" in data["message"]
+            core.on_transaction_event("CS201", api_tx("Ended", 1, "T2", 2000.0, at_s=1800,
+                                                      evse=2))
+            status, data, _ = await client("POST", "/privacy/erase",
+                                           body={**who, "reason": "ticket 9"})
+            assert status == 200, data
+            assert data == {"pseudonym": pseudonym, "transactions": 2, "cdrs": 2,
+                            "messages": 2}
+            status, data, _ = await client("POST", "/privacy/erase",
+                                           body={**who, "reason": "again"})
+            assert (status, data["error"]) == (404, "not_found")
+            status, data, _ = await client("POST", "/privacy/export",
+                                           body={"id_token": "TOKEN1"})
+            assert status == 422 and data["problems"][0]["path"] == "actor"
+            status, data, _ = await client("GET", "/privacy/audit")
+            assert [(e["operation"], e["actor"], e["subject"]) for e in data["entries"]] == [
+                ("export", "ops-admin", pseudonym), ("erase", "ops-admin", pseudonym)]
+            status, data, _ = await client("GET", "/privacy/audit", token="wrong" * 8)
+            assert status == 401
+            assert all(t["id_token"] == ERASED for t in core.store.transactions())
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_csms_serve_erases_old_personal_data_at_start(tmp_path: Path) -> None:
+    now = datetime.now(UTC)
+    clock = [now - timedelta(days=40)]
+    store = Store(tmp_path / "csms.sqlite")
+    core = _core(store, clock)
+    _session(core, "OLD", ALICE, clock[0], 1)
+    clock[0] = now - timedelta(days=2)
+    _session(core, "NEW", BOB, clock[0], 1)
+    store.close()
+    cfg = tmp_path / "csms.toml"
+    cfg.write_text('[[sites]]\nname = "depot"\n\n[[stations]]\nid = "CS1"\nsite = "depot"\n\n'
+                   "[privacy]\nretention_days = 30\n")
+    with csms_process(tmp_path, cfg) as server:
+        pruned = server.event("personal_data_pruned")
+        server.proc.terminate()
+        assert server.proc.wait(timeout=TIMEOUT_S) == 0
+    assert pruned["rows"] == 4
+    assert ALICE not in json.dumps(server.logs)
+    assert holding(tmp_path / "csms.sqlite", ALICE) == []
+    assert holding(tmp_path / "csms.sqlite", BOB)

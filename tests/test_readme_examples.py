@@ -178,6 +178,44 @@ def _check_finance(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
     assert "npv" in json.dumps(summary).lower()
 
 
+def _check_dashboard_user(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    """The token it prints verifies against the hash of the entry it prints, and the
+    authenticator URI carries the entry's secret."""
+    import tomllib
+
+    from evtwin.csms.security import verify_password
+
+    lines = proc.stdout.strip().splitlines()
+    token = next(x for x in lines if x.startswith("# token")).rsplit(" ", 1)[-1]
+    uri = next(x for x in lines if "otpauth://" in x).rsplit(" ", 1)[-1]
+    [user] = tomllib.loads("\n".join(x for x in lines if not x.startswith("#"))
+                           )["dashboard"]["users"]
+    assert (user["name"], user["role"]) == ("ada", "admin")
+    assert verify_password(token, user["token_hash"])
+    assert f"secret={user['totp_secret']}" in uri
+
+
+def _check_run_dashboard(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    """The run's admin login and the dashboard's address are printed; the run completes."""
+    assert re.search(r"(?m)^dashboard token: \S{40}$", proc.stdout), proc.stdout
+    assert re.search(r"(?m)^dashboard TOTP secret: [A-Z2-7]{32}$", proc.stdout)
+    assert re.search(r"(?m)^dashboard: http://127\.0\.0\.1:\d+/$", proc.stdout)
+    _run_folder("demo")(ws, proc)
+
+
+def _check_driver_token(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    """The app token it prints verifies against the hash of the entry it prints."""
+    import tomllib
+
+    from evtwin.csms.security import verify_password
+
+    first, *entry = proc.stdout.strip().splitlines()
+    token = first.rsplit(" ", 1)[-1]
+    [driver] = tomllib.loads("\n".join(entry))["driver_api"]["drivers"]
+    assert driver["id_token"] == "04A2B3C4D5E6F7"
+    assert verify_password(token, driver["token_hash"])
+
+
 def _check_junit(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
     xml = (ws / "report.xml").read_text()
     assert "overload[" in xml and "<failure" in xml
@@ -228,6 +266,17 @@ EXAMPLES: list[Example] = [
         '"request 2026-117"',
         "prune --db csms.sqlite --retention-days 30",
         "audit --db csms.sqlite")),
+    Example(".venv/bin/evtwin csms driver-token 04A2B3C4D5E6F7", check=_check_driver_token),
+    *(Example(f".venv/bin/evtwin {c}", by="test_readme_roaming_commands") for c in (
+        "csms ocpi-token --config docs/roaming/cpo.toml",
+        "csms serve --config docs/roaming/cpo.toml --db cpo.sqlite &",
+        "emsp serve docs/roaming/emsp.toml &",
+        "emsp report docs/roaming/emsp.toml")),
+    Example(".venv/bin/evtwin csms dashboard-user ada --role admin",
+            check=_check_dashboard_user),
+    Example(".venv/bin/evtwin run scenarios/demo.toml --dashboard 8080 --pace 600",
+            run=".venv/bin/evtwin run scenarios/demo.toml --dashboard 0 --pace 7200 "
+                "--set duration_h=1 --quiet", check=_check_run_dashboard),
     Example(".venv/bin/evtwin csms serve --config csms.demo.toml &",
             by="test_readme_stations_against_a_served_csms"),
     Example(".venv/bin/evtwin stations --csms ws://127.0.0.1:9000/ocpp --scenario "
@@ -407,6 +456,7 @@ def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
     return proc.returncode, err
 
 
+@pytest.mark.slow
 def test_readme_privacy_commands(tmp_path: Path) -> None:
     """The Data protection commands, in order, on a database where the README's
     driver charged twice (a year ago and yesterday) and another driver once."""
@@ -419,8 +469,7 @@ def test_readme_privacy_commands(tmp_path: Path) -> None:
     now = datetime.now(UTC)
     store = Store(tmp_path / "csms.sqlite")
     clock = [now - timedelta(days=400)]
-    core = _core(store, clock)
-    core.authorizer.records[token.casefold()] = core.authorizer.records["bob-rfid-0002"]
+    core = _core(store, clock, tokens=(token, "BOB-RFID-0002"))
     _session(core, "OLD", "BOB-RFID-0002", clock[0], 1)
     for tx, ago in (("T1", 60), ("T2", 1)):
         clock[0] = now - timedelta(days=ago)
@@ -440,6 +489,89 @@ def test_readme_privacy_commands(tmp_path: Path) -> None:
     assert [line[3] for line in lines[1:]] == ["export", "erase", "prune"]
     assert token not in outs[3] and token not in (tmp_path / "csms.sqlite").read_text(
         errors="replace")
+
+
+@pytest.mark.slow
+def test_readme_roaming_commands(tmp_path: Path) -> None:
+    """The Roaming commands in order, on copies of docs/roaming (free ports instead of
+    9300 and 9400): token A pasted into the eMSP's file as the README says, the eMSP
+    registers, its driver charges at the CPO's station (a scripted OCPP 1.6 station),
+    and the report shows the session at the CPO's price."""
+    import sqlite3
+
+    from websockets.sync.client import connect
+
+    from tests.test_csms_standalone import Station
+
+    commands = [e.readme for e in EXAMPLES if e.by == "test_readme_roaming_commands"]
+    (tmp_path / "docs").mkdir()
+    shutil.copytree(ROOT / "docs" / "roaming", tmp_path / "docs" / "roaming")
+    cpo_port, emsp_port, ocpp_port = _free_port(), _free_port(), _free_port()
+    for name, old, new in (("cpo.toml", "9300", cpo_port), ("emsp.toml", "9300", cpo_port),
+                           ("emsp.toml", "port = 9400", f"port = {emsp_port}")):
+        f = tmp_path / "docs" / "roaming" / name
+        f.write_text(f.read_text().replace(old, str(new)))
+    made = _shell(commands[0], tmp_path)
+    assert made.returncode == 0, made.stderr
+    token_a = made.stdout.strip().splitlines()[-1]
+    assert f"http://127.0.0.1:{cpo_port}/ocpi/versions" in made.stdout
+    emsp_file = tmp_path / "docs" / "roaming" / "emsp.toml"
+    emsp_file.write_text(emsp_file.read_text().replace(
+        "paste-the-token-from-evtwin-csms-ocpi-token", token_a))
+    cpo = _serve(commands[1], tmp_path, ocpp_port)
+    emsp = subprocess.Popen(["bash", "-c", f"exec {_as_run(commands[2].rstrip(' &'))}"],
+                            cwd=tmp_path, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        registry = tmp_path / "docs" / "roaming" / "ocpi.sqlite"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # registered, and both tokens pushed
+            con = sqlite3.connect(registry)
+            try:
+                n = con.execute("SELECT COUNT(*) FROM objects WHERE kind = 'token'").fetchone()
+            except sqlite3.OperationalError:
+                n = (0,)
+            finally:
+                con.close()
+            if n[0] >= 2:
+                break
+            assert emsp.poll() is None, emsp.communicate()
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the eMSP did not register and push its tokens")
+        with connect(f"ws://127.0.0.1:{ocpp_port}/ocpp/MARKT-01",
+                     subprotocols=["ocpp1.6"]) as ws:  # type: ignore[list-item]
+            st = Station(ws)
+            st.call("BootNotification", {"chargePointVendor": "t", "chargePointModel": "m"})
+            r = st.call("Authorize", {"idTag": "04A2B3C4D5E6F7"})
+            assert r[2]["idTagInfo"]["status"] == "Accepted"
+            now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
+            end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            r = st.call("StartTransaction", {"connectorId": 1, "idTag": "04A2B3C4D5E6F7",
+                                             "meterStart": 0, "timestamp": now})
+            st.call("StopTransaction", {"transactionId": r[2]["transactionId"],
+                                        "meterStop": 10000, "timestamp": end})
+        bills = tmp_path / "docs" / "roaming" / "emsp.sqlite"
+        report = None
+        while time.monotonic() < deadline:
+            proc = _shell(commands[3], tmp_path)
+            assert proc.returncode == 0, proc.stderr
+            if "1 roaming session(s)" in proc.stdout:
+                report = proc.stdout
+                break
+            time.sleep(0.2)
+        assert report is not None and bills.exists()
+        # 10 kWh at 0.45 EUR plus 1.00 EUR: 5.50 owed to NL*EVA; the driver pays
+        # 5.50 x 1.10 + 0.35 = 6.40.
+        assert "NL*EVA" in report and "5.50 EUR" in report and "6.40 EUR" in report
+        assert "driver-1" in report and "04A2B3C4D5E6F7" not in report
+    finally:
+        emsp.send_signal(signal.SIGINT)
+        _, err = emsp.communicate(timeout=20)
+        code, cpo_err = _stop(cpo)
+    assert emsp.returncode == 130 and "Traceback" not in err, err
+    assert code == 130 and "Traceback" not in cpo_err, cpo_err
 
 
 @pytest.mark.slow

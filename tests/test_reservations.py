@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,7 @@ from evtwin.agents import EV, Vehicle, VirtualStation, Visit
 from evtwin.agents.link import EndpointLink
 from evtwin.agents.protocol import StationProtocol
 from evtwin.csms import CSMSConfig, CSMSCore, EvseSpec, StationSpec, Store
+from evtwin.csms.auth import TokenRecord
 from evtwin.csms.server import CSMSServer
 from evtwin.csms.shell import ShellBase
 
@@ -71,14 +73,14 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(version: str, tmp_path: Path, tokens: frozenset[str] = frozenset({"TOK1", "TOK2"})
-              ) -> AsyncIterator[Rig]:
+async def rig(version: str, tmp_path: Path, tokens: frozenset[str] = frozenset({"TOK1", "TOK2"}),
+              records: tuple[TokenRecord, ...] = ()) -> AsyncIterator[Rig]:
     """A CSMS on 127.0.0.1 (a free port) and station CS1 connected to it, booted."""
     clock = [0.0]
     store = Store(str(tmp_path / "csms.sqlite"))
     config = CSMSConfig(stations=(StationSpec("CS1", "site", (EvseSpec(1, 11e3),
                                                               EvseSpec(2, 11e3))),),
-                        id_tokens=tokens)
+                        id_tokens=tokens, tokens=records)
     core = CSMSCore(config, store, clock=lambda: START + timedelta(seconds=clock[0]))
     server = CSMSServer(core, host="127.0.0.1", port=0)
     await server.start()
@@ -142,6 +144,12 @@ def test_a_reservation_is_held_for_its_token_and_used_by_it(version: str,
             assert r.station.reservations == {} and r.station.reservations_used == 1
             assert book.by_id[7].status == "Used"
             assert book.by_id[7].transaction_id == sessions[0].transaction_id
+            # The start said which reservation it used (StartTransaction reservationId,
+            # TransactionEvent reservationId), as received by the CSMS.
+            with sqlite3.connect(tmp_path / "csms.sqlite") as db:
+                [(payload,)] = db.execute("SELECT payload FROM transaction_events WHERE "
+                                          "event_type = 'Started'").fetchall()
+            assert json.loads(payload)["reservationId"] == 7
             assert book.in_force(r.at(300)) == []
 
     asyncio.run(main())
@@ -194,6 +202,68 @@ def test_a_cancelled_reservation_frees_the_evse(version: str, tmp_path: Path) ->
                     )["status"] == "Faulted"
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_a_group_reservation_admits_any_token_of_the_group(version: str,
+                                                           tmp_path: Path) -> None:
+    """Reserved for a fleet's group: a colleague's token (the CSMS's Authorize answer
+    names its group) starts there, a token of no group does not."""
+    async def main() -> None:
+        records = (TokenRecord("FLEET-1", group="FLEET"), TokenRecord("FLEET-2", group="FLEET"))
+        async with rig(version, tmp_path, records=records) as r:
+            book = r.core.reservations
+            book.requested(5, "CS1", 1, "FLEET-1", r.at(3600), r.at(0), "FLEET")
+            answer = await r.shell.reserve_now(5, "FLEET-1", r.at(3600), evse_id=1,
+                                               group_id_token="FLEET")
+            book.answered(5, answer["status"], r.at(0))
+            assert answer["status"] == "Accepted"
+            await r.settle(10)
+            stranger = r.station.plug(1, r.ev("TOK2", "EV2"), 20.0)
+            await r.settle(20)
+            assert stranger in r.station.rejected and r.core.open_sessions() == []
+            r.station.unplug(1, 30.0)
+            await r.settle(30)
+            assert r.evse_status(1) == "Reserved" and book.by_id[5].status == "Accepted"
+            r.station.plug(1, r.ev("FLEET-2"), 60.0)
+            await r.settle(60)
+            assert [s.id_token for s in r.core.open_sessions()] == ["FLEET-2"]
+            assert r.station.reservations == {} and book.by_id[5].status == "Used"
+
+    asyncio.run(main())
+
+
+def test_a_remote_start_waits_for_the_ev_within_the_connection_timeout() -> None:
+    from evtwin.agents.station import CONNECTION_TIMEOUT_S
+
+    model = mesa.Model(rng=np.random.default_rng(0))
+    st = VirtualStation(model, "CS1", "site", [11e3, 11e3])
+
+    def ev(token: str) -> EV:
+        visit = Visit(0.0, 36_000.0, 0.3, 0.9, 900.0)
+        car = EV(model, token, "site", Vehicle(capacity_kwh=60.0, max_power_kw=11.0,
+                                               phases=3), [visit], id_token=token)
+        car.begin_visit(visit)
+        return car
+
+    assert st.remote_start("APP1", 1, 42, 0.0) == "Accepted"
+    assert st.reserve(1, "TOK9", 600.0, 1, 0.0) == "Occupied"  # the remote start holds it
+    st.plug(1, ev("CARD1"), 60.0)
+    plug = st.events[-1].payload
+    assert (plug["id_token"], plug["remote"], plug["remote_start_id"]) == ("APP1", True, 42)
+    assert st.remote_start("APP2", 1, 43, 70.0) == "Rejected"  # a transaction runs there
+    assert st.remote_start("APP2", 9, 44, 70.0) == "Rejected"  # no such EVSE
+    # Too late: the EV that plugs in after the timeout starts with its own card.
+    assert st.remote_start("APP3", 2, 45, 100.0) == "Accepted"
+    st.plug(2, ev("CARD2"), 100.0 + CONNECTION_TIMEOUT_S + 1.0)
+    assert st.events[-1].payload["id_token"] == "CARD2"
+    assert "remote" not in st.events[-1].payload
+    # Stopped remotely: the transaction ends, the EV stays plugged in.
+    tx = st.evses[1].transaction_id
+    assert tx is not None and st.remote_stop(tx, 500.0)
+    assert st.evses[1].ev is not None and st.evses[1].transaction_id is None
+    assert st.events[-1].payload["reason"] == "Remote"
+    assert not st.remote_stop(tx, 501.0)
 
 
 # ---------------------------------------------------------------- app users in the twin
@@ -277,3 +347,20 @@ def test_app_settings_are_checked_and_need_the_csms_in_process() -> None:
     sc = sc.model_copy(update={"run": sc.run.model_copy(update={"csms_process": True})})
     with pytest.raises(ScenarioError, match="app"):
         Twin(sc)
+
+
+@pytest.mark.slow
+def test_app_users_who_reserve_are_turned_away_less_than_the_others() -> None:
+    """Three busy days: drivers who see free EVSEs and reserve them are turned away less
+    often than those who just drive up; with everybody coming, every reservation is used."""
+    from evtwin.sim.runner import Twin
+
+    sc = app_scenario("2.0.1", "direct", share=0.5, no_show_share=0.0,
+                      reserve_when_occupancy_above=0.0)
+    result = Twin(sc.model_copy(update={"duration_h": 72})).run()
+    k = result.kpis
+    assert k["reservations_made"] >= 10
+    assert k["reservations_honoured"] == k["reservations_made"] == k["csms_reservations_used"]
+    assert k["reservations_expired"] == k["app_no_shows"] == 0
+    assert k["app_site_switches"] >= 1  # the app sent some to the other site
+    assert k["turned_away_percent_app"] < k["turned_away_percent_other"] - 10.0

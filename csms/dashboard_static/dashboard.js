@@ -26,7 +26,8 @@ function num(value, digits, unit) {
 
 function time(text) {
   if (!text) return "–";
-  return text.replace("T", " ").replace(/(\.\d+)?(Z|\+00:00)$/, " UTC");
+  // Minutes are enough to read; the seconds stay in the data.
+  return text.replace("T", " ").replace(/(:\d\d)?(\.\d+)?(Z|\+00:00)$/, " UTC");
 }
 
 function table(headers, rows, empty) {
@@ -150,13 +151,13 @@ function render(snap) {
     : "";
   document.getElementById("stations").replaceChildren(...renderStations(snap.stations));
   document.getElementById("sites").replaceChildren(table(
-    ["Site", "Charging power", "Occupancy", "Faulted"],
+    ["Site", "Charging power", "EVSEs occupied", "Faulted"],
     snap.sites.map((s) => [s.name, bar(s.power_kw, s.limit_kw, "kW", 1),
-      `${s.occupied} of ${s.evses} EVSEs (${num(s.occupancy_percent, 0, "%")})`,
-      `${s.faulted} EVSEs`]), "no sites"));
+      `${s.occupied} of ${s.evses} (${num(s.occupancy_percent, 0, "%")})`,
+      `${s.faulted} of ${s.evses}`]), "no sites"));
   document.getElementById("faults").replaceChildren(table(
-    ["Order", "Station", "EVSE", "Component", "Reason", "Raised"],
-    snap.work_orders.map((o) => [o.order_id, o.station_id, o.evse_id || "station",
+    ["Station", "EVSE", "Component", "Reason", "Raised"],
+    snap.work_orders.map((o) => [o.station_id, o.evse_id || "all",
       o.component, o.reason + (o.risk !== null ? ` (risk ${num(o.risk * 100, 0, "%")})` : ""),
       time(o.raised_at)]), "no open work orders"));
   document.getElementById("reservations").replaceChildren(table(

@@ -139,13 +139,16 @@ class CPO(OCPIPlatform):
     def __init__(self, server: CSMSServer, config: ServeConfig, registry: Registry, *,
                  country_code: str, party_id: str, name: str, host: str = "127.0.0.1",
                  port: int = 0, public_url: str | None = None,
-                 client: OCPIClient | None = None, authorize_timeout_s: float = 5.0) -> None:
+                 client: OCPIClient | None = None, authorize_timeout_s: float = 5.0,
+                 partners: list[tuple[str, str]] | None = None) -> None:
         super().__init__(registry, country_code=country_code, party_id=party_id, name=name,
                          host=host, port=port, public_url=public_url, client=client)
         self.server = server
         self.core = server.core
         self.config = config
         self.authorize_timeout_s = authorize_timeout_s
+        #: eMSPs to register with at start: (versions URL, their token A).
+        self.partners_to_register = list(partners or [])
         self.started = datetime.now(UTC)
         self._sites = {s.name: s for s in config.sites}
         #: (station, evse) -> (location id, EVSE uid); and back.
@@ -176,6 +179,8 @@ class CPO(OCPIPlatform):
         self.core.roaming = self
         self.core.observers.append(self._observe)
         self._pusher = asyncio.create_task(self._push_loop())
+        if self.partners_to_register:
+            self._spawn(self.register_until_done(self.partners_to_register))
 
     async def stop(self) -> None:
         if self.core.roaming is self:

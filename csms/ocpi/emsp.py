@@ -71,7 +71,7 @@ from .models import (
     format_datetime,
 )
 from .models import Session as OCPISession
-from .platform import OCPIPlatform, RegistrationError
+from .platform import OCPIPlatform
 from .registry import Party, Registry
 from .transport import OCPIError, OCPIRemoteError, OCPIStatus, paginate, validation_message
 
@@ -530,18 +530,6 @@ class EMSP(OCPIPlatform):
     def token(self, uid: str) -> Token:
         return self.tokens[uid.upper()][1]
 
-    # -- registration with the configured partners -----------------------------------------
-    async def register_partners(self, token_a: Callable[[PartnerEntry], str] | None = None
-                                ) -> list[Party]:
-        """Register with every configured partner not registered yet."""
-        known = {p.versions_url for p in self.registry.parties()}
-        out = []
-        for partner in self.config.partners:
-            if partner.versions_url in known:
-                continue
-            out.append(await self.register_with(partner.versions_url, partner.token_a))
-        return out
-
 
 class _Patch(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
@@ -612,7 +600,8 @@ async def serve_emsp(config: EMSPConfig, *, stop: asyncio.Event | None = None,
         log.info("listening", extra={"event": "listening", "ocpi_url": emsp.versions_url})
         if on_listening is not None:
             on_listening(emsp)
-        registering = asyncio.ensure_future(_register_until_done(emsp, stopping))
+        registering = asyncio.ensure_future(emsp.register_until_done(
+            [(p.versions_url, p.token_a) for p in config.partners], stopping))
         await stopping.wait()
         registering.cancel()
     finally:
@@ -621,24 +610,3 @@ async def serve_emsp(config: EMSPConfig, *, stop: asyncio.Event | None = None,
         for sig in handled:
             loop.remove_signal_handler(sig)
     return received[0] if received else None
-
-
-async def _register_until_done(emsp: EMSP, stopping: asyncio.Event) -> None:
-    """Register with the partners, retrying those that are not up yet."""
-    delay = 0.2
-    while not stopping.is_set():
-        pending = False
-        for partner in emsp.config.partners:
-            if any(p.versions_url == partner.versions_url for p in emsp.registry.parties()):
-                continue
-            try:
-                await emsp.register_with(partner.versions_url, partner.token_a)
-            except RegistrationError as exc:
-                pending = True
-                log.warning("OCPI: registration with %s failed: %s", partner.versions_url, exc,
-                            extra={"event": "ocpi_registration_failed"})
-        if not pending:
-            return
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 10.0)
-

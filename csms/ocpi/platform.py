@@ -17,6 +17,7 @@ Credentials (the spec's ``credentials`` chapter):
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -339,6 +340,27 @@ class OCPIPlatform:
                  extra={"event": "ocpi_registered", "party": party.name()})
         await self.on_registered(party)
         return party
+
+    async def register_until_done(self, partners: list[tuple[str, str]],
+                                  stopping: asyncio.Event | None = None) -> None:
+        """Register with each (versions URL, token A) not registered yet, retrying
+        (0.2 s doubling to 10 s) those that are not reachable yet."""
+        delay = 0.2
+        while stopping is None or not stopping.is_set():
+            pending = False
+            for versions_url, token_a in partners:
+                if any(p.versions_url == versions_url for p in self.registry.parties()):
+                    continue
+                try:
+                    await self.register_with(versions_url, token_a)
+                except RegistrationError as exc:
+                    pending = True
+                    log.warning("OCPI: registration with %s failed: %s", versions_url, exc,
+                                extra={"event": "ocpi_registration_failed"})
+            if not pending:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
     def partners(self) -> list[dict[str, Any]]:
         """Registered parties, for dashboards: name, roles, versions URL."""
