@@ -802,10 +802,17 @@ def cmd_csms_privacy(args: argparse.Namespace, console: Console) -> int:
             and not args.retention_days > 0:
         raise ConfigError("--retention-days", f"must be above 0, not {args.retention_days}")
     settings = None
+    ocpi_registry = None
     if args.config is not None:
         from evtwin.csms.config import load_config
 
-        settings = load_config(args.config).privacy
+        full = load_config(args.config)
+        settings = full.privacy
+        if full.ocpi is not None and full.ocpi.registry.exists():
+            # The OCPI objects exchanged with roaming partners name drivers too.
+            from evtwin.csms.ocpi.registry import Registry
+
+            ocpi_registry = Registry(full.ocpi.registry)
     store = privacy.open_store(args.db)
     try:
         if settings is not None and settings.key_file is not None:
@@ -825,6 +832,9 @@ def cmd_csms_privacy(args: argparse.Namespace, console: Console) -> int:
                 try:
                     data = privacy.export_driver(store, args.id_token, actor=args.actor,
                                                  now=now)
+                    if ocpi_registry is not None:
+                        data["ocpi_objects"] = ocpi_registry.objects_of(
+                            ocpi_registry.identifiers_of(args.id_token.strip()))
                     out.write(json.dumps(data, indent=2) + "\n")
                 except BaseException:
                     Path(args.out).unlink()
@@ -833,11 +843,17 @@ def cmd_csms_privacy(args: argparse.Namespace, console: Console) -> int:
                                               "meter_values", "other_messages"))
             _say(console, f"exported {rows} rows of {data['pseudonym']} to {args.out}")
         elif args.privacy_command == "erase":
+            ocpi_ids = ([] if ocpi_registry is None
+                        else ocpi_registry.identifiers_of(args.id_token.strip()))
             counts = privacy.erase_driver(store, args.id_token, actor=args.actor,
                                           reason=args.reason, now=now)
+            ocpi_part = ""
+            if ocpi_registry is not None:
+                ocpi_part = f", {ocpi_registry.erase_identifiers(ocpi_ids)} OCPI objects"
             pseudonym = privacy.pseudonymiser_for(store)(args.id_token.strip())
             _say(console, escape(f"erased {pseudonym}: {counts['transactions']} transactions, "
-                                 f"{counts['cdrs']} CDRs, {counts['messages']} messages; a "
+                                 f"{counts['cdrs']} CDRs, {counts['messages']} messages"
+                                 f"{ocpi_part}; a "
                                  "token configured in the CSMS config's [tokens] stays "
                                  "there: remove it and send the stations a new local list"))
         elif args.privacy_command == "prune":
@@ -852,6 +868,10 @@ def cmd_csms_privacy(args: argparse.Namespace, console: Console) -> int:
             while changed := privacy.prune_personal_data(
                     store, retention_days=days, now=now, actor=args.actor or getpass.getuser()):
                 total += changed
+            if ocpi_registry is not None:
+                from datetime import timedelta
+
+                total += ocpi_registry.prune_before(now - timedelta(days=days))
             _say(console, f"erased the id tokens of transactions that ended more than "
                           f"{days:g} days ago: {total} rows")
         else:  # one tab-separated line per entry (plain: never wrapped, for grep and cut)
@@ -862,6 +882,8 @@ def cmd_csms_privacy(args: argparse.Namespace, console: Console) -> int:
                     e.detail or "")))
     finally:
         store.close()
+        if ocpi_registry is not None:
+            ocpi_registry.close()
     return 0
 
 

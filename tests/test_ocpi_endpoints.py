@@ -427,3 +427,25 @@ async def _cpo_registers_with_an_emsp_named_in_its_config(tmp_path: Path) -> Non
 
 def test_cpo_registers_with_an_emsp_named_in_its_config(tmp_path: Path) -> None:
     asyncio.run(_cpo_registers_with_an_emsp_named_in_its_config(tmp_path))
+
+
+def test_retention_erases_tokens_of_old_sessions_and_cdrs_only() -> None:
+    from datetime import UTC, datetime
+
+    registry = Registry(":memory:")
+    token = {"country_code": "NL", "party_id": "MSP", "uid": "TOKEN1", "type": "RFID",
+             "contract_id": "NL-MSP-1"}
+    for sid, updated in (("old", "2025-01-01T00:00:00Z"), ("new", "2026-12-01T00:00:00Z")):
+        registry.put_object("cdr", "NL", "CPA", sid, {"id": sid, "cdr_token": dict(token),
+                                                      "total_cost": {"excl_vat": 4.2},
+                                                      "last_updated": updated})
+    assert registry.prune_before(datetime(2026, 1, 1, tzinfo=UTC)) == 1
+    old = registry.get_object("cdr", "NL", "CPA", "old")
+    new = registry.get_object("cdr", "NL", "CPA", "new")
+    assert old is not None and new is not None
+    assert old["cdr_token"]["uid"] == "(erased)" and old["total_cost"]["excl_vat"] == 4.2
+    assert new["cdr_token"]["uid"] == "TOKEN1"
+    assert registry.prune_before(datetime(2026, 1, 1, tzinfo=UTC)) == 0  # once
+    assert registry.identifiers_of("token1") == ["token1", "NL-MSP-1"]
+    assert registry.erase_identifiers(["TOKEN1", "NL-MSP-1"]) == 1
+    assert "TOKEN1" not in json.dumps(registry.objects("cdr"))

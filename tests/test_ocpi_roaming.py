@@ -278,3 +278,23 @@ def test_a_roaming_session_end_to_end_across_two_cpos_and_an_emsp(tmp_path: Path
                 by_cpo["NL*CPB"]["driver_amount"])
             # The eMSP's log never carries a raw token uid.
             assert "04AA11BB22CC33" not in json.dumps(emsp.logs)
+
+            # GDPR erasure at CPO B covers its OCPI objects too; amounts stay.
+            erased = subprocess.run(
+                [sys.executable, "-m", "evtwin.sim.cli", "csms", "privacy", "erase", "--db",
+                 str(b / "csms.sqlite"), "--id-token", "04AA11BB22CC33", "--actor", "dpo",
+                 "--reason", "request 1", "--config", str(b / "csms.toml")],
+                capture_output=True, text=True, timeout=TIMEOUT_S)
+            assert erased.returncode == 0, erased.stderr
+            assert "OCPI objects" in erased.stdout
+            for db in (b / "ocpi.sqlite", b / "csms.sqlite"):
+                con = sqlite3.connect(db)
+                try:
+                    dump = "\n".join(con.iterdump())
+                finally:
+                    con.close()
+                assert "04AA11BB22CC33" not in dump and "NL-MSP-C00000001-1" not in dump, db
+            (kept,) = [CDR.model_validate(json.loads(r["data"])) for r in query(
+                b / "ocpi.sqlite", "SELECT * FROM objects WHERE kind = 'cdr'")]
+            assert kept.cdr_token.uid == "(erased)"
+            assert kept.total_cost.excl_vat == pytest.approx(cdr_b["cost"])

@@ -30,7 +30,7 @@ import contextlib
 import hashlib
 import logging
 import math
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -181,6 +181,8 @@ class CPO(OCPIPlatform):
         self._pusher = asyncio.create_task(self._push_loop())
         if self.partners_to_register:
             self._spawn(self.register_until_done(self.partners_to_register))
+        if self.config.privacy.retention_days is not None:
+            self._spawn(self._retention(self.config.privacy.retention_days))
 
     async def stop(self) -> None:
         if self.core.roaming is self:
@@ -195,6 +197,17 @@ class CPO(OCPIPlatform):
         for task in list(self._tasks):
             task.cancel()
         await super().stop()
+
+    async def _retention(self, days: float, every_s: float = 3600.0) -> None:
+        """Erase drivers' tokens from Sessions and CDRs older than the retention
+        period (``[privacy] retention_days``), at start and hourly, as the CSMS
+        does for its own tables."""
+        while True:
+            erased = self.registry.prune_before(datetime.now(UTC) - timedelta(days=days))
+            if erased:
+                log.info("OCPI: erased the tokens of %d sessions and CDRs older than %g days",
+                         erased, days, extra={"event": "ocpi_retention", "objects": erased})
+            await asyncio.sleep(every_s)
 
     async def flush(self, timeout_s: float = 5.0) -> None:
         """Wait until every change so far has been pushed (or ``timeout_s``)."""

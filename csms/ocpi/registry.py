@@ -15,6 +15,7 @@ import json
 import secrets
 import sqlite3
 import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -230,6 +231,78 @@ class Registry:
                 "AND id = ?", (kind, country_code.upper(), party_id.upper(), object_id.upper()))
         return cur.rowcount > 0
 
+    # -- personal data (see evtwin.csms.privacy) -----------------------------------------
+    def identifiers_of(self, token_uid: str) -> list[str]:
+        """A token uid and the contract ids it goes with in the kept objects."""
+        out = [token_uid]
+        for kind in ("token", "session", "cdr"):
+            for data in self.objects(kind):
+                t = data.get("cdr_token", data) if kind != "token" else data
+                if str(t.get("uid", "")).casefold() == token_uid.casefold():
+                    contract = t.get("contract_id")
+                    if isinstance(contract, str) and contract not in out:
+                        out.append(contract)
+        return out
+
+    def objects_of(self, identifiers: Iterable[str]) -> list[dict[str, Any]]:
+        """Every kept object that names one of ``identifiers`` (a driver's export)."""
+        wanted = {i.casefold() for i in identifiers}
+        rows = self._db.execute("SELECT kind, data FROM objects ORDER BY kind, seq").fetchall()
+        return [{"kind": r["kind"], "object": json.loads(r["data"])} for r in rows
+                if wanted & {str(v).casefold() for v in _strings(json.loads(r["data"]))}]
+
+    def erase_identifiers(self, identifiers: Iterable[str]) -> int:
+        """Replace driver identifiers in every kept object by ``(erased)`` (energy,
+        times and cost stay); a pushed Token object of them is deleted. Returns the
+        objects changed."""
+        from ..privacy import redact
+
+        ids = [i for i in identifiers if i]
+        wanted = {i.casefold() for i in ids}
+        changed = 0
+        with self._lock:
+            rows = self._db.execute("SELECT rowid, kind, data FROM objects").fetchall()
+            self._db.execute("BEGIN")
+            try:
+                for r in rows:
+                    data = json.loads(r["data"])
+                    if not wanted & {str(v).casefold() for v in _strings(data)}:
+                        continue
+                    if r["kind"] == "token":
+                        self._db.execute("DELETE FROM objects WHERE rowid = ?", (r["rowid"],))
+                    else:
+                        self._db.execute("UPDATE objects SET data = ? WHERE rowid = ?",
+                                         (json.dumps(redact(data, tokens=ids)), r["rowid"]))
+                    changed += 1
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return changed
+
+    def prune_before(self, cutoff: datetime) -> int:
+        """Erase the token of every Session and CDR last updated before ``cutoff``
+        (the retention period); returns the objects changed."""
+        from ..privacy import ERASED
+
+        limit = format_datetime(cutoff)
+        changed = 0
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT rowid, data FROM objects WHERE kind IN ('session', 'cdr') "
+                "AND last_updated < ?", (limit,)).fetchall()
+            for r in rows:
+                data = json.loads(r["data"])
+                t = data.get("cdr_token")
+                if not isinstance(t, dict) or t.get("uid") == ERASED:
+                    continue
+                t["uid"] = t["contract_id"] = ERASED
+                data.pop("authorization_reference", None)
+                self._db.execute("UPDATE objects SET data = ? WHERE rowid = ?",
+                                 (json.dumps(data), r["rowid"]))
+                changed += 1
+        return changed
+
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         """A statement on the same database (the roles' own tables)."""
         with self._lock:
@@ -245,3 +318,15 @@ class Registry:
         party.our_token_hash = None
         party.their_token = None
         self.save(party)
+
+
+def _strings(value: Any) -> Iterator[str]:
+    """Every string in decoded JSON."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
