@@ -19,6 +19,10 @@ Two layers, as elsewhere in the CSMS:
   naming its field): 400 bad JSON, 401 no or wrong app token, 404 unknown or
   someone else's, 409 the station is offline, busy or refused, 422 invalid
   fields, 502 the station answered with an error, 504 no answer.
+- The same port serves the driver's app view, a page for the phone, at
+  ``/driver/app/`` (:data:`DRIVER_APP_PREFIX`; its files are package data in
+  ``driverapp_static/``, nothing is loaded from elsewhere). The page itself is
+  public; it calls the API with the app token the driver pastes into it.
 
 Driver identifiers never reach the log in clear: log lines carry the
 pseudonym (:class:`~evtwin.csms.privacy.Pseudonymiser`) when one is given.
@@ -33,6 +37,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from importlib.resources import files
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -57,6 +62,7 @@ log = logging.getLogger("evtwin.csms.driverapi")
 
 __all__ = [
     "DRIVER_API_PREFIX",
+    "DRIVER_APP_PREFIX",
     "DriverAPI",
     "DriverError",
     "DriverService",
@@ -67,6 +73,17 @@ __all__ = [
 ]
 
 DRIVER_API_PREFIX = "/driver/v1"
+#: Where the driver's app view (the page) is served, on the driver API's port.
+DRIVER_APP_PREFIX = "/driver/app/"
+_APP_STATIC = files("evtwin.csms") / "driverapp_static"
+_APP_FILES = {"": ("index.html", "text/html"), "app.js": ("app.js", "application/javascript"),
+              "app.css": ("app.css", "text/css")}
+#: The app view's headers: only its own files, no frames; geolocation for itself only.
+_APP_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; "
+                               "frame-ancestors 'none'; form-action 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff", "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer", "Permissions-Policy": "geolocation=(self)"}
 EARTH_RADIUS_KM = 6371.0088
 
 
@@ -536,12 +553,19 @@ class DriverAPI:
                 ("POST", "/sessions/{station_id}/{transaction_id}/stop", self.stop_session),
                 ("GET", "/sessions/{station_id}/{transaction_id}/bill", self.bill)):
             self.app.router.add_route(method, p + path, handler)
+        self.app.router.add_get(DRIVER_APP_PREFIX.rstrip("/"), self.app_redirect)
+        self.app.router.add_get(DRIVER_APP_PREFIX + "{name:[a-z.]*}", self.app_file)
         self._runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
         """Base URL (``http://host:port/driver/v1``)."""
         return f"http://{self.host}:{self.port}{DRIVER_API_PREFIX}"
+
+    @property
+    def app_url(self) -> str:
+        """The driver's app view (``http://host:port/driver/app/``)."""
+        return f"http://{self.host}:{self.port}{DRIVER_APP_PREFIX}"
 
     async def start(self) -> None:
         """Bind and serve."""
@@ -570,7 +594,8 @@ class DriverAPI:
             if any(k.lower() in ("token", "access_token") for k in request.query):
                 raise _Problem(400, "token_in_query", "send the app token in "
                                                       "'Authorization: Bearer <token>'")
-            request[DRIVER] = self._driver(request)
+            if not request.path.startswith(DRIVER_APP_PREFIX.rstrip("/")):
+                request[DRIVER] = self._driver(request)
             response = await handler(request)
         except Exception as exc:
             problem = _to_problem(exc)
@@ -658,6 +683,21 @@ class DriverAPI:
     async def bill(self, request: web.Request) -> web.Response:
         """``GET /sessions/{station_id}/{transaction_id}/bill``."""
         return web.json_response(self.service.bill(request[DRIVER], *self._tx(request)))
+
+    # -- the app view -----------------------------------------------------------------
+    async def app_redirect(self, request: web.Request) -> web.Response:
+        """``GET /driver/app``: to ``/driver/app/`` (the page's relative links need it)."""
+        return web.Response(status=308, headers={"Location": DRIVER_APP_PREFIX})
+
+    async def app_file(self, request: web.Request) -> web.Response:
+        """``GET /driver/app/{name}``: the page, its script and its style (public: they
+        hold no data; the script asks the API with the driver's app token)."""
+        found = _APP_FILES.get(request.match_info["name"])
+        if found is None:
+            raise _Problem(404, "not_found", "no such file")
+        name, content_type = found
+        return web.Response(body=(_APP_STATIC / name).read_bytes(), content_type=content_type,
+                            charset="utf-8", headers=_APP_HEADERS)
 
 
 def site_locations(sites: Sequence[Any]) -> list[SiteLocation]:

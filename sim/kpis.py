@@ -113,6 +113,13 @@ KPI_LABELS: dict[str, tuple[str, str]] = {
     "app_no_shows": ("Reserving drivers who did not come", ""),
     "turned_away_percent_app": ("Visits turned away: app users", "%"),
     "turned_away_percent_other": ("Visits turned away: other drivers", "%"),
+    "roaming_drivers": ("Drivers of another network (eMSP tokens)", ""),
+    "roaming_sessions": ("  their sessions, authorized over OCPI", ""),
+    "roaming_authorizations": ("  real-time authorizations by the eMSP", ""),
+    "roaming_energy_kwh": ("  their energy", "kWh"),
+    "roaming_owed_to_cpo": ("  owed by the eMSP to the CPO", "cur"),
+    "roaming_paid_by_drivers": ("  paid by those drivers to the eMSP", "cur"),
+    "roaming_emsp_margin": ("  the eMSP's margin", "cur"),
     "ocpp_messages": ("OCPP messages exchanged", ""),
     "profiles_received": ("Charging profiles received by stations", ""),
 }

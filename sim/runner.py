@@ -81,6 +81,7 @@ from .geography import assign_home_buses, check_station_buses, stations_table, u
 from .kpis import compute_kpis
 from .maintenance import Operations
 from .prices import export_price_steps, price_at, price_steps
+from .roaming import Roaming
 from .scenario import Scenario, behaviour_overrides
 from .series import Spool, SpoolDir
 from .sessions import given_evs, session_columns
@@ -484,13 +485,24 @@ class Twin:
                                                     "with an external CSMS or "
                                                     "run.csms_process")])
             self.app = AppUsers(self, scenario.app, scenario.seed)
+        #: Drivers of another network ([roaming]): an eMSP's tokens, authorized over OCPI.
+        self.roaming: Roaming | None = None
+        if scenario.roaming is not None:
+            if external is not None or scenario.run.csms_process \
+                    or scenario.run.transport == "direct":
+                raise ScenarioError(scenario.name, [("roaming", "roaming drivers are "
+                                                    "authorized over OCPI by the CSMS in the "
+                                                    "twin's process: not with an external "
+                                                    "CSMS, run.csms_process or the direct "
+                                                    "transport")])
+            self.roaming = Roaming(self, scenario.roaming, scenario.seed)
         #: Simulated seconds per wall-clock second with our own CSMS (``evtwin run
         #: --pace``), so a person can watch; None: as fast as it goes.
         self.pace: float | None = None
         #: Started (``await c.start(server)``) with our in-process CSMS's server before
         #: the stations connect, stopped (``await c.stop()``) when the run ends: the
         #: dashboard of ``evtwin run --dashboard``.
-        self.companions: list[Any] = []
+        self.companions: list[Any] = [] if self.roaming is None else [self.roaming]
         #: The feeder's power flow of the latest step: (simulated s, GridResult).
         self.last_grid: tuple[float, Any] | None = None
 
@@ -799,6 +811,8 @@ class Twin:
             wall = time.perf_counter() - wall0
             return self._results(series, power, [], frames, wall, end_s, clients)
         config = csms_config(self.sc, self.model, self.station_lines())
+        if self.roaming is not None:  # the eMSP's tokens: unknown here, asked about
+            config = replace(config, id_tokens=config.id_tokens - self.roaming.tokens)
         transport = self.sc.run.transport
         m = self.sc.maintenance
         if self._needs_training():
@@ -1109,6 +1123,9 @@ class Twin:
         if self.app is not None:
             kpis.update(self.app.kpis(sessions))
             tables["reservations"] = self.app.table()
+        if self.roaming is not None:
+            kpis.update(self.roaming.kpis())
+            tables["roaming"] = self.roaming.table()
         if self.ops is not None:
             kpis.update(self.ops.kpis(end_s, sessions))
             tables["availability"] = self.ops.port_table(end_s)

@@ -427,6 +427,35 @@ class AppSettings(_Strict):
     """What an hour of detour is worth to a driver, in the tariff's currency."""
 
 
+class RoamingSettings(_Strict):
+    """Drivers of another network at the twin's stations (evtwin.sim.roaming): the
+    twin's CSMS is an OCPI CPO and an eMSP issues their tokens, over HTTP on loopback."""
+
+    share: float = Field(0.3, ge=0, le=1)
+    """Share of the EVs whose drivers are the eMSP's customers (drawn from the seed)."""
+    country_code: str = Field("NL", pattern=r"^[A-Z]{2}$")
+    cpo_party_id: str = Field("EVA", pattern=r"^[A-Z0-9]{3}$")
+    cpo_name: str = Field("evtwin CPO", min_length=1, max_length=100)
+    emsp_party_id: str = Field("MSP", pattern=r"^[A-Z0-9]{3}$")
+    emsp_name: str = Field("evtwin eMSP", min_length=1, max_length=100)
+    whitelist: Literal["NEVER", "ALLOWED", "ALWAYS"] = "NEVER"
+    """NEVER: every start is authorized by the eMSP in real time."""
+    markup_percent: float = Field(10.0, ge=0, le=1000, allow_inf_nan=False)
+    """What the eMSP adds to the CPO's cost on its drivers' bills."""
+    fee_per_session: float = Field(0.35, ge=0, allow_inf_nan=False)
+    # Where the twin's sites are, for the OCPI Locations (a label; 100 m apart).
+    latitude: float = Field(52.0907, ge=-89, le=89, allow_inf_nan=False)
+    longitude: float = Field(5.1214, ge=-180, le=180, allow_inf_nan=False)
+    country: str = Field("NLD", pattern=r"^[A-Z]{3}$")
+    city: str = Field("Utrecht", min_length=1, max_length=45)
+
+    @model_validator(mode="after")
+    def _two_parties(self) -> RoamingSettings:
+        if self.cpo_party_id == self.emsp_party_id:
+            raise ValueError("emsp_party_id: must differ from cpo_party_id")
+        return self
+
+
 class RunSettings(_Strict):
     """How the twin runs (not what it models): the results do not depend on it."""
 
@@ -494,6 +523,8 @@ class Scenario(_Strict):
     """What drivers pay the CSMS and how they answer it (evtwin.sim.tariff_config);
     none: the CSMS's default flat tariff, drivers who ignore prices."""
     app: AppSettings | None = None
+    roaming: RoamingSettings | None = None
+    """Drivers of another network charging with their own tokens (OCPI); none: nobody."""
     """Drivers who use the operator's app and reserve (evtwin.agents.app); none: nobody."""
 
     #: The scenario file it was read from (see :attr:`source`); not a field.

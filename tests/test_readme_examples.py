@@ -178,6 +178,16 @@ def _check_finance(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
     assert "npv" in json.dumps(summary).lower()
 
 
+def _check_roaming_run(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
+    """The roaming KPIs are in the run's table, and its bills in roaming.csv."""
+    run = _one("results/roaming-*", ws)
+    kpis = json.loads((run / "kpis.json").read_text())["kpis"]
+    assert kpis["roaming_sessions"] >= 1 and kpis["roaming_owed_to_cpo"] > 0
+    rows = (run / "roaming.csv").read_text().splitlines()
+    assert len(rows) == kpis["roaming_sessions"] + 1 and "pid-" in rows[1]
+    assert "owed by the eMSP to the CPO" in proc.stdout
+
+
 def _check_dashboard_user(ws: Path, proc: subprocess.CompletedProcess[str]) -> None:
     """The token it prints verifies against the hash of the entry it prints, and the
     authenticator URI carries the entry's secret."""
@@ -272,6 +282,7 @@ EXAMPLES: list[Example] = [
         "csms serve --config docs/roaming/cpo.toml --db cpo.sqlite &",
         "emsp serve docs/roaming/emsp.toml &",
         "emsp report docs/roaming/emsp.toml")),
+    Example(".venv/bin/evtwin run scenarios/roaming.toml", check=_check_roaming_run),
     Example(".venv/bin/evtwin csms dashboard-user ada --role admin",
             check=_check_dashboard_user),
     Example(".venv/bin/evtwin run scenarios/demo.toml --dashboard 8080 --pace 600",

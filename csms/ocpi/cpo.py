@@ -102,6 +102,8 @@ __all__ = ["CPO", "ocpi_id"]
 _ALLOWED_TO_OCPP = {AllowedType.ALLOWED: "Accepted", AllowedType.BLOCKED: "Blocked",
                     AllowedType.EXPIRED: "Expired", AllowedType.NO_CREDIT: "NoCredit",
                     AllowedType.NOT_ALLOWED: "NotAllowedTypeAtEVSE"}
+#: An open roaming session is pushed to its eMSP at most this often (session time).
+SESSION_PUSH_S = 900.0
 #: How long a station's answer to a command may take (CommandResponse.timeout).
 COMMAND_TIMEOUT_S = 30
 
@@ -162,6 +164,8 @@ class CPO(OCPIPlatform):
                 self._evse_at[(st.site.upper(), uid.upper())] = (st.id, n)
         #: OCPI session id -> (station, transaction), for STOP_SESSION.
         self._sessions: dict[str, tuple[str, str]] = {}
+        #: When each open roaming session was last pushed (its own time).
+        self._pushed_at: dict[str, datetime] = {}
         #: Authorization references of tokens authorized in real time.
         self._auth_refs: dict[str, str] = {}
         #: Reservations: (party key, OCPI id) -> (station, OCPP id).
@@ -618,6 +622,16 @@ class CPO(OCPIPlatform):
         token, party = found
         sid = ocpi_id(s.station_id, s.transaction_id)
         self._sessions[sid.upper()] = (s.station_id, s.transaction_id)
+        # Updates at most every SESSION_PUSH_S of the session's own time (its meter
+        # readings): the eMSP follows the session without a PUT per meter value.
+        at = s.meter_last_at or s.started_at
+        last = self._pushed_at.get(sid)
+        if event.event_type == "Updated" and last is not None \
+                and (at - last).total_seconds() < SESSION_PUSH_S:
+            return
+        self._pushed_at[sid] = at
+        if event.event_type == "Ended":
+            self._pushed_at.pop(sid, None)
         session = self._session(s, token, event.event_type, event.cdr)
         self.registry.put_object("session", self.country_code, self.party_id, sid,
                                  self.dump(session))

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import signal
 import tomllib
@@ -327,12 +326,7 @@ class EMSP(OCPIPlatform):
         if request.method == "DELETE" and kind == "tariff":
             self.registry.delete_object(kind, cc, pid, object_id)
             return self.ok()
-        text = await request.text()
-        try:
-            data = json.loads(text)
-        except ValueError:
-            raise OCPIError(OCPIStatus.CLIENT_ERROR, "the body is not JSON",
-                            http_status=400) from None
+        data = await self.json_body(request)
         if not isinstance(data, dict):
             raise OCPIError(OCPIStatus.INVALID_PARAMETERS, "the body is not an object")
         if request.method == "PATCH":

@@ -189,15 +189,19 @@ class OCPIPlatform:
                         if party is None else "registration not finished", http_status=401)
 
     @staticmethod
-    async def body(request: web.Request, model: type[M]) -> M:
-        """The request body as ``model``: HTTP 400 if it is not JSON, OCPI 2001 naming
-        every bad field if it is not a valid object."""
-        text = await request.text()
+    async def json_body(request: web.Request) -> Any:
+        """The request body as JSON (HTTP 400 if it is not JSON)."""
         try:
-            data = json.loads(text)
+            return json.loads(await request.text())
         except ValueError:
             raise OCPIError(OCPIStatus.CLIENT_ERROR, "the body is not JSON",
                             http_status=400) from None
+
+    @classmethod
+    async def body(cls, request: web.Request, model: type[M]) -> M:
+        """The request body as ``model``: HTTP 400 if it is not JSON, OCPI 2001 naming
+        every bad field if it is not a valid object."""
+        data = await cls.json_body(request)
         try:
             return model.model_validate(data)
         except ValidationError as err:
