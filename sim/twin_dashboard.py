@@ -112,8 +112,13 @@ class TwinDashboard:
 
     async def start(self, server: CSMSServer) -> None:
         """Serve the dashboard on ``server``'s CSMS (called by the twin)."""
+        # With [roaming] the twin's CSMS is an OCPI CPO (started before this companion):
+        # its partners are the dashboard's roaming partners.
+        roaming = getattr(self.twin, "roaming", None)
+        cpo = getattr(roaming, "cpo", None)
         self.dashboard = Dashboard(server, users=self.users, host=self.host, port=self.port,
                                    grid=self.grid, run=self.run,
+                                   partners=cpo.partners if cpo is not None else list,
                                    pseudonymiser=pseudonymiser_for(server.core.store),
                                    push_interval_s=self.push_interval_s)
         try:

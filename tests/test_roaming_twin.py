@@ -89,3 +89,29 @@ def test_roaming_needs_ocpp_messages_and_the_csms_in_process() -> None:
 
     with pytest.raises(ScenarioError, match="roaming"):
         Twin(roaming_scenario("direct"))
+
+
+def test_the_twin_dashboard_lists_the_emsp_as_a_roaming_partner(tmp_path: Path) -> None:
+    """With [roaming] and --dashboard, the dashboard's partners are the CPO's: the eMSP."""
+    from evtwin.csms.dashboard import new_user
+    from evtwin.sim.runner import Twin
+    from evtwin.sim.twin_dashboard import TwinDashboard
+
+    seen: list[list[dict[str, Any]]] = []
+
+    class Peek:
+        async def start(self, server: Any) -> None:
+            assert dash.dashboard is not None
+            seen.append(dash.dashboard.snapshot()["partners"])
+
+        async def stop(self) -> None:
+            pass
+
+    twin = Twin(roaming_scenario("memory").model_copy(update={"duration_h": 1}),
+                database=tmp_path / "csms.db")
+    dash = TwinDashboard(twin, users=[new_user("ada")[0]], port=0, say=lambda _line: None)
+    twin.companions += [dash, Peek()]
+    twin.run()
+    (partners,) = seen
+    assert [p["roles"] for p in partners] == [["EMSP"]]
+    assert "NL*MSP" in partners[0]["name"]
