@@ -1125,7 +1125,7 @@ class Twin:
             tables["reservations"] = self.app.table()
         if self.roaming is not None:
             kpis.update(self.roaming.kpis())
-            tables["roaming"] = self.roaming.table()
+            tables.update(self.roaming.tables())
         if self.ops is not None:
             kpis.update(self.ops.kpis(end_s, sessions))
             tables["availability"] = self.ops.port_table(end_s)

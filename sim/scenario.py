@@ -427,6 +427,19 @@ class AppSettings(_Strict):
     """What an hour of detour is worth to a driver, in the tariff's currency."""
 
 
+class RoamingOperator(_Strict):
+    """One operator on the twin's CSMS platform: a CPO for its sites and an eMSP for
+    its drivers (OCPI lets one platform serve several CPOs, each with its party id)."""
+
+    name: str = Field(min_length=1, max_length=100)
+    cpo_party_id: str = Field(pattern=r"^[A-Z0-9]{3}$")
+    emsp_party_id: str = Field(pattern=r"^[A-Z0-9]{3}$")
+    sites: list[str] = Field(min_length=1)
+    """The scenario's sites this operator runs."""
+    drivers_share: float = Field(ge=0, le=1)
+    """Share of the EVs whose drivers are this operator's customers (its tokens)."""
+
+
 class RoamingSettings(_Strict):
     """Drivers of another network at the twin's stations (evtwin.sim.roaming): the
     twin's CSMS is an OCPI CPO and an eMSP issues their tokens, over HTTP on loopback."""
@@ -449,10 +462,28 @@ class RoamingSettings(_Strict):
     country: str = Field("NLD", pattern=r"^[A-Z]{3}$")
     city: str = Field("Utrecht", min_length=1, max_length=45)
 
+    operators: list[RoamingOperator] = Field(default_factory=list)
+    """Two or more operators, each with its sites and drivers, roaming on each other's
+    stations; then ``share``, ``cpo_party_id``, ``emsp_party_id`` and the names above
+    are not used (every driver belongs to an operator)."""
+
     @model_validator(mode="after")
-    def _two_parties(self) -> RoamingSettings:
-        if self.cpo_party_id == self.emsp_party_id:
-            raise ValueError("emsp_party_id: must differ from cpo_party_id")
+    def _parties(self) -> RoamingSettings:
+        if not self.operators:
+            if self.cpo_party_id == self.emsp_party_id:
+                raise ValueError("emsp_party_id: must differ from cpo_party_id")
+            return self
+        if len(self.operators) < 2:
+            raise ValueError("operators: give two or more (one operator: leave it out and "
+                             "use share)")
+        ids = [p for o in self.operators for p in (o.cpo_party_id, o.emsp_party_id)]
+        if len(set(ids)) != len(ids):
+            raise ValueError("operators: every cpo_party_id and emsp_party_id must differ")
+        sites = [x for o in self.operators for x in o.sites]
+        if len(set(sites)) != len(sites):
+            raise ValueError("operators: a site belongs to one operator")
+        if abs(sum(o.drivers_share for o in self.operators) - 1.0) > 1e-9:
+            raise ValueError("operators: drivers_share must add up to 1")
         return self
 
 

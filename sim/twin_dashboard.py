@@ -115,10 +115,9 @@ class TwinDashboard:
         # With [roaming] the twin's CSMS is an OCPI CPO (started before this companion):
         # its partners are the dashboard's roaming partners.
         roaming = getattr(self.twin, "roaming", None)
-        cpo = getattr(roaming, "cpo", None)
         self.dashboard = Dashboard(server, users=self.users, host=self.host, port=self.port,
                                    grid=self.grid, run=self.run,
-                                   partners=cpo.partners if cpo is not None else list,
+                                   partners=roaming.partners if roaming is not None else list,
                                    pseudonymiser=pseudonymiser_for(server.core.store),
                                    push_interval_s=self.push_interval_s)
         try:

@@ -115,3 +115,57 @@ def test_the_twin_dashboard_lists_the_emsp_as_a_roaming_partner(tmp_path: Path) 
     (partners,) = seen
     assert [p["roles"] for p in partners] == [["EMSP"]]
     assert "NL*MSP" in partners[0]["name"]
+
+
+def two_operators(transport: str = "memory") -> Any:
+    sc = roaming_scenario(transport)
+    data = sc.model_dump(mode="json")
+    data["ev"]["count"] = 24
+    data["sites"] = [{**data["sites"][0], "name": "lot"}, {**data["sites"][0], "name": "mall"}]
+    data["roaming"] = {"operators": [
+        {"name": "Alpha", "cpo_party_id": "ALC", "emsp_party_id": "ALE", "sites": ["lot"],
+         "drivers_share": 0.5},
+        {"name": "Beta", "cpo_party_id": "BEC", "emsp_party_id": "BEE", "sites": ["mall"],
+         "drivers_share": 0.5}]}
+    from evtwin.sim.scenario import parse_scenario
+
+    return parse_scenario(data)
+
+
+def test_two_operators_roam_on_each_other_and_settle_the_difference(tmp_path: Path) -> None:
+    """Two operators on the twin's CSMS platform, each a CPO for its site and an eMSP
+    for its drivers: a driver at the other operator's site roams (asked about in real
+    time, billed by their own eMSP, owed to the other CPO); at their own site they do
+    not. The net settlement is what the CSMS's own CDRs say."""
+    import sqlite3
+
+    from evtwin.sim.runner import Twin
+
+    twin = Twin(two_operators(), database=tmp_path / "csms.db")
+    result = twin.run()
+    k = result.kpis
+    assert twin.roaming is not None
+    alpha, beta = twin.roaming.networks
+    network = {ev.id_token: n.name for n in (alpha, beta) for ev in n.evs}
+    assert len(network) == 24  # every driver belongs to one
+    site_of = {st.station_id: st.site for st in twin.model.stations}
+    operator_of = {"lot": "Alpha", "mall": "Beta"}
+    con = sqlite3.connect(tmp_path / "csms.db")
+    try:
+        cdrs = pd.read_sql_query("SELECT station_id, id_token, cost FROM cdrs", con)
+    finally:
+        con.close()
+    cdrs["cpo"] = [operator_of[site_of[s]] for s in cdrs["station_id"]]
+    cdrs["home"] = [network[t] for t in cdrs["id_token"]]
+    roams = cdrs[cdrs["cpo"] != cdrs["home"]]
+    assert len(roams) >= 2 and (cdrs["cpo"] == cdrs["home"]).sum() >= 2
+    assert k["roaming_sessions"] == len(roams)
+    assert k["home_sessions"] == len(cdrs) - len(roams)
+    a_to_b = roams[roams["home"] == "Alpha"]["cost"].sum()
+    b_to_a = roams[roams["home"] == "Beta"]["cost"].sum()
+    assert k["roaming_net_settlement"] == pytest.approx(a_to_b - b_to_a, abs=0.02)
+    settlement = result.tables["settlement"]
+    assert set(zip(settlement["emsp"], settlement["cpo"], strict=True)) <= {
+        ("NL*ALE", "NL*BEC"), ("NL*BEE", "NL*ALC")}
+    # Every session, home or roaming, was asked about in real time.
+    assert k["roaming_authorizations"] >= len(cdrs)

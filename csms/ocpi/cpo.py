@@ -142,13 +142,17 @@ class CPO(OCPIPlatform):
                  country_code: str, party_id: str, name: str, host: str = "127.0.0.1",
                  port: int = 0, public_url: str | None = None,
                  client: OCPIClient | None = None, authorize_timeout_s: float = 5.0,
-                 partners: list[tuple[str, str]] | None = None) -> None:
+                 partners: list[tuple[str, str]] | None = None,
+                 roaming_port: bool = True) -> None:
         super().__init__(registry, country_code=country_code, party_id=party_id, name=name,
                          host=host, port=port, public_url=public_url, client=client)
         self.server = server
         self.core = server.core
         self.config = config
         self.authorize_timeout_s = authorize_timeout_s
+        #: Whether it is the core's roaming port (False: several CPOs share the core,
+        #: one per operator, and a dispatcher by station is; see evtwin.sim.roaming).
+        self.roaming_port = roaming_port
         #: eMSPs to register with at start: (versions URL, their token A).
         self.partners_to_register = list(partners or [])
         self.started = datetime.now(UTC)
@@ -180,7 +184,8 @@ class CPO(OCPIPlatform):
     # -- life ---------------------------------------------------------------------------
     async def start(self) -> None:
         await super().start()
-        self.core.roaming = self
+        if self.roaming_port:
+            self.core.roaming = self
         self.core.observers.append(self._observe)
         self._pusher = asyncio.create_task(self._push_loop())
         if self.partners_to_register:
@@ -532,6 +537,30 @@ class CPO(OCPIPlatform):
                 log.warning("OCPI: status push to %s failed: %s", party.name(), exc,
                             extra={"event": "ocpi_push_failed"})
 
+    async def on_registered(self, party: Party) -> None:
+        """An eMSP registered (either way): send it every Location (PUT), so that the
+        status updates that follow (PATCH) have something to change."""
+        if party.has_role("EMSP"):
+            self._spawn(self.push_locations(party))
+
+    async def push_locations(self, party: Party) -> int:
+        """PUT every Location to ``party``'s locations receiver; how many it took."""
+        url = party.endpoint("locations", "RECEIVER")
+        if url is None or party.their_token is None:
+            return 0
+        done = 0
+        for loc in self.locations():
+            try:
+                await self.client.call(
+                    "PUT", f"{url.rstrip('/')}/{self.country_code}/{self.party_id}/{loc.id}",
+                    party.their_token, body=self.dump(loc), routing=self.routing_to(party,
+                                                                                    "EMSP"))
+                done += 1
+            except OCPIRemoteError as exc:
+                log.warning("OCPI: location push to %s failed: %s", party.name(), exc,
+                            extra={"event": "ocpi_push_failed"})
+        return done
+
     def _token_party(self, id_token: str | None) -> tuple[Token, Party] | None:
         if id_token is None:
             return None
@@ -614,8 +643,14 @@ class CPO(OCPIPlatform):
             total_energy=round(energy_kwh, 4), total_time=round(hours, 4),
             total_parking_time=None, last_updated=datetime.now(UTC))
 
+    def has_station(self, station_id: str) -> bool:
+        """Whether ``station_id`` is one of this CPO's."""
+        return any(sid == station_id for sid, _n in self._evse_uid)
+
     async def _push_session(self, event: SessionChanged) -> None:
         s = event.session
+        if (s.station_id, s.evse_id) not in self._evse_uid:
+            return  # another CPO's station on a shared CSMS
         found = self._token_party(s.id_token)
         if found is None:
             return  # not a roaming session
