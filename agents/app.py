@@ -8,17 +8,17 @@ detour valued at ``value_of_time_per_h``. Sites with no free EVSE are out. If
 the chosen site is busy (its occupancy above ``reserve_when_occupancy_above``)
 they reserve an EVSE there for ``reservation_min`` minutes.
 
-What the app shows and does comes through :class:`DriverApp` (the simulator
-wires the CSMS's driver service behind it): agents never import the CSMS.
+These are the app user's decisions only: the simulator (:mod:`evtwin.sim.appusers`)
+fills the offers from the CSMS's driver service and makes the reservations;
+agents never import the CSMS.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
-__all__ = ["DriverApp", "SiteOffer", "choose_site", "should_reserve"]
+__all__ = ["SiteOffer", "choose_site", "should_reserve"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +57,3 @@ def should_reserve(offer: SiteOffer, occupancy_above: float) -> bool:
     """Reserve when the chosen site is busy: its occupancy above the threshold."""
     return offer.free_evses > 0 and offer.occupancy > occupancy_above
 
-
-class DriverApp(Protocol):
-    """What an app user's app does for them (the simulator provides it)."""
-
-    def price_per_kwh(self, site: str) -> float:
-        """What a session starting now at ``site`` pays per kWh."""
-        ...

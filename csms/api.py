@@ -46,7 +46,14 @@ from .exceptions import (
     UnknownStationError,
 )
 from .model import EVChargingNeeds, Session
-from .privacy import audit_log, erase_driver, export_driver, pseudonymiser_for, redact
+from .privacy import (
+    audit_log,
+    erase_driver,
+    export_driver,
+    on_behalf,
+    pseudonymiser_for,
+    redact,
+)
 from .security import PasswordVerifier, VerifierBusy, check_password_hash, hash_password
 from .server import CSMSServer
 from .shell import (
@@ -658,6 +665,8 @@ class PrivacyErased(_Model):
     cdrs: int
     messages: int
     """Kept messages (transaction events, station messages, queued commands) changed."""
+    ocpi_objects: int = 0
+    """OCPI Sessions, CDRs and Tokens exchanged with roaming partners ([ocpi]) changed."""
 
 
 class AuditEntryOut(_Model):
@@ -1173,16 +1182,37 @@ class OperatorAPI:
         """``POST /privacy/export``: one driver's data, with their raw id token (it is
         their data); other drivers' identifiers in it are erased."""
         body = await self._body(request, PrivacyExportBody)
-        return web.json_response(export_driver(self.core.store, body.id_token,
-                                               actor=body.actor, now=self.core.clock()))
+        data = export_driver(self.core.store, body.id_token, actor=self._who(request, body.actor),
+                             now=self.core.clock())
+        registry = self.server.ocpi_registry
+        if registry is not None:
+            data["ocpi_objects"] = registry.objects_of(
+                registry.identifiers_of(body.id_token.strip()))
+        return web.json_response(data)
 
     async def privacy_erase(self, request: web.Request) -> web.Response:
         """``POST /privacy/erase``: 409 while the driver charges, 404 if nothing is kept."""
         body = await self._body(request, PrivacyEraseBody)
-        counts = erase_driver(self.core.store, body.id_token, actor=body.actor,
-                              reason=body.reason, now=self.core.clock())
+        registry = self.server.ocpi_registry
+        ocpi = 0
+        if registry is not None:  # first: a repeated request still reaches it
+            ocpi = registry.erase_identifiers(registry.identifiers_of(body.id_token.strip()))
+        try:
+            counts = erase_driver(self.core.store, body.id_token,
+                                  actor=self._who(request, body.actor), reason=body.reason,
+                                  now=self.core.clock())
+        except PersonalDataError as exc:
+            if exc.reason != "unknown" or not ocpi:
+                raise
+            counts = {"transactions": 0, "cdrs": 0, "messages": 0}
         return _json(PrivacyErased(pseudonym=self._pseudonym_of(body.id_token.strip()),
-                                   **counts))
+                                   ocpi_objects=ocpi, **counts))
+
+    @staticmethod
+    def _who(request: web.Request, declared: str) -> str:
+        """The audit log's "who": the declared actor with what authenticated the
+        request (the API token, from this peer)."""
+        return on_behalf(declared, f"api token, peer {request.remote}")
 
     async def privacy_audit(self, request: web.Request) -> web.Response:
         """``GET /privacy/audit``."""

@@ -7,6 +7,7 @@ Every error is reported at once with its file and field, like scenario files::
 
 from __future__ import annotations
 
+import re
 import ssl
 import tomllib
 from collections import Counter
@@ -456,6 +457,11 @@ class DashboardUserEntry(_Strict):
     @field_validator("token_hash")
     @classmethod
     def _readable(cls, v: str) -> str:
+        # sha256$ only: a scrypt check can be refused when busy (the dashboard's login
+        # has no use for a slow hash of a 240-bit token).
+        if not v.startswith("sha256$"):
+            raise ValueError("must be a sha256$ hash (make one with `evtwin csms "
+                             "dashboard-user NAME`)")
         check_password_hash(v)
         return v
 
@@ -468,6 +474,25 @@ class DashboardSection(_Strict):
     users: list[DashboardUserEntry] = Field(min_length=1)
     session_ttl_h: float = Field(8.0, gt=0, le=720)
     """A login lasts this long."""
+    public_url: str | None = Field(None, max_length=200, pattern=r"^https?://[^/\s]+/?$")
+    """The address browsers use when a proxy is in front (``https://dash.example.org``):
+    logins and actions must come from this origin, and an https one makes the
+    session cookie Secure."""
+    trusted_proxy: str | None = None
+    """The proxy's IP address as the dashboard sees it (``127.0.0.1``): the client
+    address it appends to X-Forwarded-For is then used to throttle failed logins."""
+
+    @field_validator("trusted_proxy")
+    @classmethod
+    def _ip(cls, v: str | None) -> str | None:
+        if v is not None:
+            import ipaddress
+
+            try:
+                ipaddress.ip_address(v)
+            except ValueError:
+                raise ValueError(f"not an IP address: {v[:50]!r}") from None
+        return v
 
     @field_validator("users")
     @classmethod
@@ -653,6 +678,22 @@ def _cross_problems(data: dict[str, Any]) -> list[tuple[str, str]]:
                              "OCPI Location)")
                             for field in ("address", "city", "country", "latitude",
                                           "longitude") if site.get(field) is None)
+            if isinstance(name, str) and not re.fullmatch(r"[\x21-\x7E]{1,36}", name):
+                problems.append((f"sites.{i}.name", "with [ocpi] at most 36 printable "
+                                 "characters without spaces (it is the Location id)"))
+            tariff = data.get("tariff")
+            if isinstance(tariff, dict) and tariff.get("kind") == "tou" \
+                    and tariff.get("timezone", "UTC") != (site.get("time_zone") or "UTC"):
+                problems.append((f"sites.{i}.time_zone", "with [ocpi] and a time-of-use "
+                                 "tariff, the tariff's timezone (OCPI publishes band times "
+                                 "in the Location's time zone)"))
+        for j, st in enumerate(stations):
+            if isinstance(st, dict) and isinstance(st.get("id"), str):
+                n = len(st.get("evse_max_kw") or [1])
+                if len(f"{st['id']}*{n}") > 36:
+                    problems.append((f"stations.{j}.id", "with [ocpi] at most "
+                                     f"{35 - len(str(n))} characters (the EVSE uids "
+                                     "'<id>*<n>' are OCPI CiString(36))"))
     if isinstance(stations, list):
         counts = Counter(str(s["id"]) for s in stations
                          if isinstance(s, dict) and isinstance(s.get("id"), str))

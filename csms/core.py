@@ -441,6 +441,8 @@ class CSMSCore:
             return response
         for old in stale:
             self._forget(old, f"transaction {ev.transaction_id} started on its EVSE")
+            if self.observers:  # ended too, as close_transaction's are
+                self._notify(SessionChanged(replace(old), "Ended", self._cdr(old, final=False)))
         # Stored: from here on it is the CSMS's state (the session object others
         # hold stays the one in use).
         was_open = None if current is None else current.is_open

@@ -55,6 +55,7 @@ from .clock import iso
 from .core import live_sessions
 from .exceptions import ConfigError, StationNotConnectedError, UnknownStationError
 from .privacy import Pseudonymiser
+from .security import VerifierBusy
 from .server import CSMSServer
 from .shell import CallFailed, InvalidCallResult, ShellBase
 
@@ -81,6 +82,8 @@ TOTP_WINDOW = 1
 _MAX_FIELD_CHARS = 200
 #: Recent charge detail records shown.
 RECENT_CDRS = 10
+#: The recent CDRs are read again at least this often (s), whatever else happened.
+CDRS_REFRESH_S = 30.0
 _STATIC = files("evtwin.csms") / "dashboard_static"
 _STATIC_FILES = {"dashboard.js": "application/javascript", "dashboard.css": "text/css"}
 # Checked for an unknown user name, so that refusing one costs what a wrong token costs.
@@ -224,6 +227,10 @@ class _Session:
     expires_s: float  # monotonic
 
 
+class _NoActions(Exception):
+    """The station is on the twin's direct transport: no OCPP to act through."""
+
+
 def _problem(status: int, error: str, message: str) -> web.Response:
     return web.json_response({"error": error, "message": message}, status=status)
 
@@ -234,7 +241,8 @@ class _Cache:
     text: str = ""
     content: str = ""
     made_s: float = -math.inf
-    cdr_count: int = -1
+    cdr_marker: str | None = None
+    cdrs_read_s: float = -math.inf
     cdrs: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -249,6 +257,10 @@ class Dashboard:
     key of this process's own by default). Snapshots are pushed at most every
     ``push_interval_s``, and only when something changed; a session lasts
     ``session_ttl_s``. ``wall`` is the clock TOTP codes are checked against.
+    ``public_url``: the address browsers use when a TLS proxy is in front; logins
+    and actions must then come from its origin, and the cookie is Secure if https;
+    ``trusted_proxy``: that proxy's address, whose X-Forwarded-For then names the
+    client for throttling and security events.
     """
 
     def __init__(self, server: CSMSServer, *, users: Sequence[DashboardUser],
@@ -261,7 +273,8 @@ class Dashboard:
                  failures_per_peer: int = 20, failures_per_user: int = 5,
                  failure_window_s: float = 300.0, max_streams: int = 50,
                  wall: Callable[[], float] = time.time,
-                 monotonic: Callable[[], float] = time.monotonic) -> None:
+                 monotonic: Callable[[], float] = time.monotonic,
+                 public_url: str | None = None, trusted_proxy: str | None = None) -> None:
         if not users:
             raise ConfigError("dashboard.users", "give at least one user (make one with "
                                                  "`evtwin csms dashboard-user NAME`)")
@@ -277,6 +290,10 @@ class Dashboard:
         self.push_interval_s = push_interval_s
         self.session_ttl_s = session_ttl_s
         self.max_streams = max_streams
+        #: The origin browsers use behind a proxy (``https://dash.example.org``), or None.
+        self.public_origin = public_url.rstrip("/") if public_url else None
+        #: The proxy's address: its X-Forwarded-For names the client (throttling, events).
+        self.trusted_proxy = trusted_proxy
         self._wall = wall
         self._monotonic = monotonic
         self._users: dict[str, DashboardUser] = {}
@@ -381,8 +398,20 @@ class Dashboard:
         return response
 
     def _event(self, request: web.Request, kind: str, detail: str) -> None:
-        self.audit.record(kind, detail, peer=request.remote, host=peer_host(request.remote),
+        peer = self._client(request)
+        self.audit.record(kind, detail, peer=peer, host=peer_host(peer),
                           message="dashboard: refused request from %s: %s")
+
+    def _client(self, request: web.Request) -> str | None:
+        """The client's address: the peer's, or behind ``trusted_proxy`` the address that
+        proxy appended last to X-Forwarded-For (what a client sends itself comes before
+        it and is not believed), so one client's failures do not lock out everyone."""
+        remote = request.remote
+        if self.trusted_proxy is None or remote != self.trusted_proxy:
+            return remote
+        forwarded = request.headers.getall("X-Forwarded-For", [])
+        last = ",".join(forwarded).split(",")[-1].strip()[:64] if forwarded else ""
+        return last or remote
 
     def _same_origin(self, request: web.Request) -> bool:
         """A browser's request from this dashboard's own pages (Origin, else Referer,
@@ -390,7 +419,9 @@ class Dashboard:
         origin = request.headers.get("Origin") or request.headers.get("Referer")
         if origin is None:
             return True
-        expected = f"{request.scheme}://{request.host}"
+        # Behind a TLS proxy the request comes in as http, often with the upstream's
+        # Host: the configured public address is what the browser's pages are on.
+        expected = self.public_origin or f"{request.scheme}://{request.host}"
         return origin == expected or origin.startswith(expected + "/")
 
     def _session(self, request: web.Request) -> _Session | None:
@@ -461,7 +492,8 @@ class Dashboard:
     async def login(self, request: web.Request) -> web.Response:
         """``POST /login`` (form: user, token, code): a session cookie, or the login
         page again with one message whatever was wrong (401; 429 when throttled)."""
-        peer, host = request.remote, peer_host(request.remote)
+        peer = self._client(request)
+        host = peer_host(peer)
         if not self._same_origin(request):
             self._event(request, "dashboard_cross_origin", "login form posted from another "
                                                            "origin")
@@ -471,16 +503,24 @@ class Dashboard:
         token = str(form.get("token", ""))[:_MAX_FIELD_CHARS].strip()
         code = str(form.get("code", ""))[:_MAX_FIELD_CHARS].strip().replace(" ", "")
         wait_s = self._throttle.retry_after(host, name)
+        # Only a configured user's name is recorded: anything else may be a token
+        # typed into the wrong field.
+        who = (f"user {safe_identity(name)}" if name in self._users
+               else f"unknown user ({len(name)} characters)")
         if wait_s:
-            self._event(request, "dashboard_login_throttled",
-                        f"user {safe_identity(name)}; {wait_s:.0f} s left")
+            self._event(request, "dashboard_login_throttled", f"{who}; {wait_s:.0f} s left")
             response = self._page("login.html", 429, "Too many failed logins: wait "
                                                      f"{math.ceil(wait_s)} s.")
             response.headers["Retry-After"] = str(max(1, math.ceil(wait_s)))
             return response
         user = self._users.get(name)
         check = self._checks.get(name, self._dummy)
-        token_ok = await check(token) if token else False
+        try:
+            token_ok = await check(token) if token else False
+        except VerifierBusy:  # a scrypt hash given in code (the config takes sha256$ only)
+            response = self._page("login.html", 503, "Busy: try again in a moment.")
+            response.headers["Retry-After"] = "1"
+            return response
         why = None
         step = None
         if user is None:
@@ -495,7 +535,8 @@ class Dashboard:
                 why = "TOTP code used before"
         if why is not None or user is None or step is None:
             self._throttle.failure(host, name)
-            self.audit.record("dashboard_login_failed", f"user {safe_identity(name)}: {why}",
+            detail = who if user is None else f"{who}: {why}"
+            self.audit.record("dashboard_login_failed", detail,
                               peer=peer, host=host,
                               message="dashboard: refused login from %s: %s")
             return self._page("login.html", 401, "Wrong user name, token or code.")
@@ -509,8 +550,14 @@ class Dashboard:
                         "peer": peer})
         response = web.Response(status=303, headers={"Location": "/"})
         response.set_cookie(COOKIE, sid, max_age=int(self.session_ttl_s), path="/",
-                            httponly=True, samesite="Strict", secure=request.secure)
+                            httponly=True, samesite="Strict", secure=self._secure(request))
         return response
+
+    def _secure(self, request: web.Request) -> bool:
+        """Whether the browser reaches us over https (the cookie is then Secure)."""
+        if self.public_origin is not None:
+            return self.public_origin.startswith("https://")
+        return request.secure
 
     def _prune_sessions(self) -> None:
         now = self._monotonic()
@@ -590,6 +637,9 @@ class Dashboard:
                     "limit_kw": None if limit is None else round(limit / 1000.0, 3),
                     "transaction_id": s.transaction_id if s is not None else None})
             stations.append({"id": sid, "site": spec.site, "connected": connected,
+                             # Admin actions go over OCPP: a station on the twin's direct
+                             # transport has no ChangeAvailability to take them.
+                             "actions": shell is not None,
                              "protocol": f"ocpp{shell.version}" if shell is not None else None,
                              "evses": evses, "faults": faults.get(sid, [])})
         for site in sites.values():
@@ -616,31 +666,35 @@ class Dashboard:
         }
 
     def _reservations(self, reserved: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The reservations in force as the core records them (its reservation book);
-        without one, the EVSEs whose status is Reserved."""
-        book = getattr(self.core, "reservations", None)
-        by_id = getattr(book, "by_id", None)
-        if not isinstance(by_id, dict):
-            return reserved
+        """The reservations in force now as the core's reservation book records them
+        (every ReserveNow the CSMS sent), then the EVSEs whose status is Reserved that
+        no such reservation explains (made before a restart, say)."""
+        in_force = sorted(self.core.reservations.in_force(self.core.clock()),
+                          key=lambda r: r.reservation_id)
+        known = {(r.station_id, r.evse_id) for r in in_force}
         return [{"reservation_id": r.reservation_id, "station_id": r.station_id,
                  "evse_id": r.evse_id, "id_token": self.pseudonymise(r.id_token),
-                 "expiry": iso(r.expiry), "status": r.status}
-                for r in sorted(by_id.values(), key=lambda r: r.reservation_id)
-                if getattr(r, "active", False)]
+                 "expiry": iso(r.expiry), "status": r.status} for r in in_force] + [
+            {**e, "status": "Reserved"} for e in reserved
+            if (e["station_id"], e["evse_id"]) not in known]
 
     def _recent_cdrs(self) -> list[dict[str, Any]]:
-        count = self.core.store.count("cdrs")
-        if count != self._cache.cdr_count:
-            self._cache.cdr_count = count
-            self._cache.cdrs = [{
+        """The newest CDRs, read again when a transaction ended since (one indexed
+        look-up per push), and at least every ``CDRS_REFRESH_S`` (an erasure, say)."""
+        cache = self._cache
+        marker = self.core.store.last_ended_at()
+        now = time.monotonic()
+        if marker != cache.cdr_marker or now - cache.cdrs_read_s >= CDRS_REFRESH_S:
+            cache.cdr_marker, cache.cdrs_read_s = marker, now
+            cache.cdrs = [{
                 "station_id": c["station_id"], "transaction_id": c["transaction_id"],
                 "id_token": self.pseudonymise(c.get("id_token")),
                 "started_at": c["started_at"], "ended_at": c["ended_at"],
                 "duration_min": round(float(c["duration_s"]) / 60.0, 1),
                 "energy_kwh": round(float(c["energy_wh"]) / 1000.0, 3),
                 "cost": round(float(c["cost"]), 2), "currency": c["currency"],
-            } for c in reversed(self.core.store.cdrs()[-RECENT_CDRS:])]
-        return self._cache.cdrs
+            } for c in self.core.store.recent_cdrs(RECENT_CDRS)]
+        return cache.cdrs
 
     def _snapshot_text(self) -> str:
         """The latest snapshot as JSON, made at most every ``push_interval_s``; ``at``
@@ -712,6 +766,8 @@ class Dashboard:
         self.core.station(station_id)
         shell = self.server.connections.get(station_id)
         if shell is None:
+            if station_id in self.server.direct:
+                raise _NoActions(station_id)
             raise StationNotConnectedError(station_id)
         return shell
 
@@ -721,6 +777,9 @@ class Dashboard:
             result = await call(self._shell(station_id))
         except UnknownStationError as exc:
             return _problem(404, "not_found", str(exc))
+        except _NoActions as exc:
+            return _problem(409, "no_actions", f"station {exc} is on the direct transport: "
+                                               "no admin actions")
         except StationNotConnectedError as exc:
             return _problem(409, "not_connected", str(exc))
         except (CallFailed, InvalidCallResult) as exc:
@@ -732,7 +791,7 @@ class Dashboard:
         log.info("dashboard: %s %s on %s: %s", session.user, what, station_id, result["status"],
                  extra={"event": "dashboard_action", "user": session.user, "action": what,
                         "station": station_id, "status": result["status"],
-                        "peer": request.remote})
+                        "peer": self._client(request)})
         return web.json_response({"status": result["status"]})
 
     async def change_availability(self, request: web.Request) -> web.Response:

@@ -191,16 +191,26 @@ class DirectShell:
     async def reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,
                           evse_id: int | None = None, id_token_type: str = "Central",
                           group_id_token: str | None = None) -> dict[str, Any]:
-        """ReserveNow (as the wire shells offer it; ``id_token_type`` has no direct form)."""
+        """ReserveNow (as the wire shells offer it; ``id_token_type`` has no direct form),
+        recorded in the core's reservation book."""
         if evse_id:
             self.core.check_evse(self.id, evse_id)
-        result = self._ask(d.ReserveNow(reservation_id, id_token, d.ms_time(expiry),
-                                        evse_id, group_id_token))
-        return {"status": result.status}
+
+        async def send() -> dict[str, Any]:
+            result = self._ask(d.ReserveNow(reservation_id, id_token, d.ms_time(expiry),
+                                            evse_id, group_id_token))
+            return {"status": result.status}
+
+        return await self.core.reservations.reserve(
+            send, reservation_id, self.id, evse_id, id_token, expiry, self.core.clock,
+            group_id_token)
 
     async def cancel_reservation(self, reservation_id: int) -> dict[str, Any]:
-        """CancelReservation."""
-        return {"status": self._ask(d.CancelReservation(reservation_id)).status}
+        """CancelReservation, recorded in the reservation book."""
+        async def send() -> dict[str, Any]:
+            return {"status": self._ask(d.CancelReservation(reservation_id)).status}
+
+        return await self.core.reservations.cancel(send, reservation_id, self.core.clock)
 
     async def request_start(self, evse_id: int | None, id_token: str, *,
                             remote_start_id: int | None = None,

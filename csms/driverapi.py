@@ -94,11 +94,14 @@ class DriverError(CSMSError):
     """What a driver asked cannot be done: ``kind`` says why (``not_found``,
     ``conflict``, ``refused``: the station said no, with its ``status``)."""
 
-    def __init__(self, kind: str, message: str, *, status: str | None = None) -> None:
+    def __init__(self, kind: str, message: str, *, status: str | None = None,
+                 field: str | None = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
         self.status = status
+        #: The request field that is wrong (``invalid``), named in the 422's problems.
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +270,8 @@ class DriverService:
             core.check_evse(station_id, evse_id)
         minutes = self.reservation_minutes if minutes is None else minutes
         if not 0 < minutes <= self.max_reservation_minutes:
-            raise DriverError("invalid", f"minutes: at most {self.max_reservation_minutes:g}")
+            raise DriverError("invalid", f"minutes: at most {self.max_reservation_minutes:g}",
+                              field="minutes")
         held = [r for r in core.reservations.of_token(id_token) if r.active and r.expiry > now]
         if held:
             raise DriverError("conflict", f"you hold reservation {held[0].reservation_id} "
@@ -276,16 +280,11 @@ class DriverService:
         rid = core.store.next_counter("reservation_id")
         # Whole milliseconds, as the station gets it: expiry means the same on both sides.
         expiry = ms_time(now + timedelta(minutes=minutes))
-        reservation = core.reservations.requested(rid, station_id, evse_id, id_token, expiry, now,
-                                                  group_id_token)
-        try:
-            result = await ops.reserve_now(rid, id_token, expiry, evse_id=evse_id,
-                                           group_id_token=group_id_token)
-        except BaseException:
-            core.reservations.answered(rid, "Failed", now)
-            raise
+        # The station's shell records it in the reservation book (every path does).
+        result = await ops.reserve_now(rid, id_token, expiry, evse_id=evse_id,
+                                       group_id_token=group_id_token)
         status = str(result["status"])
-        core.reservations.answered(rid, status, core.clock())
+        reservation = core.reservations.by_id[rid]
         log.info("reservation %d on %s: %s", rid, station_id, status, extra={
             "event": "driver_reserve", "station": station_id, "reservation": rid,
             "status": status, "driver": self._pseudonym(id_token)})
@@ -301,17 +300,10 @@ class DriverService:
             raise DriverError("conflict", f"reservation {reservation_id} is {r.status}")
         book = self.core.reservations
         ops = self._ops(r.station_id)
-        book.cancelling(reservation_id)
-        try:
-            result = await ops.cancel_reservation(reservation_id)
-        except BaseException:
-            book.cancel_refused(reservation_id)
-            raise
-        status = str(result["status"])
+        # The shell records the cancellation (or that the reservation holds on).
+        status = str((await ops.cancel_reservation(reservation_id))["status"])
         if status == "Accepted":
-            book.cancelled(reservation_id, self.core.clock())
             return r
-        book.cancel_refused(reservation_id)
         if r.expiry <= self.core.clock():
             book.on_update(reservation_id, "Expired", self.core.clock())
         else:
@@ -381,7 +373,8 @@ class DriverService:
 
     def sessions(self, id_token: str) -> list[dict[str, Any]]:
         """The driver's sessions, newest first (open ones as they stand now)."""
-        rows = [r for r in self.core.store.transactions() if _same(r["id_token"], id_token)]
+        rows = [r for r in self.core.store.transactions_of(id_token)
+                if _same(r["id_token"], id_token)]
         rows.sort(key=lambda r: (r["started_at"], r["transaction_id"]), reverse=True)
         return [self.session(id_token, r["station_id"], r["transaction_id"]) for r in rows]
 
@@ -390,14 +383,14 @@ class DriverService:
         session = self._own_session(id_token, station_id, transaction_id)
         if session.is_open:
             raise DriverError("conflict", f"session {transaction_id} is still running")
-        for cdr in self.core.store.cdrs():
-            if cdr["station_id"] == station_id and cdr["transaction_id"] == transaction_id:
-                return {"station_id": station_id, "transaction_id": transaction_id,
-                        "started_at": cdr["started_at"], "ended_at": cdr["ended_at"],
-                        "duration_s": cdr["duration_s"],
-                        "energy_kwh": round(cdr["energy_wh"] / 1000.0, 4),
-                        "cost": round(cdr["cost"], 2), "currency": cdr["currency"]}
-        raise DriverError("not_found", f"no bill for session {transaction_id} yet")
+        cdr = self.core.store.cdr(station_id, transaction_id)
+        if cdr is None:
+            raise DriverError("not_found", f"no bill for session {transaction_id} yet")
+        return {"station_id": station_id, "transaction_id": transaction_id,
+                "started_at": cdr["started_at"], "ended_at": cdr["ended_at"],
+                "duration_s": cdr["duration_s"],
+                "energy_kwh": round(cdr["energy_wh"] / 1000.0, 4),
+                "cost": round(cdr["cost"], 2), "currency": cdr["currency"]}
 
 
 def reservation_out(r: Reservation) -> dict[str, Any]:
@@ -499,7 +492,12 @@ def _to_problem(exc: Exception) -> _Problem | None:
         return exc
     if isinstance(exc, DriverError):
         status = {"not_found": 404, "conflict": 409, "refused": 409, "invalid": 422}[exc.kind]
-        extra = {"station_status": exc.status} if exc.status is not None else {}
+        extra: dict[str, Any] = {"station_status": exc.status} if exc.status is not None \
+            else {}
+        if exc.field is not None:  # a 422 that names the field, as validation errors do
+            return _Problem(422, "invalid_request", "the request has invalid fields",
+                            problems=[{"path": exc.field, "message":
+                                       exc.message.removeprefix(f"{exc.field}: ")}])
         return _Problem(status, exc.kind, exc.message, **extra)
     if isinstance(exc, UnknownEvseError | UnknownStationError):
         return _Problem(404, "not_found", str(exc))
@@ -594,7 +592,8 @@ class DriverAPI:
             if any(k.lower() in ("token", "access_token") for k in request.query):
                 raise _Problem(400, "token_in_query", "send the app token in "
                                                       "'Authorization: Bearer <token>'")
-            if not request.path.startswith(DRIVER_APP_PREFIX.rstrip("/")):
+            # The app view's files are public (they hold no data); all else needs a driver.
+            if not (request.path + "/").startswith(DRIVER_APP_PREFIX):
                 request[DRIVER] = self._driver(request)
             response = await handler(request)
         except Exception as exc:

@@ -346,9 +346,9 @@ class CSMS16(ShellBase):
         action = "TriggerMessage" if extended is None else "ExtendedTriggerMessage"
         return answer(await self.call_json(action, payload))
 
-    async def reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,
-                          evse_id: int | None = None, id_token_type: IdTokenType = "Central",
-                          group_id_token: str | None = None) -> dict[str, Any]:
+    async def _reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,
+                           evse_id: int | None, id_token_type: IdTokenType,
+                           group_id_token: str | None) -> dict[str, Any]:
         """ReserveNow (connector 0 reserves any connector; ``group_id_token`` is parentIdTag)."""
         self._check_evse_arg(evse_id)
         for name, value in (("id_token", id_token), ("group_id_token", group_id_token)):
@@ -361,11 +361,6 @@ class CSMS16(ShellBase):
             payload["parentIdTag"] = group_id_token
         payload["reservationId"] = reservation_id
         return answer(await self.call_json("ReserveNow", payload))
-
-    async def cancel_reservation(self, reservation_id: int) -> dict[str, Any]:
-        """CancelReservation."""
-        return answer(await self.call_json("CancelReservation",
-                                           {"reservationId": reservation_id}))
 
 
     # -- connectors, local authorization, configuration, firmware and logs -------

@@ -556,9 +556,9 @@ class Handlers201(ShellBase):
             payload["evse"] = {"id": evse_id}
         return answer(await self.call_json("TriggerMessage", payload))
 
-    async def reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,
-                          evse_id: int | None = None, id_token_type: IdTokenType = "Central",
-                          group_id_token: str | None = None) -> dict[str, Any]:
+    async def _reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,
+                           evse_id: int | None, id_token_type: IdTokenType,
+                           group_id_token: str | None) -> dict[str, Any]:
         """ReserveNow."""
         self._check_evse_arg(evse_id, station_wide=False)
         payload: dict[str, Any] = {"id": reservation_id, "expiryDateTime": iso(expiry),
@@ -570,11 +570,6 @@ class Handlers201(ShellBase):
             payload["groupIdToken"] = self._id_token(group_id_token, "Central",
                                                      "group_id_token")
         return answer(await self.call_json("ReserveNow", payload))
-
-    async def cancel_reservation(self, reservation_id: int) -> dict[str, Any]:
-        """CancelReservation."""
-        return answer(await self.call_json("CancelReservation",
-                                           {"reservationId": reservation_id}))
 
     async def get_charging_profiles(self, *, request_id: int | None = None,
                                     evse_id: int | None = None,

@@ -85,6 +85,7 @@ log = logging.getLogger("evtwin.csms.privacy")
 __all__ = [
     "AUDIT_OPERATIONS",
     "ERASED",
+    "MAX_RETENTION_DAYS",
     "PERSONAL_FIELDS",
     "PSEUDONYM_PREFIX",
     "SQL",
@@ -99,6 +100,7 @@ __all__ = [
     "erase_driver",
     "export_driver",
     "load_key_file",
+    "on_behalf",
     "open_store",
     "prune_personal_data",
     "pseudonymiser_for",
@@ -151,13 +153,17 @@ class Pseudonymiser:
         return PSEUDONYM_PREFIX + digest.hexdigest()[:16]
 
 
+#: The longest retention period (days; 100 years): beyond it dates overflow.
+MAX_RETENTION_DAYS = 36500
+
+
 class PrivacySection(BaseModel):
     """``[privacy]`` of the CSMS config: the pseudonymisation key and how long
     personal data (the id tokens of sessions and CDRs) is kept."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    retention_days: float | None = Field(365.0, ge=0)
+    retention_days: float | None = Field(365.0, ge=0, le=36500, allow_inf_nan=False)
     """Personal data of transactions that ended longer ago than this is erased
     (checked hourly); sessions, energy and cost stay. 0: kept for ever."""
     key_file: Path | None = None
@@ -411,6 +417,18 @@ def _check_actor(actor: str) -> str:
     return actor
 
 
+def on_behalf(declared: str | None, principal: str) -> str:
+    """The audit log's "who": the name the caller declared with the principal that was
+    authenticated (``"dpo@example.org (os user ada)"``, ``"dpo (api token, peer
+    10.0.0.5)"``), so a declared name alone never stands for who did it. The declared
+    part is cut to fit the 100 characters of an actor."""
+    principal = " ".join(principal.split())[:60]
+    declared = (declared or "").strip()
+    if not declared:
+        return principal
+    return f"{declared[:100 - len(principal) - 3]} ({principal})"
+
+
 def record_audit(sql: SQL, *, at: datetime, actor: str, operation: str,
                  subject: str | None, row_count: int, detail: str | None = None) -> None:
     """Add an entry to the audit log (``subject``: a pseudonym, never a raw id)."""
@@ -584,8 +602,9 @@ def prune_personal_data(store: Store, *, retention_days: float, now: datetime,
     ``max_transactions`` per call (a serving CSMS waits meanwhile; the next call
     goes on). Returns the rows changed; records an audit entry when there were any.
     """
-    if not retention_days > 0:
-        raise ValueError(f"retention_days must be above 0, not {retention_days}")
+    if not 0 < retention_days <= MAX_RETENTION_DAYS:
+        raise ValueError(f"retention_days must be above 0 and at most {MAX_RETENTION_DAYS}, "
+                         f"not {retention_days}")
     cutoff = iso(now - timedelta(days=retention_days))
     old = store.query(
         "SELECT station_id, transaction_id, id_token FROM transactions WHERE ended_at IS NOT "

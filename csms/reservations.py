@@ -8,13 +8,23 @@ so), 2.x ReservationStatusUpdate (Expired or Removed), and a transaction
 started by the reserving token on the reserved EVSE (the reservation is
 used). No I/O; kept in memory (the station keeps the reservation itself, and
 the driver API and dashboard show what is in force).
+
+Every ReserveNow and CancelReservation the CSMS sends is recorded, whoever
+asks (the driver API, the operator API, OCPI, the twin's app users): the
+shells send them through :meth:`ReservationBook.reserve` and
+:meth:`ReservationBook.cancel`. Reservations that ended more than
+``keep_ended_s`` (a day) ago are dropped (:meth:`ReservationBook.counts` still
+counts them), and those in force are indexed by station, so a status message
+or a transaction start looks at its station's few reservations only.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 __all__ = ["ACTIVE", "Reservation", "ReservationBook"]
 
@@ -52,19 +62,87 @@ class Reservation:
 
 
 class ReservationBook:
-    """The reservations of one CSMS, by reservation id."""
+    """The reservations of one CSMS, by reservation id (see the module docstring).
+    Ended ones are dropped ``keep_ended_s`` after they ended."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_ended_s: float = 86_400.0) -> None:
         self.by_id: dict[int, Reservation] = {}
+        self.keep_ended_s = keep_ended_s
+        #: The active reservations of each station, by reservation id.
+        self._active: dict[str, dict[int, Reservation]] = {}
+        #: How many dropped reservations ended in each status.
+        self._dropped: Counter[str] = Counter()
+        self._pruned_at: datetime | None = None
 
     def requested(self, reservation_id: int, station_id: str, evse_id: int | None,
                   id_token: str, expiry: datetime, now: datetime,
                   group_id_token: str | None = None) -> Reservation:
         """ReserveNow is about to be sent (a reservation id in force is replaced)."""
+        self.prune(now)
+        old = self.by_id.get(reservation_id)
+        if old is not None:
+            self._active.get(old.station_id, {}).pop(reservation_id, None)
         r = Reservation(reservation_id, station_id, evse_id, id_token, expiry, now,
                         group_id_token=group_id_token)
         self.by_id[reservation_id] = r
+        self._active.setdefault(station_id, {})[reservation_id] = r
         return r
+
+    def prune(self, now: datetime) -> int:
+        """Drop the reservations that ended more than ``keep_ended_s`` before ``now``
+        (at most once an hour); how many were dropped."""
+        if self._pruned_at is not None and now - self._pruned_at < timedelta(hours=1):
+            return 0
+        self._pruned_at = now
+        cutoff = now - timedelta(seconds=self.keep_ended_s)
+        old = [r for r in self.by_id.values()
+               if not r.active and r.ended_at is not None and r.ended_at < cutoff]
+        for r in old:
+            del self.by_id[r.reservation_id]
+            self._dropped[r.status] += 1
+        return len(old)
+
+    def _station(self, station_id: str) -> list[Reservation]:
+        """The station's active reservations (those no longer active leave the index)."""
+        rs = self._active.get(station_id)
+        if not rs:
+            return []
+        for rid in [rid for rid, r in rs.items() if not r.active]:
+            del rs[rid]
+        return list(rs.values())
+
+    async def reserve(self, send: Callable[[], Awaitable[dict[str, Any]]],
+                      reservation_id: int, station_id: str, evse_id: int | None,
+                      id_token: str, expiry: datetime, clock: Callable[[], datetime],
+                      group_id_token: str | None = None) -> dict[str, Any]:
+        """Record a ReserveNow around ``send`` (which sends it and returns the answer):
+        Requested, then the station's status (Failed if no answer came)."""
+        now = clock()
+        self.requested(reservation_id, station_id, evse_id, id_token, expiry, now,
+                       group_id_token)
+        try:
+            result = await send()
+        except BaseException:
+            self.answered(reservation_id, "Failed", now)
+            raise
+        self.answered(reservation_id, str(result["status"]), clock())
+        return result
+
+    async def cancel(self, send: Callable[[], Awaitable[dict[str, Any]]],
+                     reservation_id: int, clock: Callable[[], datetime]) -> dict[str, Any]:
+        """Record a CancelReservation around ``send``: Cancelled when the station accepts,
+        else the reservation holds on."""
+        self.cancelling(reservation_id)
+        try:
+            result = await send()
+        except BaseException:
+            self.cancel_refused(reservation_id)
+            raise
+        if result["status"] == "Accepted":
+            self.cancelled(reservation_id, clock())
+        else:
+            self.cancel_refused(reservation_id)
+        return result
 
     def answered(self, reservation_id: int, status: str, now: datetime) -> None:
         """The station's ReserveNow answer: Accepted, or why not."""
@@ -105,18 +183,17 @@ class ReservationBook:
         """A connector's status. Reserved names the EVSE of an any-EVSE reservation;
         Available on a reserved EVSE ends its reservation unused (Expired once its
         expiry has come, else Removed: 1.6's only word for it)."""
+        here = self._station(station_id)
         if status == "Reserved":
-            if not any(r.active and r.station_id == station_id and r.evse_id == evse_id
-                       for r in self.by_id.values()):
-                unplaced = [r for r in self.by_id.values() if r.active
-                            and r.station_id == station_id and r.evse_id is None]
+            if not any(r.evse_id == evse_id for r in here):
+                unplaced = [r for r in here if r.evse_id is None]
                 if unplaced:
                     unplaced[-1].evse_id = evse_id
             return
         if status != "Available":
             return
-        for r in self.by_id.values():
-            if r.status == "Accepted" and r.station_id == station_id and r.evse_id == evse_id:
+        for r in here:
+            if r.status == "Accepted" and r.evse_id == evse_id:
                 r.status = "Expired" if at >= r.expiry else "Removed"
                 r.ended_at = at
 
@@ -129,8 +206,8 @@ class ReservationBook:
             return None
         token = id_token.casefold()
         group = group_id_token.casefold() if group_id_token is not None else None
-        for r in self.by_id.values():
-            if (r.active and r.station_id == station_id and r.evse_id in (None, evse_id)
+        for r in self._station(station_id):
+            if (r.active and r.evse_id in (None, evse_id)
                     and (r.id_token.casefold() == token or (
                         group is not None and r.group_id_token is not None
                         and r.group_id_token.casefold() == group))):
@@ -149,13 +226,14 @@ class ReservationBook:
 
     def in_force(self, now: datetime) -> list[Reservation]:
         """Reservations holding an EVSE at ``now`` (accepted, expiry not yet come)."""
-        return [r for r in self.by_id.values() if r.status in HOLDING and r.expiry > now]
+        return [r for sid in list(self._active) for r in self._station(sid)
+                if r.status in HOLDING and r.expiry > now]
 
     def holding(self, station_id: str, evse_id: int, now: datetime) -> Reservation | None:
         """The reservation in force on one EVSE, if any."""
-        return next((r for r in self.in_force(now)
-                     if r.station_id == station_id and r.evse_id == evse_id), None)
+        return next((r for r in self._station(station_id)
+                     if r.status in HOLDING and r.expiry > now and r.evse_id == evse_id), None)
 
     def counts(self) -> dict[str, int]:
-        """How many reservations are in each status."""
-        return dict(Counter(r.status for r in self.by_id.values()))
+        """How many reservations are in each status (dropped ones included)."""
+        return dict(Counter(r.status for r in self.by_id.values()) + self._dropped)

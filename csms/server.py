@@ -345,6 +345,9 @@ class CSMSServer:
         #: Updates the core's feeder input from the stations' reports before each
         #: control cycle (``csms serve`` with a ``[feeder]`` network); None: not.
         self.feeder_monitor: FeederMonitor | None = None
+        #: With OCPI on: its registry (partners and the OCPI objects exchanged, which name
+        #: drivers too: GDPR export and erasure reach them), an evtwin.csms.ocpi.Registry.
+        self.ocpi_registry: Any = None
 
     @property
     def url(self) -> str:

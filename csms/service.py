@@ -387,6 +387,7 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                       party_id=o.party_id, name=o.name, host=o.host, port=o.port,
                       public_url=o.public_url, authorize_timeout_s=o.authorize_timeout_s,
                       partners=[(p.versions_url, p.token_a) for p in o.partners])
+            server.ocpi_registry = registry
             if partners is None:
                 partners = cpo.partners
         dashboard = None
@@ -401,7 +402,8 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                                for u in d.users],
                 host=d.host, port=d.port, grid=feeder_grid(server),
                 partners=partners or list, session_ttl_s=d.session_ttl_h * 3600.0,
-                pseudonymiser=pseudonymiser_for(store))
+                pseudonymiser=pseudonymiser_for(store), public_url=d.public_url,
+                trusted_proxy=d.trusted_proxy)
         # The driver API on its own port ([driver_api] port; see evtwin.csms.driverapi).
         driver_api = driver_api_for(server, config, pseudonymise=pseudonymiser_for(store))
         stopping = stop or asyncio.Event()
@@ -453,6 +455,7 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                 "api_url": api.url if api is not None else None,
                 "dashboard_url": dashboard.url if dashboard is not None else None,
                 "driver_api_url": driver_api.url if driver_api is not None else None,
+                "driver_app_url": driver_api.app_url if driver_api is not None else None,
                 "security_profile": server.security.profile, "db": redact_url(db_path),
                 "schema_version": store.schema_version,
                 "open_transactions": len(core.open_sessions()), "stations": len(core.stations),

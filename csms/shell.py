@@ -1164,16 +1164,33 @@ class ShellBase(ABC):
         """Ask the station to send ``message`` (for ``evse_id`` if given); the
         message names are the wire names of the station's version. Returns ``status``."""
 
-    @abstractmethod
     async def reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,
                           evse_id: int | None = None, id_token_type: IdTokenType = "Central",
                           group_id_token: str | None = None) -> dict[str, Any]:
         """Reserve an EVSE (None: any; 1.6 connector 0) for ``id_token`` until ``expiry``.
-        Returns ``status``."""
+        Returns ``status``. Recorded in the core's reservation book, whoever asks."""
+        return await self.core.reservations.reserve(
+            lambda: self._reserve_now(reservation_id, id_token, expiry, evse_id=evse_id,
+                                      id_token_type=id_token_type,
+                                      group_id_token=group_id_token),
+            reservation_id, self.id, evse_id, id_token, expiry, self.core.clock,
+            group_id_token)
 
     @abstractmethod
+    async def _reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,
+                           evse_id: int | None, id_token_type: IdTokenType,
+                           group_id_token: str | None) -> dict[str, Any]:
+        """ReserveNow in this version's wire form; the answer with ``status``."""
+
     async def cancel_reservation(self, reservation_id: int) -> dict[str, Any]:
-        """Cancel a reservation. Returns ``status``."""
+        """Cancel a reservation. Returns ``status``. Recorded in the reservation book."""
+        return await self.core.reservations.cancel(
+            lambda: self._cancel_reservation(reservation_id), reservation_id, self.core.clock)
+
+    async def _cancel_reservation(self, reservation_id: int) -> dict[str, Any]:
+        """CancelReservation (the same in every version)."""
+        return answer(await self.call_json("CancelReservation",
+                                           {"reservationId": reservation_id}))
 
     async def get_charging_profiles(self, *, request_id: int | None = None,
                                     evse_id: int | None = None,

@@ -1140,6 +1140,30 @@ class Store:
         """All charge detail records, oldest first."""
         return self._rows("SELECT * FROM cdrs ORDER BY ended_at, station_id, transaction_id")
 
+    def cdr(self, station_id: str, transaction_id: str) -> dict[str, Any] | None:
+        """One transaction's charge detail record, or None (by its key: one row read)."""
+        return self._one("SELECT * FROM cdrs WHERE station_id = ? AND transaction_id = ?",
+                         (station_id, transaction_id))
+
+    def recent_cdrs(self, limit: int) -> list[dict[str, Any]]:
+        """The ``limit`` newest charge detail records, newest first."""
+        return self._rows("SELECT * FROM cdrs ORDER BY ended_at DESC, station_id DESC, "
+                          "transaction_id DESC LIMIT ?", (limit,))
+
+    def last_ended_at(self) -> str | None:
+        """When the latest transaction ended (its CDR is written then), from the index of
+        ended transactions: a cheap sign that there is a new CDR."""
+        row = self._one("SELECT MAX(ended_at) AS m FROM transactions WHERE ended_at IS NOT NULL")
+        return None if row is None else row.get("m")
+
+    def transactions_of(self, id_token: str) -> list[dict[str, Any]]:
+        """One driver's transactions (id token compared case-insensitively, as the
+        driver API does) with their metered energy (Wh), oldest first."""
+        return self._rows(
+            "SELECT *, COALESCE(meter_stop_wh, meter_last_wh) - meter_start_wh AS energy_wh "
+            "FROM transactions WHERE LOWER(id_token) = LOWER(?) "
+            "ORDER BY started_at, station_id, transaction_id", (id_token,))
+
     def open_transactions(self, station_id: str | None = None) -> list[dict[str, Any]]:
         """Transactions not Ended (of one station, if given), with their live state."""
         where, params = ("AND station_id=? ", (station_id,)) if station_id else ("", ())

@@ -30,6 +30,7 @@ from evtwin.agents.behaviour import Visit
 from evtwin.agents.ev import EV
 from evtwin.csms.driverapi import DriverError, DriverService
 from evtwin.csms.exceptions import StationNotConnectedError
+from evtwin.csms.shell import CallFailed, InvalidCallResult
 
 from .scenario import AppSettings
 
@@ -178,9 +179,15 @@ class AppUsers:
             try:
                 r = await self.service.reserve(token_of[b.ev_id], b.station_id, b.evse_id,
                                                self.s.reservation_min)
-            except (DriverError, StationNotConnectedError) as exc:
+            except (DriverError, StationNotConnectedError, TimeoutError,
+                    ConnectionError) as exc:  # no answer (a modem failure, say): Offline
                 b.state = "refused"
                 b.station_status = getattr(exc, "status", None) or "Offline"
+                self._give_back((b.station_id, b.evse_id))
+                continue
+            except (CallFailed, InvalidCallResult):  # the station answered with an error
+                b.state = "refused"
+                b.station_status = "Error"
                 self._give_back((b.station_id, b.evse_id))
                 continue
             b.state = "reserved"

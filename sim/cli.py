@@ -18,7 +18,7 @@ from rich.table import Table
 
 # Exceptions only, from their own modules: ``evtwin csms serve`` must start
 # without importing the twin (agents, grid model, pandas, scipy).
-from evtwin.csms.exceptions import ConfigError
+from evtwin.csms.exceptions import ConfigError, PersonalDataError
 from evtwin.grid.exceptions import BusMappingError, GridError, PowerFlowError
 
 from .exceptions import (
@@ -702,6 +702,9 @@ def cmd_csms_ocpi_token(args: argparse.Namespace, console: Console) -> int:
     if config.ocpi is None:
         raise ConfigError(f"{args.config}: ocpi", "no [ocpi] table: OCPI is off")
     o = config.ocpi
+    if o.public_url is None and (o.port == 0 or o.host in ("0.0.0.0", "::", "")):
+        raise ConfigError("ocpi.public_url", f"needed to tell a partner where to reach this "
+                                             f"CPO (host {o.host!r}, port {o.port})")
     try:
         registry = Registry(o.registry)
     except Exception as exc:  # sqlite3.Error, OSError
@@ -748,11 +751,14 @@ def cmd_emsp_report(args: argparse.Namespace, console: Console) -> int:
     path = config.emsp.registry
     if not path.exists():
         raise ConfigError("emsp.registry", f"{path}: no such file (has the eMSP run?)")
-    registry = Registry(path)
     try:
-        report = settlement(registry)
-    finally:
-        registry.close()
+        registry = Registry(path)
+        try:
+            report = settlement(registry)
+        finally:
+            registry.close()
+    except Exception as exc:  # sqlite3.Error: not an eMSP's registry
+        raise ConfigError("emsp.registry", f"{path}: not an eMSP registry: {exc}") from None
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return 0
@@ -799,8 +805,10 @@ def cmd_csms_privacy(args: argparse.Namespace, console: Console) -> int:
     from evtwin.csms.clock import wall_clock
 
     if args.privacy_command == "prune" and args.retention_days is not None \
-            and not args.retention_days > 0:
-        raise ConfigError("--retention-days", f"must be above 0, not {args.retention_days}")
+            and not 0 < args.retention_days <= privacy.MAX_RETENTION_DAYS:  # also NaN
+        raise ConfigError("--retention-days", f"must be above 0 and at most "
+                                              f"{privacy.MAX_RETENTION_DAYS}, not "
+                                              f"{args.retention_days}")
     settings = None
     ocpi_registry = None
     if args.config is not None:
@@ -812,16 +820,30 @@ def cmd_csms_privacy(args: argparse.Namespace, console: Console) -> int:
             # The OCPI objects exchanged with roaming partners name drivers too.
             from evtwin.csms.ocpi.registry import Registry
 
-            ocpi_registry = Registry(full.ocpi.registry)
+            try:
+                ocpi_registry = Registry(full.ocpi.registry)
+                ocpi_registry.objects("token")  # a registry, not just any file
+            except Exception as exc:  # sqlite3.Error
+                raise ConfigError("ocpi.registry", f"{full.ocpi.registry}: not an OCPI "
+                                                   f"registry: {exc}") from None
     store = privacy.open_store(args.db)
     try:
         if settings is not None and settings.key_file is not None:
             # The pseudonyms csms serve writes with this config (audit log, messages).
             privacy.pseudonymiser_for(store, key_file=settings.key_file)
         now = wall_clock()
+        # Who: the declared --actor next to the OS user running the command.
+        declared = getattr(args, "actor", None)  # audit takes none
+        actor = "" if declared is None or not declared.strip() else \
+            privacy.on_behalf(declared, f"os user {getpass.getuser()}")
+        if args.privacy_command == "prune" and not actor:
+            actor = f"os user {getpass.getuser()}"
         if args.privacy_command == "export":
             if args.out is None:
-                data = privacy.export_driver(store, args.id_token, actor=args.actor, now=now)
+                data = privacy.export_driver(store, args.id_token, actor=actor, now=now)
+                if ocpi_registry is not None:
+                    data["ocpi_objects"] = ocpi_registry.objects_of(
+                        ocpi_registry.identifiers_of(args.id_token.strip()))
                 print(json.dumps(data, indent=2))  # plain: a file to redirect
                 return 0
             try:  # personal data: readable by the owner only, never over another file
@@ -830,8 +852,7 @@ def cmd_csms_privacy(args: argparse.Namespace, console: Console) -> int:
                 raise ConfigError("--out", f"{args.out} exists; give a new file") from None
             with os.fdopen(fd, "w", encoding="utf-8") as out:
                 try:
-                    data = privacy.export_driver(store, args.id_token, actor=args.actor,
-                                                 now=now)
+                    data = privacy.export_driver(store, args.id_token, actor=actor, now=now)
                     if ocpi_registry is not None:
                         data["ocpi_objects"] = ocpi_registry.objects_of(
                             ocpi_registry.identifiers_of(args.id_token.strip()))
@@ -843,13 +864,20 @@ def cmd_csms_privacy(args: argparse.Namespace, console: Console) -> int:
                                               "meter_values", "other_messages"))
             _say(console, f"exported {rows} rows of {data['pseudonym']} to {args.out}")
         elif args.privacy_command == "erase":
-            ocpi_ids = ([] if ocpi_registry is None
-                        else ocpi_registry.identifiers_of(args.id_token.strip()))
-            counts = privacy.erase_driver(store, args.id_token, actor=args.actor,
-                                          reason=args.reason, now=now)
             ocpi_part = ""
+            erased_ocpi = 0
             if ocpi_registry is not None:
-                ocpi_part = f", {ocpi_registry.erase_identifiers(ocpi_ids)} OCPI objects"
+                # First: a second request (after the store was erased) still reaches it.
+                erased_ocpi = ocpi_registry.erase_identifiers(
+                    ocpi_registry.identifiers_of(args.id_token.strip()))
+                ocpi_part = f", {erased_ocpi} OCPI objects"
+            try:
+                counts = privacy.erase_driver(store, args.id_token, actor=actor,
+                                              reason=args.reason, now=now)
+            except PersonalDataError as exc:
+                if exc.reason != "unknown" or not erased_ocpi:
+                    raise
+                counts = {"transactions": 0, "cdrs": 0, "messages": 0}
             pseudonym = privacy.pseudonymiser_for(store)(args.id_token.strip())
             _say(console, escape(f"erased {pseudonym}: {counts['transactions']} transactions, "
                                  f"{counts['cdrs']} CDRs, {counts['messages']} messages"
@@ -866,7 +894,7 @@ def cmd_csms_privacy(args: argparse.Namespace, console: Console) -> int:
                 return 0
             total = 0
             while changed := privacy.prune_personal_data(
-                    store, retention_days=days, now=now, actor=args.actor or getpass.getuser()):
+                    store, retention_days=days, now=now, actor=actor):
                 total += changed
             if ocpi_registry is not None:
                 from datetime import timedelta
@@ -892,7 +920,11 @@ def cmd_csms_driver_token(args: argparse.Namespace, console: Console) -> int:
     [[driver_api.drivers]] entry that binds its hash to the id token."""
     from evtwin.csms.driverapi import driver_token_lines
 
-    print("\n".join(driver_token_lines(args.id_token)))
+    secret, *entry = driver_token_lines(args.id_token)
+    # The secret to stderr, only the entry to stdout: `... >> csms.toml` keeps the token
+    # out of the config.
+    print(secret, file=sys.stderr)
+    print("\n".join(entry))
     return 0
 
 
@@ -908,8 +940,10 @@ def cmd_csms_dashboard_user(args: argparse.Namespace, console: Console) -> int:
     user, token, uri = new_user(args.name, args.role)
     # Plain print: rich could wrap the long lines.
     print(f"# dashboard user {user.name} ({user.role})")
-    print(f"# token (keep it secret): {token}")
-    print(f"# authenticator app (scan as a QR code, or type the secret): {uri}")
+    # The secrets to stderr, only the entry to stdout (`... >> csms.toml` is safe).
+    print(f"# token (keep it secret): {token}", file=sys.stderr)
+    print(f"# authenticator app (scan as a QR code, or type the secret): {uri}",
+          file=sys.stderr)
     print("[[dashboard.users]]")
     print(f'name = "{user.name}"')
     print(f'token_hash = "{user.token_hash}"')

@@ -184,6 +184,10 @@ class Roaming:
         for net in self.networks:
             if net.cpo is not None:
                 await net.cpo.flush(FLUSH_S)
+        for net in self.networks:  # and any CDR a push lost, pulled
+            if net.emsp is not None:
+                for party in net.emsp.registry.parties(role="CPO"):
+                    await net.emsp.pull_cdrs(party)
         bills = []
         for net in self.networks:
             if net.emsp is not None:

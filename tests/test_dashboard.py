@@ -131,8 +131,14 @@ def test_login_needs_the_users_token_and_a_current_code() -> None:
             failed = events(server, "dashboard_login_failed")
             assert [e["detail"] for e in failed] == [
                 "user 'ada': wrong token", "user 'ada': wrong TOTP code",
-                "user 'eve': unknown user", "user 'ada': wrong token"]
+                "unknown user (3 characters)", "user 'ada': wrong token"]
+            # A token pasted into the User field is never recorded, not even in part.
+            assert (await c.login(ADMIN_TOKEN, ADMIN_TOKEN, good))[0] == 401
+            assert events(server, "dashboard_login_failed")[-1]["detail"] == (
+                f"unknown user ({len(ADMIN_TOKEN)} characters)")
+            failed = events(server, "dashboard_login_failed")
             stored = json.dumps(failed)
+            assert ADMIN_TOKEN[:8] not in stored
             assert ADMIN_TOKEN not in stored and VIEWER_TOKEN not in stored
             assert good not in stored
             # Right token and code: a session cookie, HttpOnly, SameSite=Strict, expiring.
@@ -193,6 +199,30 @@ def test_failed_logins_are_throttled_per_address_and_user() -> None:
     run(scenario, failures_per_user=3)
 
 
+def test_behind_a_trusted_proxy_failures_count_per_forwarded_client() -> None:
+    """All logins come from the proxy's address; with ``trusted_proxy`` the address it
+    appended to X-Forwarded-For is throttled, so one client's failures do not lock the
+    admin out, and a forged earlier entry is not believed."""
+    async def scenario(server: CSMSServer, dash: Dashboard, clocks: Clocks) -> None:
+        async with client(dash) as c:
+            async def login(forwarded: str, token: str) -> int:
+                async with c.session.post(c.base + "/login", allow_redirects=False,
+                                          headers={"X-Forwarded-For": forwarded}, data={
+                        "user": "ada", "token": token, "code": code(ADMIN, clocks.wall)}) as r:
+                    return r.status
+
+            # The attacker rotates the part it controls; the proxy's entry stays its own.
+            for forged in ("10.0.0.1", "10.0.0.2", "10.0.0.3"):
+                assert await login(f"{forged}, 203.0.113.5", "wrong-token") in (401, 429)
+            assert await login("203.0.113.5", ADMIN_TOKEN) == 429
+            assert {e["peer"] for e in events(server, "dashboard_login_failed")} == {
+                "203.0.113.5"}
+            # The admin, forwarded from another address, is not locked out.
+            assert await login("198.51.100.7", ADMIN_TOKEN) == 303
+
+    run(scenario, failures_per_user=2, trusted_proxy="127.0.0.1")
+
+
 def test_the_page_is_all_in_the_package_and_logout_ends_the_session() -> None:
     from importlib.resources import files
 
@@ -202,7 +232,8 @@ def test_the_page_is_all_in_the_package_and_logout_ends_the_session() -> None:
     for name in shipped:  # nothing is loaded from elsewhere (no CDN, no fonts)
         assert not re.search(r"(src|href)=[\"']?(https?:)?//", (static / name).read_text()), name
     assert "pyotp" in (ROOT / "pyproject.toml").read_text()
-    assert '"evtwin.csms" = ["dashboard_static/*"]' in (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'"evtwin\.csms" = \[[^]]*"dashboard_static/\*"',
+                     (ROOT / "pyproject.toml").read_text())
 
     async def scenario(server: CSMSServer, dash: Dashboard, clocks: Clocks) -> None:
         async with client(dash) as c:
@@ -289,6 +320,43 @@ async def read_events(resp: aiohttp.ClientResponse, until: Callable[[dict[str, A
                         return seen
 
 
+def test_direct_transport_stations_offer_no_admin_actions() -> None:
+    """A station on the twin's direct transport is connected but not reached over OCPP:
+    the snapshot says ``actions: false`` (the page then shows no buttons) and an action
+    answers 409 no_actions, while a WebSocket station takes them."""
+    from importlib.resources import files
+
+    from evtwin.csms.direct import DirectShell
+
+    script = (files("evtwin.csms") / "dashboard_static" / "dashboard.js").read_text()
+    assert "admin && s.actions ?" in script  # the page's buttons follow the flag
+    assert "admin && actionable.has(s.station_id) ?" in script
+
+    async def scenario(server: CSMSServer, dash: Dashboard, clocks: Clocks) -> None:
+        server.direct["CS16"] = DirectShell("CS16", server.core, "1.6")
+        async with (connected_station(server, "2.0.1") as (_shell, _station, wire),
+                    client(dash) as admin):
+            assert (await admin.login("ada", ADMIN_TOKEN, code(ADMIN, clocks.wall)))[0] == 303
+            await admin.me()
+            async with admin.session.get(admin.base + "/api/snapshot") as r:
+                snap = await r.json()
+            by_id = {s["id"]: s for s in snap["stations"]}
+            assert by_id["CS16"]["connected"] and not by_id["CS16"]["actions"]
+            assert by_id["CS201"]["connected"] and by_id["CS201"]["actions"]
+            for path, body in (
+                    ("/api/evse/availability",
+                     {"station_id": "CS16", "evse_id": 1, "operative": False}),
+                    ("/api/sessions/stop", {"station_id": "CS16", "transaction_id": "7"})):
+                status, answer = await admin.post(path, body)
+                assert (status, answer["error"]) == (409, "no_actions"), answer
+            status, _ = await admin.post("/api/evse/availability",
+                                         {"station_id": "CS201", "evse_id": 1,
+                                          "operative": False})
+            assert status == 200 and wire.payloads()[-1][0] == "ChangeAvailability"
+
+    run(scenario)
+
+
 def test_the_event_stream_pushes_changes_with_units_and_pseudonyms() -> None:
     async def scenario(server: CSMSServer, dash: Dashboard, clocks: Clocks) -> None:
         async with client(dash) as c:
@@ -347,6 +415,46 @@ def test_the_event_stream_pushes_changes_with_units_and_pseudonyms() -> None:
                 # Nothing changes: nothing is pushed (the stream stays quiet).
                 with pytest.raises(asyncio.TimeoutError):
                     await asyncio.wait_for(r.content.readany(), 0.4)
+
+    run(scenario)
+
+
+def test_recent_cdrs_come_from_a_limited_query_not_the_whole_table() -> None:
+    """The dashboard reads the newest CDRs with LIMIT, only when a transaction ended since
+    (never COUNT(*) or every CDR on each push)."""
+    async def scenario(server: CSMSServer, dash: Dashboard, clocks: Clocks) -> None:
+        store = server.core.store
+
+        def whole_table(*_: Any) -> Any:
+            raise AssertionError("a full-table read")
+
+        async with connected_station(server, "2.0.1") as (_shell, station, _wire):
+            for i in range(12):
+                await station.call_raw("TransactionEvent", tx_event(
+                    "Started", 0, f"tx-{i}", 1000, at_s=600 * i + 1))
+                await station.call_raw("TransactionEvent", tx_event(
+                    "Ended", 1, f"tx-{i}", 2000 + i, at_s=600 * i + 300))
+            store.count = whole_table  # type: ignore[method-assign]
+            store.cdrs = whole_table  # type: ignore[method-assign]
+            reads: list[int] = []
+            recent = store.recent_cdrs
+
+            def counted(limit: int) -> list[dict[str, Any]]:
+                reads.append(limit)
+                return recent(limit)
+
+            store.recent_cdrs = counted  # type: ignore[method-assign]
+            cdrs = dash.snapshot()["cdrs"]
+            assert [c["transaction_id"] for c in cdrs] == [f"tx-{i}" for i in range(11, 1, -1)]
+            assert all(c["id_token"].startswith(PSEUDONYM_PREFIX) for c in cdrs)
+            dash.snapshot()
+            assert reads == [10]  # nothing ended since: not read again
+            await station.call_raw("TransactionEvent", tx_event(
+                "Started", 0, "tx-new", 1000, at_s=9000))
+            await station.call_raw("TransactionEvent", tx_event(
+                "Ended", 1, "tx-new", 4000, at_s=9300))
+            assert dash.snapshot()["cdrs"][0]["transaction_id"] == "tx-new"
+            assert reads == [10, 10]
 
     run(scenario)
 
@@ -461,18 +569,88 @@ role = "admin"
     config = load_config(cfg)
     assert config.dashboard is not None and config.dashboard.port == 8080
     assert config.dashboard.users[0].role == "admin"
+    assert config.dashboard.public_url is None and config.dashboard.trusted_proxy is None
+    # Only sha256$ token hashes (a scrypt check may be refused when busy), and a
+    # public_url that is an origin.
+    from test_csms_security import legacy_scrypt_hash
+
+    scrypt = legacy_scrypt_hash("x" * 40)
+    cfg.write_text(f"""
+[dashboard]
+public_url = "dash.example.org"
+trusted_proxy = "proxy.local"
+[[dashboard.users]]
+name = "ada"
+token_hash = "{scrypt}"
+totp_secret = "{ADMIN.totp_secret}"
+""")
+    with pytest.raises(FileConfigError) as err:
+        load_config(cfg)
+    assert {p for p, _ in err.value.problems} == {
+        "dashboard.public_url", "dashboard.trusted_proxy", "dashboard.users.0.token_hash"}
+    assert "sha256$" in str(err.value)
+
+
+def test_behind_a_tls_proxy_logins_come_from_the_public_url() -> None:
+    """A TLS proxy forwards as http with its upstream Host; the browser's Origin is the
+    public address. With ``public_url`` set, that origin (and only it) is accepted and
+    the cookie is Secure."""
+    proxy = {"Host": "127.0.0.1:8080"}
+
+    async def scenario(server: CSMSServer, dash: Dashboard, clocks: Clocks) -> None:
+        async with client(dash) as c:
+            for origin, status in (("https://evil.example", 403),
+                                   ("http://dash.example.org", 403),
+                                   ("https://dash.example.org", 303)):
+                async with c.session.post(c.base + "/login", allow_redirects=False,
+                                          headers={**proxy, "Origin": origin}, data={
+                        "user": "ada", "token": ADMIN_TOKEN,
+                        "code": code(ADMIN, clocks.wall)}) as r:
+                    assert r.status == status, origin
+                    if status == 303:
+                        cookie = r.headers["Set-Cookie"]
+            assert "Secure" in cookie and "HttpOnly" in cookie
+            sid = cookie.split(";")[0].split("=", 1)[1]
+            c.session.cookie_jar.update_cookies({COOKIE: sid})
+            await c.me()
+            assert c.csrf
+            body = {"station_id": "CS201", "evse_id": 1, "operative": False}
+            # Admin actions: the Referer of the public page passes the origin check
+            # (then 409: no station connected), the upstream's own origin does not.
+            status, _ = await c.post("/api/evse/availability", body, headers={
+                **proxy, "Referer": "https://dash.example.org/"})
+            assert status == 409
+            status, _ = await c.post("/api/evse/availability", body, headers={
+                **proxy, "Origin": "http://127.0.0.1:8080"})
+            assert status == 403
+
+    run(scenario, public_url="https://dash.example.org/")
+
+    # Without public_url, the same proxied login is refused (the finding's symptom).
+    async def unset(server: CSMSServer, dash: Dashboard, clocks: Clocks) -> None:
+        login = {"user": "ada", "token": ADMIN_TOKEN, "code": code(ADMIN, clocks.wall)}
+        async with (client(dash) as c,
+                    c.session.post(c.base + "/login", allow_redirects=False, data=login,
+                                   headers={**proxy, "Origin": "https://dash.example.org"})
+                    as r):
+            assert r.status == 403
+
+    run(unset)
 
 
 def test_dashboard_user_command_prints_working_credentials(
         capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["csms", "dashboard-user", "ada", "--role", "admin"]) == 0
-    out = capsys.readouterr().out
-    token = re.search(r"token \(keep it secret\): (\S+)", out)
+    printed = capsys.readouterr()
+    out, err = printed.out, printed.err
+    # The secrets on stderr, only the entry on stdout (`>> csms.toml` stays clean).
+    token = re.search(r"token \(keep it secret\): (\S+)", err)
     secret = re.search(r'totp_secret = "([A-Z2-7]+)"', out)
     token_hash = re.search(r'token_hash = "(\S+)"', out)
     assert token and secret and token_hash, out
+    assert token[1] not in out and "otpauth://" not in out
     assert 'name = "ada"' in out and 'role = "admin"' in out
-    assert f"otpauth://totp/evtwin%20dashboard:ada?secret={secret[1]}" in out
+    assert f"otpauth://totp/evtwin%20dashboard:ada?secret={secret[1]}" in err
     user = DashboardUser("ada", token_hash[1], secret[1], "admin")
 
     async def scenario(server: CSMSServer, dash: Dashboard, clocks: Clocks) -> None:

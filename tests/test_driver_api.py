@@ -139,6 +139,17 @@ def test_find_reserve_start_follow_stop_and_bill_over_http(version: str,
             assert not done["open"] and done["power_kw"] == 0.0
             # A stopped session cannot be stopped again.
             assert (await a.call("POST", f"/sessions/CS1/{tx}/stop"))[0] == 409
+            # Sessions and bills are read by the driver's token and by key, never by
+            # reading every transaction or CDR.
+            def whole_table() -> Any:
+                raise AssertionError("a full-table read")
+
+            r.core.store.transactions = whole_table  # type: ignore[method-assign]
+            r.core.store.cdrs = whole_table  # type: ignore[method-assign]
+            status, sessions = await a.call("GET", "/sessions")
+            assert status == 200 and [s["transaction_id"] for s in sessions["sessions"]] == [tx]
+            assert (await a.call("GET", "/sessions", APP2))[1] == {"sessions": []}
+            assert (await a.call("GET", f"/sessions/CS1/{tx}/bill"))[1] == bill
 
     asyncio.run(main())
 
@@ -158,6 +169,11 @@ def test_cancel_and_the_errors_name_their_field(tmp_path: Path) -> None:
             assert (await a.call("POST", "/reservations",
                                  json={"station_id": "CS1", "evse_id": 7}))[0] == 404
             assert (await a.call("POST", "/reservations", data="{"))[0] == 400
+            # Minutes above max_reservation_minutes (60): a 422 that names the field.
+            status, body = await a.call("POST", "/reservations",
+                                        json={"station_id": "CS1", "minutes": 61})
+            assert (status, body["error"], body["problems"]) == (
+                422, "invalid_request", [{"path": "minutes", "message": "at most 60"}]), body
             status, r = await a.call("POST", "/reservations", json={"station_id": "CS1"})
             assert status == 201
             await a.rig.settle(1)

@@ -6,6 +6,7 @@ follow the charge, stop, see the bill."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import shutil
@@ -13,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from importlib.resources import files
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -59,6 +61,10 @@ def test_the_app_view_is_served_with_a_strict_policy(tmp_path: Path) -> None:
                 assert r.status == 401  # the page is public, the data is not
 
     asyncio.run(main())
+    shipped = files("evtwin.csms") / "driverapp_static"
+    assert sorted(f.name for f in shipped.iterdir()) == ["app.css", "app.js", "index.html"]
+    assert re.search(r'"evtwin\.csms" = \[[^]]*"driverapp_static/\*"',
+                     (ROOT / "pyproject.toml").read_text())
     for path in STATIC.iterdir():
         text = path.read_text()
         # Nothing from the internet, and the token never goes into a URL.
@@ -66,6 +72,40 @@ def test_the_app_view_is_served_with_a_strict_policy(tmp_path: Path) -> None:
     script = (STATIC / "app.js").read_text()
     assert "sessionStorage" in script and "localStorage" not in script
     assert '"Authorization": "Bearer "' in script
+
+
+def test_csms_serve_logs_the_app_url_and_serves_the_page(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``csms serve`` with ``[driver_api]``: the listening line names the app view's URL,
+    on the driver API's port, and the page is there."""
+    from evtwin.csms.config import ServeConfig
+    from evtwin.csms.security import hash_password
+    from evtwin.csms.service import serve
+
+    config = ServeConfig.model_validate({
+        "stations": [{"id": "CS1", "site": "site"}],
+        "sites": [{"name": "site", "latitude": 52.52, "longitude": 13.405}],
+        "driver_api": {"port": 0, "drivers": [{"id_token": "TOK1",
+                                               "token_hash": hash_password(APP1)}]}})
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        task = asyncio.create_task(serve(config, tmp_path / "csms.sqlite", port=0, stop=stop))
+        listening: list[Any] = []
+        for _ in range(1000):
+            listening = [r for r in caplog.records if getattr(r, "event", "") == "listening"]
+            if listening or task.done():
+                break
+            await asyncio.sleep(0.01)
+        api_url, app_url = listening[0].driver_api_url, listening[0].driver_app_url
+        assert app_url == api_url.removesuffix("/driver/v1") + DRIVER_APP_PREFIX
+        async with aiohttp.ClientSession() as http, http.get(app_url) as r:
+            assert r.status == 200 and "app.js" in await r.text()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+    with caplog.at_level(logging.INFO, logger="evtwin.csms.service"):
+        asyncio.run(main())
 
 
 # --------------------------------------------------------------------------- the browser
@@ -185,30 +225,67 @@ def test_a_driver_reserves_charges_and_pays_in_a_browser(tmp_path: Path) -> None
             assert APP1 not in driver.current_url
             assert _text(driver, "#error") == ""
 
-            # Search near Alexanderplatz: CS1 at Mitte, 0.6 km, both EVSEs Available.
-            driver.find_element("id", "lat").send_keys("52.5219")
-            driver.find_element("id", "lon").send_keys("13.4132")
+            # "Use my location" (the phone is at Potsdam: allowed, and emulated), then a
+            # search near Alexanderplatz typed in: CS1 at Mitte, 0.6 km, both Available.
+            driver.execute_cdp_cmd("Browser.grantPermissions", {
+                "origin": bg.app_url.removesuffix(DRIVER_APP_PREFIX),
+                "permissions": ["geolocation"]})
+            driver.execute_cdp_cmd("Emulation.setGeolocationOverride", {
+                "latitude": 52.3906, "longitude": 13.0645, "accuracy": 10})
+            _click(driver, "#locate")
+            _wait("the station", lambda: _text(driver, ".station .distance") == "27 km")
+            assert driver.find_element("id", "lat").get_attribute("value") == "52.39060"
+            for name, value in (("lat", "52.5219"), ("lon", "13.4132")):
+                box = driver.find_element("id", name)
+                box.clear()
+                box.send_keys(value)
             _click(driver, "#search")
-            _wait("the station", lambda: _evses(driver) == {"CS1/1": "Available",
-                                                            "CS1/2": "Available"})
+            _wait("the station", lambda: "0.6 km" in _text(driver, ".station .distance"))
+            assert _evses(driver) == {"CS1/1": "Available", "CS1/2": "Available"}
             card = _text(driver, ".station[data-station='CS1']")
             assert "0.6 km" in card and "Now: 0.30 EUR/kWh" in card
             assert "Mitte, Unter den Linden 1, Berlin" in card
 
-            # Reserve EVSE 2 for 20 minutes: ReserveNow reaches the station.
+            async def settle(r: Rig, t_s: float, evse_id: int = 2) -> str:
+                await r.settle(t_s)
+                return r.station.evses[evse_id].status
+
+            # Longer than the operator allows: the API's refusal, in one line.
             minutes = driver.find_element("id", "minutes")
+            minutes.clear()
+            minutes.send_keys("90")
+            _click(driver, ".evse[data-evse='1'] button[data-action='reserve']")
+            assert _wait("the error", lambda: _text(driver, "#error")) == (
+                "the request has invalid fields: minutes: at most 60")
+            # Reserve EVSE 1, and cancel it: CancelReservation frees it at the station.
+            minutes.clear()
+            minutes.send_keys("15")
+            _click(driver, ".evse[data-evse='1'] button[data-action='reserve']")
+            _wait("the reservation", lambda: _text(driver, "#reservation-text"))
+            assert _text(driver, "#error") == ""
+            assert bg.call(lambda r: settle(r, 10, 1)) == "Reserved"
+            assert _evses(driver)["CS1/1"] == "Reserved"
+            assert not driver.execute_script(  # one reservation at a time
+                "return document.querySelector(\"[data-action='reserve']\") !== null;")
+            _click(driver, "#cancel")
+            _wait("the cancel", lambda: "Reservation cancelled." in _text(driver, "#notice"))
+            assert bg.call(lambda r: settle(r, 20, 1)) == "Available"
+            assert not driver.find_element("id", "reservation-panel").is_displayed()
+            _click(driver, "#search")  # the list refreshes itself every 10 s; or at once
+            _wait("EVSE 1 free", lambda: _evses(driver)["CS1/1"] == "Available")
+
+            # Reserve EVSE 2 for 20 minutes: ReserveNow reaches the station.
             minutes.clear()
             minutes.send_keys("20")
             _click(driver, ".evse[data-evse='2'] button[data-action='reserve']")
             _wait("the reservation", lambda: _text(driver, "#reservation-text"))
             assert _text(driver, "#reservation-text").startswith("CS1, EVSE 2: held for you")
 
-            async def settle(r: Rig, t_s: float) -> str:
-                await r.settle(t_s)
-                return r.station.evses[2].status
-
             assert bg.call(lambda r: settle(r, 30)) == "Reserved"
-            [held] = bg.call(lambda r: _async(lambda: list(r.core.reservations.by_id.values())))
+            cancelled, held = bg.call(lambda r: _async(
+                lambda: sorted(r.core.reservations.by_id.values(),
+                               key=lambda x: x.reservation_id)))
+            assert cancelled.evse_id == 1 and cancelled.status == "Cancelled"
             assert held.evse_id == 2 and held.id_token == "TOK1" and held.status == "Accepted"
             assert (held.expiry - held.created_at).total_seconds() == pytest.approx(1200, abs=1)
             assert _evses(driver)["CS1/2"] == "Reserved"

@@ -55,6 +55,7 @@ class World:
     """The CPO as the eMSP registered it."""
     cpo_registry: Path
     http: aiohttp.ClientSession
+    used_token_a: str = ""
 
     @property
     def token(self) -> str:
@@ -87,8 +88,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     ocpi_port, ocpp_port = free_port(), free_port()
     text = CPO.format(price=0.40, fee=0.5, station="S1", site="markt", party="CPA",
                       site_block=SITE.format(site="markt", lat=52.0907)
-                      + SITE.format(site="plein", lat=52.1)).replace("port = 0",
-                                                                    f"port = {ocpi_port}")
+                      + SITE.format(site="plein", lat=52.1), ocpi_port=ocpi_port)
     text += '\n[[stations]]\nid = "S2"\nsite = "plein"\nevse_max_kw = [11, 11]\nphases = 1\n'
     data = tomllib.loads(text)
     data["ocpi"]["registry"] = str(tmp_path / "ocpi.sqlite")
@@ -121,6 +121,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             status, _, body = await w.call("GET", locations, token=token_a)
             assert status == 401 and body["status_code"] == 2000
             w.party = await emsp.register_with(f"{cpo_url}/ocpi/versions", token_a)
+            w.used_token_a = token_a
             yield w
     finally:
         await emsp.stop()
@@ -163,6 +164,10 @@ async def _test_registration_and_what_the_credentials_tokens_open(tmp_path: Path
             assert w.emsp.registry.party_by_token(emsp_party.their_token or "") is not None
         finally:
             cpo_side.close()
+        # The used token A registers nobody again.
+        status, _, body = await w.call("POST", creds, token=w.used_token_a, body=w.emsp.dump(
+            w.emsp.our_credentials("yet-another-token")))
+        assert status == 401 and body["status_code"] == 2000
         # Unregistering (DELETE) ends it: the token is refused from then on.
         status, _, _ = await w.call("DELETE", creds)
         assert status == 200
@@ -228,6 +233,8 @@ async def _test_tokens_receiver_checks_objects_and_urls(tmp_path: Path) -> None:
              "last_updated"),
             ("PUT", "NL/MSP/OTHER", token, 200, 2001, "uid"),
             ("PUT", "DE/XYZ/TOKEN1", token, 404, 2000, "not a role you registered"),
+            ("PUT", "NL/MSP/LOCAL-ONLY", {**token, "uid": "LOCAL-ONLY"}, 200, 2001,
+             "one of this CPO's own"),
             ("PATCH", "NL/MSP/TOKEN1", {"valid": False}, 200, 2001, "last_updated"),
             ("PATCH", "NL/MSP/NOPE", {"valid": False, "last_updated": "2026-12-03T10:00:00Z"},
              404, 2004, "unknown token"),
@@ -312,64 +319,127 @@ class ScriptedStation:
         return await asyncio.wait_for(future, TIMEOUT_S)
 
 
+async def _wait_for(check: Any, what: str) -> Any:
+    deadline = asyncio.get_running_loop().time() + TIMEOUT_S
+    while asyncio.get_running_loop().time() < deadline:
+        value = check()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"no {what}")
+
+
 async def _test_commands_reach_the_station_and_their_results_the_emsp(tmp_path: Path) -> None:
     async with world(tmp_path) as w, websockets.connect(
             f"{w.ocpp_url}/ocpp/S1", subprotocols=["ocpp2.0.1"]) as ws:
-            st = ScriptedStation(ws)
-            await st.call("BootNotification", {"chargingStation": {"vendorName": "t",
-                                                                   "model": "m"},
-                                               "reason": "PowerUp"})
-            await st.call("StatusNotification", {
-                "timestamp": "2026-12-03T08:00:00Z", "connectorStatus": "Available",
-                "evseId": 1, "connectorId": 1})
-            token = w.emsp.dump(w.emsp.token("TOKEN1"))
-            response, result = await w.emsp.send_command(
-                w.party, CommandType.START_SESSION,
-                {"token": token, "location_id": "markt", "evse_uid": "S1*1"},
-                result_timeout_s=TIMEOUT_S)
-            assert response.result == "ACCEPTED" and response.timeout > 0
-            assert result is not None and result.result == "ACCEPTED"
-            start = next(c for c in st.calls if c[2] == "RequestStartTransaction")
-            assert start[3]["idToken"]["idToken"] == "TOKEN1" and start[3]["evseId"] == 1
-            response, result = await w.emsp.send_command(
-                w.party, CommandType.RESERVE_NOW,
-                {"token": token, "location_id": "markt", "evse_uid": "S1*1",
-                 "reservation_id": "R-1", "expiry_date": "2030-01-01T00:00:00Z"},
-                result_timeout_s=TIMEOUT_S)
-            assert result is not None and result.result == "ACCEPTED"
-            reserve = next(c for c in st.calls if c[2] == "ReserveNow")
-            assert reserve[3]["idToken"]["idToken"] == "TOKEN1"
-            # Unknown location: OCPI 2003 at once; unknown session: UNKNOWN_SESSION.
-            with pytest.raises(Exception, match="2003"):
+        st = ScriptedStation(ws)
+        await st.call("BootNotification", {"chargingStation": {"vendorName": "t",
+                                                               "model": "m"},
+                                           "reason": "PowerUp"})
+        await st.call("StatusNotification", {
+            "timestamp": "2026-12-03T08:00:00Z", "connectorStatus": "Available",
+            "evseId": 1, "connectorId": 1})
+        # The CPO sent its Locations once the eMSP registered (PUT), nobody pulled them.
+        loc = await _wait_for(lambda: w.emsp.registry.get_object("location", "NL", "CPA",
+                                                                 "markt"), "location push")
+        assert Location.model_validate(loc).evses[0].uid == "S1*1"
+        token = w.emsp.dump(w.emsp.token("TOKEN1"))
+        # Commands with a token that is not the eMSP's own, or is the CPO's: refused.
+        for bad in ({**token, "party_id": "XYZ"}, {**token, "uid": "LOCAL-ONLY"}):
+            with pytest.raises(Exception, match="2001"):
                 await w.emsp.send_command(w.party, CommandType.START_SESSION,
-                                          {"token": token, "location_id": "elsewhere"})
-            response, result = await w.emsp.send_command(
-                w.party, CommandType.STOP_SESSION, {"session_id": "no-such"})
-            assert response.result == "UNKNOWN_SESSION" and result is None
-            # A fault at the station: pushed to the eMSP as the EVSE's OCPI status.
-            await st.call("StatusNotification", {
-                "timestamp": "2026-12-03T08:05:00Z", "connectorStatus": "Faulted",
-                "evseId": 1, "connectorId": 1})
-            deadline = asyncio.get_running_loop().time() + TIMEOUT_S
-            status = None
-            while asyncio.get_running_loop().time() < deadline:
-                # The eMSP keeps the Location once pulled (PUT) and patches its EVSEs.
-                loc = w.emsp.registry.get_object("location", "NL", "CPA", "markt")
-                if loc is None:
-                    _, _, body = await w.call("GET", f"{w.endpoint('locations')}/markt")
-                    w.emsp.registry.put_object("location", "NL", "CPA", "markt", body["data"])
-                    continue
-                status = loc["evses"][0]["status"]
-                if status == "OUTOFORDER":
-                    break
-                await asyncio.sleep(0.05)
-            assert status == "OUTOFORDER"
-            st._reader.cancel()
+                                          {"token": bad, "location_id": "markt"})
+        response, result = await w.emsp.send_command(
+            w.party, CommandType.START_SESSION,
+            {"token": token, "location_id": "markt", "evse_uid": "S1*1"},
+            result_timeout_s=TIMEOUT_S)
+        assert response.result == "ACCEPTED" and response.timeout > 0
+        assert result is not None and result.result == "ACCEPTED"
+        start = next(c for c in st.calls if c[2] == "RequestStartTransaction")
+        assert start[3]["idToken"]["idToken"] == "TOKEN1" and start[3]["evseId"] == 1
+        response, result = await w.emsp.send_command(
+            w.party, CommandType.RESERVE_NOW,
+            {"token": token, "location_id": "markt", "evse_uid": "S1*1",
+             "reservation_id": "R-1", "expiry_date": "2030-01-01T00:00:00Z"},
+            result_timeout_s=TIMEOUT_S)
+        assert result is not None and result.result == "ACCEPTED"
+        reserve = next(c for c in st.calls if c[2] == "ReserveNow")
+        assert reserve[3]["idToken"]["idToken"] == "TOKEN1"
+        # Unknown location: OCPI 2003 at once; unknown session: UNKNOWN_SESSION.
+        with pytest.raises(Exception, match="2003"):
+            await w.emsp.send_command(w.party, CommandType.START_SESSION,
+                                      {"token": token, "location_id": "elsewhere"})
+        response, result = await w.emsp.send_command(
+            w.party, CommandType.STOP_SESSION, {"session_id": "no-such"})
+        assert response.result == "UNKNOWN_SESSION" and result is None
+        # The station starts the commanded session: pushed to the eMSP (COMMAND).
+        id_token = {"idToken": "TOKEN1", "type": "Central"}
+        meter = [{"timestamp": "2026-12-03T08:01:00Z", "sampledValue": [
+            {"value": 1000.0, "measurand": "Energy.Active.Import.Register"}]}]
+        await st.call("TransactionEvent", {
+            "eventType": "Started", "timestamp": "2026-12-03T08:01:00Z",
+            "triggerReason": "RemoteStart", "seqNo": 0,
+            "transactionInfo": {"transactionId": "T-9"}, "idToken": id_token,
+            "evse": {"id": 1, "connectorId": 1}, "meterValue": meter})
+        session = await _wait_for(lambda: w.emsp.registry.get_object(
+            "session", "NL", "CPA", "S1-T-9"), "session push")
+        assert session["auth_method"] == "COMMAND" and session["status"] == "ACTIVE"
+        # Another eMSP may not stop it (it is not its session); its owner may.
+        cpo_side = Registry(w.cpo_registry)
+        try:
+            other = EMSP(EMSPConfig.model_validate({
+                "emsp": {"country_code": "NL", "party_id": "OTH", "name": "Other", "port": 0},
+                "drivers": [{"id": "o1", "tokens": [{"uid": "OTHER1", "contract_id": "O-1"}]}],
+            }), Registry(":memory:"))
+            await other.start()
+            try:
+                other_party = await other.register_with(f"{w.cpo_url}/ocpi/versions",
+                                                        cpo_side.add_token_a())
+                response, _ = await other.send_command(other_party, CommandType.STOP_SESSION,
+                                                       {"session_id": "S1-T-9"})
+                assert response.result == "UNKNOWN_SESSION"
+            finally:
+                await other.stop()
+        finally:
+            cpo_side.close()
+        response, result = await w.emsp.send_command(
+            w.party, CommandType.STOP_SESSION, {"session_id": "S1-T-9"},
+            result_timeout_s=TIMEOUT_S)
+        assert response.result == "ACCEPTED" and result is not None
+        assert any(c[2] == "RequestStopTransaction" for c in st.calls)
+        meter = [{"timestamp": "2026-12-03T09:01:00Z", "sampledValue": [
+            {"value": 11000.0, "measurand": "Energy.Active.Import.Register"}]}]
+        await st.call("TransactionEvent", {
+            "eventType": "Ended", "timestamp": "2026-12-03T09:01:00Z",
+            "triggerReason": "RemoteStop", "seqNo": 1,
+            "transactionInfo": {"transactionId": "T-9", "stoppedReason": "Remote"},
+            "meterValue": meter})
+        bills = await _wait_for(lambda: w.emsp.bills(), "bill")
+        assert bills[0]["cpo_cost"] == pytest.approx(0.5 + 0.40 * 10.0)
+        # A CDR whose push was lost is pulled (GET cdrs) and billed once.
+        w.emsp.registry.execute("DELETE FROM bills")
+        w.emsp.registry.delete_object("cdr", "NL", "CPA", "S1-T-9")
+        assert await w.emsp.pull_cdrs(w.party) == 1
+        assert await w.emsp.pull_cdrs(w.party) == 0
+        assert [b["cpo_cost"] for b in w.emsp.bills()] == [bills[0]["cpo_cost"]]
+        # A crafted idTag that would walk the authorize URL to TOKEN1 is no token.
+        r = await st.call("Authorize", {"idToken": {"idToken": "a/../TOKEN1",
+                                                    "type": "Central"}})
+        assert r[2]["idTokenInfo"]["status"] == "Invalid"
+        # A fault at the station: the EVSE's OCPI status at the eMSP follows (PATCH).
+        await st.call("StatusNotification", {
+            "timestamp": "2026-12-03T09:05:00Z", "connectorStatus": "Faulted",
+            "evseId": 1, "connectorId": 1})
+        await _wait_for(lambda: (w.emsp.registry.get_object("location", "NL", "CPA", "markt")
+                                 or {"evses": [{}]})["evses"][0].get("status")
+                        == "OUTOFORDER", "status PATCH")
+        st._reader.cancel()
 
 
 def test_a_site_without_a_place_is_a_config_error_with_ocpi() -> None:
     data = tomllib.loads(CPO.format(price=0.3, fee=0, station="S1", site="markt", party="CPA",
-                                    site_block=SITE.format(site="markt", lat=52.0)))
+                                    site_block=SITE.format(site="markt", lat=52.0),
+                                    ocpi_port=0))
     del data["sites"][0]["latitude"]
     from evtwin.csms.config import _cross_problems
 
@@ -406,7 +476,8 @@ async def _cpo_registers_with_an_emsp_named_in_its_config(tmp_path: Path) -> Non
     await emsp.start()
     token_a = emsp_registry.add_token_a()
     data = tomllib.loads(CPO.format(price=0.3, fee=0, station="S1", site="markt", party="CPA",
-                                    site_block=SITE.format(site="markt", lat=52.0)))
+                                    site_block=SITE.format(site="markt", lat=52.0),
+                                    ocpi_port=0))
     data["ocpi"]["registry"] = str(tmp_path / "ocpi.sqlite")
     data["ocpi"]["partners"] = [{"versions_url": emsp.versions_url, "token_a": token_a}]
     stop = asyncio.Event()
@@ -449,3 +520,38 @@ def test_retention_erases_tokens_of_old_sessions_and_cdrs_only() -> None:
     assert registry.identifiers_of("token1") == ["token1", "NL-MSP-1"]
     assert registry.erase_identifiers(["TOKEN1", "NL-MSP-1"]) == 1
     assert "TOKEN1" not in json.dumps(registry.objects("cdr"))
+
+
+def test_ocpi_command_line_errors_are_one_line_exit_2(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "evtwin.sim.cli", *args],
+                              capture_output=True, text=True, timeout=TIMEOUT_S, cwd=tmp_path)
+
+    cfg = tmp_path / "cpo.toml"
+    cfg.write_text(CPO.format(price=0.3, fee=0, station="S1", site="markt", party="CPA",
+                              site_block=SITE.format(site="markt", lat=52.0), ocpi_port=0))
+    emsp = tmp_path / "emsp.toml"
+    emsp.write_text('[emsp]\ncountry_code = "NL"\nparty_id = "MSP"\nname = "x"\n'
+                    'registry = "not-a-registry.txt"\n')
+    (tmp_path / "not-a-registry.txt").write_text("hello")
+    long_site = cfg.read_text().replace('name = "markt"', f'name = "{"m" * 40}"').replace(
+        'site = "markt"', f'site = "{"m" * 40}"')
+    (tmp_path / "long.toml").write_text(long_site)
+    tou = cfg.read_text().replace('currency = "EUR"', 'currency = "EUR"\nkind = "tou"\n'
+                                  'bands = [{start_h = 0, price_per_kwh = 0.2}]')
+    (tmp_path / "tou.toml").write_text(tou)
+    for args, words in (
+            (("csms", "ocpi-token", "--config", str(cfg)), "ocpi.public_url"),
+            (("emsp", "report", str(emsp)), "emsp.registry"),
+            (("emsp", "serve", str(tmp_path / "nope.toml")), "no such file"),
+            (("csms", "ocpi-token", "--config", str(tmp_path / "long.toml")), "sites.0.name"),
+            (("csms", "ocpi-token", "--config", str(tmp_path / "tou.toml")),
+             "sites.0.time_zone")):
+        proc = run(*args)
+        assert proc.returncode == 2, (args, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and words in lines[0], (args, proc.stderr)
+        assert "Traceback" not in proc.stderr

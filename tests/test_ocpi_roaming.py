@@ -13,11 +13,13 @@ settlement and the driver's bill). A token no eMSP knows is refused.
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Any
 import pytest
 
 from evtwin.csms.ocpi.models import CDR, Session
+from evtwin.csms.ocpi.transport import authorization_header
 from tests.test_csms_standalone import TIMEOUT_S, ServerProcess, at, boot, csms_process, station
 
 pytestmark = pytest.mark.slow
@@ -64,7 +67,7 @@ accepted = ["LOCAL-ONLY"]
 country_code = "NL"
 party_id = "{party}"
 name = "CPO {party}"
-port = 0
+port = {ocpi_port}
 registry = "ocpi.sqlite"
 """
 
@@ -104,8 +107,14 @@ def cpo_dir(tmp_path: Path, party: str, station_id: str, site: str, price: float
     d.mkdir()
     (d / "csms.toml").write_text(CPO.format(
         price=price, fee=fee, station=station_id, site=site, party=party,
-        site_block=SITE.format(site=site, lat=lat)))
+        site_block=SITE.format(site=site, lat=lat), ocpi_port=free_port()))
     return d
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def token_a(config: Path) -> str:
@@ -189,7 +198,8 @@ def test_a_roaming_session_end_to_end_across_two_cpos_and_an_emsp(tmp_path: Path
                 wait_rows(d / "ocpi.sqlite", "SELECT * FROM objects WHERE kind = 'token'", 2)
                 assert len(query(d / "ocpi.sqlite", "SELECT * FROM parties "
                                  "WHERE status = 'registered'")) == 1
-            # Token A worked once: a second registration with it is refused.
+            # Token A is used up by the registration (tests/test_ocpi_endpoints.py shows
+            # a second registration with it refused).
             assert query(a / "ocpi.sqlite", "SELECT used_at FROM token_a")[0]["used_at"]
 
             # Driver 1 at CPO B, OCPP 1.6.
@@ -254,6 +264,18 @@ def test_a_roaming_session_end_to_end_across_two_cpos_and_an_emsp(tmp_path: Path
             assert received["CPB"].cdr_token.uid == "04AA11BB22CC33"
             assert received["CPB"].cdr_location.id == "station"
             assert received["CPB"].total_time == pytest.approx(2.0)
+            # ... the CDR the eMSP pulls from CPO B (GET cdrs, its own token) ...
+            party_b = next(r for r in query(e / "emsp.sqlite", "SELECT * FROM parties")
+                       if "CPB" in r["roles"])
+            cdrs_url = next(x["url"] for x in json.loads(party_b["endpoints"])
+                            if x["identifier"] == "cdrs")
+            req = urllib.request.Request(cdrs_url, headers={
+                "Authorization": authorization_header(party_b["their_token"])})
+            with urllib.request.urlopen(req, timeout=TIMEOUT_S) as resp:
+                pulled = json.loads(resp.read())
+                assert resp.headers["X-Total-Count"] == "1"
+            (pulled_cdr,) = [CDR.model_validate(x) for x in pulled["data"]]
+            assert pulled_cdr.total_cost.excl_vat == pytest.approx(cdr_b["cost"])
             # ... the sessions pushed to the eMSP, completed ...
             sessions = {r["party_id"]: Session.model_validate(json.loads(r["data"])) for r in
                         query(e / "emsp.sqlite", "SELECT * FROM objects WHERE kind = 'session'")}

@@ -10,6 +10,7 @@ written for a raw id token.
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import sqlite3
@@ -261,8 +262,10 @@ def test_a_driver_is_erased_on_request_and_the_kpis_stay(
     store = Store(db)
     entries = audit_log(store)
     store.close()
+    # The declared actor, next to who ran the command (the OS user).
+    who = f"dpo@example.org (os user {getpass.getuser()})"
     assert [(e.actor, e.operation, e.subject) for e in entries] == [
-        ("dpo@example.org", "export", pseudo(BOB)), ("dpo@example.org", "erase", pseudo(ALICE))]
+        (who, "export", pseudo(BOB)), (who, "erase", pseudo(ALICE))]
     assert entries[0].row_count == 1 + 1 + 3 + 3
     assert entries[1].row_count >= 3 + 3 + 6 and entries[1].detail == "request #4711"
     assert datetime.fromisoformat(entries[1].at.replace("Z", "+00:00")) > \
@@ -349,8 +352,22 @@ def test_the_prune_command_and_the_serve_housekeeping_use_retention_days(
     store = Store(tmp_path / "csms.sqlite")
     assert {r["transaction_id"]: r["id_token"] for r in store.transactions()} == {
         "T40": ERASED, "T5": ERASED}
-    assert audit_log(store)[0].actor == "cron"
+    assert audit_log(store)[0].actor == f"cron (os user {getpass.getuser()})"
+    assert audit_log(store)[1].actor == f"os user {getpass.getuser()}"
     store.close()
+    # Retention beyond 100 years (or inf, or NaN) is refused in the config and the CLI.
+    for bad in ("inf", "nan", "1e7", "36501"):
+        cfg.write_text(f"[privacy]\nretention_days = {bad}\n")
+        with pytest.raises(ConfigError, match=r"privacy\.retention_days"):
+            load_config(cfg)
+        capsys.readouterr()
+        assert main(["csms", "privacy", "prune", "--db", str(tmp_path / "csms.sqlite"),
+                     "--retention-days", bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "--retention-days: must be above 0 and at most " \
+            "36500" in err and "Traceback" not in err, err
+    cfg.write_text("[privacy]\nretention_days = 36500\n")
+    assert load_config(cfg).privacy.retention_days == 36500
 
 
 def test_serve_runs_retention_at_start(tmp_path: Path) -> None:
@@ -664,7 +681,7 @@ def test_the_operator_api_exports_erases_and_lists_the_audit_log() -> None:
                                            body={**who, "reason": "ticket 9"})
             assert status == 200, data
             assert data == {"pseudonym": pseudonym, "transactions": 2, "cdrs": 2,
-                            "messages": 2}
+                            "messages": 2, "ocpi_objects": 0}
             status, data, _ = await client("POST", "/privacy/erase",
                                            body={**who, "reason": "again"})
             assert (status, data["error"]) == (404, "not_found")
@@ -673,7 +690,8 @@ def test_the_operator_api_exports_erases_and_lists_the_audit_log() -> None:
             assert status == 422 and data["problems"][0]["path"] == "actor"
             status, data, _ = await client("GET", "/privacy/audit")
             assert [(e["operation"], e["actor"], e["subject"]) for e in data["entries"]] == [
-                ("export", "ops-admin", pseudonym), ("erase", "ops-admin", pseudonym)]
+                ("export", "ops-admin (api token, peer 127.0.0.1)", pseudonym),
+                ("erase", "ops-admin (api token, peer 127.0.0.1)", pseudonym)]
             status, data, _ = await client("GET", "/privacy/audit", token="wrong" * 8)
             assert status == 401
             assert all(t["id_token"] == ERASED for t in core.store.transactions())

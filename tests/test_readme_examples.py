@@ -195,11 +195,12 @@ def _check_dashboard_user(ws: Path, proc: subprocess.CompletedProcess[str]) -> N
 
     from evtwin.csms.security import verify_password
 
-    lines = proc.stdout.strip().splitlines()
-    token = next(x for x in lines if x.startswith("# token")).rsplit(" ", 1)[-1]
-    uri = next(x for x in lines if "otpauth://" in x).rsplit(" ", 1)[-1]
-    [user] = tomllib.loads("\n".join(x for x in lines if not x.startswith("#"))
-                           )["dashboard"]["users"]
+    # The secrets on stderr, only the entry on stdout (so `>> csms.toml` is safe).
+    secrets = proc.stderr.strip().splitlines()
+    token = next(x for x in secrets if x.startswith("# token")).rsplit(" ", 1)[-1]
+    uri = next(x for x in secrets if "otpauth://" in x).rsplit(" ", 1)[-1]
+    assert token not in proc.stdout and "otpauth://" not in proc.stdout
+    [user] = tomllib.loads(proc.stdout)["dashboard"]["users"]
     assert (user["name"], user["role"]) == ("ada", "admin")
     assert verify_password(token, user["token_hash"])
     assert f"secret={user['totp_secret']}" in uri
@@ -219,9 +220,10 @@ def _check_driver_token(ws: Path, proc: subprocess.CompletedProcess[str]) -> Non
 
     from evtwin.csms.security import verify_password
 
-    first, *entry = proc.stdout.strip().splitlines()
-    token = first.rsplit(" ", 1)[-1]
-    [driver] = tomllib.loads("\n".join(entry))["driver_api"]["drivers"]
+    # The app token on stderr, only the entry on stdout (so `>> csms.toml` is safe).
+    token = proc.stderr.strip().rsplit(" ", 1)[-1]
+    assert token not in proc.stdout
+    [driver] = tomllib.loads(proc.stdout)["driver_api"]["drivers"]
     assert driver["id_token"] == "04A2B3C4D5E6F7"
     assert verify_password(token, driver["token_hash"])
 

@@ -364,3 +364,112 @@ def test_app_users_who_reserve_are_turned_away_less_than_the_others() -> None:
     assert k["reservations_expired"] == k["app_no_shows"] == 0
     assert k["app_site_switches"] >= 1  # the app sent some to the other site
     assert k["turned_away_percent_app"] < k["turned_away_percent_other"] - 10.0
+
+
+# --------------------------------------------------------------------------- every path
+def test_reservations_from_any_path_are_in_the_book_and_the_dashboard(tmp_path: Path) -> None:
+    """ReserveNow and CancelReservation sent by anyone (here straight through the shell,
+    as the operator API and OCPI do) are recorded; the dashboard shows what is in force
+    (not an accepted one past its expiry) and a Reserved EVSE the book does not know."""
+    from evtwin.csms.dashboard import Dashboard, new_user
+
+    async def main() -> None:
+        async with rig("2.0.1", tmp_path) as r:
+            book = r.core.reservations
+            assert (await r.shell.reserve_now(21, "TOK1", r.at(1800), evse_id=1)
+                    )["status"] == "Accepted"
+            assert book.by_id[21].status == "Accepted" and book.by_id[21].station_id == "CS1"
+            assert (await r.shell.reserve_now(22, "TOK2", r.at(1800), evse_id=1)
+                    )["status"] == "Occupied"
+            assert book.by_id[22].status == "Occupied" and book.by_id[22].ended_at is not None
+            await r.settle(10)
+            dash = Dashboard(r.server, users=[new_user("ada")[0]])
+            shown = dash.snapshot()["reservations"]
+            assert [(x["reservation_id"], x["evse_id"], x["status"]) for x in shown] == [
+                (21, 1, "Accepted")]
+            assert shown[0]["id_token"].startswith("pid-")  # never the raw token
+            # A reservation the book does not know (made before a restart): by its status.
+            r.core.on_status("CS1", 2, "Reserved", "2026-06-01T08:00:20Z")
+            shown = dash.snapshot()["reservations"]
+            assert {"station_id": "CS1", "evse_id": 2, "status": "Reserved"} in shown
+            # An accepted one whose expiry passed (the station said nothing yet): no longer
+            # in force; only what the station's status says is shown.
+            r.clock[0] = 1900.0
+            assert [(x.get("reservation_id"), x["evse_id"], x["status"])
+                    for x in dash.snapshot()["reservations"]] == [
+                (None, 1, "Reserved"), (None, 2, "Reserved")]
+            r.clock[0] = 20.0
+            # A cancellation through the shell ends it in the book.
+            assert (await r.shell.cancel_reservation(21))["status"] == "Accepted"
+            assert book.by_id[21].status == "Cancelled"
+            assert (await r.shell.cancel_reservation(21))["status"] == "Rejected"
+            assert book.by_id[21].status == "Cancelled"
+            assert book.in_force(r.at(30)) == []
+
+    asyncio.run(main())
+
+
+def test_the_book_drops_ended_reservations_after_a_day_and_keeps_counting_them() -> None:
+    from evtwin.csms.reservations import ReservationBook
+
+    book = ReservationBook()
+    t0 = START
+    for i in range(50):
+        book.requested(i, f"CS{i % 5}", 1, f"T{i}", t0 + timedelta(minutes=15), t0)
+        book.answered(i, "Accepted", t0)
+        book.on_status(f"CS{i % 5}", 1, "Available", t0 + timedelta(minutes=20))  # expired
+    book.requested(100, "CS0", 2, "LIVE", t0 + timedelta(days=3), t0)
+    book.answered(100, "Accepted", t0)
+    assert book.counts() == {"Expired": 50, "Accepted": 1}
+    # Indexed by station: a station's status or start looks at its own reservations only.
+    assert len(book._station("CS0")) == 1 and book._station("CS3") == []
+    assert book.holding("CS0", 2, t0 + timedelta(hours=1)) is book.by_id[100]
+    later = t0 + timedelta(days=1, hours=1)
+    book.requested(101, "CS1", 1, "NEW", later + timedelta(minutes=15), later)
+    assert set(book.by_id) == {100, 101}  # the ended ones are gone, those in force stay
+    assert book.counts() == {"Expired": 50, "Accepted": 1, "Requested": 1}
+    assert book.of_token("T3") == []
+
+
+def test_a_failed_reserve_now_refuses_the_booking_and_gives_the_evse_back() -> None:
+    """An app user's ReserveNow that ends in a CALLERROR, a bad answer, a timeout or a
+    closed link refuses that booking (the run goes on) and the EVSE returns to its pool;
+    the CSMS's book says Failed."""
+    from types import SimpleNamespace
+
+    import simpy
+
+    from evtwin.csms.direct import DirectShell
+    from evtwin.csms.shell import CallFailed, InvalidCallResult
+    from evtwin.sim.appusers import AppUsers, Booking, attach
+    from evtwin.sim.scenario import AppSettings
+
+    config = CSMSConfig(stations=(StationSpec("CS1", "site", (EvseSpec(1, 11e3),)),),
+                        id_tokens=frozenset({"TOK1"}))
+    core = CSMSCore(config, Store(":memory:"), clock=lambda: START)
+    shell = DirectShell("CS1", core, "2.0.1")
+    env = simpy.Environment()
+    pool = simpy.Store(env)
+    station = SimpleNamespace(evses={1: object()}, down=lambda evse: False)
+    twin = SimpleNamespace(env=env, model=SimpleNamespace(evs=[SimpleNamespace(
+        ev_id="EV1", id_token="TOK1")]), in_use=set(), free={"site": pool},
+        pool_of={("CS1", 1): "site"}, station_by_id={"CS1": station})
+    app = AppUsers(twin, AppSettings(share=1.0), seed=1)
+    attach(app, SimpleNamespace(core=core, connections={}, direct={"CS1": shell}))
+    for exc, said in ((CallFailed("ReserveNow", "InternalError", "boom"), "Error"),
+                      (InvalidCallResult("ReserveNow", "FormatViolation", "bad"), "Error"),
+                      (TimeoutError(), "Offline"), (ConnectionError("link closed"), "Offline")):
+        def peer(request: Any, exc: BaseException = exc) -> Any:
+            raise exc
+
+        shell.peer = peer
+        booking = Booking("EV1", "site", "site", 0.0, 600.0, state="requested",
+                          station_id="CS1", evse_id=1)
+        app.bookings.append(booking)
+        app.pending.append(booking)
+        asyncio.run(app.exchange())  # no exception leaves it
+        assert (booking.state, booking.station_status) == ("refused", said), exc
+        assert pool.items == [("CS1", 1)]
+        pool.items.clear()
+    assert set(core.reservations.counts()) == {"Failed"}
+    assert core.reservations.counts()["Failed"] == 4

@@ -87,7 +87,7 @@ function renderStations(stations) {
         `EVSE ${e.evse_id}: ${e.state || "unknown"}`),
       el("span", { class: "figures" },
         `${num(e.power_kw, 1, "kW")} · limit ${e.limit_kw === null ? num(e.max_power_kw, 1, "kW") : num(e.limit_kw, 1, "kW")}`),
-      admin ? el("button", {
+      admin && s.actions ? el("button", {
         class: "small", type: "button",
         onclick: (ev) => act("/api/evse/availability",
           { station_id: s.id, evse_id: e.evse_id, operative: e.status === "Unavailable" },
@@ -168,11 +168,13 @@ function render(snap) {
     "no reservations"));
   document.getElementById("grid").replaceChildren(...[renderGrid(snap.grid)].flat());
   const admin = me.role === "admin";
+  // Stations the CSMS reaches over OCPP take admin actions (not the twin's direct ones).
+  const actionable = new Set(snap.stations.filter((s) => s.actions).map((s) => s.id));
   document.getElementById("sessions").replaceChildren(table(
     ["Station", "EVSE", "Driver (pseudonym)", "Started", "Power", "Energy", "SoC", ""],
     snap.sessions.map((s) => [s.station_id, s.evse_id, s.id_token || "–", time(s.started_at),
       num(s.power_kw, 1, "kW"), num(s.energy_kwh, 2, "kWh"), num(s.soc_percent, 0, "%"),
-      admin ? el("button", { class: "small", type: "button",
+      admin && actionable.has(s.station_id) ? el("button", { class: "small", type: "button",
         onclick: (ev) => act("/api/sessions/stop",
           { station_id: s.station_id, transaction_id: s.transaction_id }, ev.target) },
         "Stop") : ""]), "no open sessions"));

@@ -339,7 +339,8 @@
          field("Battery", "soc", s.soc_percent === null ? "–" :
                                  `${Number(s.soc_percent).toFixed(0)} %`),
          field(s.open ? "Cost so far" : "Cost", "cost", cost),
-         field("Since", "since", clock(s.started_at))));
+         el("div", {class: "field wide"}, el("span", {class: "label"}, "Since"),
+            el("span", {class: "value small", id: "since"}, clock(s.started_at)))));
     if (s.open) {
       box.append(el("button", {type: "button", id: "stop", class: "danger", onclick: stop},
                     "Stop charging"));

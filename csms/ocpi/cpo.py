@@ -30,6 +30,7 @@ import contextlib
 import hashlib
 import logging
 import math
+import re
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +89,7 @@ from .models import (
 from .models import Session as OCPISession
 from .platform import OCPIPlatform
 from .registry import Party, Registry
-from .transport import OCPIClient, OCPIError, OCPIRemoteError, OCPIStatus, paginate
+from .transport import OCPIClient, OCPIError, OCPIRemoteError, OCPIStatus, paginate, segment
 
 if TYPE_CHECKING:
     from ..config import ServeConfig
@@ -102,6 +103,11 @@ __all__ = ["CPO", "ocpi_id"]
 _ALLOWED_TO_OCPP = {AllowedType.ALLOWED: "Accepted", AllowedType.BLOCKED: "Blocked",
                     AllowedType.EXPIRED: "Expired", AllowedType.NO_CREDIT: "NoCredit",
                     AllowedType.NOT_ALLOWED: "NotAllowedTypeAtEVSE"}
+#: A token uid OCPI can carry (CiString(36): printable ASCII, and no character that
+#: would change a URL it is put in).
+_VALID_UID = re.compile(r"[\x21-\x7E]{1,36}")
+#: mod_commands: after START_SESSION the token is not real-time authorized again.
+COMMAND_AUTH_WINDOW = timedelta(minutes=15)
 #: An open roaming session is pushed to its eMSP at most this often (session time).
 SESSION_PUSH_S = 900.0
 #: How long a station's answer to a command may take (CommandResponse.timeout).
@@ -166,8 +172,17 @@ class CPO(OCPIPlatform):
                 uid = f"{st.id}*{n}"
                 self._evse_uid[(st.id, n)] = (st.site, uid)
                 self._evse_at[(st.site.upper(), uid.upper())] = (st.id, n)
-        #: OCPI session id -> (station, transaction), for STOP_SESSION.
-        self._sessions: dict[str, tuple[str, str]] = {}
+        #: OCPI session id -> (station, transaction, owner country code, party id):
+        #: STOP_SESSION finds it, and only its owner may stop it. Kept in the registry.
+        self._sessions: dict[str, tuple[str, str, str, str]] = {}
+        #: Tokens eMSPs pushed or authorized (uid upper -> Token), from the registry.
+        self._tokens: dict[str, Token] = {}
+        #: Uids this CPO put into the core's authorizer (never a provisioned token).
+        self._roaming_uids: set[str] = set()
+        #: How each token's latest session was authorized (CDR auth_method), and when
+        #: a command authorized it (no real-time request for 15 min after).
+        self._auth_method: dict[str, AuthMethod] = {}
+        self._commanded_at: dict[str, datetime] = {}
         #: When each open roaming session was last pushed (its own time).
         self._pushed_at: dict[str, datetime] = {}
         #: Authorization references of tokens authorized in real time.
@@ -177,9 +192,13 @@ class CPO(OCPIPlatform):
         self._queue: asyncio.Queue[CoreEvent] = asyncio.Queue()
         self._pusher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        # Tokens pushed earlier (kept in the registry) are known again after a restart.
+        # Tokens pushed earlier (kept in the registry) are known again after a restart,
+        # and so are the sessions an eMSP may stop.
         for data in registry.objects("token"):
             self._learn_token(Token.model_validate(data))
+        for ref in registry.objects("session_ref"):
+            self._sessions[str(ref["id"]).upper()] = (ref["station_id"], ref["transaction_id"],
+                                                      ref["country_code"], ref["party_id"])
 
     # -- life ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -286,7 +305,8 @@ class CPO(OCPIPlatform):
                 and any(loc == name for loc, _ in self._evse_uid.values())]
 
     async def _get_locations(self, request: web.Request) -> web.Response:
-        page = paginate(request, self.locations(), lambda loc: loc.last_updated)
+        page = paginate(request, self.locations(), lambda loc: loc.last_updated,
+                        base_url=self._public_url)
         return self.ok([self.dump(x) for x in page.items], headers=page.headers)
 
     async def _get_location(self, request: web.Request) -> web.Response:
@@ -368,24 +388,60 @@ class CPO(OCPIPlatform):
 
     async def _get_tariffs(self, request: web.Request) -> web.Response:
         tariffs = [self.tariff(loc.id) for loc in self.locations()]
-        page = paginate(request, tariffs, lambda x: x.last_updated)
+        page = paginate(request, tariffs, lambda x: x.last_updated, base_url=self._public_url)
         return self.ok([self.dump(x) for x in page.items], headers=page.headers)
 
     # -- Tokens (receiver) and real-time authorization ------------------------------------
+    def is_local(self, uid: str) -> bool:
+        """Whether ``uid`` is one of the CSMS's own provisioned tokens (no eMSP may
+        push, replace or use it)."""
+        return (uid.upper() not in self._roaming_uids
+                and self.core.authorizer.record(uid) is not None)
+
+    def _add_record(self, record: TokenRecord) -> None:
+        """A roaming token's answer into the core (never over a provisioned token)."""
+        if self.is_local(record.id_token):
+            return
+        self._roaming_uids.add(record.id_token.upper())
+        self.core.add_token(record)
+
     def _learn_token(self, token: Token) -> None:
         """Know a pushed token: ALWAYS-whitelisted tokens are authorized locally."""
+        self._tokens[token.uid.upper()] = token
         if token.whitelist == WhitelistType.ALWAYS:
-            self.core.add_token(TokenRecord(token.uid, "Accepted" if token.valid else "Blocked",
-                                            group=token.group_id, local=False,
-                                            token_type="Central"))
+            self._add_record(TokenRecord(token.uid, "Accepted" if token.valid else "Blocked",
+                                         group=token.group_id, local=False,
+                                         token_type="Central"))
         elif not token.valid:
-            self.core.add_token(TokenRecord(token.uid, "Blocked", local=False))
+            self._add_record(TokenRecord(token.uid, "Blocked", local=False))
+
+    def _keep_token(self, token: Token) -> None:
+        self.registry.put_object("token", token.country_code, token.party_id, token.uid,
+                                 self.dump(token))
+        self._tokens[token.uid.upper()] = token
 
     def _known_token(self, uid: str) -> Token | None:
-        for data in self.registry.objects("token"):
-            if str(data.get("uid", "")).upper() == uid.upper():
-                return Token.model_validate(data)
-        return None
+        return self._tokens.get(uid.upper())
+
+    def _owned_by(self, party: Party, token: Token) -> bool:
+        return any(str(r.get("country_code", "")).upper() == token.country_code.upper()
+                   and str(r.get("party_id", "")).upper() == token.party_id.upper()
+                   for r in party.roles)
+
+    def _check_token_use(self, party: Party, token: Token) -> None:
+        """A token an eMSP pushes or commands with: its own (mod_commands: 'SHALL only
+        use Token that are owned by this eMSP'), not the CSMS's, not another's."""
+        if not self._owned_by(party, token):
+            raise OCPIError(OCPIStatus.INVALID_PARAMETERS,
+                            "token: country_code/party_id are not a role you registered")
+        if self.is_local(token.uid):
+            raise OCPIError(OCPIStatus.INVALID_PARAMETERS,
+                            "token: uid is one of this CPO's own tokens")
+        other = self._known_token(token.uid)
+        if other is not None and (other.country_code.upper(), other.party_id.upper()) != (
+                token.country_code.upper(), token.party_id.upper()):
+            raise OCPIError(OCPIStatus.INVALID_PARAMETERS,
+                            "token: uid belongs to another party")
 
     def _check_owner(self, request: web.Request, cc: str, pid: str) -> Party:
         party = self.party_of(request)
@@ -427,6 +483,7 @@ class CPO(OCPIPlatform):
                 uid.upper(), cc.upper(), pid.upper()):
             raise OCPIError(OCPIStatus.INVALID_PARAMETERS,
                             "uid, country_code and party_id must be those of the URL")
+        self._check_token_use(self.party_of(request), token)
         created = self.registry.put_object("token", cc, pid, uid, self.dump(token))
         self._learn_token(token)
         return self.ok(status=201 if created else 200)
@@ -434,11 +491,17 @@ class CPO(OCPIPlatform):
     def wants(self, id_token: str) -> bool:
         """RoamingPort: ask an eMSP about tokens the CSMS does not know, and about
         pushed tokens that are not whitelisted ALWAYS."""
-        if not self.registry.parties(role="EMSP"):
+        if not self.registry.parties(role="EMSP") or self.is_local(id_token):
             return False
+        commanded = self._commanded_at.get(id_token.upper())
+        if commanded is not None and datetime.now(UTC) - commanded < COMMAND_AUTH_WINDOW:
+            return False  # mod_commands: a START_SESSION token is not asked about again
         token = self._known_token(id_token)
         if token is not None:
-            return token.whitelist != WhitelistType.ALWAYS
+            if token.whitelist == WhitelistType.ALWAYS:
+                self._auth_method[id_token.upper()] = AuthMethod.WHITELIST
+                return False
+            return True
         return self.core.authorizer.record(id_token) is None
 
     async def authorize(self, id_token: str, station_id: str,
@@ -447,6 +510,8 @@ class CPO(OCPIPlatform):
         turn for a token nobody pushed). ALLOWED -> Accepted; a token whose eMSP cannot
         be reached is accepted only when it was pushed as ALLOWED (the spec's
         'authorized when the eMSP is offline')."""
+        if not _VALID_UID.fullmatch(id_token):
+            return None  # not an OCPI token uid: no eMSP issued it
         known = self._known_token(id_token)
         parties = self.registry.parties(role="EMSP")
         if known is not None:
@@ -468,31 +533,48 @@ class CPO(OCPIPlatform):
             type_ = known.type.value if known is not None else "RFID"
             try:
                 data, _ = await asyncio.wait_for(self.client.call(
-                    "POST", f"{url.rstrip('/')}/{id_token}/authorize?type={type_}",
+                    "POST", f"{url.rstrip('/')}/{segment(id_token)}/authorize?type={type_}",
                     party.their_token, body=None if refs is None else self.dump(refs),
                     routing=self.routing_to(party, "EMSP")), self.authorize_timeout_s)
                 info = AuthorizationInfo.model_validate(data)
             except OCPIRemoteError as exc:
-                if exc.status_code == OCPIStatus.UNKNOWN_TOKEN:
-                    continue
+                if exc.status_code == OCPIStatus.UNKNOWN_TOKEN or exc.http_status == 404:
+                    continue  # not this eMSP's token
                 log.warning("OCPI: real-time authorization at %s failed: %s", party.name(),
                             exc, extra={"event": "ocpi_authorize_failed"})
-                if known is not None and known.whitelist == WhitelistType.ALLOWED:
-                    return TokenRecord(id_token, "Accepted", local=False)
+                if _offline_allowed(known):
+                    return self._remember(id_token, TokenRecord(id_token, "Accepted",
+                                                                local=False))
                 continue
             except (TimeoutError, ValidationError) as exc:
                 log.warning("OCPI: real-time authorization at %s failed: %s", party.name(),
                             type(exc).__name__, extra={"event": "ocpi_authorize_failed"})
-                if known is not None and known.whitelist == WhitelistType.ALLOWED:
-                    return TokenRecord(id_token, "Accepted", local=False)
+                if _offline_allowed(known):
+                    return self._remember(id_token, TokenRecord(id_token, "Accepted",
+                                                                local=False))
                 continue
-            self.registry.put_object("token", info.token.country_code, info.token.party_id,
-                                     info.token.uid, self.dump(info.token))
+            if info.token.uid.upper() != id_token.upper() or not self._owned_by(party,
+                                                                               info.token):
+                log.warning("OCPI: %s answered for a token that is not the one asked about "
+                            "or not its own", party.name(),
+                            extra={"event": "ocpi_authorize_failed"})
+                continue
+            self._keep_token(info.token)
             if info.authorization_reference:
                 self._auth_refs[id_token.upper()] = info.authorization_reference
-            return TokenRecord(id_token, _ALLOWED_TO_OCPP[info.allowed],
-                               group=info.token.group_id, local=False)
+            self._auth_method[id_token.upper()] = AuthMethod.AUTH_REQUEST
+            return self._remember(id_token, TokenRecord(
+                id_token, _ALLOWED_TO_OCPP[info.allowed], group=info.token.group_id,
+                local=False))
         return None
+
+    def _remember(self, id_token: str, record: TokenRecord) -> TokenRecord | None:
+        """The core takes the record (authorize_remote adds it); never over a provisioned
+        token (None: the core answers from its own record)."""
+        if self.is_local(id_token):
+            return None
+        self._roaming_uids.add(id_token.upper())
+        return record
 
     # -- Sessions and CDRs ----------------------------------------------------------------
     def _observe(self, event: CoreEvent) -> None:
@@ -531,7 +613,8 @@ class CPO(OCPIPlatform):
                 continue
             try:
                 await self.client.call(
-                    "PATCH", f"{url.rstrip('/')}/{self.country_code}/{self.party_id}/{site}/{uid}",
+                    "PATCH", f"{url.rstrip('/')}/{self.country_code}/{self.party_id}/"
+                             f"{segment(site)}/{segment(uid)}",
                     party.their_token, body=body, routing=self.routing_to(party, "EMSP"))
             except OCPIRemoteError as exc:
                 log.warning("OCPI: status push to %s failed: %s", party.name(), exc,
@@ -552,7 +635,8 @@ class CPO(OCPIPlatform):
         for loc in self.locations():
             try:
                 await self.client.call(
-                    "PUT", f"{url.rstrip('/')}/{self.country_code}/{self.party_id}/{loc.id}",
+                    "PUT", f"{url.rstrip('/')}/{self.country_code}/{self.party_id}/"
+                           f"{segment(loc.id)}",
                     party.their_token, body=self.dump(loc), routing=self.routing_to(party,
                                                                                     "EMSP"))
                 done += 1
@@ -599,7 +683,8 @@ class CPO(OCPIPlatform):
             id=ocpi_id(s.station_id, s.transaction_id), start_date_time=s.started_at,
             end_date_time=s.ended_at if ended else None, kwh=round(kwh, 4),
             cdr_token=self._cdr_token(token),
-            auth_method=AuthMethod.AUTH_REQUEST,
+            auth_method=self._auth_method.get((s.id_token or "").upper(),
+                                              AuthMethod.AUTH_REQUEST),
             authorization_reference=self._auth_refs.get((s.id_token or "").upper()),
             location_id=site, evse_uid=uid, connector_id="1", currency=currency,
             charging_periods=[ChargingPeriod(start_date_time=s.started_at, dimensions=dims)],
@@ -626,7 +711,9 @@ class CPO(OCPIPlatform):
             country_code=self.country_code, party_id=self.party_id,
             id=ocpi_id(s.station_id, s.transaction_id), start_date_time=started,
             end_date_time=ended, session_id=ocpi_id(s.station_id, s.transaction_id),
-            cdr_token=self._cdr_token(token), auth_method=AuthMethod.AUTH_REQUEST,
+            cdr_token=self._cdr_token(token),
+            auth_method=self._auth_method.get((s.id_token or "").upper(),
+                                              AuthMethod.AUTH_REQUEST),
             authorization_reference=self._auth_refs.get((s.id_token or "").upper()),
             cdr_location=CdrLocation(
                 id=site, name=place.display_name or site, address=place.address or "",
@@ -656,7 +743,13 @@ class CPO(OCPIPlatform):
             return  # not a roaming session
         token, party = found
         sid = ocpi_id(s.station_id, s.transaction_id)
-        self._sessions[sid.upper()] = (s.station_id, s.transaction_id)
+        if sid.upper() not in self._sessions:
+            self._sessions[sid.upper()] = (s.station_id, s.transaction_id, token.country_code,
+                                           token.party_id)
+            self.registry.put_object("session_ref", self.country_code, self.party_id, sid, {
+                "id": sid, "station_id": s.station_id, "transaction_id": s.transaction_id,
+                "country_code": token.country_code, "party_id": token.party_id,
+                "last_updated": format_datetime(datetime.now(UTC))})
         # Updates at most every SESSION_PUSH_S of the session's own time (its meter
         # readings): the eMSP follows the session without a PUT per meter value.
         at = s.meter_last_at or s.started_at
@@ -675,7 +768,8 @@ class CPO(OCPIPlatform):
         if url is not None and party.their_token is not None:
             try:
                 await self.client.call(
-                    "PUT", f"{url.rstrip('/')}/{self.country_code}/{self.party_id}/{sid}",
+                    "PUT", f"{url.rstrip('/')}/{self.country_code}/{self.party_id}/"
+                           f"{segment(sid)}",
                     party.their_token, body=self.dump(session), routing=routing)
             except OCPIRemoteError as exc:
                 log.warning("OCPI: session push to %s failed: %s", party.name(), exc,
@@ -708,12 +802,14 @@ class CPO(OCPIPlatform):
         if "date_from" not in request.query:
             raise OCPIError(OCPIStatus.INVALID_PARAMETERS, "date_from: required")
         items = self._mine(request, self.registry.objects("session"))
-        page = paginate(request, items, lambda o: parse_datetime(o["last_updated"]))
+        page = paginate(request, items, lambda o: parse_datetime(o["last_updated"]),
+                        base_url=self._public_url)
         return self.ok(page.items, headers=page.headers)
 
     async def _get_cdrs(self, request: web.Request) -> web.Response:
         items = self._mine(request, self.registry.objects("cdr"))
-        page = paginate(request, items, lambda o: parse_datetime(o["last_updated"]))
+        page = paginate(request, items, lambda o: parse_datetime(o["last_updated"]),
+                        base_url=self._public_url)
         return self.ok(page.items, headers=page.headers)
 
     # -- Commands -------------------------------------------------------------------------
@@ -726,7 +822,13 @@ class CPO(OCPIPlatform):
             raise OCPIError(OCPIStatus.INVALID_PARAMETERS,
                             f"command: unknown {name!r}", http_status=404) from None
         body = await self.body(request, COMMAND_BODIES[command])
-        response, work = self._accept_command(party, command, body)
+        try:
+            response, work = self._accept_command(party, command, body)
+        except OCPIError as exc:
+            if exc.status_code == OCPIStatus.UNKNOWN_LOCATION:  # as the spec's example
+                exc.data = self.dump(CommandResponse(result=CommandResponseType.REJECTED,
+                                                     timeout=0))
+            raise
         if work is not None:
             self._spawn(self._run_command(party, str(body.response_url), work))
         return self.ok(self.dump(response))
@@ -753,29 +855,37 @@ class CPO(OCPIPlatform):
         party_key = str(party.id)
         if command == CommandType.START_SESSION:
             assert isinstance(body, StartSession)
+            self._check_token_use(party, body.token)
             station_id, evse_id = self._locate(body.location_id, body.evse_uid)
-            self.registry.put_object("token", body.token.country_code, body.token.party_id,
-                                     body.token.uid, self.dump(body.token))
+            self._keep_token(body.token)
             # The eMSP authorized it by sending the command (auth_method COMMAND).
-            self.core.add_token(TokenRecord(body.token.uid, "Accepted", local=False))
+            self._add_record(TokenRecord(body.token.uid, "Accepted", local=False))
+            self._auth_method[body.token.uid.upper()] = AuthMethod.COMMAND
+            self._commanded_at[body.token.uid.upper()] = datetime.now(UTC)
             if body.authorization_reference:
                 self._auth_refs[body.token.uid.upper()] = body.authorization_reference
             return accepted, ("start", station_id, evse_id, body.token.uid)
         if command == CommandType.STOP_SESSION:
             assert isinstance(body, StopSession)
             found = self._sessions.get(body.session_id.upper())
-            if found is None or (found[0], found[1]) not in self.core.sessions:
+            # Another party's session is unknown to this one (it may not stop it).
+            if found is None or (found[0], found[1]) not in self.core.sessions \
+                    or not any(str(r.get("country_code", "")).upper() == found[2].upper()
+                               and str(r.get("party_id", "")).upper() == found[3].upper()
+                               for r in party.roles):
                 return CommandResponse(result=CommandResponseType.UNKNOWN_SESSION,
                                        timeout=0), None
-            return accepted, ("stop", *found)
+            return accepted, ("stop", found[0], found[1])
         if command == CommandType.RESERVE_NOW:
             assert isinstance(body, ReserveNow)
+            self._check_token_use(party, body.token)
             station_id, evse_id = self._locate(body.location_id, body.evse_uid)
             number = _reservation_number(party_key, body.reservation_id)
             self._reservations[(party_key, body.reservation_id.upper())] = (station_id, number)
-            self.registry.put_object("token", body.token.country_code, body.token.party_id,
-                                     body.token.uid, self.dump(body.token))
-            self.core.add_token(TokenRecord(body.token.uid, "Accepted", local=False))
+            self._keep_token(body.token)
+            self._add_record(TokenRecord(body.token.uid, "Accepted", local=False))
+            self._auth_method[body.token.uid.upper()] = AuthMethod.COMMAND
+            self._commanded_at[body.token.uid.upper()] = datetime.now(UTC)
             return accepted, ("reserve", station_id, evse_id if body.evse_uid else None,
                               number, body.token.uid, body.expiry_date)
         if command == CommandType.CANCEL_RESERVATION:
@@ -840,6 +950,13 @@ class CPO(OCPIPlatform):
         except OCPIRemoteError as exc:
             log.warning("OCPI: command result to %s failed: %s", party.name(), exc,
                         extra={"event": "ocpi_push_failed"})
+
+
+def _offline_allowed(token: Token | None) -> bool:
+    """mod_tokens: a valid token pushed as ALLOWED or ALLOWED_OFFLINE is accepted when
+    its eMSP cannot be reached."""
+    return token is not None and token.valid and token.whitelist in (
+        WhitelistType.ALLOWED, WhitelistType.ALLOWED_OFFLINE)
 
 
 def _result(ocpp_status: Any, evse_status_now: str | None) -> CommandResultType:

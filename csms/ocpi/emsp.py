@@ -72,7 +72,14 @@ from .models import (
 from .models import Session as OCPISession
 from .platform import OCPIPlatform
 from .registry import Party, Registry
-from .transport import OCPIError, OCPIRemoteError, OCPIStatus, paginate, validation_message
+from .transport import (
+    OCPIError,
+    OCPIRemoteError,
+    OCPIStatus,
+    paginate,
+    segment,
+    validation_message,
+)
 
 log = logging.getLogger("evtwin.csms.ocpi.emsp")
 
@@ -257,7 +264,7 @@ class EMSP(OCPIPlatform):
     # -- Tokens (sender) ------------------------------------------------------------------
     async def _get_tokens(self, request: web.Request) -> web.Response:
         tokens = [t for _d, t in self.tokens.values()]
-        page = paginate(request, tokens, lambda t: t.last_updated)
+        page = paginate(request, tokens, lambda t: t.last_updated, base_url=self._public_url)
         return self.ok([self.dump(t) for t in page.items], headers=page.headers)
 
     async def _authorize(self, request: web.Request) -> web.Response:
@@ -265,7 +272,8 @@ class EMSP(OCPIPlatform):
         type_ = request.query.get("type", "RFID")
         found = self.tokens.get(uid.upper())
         if found is None or found[1].type.value != type_:
-            raise OCPIError(OCPIStatus.UNKNOWN_TOKEN, "unknown token")
+            # mod_tokens: an unknown Token is HTTP 404 (with OCPI 2004).
+            raise OCPIError(OCPIStatus.UNKNOWN_TOKEN, "unknown token", http_status=404)
         token = found[1]
         location: LocationReferences | None = None
         if await request.text():
@@ -303,7 +311,7 @@ class EMSP(OCPIPlatform):
             try:
                 await self.client.call(
                     "PUT", f"{url.rstrip('/')}/{token.country_code}/{token.party_id}/"
-                           f"{token.uid}?type={token.type.value}", party.their_token,
+                           f"{segment(token.uid)}?type={token.type.value}", party.their_token,
                     body=self.dump(token), routing=self.routing_to(party, "CPO"))
                 done += 1
             except OCPIRemoteError as exc:
@@ -455,9 +463,20 @@ class EMSP(OCPIPlatform):
 
     # -- billing --------------------------------------------------------------------------
     def _bill(self, cdr: CDR, party: Party) -> None:
+        """Bill the driver of a CDR of one of our tokens, in our currency; any other
+        CDR is kept (it was received) but neither billed nor settled."""
         found = self.tokens.get(cdr.cdr_token.uid.upper())
-        driver = found[0].id if found else "unknown"
         b = self.config.billing
+        ours = (found is not None and cdr.cdr_token.country_code.upper() == self.country_code
+                and cdr.cdr_token.party_id.upper() == self.party_id)
+        if not ours or cdr.currency != b.currency:
+            log.warning("OCPI: CDR %s from %s not billed: %s", cdr.id, party.name(),
+                        "not one of our tokens" if not ours else
+                        f"in {cdr.currency}, not {b.currency}",
+                        extra={"event": "emsp_not_billed"})
+            return
+        assert found is not None
+        driver = found[0].id
         cost = cdr.total_cost.excl_vat
         amount = round(cost * (1 + b.markup_percent / 100.0) + b.fee_per_session, 2)
         exported = sum(d.volume for p in cdr.charging_periods for d in p.dimensions
@@ -479,6 +498,44 @@ class EMSP(OCPIPlatform):
     def report(self) -> dict[str, Any]:
         """Roaming KPIs: sessions, energy, what each driver paid, what is owed each CPO."""
         return settlement(self.registry)
+
+    async def pull_cdrs(self, party: Party) -> int:
+        """GET the CPO's CDRs (all pages) and keep and bill the ones not received yet (a
+        push lost in an outage); returns how many were new."""
+        url = party.endpoint("cdrs", "SENDER")
+        if url is None or party.their_token is None:
+            return 0
+        try:
+            found = await self.client.get_all(url, party.their_token,
+                                              routing=self.routing_to(party, "CPO"))
+        except OCPIRemoteError as exc:
+            log.warning("OCPI: CDR pull from %s failed: %s", party.name(), exc,
+                        extra={"event": "ocpi_pull_failed"})
+            return 0
+        new = 0
+        for data in found:
+            try:
+                cdr = CDR.model_validate(data)
+            except ValidationError:
+                continue  # the spec: process the valid objects of a list
+            if not any(str(r.get("country_code", "")).upper() == cdr.country_code.upper()
+                       and str(r.get("party_id", "")).upper() == cdr.party_id.upper()
+                       for r in party.roles):
+                continue
+            if self.registry.get_object("cdr", cdr.country_code, cdr.party_id,
+                                        cdr.id) is None:
+                self.registry.put_object("cdr", cdr.country_code, cdr.party_id, cdr.id,
+                                         self.dump(cdr))
+                self._bill(cdr, party)
+                new += 1
+        return new
+
+    async def catch_up(self) -> None:
+        """For every CPO registered before: push the tokens again (blocked drivers,
+        new tokens) and pull the CDRs missed while either side was down."""
+        for party in self.registry.parties(role="CPO"):
+            await self.push_tokens(party)
+            await self.pull_cdrs(party)
 
     # -- commands (sender) ----------------------------------------------------------------
     async def send_command(self, party: Party, command: CommandType, body: dict[str, Any], *,
@@ -594,13 +651,28 @@ async def serve_emsp(config: EMSPConfig, *, stop: asyncio.Event | None = None,
         log.info("listening", extra={"event": "listening", "ocpi_url": emsp.versions_url})
         if on_listening is not None:
             on_listening(emsp)
+        catching_up = asyncio.ensure_future(_catch_up_every(emsp, CATCH_UP_S))
         registering = asyncio.ensure_future(emsp.register_until_done(
             [(p.versions_url, p.token_a) for p in config.partners], stopping))
         await stopping.wait()
         registering.cancel()
+        catching_up.cancel()
     finally:
         await emsp.stop()
         registry.close()
         for sig in handled:
             loop.remove_signal_handler(sig)
     return received[0] if received else None
+
+
+#: How often ``emsp serve`` pushes its tokens again and pulls missed CDRs, in seconds.
+CATCH_UP_S = 900.0
+
+
+async def _catch_up_every(emsp: EMSP, interval_s: float) -> None:
+    while True:
+        try:
+            await emsp.catch_up()
+        except Exception:  # a partner's bad answer must not end the eMSP
+            log.exception("OCPI: catch-up failed")
+        await asyncio.sleep(interval_s)

@@ -269,18 +269,24 @@ class OCPIPlatform:
             raise OCPIError(OCPIStatus.CLIENT_ERROR, "not registered yet (POST first)",
                             http_status=405)
         creds = await self.body(request, Credentials)
+        token_a = request.get(TOKEN_A)
+        if token_a is not None and not self.registry.claim_token_a(token_a):
+            raise OCPIError(OCPIStatus.CLIENT_ERROR, "this registration token was used",
+                            http_status=401)
         target = party or Party(id=None, status="pending", versions_url=creds.url)
-        await self._fetch_endpoints(target, creds.url, creds.token)
-        self.check_partner(target, creds)
+        try:
+            await self._fetch_endpoints(target, creds.url, creds.token)
+            self.check_partner(target, creds)
+        except BaseException:
+            if token_a is not None:  # not registered: the token may be tried again
+                self.registry.release_token_a(token_a)
+            raise
         token_c = new_credentials_token()
         target.status = "registered"
         target.versions_url = creds.url
         target.their_token = creds.token
         target.roles = [r.model_dump(mode="json", exclude_none=True) for r in creds.roles]
         self.registry.save(target, our_token=token_c)
-        token_a = request.get(TOKEN_A)
-        if token_a is not None:
-            self.registry.use_token_a(token_a)
         log.info("OCPI: %s registered", target.name(),
                  extra={"event": "ocpi_registered", "party": target.name()})
         await self.on_registered(target)

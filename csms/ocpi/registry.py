@@ -138,10 +138,20 @@ class Registry:
                                (hash_credentials_token(token),)).fetchone()
         return row is not None and row["used_at"] is None
 
-    def use_token_a(self, token: str) -> None:
+    def claim_token_a(self, token: str) -> bool:
+        """Use up ``token`` (atomically: of two registrations racing with one token A,
+        one gets it); False if it is unknown or used."""
         with self._lock:
-            self._db.execute("UPDATE token_a SET used_at = ? WHERE hash = ?",
-                             (self._now(), hash_credentials_token(token)))
+            cur = self._db.execute("UPDATE token_a SET used_at = ? WHERE hash = ? "
+                                   "AND used_at IS NULL",
+                                   (self._now(), hash_credentials_token(token)))
+        return cur.rowcount == 1
+
+    def release_token_a(self, token: str) -> None:
+        """Give a claimed token A back (its registration failed)."""
+        with self._lock:
+            self._db.execute("UPDATE token_a SET used_at = NULL WHERE hash = ?",
+                             (hash_credentials_token(token),))
 
     # -- parties ----------------------------------------------------------------------
     def _party(self, row: sqlite3.Row) -> Party:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import IntEnum
 from typing import Any, TypeVar
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -53,7 +54,9 @@ __all__ = [
     "authorization_header",
     "credentials_token",
     "envelope",
+    "module_address",
     "paginate",
+    "segment",
     "validation_message",
 ]
 
@@ -94,10 +97,29 @@ class OCPIRemoteError(Exception):
 
     def __init__(self, url: str, message: str, *, http_status: int | None = None,
                  status_code: int | None = None) -> None:
-        super().__init__(f"{url}: {message}")
+        # Said with the module's address only: object ids in the path (token uids)
+        # are driver identifiers and never go into a message that may be logged.
+        super().__init__(f"{module_address(url)}: {message}")
         self.url = url
         self.http_status = http_status
         self.status_code = status_code
+
+
+def module_address(url: str) -> str:
+    """``url`` up to its OCPI module (``.../ocpi/emsp/2.2.1/tokens``): no object ids,
+    no query."""
+    parts = urlsplit(url)
+    segments = parts.path.split("/")
+    if OCPI_VERSION in segments:
+        i = segments.index(OCPI_VERSION)
+        segments = segments[:i + 2]
+    return f"{parts.scheme}://{parts.netloc}{'/'.join(segments)}"
+
+
+def segment(value: str) -> str:
+    """One path segment built from data (a uid, an id): percent-encoded, so that
+    ``/``, ``..``, ``?`` or ``#`` in it can never change the URL's meaning."""
+    return quote(value, safe="")
 
 
 def envelope(data: Any = None, status_code: int = OCPIStatus.SUCCESS,
@@ -185,7 +207,7 @@ def _query_time(request: web.Request, name: str) -> datetime | None:
 
 
 def paginate(request: web.Request, items: Sequence[T], last_updated: Callable[[T], datetime],
-             *, max_limit: int = MAX_PAGE) -> Page:
+             *, max_limit: int = MAX_PAGE, base_url: str | None = None) -> Page:
     """The page of ``items`` (oldest first, as they come) a list GET asks for, with
     ``X-Total-Count``, ``X-Limit`` and a ``Link`` to the next page."""
     offset = _query_int(request, "offset", 0)
@@ -198,8 +220,10 @@ def paginate(request: web.Request, items: Sequence[T], last_updated: Callable[[T
     page = chosen[offset:offset + limit]
     headers = {"X-Total-Count": str(len(chosen)), "X-Limit": str(max_limit)}
     if offset + limit < len(chosen) and limit > 0:
-        url = request.url.update_query({"offset": str(offset + limit), "limit": str(limit)})
-        headers["Link"] = f'<{url}>; rel="next"'
+        rel = request.rel_url.update_query({"offset": str(offset + limit), "limit": str(limit)})
+        # Behind a proxy, the address partners use (public_url), not the one we bind.
+        base = base_url.rstrip("/") if base_url else f"{request.scheme}://{request.host}"
+        headers["Link"] = f'<{base}{rel}>; rel="next"'
     return Page(page, headers)
 
 
