@@ -604,7 +604,8 @@ def test_readme_stations_against_a_served_csms(tmp_path: Path) -> None:
     made = _shell(_example(".venv/bin/evtwin csms config-for").readme, ws)
     assert made.returncode == 0, made.stderr
     assert (ws / "csms.demo.toml").exists()
-    server = _serve(_example(".venv/bin/evtwin csms serve --config").readme, ws, port)
+    server = _serve(_example(".venv/bin/evtwin csms serve --config csms.demo.toml").readme, ws,
+                    port)
     try:
         # Cut: 30 simulated minutes at 600x instead of 2 h at 60x.
         command = (_example(".venv/bin/evtwin stations").readme
