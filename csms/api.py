@@ -1194,17 +1194,24 @@ class OperatorAPI:
         """``POST /privacy/erase``: 409 while the driver charges, 404 if nothing is kept."""
         body = await self._body(request, PrivacyEraseBody)
         registry = self.server.ocpi_registry
-        ocpi = 0
-        if registry is not None:  # first: a repeated request still reaches it
-            ocpi = registry.erase_identifiers(registry.identifiers_of(body.id_token.strip()))
-        try:
-            counts = erase_driver(self.core.store, body.id_token,
-                                  actor=self._who(request, body.actor), reason=body.reason,
-                                  now=self.core.clock())
+        actor = self._who(request, body.actor)
+        missing: PersonalDataError | None = None
+        try:  # first the store: 'still charging' refuses before anything changes
+            counts = erase_driver(self.core.store, body.id_token, actor=actor,
+                                  reason=body.reason, now=self.core.clock())
         except PersonalDataError as exc:
-            if exc.reason != "unknown" or not ocpi:
+            if exc.reason != "unknown" or registry is None:
                 raise
+            missing = exc
             counts = {"transactions": 0, "cdrs": 0, "messages": 0}
+        ocpi = 0
+        if registry is not None:
+            from .ocpi.registry import erase_roaming_data
+
+            ocpi = erase_roaming_data(registry, self.core.store, body.id_token.strip(),
+                                      actor=actor, now=self.core.clock())
+            if missing is not None and not ocpi:
+                raise missing
         return _json(PrivacyErased(pseudonym=self._pseudonym_of(body.id_token.strip()),
                                    ocpi_objects=ocpi, **counts))
 

@@ -60,6 +60,8 @@ class TokenRecord:
     """Sent to stations in their local authorization list."""
     token_type: str = "ISO14443"
     """2.x IdTokenEnumType, for the local list (the type the token is presented as)."""
+    roaming: bool = False
+    """A roaming partner's token, learned over OCPI (never one the CSMS was given)."""
 
 
 @dataclass(frozen=True, slots=True)

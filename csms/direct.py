@@ -26,7 +26,7 @@ from .clock import iso
 from .core import CSMSCore, ProfileCommand
 from .exceptions import InvalidMessageError, UnknownEvseError
 from .model import EVChargingNeeds, TxEvent
-from .shell import STOP_REASONS_16, limit_period
+from .shell import STOP_REASONS_16, InvalidOperation, limit_period
 from .tariffs import tariff_21
 
 log = logging.getLogger("evtwin.csms.ocpp")
@@ -201,9 +201,14 @@ class DirectShell:
                                             evse_id, group_id_token))
             return {"status": result.status}
 
-        return await self.core.reservations.reserve(
-            send, reservation_id, self.id, evse_id, id_token, expiry, self.core.clock,
-            group_id_token)
+        try:
+            return await self.core.reservations.reserve(
+                send, reservation_id, self.id, evse_id, id_token, expiry, self.core.clock,
+                group_id_token)
+        except ValueError as exc:  # the id is in force at another station
+            if isinstance(exc, InvalidOperation):
+                raise
+            raise InvalidOperation("reservation_id", str(exc)) from None
 
     async def cancel_reservation(self, reservation_id: int) -> dict[str, Any]:
         """CancelReservation, recorded in the reservation book."""

@@ -80,6 +80,11 @@ class ReservationBook:
         """ReserveNow is about to be sent (a reservation id in force is replaced)."""
         self.prune(now)
         old = self.by_id.get(reservation_id)
+        if old is not None and old.active and old.station_id != station_id:
+            # OCPP numbers reservations per station; the CSMS's book per CSMS: an id in
+            # force elsewhere is refused rather than silently replaced.
+            raise ValueError(f"reservation id {reservation_id} is in force at station "
+                             f"{old.station_id}; choose another id")
         if old is not None:
             self._active.get(old.station_id, {}).pop(reservation_id, None)
         r = Reservation(reservation_id, station_id, evse_id, id_token, expiry, now,

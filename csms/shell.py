@@ -1169,12 +1169,17 @@ class ShellBase(ABC):
                           group_id_token: str | None = None) -> dict[str, Any]:
         """Reserve an EVSE (None: any; 1.6 connector 0) for ``id_token`` until ``expiry``.
         Returns ``status``. Recorded in the core's reservation book, whoever asks."""
-        return await self.core.reservations.reserve(
-            lambda: self._reserve_now(reservation_id, id_token, expiry, evse_id=evse_id,
-                                      id_token_type=id_token_type,
-                                      group_id_token=group_id_token),
-            reservation_id, self.id, evse_id, id_token, expiry, self.core.clock,
-            group_id_token)
+        try:
+            return await self.core.reservations.reserve(
+                lambda: self._reserve_now(reservation_id, id_token, expiry, evse_id=evse_id,
+                                          id_token_type=id_token_type,
+                                          group_id_token=group_id_token),
+                reservation_id, self.id, evse_id, id_token, expiry, self.core.clock,
+                group_id_token)
+        except InvalidOperation:
+            raise
+        except ValueError as exc:  # the id is in force at another station
+            raise InvalidOperation("reservation_id", str(exc)) from None
 
     @abstractmethod
     async def _reserve_now(self, reservation_id: int, id_token: str, expiry: datetime, *,

@@ -864,20 +864,24 @@ def cmd_csms_privacy(args: argparse.Namespace, console: Console) -> int:
                                               "meter_values", "other_messages"))
             _say(console, f"exported {rows} rows of {data['pseudonym']} to {args.out}")
         elif args.privacy_command == "erase":
-            ocpi_part = ""
-            erased_ocpi = 0
-            if ocpi_registry is not None:
-                # First: a second request (after the store was erased) still reaches it.
-                erased_ocpi = ocpi_registry.erase_identifiers(
-                    ocpi_registry.identifiers_of(args.id_token.strip()))
-                ocpi_part = f", {erased_ocpi} OCPI objects"
-            try:
+            missing: PersonalDataError | None = None
+            try:  # first the store: 'still charging' refuses before anything changes
                 counts = privacy.erase_driver(store, args.id_token, actor=actor,
                                               reason=args.reason, now=now)
             except PersonalDataError as exc:
-                if exc.reason != "unknown" or not erased_ocpi:
+                if exc.reason != "unknown" or ocpi_registry is None:
                     raise
+                missing = exc
                 counts = {"transactions": 0, "cdrs": 0, "messages": 0}
+            ocpi_part = ""
+            if ocpi_registry is not None:
+                from evtwin.csms.ocpi.registry import erase_roaming_data
+
+                erased_ocpi = erase_roaming_data(ocpi_registry, store, args.id_token.strip(),
+                                                 actor=actor, now=now)
+                if missing is not None and not erased_ocpi:
+                    raise missing
+                ocpi_part = f", {erased_ocpi} OCPI objects"
             pseudonym = privacy.pseudonymiser_for(store)(args.id_token.strip())
             _say(console, escape(f"erased {pseudonym}: {counts['transactions']} transactions, "
                                  f"{counts['cdrs']} CDRs, {counts['messages']} messages"

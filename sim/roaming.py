@@ -159,6 +159,14 @@ class Roaming:
         """Up the CPOs on the twin's CSMS and the eMSPs; register each eMSP with each
         CPO; push the tokens."""
         shared = len([n for n in self.networks if n.cpo_party_id]) > 1
+        self._server = server
+        try:
+            await self._start(server, shared)
+        except BaseException:
+            await self.stop()  # what started, stopped again
+            raise
+
+    async def _start(self, server: Any, shared: bool) -> None:
         for net in self.networks:
             if net.cpo_party_id:
                 net.cpo = CPO(server, self.serve_config(net.sites), Registry(":memory:"),
@@ -181,6 +189,9 @@ class Roaming:
 
     async def stop(self) -> None:
         """Let the last sessions and CDRs reach the eMSPs, keep their bills, stop."""
+        core = getattr(getattr(self, "_server", None), "core", None)
+        if core is not None and isinstance(core.roaming, _ByStation):
+            core.roaming = None  # its CPOs are about to stop
         for net in self.networks:
             if net.cpo is not None:
                 await net.cpo.flush(FLUSH_S)
@@ -242,8 +253,7 @@ class Roaming:
         and with two operators the net settlement (first owes second: positive)."""
         b = self.bills
         r = b.loc[b["roaming"]]
-        drivers = (len(self.evs) if not self.s.operators
-                   else r["driver"].nunique() if len(r) else 0)
+        drivers = r["driver"].nunique() if len(r) else 0
         out = {"roaming_drivers": float(drivers),
                "roaming_sessions": float(len(r)),
                "roaming_authorizations": float(self.authorizations),

@@ -320,3 +320,9 @@ def test_a_roaming_session_end_to_end_across_two_cpos_and_an_emsp(tmp_path: Path
                 b / "ocpi.sqlite", "SELECT * FROM objects WHERE kind = 'cdr'")]
             assert kept.cdr_token.uid == "(erased)"
             assert kept.total_cost.excl_vat == pytest.approx(cdr_b["cost"])
+            audit = subprocess.run(
+                [sys.executable, "-m", "evtwin.sim.cli", "csms", "privacy", "audit", "--db",
+                 str(b / "csms.sqlite")], capture_output=True, text=True, timeout=TIMEOUT_S)
+            rows = [line.split("\t") for line in audit.stdout.splitlines()[1:]]
+            assert [r[3] for r in rows] == ["erase", "erase"]  # the store, then OCPI
+            assert "OCPI objects" in rows[1][6] and int(rows[1][5]) >= 3

@@ -473,3 +473,20 @@ def test_a_failed_reserve_now_refuses_the_booking_and_gives_the_evse_back() -> N
         pool.items.clear()
     assert set(core.reservations.counts()) == {"Failed"}
     assert core.reservations.counts()["Failed"] == 4
+
+
+def test_a_reservation_id_in_force_at_one_station_is_refused_at_another() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from evtwin.csms.reservations import ReservationBook
+
+    book = ReservationBook()
+    now = datetime(2026, 6, 1, 8, tzinfo=UTC)
+    book.requested(7, "CS1", 1, "ALICE", now + timedelta(minutes=15), now)
+    book.answered(7, "Accepted", now)
+    with pytest.raises(ValueError, match="in force at station CS1"):
+        book.requested(7, "CS2", 1, "BOB", now + timedelta(minutes=15), now)
+    assert [r.id_token for r in book.in_force(now)] == ["ALICE"]
+    # The same station may replace its own reservation (OCPP ReserveNow with its id).
+    book.requested(7, "CS1", 2, "ALICE", now + timedelta(minutes=30), now)
+    assert book.by_id[7].evse_id == 2

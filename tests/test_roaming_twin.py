@@ -42,8 +42,9 @@ def test_roaming_drivers_are_authorized_by_the_emsp_and_settled(tmp_path: Path) 
     k = result.kpis
     assert twin.roaming is not None
     roaming_evs = {ev.ev_id for ev in twin.roaming.evs}
-    assert k["roaming_drivers"] == len(roaming_evs) >= 4
+    assert len(roaming_evs) >= 4
     bills = result.tables["roaming"]
+    assert k["roaming_drivers"] == bills["driver"].nunique() >= 3
     assert k["roaming_sessions"] == len(bills) >= 3
     assert k["roaming_authorizations"] >= k["roaming_sessions"]  # each start asked
     assert set(bills["driver"]) <= roaming_evs  # only the eMSP's customers
@@ -117,12 +118,12 @@ def test_the_twin_dashboard_lists_the_emsp_as_a_roaming_partner(tmp_path: Path) 
     assert "NL*MSP" in partners[0]["name"]
 
 
-def two_operators(transport: str = "memory") -> Any:
+def two_operators(transport: str = "memory", whitelist: str = "NEVER") -> Any:
     sc = roaming_scenario(transport)
     data = sc.model_dump(mode="json")
     data["ev"]["count"] = 24
     data["sites"] = [{**data["sites"][0], "name": "lot"}, {**data["sites"][0], "name": "mall"}]
-    data["roaming"] = {"operators": [
+    data["roaming"] = {"whitelist": whitelist, "operators": [
         {"name": "Alpha", "cpo_party_id": "ALC", "emsp_party_id": "ALE", "sites": ["lot"],
          "drivers_share": 0.5},
         {"name": "Beta", "cpo_party_id": "BEC", "emsp_party_id": "BEE", "sites": ["mall"],
@@ -132,7 +133,9 @@ def two_operators(transport: str = "memory") -> Any:
     return parse_scenario(data)
 
 
-def test_two_operators_roam_on_each_other_and_settle_the_difference(tmp_path: Path) -> None:
+@pytest.mark.parametrize("whitelist", ["NEVER", "ALWAYS"])
+def test_two_operators_roam_on_each_other_and_settle_the_difference(whitelist: str,
+                                                                     tmp_path: Path) -> None:
     """Two operators on the twin's CSMS platform, each a CPO for its site and an eMSP
     for its drivers: a driver at the other operator's site roams (asked about in real
     time, billed by their own eMSP, owed to the other CPO); at their own site they do
@@ -141,7 +144,7 @@ def test_two_operators_roam_on_each_other_and_settle_the_difference(tmp_path: Pa
 
     from evtwin.sim.runner import Twin
 
-    twin = Twin(two_operators(), database=tmp_path / "csms.db")
+    twin = Twin(two_operators(whitelist=whitelist), database=tmp_path / "csms.db")
     result = twin.run()
     k = result.kpis
     assert twin.roaming is not None
@@ -167,5 +170,10 @@ def test_two_operators_roam_on_each_other_and_settle_the_difference(tmp_path: Pa
     settlement = result.tables["settlement"]
     assert set(zip(settlement["emsp"], settlement["cpo"], strict=True)) <= {
         ("NL*ALE", "NL*BEC"), ("NL*BEE", "NL*ALC")}
-    # Every session, home or roaming, was asked about in real time.
-    assert k["roaming_authorizations"] >= len(cdrs)
+    # Every session, home or roaming, was billed by the driver's own eMSP ...
+    assert len(result.tables["roaming"]) == len(cdrs)
+    # ... and asked about in real time (NEVER), or decided by the CPO alone (ALWAYS).
+    if whitelist == "NEVER":
+        assert k["roaming_authorizations"] >= len(cdrs)
+    else:
+        assert k["roaming_authorizations"] == 0

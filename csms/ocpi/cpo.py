@@ -31,6 +31,7 @@ import hashlib
 import logging
 import math
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -177,8 +178,6 @@ class CPO(OCPIPlatform):
         self._sessions: dict[str, tuple[str, str, str, str]] = {}
         #: Tokens eMSPs pushed or authorized (uid upper -> Token), from the registry.
         self._tokens: dict[str, Token] = {}
-        #: Uids this CPO put into the core's authorizer (never a provisioned token).
-        self._roaming_uids: set[str] = set()
         #: How each token's latest session was authorized (CDR auth_method), and when
         #: a command authorized it (no real-time request for 15 min after).
         self._auth_method: dict[str, AuthMethod] = {}
@@ -207,6 +206,8 @@ class CPO(OCPIPlatform):
             self.core.roaming = self
         self.core.observers.append(self._observe)
         self._pusher = asyncio.create_task(self._push_loop())
+        for party in self.registry.parties(role="EMSP"):  # registered before this start
+            self._spawn(self.push_locations(party))
         if self.partners_to_register:
             self._spawn(self.register_until_done(self.partners_to_register))
         if self.config.privacy.retention_days is not None:
@@ -395,15 +396,14 @@ class CPO(OCPIPlatform):
     def is_local(self, uid: str) -> bool:
         """Whether ``uid`` is one of the CSMS's own provisioned tokens (no eMSP may
         push, replace or use it)."""
-        return (uid.upper() not in self._roaming_uids
-                and self.core.authorizer.record(uid) is not None)
+        record = self.core.authorizer.record(uid)
+        return record is not None and not record.roaming
 
     def _add_record(self, record: TokenRecord) -> None:
         """A roaming token's answer into the core (never over a provisioned token)."""
         if self.is_local(record.id_token):
             return
-        self._roaming_uids.add(record.id_token.upper())
-        self.core.add_token(record)
+        self.core.add_token(replace(record, roaming=True))
 
     def _learn_token(self, token: Token) -> None:
         """Know a pushed token: ALWAYS-whitelisted tokens are authorized locally."""
@@ -510,7 +510,7 @@ class CPO(OCPIPlatform):
         turn for a token nobody pushed). ALLOWED -> Accepted; a token whose eMSP cannot
         be reached is accepted only when it was pushed as ALLOWED (the spec's
         'authorized when the eMSP is offline')."""
-        if not _VALID_UID.fullmatch(id_token):
+        if not _VALID_UID.fullmatch(id_token) or id_token in (".", ".."):
             return None  # not an OCPI token uid: no eMSP issued it
         known = self._known_token(id_token)
         parties = self.registry.parties(role="EMSP")
@@ -573,8 +573,7 @@ class CPO(OCPIPlatform):
         token (None: the core answers from its own record)."""
         if self.is_local(id_token):
             return None
-        self._roaming_uids.add(id_token.upper())
-        return record
+        return replace(record, roaming=True)
 
     # -- Sessions and CDRs ----------------------------------------------------------------
     def _observe(self, event: CoreEvent) -> None:
@@ -617,6 +616,11 @@ class CPO(OCPIPlatform):
                              f"{segment(site)}/{segment(uid)}",
                     party.their_token, body=body, routing=self.routing_to(party, "EMSP"))
             except OCPIRemoteError as exc:
+                if exc.status_code == OCPIStatus.UNKNOWN_LOCATION or exc.http_status == 404:
+                    # transport_and_format: a PATCH of an object the receiver lacks is
+                    # followed by a PUT of the whole object.
+                    await self.push_locations(party, only=site)
+                    continue
                 log.warning("OCPI: status push to %s failed: %s", party.name(), exc,
                             extra={"event": "ocpi_push_failed"})
 
@@ -626,13 +630,16 @@ class CPO(OCPIPlatform):
         if party.has_role("EMSP"):
             self._spawn(self.push_locations(party))
 
-    async def push_locations(self, party: Party) -> int:
-        """PUT every Location to ``party``'s locations receiver; how many it took."""
+    async def push_locations(self, party: Party, only: str | None = None) -> int:
+        """PUT every Location (or the one ``only``) to ``party``'s locations receiver;
+        how many it took."""
         url = party.endpoint("locations", "RECEIVER")
         if url is None or party.their_token is None:
             return 0
         done = 0
         for loc in self.locations():
+            if only is not None and loc.id != only:
+                continue
             try:
                 await self.client.call(
                     "PUT", f"{url.rstrip('/')}/{self.country_code}/{self.party_id}/"
@@ -777,6 +784,12 @@ class CPO(OCPIPlatform):
         if event.cdr is None:
             return
         cdr = self._cdr(s, token, event.cdr)
+        # How it was authorized belongs to this session only; an ended session can no
+        # longer be stopped.
+        self._auth_method.pop((s.id_token or "").upper(), None)
+        self._auth_refs.pop((s.id_token or "").upper(), None)
+        if self._sessions.pop(sid.upper(), None) is not None:
+            self.registry.delete_object("session_ref", self.country_code, self.party_id, sid)
         self.registry.put_object("cdr", self.country_code, self.party_id, cdr.id,
                                  self.dump(cdr))
         url = party.endpoint("cdrs", "RECEIVER")

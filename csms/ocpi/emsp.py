@@ -44,7 +44,7 @@ import signal
 import tomllib
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +68,7 @@ from .models import (
     TokenType,
     WhitelistType,
     format_datetime,
+    parse_datetime,
 )
 from .models import Session as OCPISession
 from .platform import OCPIPlatform
@@ -505,13 +506,25 @@ class EMSP(OCPIPlatform):
         url = party.endpoint("cdrs", "SENDER")
         if url is None or party.their_token is None:
             return 0
+        # Only what changed since the last pull that worked (less 5 minutes for the
+        # clocks; date_from is inclusive and duplicates are skipped): a CDR whose push
+        # was lost was made after it.
+        cc, pid = party.identity("CPO")
+        last = self.registry.get_object("pull", cc, pid, "cdrs")
+        started = datetime.now(UTC)
+        query = ""
+        if last is not None:
+            since = parse_datetime(last["at"]) - timedelta(minutes=5)
+            query = f"?date_from={format_datetime(since)}"
         try:
-            found = await self.client.get_all(url, party.their_token,
+            found = await self.client.get_all(url + query, party.their_token,
                                               routing=self.routing_to(party, "CPO"))
         except OCPIRemoteError as exc:
             log.warning("OCPI: CDR pull from %s failed: %s", party.name(), exc,
                         extra={"event": "ocpi_pull_failed"})
             return 0
+        at = format_datetime(started)
+        self.registry.put_object("pull", cc, pid, "cdrs", {"at": at, "last_updated": at})
         new = 0
         for data in found:
             try:

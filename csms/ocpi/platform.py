@@ -47,6 +47,7 @@ from .transport import (
     Routing,
     credentials_token,
     envelope,
+    module_address,
     validation_message,
 )
 
@@ -155,7 +156,8 @@ class OCPIPlatform:
             code = OCPIStatus.CLIENT_ERROR if exc.status < 500 else OCPIStatus.SERVER_ERROR
             response = web.json_response(envelope(None, code, exc.reason), status=exc.status)
         except Exception:
-            log.exception("OCPI: %s %s failed", request.method, request.path)
+            # The module only: object ids in the path (token uids) stay out of the log.
+            log.exception("OCPI: %s %s failed", request.method, module_address(str(request.url)))
             response = web.json_response(
                 envelope(None, OCPIStatus.SERVER_ERROR, "internal error (see the log)"),
                 status=500)

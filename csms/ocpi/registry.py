@@ -23,7 +23,8 @@ from typing import Any
 
 from .models import format_datetime
 
-__all__ = ["Party", "Registry", "hash_credentials_token", "new_credentials_token"]
+__all__ = ["Party", "Registry", "erase_roaming_data", "hash_credentials_token",
+           "new_credentials_token"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS token_a (
@@ -340,3 +341,18 @@ def _strings(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for v in value:
             yield from _strings(v)
+
+
+def erase_roaming_data(registry: Registry, store: Any, id_token: str, *, actor: str,
+                       now: datetime) -> int:
+    """GDPR erasure in the OCPI objects: the token uid and its contract ids in every
+    kept Session, CDR and Token (:meth:`Registry.erase_identifiers`), with its own
+    audit entry in the CSMS's audit log (``store``) when anything changed."""
+    from ..privacy import pseudonymiser_for, record_audit
+
+    changed = registry.erase_identifiers(registry.identifiers_of(id_token))
+    if changed:
+        record_audit(store, at=now, actor=actor, operation="erase",
+                     subject=pseudonymiser_for(store)(id_token), row_count=changed,
+                     detail="OCPI objects (roaming partners' sessions, CDRs, tokens)")
+    return changed
