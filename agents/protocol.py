@@ -454,6 +454,9 @@ class StationProtocol:
         if isinstance(request, d.ReserveNow | d.CancelReservation | d.RequestStart
                       | d.RequestStop):
             return self._remote(request)
+        if isinstance(request, d.ChangeAvailability):
+            return d.StatusAnswer(self.station.set_availability(
+                request.evse_id, request.operative, self.now_s()))
         self.station.advance_all(self.now_s())
         removed = self.station.clear_profiles(
             profile_id=request.profile_id, evse_id=request.evse_id,

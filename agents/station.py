@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -112,6 +113,11 @@ class VirtualStation(mesa.Agent):
         #: Remote starts waiting for an EV to plug in, by EVSE: (id token,
         #: remoteStartId, until when in s).
         self.remote_starts: dict[int, tuple[str, int | None, float]] = {}
+        #: EVSEs the CSMS made inoperative (ChangeAvailability; 0: the whole station).
+        self.inoperative: set[int] = set()
+        #: Told which EVSEs the CSMS took out of service (True) or gave back (False), so
+        #: the simulator's pool of free EVSEs follows; None: nobody listens.
+        self.on_availability: Callable[[list[int], bool], None] | None = None
         #: Reservations used by a transaction, ended by their expiry, or cancelled.
         self.reservations_used = 0
         self.reservations_expired = 0
@@ -225,8 +231,8 @@ class VirtualStation(mesa.Agent):
             evse = free[0]
         else:
             evse = self.evses[evse_id]
-            if self.down(evse):
-                return "Faulted"
+            if self.down(evse):  # Faulted, or Unavailable (made inoperative)
+                return "Faulted" if evse.faults or self.faults else "Unavailable"
             if not self._reservable(evse, old, at_s):
                 return "Occupied"
         if old is not None and old.evse_id != evse.evse_id:
@@ -341,8 +347,7 @@ class VirtualStation(mesa.Agent):
         ev = evse.ev
         evse.ev = None
         evse.charging = False
-        evse.status = "Faulted" if self.down(evse) else (
-            "Reserved" if self.reservation_on(evse_id) is not None else "Available")
+        evse.status = self.idle_status(evse)
         self.events.append(Event("unplug", evse_id, at_s, {
             "transaction_id": evse.transaction_id, "register_wh": evse.register_wh,
             "seq_no": evse.seq_no + 1, "soc": ev.soc if ev else None, "status": evse.status,
@@ -381,8 +386,48 @@ class VirtualStation(mesa.Agent):
 
     # -- faults (see evtwin.agents.faults) ------------------------------------------
     def down(self, evse: Evse) -> bool:
-        """The EVSE cannot start a session: a failed component of its own or the station's."""
-        return bool(evse.faults or self.faults)
+        """The EVSE cannot start a session: a failed component of its own or the
+        station's, or the CSMS made it (or the station) inoperative."""
+        return bool(evse.faults or self.faults or evse.evse_id in self.inoperative
+                    or 0 in self.inoperative)
+
+    def idle_status(self, evse: Evse) -> str:
+        """The status of an EVSE with no EV: Faulted, Unavailable (inoperative),
+        Reserved or Available."""
+        if evse.faults or self.faults:
+            return "Faulted"
+        if evse.evse_id in self.inoperative or 0 in self.inoperative:
+            return "Unavailable"
+        return "Reserved" if self.reservation_on(evse.evse_id) is not None else "Available"
+
+    def set_availability(self, evse_id: int, operative: bool, at_s: float) -> str:
+        """ChangeAvailability: take an EVSE (0: every one) out of service or back.
+
+        Returns Accepted, Scheduled (an EVSE with an EV changes when the EV leaves: a
+        running session goes on) or Rejected (no such EVSE). The free EVSEs report
+        their new status at once (Unavailable, or Available/Reserved/Faulted again).
+        """
+        if evse_id and evse_id not in self.evses:
+            return "Rejected"
+        was = {e.evse_id: self.down(e) for e in self.evses.values()}
+        if operative:
+            self.inoperative.discard(evse_id)
+        else:
+            self.inoperative.add(evse_id)
+        scheduled = False
+        changed: list[int] = []
+        for evse in self.evses.values():
+            if self.down(evse) == was[evse.evse_id]:
+                continue
+            changed.append(evse.evse_id)
+            if evse.ev is not None or evse.transaction_id is not None:
+                scheduled = True  # its status follows when the EV leaves
+                continue
+            evse.status = self.idle_status(evse)
+            self.events.append(Event("status", evse.evse_id, at_s, {"status": evse.status}))
+        if changed and self.on_availability is not None:
+            self.on_availability(changed, not operative)
+        return "Scheduled" if scheduled else "Accepted"
 
     def fail(self, evse_id: int, component: str, code: str, stop_reason: str,
              at_s: float, *, offline: bool = False) -> list[int]:
@@ -435,10 +480,10 @@ class VirtualStation(mesa.Agent):
             self.offline = False
             self.drop_heartbeat = 0.0
         for evse in targets:
-            if evse.ev is None and not self.down(evse):
-                # A reservation made before the failure holds the EVSE again (until expiry).
-                held = self.reservation_on(evse.evse_id) is not None
-                evse.status = "Reserved" if held else "Available"
+            if evse.ev is None:
+                # A reservation made before the failure holds the EVSE again (until
+                # expiry); an EVSE the CSMS made inoperative stays Unavailable.
+                evse.status = self.idle_status(evse)
             elif evse.ev is not None:
                 evse.status = "Occupied"
             self.events.append(Event("repair", evse.evse_id, at_s, {

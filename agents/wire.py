@@ -82,7 +82,8 @@ class Codec2x(Codec):
         # 2.x stations show the running cost; 2.1 ones also take a default tariff.
         self.requests = Codec.requests | {
             "CostUpdated", "ReserveNow", "CancelReservation", "RequestStartTransaction",
-            "RequestStopTransaction"} | ({"SetDefaultTariff"} if version == "2.1" else set())
+            "RequestStopTransaction", "ChangeAvailability"} | (
+                {"SetDefaultTariff"} if version == "2.1" else set())
 
     @staticmethod
     def sampled_value(s: d.Sample, context: str) -> dict[str, Any]:
@@ -192,6 +193,9 @@ class Codec2x(Codec):
                                 None if group is None else group["idToken"])
         if action == "CancelReservation":
             return d.CancelReservation(int(payload["reservationId"]))
+        if action == "ChangeAvailability":  # no evse: the whole station
+            return d.ChangeAvailability(int((payload.get("evse") or {}).get("id", 0)),
+                                        payload["operationalStatus"] == "Operative")
         if action == "RequestStartTransaction":
             return d.RequestStart(payload["idToken"]["idToken"], payload.get("evseId"),
                                   int(payload["remoteStartId"]))
@@ -241,7 +245,7 @@ class Codec16(Codec):
 
     version = "1.6"
     requests = Codec.requests | {"ReserveNow", "CancelReservation", "RemoteStartTransaction",
-                                 "RemoteStopTransaction"}
+                                 "RemoteStopTransaction", "ChangeAvailability"}
 
     @staticmethod
     def sampled_value(s: d.Sample, context: str) -> dict[str, Any]:
@@ -318,6 +322,9 @@ class Codec16(Codec):
                                 payload.get("parentIdTag"))
         if action == "CancelReservation":
             return d.CancelReservation(int(payload["reservationId"]))
+        if action == "ChangeAvailability":  # connector 0: the whole charge point
+            return d.ChangeAvailability(int(payload["connectorId"]),
+                                        payload["type"] == "Operative")
         if action == "RemoteStartTransaction":
             return d.RequestStart(payload["idTag"], payload.get("connectorId") or None)
         if action == "RemoteStopTransaction":

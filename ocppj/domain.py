@@ -375,8 +375,17 @@ class RequestStop:
     transaction_id: str
 
 
+@dataclass(frozen=True, slots=True)
+class ChangeAvailability:
+    """Make an EVSE (0: the whole station; 1.6 connector 0) operative or inoperative."""
+
+    evse_id: int
+    operative: bool
+
+
 CSMSRequest = (SetChargingProfile | ClearChargingProfile | CostUpdate | DefaultTariff
-               | ReserveNow | CancelReservation | RequestStart | RequestStop)
+               | ReserveNow | CancelReservation | RequestStart | RequestStop
+               | ChangeAvailability)
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,7 +411,8 @@ class TariffAnswer:
 @dataclass(frozen=True, slots=True)
 class StatusAnswer:
     """An answer that is a status (ReserveNow: Accepted | Occupied | Faulted |
-    Unavailable | Rejected; CancelReservation, RequestStart/Stop: Accepted | Rejected),
+    Unavailable | Rejected; CancelReservation, RequestStart/Stop: Accepted | Rejected;
+    ChangeAvailability: Accepted | Rejected | Scheduled),
     with the running transaction's id where RequestStartTransaction has one (2.x)."""
 
     status: str

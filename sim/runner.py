@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeAlias
 from urllib.parse import urlsplit
@@ -459,6 +460,8 @@ class Twin:
         self.dr_limits_kw: dict[str, float] = {}  # grid-operator limits in force
         self.feeder_model: FeederModel | None = None  # the CSMS's feeder model (feeder_aware)
         self.station_by_id = {s.station_id: s for s in self.model.stations}
+        for st in self.model.stations:  # the CSMS's ChangeAvailability: the pool follows
+            st.on_availability = partial(self._availability_changed, st.station_id)
         self._datetimes: dict[float, datetime] = {}
         #: Faults and crews ([faults], [maintenance]); None: stations never fail.
         self.ops: Operations | None = (
@@ -628,6 +631,15 @@ class Twin:
             proc = self.drivers.get(ev.ev_id) if ev is not None else None
             if proc is not None and proc.is_alive:
                 proc.interrupt("fault")
+
+    def _availability_changed(self, station_id: str, evse_ids: list[int], out: bool) -> None:
+        """The CSMS took EVSEs out of service (a session running there goes on) or
+        gave them back (before the run's pools exist there is nothing to follow)."""
+        evse_ids = [e for e in evse_ids if (station_id, e) in self.pool_of]
+        if out:
+            self.evses_down(station_id, evse_ids, [])
+        else:
+            self.evses_up(station_id, evse_ids)
 
     def evses_up(self, station_id: str, evse_ids: list[int]) -> None:
         """EVSEs work again: the free ones go back to their pool."""

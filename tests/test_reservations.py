@@ -490,3 +490,52 @@ def test_a_reservation_id_in_force_at_one_station_is_refused_at_another() -> Non
     # The same station may replace its own reservation (OCPP ReserveNow with its id).
     book.requested(7, "CS1", 2, "ALICE", now + timedelta(minutes=30), now)
     assert book.by_id[7].evse_id == 2
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_change_availability_takes_an_evse_out_and_back(version: str, tmp_path: Path) -> None:
+    """ChangeAvailability (what the dashboard's admin sends): a free EVSE goes
+    Unavailable at once and cannot be reserved; one with a session is Scheduled and
+    goes Unavailable when the EV leaves; Operative brings both back; the twin's pool
+    is told both ways; an unknown EVSE is Rejected."""
+    async def main() -> None:
+        async with rig(version, tmp_path) as r:
+            told: list[tuple[list[int], bool]] = []
+            r.station.on_availability = lambda evses, out: told.append((evses, out))
+            assert (await r.shell.change_availability(2, False))["status"] == "Accepted"
+            await r.settle(1)
+            assert r.evse_status(2) == "Unavailable" and r.station.down(r.station.evses[2])
+            assert (await r.shell.reserve_now(21, "TOK1", r.at(3600), evse_id=2)
+                    )["status"] == "Unavailable"
+            r.station.plug(1, r.ev("TOK1"), 2.0)
+            await r.settle(3)
+            assert (await r.shell.change_availability(1, False))["status"] == "Scheduled"
+            await r.settle(4)
+            assert r.evse_status(1) != "Unavailable"  # the session goes on
+            r.station.unplug(1, 5.0)
+            await r.settle(6)
+            assert r.evse_status(1) == "Unavailable"
+            for evse_id in (1, 2):
+                assert (await r.shell.change_availability(evse_id, True)
+                        )["status"] == "Accepted"
+            await r.settle(7)
+            assert (r.evse_status(1), r.evse_status(2)) == ("Available", "Available")
+            assert told == [([2], True), ([1], True), ([1], False), ([2], False)]
+            assert r.station.set_availability(9, False, 8.0) == "Rejected"
+
+    asyncio.run(main())
+
+
+def test_the_twins_pool_follows_change_availability() -> None:
+    from evtwin.sim.runner import Twin
+
+    twin = Twin(app_scenario("2.0.1", "memory"))
+    twin._setup_events()  # the pools of free EVSEs, as a run makes them
+    st = twin.model.stations[0]
+    key = (st.station_id, 1)
+    pool = twin.free[twin.pool_of[key]]
+    assert key in pool.items
+    assert st.set_availability(1, False, 0.0) == "Accepted"
+    assert key not in pool.items  # no driver gets it
+    assert st.set_availability(1, True, 1.0) == "Accepted"
+    assert key in pool.items
