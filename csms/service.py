@@ -422,32 +422,20 @@ async def serve(config: ServeConfig, db_path: str | Path, *, host: str | None = 
                 handled.append(sig)
         await server.start()
         try:
-            if api is not None:
+            # The HTTP apps beside the websocket endpoint, each on its own port: a port
+            # that cannot be bound is one line naming its field.
+            for app, app_host, what, host_field, port_field in (
+                    (api, api_host, "the operator API", "api.host", "api_port"),
+                    (dashboard, None, "the dashboard", "dashboard.host", "dashboard.port"),
+                    (driver_api, None, "the driver API", "driver_api.host", "driver_api.port"),
+                    (cpo, None, "OCPI", "ocpi.host", "ocpi.port")):
+                if app is None:
+                    continue
                 try:
-                    await api.start()
+                    await app.start()
                 except OSError as exc:
-                    raise listen_error(exc, api_host, api.port, what="the operator API",
-                                       host_field="api.host", port_field="api_port") from None
-            if dashboard is not None:
-                try:
-                    await dashboard.start()
-                except OSError as exc:
-                    raise listen_error(exc, dashboard.host, dashboard.port,
-                                       what="the dashboard", host_field="dashboard.host",
-                                       port_field="dashboard.port") from None
-            if driver_api is not None:
-                try:
-                    await driver_api.start()
-                except OSError as exc:
-                    raise listen_error(exc, driver_api.host, driver_api.port,
-                                       what="the driver API", host_field="driver_api.host",
-                                       port_field="driver_api.port") from None
-            if cpo is not None:
-                try:
-                    await cpo.start()
-                except OSError as exc:
-                    raise listen_error(exc, cpo.host, cpo.port, what="OCPI",
-                                       host_field="ocpi.host", port_field="ocpi.port") from None
+                    raise listen_error(exc, app_host or app.host, app.port, what=what,
+                                       host_field=host_field, port_field=port_field) from None
             listening = True
             log.info("listening", extra={
                 "ocpi_url": cpo.versions_url if cpo is not None else None,
